@@ -1,0 +1,171 @@
+/// \file graph_builder.cpp
+/// ATen-level semantics of traced ops: promotion, int-to-float ops, division modes, views.
+///
+/// Besides the names of ops.def, `call` accepts: "full" (a scalar broadcast to attrs.ints
+/// sizes in attrs.dtype) and "identity" (returns its operand).
+#include "capture/graph_builder.h"
+
+#include <fmt/format.h>
+
+#include "support/error.h"
+
+namespace kiln::capture {
+using namespace kiln::ir;
+
+namespace {
+/// Unary ops that compute in floating point: integral inputs become the default float dtype.
+bool float_only(OpKind op) {
+  switch (op) {
+    case OpKind::Exp: case OpKind::Exp2: case OpKind::Expm1: case OpKind::Log: case OpKind::Log2:
+    case OpKind::Log1p: case OpKind::Sqrt: case OpKind::Rsqrt: case OpKind::Reciprocal:
+    case OpKind::Sin: case OpKind::Cos: case OpKind::Tan: case OpKind::Tanh: case OpKind::Erf:
+    case OpKind::Sigmoid:
+      return true;
+    default:
+      return false;
+  }
+}
+bool rounding(OpKind op) {
+  return op == OpKind::Floor || op == OpKind::Ceil || op == OpKind::Round || op == OpKind::Trunc;
+}
+}  // namespace
+
+int GraphBuilder::add_input(DType dtype, const Sizes& sizes, const Sizes& strides, int arg_index) {
+  KILN_UNSUPPORTED_IF(sizes.size() != strides.size(), "input sizes and strides differ in rank");
+  return editor_.input(dtype, sizes, strides, arg_index);
+}
+
+PromotionOperand GraphBuilder::promotion(const Operand& o) const {
+  switch (o.kind) {
+    case Operand::Kind::Value: {
+      const Node& n = graph_.nodes.at(o.value);
+      return {n.dtype, n.sizes.empty() ? OperandKind::ZeroDim : OperandKind::Tensor};
+    }
+    case Operand::Kind::Float: return {DType::Float64, OperandKind::Scalar};
+    case Operand::Kind::Int: return {DType::Int64, OperandKind::Scalar};
+    case Operand::Kind::Bool: return {DType::Bool, OperandKind::Scalar};
+  }
+  KILN_UNREACHABLE("operand kind");
+}
+
+DType GraphBuilder::promoted(const std::vector<Operand>& args) const {
+  std::vector<PromotionOperand> ops;
+  for (const auto& a : args) ops.push_back(promotion(a));
+  return result_type(ops, default_float_);
+}
+
+int GraphBuilder::value_of(const Operand& o, DType t) {
+  switch (o.kind) {
+    case Operand::Kind::Value: return editor_.cast(o.value, t);
+    case Operand::Kind::Float: return editor_.constant(o.f, t);
+    case Operand::Kind::Int:
+      return is_float(t) ? editor_.float_constant(static_cast<double>(o.i), t) : editor_.int_constant(o.i, t);
+    case Operand::Kind::Bool: return editor_.constant(o.i != 0 ? 1.0 : 0.0, t);
+  }
+  KILN_UNREACHABLE("operand kind");
+}
+
+int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args, const Attrs& attrs) {
+  if (name == "identity") {
+    KILN_UNSUPPORTED_IF(args.size() != 1 || args[0].kind != Operand::Kind::Value, "identity of a non-tensor");
+    return args[0].value;
+  }
+  if (name == "full") {
+    KILN_UNSUPPORTED_IF(args.size() != 1, "full takes one scalar");
+    int c = value_of(args[0], attrs.dtype);
+    return editor_.expand(c, attrs.ints);
+  }
+  OpKind op;
+  KILN_UNSUPPORTED_IF(!op_from_name(name, &op), "kiln has no op '{}'", name);
+  int arity = op_arity(op);
+  KILN_UNSUPPORTED_IF(arity >= 0 && static_cast<int>(args.size()) != arity, "{} takes {} operands, got {}",
+                      name, arity, args.size());
+  auto tensor_arg = [&](size_t i) {
+    KILN_UNSUPPORTED_IF(args[i].kind != Operand::Kind::Value, "{} operand {} must be a tensor", name, i);
+    return args[i].value;
+  };
+  switch (op_category(op)) {
+    case OpCategory::Leaf:
+      throw Unsupported(fmt::format("{} cannot be called", name));
+    case OpCategory::Unary: {
+      int x = tensor_arg(0);
+      DType t = node(x).dtype;
+      if (float_only(op) && !is_float(t)) x = editor_.cast(x, default_float_);
+      if (rounding(op) && !is_float(t)) return x;  // torch: identity on integers
+      if (op == OpKind::LogicalNot) x = editor_.cast(x, node(x).dtype);
+      return editor_.unary(op, x);
+    }
+    case OpCategory::Binary: {
+      DType t = promoted(args);
+      bool logical = op == OpKind::LogicalAnd || op == OpKind::LogicalOr || op == OpKind::LogicalXor;
+      if (logical) t = DType::Bool;
+      if (op == OpKind::Div && !is_float(t)) t = default_float_;
+      KILN_UNSUPPORTED_IF((op == OpKind::BitwiseAnd || op == OpKind::BitwiseOr || op == OpKind::BitwiseXor) &&
+                              is_float(t), "bitwise op on floating point");
+      int a = value_of(args[0], t);
+      int b = value_of(args[1], t);
+      return editor_.binary(op, a, b);
+    }
+    case OpCategory::Ternary: {
+      int c = value_of(args[0], DType::Bool);
+      DType t = promoted({args[1], args[2]});
+      return editor_.where(c, value_of(args[1], t), value_of(args[2], t));
+    }
+    case OpCategory::Cast:
+      return editor_.cast(tensor_arg(0), attrs.dtype);
+    case OpCategory::Composite: {
+      if (op == OpKind::Clamp) {
+        // attrs.ints = {has_lo, has_hi}; an absent bound is passed as any number and ignored.
+        std::vector<Operand> present = {args[0]};
+        for (int k = 0; k < 2; ++k)
+          if (attrs.ints.at(k)) present.push_back(args[1 + k]);
+        DType t = promoted(present);
+        std::vector<int> xs = {value_of(args[0], t), value_of(args[1], t), value_of(args[2], t)};
+        return editor_.composite(op, xs, attrs);
+      }
+      int x = tensor_arg(0);
+      KILN_UNSUPPORTED_IF(!is_float(node(x).dtype) && op != OpKind::Relu, "{} of {}", name, dtype_name(node(x).dtype));
+      return editor_.composite(op, {x}, attrs);
+    }
+    case OpCategory::Movement: {
+      int x = tensor_arg(0);
+      switch (op) {
+        case OpKind::Reshape: return editor_.reshape(x, attrs.ints);
+        case OpKind::Permute: return editor_.permute(x, attrs.ints);
+        case OpKind::Expand: return editor_.expand(x, attrs.ints);
+        case OpKind::Slice:
+          KILN_UNSUPPORTED_IF(attrs.ints.size() != 4, "slice takes dim, start, end, step");
+          return editor_.slice(x, attrs.ints[0], attrs.ints[1], attrs.ints[2], attrs.ints[3]);
+        default: break;
+      }
+      break;
+    }
+    case OpCategory::Reduction: {
+      int x = tensor_arg(0);
+      // attrs.dtype (when attrs.floats is non-empty, as a flag) asks for an accumulation dtype.
+      if (!attrs.floats.empty()) x = editor_.cast(x, attrs.dtype);
+      return editor_.reduce(op, x, attrs.ints, attrs.int_value != 0);
+    }
+  }
+  throw Unsupported(fmt::format("kiln cannot record {}", name));
+}
+
+void GraphBuilder::check(int id, DType dtype, const Sizes& sizes) const {
+  const Node& n = node(id);
+  KILN_UNSUPPORTED_IF(n.dtype != dtype || n.sizes != sizes,
+                      "kiln inferred {}{} for {} but eager produced {}{}", dtype_name(n.dtype),
+                      fmt::format("[{}]", fmt::join(n.sizes, ", ")), op_name(n.op), dtype_name(dtype),
+                      fmt::format("[{}]", fmt::join(sizes, ", ")));
+}
+
+void GraphBuilder::set_layout(int id, const Sizes& strides) {
+  Node& n = graph_.nodes.at(id);
+  if (n.op != OpKind::Input) n.strides = strides;
+}
+
+void GraphBuilder::set_outputs(const std::vector<int>& ids) {
+  for (int id : ids) KILN_CHECK(id >= 0 && static_cast<size_t>(id) < graph_.nodes.size(), "output id");
+  graph_.outputs = ids;
+}
+
+}  // namespace kiln::capture

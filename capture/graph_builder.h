@@ -1,0 +1,54 @@
+/// \file graph_builder.h
+/// What the Python tracer drives while it runs a function eagerly: it reports each ATen op it
+/// saw, with operands that are graph values or Python numbers, and the builder records it in
+/// primitive form. Type promotion is made explicit here (casts and typed constants are
+/// inserted), so every later pass sees operands of one dtype. The tracer then checks the
+/// builder's inferred dtype and sizes against the real result; any disagreement stops the
+/// capture (Unsupported), so a graph never encodes semantics that differ from eager.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ir/graph_editor.h"
+
+namespace kiln::capture {
+
+/// One operand of a traced op: a graph value or a Python number.
+struct Operand {
+  enum class Kind { Value, Float, Int, Bool } kind = Kind::Value;
+  int value = -1;
+  double f = 0;
+  int64_t i = 0;
+  static Operand of_value(int v) { return {Kind::Value, v}; }
+};
+
+class GraphBuilder {
+ public:
+  GraphBuilder() : editor_(graph_) {}
+
+  /// A tensor argument (or captured tensor) in position `arg_index` of the call's leaves.
+  int add_input(ir::DType dtype, const ir::Sizes& sizes, const ir::Sizes& strides, int arg_index);
+  /// Records `op` (an ops.def name, or one of the capture-level names documented in
+  /// graph_builder.cpp) and returns the value id of its result.
+  int call(const std::string& op, const std::vector<Operand>& args, const ir::Attrs& attrs);
+  /// Compares the inferred type of `id` with the real result's; throws Unsupported if they differ.
+  void check(int id, ir::DType dtype, const ir::Sizes& sizes) const;
+  /// Records the strides eager gave the value (followed when the value is an output).
+  void set_layout(int id, const ir::Sizes& strides);
+  void set_outputs(const std::vector<int>& ids);
+  void set_default_float(ir::DType t) { default_float_ = t; }
+  const ir::Node& node(int id) const { return graph_.nodes.at(id); }
+  const ir::Graph& graph() const { return graph_; }
+
+ private:
+  int value_of(const Operand& o, ir::DType t);
+  ir::PromotionOperand promotion(const Operand& o) const;
+  ir::DType promoted(const std::vector<Operand>& args) const;
+
+  ir::Graph graph_;
+  ir::GraphEditor editor_;
+  ir::DType default_float_ = ir::DType::Float32;
+};
+
+}  // namespace kiln::capture

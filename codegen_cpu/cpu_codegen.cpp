@@ -1,0 +1,378 @@
+/// \file cpu_codegen.cpp
+/// The loop-IR to LLVM-IR emitter: loop nests, addressing, per-dtype scalar semantics (torch's
+/// NaN rules for max/min, floor division, integer division by zero), and alias facts that let
+/// LLVM's loop vectoriser widen the inner loop without runtime checks.
+#include "codegen_cpu/cpu_codegen.h"
+
+#include <llvm/IR/IRBuilder.h>
+#include <llvm/IR/Intrinsics.h>
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/MDBuilder.h>
+#include <llvm/IR/Module.h>
+#include <llvm/IR/Verifier.h>
+#include <llvm/Support/raw_ostream.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <unordered_map>
+
+#include "codegen_cpu/llvm_math.h"
+#include "support/error.h"
+
+namespace kiln::cpu {
+using namespace kiln::ir;
+
+namespace {
+
+std::atomic<uint64_t> g_module_counter{0};
+
+class KernelEmitter {
+ public:
+  KernelEmitter(llvm::Module& m, const KernelProgram& p, const Kernel& k, const std::string& symbol)
+      : c_(m.getContext()), m_(m), b_(c_), p_(p), k_(k), symbol_(symbol) {}
+
+  void emit() {
+    auto* ptr = llvm::PointerType::get(c_, 0);
+    auto* i64 = llvm::Type::getInt64Ty(c_);
+    auto* fty = llvm::FunctionType::get(llvm::Type::getVoidTy(c_), {ptr, i64, i64}, false);
+    f_ = llvm::Function::Create(fty, llvm::Function::ExternalLinkage, symbol_, m_);
+    f_->addFnAttr(llvm::Attribute::NoUnwind);
+    f_->addFnAttr("target-cpu", host_target().cpu);
+    f_->addFnAttr("target-features", host_target().features);
+    // Prefer full-width vectors (the default on AVX-512 parts caps them at 256 bits).
+    f_->addFnAttr("prefer-vector-width", std::to_string(host_target().vector_bits));
+    auto args = f_->arg_begin();
+    llvm::Value* bufs = &*args++;
+    llvm::Value* begin = &*args++;
+    llvm::Value* end = &*args++;
+    auto* entry = llvm::BasicBlock::Create(c_, "entry", f_);
+    b_.SetInsertPoint(entry);
+    make_alias_scopes();
+    for (size_t i = 0; i <= p_.buffers.size(); ++i) {
+      auto* slot = b_.CreateConstGEP1_64(ptr, bufs, i);
+      buf_ptr_[static_cast<int>(i)] = b_.CreateLoad(ptr, slot, fmt_name("buf", i));
+    }
+    status_ = b_.CreateAlloca(b_.getInt32Ty(), nullptr, "status");
+    b_.CreateStore(b_.getInt32(0), status_);
+    emit_loops(0, begin, end);
+    // Publish an integer-division-by-zero seen anywhere in this range.
+    llvm::Value* st = b_.CreateLoad(b_.getInt32Ty(), status_);
+    auto* set = llvm::BasicBlock::Create(c_, "status.set", f_);
+    auto* done = llvm::BasicBlock::Create(c_, "done", f_);
+    b_.CreateCondBr(b_.CreateICmpNE(st, b_.getInt32(0)), set, done);
+    b_.SetInsertPoint(set);
+    auto* store = b_.CreateStore(b_.getInt32(1), buf_ptr_[static_cast<int>(p_.buffers.size())]);
+    store->setAtomic(llvm::AtomicOrdering::Monotonic);
+    store->setAlignment(llvm::Align(4));
+    b_.CreateBr(done);
+    b_.SetInsertPoint(done);
+    b_.CreateRetVoid();
+  }
+
+ private:
+  static std::string fmt_name(const char* p, size_t i) { return std::string(p) + std::to_string(i); }
+
+  /// Every buffer is its own alias scope: outputs and temporaries are fresh allocations and
+  /// inputs are only read, so no store can alias any other access.
+  void make_alias_scopes() {
+    llvm::MDBuilder mdb(c_);
+    auto* domain = mdb.createAnonymousAliasScopeDomain("kiln");
+    std::vector<llvm::Metadata*> scopes;
+    for (size_t i = 0; i < p_.buffers.size(); ++i)
+      scopes.push_back(mdb.createAnonymousAliasScope(domain, fmt_name("buf", i)));
+    for (size_t i = 0; i < p_.buffers.size(); ++i) {
+      std::vector<llvm::Metadata*> others;
+      for (size_t j = 0; j < scopes.size(); ++j)
+        if (j != i) others.push_back(scopes[j]);
+      scope_md_.push_back(llvm::MDNode::get(c_, {scopes[i]}));
+      noalias_md_.push_back(llvm::MDNode::get(c_, others));
+    }
+  }
+
+  void annotate(llvm::Instruction* inst, int buffer) {
+    inst->setMetadata(llvm::LLVMContext::MD_alias_scope, scope_md_[buffer]);
+    inst->setMetadata(llvm::LLVMContext::MD_noalias, noalias_md_[buffer]);
+  }
+
+  llvm::Type* reg_type(DType t) {
+    switch (t) {
+      case DType::Bool: return b_.getInt1Ty();
+      case DType::UInt8: case DType::Int8: return b_.getInt8Ty();
+      case DType::Int16: return b_.getInt16Ty();
+      case DType::Int32: return b_.getInt32Ty();
+      case DType::Int64: return b_.getInt64Ty();
+      case DType::Float32: return b_.getFloatTy();
+      case DType::Float64: return b_.getDoubleTy();
+      default: throw Unsupported(std::string("CPU codegen has no ") + dtype_name(t));
+    }
+  }
+  llvm::Type* mem_type(DType t) { return t == DType::Bool ? b_.getInt8Ty() : reg_type(t); }
+
+  void emit_loops(size_t level, llvm::Value* begin, llvm::Value* end) {
+    if (level == k_.loops.size()) {
+      emit_body();
+      return;
+    }
+    const Loop& loop = k_.loops[level];
+    llvm::Value* lo = level == 0 ? begin : b_.getInt64(0);
+    llvm::Value* hi = level == 0 ? end : b_.getInt64(loop.var->ival);
+    auto* pre = b_.GetInsertBlock();
+    auto* header = llvm::BasicBlock::Create(c_, fmt_name("loop", level), f_);
+    auto* exit = llvm::BasicBlock::Create(c_, fmt_name("loop.end", level), f_);
+    b_.CreateCondBr(b_.CreateICmpSLT(lo, hi), header, exit);
+    b_.SetInsertPoint(header);
+    auto* phi = b_.CreatePHI(b_.getInt64Ty(), 2, fmt_name("i", loop.var->var_id));
+    phi->addIncoming(lo, pre);
+    vars_[loop.var] = phi;
+    emit_loops(level + 1, begin, end);
+    auto* next = b_.CreateAdd(phi, b_.getInt64(1), "", /*HasNUW=*/true, /*HasNSW=*/true);
+    auto* br = b_.CreateCondBr(b_.CreateICmpSLT(next, hi), header, exit);
+    phi->addIncoming(next, b_.GetInsertBlock());
+    if (level + 1 == k_.loops.size()) {
+      // Ask for vectorisation of the innermost loop explicitly.
+      llvm::Metadata* enable[] = {llvm::MDString::get(c_, "llvm.loop.vectorize.enable"),
+                                  llvm::ConstantAsMetadata::get(b_.getTrue())};
+      auto* self = llvm::MDNode::getTemporary(c_, {}).release();
+      auto* loop_md = llvm::MDNode::get(c_, {self, llvm::MDNode::get(c_, enable)});
+      loop_md->replaceOperandWith(0, loop_md);
+      llvm::MDNode::deleteTemporary(self);
+      br->setMetadata(llvm::LLVMContext::MD_loop, loop_md);
+    }
+    b_.SetInsertPoint(exit);
+  }
+
+  void emit_body() {
+    memo_.clear();
+    for (const Store& s : k_.stores) {
+      llvm::Value* idx = emit(s.index);
+      llvm::Value* v = emit(s.value);
+      DType t = p_.buffers[s.buffer].dtype;
+      if (t == DType::Bool) v = b_.CreateZExt(v, b_.getInt8Ty());
+      auto* addr = b_.CreateInBoundsGEP(mem_type(t), buf_ptr_[s.buffer], idx);
+      annotate(b_.CreateStore(v, addr), s.buffer);
+    }
+  }
+
+  llvm::Value* emit(Expr e) {
+    auto it = memo_.find(e);
+    if (it != memo_.end()) return it->second;
+    llvm::Value* v = emit_uncached(e);
+    memo_[e] = v;
+    return v;
+  }
+
+  llvm::Value* constant(Expr e) {
+    if (is_float(e->dtype)) return llvm::ConstantFP::get(reg_type(e->dtype), e->fval);
+    return llvm::ConstantInt::get(reg_type(e->dtype), static_cast<uint64_t>(e->ival), /*isSigned=*/true);
+  }
+
+  llvm::Value* intrinsic(llvm::Intrinsic::ID id, llvm::Value* x) {
+    return b_.CreateUnaryIntrinsic(id, x);
+  }
+
+  /// A libm function by name (for float32 the "f"-suffixed one).
+  llvm::Value* libm(const char* name, llvm::Value* x) {
+    std::string fn = x->getType()->isFloatTy() ? std::string(name) + "f" : name;
+    auto callee = m_.getOrInsertFunction(fn, x->getType(), x->getType());
+    auto* call = b_.CreateCall(callee, {x});
+    call->setDoesNotThrow();
+    call->setOnlyAccessesInaccessibleMemory();
+    return call;
+  }
+
+  llvm::Value* emit_uncached(Expr e) {
+    switch (e->op) {
+      case ExprOp::Const: return constant(e);
+      case ExprOp::Var: {
+        auto it = vars_.find(e);
+        KILN_CHECK(it != vars_.end(), "loop variable i{} used outside its loop", e->var_id);
+        return it->second;
+      }
+      case ExprOp::Load: {
+        int buf = static_cast<int>(e->ival);
+        KILN_CHECK(buf >= 0 && static_cast<size_t>(buf) < p_.buffers.size(), "load from buf{}", buf);
+        auto* addr = b_.CreateInBoundsGEP(mem_type(e->dtype), buf_ptr_[buf], emit(e->a));
+        auto* ld = b_.CreateLoad(mem_type(e->dtype), addr);
+        annotate(ld, buf);
+        if (e->dtype == DType::Bool) return b_.CreateICmpNE(ld, b_.getInt8(0));
+        return ld;
+      }
+      case ExprOp::Cast: return cast(emit(e->a), e->a->dtype, e->dtype);
+      case ExprOp::Select: return b_.CreateSelect(emit(e->a), emit(e->b), emit(e->c));
+      default: break;
+    }
+    if (expr_op_arity(e->op) == 1) return unary(e->op, emit(e->a), e->a->dtype);
+    return binary(e->op, emit(e->a), emit(e->b), e->a->dtype);
+  }
+
+  llvm::Value* cast(llvm::Value* x, DType from, DType to) {
+    llvm::Type* t = reg_type(to);
+    if (to == DType::Bool) {
+      return is_float(from) ? b_.CreateFCmpUNE(x, llvm::ConstantFP::get(x->getType(), 0.0))
+                            : b_.CreateICmpNE(x, llvm::ConstantInt::get(x->getType(), 0));
+    }
+    bool from_unsigned = from == DType::Bool || from == DType::UInt8;
+    if (is_float(from) && is_float(to)) return b_.CreateFPCast(x, t);
+    if (is_float(from)) {
+      // C++'s float-to-int conversion, as eager does it: through int32 (int64 for int64), then
+      // truncated; freeze keeps out-of-range values from becoming poison.
+      llvm::Type* wide = to == DType::Int64 ? b_.getInt64Ty() : b_.getInt32Ty();
+      llvm::Value* i = b_.CreateFreeze(b_.CreateFPToSI(x, wide));
+      return b_.CreateTrunc(i, t);
+    }
+    if (is_float(to)) return from_unsigned ? b_.CreateUIToFP(x, t) : b_.CreateSIToFP(x, t);
+    return b_.CreateIntCast(x, t, /*isSigned=*/!from_unsigned);
+  }
+
+  llvm::Value* unary(ExprOp op, llvm::Value* x, DType t) {
+    bool f32 = t == DType::Float32;
+    switch (op) {
+      case ExprOp::Neg: return is_float(t) ? b_.CreateFNeg(x) : b_.CreateNeg(x);
+      case ExprOp::Abs:
+        if (is_float(t)) return intrinsic(llvm::Intrinsic::fabs, x);
+        if (t == DType::UInt8) return x;
+        return b_.CreateSelect(b_.CreateICmpSLT(x, llvm::ConstantInt::get(x->getType(), 0)), b_.CreateNeg(x), x);
+      case ExprOp::Exp: return f32 ? emit_exp_f32(b_, x) : intrinsic(llvm::Intrinsic::exp, x);
+      case ExprOp::Exp2: return intrinsic(llvm::Intrinsic::exp2, x);
+      case ExprOp::Expm1: return f32 ? emit_expm1_f32(b_, x) : libm("expm1", x);
+      case ExprOp::Log: return f32 ? emit_log_f32(b_, x) : intrinsic(llvm::Intrinsic::log, x);
+      case ExprOp::Log2: return intrinsic(llvm::Intrinsic::log2, x);
+      case ExprOp::Log1p: return f32 ? emit_log1p_f32(b_, x) : libm("log1p", x);
+      case ExprOp::Sqrt: return intrinsic(llvm::Intrinsic::sqrt, x);
+      case ExprOp::Sin: return intrinsic(llvm::Intrinsic::sin, x);
+      case ExprOp::Cos: return intrinsic(llvm::Intrinsic::cos, x);
+      case ExprOp::Tan: return libm("tan", x);
+      case ExprOp::Tanh: return f32 ? emit_tanh_f32(b_, x) : libm("tanh", x);
+      case ExprOp::Erf: return f32 ? emit_erf_f32(b_, x) : libm("erf", x);
+      case ExprOp::Floor: return intrinsic(llvm::Intrinsic::floor, x);
+      case ExprOp::Ceil: return intrinsic(llvm::Intrinsic::ceil, x);
+      case ExprOp::Round: return intrinsic(llvm::Intrinsic::roundeven, x);
+      case ExprOp::Trunc: return intrinsic(llvm::Intrinsic::trunc, x);
+      case ExprOp::Not: return b_.CreateNot(x);
+      case ExprOp::BitNot: return b_.CreateNot(x);
+      case ExprOp::IsNan: return b_.CreateFCmpUNO(x, x);
+      default: KILN_UNREACHABLE(std::string("unary ") + expr_op_name(op));
+    }
+  }
+
+  /// Integer division and remainder without traps: a zero divisor records the status word
+  /// (the runtime reruns the call eagerly, which raises torch's error) and MIN / -1 wraps.
+  llvm::Value* int_divmod(ExprOp op, llvm::Value* a, llvm::Value* bv, bool is_unsigned) {
+    auto* ty = a->getType();
+    auto* zero = llvm::ConstantInt::get(ty, 0);
+    auto* one = llvm::ConstantInt::get(ty, 1);
+    auto* is_zero = b_.CreateICmpEQ(bv, zero);
+    auto* st = b_.CreateLoad(b_.getInt32Ty(), status_);
+    b_.CreateStore(b_.CreateOr(st, b_.CreateZExt(is_zero, b_.getInt32Ty())), status_);
+    llvm::Value* safe = b_.CreateSelect(is_zero, one, bv);
+    if (is_unsigned) {
+      bool div = op == ExprOp::Div || op == ExprOp::TruncDiv;
+      return div ? b_.CreateUDiv(a, safe) : b_.CreateURem(a, safe);
+    }
+    auto* minus_one = llvm::ConstantInt::get(ty, -1, true);
+    auto* is_m1 = b_.CreateICmpEQ(safe, minus_one);
+    safe = b_.CreateSelect(is_m1, one, safe);  // a / -1 == -a (wrapping), a % -1 == 0
+    llvm::Value* q = b_.CreateSDiv(a, safe);
+    llvm::Value* r = b_.CreateSRem(a, safe);
+    q = b_.CreateSelect(is_m1, b_.CreateNeg(a), q);
+    r = b_.CreateSelect(is_m1, zero, r);
+    switch (op) {
+      case ExprOp::TruncDiv: return q;
+      case ExprOp::Fmod: return r;
+      case ExprOp::Div: {  // floor division: step down when the signs differ and r != 0
+        auto* adjust = b_.CreateAnd(b_.CreateICmpNE(r, zero),
+                                    b_.CreateICmpNE(b_.CreateICmpSLT(r, zero), b_.CreateICmpSLT(safe, zero)));
+        return b_.CreateSub(q, b_.CreateZExt(adjust, ty));
+      }
+      case ExprOp::Mod: {  // floor modulo: the result takes the divisor's sign
+        auto* adjust = b_.CreateAnd(b_.CreateICmpNE(r, zero),
+                                    b_.CreateICmpNE(b_.CreateICmpSLT(r, zero), b_.CreateICmpSLT(safe, zero)));
+        return b_.CreateSelect(adjust, b_.CreateAdd(r, safe), r);
+      }
+      default: KILN_UNREACHABLE("int_divmod");
+    }
+  }
+
+  llvm::Value* binary(ExprOp op, llvm::Value* a, llvm::Value* bv, DType t) {
+    bool fl = is_float(t);
+    bool uns = t == DType::UInt8 || t == DType::Bool;
+    switch (op) {
+      case ExprOp::Add: return fl ? b_.CreateFAdd(a, bv) : b_.CreateAdd(a, bv);
+      case ExprOp::Sub: return fl ? b_.CreateFSub(a, bv) : b_.CreateSub(a, bv);
+      case ExprOp::Mul: return fl ? b_.CreateFMul(a, bv) : b_.CreateMul(a, bv);
+      case ExprOp::Div:
+      case ExprOp::TruncDiv:
+      case ExprOp::Mod:
+        if (fl) {
+          KILN_CHECK(op == ExprOp::Div, "{} on floats is lowered before codegen", expr_op_name(op));
+          return b_.CreateFDiv(a, bv);
+        }
+        return int_divmod(op, a, bv, uns);
+      case ExprOp::Fmod: return fl ? b_.CreateFRem(a, bv) : int_divmod(op, a, bv, uns);
+      case ExprOp::Pow: {
+        auto* fn = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::pow, {a->getType()});
+        return b_.CreateCall(fn, {a, bv});
+      }
+      case ExprOp::Max:
+      case ExprOp::Min: {
+        // torch.maximum: NaN wins; otherwise a when a > b, else b.
+        bool mx = op == ExprOp::Max;
+        if (fl) {
+          auto* pick_a = b_.CreateOr(b_.CreateFCmpUNO(a, a), mx ? b_.CreateFCmpOGT(a, bv) : b_.CreateFCmpOLT(a, bv));
+          return b_.CreateSelect(pick_a, a, bv);
+        }
+        auto* gt = uns ? (mx ? b_.CreateICmpUGT(a, bv) : b_.CreateICmpULT(a, bv))
+                       : (mx ? b_.CreateICmpSGT(a, bv) : b_.CreateICmpSLT(a, bv));
+        return b_.CreateSelect(gt, a, bv);
+      }
+      case ExprOp::Eq: return fl ? b_.CreateFCmpOEQ(a, bv) : b_.CreateICmpEQ(a, bv);
+      case ExprOp::Ne: return fl ? b_.CreateFCmpUNE(a, bv) : b_.CreateICmpNE(a, bv);
+      case ExprOp::Lt: return fl ? b_.CreateFCmpOLT(a, bv) : uns ? b_.CreateICmpULT(a, bv) : b_.CreateICmpSLT(a, bv);
+      case ExprOp::Le: return fl ? b_.CreateFCmpOLE(a, bv) : uns ? b_.CreateICmpULE(a, bv) : b_.CreateICmpSLE(a, bv);
+      case ExprOp::Gt: return fl ? b_.CreateFCmpOGT(a, bv) : uns ? b_.CreateICmpUGT(a, bv) : b_.CreateICmpSGT(a, bv);
+      case ExprOp::Ge: return fl ? b_.CreateFCmpOGE(a, bv) : uns ? b_.CreateICmpUGE(a, bv) : b_.CreateICmpSGE(a, bv);
+      case ExprOp::And: return b_.CreateAnd(a, bv);
+      case ExprOp::Or: return b_.CreateOr(a, bv);
+      case ExprOp::Xor: return b_.CreateXor(a, bv);
+      default: KILN_UNREACHABLE(std::string("binary ") + expr_op_name(op));
+    }
+  }
+
+  llvm::LLVMContext& c_;
+  llvm::Module& m_;
+  llvm::IRBuilder<> b_;
+  const KernelProgram& p_;
+  const Kernel& k_;
+  std::string symbol_;
+  llvm::Function* f_ = nullptr;
+  llvm::Value* status_ = nullptr;
+  std::map<int, llvm::Value*> buf_ptr_;
+  std::vector<llvm::MDNode*> scope_md_, noalias_md_;
+  std::unordered_map<Expr, llvm::Value*> vars_;
+  std::unordered_map<Expr, llvm::Value*> memo_;
+};
+
+}  // namespace
+
+CpuCode compile_cpu(const KernelProgram& p, const CodegenOptions& opts) {
+  auto t0 = std::chrono::steady_clock::now();
+  CpuCode code;
+  uint64_t id = g_module_counter++;
+  auto ctx = std::make_unique<llvm::LLVMContext>();
+  auto m = std::make_unique<llvm::Module>("kiln_program_" + std::to_string(id), *ctx);
+  for (const Kernel& k : p.kernels) {
+    std::string symbol = "kiln_" + std::to_string(id) + "_" + k.name;
+    KernelEmitter(*m, p, k, symbol).emit();
+    code.symbols.push_back(symbol);
+  }
+  std::string err;
+  llvm::raw_string_ostream es(err);
+  if (llvm::verifyModule(*m, &es)) throw InternalError("kiln: generated LLVM IR is invalid: " + es.str());
+  code.module = jit_add_module(std::move(ctx), std::move(m), opts.opt_level, &code.text);
+  for (const auto& s : code.symbols) code.fns.push_back(reinterpret_cast<KernelFn>(code.module->lookup(s)));
+  code.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return code;
+}
+
+}  // namespace kiln::cpu

@@ -1,0 +1,174 @@
+/// \file llvm_jit.cpp
+/// All of kiln's ORC use: one LLJIT for the process, a resource tracker per module, the LLVM 16
+/// new-pass-manager O3 pipeline with libmvec as the vector math library, and assembly printing.
+#include "codegen_cpu/llvm_jit.h"
+
+#include <dlfcn.h>
+#include <llvm/Analysis/TargetLibraryInfo.h>
+#include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
+#include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
+#include <llvm/ExecutionEngine/Orc/LLJIT.h>
+#include <llvm/ExecutionEngine/Orc/ThreadSafeModule.h>
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/LegacyPassManager.h>
+#include <llvm/IR/Module.h>
+#include <llvm/IRReader/IRReader.h>
+#include <llvm/Passes/PassBuilder.h>
+#include <llvm/Support/SourceMgr.h>
+#include <llvm/Support/TargetSelect.h>
+#include <llvm/Support/raw_ostream.h>
+#include <llvm/Target/TargetMachine.h>
+#include <llvm/TargetParser/Host.h>
+
+#include <mutex>
+
+#include "support/error.h"
+
+namespace kiln::cpu {
+namespace {
+
+std::string to_string(llvm::Error e) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << e;
+  return os.str();
+}
+
+template <typename T>
+T unwrap(llvm::Expected<T> v, const char* what) {
+  if (!v) throw InternalError(std::string("kiln: LLVM ") + what + ": " + to_string(v.takeError()));
+  return std::move(*v);
+}
+
+struct Jit {
+  std::unique_ptr<llvm::orc::LLJIT> lljit;
+  llvm::orc::JITTargetMachineBuilder jtmb;
+  HostTarget host;
+  std::mutex opt_mutex;  // the shared TargetMachine is not safe for concurrent codegen
+  std::unique_ptr<llvm::TargetMachine> tm;
+};
+
+Jit& jit() {
+  // Created once and deliberately never destroyed: kernels may run until the process exits,
+  // and LLVM's own static destructors would race a JIT torn down at exit.
+  static Jit* j = [] {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+    llvm::InitializeNativeTargetAsmParser();
+    // Vector math (sin, cos, pow, exp, log for float64) resolves to glibc's libmvec.
+    dlopen("libmvec.so.1", RTLD_NOW | RTLD_GLOBAL);
+    auto jtmb = unwrap(llvm::orc::JITTargetMachineBuilder::detectHost(), "detecting the host");
+    // LLVM 16 may not know the CPU by name ("generic"); the feature string carries AVX2/AVX-512.
+    llvm::SubtargetFeatures features;
+    llvm::StringMap<bool> host_features;
+    if (llvm::sys::getHostCPUFeatures(host_features))
+      for (auto& f : host_features) features.AddFeature(f.first(), f.second);
+    jtmb.getFeatures() = features;
+    jtmb.setCodeGenOptLevel(llvm::CodeGenOpt::Aggressive);
+    auto* out = new Jit{nullptr, jtmb, {}, {}, nullptr};
+    out->lljit = unwrap(llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(jtmb).create(), "creating LLJIT");
+    auto& dl = out->lljit->getDataLayout();
+    out->lljit->getMainJITDylib().addGenerator(unwrap(
+        llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(dl.getGlobalPrefix()), "process symbols"));
+    out->tm = unwrap(jtmb.createTargetMachine(), "creating the target machine");
+    out->host.triple = jtmb.getTargetTriple().str();
+    out->host.cpu = jtmb.getCPU();
+    out->host.features = features.getString();
+    bool avx512 = host_features.lookup("avx512f"), avx2 = host_features.lookup("avx2");
+    out->host.vector_bits = avx512 ? 512 : avx2 ? 256 : 128;
+    return out;
+  }();
+  return *j;
+}
+
+void optimize(llvm::Module& m, llvm::TargetMachine* tm, int level) {
+  llvm::LoopAnalysisManager lam;
+  llvm::FunctionAnalysisManager fam;
+  llvm::CGSCCAnalysisManager cgam;
+  llvm::ModuleAnalysisManager mam;
+  llvm::PipelineTuningOptions pto;
+  pto.LoopVectorization = level >= 2;
+  pto.SLPVectorization = level >= 2;
+  llvm::PassBuilder pb(tm, pto);
+  llvm::Triple triple(m.getTargetTriple());
+  llvm::TargetLibraryInfoImpl tlii(triple);
+  tlii.addVectorizableFunctionsFromVecLib(llvm::TargetLibraryInfoImpl::LIBMVEC_X86, triple);
+  // Registered before the defaults so this TargetLibraryInfo (with libmvec) is the one used.
+  fam.registerPass([&] { return llvm::TargetLibraryAnalysis(tlii); });
+  pb.registerModuleAnalyses(mam);
+  pb.registerCGSCCAnalyses(cgam);
+  pb.registerFunctionAnalyses(fam);
+  pb.registerLoopAnalyses(lam);
+  pb.crossRegisterProxies(lam, fam, cgam, mam);
+  llvm::OptimizationLevel ol = level <= 0   ? llvm::OptimizationLevel::O0
+                               : level == 1 ? llvm::OptimizationLevel::O1
+                               : level == 2 ? llvm::OptimizationLevel::O2
+                                            : llvm::OptimizationLevel::O3;
+  llvm::ModulePassManager mpm =
+      level <= 0 ? pb.buildO0DefaultPipeline(ol) : pb.buildPerModuleDefaultPipeline(ol);
+  mpm.run(m, mam);
+}
+
+class JitModuleImpl : public JitModule {
+ public:
+  explicit JitModuleImpl(llvm::orc::ResourceTrackerSP rt) : rt_(std::move(rt)) {}
+  ~JitModuleImpl() override {
+    if (auto err = rt_->remove()) llvm::consumeError(std::move(err));
+  }
+  void* lookup(const std::string& name) override {
+    auto addr = unwrap(jit().lljit->lookup(name), "symbol lookup");
+    return addr.toPtr<void*>();
+  }
+
+ private:
+  llvm::orc::ResourceTrackerSP rt_;
+};
+
+}  // namespace
+
+const HostTarget& host_target() { return jit().host; }
+
+std::unique_ptr<JitModule> jit_add_module(std::unique_ptr<llvm::LLVMContext> ctx, std::unique_ptr<llvm::Module> m,
+                                          int opt_level, ModuleText* text) {
+  Jit& j = jit();
+  m->setDataLayout(j.lljit->getDataLayout());
+  m->setTargetTriple(j.host.triple);
+  {
+    std::lock_guard<std::mutex> lock(j.opt_mutex);
+    optimize(*m, j.tm.get(), opt_level);
+  }
+  if (text) {
+    llvm::raw_string_ostream os(text->module_ir);
+    m->print(os, nullptr);
+    for (llvm::Function& f : *m) {
+      if (f.isDeclaration()) continue;
+      std::string s;
+      llvm::raw_string_ostream fs(s);
+      f.print(fs);
+      text->function_ir.emplace_back(f.getName().str(), fs.str());
+    }
+  }
+  auto rt = j.lljit->getMainJITDylib().createResourceTracker();
+  if (auto err = j.lljit->addIRModule(rt, llvm::orc::ThreadSafeModule(std::move(m), std::move(ctx))))
+    throw InternalError("kiln: LLVM rejected a module: " + to_string(std::move(err)));
+  return std::make_unique<JitModuleImpl>(std::move(rt));
+}
+
+std::string ir_to_asm(const std::string& ir_text) {
+  Jit& j = jit();
+  llvm::LLVMContext ctx;
+  llvm::SMDiagnostic diag;
+  auto m = llvm::parseIR(llvm::MemoryBufferRef(ir_text, "kernel"), diag, ctx);
+  if (!m) return "; could not parse the kernel's IR: " + diag.getMessage().str();
+  auto tm = unwrap(j.jtmb.createTargetMachine(), "creating a target machine");
+  m->setDataLayout(tm->createDataLayout());
+  llvm::SmallString<4096> out;
+  llvm::raw_svector_ostream os(out);
+  llvm::legacy::PassManager pm;
+  if (tm->addPassesToEmitFile(pm, os, nullptr, llvm::CGFT_AssemblyFile))
+    return "; this target cannot print assembly";
+  pm.run(*m);
+  return std::string(out.str());
+}
+
+}  // namespace kiln::cpu

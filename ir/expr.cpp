@@ -1,0 +1,389 @@
+/// \file expr.cpp
+/// Interning, constant folding and index simplification of loop-IR expressions.
+#include "ir/expr.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <map>
+
+#include "support/error.h"
+#include "support/hash.h"
+
+namespace kiln::ir {
+namespace {
+struct ExprInfo {
+  const char* name;
+  int arity;
+};
+constexpr ExprInfo kExprs[] = {
+#define KILN_EXPR(e, n, a) {n, a},
+#include "ir/expr_ops.def"
+#undef KILN_EXPR
+};
+
+bool is_compare(ExprOp op) {
+  return op == ExprOp::Eq || op == ExprOp::Ne || op == ExprOp::Lt || op == ExprOp::Le ||
+         op == ExprOp::Gt || op == ExprOp::Ge;
+}
+
+int64_t floordiv(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+int64_t floormod(int64_t a, int64_t b) { return a - floordiv(a, b) * b; }
+}  // namespace
+
+const char* expr_op_name(ExprOp op) { return kExprs[static_cast<int>(op)].name; }
+int expr_op_arity(ExprOp op) { return kExprs[static_cast<int>(op)].arity; }
+
+bool is_const(Expr e) { return e->op == ExprOp::Const; }
+bool is_const_int(Expr e, int64_t v) { return e->op == ExprOp::Const && !is_float(e->dtype) && e->ival == v; }
+
+bool Context::KeyEq::operator()(const ExprNode* x, const ExprNode* y) const {
+  return x->op == y->op && x->dtype == y->dtype && x->a == y->a && x->b == y->b && x->c == y->c &&
+         x->ival == y->ival && std::memcmp(&x->fval, &y->fval, sizeof(double)) == 0 &&
+         x->var_id == y->var_id;
+}
+
+Expr Context::intern(ExprNode n) {
+  uint64_t h = hash_combine(static_cast<uint64_t>(n.op), static_cast<uint64_t>(n.dtype));
+  for (Expr o : {n.a, n.b, n.c}) h = hash_combine(h, o ? o->hash : 0);
+  h = hash_combine(h, static_cast<uint64_t>(n.ival));
+  h = hash_combine(h, hash_double(n.fval));
+  h = hash_combine(h, static_cast<uint64_t>(n.var_id));
+  n.hash = h;
+  auto it = table_.find(&n);
+  if (it != table_.end()) return it->second;
+  storage_.push_back(n);
+  Expr e = &storage_.back();
+  table_.emplace(e, e);
+  return e;
+}
+
+Expr Context::int_const(int64_t v, DType t) {
+  KILN_CHECK(!is_float(t), "int_const of a float dtype");
+  ExprNode n{ExprOp::Const, t};
+  n.ival = t == DType::Bool ? (v != 0) : v;
+  return intern(n);
+}
+
+Expr Context::float_const(double v, DType t) {
+  KILN_CHECK(is_float(t), "float_const of dtype {}", dtype_name(t));
+  ExprNode n{ExprOp::Const, t};
+  n.fval = v;
+  return intern(n);
+}
+
+Expr Context::var(int64_t extent) {
+  ExprNode n{ExprOp::Var, DType::Int64};
+  n.ival = extent;
+  n.var_id = next_var_++;
+  return intern(n);
+}
+
+Expr Context::load(int buffer, Expr index, DType t) {
+  ExprNode n{ExprOp::Load, t};
+  n.a = index;
+  n.ival = buffer;
+  return intern(n);
+}
+
+Expr Context::unary(ExprOp op, Expr a) {
+  KILN_CHECK(expr_op_arity(op) == 1 && op != ExprOp::Load && op != ExprOp::Cast, "unary({})", expr_op_name(op));
+  DType t = op == ExprOp::IsNan ? DType::Bool : a->dtype;
+  if (op == ExprOp::Neg && a->op == ExprOp::Neg) return a->a;
+  ExprNode n{op, t};
+  n.a = a;
+  return intern(n);
+}
+
+Expr Context::cast(Expr a, DType t) {
+  if (a->dtype == t) return a;
+  if (is_const(a)) {
+    if (is_float(t)) return float_const(is_float(a->dtype) ? a->fval : static_cast<double>(a->ival), t);
+    if (t == DType::Bool) return bool_const(is_float(a->dtype) ? a->fval != 0 : a->ival != 0);
+    if (!is_float(a->dtype) && dtype_bytes(t) == 8) return int_const(a->ival, t);
+  }
+  ExprNode n{ExprOp::Cast, t};
+  n.a = a;
+  return intern(n);
+}
+
+Expr Context::binary(ExprOp op, Expr a, Expr b) {
+  KILN_CHECK(expr_op_arity(op) == 2, "binary({})", expr_op_name(op));
+  KILN_CHECK(a->dtype == b->dtype, "binary {} on {} and {}", expr_op_name(op), dtype_name(a->dtype), dtype_name(b->dtype));
+  if (a->dtype == DType::Int64 && !is_compare(op)) {
+    switch (op) {
+      case ExprOp::Add: return add(a, b);
+      case ExprOp::Mul: return mul(a, b);
+      default: break;
+    }
+  }
+  ExprNode n{op, is_compare(op) ? DType::Bool : a->dtype};
+  n.a = a;
+  n.b = b;
+  return intern(n);
+}
+
+Expr Context::select(Expr c, Expr a, Expr b) {
+  KILN_CHECK(c->dtype == DType::Bool && a->dtype == b->dtype, "select operand types");
+  if (is_const(c)) return c->ival ? a : b;
+  if (a == b) return a;
+  ExprNode n{ExprOp::Select, a->dtype};
+  n.a = c;
+  n.b = a;
+  n.c = b;
+  return intern(n);
+}
+
+// ---- index arithmetic --------------------------------------------------------------------
+
+Expr Context::add(Expr a, Expr b) {
+  KILN_CHECK(a->dtype == DType::Int64 && b->dtype == DType::Int64, "index add on non-int64");
+  if (is_const(a) && is_const(b)) return int_const(a->ival + b->ival);
+  if (is_const_int(a, 0)) return b;
+  if (is_const_int(b, 0)) return a;
+  if (is_const(a)) std::swap(a, b);  // constants on the right
+  ExprNode n{ExprOp::Add, DType::Int64};
+  n.a = a;
+  n.b = b;
+  return intern(n);
+}
+
+Expr Context::mul(Expr a, Expr b) {
+  KILN_CHECK(a->dtype == DType::Int64 && b->dtype == DType::Int64, "index mul on non-int64");
+  if (is_const(a) && is_const(b)) return int_const(a->ival * b->ival);
+  if (is_const(a)) std::swap(a, b);
+  if (is_const_int(b, 0)) return b;
+  if (is_const_int(b, 1)) return a;
+  ExprNode n{ExprOp::Mul, DType::Int64};
+  n.a = a;
+  n.b = b;
+  return intern(n);
+}
+
+Expr Context::div(Expr a, int64_t c) {
+  KILN_CHECK(c > 0, "index div by {}", c);
+  if (c == 1) return a;
+  if (is_const(a)) return int_const(floordiv(a->ival, c));
+  auto [lo, hi] = bounds(a);
+  if (lo >= 0 && hi < c) return int_const(0);
+  if (floordiv(lo, c) == floordiv(hi, c)) return int_const(floordiv(lo, c));
+  ExprNode n{ExprOp::Div, DType::Int64};
+  n.a = a;
+  n.b = int_const(c);
+  return intern(n);
+}
+
+Expr Context::mod(Expr a, int64_t c) {
+  KILN_CHECK(c > 0, "index mod by {}", c);
+  if (c == 1) return int_const(0);
+  if (is_const(a)) return int_const(floormod(a->ival, c));
+  auto [lo, hi] = bounds(a);
+  if (lo >= 0 && hi < c) return a;
+  ExprNode n{ExprOp::Mod, DType::Int64};
+  n.a = a;
+  n.b = int_const(c);
+  return intern(n);
+}
+
+std::pair<int64_t, int64_t> Context::bounds(Expr e) {
+  switch (e->op) {
+    case ExprOp::Const: return {e->ival, e->ival};
+    case ExprOp::Var: return {0, std::max<int64_t>(e->ival - 1, 0)};
+    case ExprOp::Add: {
+      auto [a0, a1] = bounds(e->a);
+      auto [b0, b1] = bounds(e->b);
+      return {a0 + b0, a1 + b1};
+    }
+    case ExprOp::Mul: {
+      auto [a0, a1] = bounds(e->a);
+      auto [b0, b1] = bounds(e->b);
+      int64_t c[4] = {a0 * b0, a0 * b1, a1 * b0, a1 * b1};
+      return {*std::min_element(c, c + 4), *std::max_element(c, c + 4)};
+    }
+    case ExprOp::Div: {
+      auto [a0, a1] = bounds(e->a);
+      return {floordiv(a0, e->b->ival), floordiv(a1, e->b->ival)};
+    }
+    case ExprOp::Mod: return {0, e->b->ival - 1};
+    default: return {INT64_MIN / 4, INT64_MAX / 4};
+  }
+}
+
+// ---- linear forms -------------------------------------------------------------------------
+namespace {
+/// sum(coef * atom) + constant, atoms ordered by structural hash for a deterministic rebuild.
+struct Linear {
+  std::map<std::pair<uint64_t, Expr>, int64_t> terms;
+  int64_t constant = 0;
+  void add_term(Expr atom, int64_t coef) {
+    auto key = std::make_pair(atom->hash, atom);
+    int64_t& c = terms[key];
+    c += coef;
+    if (c == 0) terms.erase(key);
+  }
+  void add(const Linear& o, int64_t scale) {
+    for (auto& [k, c] : o.terms) add_term(k.second, c * scale);
+    constant += o.constant * scale;
+  }
+};
+}  // namespace
+
+Expr Context::simplify_index(Expr e) {
+  std::function<Linear(Expr)> lin;
+  std::function<Expr(const Linear&)> rebuild = [&](const Linear& l) {
+    Expr r = int_const(0);
+    for (auto& [k, c] : l.terms) r = add(r, mul(k.second, c));
+    return add(r, l.constant);
+  };
+  lin = [&](Expr x) -> Linear {
+    Linear l;
+    switch (x->op) {
+      case ExprOp::Const: l.constant = x->ival; return l;
+      case ExprOp::Add: {
+        l = lin(x->a);
+        l.add(lin(x->b), 1);
+        return l;
+      }
+      case ExprOp::Mul:
+        if (is_const(x->b)) {
+          l.add(lin(x->a), x->b->ival);
+          return l;
+        }
+        break;
+      case ExprOp::Div:
+      case ExprOp::Mod: {
+        int64_t c = x->b->ival;
+        Linear inner = lin(x->a);
+        // Split off the part that is a multiple of c: (q*c + r) / c = q + r / c and
+        // (q*c + r) % c = r % c, exact for floor division.
+        Linear q, r;
+        for (auto& [k, coef] : inner.terms) {
+          if (coef % c == 0) q.add_term(k.second, coef / c);
+          else r.add_term(k.second, coef);
+        }
+        q.constant = floordiv(inner.constant, c);
+        r.constant = floormod(inner.constant, c);
+        Expr rest = rebuild(r);
+        if (x->op == ExprOp::Div) {
+          l = q;
+          Expr d = div(rest, c);
+          if (is_const(d)) l.constant += d->ival;
+          else l.add_term(d, 1);
+        } else {
+          Expr m = mod(rest, c);
+          if (is_const(m)) l.constant = m->ival;
+          else if (m == rest) l = r;  // the range made the mod vanish
+          else l.add_term(m, 1);
+        }
+        return l;
+      }
+      default: break;
+    }
+    l.add_term(x, 1);
+    return l;
+  };
+  Linear l = lin(e);
+  // Merge (x/c)*(k*c) + (x%c)*k into x*k, repeatedly (reshape chains nest these).
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (auto& [key, coef] : l.terms) {
+      Expr atom = key.second;
+      if (atom->op != ExprOp::Mod) continue;
+      int64_t c = atom->b->ival;
+      Expr d = div(atom->a, c);
+      auto it = l.terms.find({d->hash, d});
+      if (it == l.terms.end() || it->second != coef * c) continue;
+      int64_t k = coef;
+      Expr inner = atom->a;
+      l.terms.erase(it);
+      l.terms.erase({atom->hash, atom});
+      l.add(lin(inner), k);
+      changed = true;
+      break;
+    }
+  }
+  return rebuild(l);
+}
+
+Expr Context::substitute(Expr e, const std::unordered_map<Expr, Expr>& map) {
+  std::unordered_map<Expr, Expr> memo;
+  std::function<Expr(Expr)> go = [&](Expr x) -> Expr {
+    if (!x) return x;
+    auto m = map.find(x);
+    if (m != map.end()) return m->second;
+    auto it = memo.find(x);
+    if (it != memo.end()) return it->second;
+    Expr r = x;
+    switch (x->op) {
+      case ExprOp::Const:
+      case ExprOp::Var: break;
+      case ExprOp::Load: r = load(static_cast<int>(x->ival), simplify_index(go(x->a)), x->dtype); break;
+      case ExprOp::Cast: r = cast(go(x->a), x->dtype); break;
+      case ExprOp::Select: r = select(go(x->a), go(x->b), go(x->c)); break;
+      default:
+        if (x->dtype == DType::Int64 && (x->op == ExprOp::Div || x->op == ExprOp::Mod) && is_const(x->b)) {
+          r = x->op == ExprOp::Div ? div(go(x->a), x->b->ival) : mod(go(x->a), x->b->ival);
+        } else if (expr_op_arity(x->op) == 1) {
+          r = unary(x->op, go(x->a));
+        } else {
+          r = binary(x->op, go(x->a), go(x->b));
+        }
+    }
+    memo[x] = r;
+    return r;
+  };
+  return go(e);
+}
+
+// ---- printing -----------------------------------------------------------------------------
+
+std::string print_expr(Expr root, std::string* lets_out, const std::string& indent) {
+  std::unordered_map<Expr, int> uses;
+  std::function<void(Expr)> count = [&](Expr x) {
+    if (!x || ++uses[x] > 1) return;
+    count(x->a);
+    count(x->b);
+    count(x->c);
+  };
+  count(root);
+  std::unordered_map<Expr, std::string> names;
+  std::string lets;
+  std::function<std::string(Expr)> go = [&](Expr x) -> std::string {
+    auto it = names.find(x);
+    if (it != names.end()) return it->second;
+    std::string s;
+    switch (x->op) {
+      case ExprOp::Const:
+        s = is_float(x->dtype) ? fmt::format("{}", x->fval) : std::to_string(x->ival);
+        break;
+      case ExprOp::Var: s = fmt::format("i{}", x->var_id); break;
+      case ExprOp::Load: s = fmt::format("buf{}[{}]", x->ival, go(x->a)); break;
+      case ExprOp::Cast: s = fmt::format("{}({})", dtype_name(x->dtype), go(x->a)); break;
+      case ExprOp::Add: s = fmt::format("({} + {})", go(x->a), go(x->b)); break;
+      case ExprOp::Mul: s = fmt::format("({} * {})", go(x->a), go(x->b)); break;
+      default: {
+        s = std::string(expr_op_name(x->op)) + "(";
+        for (int i = 0; i < expr_op_arity(x->op); ++i) s += (i ? ", " : "") + go(x->operand(i));
+        s += ")";
+      }
+    }
+    bool leaf = x->op == ExprOp::Const || x->op == ExprOp::Var;
+    if (lets_out && !leaf && uses[x] > 1 && x != root) {
+      std::string name = fmt::format("t{}", names.size());
+      lets += fmt::format("{}{} = {}\n", indent, name, s);
+      s = name;
+    }
+    names[x] = s;
+    return s;
+  };
+  std::string body = go(root);
+  if (lets_out) *lets_out += lets;
+  return body;
+}
+
+}  // namespace kiln::ir

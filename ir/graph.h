@@ -1,0 +1,73 @@
+/// \file graph.h
+/// The tensor-level graph IR: SSA values in topological order, one node per value.
+///
+/// A node has an op kind from the closed table in ops.def, its input values (earlier node ids),
+/// small typed attributes and its result type (dtype and concrete sizes). Inputs carry the
+/// strides they were captured with; any node may carry a preferred output layout (the strides
+/// eager PyTorch gave the value on the capturing call), which lowering follows for outputs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ir/dtype.h"
+
+namespace kiln::ir {
+
+enum class OpKind : uint16_t {
+#define KILN_OP(e, n, c, a) e,
+#include "ir/ops.def"
+#undef KILN_OP
+};
+
+enum class OpCategory : uint8_t { Leaf, Unary, Binary, Ternary, Cast, Composite, Movement, Reduction };
+
+const char* op_name(OpKind k);
+OpCategory op_category(OpKind k);
+int op_arity(OpKind k);  ///< -1 when variadic
+/// Looks an op up by its table name; returns false when there is none.
+bool op_from_name(const std::string& name, OpKind* out);
+bool is_pointwise(OpKind k);  ///< Unary, Binary, Ternary, Cast or Composite
+
+using Sizes = std::vector<int64_t>;
+
+/// Small typed attributes. Their meaning per op is documented in ops.def.
+struct Attrs {
+  std::vector<int64_t> ints;
+  std::vector<double> floats;
+  DType dtype = DType::Float32;  ///< Cast target; Constant dtype
+  int64_t int_value = 0;         ///< Constant value when its dtype is integral or bool
+  double float_value = 0;        ///< Constant value when its dtype is floating
+  bool operator==(const Attrs& o) const;
+};
+
+struct Node {
+  OpKind op;
+  std::vector<int> inputs;
+  Attrs attrs;
+  DType dtype;
+  Sizes sizes;
+  Sizes strides;  ///< Input: captured strides. Others: preferred layout, or empty (contiguous).
+  int64_t numel() const;
+};
+
+struct Graph {
+  std::vector<Node> nodes;     ///< topological order; a node's id is its index
+  std::vector<int> outputs;    ///< node ids, in the order the function returns them
+  std::vector<int> input_ids;  ///< node ids of Input nodes, in argument order
+};
+
+/// Contiguous (row-major) strides for `sizes`.
+Sizes contiguous_strides(const Sizes& sizes);
+int64_t numel(const Sizes& sizes);
+
+/// A stable textual form, one node per line: `%3 = add(%1, %2) : float32[4, 5]`.
+std::string print(const Graph& g);
+/// Checks well-formedness (topological order, arity, operand dtypes, view bounds); throws
+/// InternalError naming the first broken node.
+void verify(const Graph& g);
+/// Structural hash: equal for graphs that print the same.
+uint64_t structural_hash(const Graph& g);
+
+}  // namespace kiln::ir

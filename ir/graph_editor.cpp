@@ -1,0 +1,187 @@
+/// \file graph_editor.cpp
+/// Node constructors with dtype and shape inference.
+#include "ir/graph_editor.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "support/error.h"
+
+namespace kiln::ir {
+
+Sizes broadcast_shapes(const Sizes& a, const Sizes& b) {
+  size_t n = std::max(a.size(), b.size());
+  Sizes out(n);
+  for (size_t i = 0; i < n; ++i) {
+    int64_t x = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    int64_t y = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    KILN_UNSUPPORTED_IF(x != y && x != 1 && y != 1, "shapes do not broadcast ({} vs {})", x, y);
+    out[i] = x == 1 ? y : x;
+  }
+  return out;
+}
+
+int GraphEditor::append(Node n) {
+  for (int in : n.inputs)
+    KILN_CHECK(in >= 0 && static_cast<size_t>(in) < g_.nodes.size(), "input %{} does not exist", in);
+  g_.nodes.push_back(std::move(n));
+  return static_cast<int>(g_.nodes.size()) - 1;
+}
+
+int GraphEditor::input(DType dtype, const Sizes& sizes, const Sizes& strides, int arg_index) {
+  Node n{OpKind::Input, {}, {}, dtype, sizes, strides};
+  n.attrs.int_value = arg_index;
+  int id = append(std::move(n));
+  g_.input_ids.push_back(id);
+  return id;
+}
+
+int GraphEditor::float_constant(double v, DType dtype) {
+  Node n{OpKind::Constant, {}, {}, dtype, {}, {}};
+  n.attrs.dtype = dtype;
+  n.attrs.float_value = v;
+  return append(std::move(n));
+}
+
+int GraphEditor::int_constant(int64_t v, DType dtype) {
+  Node n{OpKind::Constant, {}, {}, dtype, {}, {}};
+  n.attrs.dtype = dtype;
+  n.attrs.int_value = dtype == DType::Bool ? (v != 0) : v;
+  return append(std::move(n));
+}
+
+int GraphEditor::constant(double v, DType dtype) {
+  if (is_float(dtype)) return float_constant(v, dtype);
+  if (dtype == DType::Bool) return int_constant(v != 0, dtype);
+  return int_constant(static_cast<int64_t>(std::trunc(v)), dtype);
+}
+
+int GraphEditor::unary(OpKind op, int x) {
+  KILN_CHECK(op_category(op) == OpCategory::Unary, "{} is not unary", op_name(op));
+  DType t = (op == OpKind::IsNan || op == OpKind::LogicalNot) ? DType::Bool : node(x).dtype;
+  return append(Node{op, {x}, {}, t, node(x).sizes, {}});
+}
+
+int GraphEditor::binary(OpKind op, int a, int b) {
+  KILN_CHECK(op_category(op) == OpCategory::Binary, "{} is not binary", op_name(op));
+  KILN_CHECK(node(a).dtype == node(b).dtype, "{} operands {} and {}", op_name(op),
+             dtype_name(node(a).dtype), dtype_name(node(b).dtype));
+  bool to_bool = op == OpKind::Eq || op == OpKind::Ne || op == OpKind::Lt || op == OpKind::Le ||
+                 op == OpKind::Gt || op == OpKind::Ge || op == OpKind::LogicalAnd ||
+                 op == OpKind::LogicalOr || op == OpKind::LogicalXor;
+  Sizes s = broadcast_shapes(node(a).sizes, node(b).sizes);
+  return append(Node{op, {a, b}, {}, to_bool ? DType::Bool : node(a).dtype, s, {}});
+}
+
+int GraphEditor::where(int cond, int a, int b) {
+  KILN_CHECK(node(cond).dtype == DType::Bool, "where condition must be bool");
+  KILN_CHECK(node(a).dtype == node(b).dtype, "where branches differ in dtype");
+  Sizes s = broadcast_shapes(broadcast_shapes(node(cond).sizes, node(a).sizes), node(b).sizes);
+  return append(Node{OpKind::Where, {cond, a, b}, {}, node(a).dtype, s, {}});
+}
+
+int GraphEditor::cast(int x, DType dtype) {
+  if (node(x).dtype == dtype) return x;
+  Node n{OpKind::Cast, {x}, {}, dtype, node(x).sizes, {}};
+  n.attrs.dtype = dtype;
+  return append(std::move(n));
+}
+
+int GraphEditor::composite(OpKind op, const std::vector<int>& xs, const Attrs& attrs) {
+  KILN_CHECK(op_category(op) == OpCategory::Composite, "{} is not composite", op_name(op));
+  Sizes s = node(xs[0]).sizes;
+  for (size_t i = 1; i < xs.size(); ++i) s = broadcast_shapes(s, node(xs[i]).sizes);
+  return append(Node{op, xs, attrs, node(xs[0]).dtype, s, {}});
+}
+
+int GraphEditor::reshape(int x, const Sizes& sizes) {
+  KILN_UNSUPPORTED_IF(numel(sizes) != node(x).numel(), "reshape of {} elements to {}",
+                      node(x).numel(), numel(sizes));
+  if (sizes == node(x).sizes) return x;
+  Node n{OpKind::Reshape, {x}, {}, node(x).dtype, sizes, {}};
+  n.attrs.ints = sizes;
+  return append(std::move(n));
+}
+
+int GraphEditor::permute(int x, const std::vector<int64_t>& perm_in) {
+  const Sizes& in = node(x).sizes;
+  int64_t r = static_cast<int64_t>(in.size());
+  KILN_UNSUPPORTED_IF(static_cast<int64_t>(perm_in.size()) != r, "permute rank mismatch");
+  std::vector<int64_t> perm(perm_in);
+  std::vector<bool> seen(r, false);
+  Sizes out(r);
+  bool identity = true;
+  for (int64_t i = 0; i < r; ++i) {
+    if (perm[i] < 0) perm[i] += r;
+    KILN_UNSUPPORTED_IF(perm[i] < 0 || perm[i] >= r || seen[perm[i]], "bad permutation");
+    seen[perm[i]] = true;
+    out[i] = in[perm[i]];
+    identity &= perm[i] == i;
+  }
+  if (identity) return x;
+  Node n{OpKind::Permute, {x}, {}, node(x).dtype, out, {}};
+  n.attrs.ints = perm;
+  return append(std::move(n));
+}
+
+int GraphEditor::expand(int x, const Sizes& sizes) {
+  const Sizes& in = node(x).sizes;
+  KILN_UNSUPPORTED_IF(sizes.size() < in.size(), "expand to a lower rank");
+  size_t off = sizes.size() - in.size();
+  for (size_t i = 0; i < in.size(); ++i)
+    KILN_UNSUPPORTED_IF(in[i] != 1 && in[i] != sizes[i + off], "expand of size {} to {}", in[i], sizes[i + off]);
+  if (sizes == in) return x;
+  Node n{OpKind::Expand, {x}, {}, node(x).dtype, sizes, {}};
+  n.attrs.ints = sizes;
+  return append(std::move(n));
+}
+
+int GraphEditor::slice(int x, int64_t dim, int64_t start, int64_t end, int64_t step) {
+  const Sizes& in = node(x).sizes;
+  int64_t r = static_cast<int64_t>(in.size());
+  if (dim < 0) dim += r;
+  KILN_UNSUPPORTED_IF(dim < 0 || dim >= r, "slice dim out of range");
+  KILN_UNSUPPORTED_IF(step <= 0, "slice step must be positive");
+  int64_t n = in[dim];
+  if (start < 0) start += n;
+  if (end < 0) end += n;
+  start = std::clamp<int64_t>(start, 0, n);
+  end = std::clamp<int64_t>(end, start, n);
+  if (start == 0 && end == n && step == 1) return x;
+  Sizes out = in;
+  out[dim] = (end - start + step - 1) / step;
+  Node node_{OpKind::Slice, {x}, {}, node(x).dtype, out, {}};
+  node_.attrs.ints = {dim, start, end, step};
+  return append(std::move(node_));
+}
+
+int GraphEditor::reduce(OpKind op, int x, std::vector<int64_t> dims, bool keepdim) {
+  KILN_CHECK(op_category(op) == OpCategory::Reduction, "{} is not a reduction", op_name(op));
+  const Sizes& in = node(x).sizes;
+  int64_t r = static_cast<int64_t>(in.size());
+  if (dims.empty())
+    for (int64_t i = 0; i < r; ++i) dims.push_back(i);
+  for (auto& d : dims) {
+    if (d < 0) d += r;
+    KILN_UNSUPPORTED_IF(d < 0 || d >= std::max<int64_t>(r, 1), "reduction dim out of range");
+  }
+  std::sort(dims.begin(), dims.end());
+  dims.erase(std::unique(dims.begin(), dims.end()), dims.end());
+  if (r == 0) dims.clear();
+  Sizes out;
+  for (int64_t i = 0; i < r; ++i) {
+    bool red = std::find(dims.begin(), dims.end(), i) != dims.end();
+    if (!red) out.push_back(in[i]);
+    else if (keepdim) out.push_back(1);
+  }
+  DType t = node(x).dtype;
+  if (op == OpKind::ArgMax || op == OpKind::ArgMin) t = DType::Int64;
+  if (op == OpKind::Any || op == OpKind::All) t = DType::Bool;
+  if ((op == OpKind::Sum || op == OpKind::Prod) && !is_float(t)) t = DType::Int64;
+  Node n{op, {x}, {}, t, out, {}};
+  n.attrs.ints = dims;
+  n.attrs.int_value = keepdim;
+  return append(std::move(n));
+}
+
+}  // namespace kiln::ir

@@ -1,0 +1,50 @@
+/// \file graph_editor.h
+/// Appends well-typed nodes to a Graph: each constructor infers the result's dtype and sizes
+/// (broadcasting, view shapes, reduced shapes) and checks its operands. Used by capture (the
+/// GraphBuilder the tracer drives) and by every graph pass that creates nodes.
+#pragma once
+
+#include "ir/graph.h"
+
+namespace kiln::ir {
+
+/// Broadcasts two shapes as torch does; throws Unsupported when they are incompatible.
+Sizes broadcast_shapes(const Sizes& a, const Sizes& b);
+
+class GraphEditor {
+ public:
+  explicit GraphEditor(Graph& g) : g_(g) {}
+
+  int input(DType dtype, const Sizes& sizes, const Sizes& strides, int arg_index);
+  int float_constant(double v, DType dtype);
+  int int_constant(int64_t v, DType dtype);
+  /// Constant of any dtype from a double (integral dtypes truncate toward zero).
+  int constant(double v, DType dtype);
+
+  /// Unary primitive; the operand dtype is kept (IsNan and LogicalNot give bool).
+  int unary(OpKind op, int x);
+  /// Binary primitive over operands of one dtype; comparisons and logical ops give bool.
+  int binary(OpKind op, int a, int b);
+  int where(int cond, int a, int b);
+  int cast(int x, DType dtype);
+  /// Composite pointwise op; the result has the first operand's dtype and the broadcast shape.
+  int composite(OpKind op, const std::vector<int>& xs, const Attrs& attrs);
+
+  int reshape(int x, const Sizes& sizes);
+  int permute(int x, const std::vector<int64_t>& perm);
+  int expand(int x, const Sizes& sizes);
+  /// Slice along `dim` with torch's clamping of start/end (negative values count from the end).
+  int slice(int x, int64_t dim, int64_t start, int64_t end, int64_t step);
+  /// Reduction over `dims` (any order, negative allowed; empty: all dims).
+  int reduce(OpKind op, int x, std::vector<int64_t> dims, bool keepdim);
+
+  /// Appends a fully described node after checking its inputs exist.
+  int append(Node n);
+  const Node& node(int id) const { return g_.nodes[id]; }
+  Graph& graph() { return g_; }
+
+ private:
+  Graph& g_;
+};
+
+}  // namespace kiln::ir

@@ -1,0 +1,85 @@
+/// \file kernel.h
+/// The contract between scheduling and the code generators: buffers, kernels (loop nests with
+/// stores of scalar expressions) and the program that runs them in order. Codegen decides
+/// nothing: every loop's extent and kind, every address and every value is spelled out here.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ir/expr.h"
+#include "ir/graph.h"
+
+namespace kiln::ir {
+
+enum class BufferKind : uint8_t {
+  Input,   ///< a tensor argument (leaf `index` of the call)
+  Output,  ///< a tensor the call returns (output `index`)
+  Temp,    ///< an intermediate materialised between kernels, from the runtime's pool
+};
+
+struct Buffer {
+  BufferKind kind;
+  int index;       ///< leaf index (Input) or output index (Output); -1 for Temp
+  DType dtype;
+  Sizes sizes;
+  Sizes strides;   ///< element strides (Input: as captured; Output: the layout to allocate)
+  int64_t storage_numel() const;  ///< elements the strided tensor spans
+};
+
+enum class LoopKind : uint8_t { Serial, Parallel, Vectorized };
+
+struct Loop {
+  Expr var;        ///< loop variable; its extent is var->ival
+  LoopKind kind;
+};
+
+struct Store {
+  int buffer;
+  Expr index;
+  Expr value;
+};
+
+/// How a kernel folds a reduction: the op and whether it tracks an index (argmax/argmin).
+enum class ReduceOp : uint8_t { Sum, Prod, Max, Min, ArgMax, ArgMin, Any, All };
+
+/// A reduction computed inside a kernel: folds `value` over the reduction loops, and the result
+/// is read in the stores through `result` (a placeholder Var-free Load on buffer -1-k).
+struct Reduction {
+  ReduceOp op;
+  Expr value;      ///< the element folded, in terms of outer and reduction loop variables
+  DType acc_dtype; ///< accumulator dtype
+  int slot;        ///< placeholder id: Load(buffer = -1 - slot) stands for the result
+};
+
+struct Kernel {
+  std::string name;        ///< readable: named after the ops it fuses
+  std::string provenance;  ///< one line: graph nodes it computes
+  std::vector<Loop> loops;          ///< outer loops, outermost first; loops[0] is split across threads
+  std::vector<Loop> reduce_loops;   ///< inner reduction loops (empty for pointwise kernels)
+  std::vector<Reduction> reductions;
+  std::vector<Store> stores;        ///< executed once per outer iteration, after the reductions
+  int64_t outer_extent() const { return loops.empty() ? 1 : loops[0].var->ival; }
+  /// Elements computed per unit of the outer loop (for the thread split's grain).
+  int64_t inner_work() const;
+};
+
+/// Where each returned tensor comes from.
+struct OutputSpec {
+  enum class Kind : uint8_t { Buffer, Input } kind;
+  int index;  ///< buffer id (Buffer) or leaf index (Input: the function returned that argument)
+};
+
+struct KernelProgram {
+  std::shared_ptr<Context> ctx;  ///< owns every Expr referenced below
+  std::vector<Buffer> buffers;
+  std::vector<Kernel> kernels;   ///< run in order
+  std::vector<OutputSpec> outputs;
+  std::vector<std::string> fusion_log;  ///< every fusion decision with its reason
+};
+
+std::string print(const Kernel& k);
+std::string print(const KernelProgram& p);
+
+}  // namespace kiln::ir

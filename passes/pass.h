@@ -1,0 +1,28 @@
+/// \file pass.h
+/// Options every pass receives, and the PassRunner that names, times, logs and verifies each
+/// step of the pipeline. Passes never read the environment: knobs reach them through here.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ir/graph.h"
+
+namespace kiln::passes {
+
+struct PassOptions {
+  bool verify = false;          ///< run the graph verifier after every pass (KILN_VERIFY)
+  bool log_ir = false;          ///< print the graph after each pass that changed it (KILN_LOG=ir)
+  bool log_fusion = false;      ///< print every fusion decision with its reason (KILN_LOG=fusion)
+  /// Called with (pass name, text) for each artifact worth keeping (KILN_DEBUG_DIR).
+  std::function<void(const std::string&, const std::string&)> dump;
+  /// Filled with one line per pass: "name: 0.12 ms".
+  std::vector<std::string>* timings = nullptr;
+};
+
+/// Runs one graph-to-graph pass with logging, timing and verification around it.
+ir::Graph run_graph_pass(const char* name, ir::Graph (*pass)(const ir::Graph&, const PassOptions&),
+                         const ir::Graph& g, const PassOptions& opts);
+
+}  // namespace kiln::passes

@@ -1,0 +1,22 @@
+/// \file pipeline.cpp
+/// The pass pipeline, in order, with why each step is there.
+#include "passes/pipeline.h"
+
+#include "passes/decompose.h"
+#include "passes/lower_to_loops.h"
+#include "passes/simplify.h"
+
+namespace kiln::passes {
+
+ir::KernelProgram run_pipeline(const ir::Graph& captured, const PassOptions& opts) {
+  if (opts.verify) ir::verify(captured);
+  if (opts.dump) opts.dump("graph.txt", ir::print(captured));
+  // Composite ops become primitives so that hand-written and library forms lower alike.
+  ir::Graph g = run_graph_pass("decompose", run_decompose, captured, opts);
+  // Shared subexpressions and dead values go before lowering decides what to materialise.
+  g = run_graph_pass("simplify", run_simplify, g, opts);
+  // Loop IR: views become index math, pointwise chains fuse into their consumers' loops.
+  return run_lower_to_loops(g, opts);
+}
+
+}  // namespace kiln::passes

@@ -1,0 +1,91 @@
+/// \file simplify.cpp
+/// CSE by (op, inputs, attrs, type) keys, identities, then DCE from the outputs.
+#include "passes/simplify.h"
+
+#include <map>
+#include <tuple>
+
+#include "ir/graph_editor.h"
+
+namespace kiln::passes {
+using namespace kiln::ir;
+
+namespace {
+bool is_const_value(const Graph& g, int id, double v) {
+  const Node& n = g.nodes[id];
+  if (n.op != OpKind::Constant) return false;
+  return is_float(n.dtype) ? n.attrs.float_value == v : static_cast<double>(n.attrs.int_value) == v;
+}
+
+/// Returns the node `n` is equivalent to (an existing value of `g`), or -1.
+int identity_of(const Graph& g, const Node& n) {
+  if (n.inputs.size() != 2) return -1;
+  int a = n.inputs[0], b = n.inputs[1];
+  const Node& na = g.nodes[a];
+  if (na.sizes != n.sizes || na.dtype != n.dtype) return -1;
+  // x*1 and x/1 are exact for every value; x-0 too (-0 - 0 = -0). x+0 is not (-0 + 0 = +0)
+  // for floats, so it is only removed for integers.
+  if ((n.op == OpKind::Mul || n.op == OpKind::Div) && is_const_value(g, b, 1.0)) return a;
+  if (n.op == OpKind::Sub && is_const_value(g, b, 0.0)) return a;
+  if (n.op == OpKind::Add && !is_float(n.dtype) && is_const_value(g, b, 0.0)) return a;
+  return -1;
+}
+}  // namespace
+
+Graph run_simplify(const Graph& g, const PassOptions&) {
+  // Forward: CSE and identities into a new graph.
+  Graph mid;
+  GraphEditor e(mid);
+  std::vector<int> remap(g.nodes.size(), -1);
+  using Key = std::tuple<int, std::vector<int>, std::vector<int64_t>, std::vector<double>, int, int64_t, double, int,
+                         Sizes>;
+  std::map<Key, int> seen;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    Node n = g.nodes[i];
+    for (int& x : n.inputs) x = remap[x];
+    if (n.op == OpKind::Input) {
+      remap[i] = e.append(n);
+      mid.input_ids.push_back(remap[i]);
+      continue;
+    }
+    int same = identity_of(mid, n);
+    if (same >= 0 && n.strides.empty()) {
+      remap[i] = same;
+      continue;
+    }
+    Key k{static_cast<int>(n.op), n.inputs, n.attrs.ints, n.attrs.floats, static_cast<int>(n.attrs.dtype),
+          n.attrs.int_value, n.attrs.float_value, static_cast<int>(n.dtype), n.sizes};
+    auto it = seen.find(k);
+    if (it != seen.end()) {
+      remap[i] = it->second;
+      if (mid.nodes[it->second].strides.empty()) mid.nodes[it->second].strides = n.strides;
+      continue;
+    }
+    remap[i] = e.append(n);
+    seen.emplace(std::move(k), remap[i]);
+  }
+  for (int o : g.outputs) mid.outputs.push_back(remap[o]);
+
+  // Backward: keep inputs, outputs and what they need.
+  std::vector<bool> live(mid.nodes.size(), false);
+  for (int o : mid.outputs) live[o] = true;
+  for (int i = static_cast<int>(mid.nodes.size()) - 1; i >= 0; --i) {
+    if (mid.nodes[i].op == OpKind::Input) live[i] = true;
+    if (!live[i]) continue;
+    for (int x : mid.nodes[i].inputs) live[x] = true;
+  }
+  Graph out;
+  std::vector<int> keep(mid.nodes.size(), -1);
+  for (size_t i = 0; i < mid.nodes.size(); ++i) {
+    if (!live[i]) continue;
+    Node n = mid.nodes[i];
+    for (int& x : n.inputs) x = keep[x];
+    keep[i] = static_cast<int>(out.nodes.size());
+    if (n.op == OpKind::Input) out.input_ids.push_back(keep[i]);
+    out.nodes.push_back(std::move(n));
+  }
+  for (int o : mid.outputs) out.outputs.push_back(keep[o]);
+  return out;
+}
+
+}  // namespace kiln::passes

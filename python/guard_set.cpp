@@ -1,0 +1,150 @@
+/// \file guard_set.cpp
+/// Fast and verbose guard evaluation over CPython objects.
+#include "python/guard_set.h"
+
+#include <fmt/format.h>
+
+namespace kiln::py_bind {
+namespace {
+
+/// Interned attribute names, created once.
+struct Names {
+  PyObject* dtype = PyUnicode_InternFromString("dtype");
+  PyObject* shape = PyUnicode_InternFromString("shape");
+  PyObject* stride = PyUnicode_InternFromString("stride");
+  PyObject* requires_grad = PyUnicode_InternFromString("requires_grad");
+  PyObject* device = PyUnicode_InternFromString("device");
+  PyObject* is_cpu = PyUnicode_InternFromString("is_cpu");
+};
+const Names& names() {
+  static Names* n = new Names();
+  return *n;
+}
+
+bool tuple_equals(PyObject* tuple, const std::vector<int64_t>& v) {
+  if (!tuple || !PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != static_cast<Py_ssize_t>(v.size())) return false;
+  for (size_t i = 0; i < v.size(); ++i) {
+    long long x = PyLong_AsLongLong(PyTuple_GET_ITEM(tuple, i));
+    if (x != v[i]) {
+      PyErr_Clear();
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string tuple_text(PyObject* t) {
+  std::vector<int64_t> v;
+  return read_int_tuple(t, v) ? fmt::format("({})", fmt::join(v, ", ")) : std::string("?");
+}
+
+std::string device_of(PyObject* t) {
+  py::object dev = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, names().device));
+  if (!dev) {
+    PyErr_Clear();
+    return "?";
+  }
+  return py::str(dev);
+}
+}  // namespace
+
+bool read_int_tuple(PyObject* tuple, std::vector<int64_t>& out) {
+  out.clear();
+  if (!tuple || !PyTuple_Check(tuple)) return false;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); ++i) {
+    long long x = PyLong_AsLongLong(PyTuple_GET_ITEM(tuple, i));
+    if (x == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      return false;
+    }
+    out.push_back(x);
+  }
+  return true;
+}
+
+std::string GuardSet::check_tensor(const TensorGuard& g, PyObject* t, bool verbose) const {
+  const Names& n = names();
+  if (reinterpret_cast<PyObject*>(Py_TYPE(t)) != g.type.ptr())
+    return verbose ? fmt::format("type is {}, expected {}", py::str(py::handle(reinterpret_cast<PyObject*>(Py_TYPE(t)))).cast<std::string>(),
+                                 py::str(g.type).cast<std::string>())
+                   : "x";
+  py::object dtype = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, n.dtype));
+  if (dtype.ptr() != g.dtype.ptr())
+    return verbose ? fmt::format("dtype is {}, expected {}", py::str(dtype).cast<std::string>(),
+                                 py::str(g.dtype).cast<std::string>())
+                   : "x";
+  py::object shape = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, n.shape));
+  if (!tuple_equals(shape.ptr(), g.sizes))
+    return verbose ? fmt::format("sizes are {}, expected ({})", tuple_text(shape.ptr()), fmt::join(g.sizes, ", ")) : "x";
+  py::object stride = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t, n.stride));
+  if (!tuple_equals(stride.ptr(), g.strides))
+    return verbose ? fmt::format("strides are {}, expected ({})", tuple_text(stride.ptr()), fmt::join(g.strides, ", "))
+                   : "x";
+  py::object rg = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, n.requires_grad));
+  if ((rg.ptr() == Py_True) != g.requires_grad)
+    return verbose ? fmt::format("requires_grad is {}, expected {}", rg.ptr() == Py_True, g.requires_grad) : "x";
+  // Device last. `is_cpu` is a cheap bool; other devices compare the device's text.
+  if (g.device == "cpu") {
+    py::object cpu = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, n.is_cpu));
+    if (cpu.ptr() == Py_True) return "";
+  }
+  std::string dev = device_of(t);
+  if (dev != g.device) return verbose ? fmt::format("device is {}, expected {}", dev, g.device) : "x";
+  return "";
+}
+
+bool GuardSet::check(const py::list& leaves, bool grad_enabled) {
+  if (static_cast<size_t>(PyList_GET_SIZE(leaves.ptr())) != leaf_count_) return false;
+  if (grad_enabled != grad_mode_) return false;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    PyObject* t = PyList_GET_ITEM(leaves.ptr(), tensors_[i].leaf);
+    if (!check_tensor(tensors_[i], t, false).empty()) {
+      if (i > 0) std::swap(tensors_[i], tensors_[0]);  // check the usual culprit first next time
+      PyErr_Clear();
+      return false;
+    }
+  }
+  for (const auto& g : values_) {
+    PyObject* v = PyList_GET_ITEM(leaves.ptr(), g.leaf);
+    if (reinterpret_cast<PyObject*>(Py_TYPE(v)) != g.type.ptr()) return false;
+    if (g.type_only || v == g.value.ptr()) continue;
+    int eq = PyObject_RichCompareBool(v, g.value.ptr(), Py_EQ);
+    if (eq != 1) {
+      PyErr_Clear();
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
+  if (static_cast<size_t>(PyList_GET_SIZE(leaves.ptr())) != leaf_count_)
+    return fmt::format("the call has {} leaves, expected {}", PyList_GET_SIZE(leaves.ptr()), leaf_count_);
+  if (grad_enabled != grad_mode_) return fmt::format("grad mode is {}, expected {}", grad_enabled, grad_mode_);
+  for (const auto& g : tensors_) {
+    std::string why = check_tensor(g, PyList_GET_ITEM(leaves.ptr(), g.leaf), true);
+    if (!why.empty()) return fmt::format("leaf {}: {}", g.leaf, why);
+  }
+  for (const auto& g : values_) {
+    py::handle v = PyList_GET_ITEM(leaves.ptr(), g.leaf);
+    if (reinterpret_cast<PyObject*>(Py_TYPE(v.ptr())) != g.type.ptr() || (!g.type_only && !v.equal(g.value)))
+      return fmt::format("leaf {}: value is {}, expected {}", g.leaf, py::repr(v).cast<std::string>(),
+                         py::repr(g.value).cast<std::string>());
+  }
+  return "";
+}
+
+std::vector<std::string> GuardSet::describe() const {
+  std::vector<std::string> out;
+  out.push_back(fmt::format("grad_mode == {}", grad_mode_));
+  for (const auto& g : tensors_)
+    out.push_back(fmt::format("leaf {}: {} {} on {}, sizes ({}), strides ({}), requires_grad={}", g.leaf,
+                              py::str(g.type).cast<std::string>(), py::str(g.dtype).cast<std::string>(), g.device,
+                              fmt::join(g.sizes, ", "), fmt::join(g.strides, ", "), g.requires_grad));
+  for (const auto& g : values_)
+    out.push_back(g.type_only ? fmt::format("leaf {}: type is {}", g.leaf, py::str(g.type).cast<std::string>())
+                              : fmt::format("leaf {}: == {}", g.leaf, py::repr(g.value).cast<std::string>()));
+  return out;
+}
+
+}  // namespace kiln::py_bind

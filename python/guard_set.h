@@ -1,0 +1,58 @@
+/// \file guard_set.h
+/// Guards of one compiled entry, checked in C++ on every call against the flattened call
+/// leaves (tensors and plain Python values). `check` allocates nothing and stops at the first
+/// mismatch; `explain` says which leaf, which property, expected and actual. Guards that failed
+/// before are checked first on later calls (most misses repeat).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+namespace kiln::py_bind {
+namespace py = pybind11;
+
+struct TensorGuard {
+  int leaf;
+  py::object type;   ///< exact Python type (torch.Tensor, nn.Parameter, ...)
+  py::object dtype;  ///< the torch.dtype object (singletons: compared by identity)
+  std::string device;
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;
+  bool requires_grad;
+};
+
+struct ValueGuard {
+  int leaf;
+  py::object type;
+  py::object value;  ///< compared by identity, then ==
+  bool type_only = false;  ///< objects kiln cannot compare: only their type is checked
+};
+
+class GuardSet {
+ public:
+  void add_tensor(TensorGuard g) { tensors_.push_back(std::move(g)); }
+  void add_value(ValueGuard g) { values_.push_back(std::move(g)); }
+  void set_grad_mode(bool enabled) { grad_mode_ = enabled; }
+  /// True when every guard holds for `leaves` under grad mode `grad_enabled`.
+  bool check(const py::list& leaves, bool grad_enabled);
+  /// The first failing guard in words, or "" when all hold.
+  std::string explain(const py::list& leaves, bool grad_enabled) const;
+  /// One line per guard, for kiln.explain and KILN_LOG=guards.
+  std::vector<std::string> describe() const;
+  size_t leaf_count() const { return leaf_count_; }
+  void set_leaf_count(size_t n) { leaf_count_ = n; }
+
+ private:
+  std::string check_tensor(const TensorGuard& g, PyObject* t, bool verbose) const;
+  std::vector<TensorGuard> tensors_;
+  std::vector<ValueGuard> values_;
+  bool grad_mode_ = true;
+  size_t leaf_count_ = 0;
+};
+
+/// Reads a tensor's sizes or strides tuple into `out`; false if it is not a tuple of ints.
+bool read_int_tuple(PyObject* tuple, std::vector<int64_t>& out);
+
+}  // namespace kiln::py_bind

@@ -1,0 +1,63 @@
+"""kiln: a JIT tracing and kernel-fusion compiler for PyTorch.
+
+    f = kiln.compile(fn)          # or @kiln.compile, @kiln.compile(backend="eager"), a Module
+    kiln.counters()               # captures, cache hits, recompiles, breaks, fallbacks
+    kiln.kernels(f)               # generated kernels: name, target, source (LLVM IR), asm
+    kiln.explain(fn, *args)       # graphs, graph breaks with reasons, fallback ops, guards
+    kiln.reset()                  # forget compiled programs and counters
+
+Knobs (environment, read at import; kiln.config.set(name, value) changes them later):
+KILN_DISABLE, KILN_NUM_THREADS, KILN_LOG, KILN_DEBUG_DIR, KILN_CACHE_LIMIT, KILN_VERIFY,
+KILN_OPT_LEVEL. See README.md.
+"""
+
+import weakref
+
+import torch
+
+from . import _C, _counters, config
+from ._compile import CompiledFunction
+from ._explain import Explanation, explain
+from ._kernels import Kernel, codegen, kernels
+from ._module import CompiledModule
+
+__version__ = "0.1.0"
+__all__ = ["compile", "explain", "counters", "reset", "kernels", "codegen", "config", "Unsupported"]
+
+Unsupported = _C.Unsupported
+
+_C.set_torch_handles(torch.empty_strided,
+                     {name: dt for dt, name in __import__("kiln._trace", fromlist=["x"]).DTYPE_NAMES.items()})
+
+_live = weakref.WeakSet()
+
+
+def compile(fn=None, *, backend="kiln", fullgraph=False, dynamic=None):
+    """Compiles a function or an nn.Module. Usable as `compile(f)`, `@compile` and
+    `@compile(backend=...)`. backend="eager" runs everything eagerly (for debugging)."""
+    if fn is None:
+        return lambda f: compile(f, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
+    if isinstance(fn, torch.nn.Module):
+        out = CompiledModule(fn, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
+        _live.add(out._kiln)
+        return out
+    if not callable(fn):
+        raise TypeError(f"kiln.compile expects a function or an nn.Module, got {type(fn).__name__}")
+    out = CompiledFunction(fn, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
+    _live.add(out)
+    return out
+
+
+def counters():
+    """Counts since the last reset(): captures, cache_hits, recompiles, graph_breaks,
+    fallback_ops, eager_calls, plus fallback_op_counts and reasons (text -> times)."""
+    return _counters.snapshot()
+
+
+def reset():
+    """Forgets every compiled program and zeroes the counters."""
+    for f in list(_live):
+        f._entries.clear()
+        f._entry_count = 0
+        f._eager_only = None
+    _counters.reset()

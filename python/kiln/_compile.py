@@ -1,0 +1,280 @@
+"""Compiled functions: the per-call fast path (flatten, guard, run) and capture on a miss."""
+
+import functools
+import os
+import re
+import sys
+import types
+import warnings
+
+import torch
+
+from . import _C, _counters
+from ._flatten import flatten, unflatten
+from ._trace import CaptureFailed, trace
+
+_SIMPLE_VALUE_TYPES = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
+def _log(stage, text):
+    if _C.log_enabled(stage):
+        print(f"[kiln {stage}] {text}", file=sys.stderr)
+
+
+def _state_leaves(module):
+    """Global state that changes results, appended to every call's leaves and guarded by value."""
+    if module is None:
+        return [torch.get_default_dtype()]
+    return [torch.get_default_dtype(), module.training]
+
+
+def _attr_path_getter(root, path):
+    parts = path.split(".")
+
+    def get():
+        obj = root
+        for p in parts:
+            obj = getattr(obj, p)
+        return obj
+    return get
+
+
+def _code_names(code):
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _code_names(c)
+    return names
+
+
+def _captured_candidates(fn, module):
+    """Tensors the function can reach besides its arguments: id -> (getter, tensor)."""
+    out = {}
+
+    def add_module(mod, base_getter):
+        for name, t in list(mod.named_parameters(remove_duplicate=False)) + list(mod.named_buffers(remove_duplicate=False)):
+            getter = _attr_path_getter(mod, name) if base_getter is None else (
+                lambda g=base_getter, n=name: _attr_path_getter(g(), n)())
+            out.setdefault(id(t), (getter, t))
+
+    if module is not None:
+        add_module(module, None)
+    raw = getattr(fn, "__func__", fn)
+    code = getattr(raw, "__code__", None)
+    for i, cell in enumerate(getattr(raw, "__closure__", None) or ()):
+        try:
+            v = cell.cell_contents
+        except ValueError:
+            continue
+        if isinstance(v, torch.Tensor):
+            out.setdefault(id(v), (lambda c=cell: c.cell_contents, v))
+        elif isinstance(v, torch.nn.Module):
+            add_module(v, lambda c=cell: c.cell_contents)
+    g = getattr(raw, "__globals__", None)
+    if g is not None and code is not None:
+        for name in _code_names(code):
+            v = g.get(name)
+            if isinstance(v, torch.Tensor):
+                out.setdefault(id(v), (lambda d=g, n=name: d[n], v))
+            elif isinstance(v, torch.nn.Module):
+                add_module(v, lambda d=g, n=name: d[n])
+    return out
+
+
+def _build_guards(leaves, grad):
+    gs = _C.GuardSet()
+    gs.set_leaf_count(len(leaves))
+    gs.set_grad_mode(grad)
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, torch.Tensor):
+            gs.add_tensor(i, type(leaf), leaf.dtype, str(leaf.device), list(leaf.shape), list(leaf.stride()),
+                          leaf.requires_grad)
+        elif type(leaf) in _SIMPLE_VALUE_TYPES:
+            gs.add_value(i, type(leaf), leaf)
+        else:
+            gs.add_value(i, type(leaf), None, type_only=True)
+    return gs
+
+
+class _Entry:
+    """One guarded specialisation: compiled (program set) or eager (reason set)."""
+
+    def __init__(self, guards, getters, program=None, out_specs=None, result_spec=None, reason=None,
+                 failure=None):
+        self.failure = failure
+        self.guards = guards
+        self.getters = getters
+        self.program = program
+        self.native = _C.Entry(guards, program) if program is not None else None
+        self.out_specs = out_specs
+        self.result_spec = result_spec
+        self.reason = reason
+        # Fast path for the common `return tensor`.
+        self.single = result_spec is None and out_specs == [("graph", 0)]
+
+
+class CompiledFunction:
+    """What kiln.compile returns for a function (and installs as a module's forward)."""
+
+    def __init__(self, fn, backend="kiln", fullgraph=False, dynamic=None, module=None):
+        if backend not in ("kiln", "eager"):
+            raise ValueError(f"kiln.compile: unknown backend {backend!r} (expected 'kiln' or 'eager')")
+        self._fn = fn
+        self._module = module
+        self._backend = backend
+        self._fullgraph = fullgraph
+        self._entries = {}       # structure spec -> [_Entry]
+        self._entry_count = 0
+        self._eager_only = None  # reason, once the cache limit is hit
+        self._compiles = 0
+        functools.update_wrapper(self, fn)
+
+    # -- the per-call path ------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        if self._backend == "eager" or self._eager_only is not None or _disabled():
+            _counters.record_eager(self._eager_only or "kiln is disabled (KILN_DISABLE=1 or backend='eager')")
+            return self._fn(*args, **kwargs)
+        leaves = []
+        spec = flatten((args, kwargs), leaves)
+        grad = torch.is_grad_enabled()
+        state = _state_leaves(self._module)
+        for entry in self._entries.get(spec, ()):
+            full = leaves + [g() for g in entry.getters] + state if entry.getters else leaves + state
+            if entry.native is None:
+                if entry.guards.check(full, grad):
+                    _counters.record_eager(entry.reason)
+                    return self._fn(*args, **kwargs)
+                continue
+            out = entry.native(full, grad)
+            if out is None:
+                continue
+            if out is False:
+                # A kernel met an integer division by zero: eager raises torch's own error.
+                _counters.record_eager("integer division by zero in a compiled kernel")
+                return self._fn(*args, **kwargs)
+            _counters.bump("cache_hits")
+            if entry.single:
+                return out[0]
+            return self._result(entry, out, full)
+        return self._miss(args, kwargs, leaves, spec, grad, state)
+
+    @staticmethod
+    def _result(entry, out, full):
+        vals = []
+        for kind, v in entry.out_specs:
+            vals.append(out[v] if kind == "graph" else full[v] if kind == "input" else v)
+        return unflatten(entry.result_spec, vals)[0]
+
+    # -- capture ----------------------------------------------------------------------------
+    def _miss(self, args, kwargs, leaves, spec, grad, state):
+        limit = int(_C.knob("cache_limit") or 8)
+        if self._entry_count >= limit:
+            self._eager_only = f"more than {limit} variants (KILN_CACHE_LIMIT); running eagerly"
+            warnings.warn(f"kiln: {self.__name__} recompiled {limit} times; it runs eagerly from now on. "
+                          "Raise KILN_CACHE_LIMIT or make its argument shapes/values stable.", stacklevel=3)
+            _counters.record_eager(self._eager_only)
+            return self._fn(*args, **kwargs)
+        if self._entry_count > 0:
+            _counters.bump("recompiles")
+            _log("recompiles", f"{self.__name__}: new variant #{self._entry_count + 1}")
+        arg_count = len(leaves)
+        if grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in leaves):
+            return self._eager_entry(args, kwargs, leaves + state, spec, grad, [],
+                                     "autograd: an input requires grad (training is not supported yet)")
+        candidates = _captured_candidates(self._fn, self._module)
+        trace_leaves = list(leaves)
+        _counters.bump("captures")
+        try:
+            result, tracer = trace(self._fn, args, kwargs, trace_leaves, candidates)
+        except CaptureFailed as e:
+            # Raised while setting up (e.g. a sparse argument), before the function ran.
+            _counters.record_failure(e)
+            return self._eager_entry(args, kwargs, leaves + state, spec, grad, [], e.reason, e)
+        getters = [src for src in tracer.captured]
+        full = trace_leaves + state
+        failure = tracer.failure
+        if failure is None and grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in trace_leaves):
+            failure = CaptureFailed("autograd: a parameter or captured tensor requires grad "
+                                    "(training is not supported yet)")
+        if failure is None and any(not isinstance(x, torch.Tensor) and type(x) not in _SIMPLE_VALUE_TYPES
+                                   for x in leaves):
+            bad = next(type(x).__name__ for x in leaves
+                       if not isinstance(x, torch.Tensor) and type(x) not in _SIMPLE_VALUE_TYPES)
+            failure = CaptureFailed(f"an argument of type {bad} cannot be guarded")
+        out_specs = result_spec = None
+        if failure is None:
+            res_leaves = []
+            result_spec = flatten(result, res_leaves)
+            try:
+                out_specs = tracer.outputs(res_leaves, arg_count)
+            except CaptureFailed as e:
+                failure = e
+        if failure is not None:
+            _counters.record_failure(failure)
+            _log("breaks", f"{self.__name__}: {failure.reason} at {failure.location}")
+            self._add_entry(spec, _Entry(_build_guards(full, grad), getters, reason=failure.reason,
+                                         failure=failure))
+            return result
+        _log("graph", f"{self.__name__}:\n{tracer.builder.print()}")
+        try:
+            program = _C.compile_graph(tracer.builder, self._debug_dir())
+        except _C.Unsupported as e:
+            err = CaptureFailed(str(e), location="(lowering)")
+            _counters.record_failure(err)
+            self._add_entry(spec, _Entry(_build_guards(full, grad), getters, reason=str(e), failure=err))
+            return result
+        except (_C.InternalError, RuntimeError) as e:
+            warnings.warn(f"kiln: compiling {self.__name__} failed; it runs eagerly for these inputs: {e}")
+            _counters.record_failure(CaptureFailed(f"kiln internal error: {e}"))
+            self._add_entry(spec, _Entry(_build_guards(full, grad), getters, reason=f"internal error: {e}"))
+            return result
+        if program.dump_error:
+            warnings.warn(program.dump_error)
+        self._compiles += 1
+        entry = _Entry(_build_guards(full, grad), getters, program, out_specs, result_spec)
+        self._add_entry(spec, entry)
+        _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
+        _log("kernels", f"{self.__name__}:\n{program.loop_ir}")
+        self._write_debug_extras(entry)
+        return result
+
+    def _eager_entry(self, args, kwargs, full, spec, grad, getters, reason, failure=None):
+        _counters.record_eager(reason)
+        self._add_entry(spec, _Entry(_build_guards(full, grad), getters, reason=reason,
+                                     failure=failure or CaptureFailed(reason)))
+        return self._fn(*args, **kwargs)
+
+    def _add_entry(self, spec, entry):
+        self._entries.setdefault(spec, []).append(entry)
+        self._entry_count += 1
+
+    def _debug_dir(self):
+        root = _C.knob("debug_dir")
+        if not root:
+            return ""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", getattr(self._fn, "__qualname__", "fn"))
+        return os.path.join(root, f"{name}_{self._compiles}")
+
+    def _write_debug_extras(self, entry):
+        d = self._debug_dir()
+        if not d:
+            return
+        try:
+            with open(os.path.join(d, "guards.txt"), "w") as f:
+                f.write("\n".join(entry.guards.describe()) + "\n")
+            with open(os.path.join(d, "timings.txt"), "w") as f:
+                f.write("\n".join(entry.program.timings) + "\n")
+        except OSError as e:
+            warnings.warn(f"kiln: cannot write KILN_DEBUG_DIR artifacts: {e}")
+
+    # -- inspection -------------------------------------------------------------------------
+    def compiled_programs(self):
+        return [e.program for es in self._entries.values() for e in es if e.program is not None]
+
+    def entries(self):
+        return [e for es in self._entries.values() for e in es]
+
+
+def _disabled():
+    v = _C.knob("disable")
+    return bool(v) and v not in ("0", "false", "False", "off")

@@ -1,0 +1,49 @@
+"""kiln.explain: what kiln makes of a function on given arguments."""
+
+from ._compile import CompiledFunction
+
+
+class Explanation:
+    """Result of kiln.explain: .graph_count, .graph_breaks [(reason, location)], .fallback_ops
+    [(op, reason)], .guards [text], .graphs [text], .kernels [name]; str() reads well."""
+
+    def __init__(self, entries):
+        self.graphs = [e.program.graph for e in entries if e.program is not None]
+        self.graph_count = len(self.graphs)
+        self.graph_breaks = [(e.failure.reason, e.failure.location) for e in entries
+                             if e.failure is not None and e.failure.kind == "break"]
+        self.fallback_ops = [(e.failure.op or "(whole function)", e.failure.reason) for e in entries
+                             if e.failure is not None and e.failure.kind != "break"]
+        self.guards = [g for e in entries for g in e.guards.describe()]
+        self.kernels = [k["name"] for e in entries if e.program is not None for k in e.program.kernels()]
+
+    def __str__(self):
+        lines = [f"graphs: {self.graph_count}", f"graph breaks: {len(self.graph_breaks)}"]
+        lines += [f"  - {r}\n    at {loc}" for r, loc in self.graph_breaks]
+        lines.append(f"fallbacks: {len(self.fallback_ops)}")
+        lines += [f"  - {op}: {r}" for op, r in self.fallback_ops]
+        lines.append(f"kernels: {', '.join(self.kernels) or '(none)'}")
+        lines.append("guards:")
+        lines += [f"  {g}" for g in self.guards]
+        for i, g in enumerate(self.graphs):
+            lines.append(f"graph {i}:")
+            lines += ["  " + l for l in g.splitlines()]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def explain(fn, *args, **kwargs):
+    """Captures `fn` on these arguments with a fresh cache and reports what kiln did."""
+    from ._module import CompiledModule
+    import torch
+    if isinstance(fn, CompiledModule):
+        fn = fn._kiln
+    if isinstance(fn, CompiledFunction):
+        fresh = CompiledFunction(fn._fn, module=fn._module)
+    elif isinstance(fn, torch.nn.Module):
+        fresh = CompiledFunction(fn.forward, module=fn)
+    else:
+        fresh = CompiledFunction(fn)
+    fresh(*args, **kwargs)
+    return Explanation(fresh.entries())

@@ -1,0 +1,39 @@
+"""Flattening of call arguments and results into leaves plus a hashable structure spec.
+
+Tensors and plain values inside tuples, lists and dicts become leaves; the spec records the
+containers (types, lengths, dict keys) so a guard can compare call shapes with one `==`.
+"""
+
+_CONTAINERS = (tuple, list, dict)
+
+
+def flatten(obj, leaves):
+    """Appends the leaves of `obj` to `leaves`; returns the structure spec."""
+    t = type(obj)
+    if t is tuple or t is list:
+        return (t, tuple(flatten(x, leaves) for x in obj))
+    if isinstance(obj, tuple) and hasattr(t, "_fields"):  # namedtuple
+        return (t, tuple(flatten(x, leaves) for x in obj), True)
+    if t is dict:
+        keys = tuple(obj.keys())
+        return (dict, keys, tuple(flatten(obj[k], leaves) for k in keys))
+    leaves.append(obj)
+    return None
+
+
+def unflatten(spec, leaves, pos=0):
+    """Rebuilds the object of `spec` from `leaves` starting at `pos`; returns (obj, next pos)."""
+    if spec is None:
+        return leaves[pos], pos + 1
+    if spec[0] is dict:
+        out = {}
+        for k, s in zip(spec[1], spec[2]):
+            out[k], pos = unflatten(s, leaves, pos)
+        return out, pos
+    items = []
+    for s in spec[1]:
+        v, pos = unflatten(s, leaves, pos)
+        items.append(v)
+    if len(spec) == 3:  # namedtuple
+        return spec[0](*items), pos
+    return spec[0](items), pos

@@ -1,0 +1,58 @@
+"""Inspection of generated kernels: kiln.kernels(f) and kiln.codegen(fn, *args)."""
+
+from . import _C
+
+
+class Kernel:
+    """One generated kernel: .name, .target ('cpu' | 'cuda'), .source (LLVM IR of the kernel),
+    .asm (assembly, produced on first access), .loop_ir (kiln's loop IR), .time_ns (total time
+    spent in it while profiling was on)."""
+
+    def __init__(self, program, info, target="cpu"):
+        self._program = program
+        self.name = info["name"]
+        self.symbol = info["symbol"]
+        self.target = target
+        self.source = info["source"]
+        self.loop_ir = info["loop_ir"]
+        self.time_ns = info["time_ns"]
+        self._asm = None
+
+    @property
+    def asm(self):
+        if self._asm is None:
+            self._asm = self._program.kernel_asm(self.symbol)
+        return self._asm
+
+    def __repr__(self):
+        return f"<kiln.Kernel {self.name} ({self.target})>"
+
+
+def _compiled_of(f):
+    from ._compile import CompiledFunction
+    from ._module import CompiledModule
+    if isinstance(f, CompiledModule):
+        return f._kiln
+    if isinstance(f, CompiledFunction):
+        return f
+    raise TypeError("kiln.kernels expects a function or module returned by kiln.compile")
+
+
+def kernels(f):
+    """Kernels of every compiled variant of `f` (a kiln.compile result), oldest first."""
+    out = []
+    for program in _compiled_of(f).compiled_programs():
+        out.extend(Kernel(program, info) for info in program.kernels())
+    return out
+
+
+def codegen(fn, *example_args, target="cpu", **example_kwargs):
+    """Compiles `fn` for `target` on example arguments and returns its kernels without keeping
+    the compiled function. Only target='cpu' exists so far; the CUDA backend is not built yet."""
+    if target != "cpu":
+        raise NotImplementedError(f"kiln.codegen: target {target!r} is not available in this build "
+                                  "(the CUDA backend is not implemented yet)")
+    from ._compile import CompiledFunction
+    f = CompiledFunction(fn)
+    f(*example_args, **example_kwargs)
+    return kernels(f)

@@ -1,0 +1,448 @@
+"""The tracer: runs a function eagerly under a TorchDispatchMode and records every ATen op into
+the C++ GraphBuilder.
+
+Why dispatch level (DESIGN.md proposed a TorchFunctionMode): at the dispatcher every tensor op,
+indexing included, arrives as a canonical ATen overload with a fixed schema, so arguments are
+normalised by name and each op has one handler, whatever Python spelling produced it. A small
+TorchFunctionMode rides along only to catch the ways data leaves torch without an ATen op
+(`.numpy()`, `__array__`), which must stop the capture.
+
+Soundness: every tensor an op reads must be a graph input, a recorded result or a captured
+tensor (module parameter/buffer, closure cell, referenced global). Anything else means the
+tracer did not see how it was made, and the capture fails: the call runs eagerly instead.
+"""
+
+import sys
+import traceback
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from . import _C
+
+aten = torch.ops.aten
+
+DTYPE_NAMES = {
+    torch.bool: "bool", torch.uint8: "uint8", torch.int8: "int8", torch.int16: "int16",
+    torch.int32: "int32", torch.int64: "int64", torch.float16: "float16",
+    torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64",
+}
+NAME_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+class CaptureFailed(Exception):
+    """The trace cannot become a graph; `kind` is 'break' (data-dependent Python) or 'fallback'."""
+
+    def __init__(self, reason, kind="fallback", op=None, location=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+        self.op = op
+        self.location = location
+
+
+def user_location():
+    """The innermost stack frame outside torch and kiln, as 'file:line in fn: code'."""
+    for frame in reversed(traceback.extract_stack()):
+        f = frame.filename
+        if "/torch/" in f or "/kiln/" in f or f.startswith("<frozen"):
+            continue
+        return f"{f}:{frame.lineno} in {frame.name}: {frame.line}"
+    return "?"
+
+
+def _bind(func, args, kwargs):
+    out = {}
+    for i, a in enumerate(func._schema.arguments):
+        if i < len(args):
+            out[a.name] = args[i]
+        elif a.name in kwargs:
+            out[a.name] = kwargs[a.name]
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+        else:
+            out[a.name] = None
+    return out
+
+
+# ---- handlers: one per ATen overload packet ------------------------------------------------
+HANDLERS = {}
+
+
+def handles(*packets):
+    def register(fn):
+        for p in packets:
+            HANDLERS[p] = fn
+        return fn
+    return register
+
+
+def _simple_binary(name):
+    return lambda tr, a, out: tr.call(name, [a["self"], a["other"]])
+
+
+for _packet, _name in [
+    (aten.mul, "mul"), (aten.maximum, "maximum"), (aten.minimum, "minimum"),
+    (aten.eq, "eq"), (aten.ne, "ne"), (aten.lt, "lt"), (aten.le, "le"), (aten.gt, "gt"),
+    (aten.ge, "ge"), (aten.logical_and, "logical_and"), (aten.logical_or, "logical_or"),
+    (aten.logical_xor, "logical_xor"), (aten.bitwise_and, "bitwise_and"),
+    (aten.bitwise_or, "bitwise_or"), (aten.bitwise_xor, "bitwise_xor"),
+    (aten.floor_divide, "floor_divide"), (aten.fmod, "fmod"), (aten.remainder, "remainder"),
+]:
+    HANDLERS[_packet] = _simple_binary(_name)
+
+for _packet, _name in [
+    (aten.neg, "neg"), (aten.abs, "abs"), (aten.exp, "exp"), (aten.exp2, "exp2"),
+    (aten.expm1, "expm1"), (aten.log, "log"), (aten.log2, "log2"), (aten.log1p, "log1p"),
+    (aten.sqrt, "sqrt"), (aten.rsqrt, "rsqrt"), (aten.reciprocal, "reciprocal"), (aten.sin, "sin"),
+    (aten.cos, "cos"), (aten.tan, "tan"), (aten.tanh, "tanh"), (aten.erf, "erf"),
+    (aten.sigmoid, "sigmoid"), (aten.floor, "floor"), (aten.ceil, "ceil"), (aten.trunc, "trunc"),
+    (aten.sign, "sign"), (aten.logical_not, "logical_not"), (aten.bitwise_not, "bitwise_not"),
+    (aten.isnan, "isnan"), (aten.relu, "relu"), (aten.silu, "silu"), (aten.mish, "mish"),
+    (aten.hardswish, "hardswish"), (aten.hardsigmoid, "hardsigmoid"),
+]:
+    HANDLERS[_packet] = (lambda n: lambda tr, a, out: tr.call(n, [a["self"]]))(_name)
+
+
+@handles(aten.add, aten.sub)
+def _add_sub(tr, a, out, func_name=None):
+    other, alpha = a["other"], a.get("alpha", 1)
+    if alpha is not None and alpha != 1:
+        other = tr.call("mul", [other, alpha]) if isinstance(other, torch.Tensor) else other * alpha
+    return tr.call(tr.current_op, [a["self"], other])
+
+
+@handles(aten.rsub)
+def _rsub(tr, a, out):
+    x, alpha = a["self"], a.get("alpha", 1)
+    if alpha is not None and alpha != 1:
+        x = tr.call("mul", [x, alpha])
+    return tr.call("sub", [a["other"], x])
+
+
+@handles(aten.div)
+def _div(tr, a, out):
+    mode = a.get("rounding_mode")
+    name = {None: "div", "trunc": "trunc_divide", "floor": "floor_divide"}[mode]
+    return tr.call(name, [a["self"], a["other"]])
+
+
+@handles(aten.pow)
+def _pow(tr, a, out):
+    return tr.call("pow", [a["self"], a["exponent"]])
+
+
+@handles(aten.round)
+def _round(tr, a, out):
+    if a.get("decimals", 0) not in (0, None):
+        raise CaptureFailed("round with decimals is not lowered", op="aten.round.decimals")
+    return tr.call("round", [a["self"]])
+
+
+@handles(aten.where)
+def _where(tr, a, out):
+    return tr.call("where", [a["condition"], a["self"], a["other"]])
+
+
+def _clamp_call(tr, x, lo, hi):
+    return tr.call("clamp", [x, 0 if lo is None else lo, 0 if hi is None else hi],
+                   ints=[lo is not None, hi is not None])
+
+
+@handles(aten.clamp)
+def _clamp(tr, a, out):
+    return _clamp_call(tr, a["self"], a.get("min"), a.get("max"))
+
+
+@handles(aten.clamp_min)
+def _clamp_min(tr, a, out):
+    return _clamp_call(tr, a["self"], a["min"], None)
+
+
+@handles(aten.clamp_max)
+def _clamp_max(tr, a, out):
+    return _clamp_call(tr, a["self"], None, a["max"])
+
+
+@handles(aten.hardtanh)
+def _hardtanh(tr, a, out):
+    return _clamp_call(tr, a["self"], a["min_val"], a["max_val"])
+
+
+@handles(aten.leaky_relu)
+def _leaky_relu(tr, a, out):
+    return tr.call("leaky_relu", [a["self"]], floats=[float(a["negative_slope"])])
+
+
+@handles(aten.elu)
+def _elu(tr, a, out):
+    return tr.call("elu", [a["self"]], floats=[float(a["alpha"]), float(a["scale"]), float(a["input_scale"])])
+
+
+@handles(aten.gelu)
+def _gelu(tr, a, out):
+    return tr.call("gelu_tanh" if a.get("approximate") == "tanh" else "gelu", [a["self"]])
+
+
+@handles(aten.softplus)
+def _softplus(tr, a, out):
+    return tr.call("softplus", [a["self"]], floats=[float(a["beta"]), float(a["threshold"])])
+
+
+@handles(aten._to_copy)
+def _to_copy(tr, a, out):
+    x = a["self"]
+    if out.device != x.device:
+        raise CaptureFailed(f"a copy from {x.device} to {out.device} is not lowered", op="aten._to_copy")
+    if out.dtype == x.dtype:
+        return tr.call("identity", [x])
+    return tr.call("cast", [x], dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.clone, aten.alias, aten.detach, aten.lift_fresh, aten.contiguous)
+def _identity(tr, a, out):
+    return tr.call("identity", [a["self"]])
+
+
+@handles(aten.view, aten._unsafe_view, aten.reshape, aten._reshape_alias, aten.unsqueeze,
+         aten.squeeze, aten.flatten, aten.unflatten, aten.view_as, aten.reshape_as)
+def _reshape(tr, a, out):
+    return tr.call("reshape", [a["self"]], ints=list(out.shape))
+
+
+@handles(aten.expand, aten.expand_as)
+def _expand(tr, a, out):
+    return tr.call("expand", [a["self"]], ints=list(out.shape))
+
+
+@handles(aten.permute)
+def _permute(tr, a, out):
+    return tr.call("permute", [a["self"]], ints=list(a["dims"]))
+
+
+@handles(aten.t, aten.numpy_T)
+def _t(tr, a, out):
+    x = a["self"]
+    if x.dim() < 2:
+        return tr.call("identity", [x])
+    return tr.call("permute", [x], ints=list(range(x.dim()))[::-1])
+
+
+@handles(aten.transpose)
+def _transpose(tr, a, out):
+    x = a["self"]
+    n = max(x.dim(), 1)
+    perm = list(range(x.dim()))
+    d0, d1 = a["dim0"] % n, a["dim1"] % n
+    if x.dim() == 0:
+        return tr.call("identity", [x])
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return tr.call("permute", [x], ints=perm)
+
+
+INT64_MAX = 2**63 - 1
+
+
+@handles(aten.slice)
+def _slice(tr, a, out):
+    start = a["start"] if a["start"] is not None else 0
+    end = a["end"] if a["end"] is not None else INT64_MAX
+    return tr.call("slice", [a["self"]], ints=[a["dim"], start, min(end, INT64_MAX), a["step"]])
+
+
+@handles(aten.select)
+def _select(tr, a, out):
+    x, dim, index = a["self"], a["dim"], a["index"]
+    size = x.shape[dim]
+    if index < 0:
+        index += size
+    s = tr.call("slice", [x], ints=[dim, index, index + 1, 1])
+    return tr.call_value("reshape", [s], ints=list(out.shape))
+
+
+@handles(aten.scalar_tensor)
+def _scalar_tensor(tr, a, out):
+    return tr.call("full", [a["s"]], ints=[], dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.full, aten.full_like)
+def _full(tr, a, out):
+    return tr.call("full", [a["fill_value"]], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.zeros, aten.zeros_like)
+def _zeros(tr, a, out):
+    return tr.call("full", [0], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.ones, aten.ones_like)
+def _ones(tr, a, out):
+    return tr.call("full", [1], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+DATA_DEPENDENT = {
+    aten._local_scalar_dense: "reads a tensor's value into Python (.item(), bool(), int(), float(), .tolist())",
+    aten.is_nonzero: "converts a tensor to a Python bool",
+    aten.item: "reads a tensor's value into Python (.item())",
+    aten.equal: "torch.equal returns a Python bool",
+    aten.nonzero: "nonzero has a data-dependent shape",
+    aten.masked_select: "masked_select has a data-dependent shape",
+    aten._unique2: "unique has a data-dependent shape",
+}
+
+
+class _EscapeWatch(TorchFunctionMode):
+    """Catches ways tensor data reaches Python without an ATen op."""
+
+    ESCAPES = {torch.Tensor.numpy: ".numpy()", torch.Tensor.__array__: "__array__ (numpy conversion)"}
+
+    def __init__(self, tracer):
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        what = self.ESCAPES.get(func)
+        if what is not None:
+            self.tracer.fail(CaptureFailed(f"tensor data leaves torch through {what}", kind="break",
+                                           location=user_location()))
+        return func(*args, **(kwargs or {}))
+
+
+class Tracer(TorchDispatchMode):
+    """Records ATen ops into a GraphBuilder while they run for real."""
+
+    def __init__(self, leaves, captured_candidates):
+        super().__init__()
+        self.builder = _C.GraphBuilder()
+        self.builder.set_default_float(DTYPE_NAMES[torch.get_default_dtype()])
+        self.values = {}        # id(tensor) -> value id
+        self.keep = []          # tensors kept alive so their ids stay unique
+        self.leaves = leaves    # call leaves (captured tensors get appended)
+        self.candidates = captured_candidates  # id(tensor) -> (source, tensor)
+        self.captured = []      # sources of captured tensors, in leaf order after the args
+        self.failure = None
+        self.current_op = None
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, torch.Tensor):
+                self._add_leaf_input(leaf, i)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def dtype_name(self, dtype):
+        name = DTYPE_NAMES.get(dtype)
+        if name is None:
+            raise CaptureFailed(f"dtype {dtype} is not supported", op=str(self.func))
+        return name
+
+    def _add_leaf_input(self, t, index):
+        if t.layout != torch.strided:
+            raise CaptureFailed(f"{t.layout} tensors are not supported")
+        vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), index)
+        self.values[id(t)] = vid
+        self.keep.append(t)
+        return vid
+
+    def value_of(self, t):
+        vid = self.values.get(id(t))
+        if vid is not None:
+            return vid
+        cand = self.candidates.get(id(t))
+        if cand is not None:
+            source, tensor = cand
+            index = len(self.leaves)
+            self.leaves.append(tensor)
+            self.captured.append(source)
+            return self._add_leaf_input(tensor, index)
+        raise CaptureFailed(
+            f"{self.func} reads a tensor that is neither an argument, a result of a traced op, "
+            f"nor a parameter/buffer/closure/global the function reaches", op=str(self.func))
+
+    def operand(self, x):
+        if isinstance(x, torch.Tensor):
+            return (0, self.value_of(x))
+        if isinstance(x, bool):
+            return (3, x)
+        if isinstance(x, int):
+            return (2, x)
+        if isinstance(x, float):
+            return (1, x)
+        raise CaptureFailed(f"{self.func} has an operand of type {type(x).__name__}", op=str(self.func))
+
+    def call(self, op, operands, ints=(), floats=(), dtype="", int_value=0):
+        """Records `op` on tensors / numbers; returns a value id."""
+        return self.builder.call(op, [self.operand(x) for x in operands], list(ints), list(floats),
+                                 dtype, int_value)
+
+    def call_value(self, op, value_ids, ints=(), floats=(), dtype=""):
+        """Like call, on value ids already recorded."""
+        return self.builder.call(op, [(0, v) for v in value_ids], list(ints), list(floats), dtype, 0)
+
+    def fail(self, err):
+        if self.failure is None:
+            if err.location is None:
+                err.location = user_location()
+            self.failure = err
+
+    # -- the hook ---------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.failure is not None:
+            return out
+        self.func = func
+        try:
+            self._record(func, args, kwargs, out)
+        except CaptureFailed as e:
+            self.fail(e)
+        except _C.Unsupported as e:
+            self.fail(CaptureFailed(f"{func}: {e}", op=str(func)))
+        return out
+
+    def _record(self, func, args, kwargs, out):
+        packet = func.overloadpacket
+        if packet in DATA_DEPENDENT:
+            raise CaptureFailed(f"graph break: {func} {DATA_DEPENDENT[packet]}", kind="break", op=str(func))
+        if func._schema.is_mutable:
+            raise CaptureFailed(f"{func} mutates a tensor in place (not yet functionalized)", op=str(func))
+        handler = HANDLERS.get(packet)
+        if handler is None:
+            raise CaptureFailed(f"kiln has no lowering for {func}", op=str(func))
+        if not isinstance(out, torch.Tensor):
+            raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
+        self.current_op = packet.__name__
+        vid = handler(self, _bind(func, args, kwargs), out)
+        self.builder.check(vid, self.dtype_name(out.dtype), list(out.shape))
+        self.builder.set_layout(vid, list(out.stride()))
+        self.values[id(out)] = vid
+        self.keep.append(out)
+
+    # -- result -----------------------------------------------------------------------------
+    def outputs(self, result_leaves, arg_leaf_count):
+        """Maps result leaves to ('graph', k) / ('input', leaf) / ('const', value) sources."""
+        specs, graph_outputs = [], []
+        for leaf in result_leaves:
+            if isinstance(leaf, torch.Tensor):
+                for i in range(arg_leaf_count):
+                    if self.leaves[i] is leaf:
+                        specs.append(("input", i))
+                        break
+                else:
+                    vid = self.values.get(id(leaf))
+                    if vid is None:
+                        raise CaptureFailed("the function returns a tensor the tracer did not see made")
+                    specs.append(("graph", len(graph_outputs)))
+                    graph_outputs.append(vid)
+            elif leaf is None or type(leaf) in (bool, int, float, str, torch.dtype, torch.device):
+                specs.append(("const", leaf))
+            else:
+                raise CaptureFailed(f"the function returns a {type(leaf).__name__}")
+        self.builder.set_outputs(graph_outputs)
+        return specs
+
+
+def trace(fn, args, kwargs, leaves, candidates):
+    """Runs fn(*args, **kwargs) under the tracer. Returns (result, tracer)."""
+    tracer = Tracer(leaves, candidates)
+    with _EscapeWatch(tracer), tracer:
+        result = fn(*args, **kwargs)
+    return result, tracer

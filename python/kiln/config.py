@@ -1,0 +1,35 @@
+"""kiln's knobs: read from KILN_* environment variables at import, changeable at run time.
+
+    kiln.config.get("num_threads"); kiln.config.set("num_threads", 2)
+    with kiln.config.patch(disable=1): ...
+"""
+
+import contextlib
+
+from . import _C
+
+
+def knobs():
+    """Every knob: name, env, value, default, doc."""
+    return _C.knobs()
+
+
+def get(name):
+    return _C.knob(name)
+
+
+def set(name, value):  # noqa: A001 - mirrors the knob table's verb
+    _C.set_knob(name, str(int(value)) if isinstance(value, bool) else str(value))
+
+
+@contextlib.contextmanager
+def patch(**values):
+    """Temporarily sets knobs (for tests)."""
+    old = {k: get(k) for k in values}
+    try:
+        for k, v in values.items():
+            set(k, v)
+        yield
+    finally:
+        for k, v in old.items():
+            set(k, v)

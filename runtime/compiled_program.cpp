@@ -1,0 +1,80 @@
+/// \file compiled_program.cpp
+/// Temporary arenas and the kernel launch loop.
+#include "runtime/compiled_program.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#include "runtime/thread_pool.h"
+#include "support/error.h"
+
+namespace kiln::runtime {
+
+namespace {
+constexpr size_t kAlign = 64;
+size_t round_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+}  // namespace
+
+CompiledProgram::CompiledProgram(ir::KernelProgram program, cpu::CpuCode code)
+    : program_(std::move(program)), code_(std::move(code)) {
+  temp_offset_.assign(program_.buffers.size(), 0);
+  for (size_t i = 0; i < program_.buffers.size(); ++i) {
+    const auto& b = program_.buffers[i];
+    if (b.kind != ir::BufferKind::Temp) continue;
+    temp_offset_[i] = arena_bytes_;
+    arena_bytes_ += round_up(static_cast<size_t>(b.storage_numel()) * ir::dtype_bytes(b.dtype));
+  }
+  kernel_ns_.assign(program_.kernels.size(), 0);
+}
+
+CompiledProgram::~CompiledProgram() {
+  for (char* a : free_arenas_) std::free(a);
+}
+
+char* CompiledProgram::acquire_arena() {
+  if (arena_bytes_ == 0) return nullptr;
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (!free_arenas_.empty()) {
+      char* a = free_arenas_.back();
+      free_arenas_.pop_back();
+      return a;
+    }
+  }
+  char* a = static_cast<char*>(std::aligned_alloc(kAlign, arena_bytes_));
+  if (!a) throw std::bad_alloc();
+  return a;
+}
+
+void CompiledProgram::release_arena(char* arena) {
+  if (!arena) return;
+  std::lock_guard<std::mutex> lock(pool_mu_);
+  free_arenas_.push_back(arena);
+}
+
+bool CompiledProgram::run(std::vector<void*>& ptrs) {
+  KILN_CHECK(ptrs.size() == program_.buffers.size(), "run with {} pointers for {} buffers", ptrs.size(),
+             program_.buffers.size());
+  char* arena = acquire_arena();
+  for (size_t i = 0; i < ptrs.size(); ++i)
+    if (program_.buffers[i].kind == ir::BufferKind::Temp) ptrs[i] = arena + temp_offset_[i];
+  int32_t status = 0;
+  ptrs.push_back(&status);
+  ThreadPool& pool = ThreadPool::get();
+  for (size_t k = 0; k < program_.kernels.size(); ++k) {
+    const ir::Kernel& kernel = program_.kernels[k];
+    cpu::KernelFn fn = code_.fns[k];
+    void* const* bufs = ptrs.data();
+    auto t0 = profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    pool.parallel_for(kernel.outer_extent(), kernel.inner_work(),
+                      [fn, bufs](int64_t begin, int64_t end) { fn(bufs, begin, end); });
+    if (profiling_)
+      kernel_ns_[k] += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+  }
+  ptrs.pop_back();
+  ++calls_;
+  release_arena(arena);
+  return status == 0;
+}
+
+}  // namespace kiln::runtime

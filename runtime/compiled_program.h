@@ -1,0 +1,49 @@
+/// \file compiled_program.h
+/// A KernelProgram with its machine code, ready to run: the caller binds input and output
+/// pointers, the program binds its temporaries from a pool reused across calls, and the kernels
+/// run in order on the thread pool.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "codegen_cpu/cpu_codegen.h"
+#include "ir/kernel.h"
+
+namespace kiln::runtime {
+
+class CompiledProgram {
+ public:
+  CompiledProgram(ir::KernelProgram program, cpu::CpuCode code);
+  ~CompiledProgram();
+
+  /// Runs every kernel. `ptrs` has one entry per buffer; Input and Output entries are set by
+  /// the caller, Temp entries are filled here. Returns false when a kernel met an integer
+  /// division by zero (the results are then not valid and the call must be redone eagerly).
+  bool run(std::vector<void*>& ptrs);
+
+  const ir::KernelProgram& program() const { return program_; }
+  const cpu::CpuCode& code() const { return code_; }
+  /// Nanoseconds spent in each kernel so far (summed over calls) and the number of calls.
+  const std::vector<int64_t>& kernel_ns() const { return kernel_ns_; }
+  int64_t calls() const { return calls_; }
+  void set_profiling(bool on) { profiling_ = on; }
+
+ private:
+  char* acquire_arena();
+  void release_arena(char* arena);
+
+  ir::KernelProgram program_;
+  cpu::CpuCode code_;
+  std::vector<size_t> temp_offset_;  // per buffer (Temp only), bytes into the arena
+  size_t arena_bytes_ = 0;
+  std::mutex pool_mu_;
+  std::vector<char*> free_arenas_;
+  std::vector<int64_t> kernel_ns_;
+  int64_t calls_ = 0;
+  bool profiling_ = false;
+};
+
+}  // namespace kiln::runtime

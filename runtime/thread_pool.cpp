@@ -1,0 +1,93 @@
+/// \file thread_pool.cpp
+/// Worker threads that wait on a generation counter for the next parallel_for.
+#include "runtime/thread_pool.h"
+
+#include "support/config.h"
+
+namespace kiln::runtime {
+
+ThreadPool& ThreadPool::get() {
+  // Never destroyed: workers must not be joined during interpreter shutdown.
+  static ThreadPool* pool = [] {
+    int64_t n = knob_int("num_threads");
+    if (n <= 0) n = std::max(1u, std::thread::hardware_concurrency());
+    return new ThreadPool(static_cast<int>(n));
+  }();
+  return *pool;
+}
+
+ThreadPool::ThreadPool(int threads) { start(threads); }
+ThreadPool::~ThreadPool() { stop(); }
+
+void ThreadPool::start(int threads) {
+  quit_ = false;
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
+}
+
+void ThreadPool::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    quit_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void ThreadPool::resize(int threads) {
+  std::lock_guard<std::mutex> run(run_mutex_);
+  if (threads < 1) threads = 1;
+  if (threads == this->threads()) return;
+  stop();
+  start(threads);
+}
+
+void ThreadPool::worker(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    const std::function<void(int64_t, int64_t)>* job;
+    int64_t n;
+    int chunks;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return quit_ || generation_ != seen; });
+      if (quit_) return;
+      seen = generation_;
+      job = job_;
+      n = n_;
+      chunks = chunks_;
+    }
+    if (index < chunks) {
+      int64_t begin = n * index / chunks, end = n * (index + 1) / chunks;
+      if (begin < end) (*job)(begin, end);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--pending_ == 0) done_cv_.notify_one();
+  }
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t work_per_item,
+                              const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  int t = threads();
+  if (t == 1 || n == 1 || n * std::max<int64_t>(work_per_item, 1) < kMinParallelWork) {
+    fn(0, n);
+    return;
+  }
+  std::lock_guard<std::mutex> run(run_mutex_);
+  int chunks = static_cast<int>(std::min<int64_t>(t, n));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = &fn;
+    n_ = n;
+    chunks_ = chunks;
+    pending_ = static_cast<int>(workers_.size());
+    ++generation_;
+  }
+  cv_.notify_all();
+  fn(0, n / chunks);
+  std::unique_lock<std::mutex> lock(mu_);
+  done_cv_.wait(lock, [&] { return pending_ == 0; });
+}
+
+}  // namespace kiln::runtime

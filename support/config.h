@@ -1,0 +1,47 @@
+/// \file config.h
+/// The single table of kiln's knobs. Each knob has a name, a KILN_* environment variable, a
+/// default and a doc line; the table is read from the environment once (at import) and can be
+/// changed afterwards through `set_knob` (Python: `kiln.config`). Passes never read the
+/// environment themselves: they receive these values through their options.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+// KILN_KNOB(field, ENV_NAME, default-as-string, doc)
+#define KILN_FOR_EACH_KNOB(X)                                                                  \
+  X(disable, "KILN_DISABLE", "0", "1: every compiled function runs eagerly")                   \
+  X(num_threads, "KILN_NUM_THREADS", "0", "threads for compiled CPU kernels; 0: all cores")    \
+  X(log, "KILN_LOG", "", "comma list of stages to print: graph,ir,fusion,kernels,guards,"      \
+                         "recompiles,breaks")                                                  \
+  X(debug_dir, "KILN_DEBUG_DIR", "", "folder that receives every artifact of every compile")   \
+  X(cache_limit, "KILN_CACHE_LIMIT", "8", "compiled variants per function before it runs "     \
+                                          "eagerly")                                           \
+  X(verify, "KILN_VERIFY", "0", "1: run the IR verifier after every pass")                     \
+  X(opt_level, "KILN_OPT_LEVEL", "3", "LLVM optimisation level for CPU kernels (0-3)")
+
+struct Knob {
+  std::string name;     ///< field name, e.g. "num_threads"
+  std::string env;      ///< environment variable, e.g. "KILN_NUM_THREADS"
+  std::string value;    ///< current value as text
+  std::string default_value;
+  std::string doc;
+};
+
+/// All knobs, in table order. Reads the environment on first use.
+std::vector<Knob>& knobs();
+/// Current text value of a knob; throws UserError for an unknown name.
+const std::string& knob(const std::string& name);
+int64_t knob_int(const std::string& name);
+bool knob_bool(const std::string& name);
+/// Changes a knob for the rest of the process.
+void set_knob(const std::string& name, const std::string& value);
+/// True when the comma list KILN_LOG names `stage` (or "all").
+bool log_enabled(const std::string& stage);
+/// Monotonic counter bumped by every set_knob: caches that depend on knobs compare it.
+uint64_t config_epoch();
+
+}  // namespace kiln
