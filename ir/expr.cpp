@@ -353,6 +353,7 @@ std::string print_expr(Expr root, std::string* lets_out, const std::string& inde
   count(root);
   std::unordered_map<Expr, std::string> names;
   std::string lets;
+  int next_let = 0;
   std::function<std::string(Expr)> go = [&](Expr x) -> std::string {
     auto it = names.find(x);
     if (it != names.end()) return it->second;
@@ -374,7 +375,7 @@ std::string print_expr(Expr root, std::string* lets_out, const std::string& inde
     }
     bool leaf = x->op == ExprOp::Const || x->op == ExprOp::Var;
     if (lets_out && !leaf && uses[x] > 1 && x != root) {
-      std::string name = fmt::format("t{}", names.size());
+      std::string name = fmt::format("t{}", next_let++);
       lets += fmt::format("{}{} = {}\n", indent, name, s);
       s = name;
     }

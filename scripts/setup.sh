@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything kiln needs, skipping what is already present (safe to run repeatedly):
+# Debian packages (LLVM 16, fmt, GoogleTest, OpenBLAS), a .venv at the repo root with
+# torch==2.13.0 and the Python tools, and kiln itself (editable; the C++ core is rebuilt
+# incrementally in build/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(llvm-16-dev libfmt-dev googletest libgtest-dev libopenblas-dev
+              zlib1g-dev libzstd-dev libedit-dev libxml2-dev libffi-dev libncurses-dev g++ make)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "kiln setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "kiln setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+# torch is pinned exactly: an unpinned torch pulls a multi-GB CUDA build.
+PIP_PACKAGES=(torch==2.13.0 numpy pytest hypothesis pybind11 scikit-build-core matplotlib)
+if ! "$VPY" - <<'PYEOF' 2>/dev/null
+import importlib.metadata as md, sys
+need = {"torch": "2.13.0", "numpy": None, "pytest": None, "hypothesis": None, "pybind11": None,
+        "scikit-build-core": None, "matplotlib": None}
+for name, ver in need.items():
+    v = md.version(name)
+    if ver and not v.startswith(ver):
+        sys.exit(1)
+PYEOF
+then
+  echo "kiln setup: installing Python packages into .venv"
+  "$VPY" -m pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
+fi
+command -v cmake >/dev/null || "$VPY" -m pip install -q --disable-pip-version-check "cmake>=3.18"
+
+# kiln itself. scikit-build-core keeps its CMake build in build/<wheel tag>, so a re-install
+# recompiles only what changed.
+stamp=build/.kiln-installed
+if [ ! -f "$stamp" ] || [ -n "$(find CMakeLists.txt pyproject.toml support ir capture passes codegen_cpu codegen_cuda runtime python -newer "$stamp" -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.def' -o -name '*.txt' -o -name '*.toml' -o -name '*.cuh' \) 2>/dev/null | head -1)" ]; then
+  echo "kiln setup: building and installing kiln (C++ core + Python package)"
+  "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+  mkdir -p build && touch "$stamp"
+fi
+"$VPY" -c "import kiln" || { echo "kiln setup: import kiln failed"; exit 1; }

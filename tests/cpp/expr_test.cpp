@@ -1,0 +1,112 @@
+/// \file expr_test.cpp
+/// Loop IR: interning, constant folding, index simplification (with a random-expression fuzzer
+/// that checks equivalence and idempotency), substitution and printing.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <random>
+#include <unordered_map>
+
+#include "ir/expr.h"
+
+using namespace kiln::ir;
+
+TEST(Expr, HashConsing) {
+  Context c;
+  Expr i = c.var(10);
+  Expr a = c.binary(ExprOp::Mul, c.load(0, i, DType::Float32), c.float_const(2.0, DType::Float32));
+  Expr b = c.binary(ExprOp::Mul, c.load(0, i, DType::Float32), c.float_const(2.0, DType::Float32));
+  EXPECT_EQ(a, b);
+  EXPECT_NE(c.var(10), i);  // variables have identity, not names
+  EXPECT_NE(c.float_const(0.0, DType::Float32), c.float_const(-0.0, DType::Float32));
+}
+
+TEST(Expr, IndexFolding) {
+  Context c;
+  Expr i = c.var(8);
+  EXPECT_EQ(c.add(i, int64_t{0}), i);
+  EXPECT_EQ(c.mul(i, 1), i);
+  EXPECT_TRUE(is_const_int(c.mul(i, int64_t{0}), 0));
+  EXPECT_EQ(c.mod(i, 8), i);          // i < 8
+  EXPECT_TRUE(is_const_int(c.div(i, 8), 0));
+  EXPECT_TRUE(is_const_int(c.add(c.int_const(3), c.int_const(4)), 7));
+}
+
+TEST(Expr, MergesDivModPairs) {
+  Context c;
+  Expr w = c.var(64);
+  // (w / 8) * 8 + w % 8 == w: what a reshape of a contiguous buffer produces.
+  Expr e = c.add(c.mul(c.div(w, 8), 8), c.mod(w, 8));
+  EXPECT_EQ(c.simplify_index(e), w);
+  // with a stride: ((w / 8) * 8 + w % 8) * 3 == w * 3
+  Expr f = c.add(c.mul(c.div(w, 8), 24), c.mul(c.mod(w, 8), 3));
+  EXPECT_EQ(c.simplify_index(f), c.mul(w, 3));
+}
+
+TEST(Expr, SplitsDivOverMultiples) {
+  Context c;
+  Expr i = c.var(4), j = c.var(5);
+  Expr lin = c.add(c.mul(i, 5), j);  // i*5 + j, j < 5
+  EXPECT_EQ(c.simplify_index(c.div(lin, 5)), i);
+  EXPECT_EQ(c.simplify_index(c.mod(lin, 5)), j);
+}
+
+namespace {
+/// Evaluates an index expression for given variable values.
+int64_t eval(Expr e, const std::unordered_map<Expr, int64_t>& env) {
+  auto fdiv = [](int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); };
+  switch (e->op) {
+    case ExprOp::Const: return e->ival;
+    case ExprOp::Var: return env.at(e);
+    case ExprOp::Add: return eval(e->a, env) + eval(e->b, env);
+    case ExprOp::Mul: return eval(e->a, env) * eval(e->b, env);
+    case ExprOp::Div: return fdiv(eval(e->a, env), e->b->ival);
+    case ExprOp::Mod: {
+      int64_t a = eval(e->a, env), b = e->b->ival;
+      return a - fdiv(a, b) * b;
+    }
+    default: ADD_FAILURE() << "unexpected op"; return 0;
+  }
+}
+}  // namespace
+
+TEST(Expr, SimplifierFuzz) {
+  std::mt19937 rng(1234);
+  for (int trial = 0; trial < 400; ++trial) {
+    Context c;
+    std::vector<Expr> vars = {c.var(1 + rng() % 7), c.var(1 + rng() % 9), c.var(1 + rng() % 5)};
+    std::function<Expr(int)> gen = [&](int depth) -> Expr {
+      int k = depth <= 0 ? rng() % 2 : rng() % 6;
+      switch (k) {
+        case 0: return vars[rng() % vars.size()];
+        case 1: return c.int_const(rng() % 7);
+        case 2: return c.add(gen(depth - 1), gen(depth - 1));
+        case 3: return c.mul(gen(depth - 1), c.int_const(1 + rng() % 6));
+        case 4: return c.div(gen(depth - 1), 1 + rng() % 6);
+        default: return c.mod(gen(depth - 1), 1 + rng() % 6);
+      }
+    };
+    Expr e = gen(4);
+    Expr s = c.simplify_index(e);
+    EXPECT_EQ(c.simplify_index(s), s) << "not idempotent: " << print_expr(e);
+    for (int a = 0; a < vars[0]->ival; ++a)
+      for (int b = 0; b < vars[1]->ival; ++b)
+        for (int d = 0; d < vars[2]->ival; ++d) {
+          std::unordered_map<Expr, int64_t> env = {{vars[0], a}, {vars[1], b}, {vars[2], d}};
+          ASSERT_EQ(eval(e, env), eval(s, env)) << print_expr(e) << "  =>  " << print_expr(s);
+        }
+  }
+}
+
+TEST(Expr, SubstituteAndPrint) {
+  Context c;
+  Expr i = c.var(4), j = c.var(6);
+  Expr load = c.load(1, c.add(c.mul(i, 6), j), DType::Float32);
+  Expr w = c.var(24);
+  Expr out = c.substitute(load, {{i, c.div(w, 6)}, {j, c.mod(w, 6)}});
+  EXPECT_EQ(out, c.load(1, w, DType::Float32));
+  std::string lets;
+  Expr sq = c.binary(ExprOp::Mul, out, out);
+  EXPECT_EQ(print_expr(sq, &lets), "(t0 * t0)");
+  EXPECT_EQ(lets, "  t0 = buf1[i2]\n");
+}
