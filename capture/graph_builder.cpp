@@ -2,7 +2,8 @@
 /// ATen-level semantics of traced ops: promotion, int-to-float ops, division modes, views.
 ///
 /// Besides the names of ops.def, `call` accepts: "full" (a scalar broadcast to attrs.ints
-/// sizes in attrs.dtype) and "identity" (returns its operand).
+/// sizes in attrs.dtype), "identity" (returns its operand) and "copy" (a new value equal to its
+/// operand).
 #include "capture/graph_builder.h"
 
 #include <fmt/format.h>
@@ -70,6 +71,18 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
     KILN_UNSUPPORTED_IF(args.size() != 1 || args[0].kind != Operand::Kind::Value, "identity of a non-tensor");
     return args[0].value;
   }
+  if (name == "copy") {
+    // A new value equal to its tensor operand, as a same-dtype Cast node appended directly (the
+    // editor's cast() would return the operand itself). The tracer uses it for a graph output
+    // that would otherwise be a graph input (clone(x), floor/round of an integer tensor, a
+    // full slice): eager returns a new tensor there, and lowering materialises outputs only from
+    // computed values (an Input output used to fail with "input %0 without a buffer").
+    KILN_UNSUPPORTED_IF(args.size() != 1 || args[0].kind != Operand::Kind::Value, "copy of a non-tensor");
+    const Node& src = node(args[0].value);
+    Node n{OpKind::Cast, {args[0].value}, {}, src.dtype, src.sizes, {}};
+    n.attrs.dtype = src.dtype;
+    return editor_.append(std::move(n));
+  }
   if (name == "full") {
     KILN_UNSUPPORTED_IF(args.size() != 1, "full takes one scalar");
     int c = value_of(args[0], attrs.dtype);
@@ -126,6 +139,21 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       int x = tensor_arg(0);
       KILN_UNSUPPORTED_IF(!is_float(node(x).dtype) && op != OpKind::Relu, "{} of {}", name, dtype_name(node(x).dtype));
       return editor_.composite(op, {x}, attrs);
+    }
+    case OpCategory::CompositeReduce: {
+      int x = tensor_arg(0);
+      DType t = node(x).dtype;
+      if (!attrs.floats.empty() && op != OpKind::Var && op != OpKind::Std && op != OpKind::Norm &&
+          op != OpKind::LayerNorm && op != OpKind::RmsNorm && op != OpKind::GroupNorm &&
+          op != OpKind::BatchNormEval) {
+        // mean(x, dtype=...) / softmax(x, dtype=...): compute in the requested dtype.
+        x = editor_.cast(x, attrs.dtype);
+        t = attrs.dtype;
+      }
+      std::vector<int> xs = {x};
+      // Optional operands (weight, bias, running stats) arrive as numbers when absent.
+      for (size_t i = 1; i < args.size(); ++i) xs.push_back(value_of(args[i], t));
+      return editor_.composite_reduce(op, xs, attrs);
     }
     case OpCategory::Movement: {
       int x = tensor_arg(0);

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <unordered_map>
 
@@ -109,49 +110,186 @@ class KernelEmitter {
   }
   llvm::Type* mem_type(DType t) { return t == DType::Bool ? b_.getInt8Ty() : reg_type(t); }
 
-  void emit_loops(size_t level, llvm::Value* begin, llvm::Value* end) {
-    if (level == k_.loops.size()) {
-      emit_body();
+  /// Emits `loops` as a nest (the first one over [begin, end) when `begin` is given) and calls
+  /// `body` inside the innermost. The loop vectoriser takes the innermost loops by itself (the
+  /// alias scopes remove the need for runtime checks); forcing it would only add warnings.
+  void emit_nest(const std::vector<Loop>& loops, size_t level, llvm::Value* begin, llvm::Value* end,
+                 const std::function<void()>& body) {
+    if (level == loops.size()) {
+      body();
       return;
     }
-    const Loop& loop = k_.loops[level];
-    llvm::Value* lo = level == 0 ? begin : b_.getInt64(0);
-    llvm::Value* hi = level == 0 ? end : b_.getInt64(loop.var->ival);
+    const Loop& loop = loops[level];
+    llvm::Value* lo = level == 0 && begin ? begin : b_.getInt64(0);
+    llvm::Value* hi = level == 0 && end ? end : b_.getInt64(loop.var->ival);
     auto* pre = b_.GetInsertBlock();
-    auto* header = llvm::BasicBlock::Create(c_, fmt_name("loop", level), f_);
-    auto* exit = llvm::BasicBlock::Create(c_, fmt_name("loop.end", level), f_);
+    auto* header = llvm::BasicBlock::Create(c_, fmt_name("loop", loop.var->var_id), f_);
+    auto* exit = llvm::BasicBlock::Create(c_, fmt_name("loop.end", loop.var->var_id), f_);
     b_.CreateCondBr(b_.CreateICmpSLT(lo, hi), header, exit);
     b_.SetInsertPoint(header);
     auto* phi = b_.CreatePHI(b_.getInt64Ty(), 2, fmt_name("i", loop.var->var_id));
     phi->addIncoming(lo, pre);
     vars_[loop.var] = phi;
-    emit_loops(level + 1, begin, end);
+    emit_nest(loops, level + 1, nullptr, nullptr, body);
     auto* next = b_.CreateAdd(phi, b_.getInt64(1), "", /*HasNUW=*/true, /*HasNSW=*/true);
-    auto* br = b_.CreateCondBr(b_.CreateICmpSLT(next, hi), header, exit);
+    b_.CreateCondBr(b_.CreateICmpSLT(next, hi), header, exit);
     phi->addIncoming(next, b_.GetInsertBlock());
-    if (level + 1 == k_.loops.size()) {
-      // Ask for vectorisation of the innermost loop explicitly.
-      llvm::Metadata* enable[] = {llvm::MDString::get(c_, "llvm.loop.vectorize.enable"),
-                                  llvm::ConstantAsMetadata::get(b_.getTrue())};
-      auto* self = llvm::MDNode::getTemporary(c_, {}).release();
-      auto* loop_md = llvm::MDNode::get(c_, {self, llvm::MDNode::get(c_, enable)});
-      loop_md->replaceOperandWith(0, loop_md);
-      llvm::MDNode::deleteTemporary(self);
-      br->setMetadata(llvm::LLVMContext::MD_loop, loop_md);
-    }
     b_.SetInsertPoint(exit);
   }
 
-  void emit_body() {
-    memo_.clear();
-    for (const Store& s : k_.stores) {
-      llvm::Value* idx = emit(s.index);
-      llvm::Value* v = emit(s.value);
-      DType t = p_.buffers[s.buffer].dtype;
-      if (t == DType::Bool) v = b_.CreateZExt(v, b_.getInt8Ty());
-      auto* addr = b_.CreateInBoundsGEP(mem_type(t), buf_ptr_[s.buffer], idx);
-      annotate(b_.CreateStore(v, addr), s.buffer);
+  void emit_loops(size_t, llvm::Value* begin, llvm::Value* end) {
+    emit_nest(k_.loops, 0, begin, end, [&] {
+      for (const Phase& ph : k_.phases) emit_phase(ph);
+    });
+  }
+
+  // ---- reductions -----------------------------------------------------------------------
+
+  struct Acc {
+    llvm::AllocaInst* value = nullptr;
+    llvm::AllocaInst* aux = nullptr;  // Max/Min: NaN seen (i1); ArgMax/ArgMin: best position (i64)
+  };
+
+  llvm::AllocaInst* entry_alloca(llvm::Type* t, const char* name) {
+    llvm::IRBuilder<> eb(&f_->getEntryBlock(), f_->getEntryBlock().begin());
+    return eb.CreateAlloca(t, nullptr, name);
+  }
+
+  llvm::Value* reduce_init(const Reduction& r) {
+    llvm::Type* t = reg_type(r.acc_dtype);
+    bool fl = is_float(r.acc_dtype);
+    bool uns = r.acc_dtype == DType::UInt8 || r.acc_dtype == DType::Bool;
+    switch (r.op) {
+      case ReduceOp::Sum: return fl ? llvm::ConstantFP::get(t, 0.0) : llvm::ConstantInt::get(t, 0);
+      case ReduceOp::Prod: return fl ? llvm::ConstantFP::get(t, 1.0) : llvm::ConstantInt::get(t, 1);
+      case ReduceOp::Any: return b_.getFalse();
+      case ReduceOp::All: return b_.getTrue();
+      case ReduceOp::Max: case ReduceOp::ArgMax:
+        if (fl) return llvm::ConstantFP::getInfinity(t, /*Negative=*/true);
+        return uns ? llvm::ConstantInt::get(t, 0)
+                   : llvm::ConstantInt::get(t, llvm::APInt::getSignedMinValue(t->getIntegerBitWidth()));
+      case ReduceOp::Min: case ReduceOp::ArgMin:
+        if (fl) return llvm::ConstantFP::getInfinity(t, /*Negative=*/false);
+        return uns ? llvm::ConstantInt::get(t, llvm::APInt::getMaxValue(t->getIntegerBitWidth()))
+                   : llvm::ConstantInt::get(t, llvm::APInt::getSignedMaxValue(t->getIntegerBitWidth()));
     }
+    KILN_UNREACHABLE("reduce op");
+  }
+
+  void emit_phase(const Phase& ph) {
+    std::vector<Acc> accs(ph.reductions.size());
+    for (size_t i = 0; i < ph.reductions.size(); ++i) {
+      const Reduction& r = ph.reductions[i];
+      Acc& a = accs[i];
+      a.value = entry_alloca(reg_type(r.acc_dtype), "acc");
+      b_.CreateStore(reduce_init(r), a.value);
+      if (r.op == ReduceOp::Max || r.op == ReduceOp::Min) {
+        a.aux = entry_alloca(b_.getInt1Ty(), "acc.nan");
+        b_.CreateStore(b_.getFalse(), a.aux);
+      } else if (r.op == ReduceOp::ArgMax || r.op == ReduceOp::ArgMin) {
+        a.aux = entry_alloca(b_.getInt64Ty(), "acc.pos");
+        b_.CreateStore(b_.getInt64(0), a.aux);
+      }
+    }
+    emit_nest(ph.loops, 0, nullptr, nullptr, [&] {
+      memo_.clear();
+      for (size_t i = 0; i < ph.reductions.size(); ++i) accumulate(ph.reductions[i], accs[i]);
+      for (const Store& s : ph.stores) emit_store(s);
+    });
+    memo_.clear();
+    for (size_t i = 0; i < ph.reductions.size(); ++i) placeholders_[ph.reductions[i].slot] = finish(ph.reductions[i], accs[i]);
+  }
+
+  static llvm::Instruction* reassoc(llvm::Value* v) {
+    auto* inst = llvm::cast<llvm::Instruction>(v);
+    llvm::FastMathFlags fmf;
+    fmf.setAllowReassoc();
+    inst->setFastMathFlags(fmf);
+    return inst;
+  }
+
+  void accumulate(const Reduction& r, Acc& a) {
+    llvm::Type* t = reg_type(r.acc_dtype);
+    llvm::Value* v = emit(r.value);
+    bool fl = is_float(r.acc_dtype);
+    bool uns = r.acc_dtype == DType::UInt8 || r.acc_dtype == DType::Bool;
+    if (r.op != ReduceOp::Any && r.op != ReduceOp::All) v = cast(v, r.value->dtype, r.acc_dtype);
+    llvm::Value* acc = b_.CreateLoad(t, a.value);
+    llvm::Value* next = nullptr;
+    switch (r.op) {
+      case ReduceOp::Sum:
+        // Reassociation lets LLVM keep vector partial sums (the order torch's kernels also change).
+        next = fl ? reassoc(b_.CreateFAdd(acc, v)) : b_.CreateAdd(acc, v);
+        break;
+      case ReduceOp::Prod: next = fl ? reassoc(b_.CreateFMul(acc, v)) : b_.CreateMul(acc, v); break;
+      case ReduceOp::Any: next = b_.CreateOr(acc, v); break;
+      case ReduceOp::All: next = b_.CreateAnd(acc, v); break;
+      case ReduceOp::Max:
+      case ReduceOp::Min: {
+        bool mx = r.op == ReduceOp::Max;
+        if (fl) {
+          // maxnum ignores NaN (and vectorises as a min/max reduction); NaNs are tracked apart.
+          next = b_.CreateBinaryIntrinsic(mx ? llvm::Intrinsic::maxnum : llvm::Intrinsic::minnum, acc, v);
+          llvm::Value* nan = b_.CreateLoad(b_.getInt1Ty(), a.aux);
+          b_.CreateStore(b_.CreateOr(nan, b_.CreateFCmpUNO(v, v)), a.aux);
+        } else {
+          llvm::Value* better = mx ? (uns ? b_.CreateICmpUGT(v, acc) : b_.CreateICmpSGT(v, acc))
+                                   : (uns ? b_.CreateICmpULT(v, acc) : b_.CreateICmpSLT(v, acc));
+          next = b_.CreateSelect(better, v, acc);
+        }
+        break;
+      }
+      case ReduceOp::ArgMax:
+      case ReduceOp::ArgMin: {
+        bool mx = r.op == ReduceOp::ArgMax;
+        llvm::Value* better;
+        if (fl) {
+          // torch: the first NaN wins; otherwise the first strictly better value.
+          llvm::Value* cmp = mx ? b_.CreateFCmpOGT(v, acc) : b_.CreateFCmpOLT(v, acc);
+          llvm::Value* nan_first = b_.CreateAnd(b_.CreateFCmpUNO(v, v), b_.CreateFCmpORD(acc, acc));
+          better = b_.CreateOr(cmp, nan_first);
+        } else {
+          better = mx ? (uns ? b_.CreateICmpUGT(v, acc) : b_.CreateICmpSGT(v, acc))
+                      : (uns ? b_.CreateICmpULT(v, acc) : b_.CreateICmpSLT(v, acc));
+        }
+        // The first element always wins, so a row of all -inf (or +inf) still has position 0.
+        llvm::Value* pos = emit(r.position);
+        llvm::Value* first = b_.CreateICmpEQ(pos, b_.getInt64(0));
+        better = b_.CreateOr(better, first);
+        next = b_.CreateSelect(better, v, acc);
+        llvm::Value* best = b_.CreateLoad(b_.getInt64Ty(), a.aux);
+        b_.CreateStore(b_.CreateSelect(better, pos, best), a.aux);
+        break;
+      }
+    }
+    b_.CreateStore(next, a.value);
+  }
+
+  llvm::Value* finish(const Reduction& r, const Acc& a) {
+    llvm::Type* t = reg_type(r.acc_dtype);
+    llvm::Value* acc = b_.CreateLoad(t, a.value);
+    switch (r.op) {
+      case ReduceOp::Max:
+      case ReduceOp::Min:
+        if (is_float(r.acc_dtype))
+          acc = b_.CreateSelect(b_.CreateLoad(b_.getInt1Ty(), a.aux), llvm::ConstantFP::getNaN(t), acc);
+        break;
+      case ReduceOp::ArgMax:
+      case ReduceOp::ArgMin:
+        return b_.CreateLoad(b_.getInt64Ty(), a.aux);
+      default:
+        break;
+    }
+    return cast(acc, r.acc_dtype, r.out_dtype);
+  }
+
+  void emit_store(const Store& s) {
+    llvm::Value* idx = emit(s.index);
+    llvm::Value* v = emit(s.value);
+    DType t = p_.buffers[s.buffer].dtype;
+    if (t == DType::Bool) v = b_.CreateZExt(v, b_.getInt8Ty());
+    auto* addr = b_.CreateInBoundsGEP(mem_type(t), buf_ptr_[s.buffer], idx);
+    annotate(b_.CreateStore(v, addr), s.buffer);
   }
 
   llvm::Value* emit(Expr e) {
@@ -191,6 +329,11 @@ class KernelEmitter {
       }
       case ExprOp::Load: {
         int buf = static_cast<int>(e->ival);
+        if (buf < 0) {  // a reduction's result, computed by an earlier phase
+          auto it = placeholders_.find(-1 - buf);
+          KILN_CHECK(it != placeholders_.end(), "reduction acc{} read before its phase", -1 - buf);
+          return it->second;
+        }
         KILN_CHECK(buf >= 0 && static_cast<size_t>(buf) < p_.buffers.size(), "load from buf{}", buf);
         auto* addr = b_.CreateInBoundsGEP(mem_type(e->dtype), buf_ptr_[buf], emit(e->a));
         auto* ld = b_.CreateLoad(mem_type(e->dtype), addr);
@@ -351,6 +494,7 @@ class KernelEmitter {
   std::vector<llvm::MDNode*> scope_md_, noalias_md_;
   std::unordered_map<Expr, llvm::Value*> vars_;
   std::unordered_map<Expr, llvm::Value*> memo_;
+  std::map<int, llvm::Value*> placeholders_;
 };
 
 }  // namespace

@@ -6,7 +6,7 @@
 /// coefficients were fitted for this file (Lawson-weighted minimax in double, then rounded to
 /// float and re-checked); they are not taken from another library.
 ///
-/// Rules that keep the code vectorizable and correct on every x86/ARM target:
+/// Rules that keep the code vectorizable and correct on any target:
 ///  - No branches, no calls except llvm.fmuladd/fabs/copysign. Products that must be fused are
 ///    never required: llvm.fmuladd lets the backend fuse when the target has FMA and gives
 ///    separate mul+add otherwise (where llvm.fma would turn into a call to libm's fmaf), and
@@ -22,7 +22,6 @@
 #include <llvm/IR/Intrinsics.h>
 
 #include <cstdint>
-#include <initializer_list>
 #include <limits>
 
 #include "support/error.h"
@@ -30,7 +29,7 @@
 namespace kiln::cpu {
 namespace {
 
-// ln(2) split for Cody-Waite reduction: kLn2Hi has 16 significant bits, so n * kLn2Hi is exact
+// ln(2) split for Cody-Waite reduction: kLn2Hi has 15 significant bits, so n * kLn2Hi is exact
 // for |n| < 2^8 (all exponents that occur here), and kLn2Lo carries the rest.
 constexpr float kLn2Hi = 0x1.62e4p-1f;        // 0.693145751953125
 constexpr float kLn2Lo = 0x1.7f7d1cp-20f;     // 1.4286068e-06
@@ -216,8 +215,8 @@ LogSplit split_log(MathBuilder& m, llvm::Value* v) {
 
 llvm::Value* emit_exp_f32(llvm::IRBuilder<>& b, llvm::Value* x) {
   MathBuilder m(b, x);
-  // e^-104 < 2^-150 / 2 rounds to 0 and e^89 > FLT_MAX, so clamping there changes no result
-  // and keeps n within [-150, 128] for the two-factor scaling.
+  // e^-104 < 2^-150 (half the smallest denormal) rounds to 0 and e^89 > FLT_MAX, so clamping
+  // there changes no result and keeps n within [-150, 128] for the two-factor scaling.
   return exp_clamped(m, m.clamp(x, -104.0f, 89.0f), /*wide=*/true);
 }
 

@@ -363,7 +363,9 @@ std::string print_expr(Expr root, std::string* lets_out, const std::string& inde
         s = is_float(x->dtype) ? fmt::format("{}", x->fval) : std::to_string(x->ival);
         break;
       case ExprOp::Var: s = fmt::format("i{}", x->var_id); break;
-      case ExprOp::Load: s = fmt::format("buf{}[{}]", x->ival, go(x->a)); break;
+      case ExprOp::Load:
+        s = x->ival < 0 ? fmt::format("acc{}", -1 - x->ival) : fmt::format("buf{}[{}]", x->ival, go(x->a));
+        break;
       case ExprOp::Cast: s = fmt::format("{}({})", dtype_name(x->dtype), go(x->a)); break;
       case ExprOp::Add: s = fmt::format("({} + {})", go(x->a), go(x->b)); break;
       case ExprOp::Mul: s = fmt::format("({} * {})", go(x->a), go(x->b)); break;

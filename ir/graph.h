@@ -21,7 +21,9 @@ enum class OpKind : uint16_t {
 #undef KILN_OP
 };
 
-enum class OpCategory : uint8_t { Leaf, Unary, Binary, Ternary, Cast, Composite, Movement, Reduction };
+enum class OpCategory : uint8_t {
+  Leaf, Unary, Binary, Ternary, Cast, Composite, CompositeReduce, Movement, Reduction
+};
 
 const char* op_name(OpKind k);
 OpCategory op_category(OpKind k);

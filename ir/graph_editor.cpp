@@ -155,14 +155,14 @@ int GraphEditor::slice(int x, int64_t dim, int64_t start, int64_t end, int64_t s
   return append(std::move(node_));
 }
 
-int GraphEditor::reduce(OpKind op, int x, std::vector<int64_t> dims, bool keepdim) {
-  KILN_CHECK(op_category(op) == OpCategory::Reduction, "{} is not a reduction", op_name(op));
-  const Sizes& in = node(x).sizes;
+namespace {
+/// Normalises reduction dims (negative, duplicates, empty = all) and returns the output sizes.
+Sizes reduced_sizes(const Sizes& in, std::vector<int64_t>& dims, bool keepdim) {
   int64_t r = static_cast<int64_t>(in.size());
   if (dims.empty())
     for (int64_t i = 0; i < r; ++i) dims.push_back(i);
   for (auto& d : dims) {
-    if (d < 0) d += r;
+    if (d < 0) d += std::max<int64_t>(r, 1);
     KILN_UNSUPPORTED_IF(d < 0 || d >= std::max<int64_t>(r, 1), "reduction dim out of range");
   }
   std::sort(dims.begin(), dims.end());
@@ -174,6 +174,47 @@ int GraphEditor::reduce(OpKind op, int x, std::vector<int64_t> dims, bool keepdi
     if (!red) out.push_back(in[i]);
     else if (keepdim) out.push_back(1);
   }
+  return out;
+}
+}  // namespace
+
+int GraphEditor::composite_reduce(OpKind op, const std::vector<int>& xs, Attrs attrs) {
+  KILN_CHECK(op_category(op) == OpCategory::CompositeReduce, "{} is not a composite reduction", op_name(op));
+  const Node& x = node(xs[0]);
+  KILN_UNSUPPORTED_IF(!is_float(x.dtype), "{} of {}", op_name(op), dtype_name(x.dtype));
+  Sizes out = x.sizes;
+  switch (op) {
+    case OpKind::Mean: case OpKind::Var: case OpKind::Std: case OpKind::LogSumExp: case OpKind::Norm:
+      out = reduced_sizes(x.sizes, attrs.ints, attrs.int_value != 0);
+      break;
+    case OpKind::Softmax: case OpKind::LogSoftmax: {
+      int64_t r = static_cast<int64_t>(x.sizes.size());
+      int64_t d = attrs.ints.at(0);
+      if (d < 0) d += std::max<int64_t>(r, 1);
+      KILN_UNSUPPORTED_IF(d < 0 || d >= std::max<int64_t>(r, 1), "softmax dim out of range");
+      attrs.ints = {d};
+      break;
+    }
+    case OpKind::LayerNorm: case OpKind::RmsNorm:
+      KILN_UNSUPPORTED_IF(attrs.ints.at(0) < 1 || attrs.ints.at(0) > static_cast<int64_t>(x.sizes.size()),
+                          "{} over {} trailing dims of a rank-{} tensor", op_name(op), attrs.ints.at(0), x.sizes.size());
+      break;
+    case OpKind::GroupNorm:
+      KILN_UNSUPPORTED_IF(x.sizes.size() < 2 || attrs.ints.at(0) <= 0 || x.sizes[1] % attrs.ints.at(0) != 0,
+                          "group_norm groups do not divide the channels");
+      break;
+    case OpKind::BatchNormEval:
+      KILN_UNSUPPORTED_IF(x.sizes.size() < 2, "batch_norm needs a channel dim");
+      break;
+    default:
+      break;
+  }
+  return append(Node{op, xs, attrs, x.dtype, out, {}});
+}
+
+int GraphEditor::reduce(OpKind op, int x, std::vector<int64_t> dims, bool keepdim) {
+  KILN_CHECK(op_category(op) == OpCategory::Reduction, "{} is not a reduction", op_name(op));
+  Sizes out = reduced_sizes(node(x).sizes, dims, keepdim);
   DType t = node(x).dtype;
   if (op == OpKind::ArgMax || op == OpKind::ArgMin) t = DType::Int64;
   if (op == OpKind::Any || op == OpKind::All) t = DType::Bool;

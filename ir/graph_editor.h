@@ -37,6 +37,10 @@ class GraphEditor {
   int slice(int x, int64_t dim, int64_t start, int64_t end, int64_t step);
   /// Reduction over `dims` (any order, negative allowed; empty: all dims).
   int reduce(OpKind op, int x, std::vector<int64_t> dims, bool keepdim);
+  /// Composite reduction / normalisation (see ops.def for the attribute layout). Reduction-like
+  /// ops (mean, var, std, logsumexp, norm) take `dims` and keepdim like `reduce`; the others
+  /// keep their input's shape.
+  int composite_reduce(OpKind op, const std::vector<int>& xs, Attrs attrs);
 
   /// Appends a fully described node after checking its inputs exist.
   int append(Node n);

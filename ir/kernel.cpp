@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace kiln::ir {
 
 int64_t Buffer::storage_numel() const {
@@ -16,10 +18,35 @@ int64_t Buffer::storage_numel() const {
 }
 
 int64_t Kernel::inner_work() const {
-  int64_t w = 1;
-  for (size_t i = 1; i < loops.size(); ++i) w *= loops[i].var->ival;
-  for (const auto& l : reduce_loops) w *= l.var->ival;
-  return w;
+  int64_t outer = 1;
+  for (size_t i = 1; i < loops.size(); ++i) outer *= loops[i].var->ival;
+  int64_t inner = 0;
+  for (const auto& ph : phases) {
+    int64_t w = 1;
+    for (const auto& l : ph.loops) w *= l.var->ival;
+    inner += w;
+  }
+  return outer * std::max<int64_t>(inner, 1);
+}
+
+std::vector<Expr> Kernel::exprs() const {
+  std::vector<Expr> out;
+  for (const auto& ph : phases) {
+    for (const auto& r : ph.reductions) {
+      out.push_back(r.value);
+      if (r.position) out.push_back(r.position);
+    }
+    for (const auto& s : ph.stores) {
+      out.push_back(s.index);
+      out.push_back(s.value);
+    }
+  }
+  return out;
+}
+
+const char* reduce_op_name(ReduceOp r) {
+  static const char* names[] = {"sum", "prod", "max", "min", "argmax", "argmin", "any", "all"};
+  return names[static_cast<int>(r)];
 }
 
 namespace {
@@ -31,10 +58,6 @@ const char* loop_kind_name(LoopKind k) {
   }
   return "?";
 }
-const char* reduce_name(ReduceOp r) {
-  static const char* names[] = {"sum", "prod", "max", "min", "argmax", "argmin", "any", "all"};
-  return names[static_cast<int>(r)];
-}
 }  // namespace
 
 std::string print(const Kernel& k) {
@@ -44,20 +67,22 @@ std::string print(const Kernel& k) {
     s += fmt::format("{}for i{} in 0..{} ({}):\n", indent, l.var->var_id, l.var->ival, loop_kind_name(l.kind));
     indent += "  ";
   }
-  if (!k.reductions.empty()) {
-    std::string ri = indent;
-    for (const auto& l : k.reduce_loops) {
-      s += fmt::format("{}reduce i{} in 0..{}:\n", ri, l.var->var_id, l.var->ival);
-      ri += "  ";
+  for (const auto& ph : k.phases) {
+    std::string pi = indent;
+    for (const auto& l : ph.loops) {
+      s += fmt::format("{}for i{} in 0..{} ({}):\n", pi, l.var->var_id, l.var->ival, loop_kind_name(l.kind));
+      pi += "  ";
     }
-    for (const auto& r : k.reductions) {
-      std::string lets, v = print_expr(r.value, &lets, ri);
-      s += lets + fmt::format("{}acc{} = {}({})\n", ri, r.slot, reduce_name(r.op), v);
+    for (const auto& r : ph.reductions) {
+      std::string lets, v = print_expr(r.value, &lets, pi);
+      if (r.position) v += ", at " + print_expr(r.position);
+      s += lets + fmt::format("{}acc{} = {}<{}>(acc{}, {})\n", pi, r.slot, reduce_op_name(r.op),
+                              dtype_name(r.acc_dtype), r.slot, v);
     }
-  }
-  for (const auto& st : k.stores) {
-    std::string lets, v = print_expr(st.value, &lets, indent);
-    s += lets + fmt::format("{}buf{}[{}] = {}\n", indent, st.buffer, print_expr(st.index), v);
+    for (const auto& st : ph.stores) {
+      std::string lets, v = print_expr(st.value, &lets, pi);
+      s += lets + fmt::format("{}buf{}[{}] = {}\n", pi, st.buffer, print_expr(st.index), v);
+    }
   }
   return s;
 }

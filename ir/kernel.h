@@ -41,28 +41,39 @@ struct Store {
   Expr value;
 };
 
-/// How a kernel folds a reduction: the op and whether it tracks an index (argmax/argmin).
+/// How a kernel folds a reduction.
 enum class ReduceOp : uint8_t { Sum, Prod, Max, Min, ArgMax, ArgMin, Any, All };
+const char* reduce_op_name(ReduceOp r);
 
-/// A reduction computed inside a kernel: folds `value` over the reduction loops, and the result
-/// is read in the stores through `result` (a placeholder Var-free Load on buffer -1-k).
+/// A reduction folded over its phase's loops. Later phases (and this kernel's stores) read the
+/// result through a placeholder: Load(buffer = -1 - slot, index 0).
 struct Reduction {
   ReduceOp op;
-  Expr value;      ///< the element folded, in terms of outer and reduction loop variables
-  DType acc_dtype; ///< accumulator dtype
-  int slot;        ///< placeholder id: Load(buffer = -1 - slot) stands for the result
+  Expr value;       ///< the element folded, over the outer and the phase's loop variables
+  DType acc_dtype;  ///< accumulator dtype (float64 for long float32 sums)
+  DType out_dtype;  ///< the placeholder's dtype
+  int slot;
+  Expr position = nullptr;  ///< argmax/argmin: the element's position in its row (row-major)
+};
+
+/// One step inside an outer iteration: loops over an inner (reduction) domain, folding
+/// reductions and/or storing values; with no loops it runs once per outer iteration.
+struct Phase {
+  std::vector<Loop> loops;
+  std::vector<Reduction> reductions;
+  std::vector<Store> stores;
 };
 
 struct Kernel {
   std::string name;        ///< readable: named after the ops it fuses
   std::string provenance;  ///< one line: graph nodes it computes
-  std::vector<Loop> loops;          ///< outer loops, outermost first; loops[0] is split across threads
-  std::vector<Loop> reduce_loops;   ///< inner reduction loops (empty for pointwise kernels)
-  std::vector<Reduction> reductions;
-  std::vector<Store> stores;        ///< executed once per outer iteration, after the reductions
+  std::vector<Loop> loops;    ///< outer loops, outermost first; loops[0] is split across threads
+  std::vector<Phase> phases;  ///< run in order inside the innermost outer loop
   int64_t outer_extent() const { return loops.empty() ? 1 : loops[0].var->ival; }
-  /// Elements computed per unit of the outer loop (for the thread split's grain).
+  /// Elements touched per unit of the outer loop (for the thread split's grain).
   int64_t inner_work() const;
+  /// Every expression the kernel evaluates (stores' indices and values, reductions' values).
+  std::vector<Expr> exprs() const;
 };
 
 /// Where each returned tensor comes from.

@@ -59,11 +59,122 @@ class Decomposer {
         return r;
       }
       default:
+        return run_reduce(n, in);
+    }
+  }
+
+  /// Composite reductions and normalisations.
+  int run_reduce(const Node& n, const std::vector<int>& in) {
+    int x = in[0];
+    const auto& f = n.attrs.floats;
+    const Sizes xs = e_.node(x).sizes;  // a copy: appending nodes moves the graph
+    std::vector<int64_t> dims = n.attrs.ints;
+    bool keep = n.attrs.int_value != 0;
+    switch (n.op) {
+      case OpKind::Mean:
+        return mean(x, dims, keep);
+      case OpKind::Var:
+      case OpKind::Std: {
+        int m = mean(x, dims, true);
+        int d = b(OpKind::Sub, x, m);
+        int ss = e_.reduce(OpKind::Sum, b(OpKind::Mul, d, d), dims, keep);
+        double count = static_cast<double>(reduced_count(xs, dims));
+        int v = b(OpKind::Div, ss, c(std::max(0.0, count - f.at(0))));
+        return n.op == OpKind::Std ? u(OpKind::Sqrt, v) : v;
+      }
+      case OpKind::LogSumExp: {
+        // torch: log(sum(exp(x - m))) + m with m = amax, infinite maxima replaced by 0.
+        int m = e_.reduce(OpKind::Amax, x, dims, true);
+        int inf = b(OpKind::Eq, u(OpKind::Abs, m), c(INFINITY));
+        int m0 = e_.where(inf, c(0), m);
+        int s = e_.reduce(OpKind::Sum, u(OpKind::Exp, b(OpKind::Sub, x, m0)), dims, keep);
+        int m_out = keep ? m0 : e_.reshape(m0, e_.node(s).sizes);
+        return b(OpKind::Add, u(OpKind::Log, s), m_out);
+      }
+      case OpKind::Norm: {
+        double p = f.at(0);
+        int a = u(OpKind::Abs, x);
+        if (p == 2) return u(OpKind::Sqrt, e_.reduce(OpKind::Sum, b(OpKind::Mul, x, x), dims, keep));
+        if (p == 1) return e_.reduce(OpKind::Sum, a, dims, keep);
+        if (std::isinf(p)) return e_.reduce(p > 0 ? OpKind::Amax : OpKind::Amin, a, dims, keep);
+        if (p == 0) return e_.reduce(OpKind::Sum, e_.cast(b(OpKind::Ne, x, c(0)), t_), dims, keep);
+        int s = e_.reduce(OpKind::Sum, b(OpKind::Pow, a, c(p)), dims, keep);
+        return b(OpKind::Pow, s, c(1.0 / p));
+      }
+      case OpKind::Softmax:
+      case OpKind::LogSoftmax: {
+        int m = e_.reduce(OpKind::Amax, x, dims, true);
+        int shifted = b(OpKind::Sub, x, m);
+        int ex = u(OpKind::Exp, shifted);
+        int s = e_.reduce(OpKind::Sum, ex, dims, true);
+        if (n.op == OpKind::Softmax) return b(OpKind::Div, ex, s);
+        return b(OpKind::Sub, shifted, u(OpKind::Log, s));
+      }
+      case OpKind::LayerNorm: {
+        std::vector<int64_t> last = trailing_dims(xs, n.attrs.ints.at(0));
+        int m = mean(x, last, true);
+        int d = b(OpKind::Sub, x, m);
+        int var = mean(b(OpKind::Mul, d, d), last, true);
+        int y = b(OpKind::Mul, d, u(OpKind::Rsqrt, b(OpKind::Add, var, c(f.at(0)))));
+        if (n.attrs.ints.at(1)) y = b(OpKind::Mul, y, in[1]);
+        if (n.attrs.ints.at(2)) y = b(OpKind::Add, y, in[2]);
+        return y;
+      }
+      case OpKind::RmsNorm: {
+        std::vector<int64_t> last = trailing_dims(xs, n.attrs.ints.at(0));
+        double eps = f.at(0) >= 0 ? f.at(0) : (t_ == DType::Float64 ? 2.220446049250313e-16 : 1.1920928955078125e-07);
+        int ms = mean(b(OpKind::Mul, x, x), last, true);
+        int y = b(OpKind::Mul, x, u(OpKind::Rsqrt, b(OpKind::Add, ms, c(eps))));
+        if (n.attrs.ints.at(1)) y = b(OpKind::Mul, y, in[1]);
+        return y;
+      }
+      case OpKind::GroupNorm: {
+        int64_t groups = n.attrs.ints.at(0);
+        Sizes grouped = {xs[0], groups, numel(xs) / std::max<int64_t>(xs[0] * groups, 1)};
+        int g = e_.reshape(x, grouped);
+        int m = mean(g, {2}, true);
+        int d = b(OpKind::Sub, g, m);
+        int var = mean(b(OpKind::Mul, d, d), {2}, true);
+        int y = e_.reshape(b(OpKind::Mul, d, u(OpKind::Rsqrt, b(OpKind::Add, var, c(f.at(0))))), xs);
+        if (n.attrs.ints.at(1)) y = b(OpKind::Mul, y, channel_view(in[1], xs));
+        if (n.attrs.ints.at(2)) y = b(OpKind::Add, y, channel_view(in[2], xs));
+        return y;
+      }
+      case OpKind::BatchNormEval: {
+        // As torch's CPU kernel: alpha = invstd * w, beta = b - mean * alpha, y = x * alpha + beta.
+        int alpha = u(OpKind::Rsqrt, b(OpKind::Add, in[4], c(f.at(0))));
+        if (n.attrs.ints.at(0)) alpha = b(OpKind::Mul, alpha, in[1]);
+        int beta = u(OpKind::Neg, b(OpKind::Mul, in[3], alpha));
+        if (n.attrs.ints.at(1)) beta = b(OpKind::Sub, in[2], b(OpKind::Mul, in[3], alpha));
+        return b(OpKind::Add, b(OpKind::Mul, x, channel_view(alpha, xs)), channel_view(beta, xs));
+      }
+      default:
         KILN_UNREACHABLE(std::string("no decomposition for ") + op_name(n.op));
     }
   }
 
  private:
+  static int64_t reduced_count(const Sizes& xs, const std::vector<int64_t>& dims) {
+    int64_t n = 1;
+    for (int64_t d : dims) n *= xs[d];
+    return n;
+  }
+  static std::vector<int64_t> trailing_dims(const Sizes& xs, int64_t k) {
+    std::vector<int64_t> d;
+    for (int64_t i = static_cast<int64_t>(xs.size()) - k; i < static_cast<int64_t>(xs.size()); ++i) d.push_back(i);
+    return d;
+  }
+  int mean(int x, const std::vector<int64_t>& dims, bool keep) {
+    int s = e_.reduce(OpKind::Sum, x, dims, keep);
+    return b(OpKind::Div, s, c(static_cast<double>(reduced_count(e_.node(x).sizes, dims))));
+  }
+  /// A per-channel vector [C] as [C, 1, ...] so it broadcasts against x of shape [N, C, ...].
+  int channel_view(int v, const Sizes& xs) {
+    if (e_.node(v).sizes.empty()) return v;
+    Sizes s(xs.size() - 1, 1);
+    s[0] = xs[1];
+    return e_.reshape(v, s);
+  }
   int relu6(int x) { return b(OpKind::Minimum, b(OpKind::Maximum, x, c(0)), c(6)); }
   // torch: x where beta*x > threshold, else log1p(exp(beta*x)) / beta.
   int softplus(int x, double beta, double threshold) {
@@ -84,7 +195,7 @@ Graph run_decompose(const Graph& g, const PassOptions&) {
     const Node& n = g.nodes[i];
     std::vector<int> in;
     for (int x : n.inputs) in.push_back(remap[x]);
-    if (op_category(n.op) == OpCategory::Composite) {
+    if (op_category(n.op) == OpCategory::Composite || op_category(n.op) == OpCategory::CompositeReduce) {
       Decomposer d(e, n.dtype);
       remap[i] = d.run(n, in);
       // Keep the layout eager chose for this value.

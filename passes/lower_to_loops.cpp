@@ -1,6 +1,15 @@
 /// \file lower_to_loops.cpp
-/// Graph -> loop IR: materialisation, inlining of pointwise and view chains, kernel grouping,
-/// loop ordering and collapsing.
+/// Graph -> loop IR: which values get buffers, which kernel computes each, and the loops.
+///
+/// Note [Kernels]
+/// A pointwise kernel loops over one value's domain in that value's memory order and stores
+/// every materialised value of that domain. A row kernel loops over the outer (kept) dims of a
+/// reduction's input and, inside, runs phases over the reduced dims: reduction phases (ordered
+/// by dependency: softmax's sum needs its max) and then a store phase writing full-size values
+/// (softmax's output) and row-size values (a mean). A row of 1024 floats stays in L1 between the
+/// phases, so the input is read from memory once. Reductions of a kernel are read by later
+/// phases through placeholders (Load of buffer -1 - slot); they are also stored to their own
+/// buffer, so a consumer that cannot join the kernel loads them instead.
 #include "passes/lower_to_loops.h"
 
 #include <fmt/format.h>
@@ -9,65 +18,16 @@
 #include <functional>
 #include <map>
 #include <numeric>
+#include <deque>
 #include <set>
 
+#include "passes/lower_pointwise.h"
 #include "support/error.h"
 
 namespace kiln::passes {
 using namespace kiln::ir;
 
 namespace {
-
-ExprOp unary_expr_op(OpKind op) {
-  switch (op) {
-    case OpKind::Neg: return ExprOp::Neg;
-    case OpKind::Abs: return ExprOp::Abs;
-    case OpKind::Exp: return ExprOp::Exp;
-    case OpKind::Exp2: return ExprOp::Exp2;
-    case OpKind::Expm1: return ExprOp::Expm1;
-    case OpKind::Log: return ExprOp::Log;
-    case OpKind::Log2: return ExprOp::Log2;
-    case OpKind::Log1p: return ExprOp::Log1p;
-    case OpKind::Sqrt: return ExprOp::Sqrt;
-    case OpKind::Sin: return ExprOp::Sin;
-    case OpKind::Cos: return ExprOp::Cos;
-    case OpKind::Tan: return ExprOp::Tan;
-    case OpKind::Tanh: return ExprOp::Tanh;
-    case OpKind::Erf: return ExprOp::Erf;
-    case OpKind::Floor: return ExprOp::Floor;
-    case OpKind::Ceil: return ExprOp::Ceil;
-    case OpKind::Round: return ExprOp::Round;
-    case OpKind::Trunc: return ExprOp::Trunc;
-    case OpKind::IsNan: return ExprOp::IsNan;
-    default: KILN_UNREACHABLE(std::string("unary op ") + op_name(op));
-  }
-}
-
-ExprOp binary_expr_op(OpKind op, DType t) {
-  switch (op) {
-    case OpKind::Add: return ExprOp::Add;
-    case OpKind::Sub: return ExprOp::Sub;
-    case OpKind::Mul: return ExprOp::Mul;
-    case OpKind::Div: return ExprOp::Div;
-    case OpKind::FloorDiv: return is_float(t) ? ExprOp::Div : ExprOp::Div;  // refined by the caller
-    case OpKind::TruncDiv: return ExprOp::TruncDiv;
-    case OpKind::Fmod: return ExprOp::Fmod;
-    case OpKind::Remainder: return ExprOp::Mod;
-    case OpKind::Pow: return ExprOp::Pow;
-    case OpKind::Maximum: return ExprOp::Max;
-    case OpKind::Minimum: return ExprOp::Min;
-    case OpKind::Eq: return ExprOp::Eq;
-    case OpKind::Ne: return ExprOp::Ne;
-    case OpKind::Lt: return ExprOp::Lt;
-    case OpKind::Le: return ExprOp::Le;
-    case OpKind::Gt: return ExprOp::Gt;
-    case OpKind::Ge: return ExprOp::Ge;
-    case OpKind::LogicalAnd: case OpKind::BitwiseAnd: return ExprOp::And;
-    case OpKind::LogicalOr: case OpKind::BitwiseOr: return ExprOp::Or;
-    case OpKind::LogicalXor: case OpKind::BitwiseXor: return ExprOp::Xor;
-    default: KILN_UNREACHABLE(std::string("binary op ") + op_name(op));
-  }
-}
 
 /// Relative cost of recomputing a node once per element (for the broadcast rule).
 int op_cost(const Node& n) {
@@ -87,6 +47,20 @@ int op_cost(const Node& n) {
         default:
           return 1;
       }
+  }
+}
+
+ReduceOp reduce_op(OpKind k) {
+  switch (k) {
+    case OpKind::Sum: return ReduceOp::Sum;
+    case OpKind::Prod: return ReduceOp::Prod;
+    case OpKind::Amax: return ReduceOp::Max;
+    case OpKind::Amin: return ReduceOp::Min;
+    case OpKind::ArgMax: return ReduceOp::ArgMax;
+    case OpKind::ArgMin: return ReduceOp::ArgMin;
+    case OpKind::Any: return ReduceOp::Any;
+    case OpKind::All: return ReduceOp::All;
+    default: KILN_UNREACHABLE(std::string("not a reduction: ") + op_name(k));
   }
 }
 
@@ -111,29 +85,48 @@ std::vector<int> loop_order(const Node& n, bool* dense_layout) {
   return by;
 }
 
+/// Thrown while building an expression for a kernel it cannot join.
+struct NotFusable {
+  std::string why;
+};
+
+/// Sums of at least this many float32 elements accumulate in float64 (accuracy on 16M sums).
+constexpr int64_t kWideAccumulation = 65536;
+/// Whole-tensor reductions of at least this many elements are split across chunks (threads).
+constexpr int64_t kSplitReduction = 65536;
+
+/// A kernel under construction.
+struct OpenKernel {
+  int index = -1;                  ///< into KernelProgram::kernels
+  bool row = false;
+  Sizes full;                      ///< row: the reduced input's sizes; pointwise: the domain
+  std::vector<int64_t> rdims;      ///< row: reduced dims of `full`
+  std::vector<int> order;          ///< pointwise: dims in loop order
+  std::vector<Expr> idx;           ///< per dim of `full`: loop variable or 0
+  std::vector<Loop> reduce_loops;  ///< row: the inner loops every phase runs
+  std::map<int, std::pair<int, int>> reductions;  ///< node -> (slot, level)
+  std::vector<Phase> levels;       ///< row: reduction phases by level
+  Phase full_stores, row_stores;   ///< row: stores over the full domain, once per row
+};
+
 class Lowering {
  public:
-  Lowering(const Graph& g, const PassOptions& opts) : g_(g), opts_(opts) {
-    prog_.ctx = std::make_shared<Context>();
-  }
+  Lowering(const Graph& g, const PassOptions& opts) : g_(g), opts_(opts) { prog_.ctx = std::make_shared<Context>(); }
 
   KernelProgram run() {
-    for (const Node& n : g_.nodes)
-      KILN_UNSUPPORTED_IF(op_category(n.op) == OpCategory::Reduction, "reductions are not lowered yet ({})", op_name(n.op));
     for (const Node& n : g_.nodes)
       KILN_UNSUPPORTED_IF(n.dtype == DType::Float16 || n.dtype == DType::BFloat16,
                           "{} is not supported by the CPU code generator yet", dtype_name(n.dtype));
     make_input_buffers();
     choose_materialized();
-    for (int id : order_) build_store(id);
-    for (auto& k : prog_.kernels) finish_kernel(k);
+    for (int id : order_) lower_node(id);
+    for (auto& ok : open_) finish_kernel(ok);
     for (int o : g_.outputs) prog_.outputs.push_back({OutputSpec::Kind::Buffer, out_buffer_.at(o)});
     return std::move(prog_);
   }
 
  private:
   Context& ctx() { return *prog_.ctx; }
-
   void log(const std::string& s) { prog_.fusion_log.push_back(s); }
 
   void make_input_buffers() {
@@ -149,7 +142,8 @@ class Lowering {
     return static_cast<int>(prog_.buffers.size()) - 1;
   }
 
-  /// Decides which values get a buffer of their own, in topological order.
+  /// Decides which values get a buffer of their own: outputs, reductions, and values a
+  /// broadcasting consumer would otherwise recompute many times at a high cost.
   void choose_materialized() {
     size_t n = g_.nodes.size();
     std::vector<std::vector<int>> users(n);
@@ -161,9 +155,11 @@ class Lowering {
     for (int i = static_cast<int>(n) - 1; i >= 0; --i)
       for (int u : users[i]) {
         const Node& un = g_.nodes[u];
-        demand[i] = std::max(demand[i], op_category(un.op) == OpCategory::Movement ? std::max(un.numel(), demand[u]) : un.numel());
+        int64_t d = op_category(un.op) == OpCategory::Movement ? std::max(un.numel(), demand[u])
+                    : op_category(un.op) == OpCategory::Reduction ? g_.nodes[i].numel()
+                                                                  : un.numel();
+        demand[i] = std::max(demand[i], d);
       }
-    // cost[i]: ops recomputed per element if value i is inlined.
     std::vector<int> cost(n, 0);
     std::set<int> outputs(g_.outputs.begin(), g_.outputs.end());
     for (size_t i = 0; i < n; ++i) {
@@ -171,16 +167,15 @@ class Lowering {
       int c = op_cost(node);
       for (int x : node.inputs) c += materialized_.count(x) ? 0 : cost[x];
       cost[i] = c;
-      bool is_out = outputs.count(static_cast<int>(i)) > 0;
       bool leaf = op_category(node.op) == OpCategory::Leaf;
-      if (is_out) {
-        materialized_.insert(static_cast<int>(i));
-        order_.push_back(static_cast<int>(i));
-        continue;
-      }
-      if (!leaf && op_category(node.op) != OpCategory::Movement && demand[i] > node.numel() && cost[i] >= 4) {
+      bool reduction = op_category(node.op) == OpCategory::Reduction;
+      bool costly_broadcast = !leaf && !reduction && op_category(node.op) != OpCategory::Movement &&
+                              demand[i] > node.numel() && cost[i] >= 4;
+      if (costly_broadcast)
         log(fmt::format("materialise %{} ({}): read {}x per element by a broadcasting consumer and costs {} to "
-                        "recompute", i, op_name(node.op), demand[i] / std::max<int64_t>(node.numel(), 1), cost[i]));
+                        "recompute",
+                        i, op_name(node.op), demand[i] / std::max<int64_t>(node.numel(), 1), cost[i]));
+      if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast) {
         materialized_.insert(static_cast<int>(i));
         order_.push_back(static_cast<int>(i));
         cost[i] = 0;
@@ -188,7 +183,8 @@ class Lowering {
     }
   }
 
-  /// Broadcast `idx` (for sizes `out`) down to an operand of sizes `in`.
+  // ---- expressions ------------------------------------------------------------------------
+
   std::vector<Expr> broadcast_index(const std::vector<Expr>& idx, const Sizes& out, const Sizes& in) {
     std::vector<Expr> r(in.size());
     size_t off = out.size() - in.size();
@@ -196,261 +192,402 @@ class Lowering {
     return r;
   }
 
-  Expr linear_index(const std::vector<Expr>& idx, const Sizes& strides) {
-    Expr e = ctx().int_const(0);
-    for (size_t d = 0; d < idx.size(); ++d) e = ctx().add(e, ctx().mul(idx[d], strides[d]));
-    return ctx().simplify_index(e);
-  }
-
-  /// The value of node `id` at index `idx`, with everything not materialised inlined.
-  Expr value_at(int id, const std::vector<Expr>& idx, int current) {
+  /// The value of node `id` at index `idx` inside kernel `cur_` (`self` is the value being
+  /// stored, computed rather than loaded). Values stored by the same kernel are recomputed
+  /// inline; reductions of the same kernel become placeholders.
+  Expr value_at(int id, const std::vector<Expr>& idx, int self) {
     auto key = std::make_pair(id, idx);
     auto it = memo_.find(key);
     if (it != memo_.end()) return it->second;
     const Node& n = g_.nodes[id];
     Expr r;
-    auto buf = buffer_of_.find(id);
-    bool same_kernel = buf != buffer_of_.end() && written_by_.count(buf->second) &&
-                       written_by_[buf->second] == current_kernel_;
-    if (id != current && buf != buffer_of_.end() && !same_kernel) {
-      const Buffer& b = prog_.buffers[buffer_of_[id]];
-      r = ctx().load(buffer_of_[id], linear_index(idx, b.strides), n.dtype);
-      reads_.insert(buffer_of_[id]);
+    if (cur_ && cur_->reductions.count(id)) {
+      // The reduction is only available for the row being computed.
+      auto [slot, level] = cur_->reductions.at(id);
+      (void)level;
+      Sizes st = contiguous_strides(n.sizes);
+      if (n.numel() != 1 && linear_index(ctx(), idx, st) != linear_index(ctx(), canonical_out_index(*cur_, n), st))
+        throw NotFusable{fmt::format("reads %{} of another row", id)};
+      r = ctx().load(-1 - slot, ctx().int_const(0), n.dtype);
+      used_slots_.insert(slot);
     } else {
-      r = compute(n, idx, current);
+      auto buf = buffer_of_.find(id);
+      bool same_kernel = cur_ && buf != buffer_of_.end() && written_by_.count(buf->second) &&
+                         written_by_[buf->second] == cur_->index;
+      if (id != self && buf != buffer_of_.end() && !same_kernel) {
+        const Buffer& b = prog_.buffers[buf->second];
+        r = ctx().load(buf->second, linear_index(ctx(), idx, b.strides), n.dtype);
+      } else {
+        r = compute(n, idx, self);
+      }
     }
     memo_.emplace(std::move(key), r);
     return r;
   }
 
-  Expr operand(const Node& n, int k, const std::vector<Expr>& idx, int current) {
-    const Node& in = g_.nodes[n.inputs[k]];
-    return value_at(n.inputs[k], broadcast_index(idx, n.sizes, in.sizes), current);
-  }
-
-  Expr compute(const Node& n, const std::vector<Expr>& idx, int current) {
+  Expr compute(const Node& n, const std::vector<Expr>& idx, int self) {
     Context& c = ctx();
     switch (op_category(n.op)) {
       case OpCategory::Leaf:
         KILN_CHECK(n.op == OpKind::Constant, "input %{} without a buffer", n.attrs.int_value);
         return is_float(n.dtype) ? c.float_const(n.attrs.float_value, n.dtype) : c.int_const(n.attrs.int_value, n.dtype);
-      case OpCategory::Cast:
-        return c.cast(operand(n, 0, idx, current), n.dtype);
-      case OpCategory::Unary: {
-        Expr x = operand(n, 0, idx, current);
-        DType t = x->dtype;
-        switch (n.op) {
-          case OpKind::Rsqrt: return c.binary(ExprOp::Div, c.float_const(1.0, t), c.unary(ExprOp::Sqrt, x));
-          case OpKind::Reciprocal: return c.binary(ExprOp::Div, c.float_const(1.0, t), x);
-          case OpKind::Sigmoid:
-            // 1 / (1 + exp(-x)): exact limits at +-inf, no NaN from inf/inf.
-            return c.binary(ExprOp::Div, c.float_const(1.0, t),
-                            c.binary(ExprOp::Add, c.float_const(1.0, t), c.unary(ExprOp::Exp, c.unary(ExprOp::Neg, x))));
-          case OpKind::LogicalNot:
-            return t == DType::Bool ? c.unary(ExprOp::Not, x) : c.binary(ExprOp::Eq, x, zero(t));
-          case OpKind::BitwiseNot:
-            return t == DType::Bool ? c.unary(ExprOp::Not, x) : c.unary(ExprOp::BitNot, x);
-          case OpKind::Sign: {
-            // (0 < x) - (x < 0), in x's dtype; bool: x itself.
-            if (t == DType::Bool) return x;
-            Expr pos = c.cast(c.binary(ExprOp::Lt, zero(t), x), t);
-            Expr neg = c.cast(c.binary(ExprOp::Lt, x, zero(t)), t);
-            return c.binary(ExprOp::Sub, pos, neg);
-          }
-          case OpKind::IsNan:
-            return is_float(t) ? c.unary(ExprOp::IsNan, x) : c.bool_const(false);
-          case OpKind::Abs:
-            return t == DType::Bool ? x : c.unary(ExprOp::Abs, x);
-          default:
-            return c.unary(unary_expr_op(n.op), x);
-        }
-      }
-      case OpCategory::Binary: {
-        Expr a = operand(n, 0, idx, current), b = operand(n, 1, idx, current);
-        DType t = a->dtype;
-        if (n.op == OpKind::FloorDiv) {
-          if (!is_float(t)) return c.binary(ExprOp::Div, a, b);
-          return floor_divide_float(a, b);
-        }
-        if (n.op == OpKind::TruncDiv && is_float(t)) return c.unary(ExprOp::Trunc, c.binary(ExprOp::Div, a, b));
-        if (n.op == OpKind::Remainder && is_float(t)) {
-          // torch: m = fmod(a, b); m != 0 and sign(m) != sign(b) ? m + b : m
-          Expr m = c.binary(ExprOp::Fmod, a, b);
-          Expr fix = c.binary(ExprOp::And, c.binary(ExprOp::Ne, m, zero(t)),
-                              c.binary(ExprOp::Ne, c.binary(ExprOp::Lt, b, zero(t)), c.binary(ExprOp::Lt, m, zero(t))));
-          return c.select(fix, c.binary(ExprOp::Add, m, b), m);
-        }
-        if (n.op == OpKind::Pow) return power(a, b);
-        return c.binary(binary_expr_op(n.op, t), a, b);
-      }
-      case OpCategory::Ternary:
-        return c.select(operand(n, 0, idx, current), operand(n, 1, idx, current), operand(n, 2, idx, current));
       case OpCategory::Movement:
-        return value_at(n.inputs[0], view_source_index(n, idx), current);
-      default:
-        KILN_UNREACHABLE(std::string("cannot lower ") + op_name(n.op));
-    }
-  }
-
-  Expr zero(DType t) { return is_float(t) ? ctx().float_const(0, t) : ctx().int_const(0, t); }
-
-  // torch's div_floor for floating point: exact when a/b is an exact integer, matches Python.
-  Expr floor_divide_float(Expr a, Expr b) {
-    Context& c = ctx();
-    DType t = a->dtype;
-    Expr mod = c.binary(ExprOp::Fmod, a, b);
-    Expr div = c.binary(ExprOp::Div, c.binary(ExprOp::Sub, a, mod), b);
-    Expr adjust = c.binary(ExprOp::And, c.binary(ExprOp::Ne, mod, zero(t)),
-                           c.binary(ExprOp::Ne, c.binary(ExprOp::Lt, b, zero(t)), c.binary(ExprOp::Lt, mod, zero(t))));
-    div = c.select(adjust, c.binary(ExprOp::Sub, div, c.float_const(1.0, t)), div);
-    Expr floordiv = c.unary(ExprOp::Floor, div);
-    Expr rounded = c.select(c.binary(ExprOp::Gt, c.binary(ExprOp::Sub, div, floordiv), c.float_const(0.5, t)),
-                            c.binary(ExprOp::Add, floordiv, c.float_const(1.0, t)), floordiv);
-    // div == 0: a signed zero with the sign of a / b. b == 0: a / b (inf or nan), as torch.
-    Expr q = c.binary(ExprOp::Div, a, b);
-    Expr signed_zero = c.binary(ExprOp::Mul, c.float_const(0.0, t), q);
-    Expr r = c.select(c.binary(ExprOp::Eq, div, zero(t)), signed_zero, rounded);
-    return c.select(c.binary(ExprOp::Eq, b, zero(t)), q, r);
-  }
-
-  /// pow with torch's special cases for constant exponents (x*x, sqrt, reciprocal, ...), which
-  /// torch itself takes, so results match bit for bit.
-  Expr power(Expr a, Expr b) {
-    Context& c = ctx();
-    DType t = a->dtype;
-    if (is_const(b)) {
-      double e = is_float(t) ? b->fval : static_cast<double>(b->ival);
-      if (is_float(t)) {
-        Expr one = c.float_const(1.0, t);
-        if (e == 1) return a;
-        if (e == 2) return c.binary(ExprOp::Mul, a, a);
-        if (e == 3) return c.binary(ExprOp::Mul, c.binary(ExprOp::Mul, a, a), a);
-        if (e == 0.5) return c.unary(ExprOp::Sqrt, a);
-        if (e == -0.5) return c.binary(ExprOp::Div, one, c.unary(ExprOp::Sqrt, a));
-        if (e == -1) return c.binary(ExprOp::Div, one, a);
-        if (e == -2) return c.binary(ExprOp::Div, one, c.binary(ExprOp::Mul, a, a));
-      } else {
-        KILN_UNSUPPORTED_IF(e < 0 || e > 64 || t == DType::Bool, "integer pow with exponent {}", e);
-        Expr r = c.int_const(1, t);
-        for (int k = 0; k < static_cast<int>(e); ++k) r = c.binary(ExprOp::Mul, r, a);
-        return r;
+        return value_at(n.inputs[0], view_source_index(c, n, g_.nodes[n.inputs[0]].sizes, idx), self);
+      case OpCategory::Reduction:
+        throw NotFusable{"a reduction of another kernel has no buffer yet"};
+      default: {
+        std::vector<Expr> ops;
+        for (int x : n.inputs) ops.push_back(value_at(x, broadcast_index(idx, n.sizes, g_.nodes[x].sizes), self));
+        return lower_pointwise(c, n, ops);
       }
     }
-    KILN_UNSUPPORTED_IF(!is_float(t), "integer pow with a tensor exponent");
-    return c.binary(ExprOp::Pow, a, b);
   }
 
-  /// Index into a view's source for index `idx` of the view.
-  std::vector<Expr> view_source_index(const Node& n, const std::vector<Expr>& idx) {
-    Context& c = ctx();
-    const Node& src = g_.nodes[n.inputs[0]];
-    const auto& a = n.attrs.ints;
-    switch (n.op) {
-      case OpKind::Permute: {
-        std::vector<Expr> r(idx.size());
-        for (size_t i = 0; i < idx.size(); ++i) r[a[i]] = idx[i];
-        return r;
-      }
-      case OpKind::Expand:
-        return broadcast_index(idx, n.sizes, src.sizes);
-      case OpKind::Slice: {
-        std::vector<Expr> r(idx);
-        r[a[0]] = c.add(c.mul(idx[a[0]], a[3]), a[1]);
-        return r;
-      }
-      case OpKind::Reshape: {
-        Expr lin = linear_index(idx, contiguous_strides(n.sizes));
-        Sizes st = contiguous_strides(src.sizes);
-        std::vector<Expr> r(src.sizes.size());
-        for (size_t d = 0; d < r.size(); ++d)
-          r[d] = src.sizes[d] == 1 ? c.int_const(0) : c.simplify_index(c.mod(c.div(lin, st[d]), src.sizes[d]));
-        return r;
-      }
-      default:
-        KILN_UNREACHABLE("not a view");
+  /// Index of reduction `n`'s output for the current row of kernel `k`.
+  std::vector<Expr> canonical_out_index(const OpenKernel& k, const Node& n) {
+    bool keep = n.attrs.int_value != 0;
+    std::vector<Expr> out;
+    for (size_t d = 0; d < k.full.size(); ++d) {
+      bool red = std::find(k.rdims.begin(), k.rdims.end(), static_cast<int64_t>(d)) != k.rdims.end();
+      if (!red) out.push_back(k.idx[d]);
+      else if (keep) out.push_back(ctx().int_const(0));
     }
+    return out;
   }
 
-  /// Emits the store of materialised value `id` into the kernel of its iteration domain (a new
-  /// one if none is open). Values that kernel already stores are recomputed inline rather than
-  /// loaded back (hash-consing makes the recomputation the very same expression, computed once).
-  void build_store(int id) {
+  // ---- kernels ------------------------------------------------------------------------------
+
+  /// Creates the buffer of materialised value `id` (output or temporary).
+  int make_value_buffer(int id, Sizes strides) {
     const Node& n = g_.nodes[id];
-    bool dense = false;
-    std::vector<int> order = loop_order(n, &dense);
-    Sizes strides = dense ? n.strides : contiguous_strides(n.sizes);
     auto out_it = std::find(g_.outputs.begin(), g_.outputs.end(), id);
     bool is_output = out_it != g_.outputs.end();
     int buf = add_buffer({is_output ? BufferKind::Output : BufferKind::Temp,
-                          is_output ? static_cast<int>(out_it - g_.outputs.begin()) : -1, n.dtype, n.sizes, strides});
+                          is_output ? static_cast<int>(out_it - g_.outputs.begin()) : -1, n.dtype, n.sizes,
+                          std::move(strides)});
     if (is_output) out_buffer_[id] = buf;
-    if (n.numel() == 0) {  // nothing to compute; the buffer is allocated empty
-      buffer_of_[id] = buf;
+    buffer_of_[id] = buf;
+    return buf;
+  }
+
+  void lower_node(int id) {
+    const Node& n = g_.nodes[id];
+    if (op_category(n.op) == OpCategory::Reduction) {
+      lower_reduction(id);
       return;
     }
-    std::vector<int64_t> domain;
-    for (int d : order) domain.push_back(n.sizes[d]);
-    auto key = std::make_pair(domain, order);
-    auto kit = open_kernels_.find(key);
-    std::vector<Expr> idx(n.sizes.size());
-    int kidx;
-    if (kit != open_kernels_.end()) {
-      kidx = kit->second;
-      const auto& loops = prog_.kernels[kidx].loops;
-      for (size_t k = 0, l = 0; k < order.size(); ++k)
-        idx[order[k]] = n.sizes[order[k]] == 1 ? ctx().int_const(0) : loops[l++].var;
-      log(fmt::format("%{} ({}) fuses into kernel {}: same iteration domain", id, op_name(n.op), kidx));
+    bool dense = false;
+    std::vector<int> order = loop_order(n, &dense);
+    int buf = make_value_buffer(id, dense ? n.strides : contiguous_strides(n.sizes));
+    if (n.numel() == 0) return;  // nothing to compute: the buffer is allocated empty
+    // Epilogue of a row kernel: a value reading that kernel's reductions.
+    for (auto it = open_.rbegin(); it != open_.rend(); ++it)
+      if (it->row && try_row_store(*it, id, buf)) return;
+    pointwise_store(id, buf, order);
+  }
+
+  /// Adds value `id` as a store of row kernel `k` if it reads k's reductions for the same row.
+  bool try_row_store(OpenKernel& k, int id, int buf) {
+    const Node& n = g_.nodes[id];
+    std::vector<Expr> idx;
+    Phase* phase = nullptr;
+    if (n.sizes == k.full) {
+      idx = k.idx;
+      phase = &k.full_stores;
     } else {
-      Kernel k;
+      // A row-size value: the kept dims of the row, with or without the reduced ones as 1s.
+      Sizes kept, keepdim;
+      std::vector<Expr> kept_idx, keepdim_idx;
+      for (size_t d = 0; d < k.full.size(); ++d) {
+        bool red = std::find(k.rdims.begin(), k.rdims.end(), static_cast<int64_t>(d)) != k.rdims.end();
+        keepdim.push_back(red ? 1 : k.full[d]);
+        keepdim_idx.push_back(red ? ctx().int_const(0) : k.idx[d]);
+        if (!red) {
+          kept.push_back(k.full[d]);
+          kept_idx.push_back(k.idx[d]);
+        }
+      }
+      if (n.sizes == keepdim) idx = keepdim_idx;
+      else if (n.sizes == kept) idx = kept_idx;
+      else return false;
+      phase = &k.row_stores;
+    }
+    Expr value;
+    if (!build_in(k, id, idx, &value)) return false;
+    phase->stores.push_back({buf, linear_index(ctx(), idx, prog_.buffers[buf].strides), value});
+    note_store(k, id, buf, "fuses into row kernel {} as an epilogue: it reads that kernel's reductions of the same row");
+    return true;
+  }
+
+  /// Builds value `id` inside kernel `k`; false when it does not read k's reductions (or cannot).
+  bool build_in(OpenKernel& k, int id, const std::vector<Expr>& idx, Expr* value) {
+    cur_ = &k;
+    memo_.clear();
+    used_slots_.clear();
+    bool ok = true;
+    try {
+      *value = value_at(id, idx, id);
+    } catch (const NotFusable& nf) {
+      log(fmt::format("%{} ({}) stays out of kernel {}: {}", id, op_name(g_.nodes[id].op), k.index, nf.why));
+      ok = false;
+    }
+    cur_ = nullptr;
+    return ok && (!k.row || !used_slots_.empty());
+  }
+
+  void note_store(OpenKernel& k, int id, int buf, const char* why) {
+    Kernel& kern = prog_.kernels[k.index];
+    kern.provenance += fmt::format("{}%{}", kern.provenance.empty() ? "" : " ", id);
+    collect_names(id, k.index);
+    written_by_[buf] = k.index;
+    log(fmt::format("%{} ({}) ", id, op_name(g_.nodes[id].op)) + fmt::format(fmt::runtime(why), k.index));
+  }
+
+  OpenKernel& new_kernel() {
+    prog_.kernels.emplace_back();
+    names_.emplace_back();
+    open_.emplace_back();
+    open_.back().index = static_cast<int>(prog_.kernels.size()) - 1;
+    return open_.back();
+  }
+
+  /// Stores value `id` in the pointwise kernel of its domain and layout (a new one if needed).
+  void pointwise_store(int id, int buf, const std::vector<int>& order) {
+    const Node& n = g_.nodes[id];
+    OpenKernel* k = nullptr;
+    for (auto& ok : open_)
+      if (!ok.row && ok.full == n.sizes && ok.order == order) k = &ok;
+    bool joined = k != nullptr;
+    if (!k) {
+      k = &new_kernel();
+      k->full = n.sizes;
+      k->order = order;
+      k->idx.assign(n.sizes.size(), nullptr);
+      Kernel& kern = prog_.kernels[k->index];
       for (int d : order) {
         if (n.sizes[d] == 1) {
-          idx[d] = ctx().int_const(0);
+          k->idx[d] = ctx().int_const(0);
           continue;
         }
-        idx[d] = ctx().var(n.sizes[d]);
-        k.loops.push_back({idx[d], LoopKind::Serial});
+        k->idx[d] = ctx().var(n.sizes[d]);
+        kern.loops.push_back({k->idx[d], LoopKind::Serial});
       }
-      prog_.kernels.push_back(std::move(k));
-      names_.emplace_back();
-      kidx = static_cast<int>(prog_.kernels.size()) - 1;
-      open_kernels_[key] = kidx;
+      kern.phases.emplace_back();
     }
-    current_kernel_ = kidx;
+    Expr value;
+    bool built = build_in(*k, id, k->idx, &value);
+    KILN_CHECK(built, "a pointwise value could not be built in its own kernel");
+    prog_.kernels[k->index].phases[0].stores.push_back(
+        {buf, linear_index(ctx(), k->idx, prog_.buffers[buf].strides), value});
+    note_store(*k, id, buf, joined ? "fuses into kernel {}: same iteration domain and layout" : "starts kernel {}");
+  }
+
+  void lower_reduction(int id) {
+    const Node& n = g_.nodes[id];
+    const Node& x = g_.nodes[n.inputs[0]];
+    int buf = make_value_buffer(id, contiguous_strides(n.sizes));
+    if (n.numel() == 0) return;
+    std::vector<int64_t> rdims = n.attrs.ints;
+    int64_t reduce_n = 1;
+    for (int64_t d : rdims) reduce_n *= x.sizes[d];
+    ReduceOp op = reduce_op(n.op);
+    bool splittable = op != ReduceOp::ArgMax && op != ReduceOp::ArgMin;
+    if (n.numel() == 1 && reduce_n >= kSplitReduction && splittable && split_chunks(reduce_n) > 1) {
+      lower_split_reduction(id, buf, rdims, reduce_n);
+      return;
+    }
+    // Join the newest row kernel over the same rows, if the value can be built there.
+    for (auto it = open_.rbegin(); it != open_.rend(); ++it)
+      if (it->row && it->full == x.sizes && it->rdims == rdims && add_reduction(*it, id, buf, reduce_n)) {
+        log(fmt::format("%{} ({}) fuses into row kernel {}: same rows", id, op_name(n.op), it->index));
+        return;
+      }
+    OpenKernel& k = new_kernel();
+    k.row = true;
+    k.full = x.sizes;
+    k.rdims = rdims;
+    k.idx.assign(x.sizes.size(), nullptr);
+    Kernel& kern = prog_.kernels[k.index];
+    for (size_t d = 0; d < x.sizes.size(); ++d) {
+      bool red = std::find(rdims.begin(), rdims.end(), static_cast<int64_t>(d)) != rdims.end();
+      if (x.sizes[d] == 1) {
+        k.idx[d] = ctx().int_const(0);
+        continue;
+      }
+      k.idx[d] = ctx().var(x.sizes[d]);
+      (red ? k.reduce_loops : kern.loops).push_back({k.idx[d], LoopKind::Serial});
+    }
+    bool added = add_reduction(k, id, buf, reduce_n);
+    KILN_CHECK(added, "a reduction could not be built in its own kernel");
+    log(fmt::format("%{} ({}) starts row kernel {}", id, op_name(n.op), k.index));
+  }
+
+  /// Adds reduction `id` to row kernel `k` at the level after the reductions it reads.
+  bool add_reduction(OpenKernel& k, int id, int buf, int64_t reduce_n) {
+    const Node& n = g_.nodes[id];
+    Expr value;
+    cur_ = &k;
     memo_.clear();
-    Expr value = value_at(id, idx, id);
-    Kernel& k = prog_.kernels[kidx];
-    k.stores.push_back({buf, linear_index(idx, strides), value});
-    k.provenance += fmt::format("{}%{}", k.provenance.empty() ? "" : " ", id);
-    collect_names(id, kidx);
-    written_by_[buf] = kidx;
-    buffer_of_[id] = buf;
+    used_slots_.clear();
+    try {
+      value = value_at(n.inputs[0], k.idx, -1);
+    } catch (const NotFusable& nf) {
+      cur_ = nullptr;
+      log(fmt::format("%{} ({}) stays out of kernel {}: {}", id, op_name(n.op), k.index, nf.why));
+      return false;
+    }
+    cur_ = nullptr;
+    int level = 0;
+    for (int s : used_slots_)
+      for (auto& [node, sl] : k.reductions)
+        if (sl.first == s) level = std::max(level, sl.second + 1);
+    int slot = next_slot_++;
+    k.reductions[id] = {slot, level};
+    if (static_cast<int>(k.levels.size()) <= level) k.levels.resize(level + 1);
+    Reduction r = make_reduction(n, value, slot, reduce_n);
+    // Arg reductions count positions in row-major order over the reduced dims.
+    if (r.op == ReduceOp::ArgMax || r.op == ReduceOp::ArgMin) {
+      Sizes rsizes;
+      std::vector<Expr> ridx;
+      for (int64_t d : k.rdims) {
+        rsizes.push_back(k.full[d]);
+        ridx.push_back(k.idx[d]);
+      }
+      r.position = linear_index(ctx(), ridx, contiguous_strides(rsizes));
+    }
+    k.levels[level].reductions.push_back(r);
+    Expr placeholder = ctx().load(-1 - slot, ctx().int_const(0), n.dtype);
+    std::vector<Expr> out_idx = canonical_out_index(k, n);
+    k.row_stores.stores.push_back({buf, linear_index(ctx(), out_idx, prog_.buffers[buf].strides), placeholder});
+    Kernel& kern = prog_.kernels[k.index];
+    kern.provenance += fmt::format("{}%{}", kern.provenance.empty() ? "" : " ", id);
+    collect_names(id, k.index);
+    written_by_[buf] = k.index;
+    return true;
+  }
+
+  Reduction make_reduction(const Node& n, Expr value, int slot, int64_t reduce_n) {
+    ReduceOp op = reduce_op(n.op);
+    DType acc = n.dtype;
+    if (op == ReduceOp::ArgMax || op == ReduceOp::ArgMin) acc = value->dtype;
+    if (op == ReduceOp::Any || op == ReduceOp::All) value = ctx().cast(value, DType::Bool);
+    if (op == ReduceOp::Sum || op == ReduceOp::Prod) {
+      value = ctx().cast(value, n.dtype);
+      if (n.dtype == DType::Float32 && reduce_n >= kWideAccumulation) acc = DType::Float64;
+    }
+    return Reduction{op, value, acc, n.dtype, slot};
+  }
+
+  /// Number of chunks a whole-tensor reduction of `n` elements is split into (1: no split).
+  static int64_t split_chunks(int64_t n) {
+    for (int64_t c = 64; c >= 8; --c)
+      if (n % c == 0) return c;
+    return 1;
+  }
+
+  /// A whole-tensor reduction in two kernels: partial results per chunk (in parallel), then the
+  /// reduction of the partials.
+  void lower_split_reduction(int id, int buf, const std::vector<int64_t>& rdims, int64_t reduce_n) {
+    const Node& n = g_.nodes[id];
+    const Node& x = g_.nodes[n.inputs[0]];
+    int64_t chunks = split_chunks(reduce_n), per = reduce_n / chunks;
+    Context& c = ctx();
+    // Stage 1: outer loop over chunks, inner loop over a chunk's elements.
+    OpenKernel& k1 = new_kernel();
+    Expr ci = c.var(chunks), ei = c.var(per);
+    prog_.kernels[k1.index].loops.push_back({ci, LoopKind::Serial});
+    Expr flat = c.add(c.mul(ci, per), ei);
+    Sizes rsizes;
+    for (int64_t d : rdims) rsizes.push_back(x.sizes[d]);
+    Sizes rst = contiguous_strides(rsizes);
+    std::vector<Expr> idx(x.sizes.size(), c.int_const(0));
+    for (size_t j = 0; j < rdims.size(); ++j)
+      idx[rdims[j]] = c.simplify_index(c.mod(c.div(flat, rst[j]), rsizes[j]));
+    cur_ = &k1;
+    memo_.clear();
+    Expr value = value_at(n.inputs[0], idx, -1);
+    cur_ = nullptr;
+    Reduction r1 = make_reduction(n, value, next_slot_++, reduce_n);
+    int partial = add_buffer({BufferKind::Temp, -1, r1.acc_dtype, {chunks}, {1}});
+    r1.out_dtype = r1.acc_dtype;
+    k1.levels.push_back({{}, {r1}, {}});
+    k1.reduce_loops.push_back({ei, LoopKind::Serial});
+    k1.row = true;
+    k1.full = {chunks, per};
+    k1.rdims = {1};
+    k1.idx = {ci, ei};
+    k1.row_stores.stores.push_back({partial, ci, c.load(-1 - r1.slot, c.int_const(0), r1.acc_dtype)});
+    written_by_[partial] = k1.index;
+    prog_.kernels[k1.index].provenance = fmt::format("%{} (partials)", id);
+    collect_names(id, k1.index);
+    // Stage 2: one iteration folding the partials.
+    OpenKernel& k2 = new_kernel();
+    Expr pi = c.var(chunks);
+    Reduction r2 = r1;
+    r2.slot = next_slot_++;
+    r2.value = c.load(partial, pi, r1.acc_dtype);
+    r2.out_dtype = n.dtype;
+    k2.levels.push_back({{}, {r2}, {}});
+    k2.reduce_loops.push_back({pi, LoopKind::Serial});
+    k2.row = true;
+    k2.full = {chunks};
+    k2.rdims = {0};
+    k2.idx = {pi};
+    k2.reductions[id] = {r2.slot, 0};
+    k2.row_stores.stores.push_back({buf, c.int_const(0), c.load(-1 - r2.slot, c.int_const(0), n.dtype)});
+    written_by_[buf] = k2.index;
+    prog_.kernels[k2.index].provenance = fmt::format("%{}", id);
+    collect_names(id, k2.index);
+    log(fmt::format("%{} ({}) of {} elements splits into {} chunks (kernel {}) and their combination (kernel {})", id,
+                    op_name(n.op), reduce_n, chunks, k1.index, k2.index));
   }
 
   void collect_names(int id, int kidx) {
     auto& names = names_[kidx];
-    std::function<void(int)> go = [&](int x) {
+    std::set<int> seen;
+    std::function<void(int, bool)> go = [&](int x, bool root) {
       const Node& n = g_.nodes[x];
-      if (op_category(n.op) == OpCategory::Leaf || (x != id && materialized_.count(x))) return;
-      for (int in : n.inputs) go(in);
+      if (!seen.insert(x).second) return;
+      if (op_category(n.op) == OpCategory::Leaf || (!root && materialized_.count(x))) return;
+      for (int in : n.inputs) go(in, false);
       if (op_category(n.op) == OpCategory::Movement) return;
       std::string name = op_name(n.op);
       if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
     };
-    go(id);
+    go(id, true);
   }
 
-  /// Names the kernel, collapses loops that stay affine, and assigns loop kinds.
-  void finish_kernel(Kernel& k) {
-    size_t kidx = &k - prog_.kernels.data();
-    std::string name = fmt::format("k{}", kidx);
-    const auto& ops = names_[kidx];
+  /// Assembles phases, names the kernel, collapses loops that stay affine, assigns loop kinds.
+  void finish_kernel(OpenKernel& ok) {
+    Kernel& k = prog_.kernels[ok.index];
+    if (ok.row) {
+      for (auto& lvl : ok.levels) {
+        lvl.loops = ok.reduce_loops;
+        k.phases.push_back(std::move(lvl));
+      }
+      if (!ok.full_stores.stores.empty()) {
+        ok.full_stores.loops = ok.reduce_loops;
+        k.phases.push_back(std::move(ok.full_stores));
+      }
+      if (!ok.row_stores.stores.empty()) k.phases.push_back(std::move(ok.row_stores));
+    }
+    std::string name = fmt::format("k{}", ok.index);
+    const auto& ops = names_[ok.index];
     for (size_t i = 0; i < ops.size() && i < 5; ++i) name += "_" + ops[i];
     if (ops.empty()) name += "_copy";
     k.name = name;
-    collapse_loops(k);
+    collapse(k, k.loops);
+    if (ok.row) {
+      std::vector<Loop> inner = ok.reduce_loops;
+      collapse(k, inner);
+      for (auto& ph : k.phases)
+        if (!ph.loops.empty()) ph.loops = inner;
+      for (auto& ph : k.phases)
+        if (!ph.loops.empty()) ph.loops.back().kind = LoopKind::Vectorized;
+    }
     for (auto& l : k.loops) l.kind = LoopKind::Serial;
     if (!k.loops.empty()) {
-      k.loops.back().kind = LoopKind::Vectorized;
+      if (!ok.row) k.loops.back().kind = LoopKind::Vectorized;
       k.loops.front().kind = LoopKind::Parallel;
     }
   }
@@ -461,29 +598,35 @@ class Lowering {
     return n + count_divmod(e->a, seen) + count_divmod(e->b, seen) + count_divmod(e->c, seen);
   }
 
-  int kernel_divmods(const Kernel& k) {
+  static int divmods(const std::vector<Expr>& es) {
     std::set<Expr> seen;
     int n = 0;
-    for (const auto& s : k.stores) n += count_divmod(s.index, seen) + count_divmod(s.value, seen);
+    for (Expr e : es) n += count_divmod(e, seen);
     return n;
   }
 
-  /// Merges adjacent loops (outer a, inner b) into one of extent a*b when every address stays
-  /// as cheap (no new div/mod): a contiguous [64, 64] becomes one loop of 4096.
-  void collapse_loops(Kernel& k) {
-    for (size_t i = 0; i + 1 < k.loops.size();) {
-      Expr a = k.loops[i].var, b = k.loops[i + 1].var;
+  /// Merges adjacent loops of `loops` (outer a, inner b) into one of extent a*b when every
+  /// address stays as cheap (no new div/mod): a contiguous [64, 64] becomes one loop of 4096.
+  void collapse(Kernel& k, std::vector<Loop>& loops) {
+    for (size_t i = 0; i + 1 < loops.size();) {
+      Expr a = loops[i].var, b = loops[i + 1].var;
       Expr w = ctx().var(a->ival * b->ival);
       std::unordered_map<Expr, Expr> sub = {{a, ctx().div(w, b->ival)}, {b, ctx().mod(w, b->ival)}};
-      std::vector<Store> stores;
-      for (const auto& s : k.stores)
-        stores.push_back({s.buffer, ctx().simplify_index(ctx().substitute(s.index, sub)), ctx().substitute(s.value, sub)});
       Kernel trial = k;
-      trial.stores = stores;
-      if (kernel_divmods(trial) <= kernel_divmods(k)) {
-        k.stores = std::move(stores);
-        k.loops[i] = {w, LoopKind::Serial};
-        k.loops.erase(k.loops.begin() + i + 1);
+      for (auto& ph : trial.phases) {
+        for (auto& r : ph.reductions) {
+          r.value = ctx().substitute(r.value, sub);
+          if (r.position) r.position = ctx().simplify_index(ctx().substitute(r.position, sub));
+        }
+        for (auto& s : ph.stores) {
+          s.index = ctx().simplify_index(ctx().substitute(s.index, sub));
+          s.value = ctx().substitute(s.value, sub);
+        }
+      }
+      if (divmods(trial.exprs()) <= divmods(k.exprs())) {
+        k.phases = std::move(trial.phases);
+        loops[i] = {w, LoopKind::Serial};
+        loops.erase(loops.begin() + i + 1);
       } else {
         ++i;
       }
@@ -498,10 +641,11 @@ class Lowering {
   std::map<int, int> buffer_of_;   // node -> buffer holding its value
   std::map<int, int> out_buffer_;  // output node -> its output buffer
   std::map<int, int> written_by_;  // buffer -> kernel index
-  std::map<std::pair<std::vector<int64_t>, std::vector<int>>, int> open_kernels_;
+  std::deque<OpenKernel> open_;    // every kernel, in creation order
+  OpenKernel* cur_ = nullptr;      // kernel being built into
   std::map<std::pair<int, std::vector<Expr>>, Expr> memo_;
-  std::set<int> reads_;
-  int current_kernel_ = -1;
+  std::set<int> used_slots_;
+  int next_slot_ = 0;
   std::vector<std::vector<std::string>> names_;  // per kernel: the ops it computes
 };
 

@@ -14,6 +14,8 @@ def flatten(obj, leaves):
         return (t, tuple(flatten(x, leaves) for x in obj))
     if isinstance(obj, tuple) and hasattr(t, "_fields"):  # namedtuple
         return (t, tuple(flatten(x, leaves) for x in obj), True)
+    if isinstance(obj, tuple) and hasattr(t, "n_fields"):  # structseq (torch.return_types.*)
+        return (t, tuple(flatten(x, leaves) for x in obj), False)
     if t is dict:
         keys = tuple(obj.keys())
         return (dict, keys, tuple(flatten(obj[k], leaves) for k in keys))
@@ -34,6 +36,6 @@ def unflatten(spec, leaves, pos=0):
     for s in spec[1]:
         v, pos = unflatten(s, leaves, pos)
         items.append(v)
-    if len(spec) == 3:  # namedtuple
-        return spec[0](*items), pos
+    if len(spec) == 3:
+        return (spec[0](*items) if spec[2] else spec[0](items)), pos
     return spec[0](items), pos

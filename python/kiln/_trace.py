@@ -281,6 +281,111 @@ def _ones(tr, a, out):
     return tr.call("full", [1], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
 
 
+def _dims(d):
+    if d is None:
+        return []
+    if isinstance(d, int):
+        return [d]
+    return list(d)
+
+
+def _reduce(name):
+    def h(tr, a, out):
+        dtype = a.get("dtype")
+        extra = dict(floats=[1.0], dtype=tr.dtype_name(dtype)) if dtype is not None else {}
+        return tr.call(name, [a["self"]], ints=_dims(a.get("dim")), int_value=int(bool(a.get("keepdim", False))),
+                       **extra)
+    return h
+
+
+for _packet, _name in [(aten.sum, "sum"), (aten.prod, "prod"), (aten.amax, "amax"), (aten.amin, "amin"),
+                       (aten.argmax, "argmax"), (aten.argmin, "argmin"), (aten.any, "any"), (aten.all, "all"),
+                       (aten.mean, "mean"), (aten.logsumexp, "logsumexp")]:
+    HANDLERS[_packet] = _reduce(_name)
+
+
+@handles(aten.max, aten.min)
+def _max_min(tr, a, out):
+    if "other" in a:  # max(a, b) is maximum(a, b)
+        return tr.call("maximum" if tr.current_op == "max" else "minimum", [a["self"], a["other"]])
+    values = "amax" if tr.current_op == "max" else "amin"
+    if "dim" not in a:  # full reduction: a 0-dim tensor
+        return tr.call(values, [a["self"]])
+    dims, keep = [a["dim"]], int(bool(a["keepdim"]))
+    return [tr.call(values, [a["self"]], ints=dims, int_value=keep),
+            tr.call("argmax" if tr.current_op == "max" else "argmin", [a["self"]], ints=dims, int_value=keep)]
+
+
+@handles(aten.var, aten.std)
+def _var_std(tr, a, out):
+    corr = a.get("correction")
+    if corr is None:
+        corr = 1 if a.get("unbiased", True) else 0
+    return tr.call(tr.current_op, [a["self"]], ints=_dims(a.get("dim")), int_value=int(bool(a.get("keepdim"))),
+                   floats=[float(corr)])
+
+
+@handles(aten.linalg_vector_norm)
+def _norm(tr, a, out):
+    if a.get("dtype") is not None:
+        raise CaptureFailed("vector_norm with dtype is not lowered", op="aten.linalg_vector_norm")
+    return tr.call("norm", [a["self"]], ints=_dims(a.get("dim")), int_value=int(bool(a.get("keepdim"))),
+                   floats=[float(a["ord"])])
+
+
+@handles(aten._softmax, aten._log_softmax)
+def _softmax(tr, a, out):
+    if a.get("half_to_float"):
+        raise CaptureFailed("softmax with half_to_float is not lowered", op=f"aten.{tr.current_op}")
+    return tr.call(tr.current_op.lstrip("_"), [a["self"]], ints=[a["dim"]])
+
+
+def _optional(x):
+    return (x, 1) if x is not None else (0, 0)
+
+
+@handles(aten.native_layer_norm)
+def _layer_norm(tr, a, out):
+    w, hw = _optional(a["weight"])
+    b, hb = _optional(a["bias"])
+    y = tr.call("layer_norm", [a["input"], w, b], ints=[len(a["normalized_shape"]), hw, hb], floats=[float(a["eps"])])
+    return [y, None, None]  # the saved mean/rstd are not recorded: reading them stops the capture
+
+
+@handles(aten.native_group_norm)
+def _group_norm(tr, a, out):
+    w, hw = _optional(a["weight"])
+    b, hb = _optional(a["bias"])
+    y = tr.call("group_norm", [a["input"], w, b], ints=[a["group"], hw, hb], floats=[float(a["eps"])])
+    return [y, None, None]
+
+
+@handles(aten.native_batch_norm, aten._native_batch_norm_legit_no_training)
+def _batch_norm(tr, a, out):
+    if a.get("training"):
+        raise CaptureFailed("batch_norm in training mode (updates running stats) is not lowered",
+                            op="aten.native_batch_norm")
+    if a["running_mean"] is None or a["running_var"] is None:
+        raise CaptureFailed("batch_norm without running stats is not lowered", op="aten.native_batch_norm")
+    w, hw = _optional(a["weight"])
+    b, hb = _optional(a["bias"])
+    y = tr.call("batch_norm_eval", [a["input"], w, b, a["running_mean"], a["running_var"]], ints=[hw, hb],
+                floats=[float(a["eps"])])
+    return [y, None, None]
+
+
+@handles(aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided)
+def _empty(tr, a, out):
+    # The contents of an empty tensor are unspecified; zeros are one valid choice.
+    return tr.call("full", [0], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.new_zeros, aten.new_ones, aten.new_full)
+def _new_full(tr, a, out):
+    fill = {"new_zeros": 0, "new_ones": 1}.get(tr.current_op, a.get("fill_value"))
+    return tr.call("full", [fill], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
 DATA_DEPENDENT = {
     aten._local_scalar_dense: "reads a tensor's value into Python (.item(), bool(), int(), float(), .tolist())",
     aten.is_nonzero: "converts a tensor to a Python bool",
@@ -321,6 +426,7 @@ class Tracer(TorchDispatchMode):
         self.leaves = leaves    # call leaves (captured tensors get appended)
         self.candidates = captured_candidates  # id(tensor) -> (source, tensor)
         self.captured = []      # sources of captured tensors, in leaf order after the args
+        self.input_vids = set()  # value ids of graph inputs
         self.failure = None
         self.current_op = None
         for i, leaf in enumerate(leaves):
@@ -338,6 +444,7 @@ class Tracer(TorchDispatchMode):
         if t.layout != torch.strided:
             raise CaptureFailed(f"{t.layout} tensors are not supported")
         vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), index)
+        self.input_vids.add(vid)
         self.values[id(t)] = vid
         self.keep.append(t)
         return vid
@@ -403,18 +510,70 @@ class Tracer(TorchDispatchMode):
         if packet in DATA_DEPENDENT:
             raise CaptureFailed(f"graph break: {func} {DATA_DEPENDENT[packet]}", kind="break", op=str(func))
         if func._schema.is_mutable:
-            raise CaptureFailed(f"{func} mutates a tensor in place (not yet functionalized)", op=str(func))
+            self._record_inplace(func, args, kwargs, out)
+            return
         handler = HANDLERS.get(packet)
         if handler is None:
             raise CaptureFailed(f"kiln has no lowering for {func}", op=str(func))
-        if not isinstance(out, torch.Tensor):
-            raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
         self.current_op = packet.__name__
-        vid = handler(self, _bind(func, args, kwargs), out)
-        self.builder.check(vid, self.dtype_name(out.dtype), list(out.shape))
-        self.builder.set_layout(vid, list(out.stride()))
-        self.values[id(out)] = vid
-        self.keep.append(out)
+        if isinstance(out, torch.Tensor):
+            self._bind_result(out, handler(self, _bind(func, args, kwargs), out))
+        elif isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
+            vids = handler(self, _bind(func, args, kwargs), out)
+            if not isinstance(vids, list) or len(vids) != len(out):
+                raise CaptureFailed(f"{func} returns {len(out)} tensors; kiln records one", op=str(func))
+            for t, vid in zip(out, vids):
+                if vid is not None:
+                    self._bind_result(t, vid)
+        else:
+            raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
+
+    def _bind_result(self, t, vid):
+        self.builder.check(vid, self.dtype_name(t.dtype), list(t.shape))
+        self.builder.set_layout(vid, list(t.stride()))
+        self.values[id(t)] = vid
+        self.keep.append(t)
+
+    def _record_inplace(self, func, args, kwargs, out):
+        """Functionalises an in-place op on an intermediate: the tensor's new value is recorded
+        as a fresh graph value. Mutating an argument, or a tensor that shares its memory with
+        another traced tensor (a view), is not supported yet and stops the capture."""
+        a = _bind(func, args, kwargs)
+        written = [arg.name for arg in func._schema.arguments if arg.alias_info is not None and arg.alias_info.is_write]
+        if len(written) != 1:
+            raise CaptureFailed(f"{func} writes {len(written)} tensors", op=str(func))
+        target = a[written[0]]
+        if not isinstance(target, torch.Tensor) or id(target) not in self.values:
+            raise CaptureFailed(f"{func} writes a tensor kiln did not see made", op=str(func))
+        if any(target is leaf for leaf in self.leaves):
+            raise CaptureFailed(f"{func} mutates an argument, parameter or captured tensor in place "
+                                f"(not yet functionalized)", op=str(func))
+        ptr = target.untyped_storage().data_ptr()
+        if ptr and sum(1 for t in self.keep if t is not target and t.untyped_storage().data_ptr() == ptr):
+            raise CaptureFailed(f"{func} mutates a tensor that has views (not yet functionalized)", op=str(func))
+        name = func.overloadpacket.__name__
+        if name == "copy_":
+            vid = self.call("cast", [a["src"]], dtype=self.dtype_name(target.dtype))
+            vid = self.call_value("expand", [vid], ints=list(target.shape))
+        elif name in ("fill_", "zero_"):
+            fill = a.get("value", 0) if name == "fill_" else 0
+            vid = self.call("full", [fill], ints=list(target.shape), dtype=self.dtype_name(target.dtype))
+            if isinstance(fill, torch.Tensor):
+                vid = self.call_value("expand", [self.call("cast", [fill], dtype=self.dtype_name(target.dtype))],
+                                      ints=list(target.shape))
+        else:
+            functional = getattr(aten, name[:-1] if name.endswith("_") else name, None)
+            handler = HANDLERS.get(functional)
+            if handler is None:
+                raise CaptureFailed(f"kiln has no lowering for {func}", op=str(func))
+            self.current_op = functional.__name__
+            args_f = dict(a)
+            if written[0] != "self":  # out= variants: the functional op has no `out`
+                args_f.pop(written[0])
+            vid = handler(self, args_f, target)
+            vid = self.call_value("cast", [vid], dtype=self.dtype_name(target.dtype))
+            vid = self.call_value("expand", [vid], ints=list(target.shape))
+        self._bind_result(target, vid)
 
     # -- result -----------------------------------------------------------------------------
     def outputs(self, result_leaves, arg_leaf_count):
@@ -430,6 +589,12 @@ class Tracer(TorchDispatchMode):
                     vid = self.values.get(id(leaf))
                     if vid is None:
                         raise CaptureFailed("the function returns a tensor the tracer did not see made")
+                    if vid in self.input_vids:
+                        # A new tensor whose value is an input's (x.clone(), torch.floor of an int
+                        # tensor, x[:]): give the graph a computed value to output, since an
+                        # input cannot be a graph output (and eager's result is not the input).
+                        vid = self.builder.call("copy", [(0, vid)], [], [], "", 0)
+                        self.builder.set_layout(vid, list(leaf.stride()))
                     specs.append(("graph", len(graph_outputs)))
                     graph_outputs.append(vid)
             elif leaf is None or type(leaf) in (bool, int, float, str, torch.dtype, torch.device):

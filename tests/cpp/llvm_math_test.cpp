@@ -32,7 +32,9 @@
 #include <memory>
 #include <random>
 #include <regex>
+#include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace kiln::cpu {
@@ -99,7 +101,7 @@ HostTarget host_target(const std::vector<std::string>& extra_features = {}) {
   return t;
 }
 
-bool host_is_x86_64() { return llvm::Triple(llvm::sys::getProcessTriple()).isX86(); }
+bool host_is_x86() { return llvm::Triple(llvm::sys::getProcessTriple()).isX86(); }
 
 void init_llvm_once() {
   static bool done = [] {
@@ -373,7 +375,7 @@ TEST_P(LlvmMathAccuracy, MaxUlpWithinBound) {
   Config config = std::get<1>(GetParam());
   std::vector<std::string> extra;
   if (config == Config::kScalarLoopNoFma) {
-    if (!host_is_x86_64()) GTEST_SKIP() << "-fma is an x86 feature name";
+    if (!host_is_x86()) GTEST_SKIP() << "-fma is an x86 feature name";
     extra.push_back("-fma");  // also clears AVX-512F, which implies FMA
   }
   JitKernel kernel(fn.emit, config == Config::kVectorOperand ? 8 : 1, host_target(extra));
@@ -540,6 +542,37 @@ TEST(LlvmMathSpecials, TinyArgumentsKeepRelativePrecision) {
   }
 }
 
+/// A caller's fast-math flags (e.g. reassoc, which would fold the shifter and Cody-Waite
+/// tricks away) must not leak into the emitted code, and must be restored afterwards.
+TEST(LlvmMathSpecials, IgnoresCallerFastMathFlags) {
+  struct Case {
+    const char* name;
+    Emitter fast_emit;
+  };
+  const Case cases[] = {
+      {"exp",
+       [](llvm::IRBuilder<>& b, llvm::Value* x) {
+         b.setFastMathFlags(llvm::FastMathFlags::getFast());
+         llvm::Value* r = emit_exp_f32(b, x);
+         EXPECT_TRUE(b.getFastMathFlags().isFast());
+         return r;
+       }},
+      {"log1p", [](llvm::IRBuilder<>& b, llvm::Value* x) {
+         b.setFastMathFlags(llvm::FastMathFlags::getFast());
+         llvm::Value* r = emit_log1p_f32(b, x);
+         EXPECT_TRUE(b.getFastMathFlags().isFast());
+         return r;
+       }}};
+  for (const auto& c : cases) {
+    const MathFn& fn = find_fn(c.name);
+    JitKernel kernel(c.fast_emit, 1, host_target());
+    std::vector<float> in = make_samples(fn, 100000);
+    ErrorStats st = measure(fn, in, kernel.run(in));
+    EXPECT_LE(st.max_ulp, fn.max_ulp) << c.name << " with caller fast-math flags, worst x = "
+                                      << st.worst_x;
+  }
+}
+
 // --- Code shape ----------------------------------------------------------------------------
 
 /// The loop vectorizer must widen the scalar exp loop (the whole point of branch-free code).
@@ -557,7 +590,8 @@ TEST(LlvmMathCodegen, NoLibraryCalls) {
   for (const auto& fn : kFunctions) {
     JitKernel kernel(fn.emit, 1, host_target());
     const std::string& ir = kernel.optimized_ir();
-    for (size_t pos = ir.find(" call "); pos != std::string::npos; pos = ir.find(" call ", pos + 1)) {
+    for (size_t pos = ir.find(" call "); pos != std::string::npos;
+         pos = ir.find(" call ", pos + 1)) {
       size_t at = ir.find('@', pos);
       size_t eol = ir.find('\n', pos);
       ASSERT_TRUE(at != std::string::npos && at < eol) << "indirect call in " << fn.name;

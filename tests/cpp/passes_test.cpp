@@ -122,7 +122,7 @@ TEST(Lowering, PointwiseChainIsOneKernel) {
   // A contiguous [64, 64] domain collapses into one loop of 4096... unless the broadcast of y
   // keeps the inner index separate; either way there is exactly one parallel outer loop.
   EXPECT_EQ(p.kernels[0].loops.front().kind, LoopKind::Parallel);
-  EXPECT_EQ(p.kernels[0].stores.size(), 1u);
+  EXPECT_EQ(p.kernels[0].phases.at(0).stores.size(), 1u);
 }
 
 TEST(Lowering, ContiguousLoopsCollapse) {
@@ -170,7 +170,7 @@ TEST(Lowering, SameDomainOutputsShareAKernel) {
   b.set_outputs({a, c});
   KernelProgram p = lower(b);
   ASSERT_EQ(p.kernels.size(), 1u);
-  EXPECT_EQ(p.kernels[0].stores.size(), 2u);
+  EXPECT_EQ(p.kernels[0].phases.at(0).stores.size(), 2u);
 }
 
 TEST(Lowering, EmptyOutputsNeedNoKernel) {
@@ -180,4 +180,57 @@ TEST(Lowering, EmptyOutputsNeedNoKernel) {
   KernelProgram p = lower(b);
   EXPECT_EQ(p.kernels.size(), 0u);
   EXPECT_EQ(p.outputs.size(), 1u);
+}
+
+namespace {
+int64_t I64(int64_t v) { return v; }
+}  // namespace
+
+TEST(Lowering, SoftmaxIsOneRowKernel) {
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {64, 1000}, {1000, 1}, 0);
+  Attrs a;
+  a.ints = {I64(-1)};
+  b.set_outputs({b.call("softmax", {V(x)}, a)});
+  KernelProgram p = lower(b);
+  ASSERT_EQ(p.kernels.size(), 1u);
+  const Kernel& k = p.kernels[0];
+  ASSERT_EQ(k.loops.size(), 1u);
+  EXPECT_EQ(k.loops[0].var->ival, 64);
+  // max, then sum (needs the max), then the normalised row.
+  ASSERT_GE(k.phases.size(), 3u);
+  EXPECT_EQ(k.phases[0].reductions.at(0).op, ReduceOp::Max);
+  EXPECT_EQ(k.phases[1].reductions.at(0).op, ReduceOp::Sum);
+  EXPECT_FALSE(k.phases[2].stores.empty());
+}
+
+TEST(Lowering, LayerNormAndRmsNormAreOneKernel) {
+  for (const char* op : {"layer_norm", "rms_norm"}) {
+    capture::GraphBuilder b;
+    int x = b.add_input(DType::Float32, {32, 256}, {256, 1}, 0);
+    int w = b.add_input(DType::Float32, {256}, {1}, 1);
+    Attrs a;
+    a.floats = {1e-5};
+    std::vector<capture::Operand> ops = {V(x), V(w)};
+    if (std::string(op) == "layer_norm") {
+      a.ints = {1, 1, 0};
+      ops.push_back(F(0));
+    } else {
+      a.ints = {1, 1};
+    }
+    b.set_outputs({b.call(op, ops, a)});
+    KernelProgram p = lower(b);
+    EXPECT_EQ(p.kernels.size(), 1u) << op << "\n" << print(p);
+  }
+}
+
+TEST(Lowering, WholeTensorSumSplitsAcrossChunks) {
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {1 << 20}, {1}, 0);
+  b.set_outputs({b.call("sum", {V(x)}, {})});
+  KernelProgram p = lower(b);
+  ASSERT_EQ(p.kernels.size(), 2u);
+  EXPECT_GT(p.kernels[0].outer_extent(), 1);  // chunks run in parallel
+  // float32 sums this long accumulate in float64
+  EXPECT_EQ(p.kernels[0].phases.at(0).reductions.at(0).acc_dtype, DType::Float64);
 }
