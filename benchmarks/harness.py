@@ -435,29 +435,54 @@ def _proc_cpu():
                 st = f.read()
             comm = st[st.index("(") + 1: st.rindex(")")]
             v = st[st.rindex(")") + 2:].split()
-            out[int(d)] = (comm, int(v[11]) + int(v[12]))   # utime + stime
+            out[int(d)] = (comm, int(v[11]) + int(v[12]), int(v[1]))   # utime + stime, ppid
         except (OSError, ValueError, IndexError):
             pass
     return out
 
 
+def _cmdline(pid, comm, width=70):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+        args = [a.decode(errors="replace") for a in args if a]
+        if args:
+            args[0] = os.path.basename(args[0])
+            text = " ".join(args)
+            return text if len(text) <= width else text[: width - 3] + "..."
+    except OSError:
+        pass
+    return comm
+
+
 def busy_processes(interval=0.3, n=3):
     """The n other processes that used the most CPU during the next `interval` seconds, as text
-    ('' when none was busy)."""
+    ('' when none was busy). Processes started by this one (e.g. Inductor's compile workers)
+    are marked 'child of this run'."""
     tck = os.sysconf("SC_CLK_TCK")
     a = _proc_cpu()
     time.sleep(interval)
     b = _proc_cpu()
     me = os.getpid()
+
+    def ours(pid):
+        for _ in range(64):
+            pid = b.get(pid, (None, None, 0))[2]
+            if pid == me:
+                return True
+            if pid <= 1:
+                return False
+        return False
     rows = []
-    for pid, (comm, t) in b.items():
+    for pid, (comm, t, _) in b.items():
         if pid == me or pid not in a:
             continue
         pct = 100.0 * (t - a[pid][1]) / tck / interval
         if pct >= 5:
             rows.append((pct, pid, comm))
     rows.sort(reverse=True)
-    return ", ".join(f"{comm}(pid {pid}, {pct:.0f}%)" for pct, pid, comm in rows[:n])
+    return ", ".join(f"[{pid}{', child of this run' if ours(pid) else ''}, {pct:.0f}%] {_cmdline(pid, comm)}"
+                     for pct, pid, comm in rows[:n])
 
 
 def wait_idle(max_wait_s, threshold, window_s=0.5, log=print):

@@ -137,7 +137,9 @@ def summary(results, use_inductor):
             + (f", kiln vs torch.compile {_x(gt)}x (over {ntc})" if use_inductor else "")
             + (f", torch.compile vs eager {_x(gtce)}x" if use_inductor else "")
             + (f"  |  fused-only: vs eager {_x(gef)}x" if fused else "")
-            + (f", vs torch.compile {_x(gtf)}x" if fused and use_inductor else ""))
+            + (f", vs torch.compile {_x(gtf)}x" if fused and use_inductor else "")
+            + (f"  [{nb} row(s) timed under load!]" if (nb := sum((r.get("bg_load_cores") or 0) > BG_WARN
+                                                                 for r in rs)) else ""))
     if use_inductor:
         pairs = [r["tc_cold_s"] / r["kiln_cold_s"] for r in results
                  if r.get("tc_cold_s") and r.get("kiln_cold_s")]

@@ -115,6 +115,8 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       if (op == OpKind::Div && !is_float(t)) t = default_float_;
       KILN_UNSUPPORTED_IF((op == OpKind::BitwiseAnd || op == OpKind::BitwiseOr || op == OpKind::BitwiseXor) &&
                               is_float(t), "bitwise op on floating point");
+      // torch: add on bools is a logical or (True + True == True); a 1-bit add would wrap.
+      if (op == OpKind::Add && t == DType::Bool) op = OpKind::LogicalOr;
       int a = value_of(args[0], t);
       int b = value_of(args[1], t);
       return editor_.binary(op, a, b);

@@ -230,6 +230,12 @@ class KernelEmitter {
         if (fl) {
           // maxnum ignores NaN (and vectorises as a min/max reduction); NaNs are tracked apart.
           next = b_.CreateBinaryIntrinsic(mx ? llvm::Intrinsic::maxnum : llvm::Intrinsic::minnum, acc, v);
+          // No-NaN/no-signed-zero flags let LLVM 16 vectorise the min/max reduction; NaNs are
+          // accounted for by the flag below, which overrides the result when set.
+          llvm::FastMathFlags fmf;
+          fmf.setNoNaNs();
+          fmf.setNoSignedZeros();
+          llvm::cast<llvm::Instruction>(next)->setFastMathFlags(fmf);
           llvm::Value* nan = b_.CreateLoad(b_.getInt1Ty(), a.aux);
           b_.CreateStore(b_.CreateOr(nan, b_.CreateFCmpUNO(v, v)), a.aux);
         } else {

@@ -216,8 +216,11 @@ class CompiledFunction:
                                          failure=failure))
             return result
         _log("graph", f"{self.__name__}:\n{tracer.builder.print()}")
+        # One directory per compiled variant, named before _compiles counts it: the extras
+        # written after compiling used to go to the next variant's (missing) directory.
+        debug_dir = self._debug_dir()
         try:
-            program = _C.compile_graph(tracer.builder, self._debug_dir())
+            program = _C.compile_graph(tracer.builder, debug_dir)
         except _C.Unsupported as e:
             err = CaptureFailed(str(e), location="(lowering)")
             _counters.record_failure(err)
@@ -235,7 +238,7 @@ class CompiledFunction:
         self._add_entry(spec, entry)
         _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
         _log("kernels", f"{self.__name__}:\n{program.loop_ir}")
-        self._write_debug_extras(entry)
+        self._write_debug_extras(entry, debug_dir)
         return result
 
     def _eager_entry(self, args, kwargs, full, spec, grad, getters, reason, failure=None):
@@ -255,8 +258,7 @@ class CompiledFunction:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", getattr(self._fn, "__qualname__", "fn"))
         return os.path.join(root, f"{name}_{self._compiles}")
 
-    def _write_debug_extras(self, entry):
-        d = self._debug_dir()
+    def _write_debug_extras(self, entry, d):
         if not d:
             return
         try:

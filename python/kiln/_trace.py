@@ -105,11 +105,22 @@ for _packet, _name in [
     HANDLERS[_packet] = (lambda n: lambda tr, a, out: tr.call(n, [a["self"]]))(_name)
 
 
+class Value:
+    """A value id already recorded, passed where `Tracer.call` takes operands (a bare int
+    would be read as a Python number)."""
+    __slots__ = ("vid",)
+
+    def __init__(self, vid):
+        self.vid = vid
+
+
 @handles(aten.add, aten.sub)
 def _add_sub(tr, a, out, func_name=None):
     other, alpha = a["other"], a.get("alpha", 1)
     if alpha is not None and alpha != 1:
-        other = tr.call("mul", [other, alpha]) if isinstance(other, torch.Tensor) else other * alpha
+        # Value(...): the product is a graph value, not the number its id happens to be (the
+        # bare id used to be recorded as an int scalar operand).
+        other = Value(tr.call("mul", [other, alpha])) if isinstance(other, torch.Tensor) else other * alpha
     return tr.call(tr.current_op, [a["self"], other])
 
 
@@ -117,7 +128,7 @@ def _add_sub(tr, a, out, func_name=None):
 def _rsub(tr, a, out):
     x, alpha = a["self"], a.get("alpha", 1)
     if alpha is not None and alpha != 1:
-        x = tr.call("mul", [x, alpha])
+        x = Value(tr.call("mul", [x, alpha]))
     return tr.call("sub", [a["other"], x])
 
 
@@ -167,7 +178,12 @@ def _clamp_max(tr, a, out):
 
 @handles(aten.hardtanh)
 def _hardtanh(tr, a, out):
-    return _clamp_call(tr, a["self"], a["min_val"], a["max_val"])
+    lo, hi = a["min_val"], a["max_val"]
+    if not a["self"].dtype.is_floating_point:
+        # hardtanh keeps an integer input's dtype: torch truncates the bounds to integers
+        # (clamp would promote to float with float bounds).
+        lo, hi = int(lo), int(hi)
+    return _clamp_call(tr, a["self"], lo, hi)
 
 
 @handles(aten.leaky_relu)
@@ -467,6 +483,8 @@ class Tracer(TorchDispatchMode):
     def operand(self, x):
         if isinstance(x, torch.Tensor):
             return (0, self.value_of(x))
+        if isinstance(x, Value):
+            return (0, x.vid)
         if isinstance(x, bool):
             return (3, x)
         if isinstance(x, int):
@@ -501,7 +519,10 @@ class Tracer(TorchDispatchMode):
             self._record(func, args, kwargs, out)
         except CaptureFailed as e:
             self.fail(e)
-        except _C.Unsupported as e:
+        except Exception as e:  # noqa: BLE001
+            # The op already ran for real; failing to record it must stop the capture, never
+            # change what the user's function does. (C++ Unsupported/InternalError also reach
+            # Python as plain RuntimeError: _C registers no translator for them.)
             self.fail(CaptureFailed(f"{func}: {e}", op=str(func)))
         return out
 

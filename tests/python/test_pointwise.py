@@ -171,7 +171,24 @@ def _unary_edge_params():
 def test_unary_edge_values(name, dtype):
     fn = UNARY[name][0]
     x = edge_values(dtype)
+    if name.startswith("gelu") and dtype == torch.float32:
+        # Eager's vectorised float32 gelu gives NaN for +inf (kiln gives inf, the limit).
+        x = x[~x.isinf()]
     check(fn, (x,))
+
+
+def _assert_zero_signs(compiled, fn, x):
+    for i, (got, want) in enumerate(zip(compiled(x), fn(x))):
+        assert torch.equal(torch.signbit(got), torch.signbit(want)), f"output {i}: sign of zero {got} vs {want}"
+
+
+@pytest.mark.xfail(reason="kiln bug: passes/simplify.cpp CSE merges constant(-0.0) with constant(0.0) "
+                          "(its key compares doubles with ==), so where(v > 0, v, -0.0) returns +0.0",
+                   strict=True)
+def test_negative_zero_constant_kept_apart_from_zero():
+    x = torch.tensor([0.0, -0.0, 0.4, -0.4, -0.6, 0.6, -1e-30, 1e-30])
+    fn = lambda v: (torch.where(v > 0, v, -0.0), torch.full_like(v, -0.0), v * 0.0)
+    _assert_zero_signs(check(fn, (x,)), fn, x)
 
 
 def _signbit(t):
@@ -185,8 +202,8 @@ def test_signed_zero_results(dtype):
     fns = {
         "neg": torch.neg, "abs": torch.abs, "ceil": torch.ceil, "floor": torch.floor, "trunc": torch.trunc,
         "round": torch.round, "mul_zero": lambda v: v * 0.0, "mul_neg": lambda v: v * -1.0,
-        "where": lambda v: torch.where(v > 0, v, -0.0), "copy": lambda v: v.clone(),
-    }
+        "copy": lambda v: v.clone(), "sub_zero": lambda v: v - 0.0,
+    }  # -0.0 constants: see test_negative_zero_constant_kept_apart_from_zero
     fn = lambda v: tuple(f(v) for f in fns.values())
     compiled = check(fn, (x,))
     for name, got, want in zip(fns, compiled(x), fn(x)):
@@ -281,7 +298,12 @@ def _binary_edge_params():
 @pytest.mark.parametrize("name,dtype", _binary_edge_params())
 def test_binary_edge_values(name, dtype):
     v = edge_values(dtype)[:28]
-    check(BINARY_EDGE[name], (v[:, None], v))
+    b = v
+    if name in ("fmod", "remainder", "mod_op"):
+        # No tiny divisors: eager's vectorised fmod computes a - trunc(a / b) * b, which gives
+        # NaN once a / b overflows (fmod(1e30, 1e-30)), unlike its own scalar path and libm.
+        b = v[v.abs() > 1e-20]
+    check(BINARY_EDGE[name], (v[:, None], b))
 
 
 # ---- Python scalar operands and type promotion -------------------------------------------------
@@ -299,18 +321,28 @@ SCALAR_FNS = {
 
 @pytest.mark.parametrize("dtype", FLOATS + INTS + (torch.bool,), ids=dtype_id)
 def test_python_scalar_operands(dtype):
-    names = [n for n in SCALAR_FNS if not (dtype == torch.bool and n in ("1-x", "2.5-x", "rsub_alpha",
-                                                                          "sub_alpha", "x%3", "x%-2.5",
-                                                                          "x//2", "fmod(x,-3)", "x//-1.5"))]
+    # torch refuses `-` on bool tensors.
+    names = [n for n in SCALAR_FNS if not (dtype == torch.bool and n in ("1-x", "2.5-x", "x-2.5", "rsub_alpha",
+                                                                          "sub_alpha"))]
     if dtype != torch.bool:
         xs = [make_input((45, 65), dtype, nonzero=True, layout="transposed"), make_input((), dtype, nonzero=True),
               make_input((17,), dtype, nonzero=True)]
     else:
-        xs = [make_input((45, 65), dtype, layout="transposed"), make_input((17,), dtype)]
+        xs = [make_input((45, 65), dtype, layout="transposed"), make_input((17,), dtype), make_input((), dtype)]
 
     def fn(*vs):
-        return tuple(SCALAR_FNS[n](v) for v in vs for n in names)
+        # x*True on a 0-dim tensor: see test_zero_dim_identity_arithmetic_output.
+        return tuple(SCALAR_FNS[n](v) for v in vs for n in names if not (v.dim() == 0 and n == "x*True"))
     check(fn, xs)
+
+
+@pytest.mark.xfail(reason="kiln bug: passes/simplify.cpp folds x*1, x/1, x-0 to x when the node has no "
+                          "recorded strides, which a 0-dim output never has; the graph output then is an "
+                          "input and passes/lower_to_loops.cpp fails ('input %0 without a buffer')",
+                   strict=True)
+def test_zero_dim_identity_arithmetic_output():
+    x = make_input((), torch.float32)
+    check(lambda v: (v * 1, v / 1, v - 0, v * True), (x,))
 
 
 PROMOTION = {
@@ -388,15 +420,24 @@ def test_pow_tensor_exponent(dtype):
 @pytest.mark.parametrize("dtype", INTS, ids=dtype_id)
 def test_pow_int(dtype):
     x = make_input((33,), dtype, low=-9, high=9)
-    y = make_input((33,), dtype, low=0, high=4)
-    check(lambda a, b: (a ** 2, a ** 3, a ** 0, a ** 1, torch.pow(a, 2), 2 ** b), (x, y))
+    check(lambda a: (a ** 2, a ** 3, a ** 0, a ** 1, torch.pow(a, 2), a.pow(5)), (x,))
 
 
+@pytest.mark.xfail(reason="kiln bug: integer pow with a tensor exponent is not lowered "
+                          "(passes/lower_to_loops.cpp power(): Unsupported, reported as an internal error)",
+                   strict=True)
 @pytest.mark.parametrize("dtype", INTS, ids=dtype_id)
 def test_pow_int_tensor_exponent(dtype):
     x = make_input((33,), dtype, low=-9, high=9)
     y = make_input((33,), dtype, low=0, high=4)
-    check(lambda a, b: a ** b, (x, y))
+    check(lambda a, b: (a ** b, 2 ** b), (x, y))
+
+
+@pytest.mark.parametrize("dtype", INTS, ids=dtype_id)
+def test_pow_int_tensor_exponent_falls_back_correctly(dtype):
+    x = make_input((33,), dtype, low=-9, high=9)
+    y = make_input((33,), dtype, low=0, high=4)
+    check(lambda a, b: (a ** b, 2 ** b), (x, y), expect_compiled=False)
 
 
 # ---- where / clamp ---------------------------------------------------------------------------------
@@ -437,7 +478,7 @@ def test_clamp_int_tensor_float_bound():
 def test_clamp_nan():
     x = torch.tensor([math.nan, -math.inf, math.inf, 0.0, -2.0, 2.0, 0.3] * 3)
     lo = torch.tensor([math.nan, -1.0, 0.0, -1.0, math.nan, -1.0, 0.5] * 3)
-    check(lambda v, l: (v.clamp(-1, 1), v.clamp(min=l), v.clamp(max=l), torch.clamp(v, l, 1.0)), (x, lo))
+    check(lambda v, l: (v.clamp(-1, 1), v.clamp(min=l), v.clamp(max=l), torch.clamp(v, l, l + 1)), (x, lo))
 
 
 # ---- casts ---------------------------------------------------------------------------------------
@@ -513,13 +554,14 @@ VIEWS = {
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
 @pytest.mark.parametrize("name", list(VIEWS))
 def test_views(name, layout):
-    if layout != "contiguous" and name in ("view", "view_split"):
-        # .view on a non-contiguous input raises in eager too; reshape covers that case.
-        x = make_input((4, 6, 5), torch.float32, layout=layout)
+    x = make_input((4, 6, 5), torch.float32, layout=layout)
+    if layout == "transposed" and name == "view":
+        # .view cannot merge transposed dims: eager raises, and so must the compiled function.
         with pytest.raises(RuntimeError):
             VIEWS[name](x)
+        with pytest.raises(RuntimeError):
+            kiln.compile(VIEWS[name])(x)
         return
-    x = make_input((4, 6, 5), torch.float32, layout=layout)
     check(VIEWS[name], (x,))
 
 
@@ -569,7 +611,8 @@ def test_multiple_outputs_and_input_passthrough():
 def test_constants_and_factories():
     x = make_input((45, 65), torch.float32)
     fn = lambda x: (x + torch.ones_like(x), x * torch.zeros_like(x), torch.full_like(x, 2.5) - x,
-                    x + torch.tensor(3.0), torch.full((45, 65), 7, dtype=torch.int32) + x.int())
+                    x + torch.scalar_tensor(3.0), torch.full((45, 65), 7, dtype=torch.int32) + x.int(),
+                    torch.ones(65, dtype=torch.float64) * x, torch.zeros(45, 1) - x)
     check(fn, (x,))
 
 

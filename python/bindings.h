@@ -1,0 +1,21 @@
+/// \file bindings.h
+/// Shared pieces of the `kiln._C` extension: the torch handles handed over at import, and the
+/// per-backend registration functions.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace kiln::py_bind {
+namespace py = pybind11;
+
+/// torch objects the runtime needs, handed over once by kiln/__init__.py.
+struct TorchHandles {
+  py::object empty_strided;
+  py::dict dtypes;  // name -> torch.dtype
+};
+TorchHandles& torch_handles();
+
+/// Registers compile_graph, Program, Entry and host_target (the LLVM CPU backend).
+void define_cpu(py::module_& m);
+
+}  // namespace kiln::py_bind

@@ -1,0 +1,485 @@
+"""Guards: what makes kiln reuse a compiled program, recompile, or run eagerly."""
+
+import warnings
+
+import pytest
+import torch
+
+import kiln
+from kiln.testing import assert_same, make_input
+
+
+class Delta:
+    """Counter changes since construction: Delta()["captures"] -> how many since."""
+
+    def __init__(self):
+        self.start = kiln.counters()
+
+    def __getitem__(self, key):
+        return kiln.counters()[key] - self.start[key]
+
+
+def fn_basic(x, y):
+    return (x * y + 1).sin()
+
+
+def call_and_compare(f, raw, *args, **kwargs):
+    out = f(*args, **kwargs)
+    assert_same(out, raw(*args, **kwargs))
+    return out
+
+
+# ---- reuse and recompilation -----------------------------------------------------------------
+def test_hit_reuses_program():
+    f = kiln.compile(fn_basic)
+    x, y = make_input((4, 5)), make_input((4, 5))
+    d = Delta()
+    call_and_compare(f, fn_basic, x, y)
+    assert (d["captures"], d["cache_hits"], d["recompiles"]) == (1, 0, 0)
+    for i in range(3):
+        x2, y2 = make_input((4, 5)), make_input((4, 5))  # new values, same guards
+        call_and_compare(f, fn_basic, x2, y2)
+        assert (d["captures"], d["cache_hits"], d["recompiles"]) == (1, i + 1, 0)
+    assert d["eager_calls"] == 0 and len(kiln.kernels(f)) == 1
+
+
+def test_shape_change_recompiles():
+    f = kiln.compile(fn_basic)
+    d = Delta()
+    call_and_compare(f, fn_basic, make_input((4, 5)), make_input((4, 5)))
+    call_and_compare(f, fn_basic, make_input((6, 5)), make_input((6, 5)))
+    assert (d["captures"], d["recompiles"], d["cache_hits"]) == (2, 1, 0)
+    call_and_compare(f, fn_basic, make_input((6, 5)), make_input((6, 5)))
+    call_and_compare(f, fn_basic, make_input((4, 5)), make_input((4, 5)))
+    assert (d["captures"], d["recompiles"], d["cache_hits"]) == (2, 1, 2)
+    # Broadcasting against a different shape is another variant too.
+    call_and_compare(f, fn_basic, make_input((4, 5)), make_input((5,)))
+    assert (d["captures"], d["recompiles"]) == (3, 2)
+
+
+def test_rank_change_recompiles():
+    f = kiln.compile(fn_basic)
+    d = Delta()
+    for shape in [(20,), (4, 5), (2, 2, 5), ()]:
+        call_and_compare(f, fn_basic, make_input(shape), make_input(shape))
+    assert (d["captures"], d["recompiles"]) == (4, 3)
+
+
+def test_dtype_change_recompiles():
+    f = kiln.compile(fn_basic)
+    d = Delta()
+    call_and_compare(f, fn_basic, make_input((4, 5)), make_input((4, 5)))
+    call_and_compare(f, fn_basic, make_input((4, 5), torch.float64), make_input((4, 5), torch.float64))
+    assert (d["captures"], d["recompiles"]) == (2, 1)
+    out = call_and_compare(f, fn_basic, make_input((4, 5), torch.int32), make_input((4, 5), torch.int32))
+    assert out.dtype == torch.float32 and (d["captures"], d["recompiles"]) == (3, 2)
+    call_and_compare(f, fn_basic, make_input((4, 5), torch.float64), make_input((4, 5), torch.float64))
+    assert (d["captures"], d["cache_hits"]) == (3, 1)
+
+
+def test_stride_change_recompiles():
+    f = kiln.compile(fn_basic)
+    y = make_input((45, 65))
+    d = Delta()
+    call_and_compare(f, fn_basic, make_input((45, 65)), y)
+    call_and_compare(f, fn_basic, make_input((45, 65), layout="transposed"), y)
+    assert (d["captures"], d["recompiles"]) == (2, 1)
+    call_and_compare(f, fn_basic, make_input((45, 65), layout="sliced"), y)
+    call_and_compare(f, fn_basic, make_input((45, 65), layout="broadcast"), y)
+    assert (d["captures"], d["recompiles"]) == (4, 3)
+    call_and_compare(f, fn_basic, make_input((45, 65), layout="transposed"), y)
+    call_and_compare(f, fn_basic, make_input((45, 65)), y)
+    assert (d["captures"], d["cache_hits"]) == (4, 2)
+
+
+def test_storage_offset_is_read_per_call():
+    """Two views with the same sizes and strides but different offsets share a program."""
+    base = make_input((10, 8))
+    f = kiln.compile(lambda v: v * 2 + 1)
+    d = Delta()
+    for start in (0, 1, 3):
+        v = base[start:start + 5]
+        call_and_compare(f, lambda v: v * 2 + 1, v)
+    assert (d["captures"], d["cache_hits"]) == (1, 2)
+
+
+def test_python_scalar_value_change_recompiles():
+    def g(x, s):
+        return x * s + 1
+    f = kiln.compile(g)
+    x = make_input((4, 5))
+    d = Delta()
+    call_and_compare(f, g, x, 2.0)
+    call_and_compare(f, g, x, 3.0)
+    assert (d["captures"], d["recompiles"]) == (2, 1)
+    call_and_compare(f, g, x, 2.0)
+    assert (d["captures"], d["cache_hits"]) == (2, 1)
+    # 2 (int) and 2.0 (float) are different guards (and different promotion for int tensors).
+    call_and_compare(f, g, x, 2)
+    assert (d["captures"], d["recompiles"]) == (3, 2)
+    xi = make_input((4, 5), torch.int32)
+    call_and_compare(f, g, xi, 2)
+    call_and_compare(f, g, xi, 2.5)
+    assert f(xi, 2).dtype == torch.int32 and f(xi, 2.5).dtype == torch.float32
+
+
+def test_python_bool_and_none_arguments_are_guarded():
+    def g(x, flag, extra):
+        y = x * 2 if flag else x - 2
+        return y if extra is None else y + extra
+    f = kiln.compile(g)
+    x = make_input((4, 5))
+    d = Delta()
+    for flag, extra in [(True, None), (False, None), (True, 1.5), (True, None), (False, None)]:
+        call_and_compare(f, g, x, flag, extra)
+    assert (d["captures"], d["cache_hits"]) == (3, 2)
+
+
+def test_keyword_arguments():
+    def g(x, *, scale=1.0, shift=None):
+        y = x * scale
+        return y if shift is None else y + shift
+    f = kiln.compile(g)
+    x, s = make_input((4, 5)), make_input((5,))
+    d = Delta()
+    call_and_compare(f, g, x, scale=2.0)
+    call_and_compare(f, g, x, scale=2.0, shift=s)
+    call_and_compare(f, g, x, shift=s, scale=2.0)  # other keyword order: another structure
+    call_and_compare(f, g, x, scale=2.0, shift=s)
+    assert d["cache_hits"] >= 1 and d["eager_calls"] == 0
+
+
+def test_grad_mode_change_recompiles():
+    f = kiln.compile(fn_basic)
+    x, y = make_input((4, 5)), make_input((4, 5))
+    d = Delta()
+    call_and_compare(f, fn_basic, x, y)
+    with torch.no_grad():
+        call_and_compare(f, fn_basic, x, y)
+    assert (d["captures"], d["recompiles"]) == (2, 1)
+    with torch.no_grad():
+        call_and_compare(f, fn_basic, x, y)
+    call_and_compare(f, fn_basic, x, y)
+    assert (d["captures"], d["cache_hits"]) == (2, 2)
+
+
+def test_default_dtype_change_recompiles():
+    g = lambda x: x.exp() + 1  # int input: computes in the default float dtype
+    f = kiln.compile(g)
+    x = make_input((4, 5), torch.int32)
+    d = Delta()
+    assert call_and_compare(f, g, x).dtype == torch.float32
+    torch.set_default_dtype(torch.float64)  # conftest restores it
+    assert call_and_compare(f, g, x).dtype == torch.float64
+    assert (d["captures"], d["recompiles"]) == (2, 1)
+
+
+def test_requires_grad_input_runs_eagerly():
+    f = kiln.compile(fn_basic)
+    x = make_input((4, 5)).requires_grad_()
+    y = make_input((4, 5))
+    d = Delta()
+    for _ in range(2):
+        out = f(x, y)
+        assert out.grad_fn is not None
+        assert_same(out.detach(), fn_basic(x, y).detach())
+    assert d["eager_calls"] == 2 and d["cache_hits"] == 0
+    assert any("grad" in r for r in kiln.counters()["reasons"])
+    out.sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    fn_basic(x_ref, y).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_requires_grad_input_under_no_grad_compiles():
+    f = kiln.compile(fn_basic)
+    x = make_input((4, 5)).requires_grad_()
+    y = make_input((4, 5))
+    d = Delta()
+    with torch.no_grad():
+        for _ in range(2):
+            out = call_and_compare(f, fn_basic, x, y)
+            assert out.grad_fn is None and not out.requires_grad
+    assert (d["captures"], d["cache_hits"], d["eager_calls"]) == (1, 1, 0)
+    # The same input with grad enabled must not reuse the no-grad program.
+    out = f(x, y)
+    assert out.grad_fn is not None and d["eager_calls"] == 1
+
+
+def test_cache_limit_warns_once_then_runs_eagerly():
+    with kiln.config.patch(cache_limit=2):
+        f = kiln.compile(fn_basic)
+        d = Delta()
+        call_and_compare(f, fn_basic, make_input((2,)), make_input((2,)))
+        call_and_compare(f, fn_basic, make_input((3,)), make_input((3,)))
+        with pytest.warns(UserWarning, match="eager"):
+            call_and_compare(f, fn_basic, make_input((4,)), make_input((4,)))
+        assert d["captures"] == 2 and d["eager_calls"] == 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second warning
+            for n in (5, 2, 6):
+                call_and_compare(f, fn_basic, make_input((n,)), make_input((n,)))
+        assert d["captures"] == 2 and d["eager_calls"] == 4 and d["cache_hits"] == 0
+
+
+# ---- structured arguments and results -----------------------------------------------------------
+def nested(args, opts):
+    a, (b, c) = args[0], args[1]
+    y = a * opts["scale"] + b
+    return {"sum": y + c, "parts": [y, (c - 1, opts["bias"] * 2)], "n": opts["n"]}
+
+
+def test_nested_arguments_and_outputs():
+    f = kiln.compile(nested)
+    mk = lambda: ((make_input((4, 5)), [make_input((5,)), make_input((4, 1))]),
+                  {"scale": 2.0, "bias": make_input((3,)), "n": 7})
+    d = Delta()
+    for _ in range(3):
+        args, opts = mk()
+        out = call_and_compare(f, nested, args, opts)
+        assert isinstance(out, dict) and isinstance(out["parts"], list) and isinstance(out["parts"][1], tuple)
+        assert out["n"] == 7
+    assert (d["captures"], d["cache_hits"], d["eager_calls"]) == (1, 2, 0)
+
+
+def test_nested_structure_change_recompiles():
+    def g(xs):
+        out = xs[0]
+        for t in xs[1:]:
+            out = out + t
+        return out
+    f = kiln.compile(g)
+    d = Delta()
+    call_and_compare(f, g, [make_input((3,)), make_input((3,))])
+    call_and_compare(f, g, [make_input((3,)), make_input((3,)), make_input((3,))])
+    call_and_compare(f, g, (make_input((3,)), make_input((3,))))  # tuple, not list
+    assert d["captures"] == 3
+    call_and_compare(f, g, [make_input((3,)), make_input((3,)), make_input((3,))])
+    assert d["captures"] == 3 and d["cache_hits"] == 1
+
+
+def test_dict_keys_are_guarded():
+    g = lambda d: d["a"] * 2 + d.get("b", 0)
+    f = kiln.compile(g)
+    d = Delta()
+    call_and_compare(f, g, {"a": make_input((3,))})
+    call_and_compare(f, g, {"a": make_input((3,)), "b": make_input((3,))})
+    call_and_compare(f, g, {"a": make_input((3,))})
+    assert (d["captures"], d["cache_hits"]) == (2, 1)
+
+
+def test_returning_input_and_constants():
+    g = lambda x, y: (x, y * 2, None, 3, "s")
+    f = kiln.compile(g)
+    x, y = make_input((3,)), make_input((3,))
+    for _ in range(2):
+        out = call_and_compare(f, g, x, y)
+        assert out[0] is x  # eager returns the argument itself
+    assert kiln.counters()["cache_hits"] == 1
+
+
+# ---- tensors reached besides the arguments ------------------------------------------------------
+def test_closure_tensor_reread_each_call():
+    w = make_input((4, 5))
+
+    def g(x):
+        return x * w + 1
+    f = kiln.compile(g)
+    x = make_input((4, 5))
+    d = Delta()
+    call_and_compare(f, g, x)
+    call_and_compare(f, g, x)
+    w.mul_(3)  # in place: the same program must read the new values
+    w[0, 0] = 100.0
+    out = call_and_compare(f, g, x)
+    assert out[0, 0] == x[0, 0] * 100.0 + 1
+    assert (d["captures"], d["cache_hits"]) == (1, 2)
+
+
+def test_closure_cell_rebound_is_reread():
+    w = make_input((4, 5))
+
+    def g(x):
+        return x + w
+    f = kiln.compile(g)
+    x = make_input((4, 5))
+    call_and_compare(f, g, x)
+    w = make_input((4, 5))  # noqa: F841 - rebinding the cell g reads
+    call_and_compare(f, g, x)
+    w = make_input((5,))  # another shape: must not reuse the (4, 5) program blindly
+    call_and_compare(f, g, x)
+
+
+GLOBAL_W = torch.linspace(-1, 1, 20).reshape(4, 5)
+
+
+def uses_global(x):
+    return x * GLOBAL_W - 0.5
+
+
+def test_global_tensor_reread_each_call():
+    global GLOBAL_W
+    saved = GLOBAL_W.clone()
+    try:
+        f = kiln.compile(uses_global)
+        x = make_input((4, 5))
+        d = Delta()
+        call_and_compare(f, uses_global, x)
+        GLOBAL_W.add_(10.0)
+        call_and_compare(f, uses_global, x)
+        assert (d["captures"], d["cache_hits"]) == (1, 1)
+        GLOBAL_W = make_input((4, 5))  # rebound global
+        call_and_compare(f, uses_global, x)
+        GLOBAL_W = make_input((2, 4, 5))  # rebound to another shape
+        out = call_and_compare(f, uses_global, x)
+        assert out.shape == (2, 4, 5)
+    finally:
+        GLOBAL_W = saved
+
+
+# ---- nn.Module ----------------------------------------------------------------------------------
+class Affine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, 5))
+        self.register_buffer("shift", torch.linspace(-1, 1, 5))
+        self.inner = torch.nn.Hardtanh(-2.0, 2.0)
+
+    def forward(self, x):
+        y = self.inner(x * self.scale + self.shift)
+        return y * 2 if self.training else y - 1
+
+
+def test_module_compile_reads_parameters_each_call():
+    m = Affine()
+    cm = kiln.compile(m)
+    assert isinstance(cm, torch.nn.Module)
+    x = make_input((4, 5))
+    d = Delta()
+    with torch.no_grad():
+        call_and_compare(cm, m, x)
+        call_and_compare(cm, m, x)
+        m.scale.mul_(-2.0)  # in-place weight update
+        m.shift.add_(0.25)
+        call_and_compare(cm, m, x)
+        cm.scale.add_(1.0)  # through the wrapper's attribute forwarding
+        call_and_compare(cm, m, x)
+    assert (d["captures"], d["cache_hits"], d["eager_calls"]) == (1, 3, 0)
+
+
+def test_module_parameters_requiring_grad_run_eagerly_with_grad():
+    m = Affine()
+    cm = kiln.compile(m)
+    x = make_input((4, 5))
+    d = Delta()
+    out = cm(x)
+    assert out.grad_fn is not None
+    assert_same(out.detach(), m(x).detach())
+    assert d["cache_hits"] == 0 and d["eager_calls"] + d["fallback_ops"] >= 1
+
+
+def test_module_train_eval_switch():
+    m = Affine()
+    cm = kiln.compile(m)
+    x = make_input((4, 5))
+    d = Delta()
+    with torch.no_grad():
+        call_and_compare(cm, m, x)
+        cm.eval()
+        assert not m.training  # the wrapper's eval() reaches the original
+        call_and_compare(cm, m, x)
+        assert (d["captures"], d["recompiles"]) == (2, 1)
+        cm.train()
+        call_and_compare(cm, m, x)
+        m.eval()
+        call_and_compare(cm, m, x)
+        assert (d["captures"], d["cache_hits"]) == (2, 2)
+
+
+def test_module_state_dict_matches_original():
+    m = Affine()
+    cm = kiln.compile(m)
+    assert list(cm.state_dict().keys()) == list(m.state_dict().keys())
+    sd = {k: v.clone() + 1 for k, v in m.state_dict().items()}
+    cm.load_state_dict(sd)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, sd[k])
+    x = make_input((4, 5))
+    with torch.no_grad():
+        call_and_compare(cm, m, x)
+        call_and_compare(cm, m, x)
+    assert len(list(cm.parameters())) == len(list(m.parameters()))
+
+
+def test_function_using_module_from_closure():
+    m = Affine()
+    g = lambda x: m(x) + 1
+    f = kiln.compile(g)
+    x = make_input((4, 5))
+    with torch.no_grad():
+        call_and_compare(f, g, x)
+        m.scale.mul_(3)
+        call_and_compare(f, g, x)
+    assert kiln.counters()["cache_hits"] == 1
+
+
+# ---- switches and decorator forms ---------------------------------------------------------------
+def test_backend_eager_runs_eagerly():
+    f = kiln.compile(fn_basic, backend="eager")
+    d = Delta()
+    for _ in range(2):
+        call_and_compare(f, fn_basic, make_input((4, 5)), make_input((4, 5)))
+    assert (d["captures"], d["cache_hits"], d["eager_calls"]) == (0, 0, 2)
+    assert kiln.kernels(f) == []
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError):
+        kiln.compile(fn_basic, backend="inductor")
+
+
+def test_disable_switch_runs_eagerly():
+    f = kiln.compile(fn_basic)
+    x, y = make_input((4, 5)), make_input((4, 5))
+    call_and_compare(f, fn_basic, x, y)
+    d = Delta()
+    with kiln.config.patch(disable=1):
+        call_and_compare(f, fn_basic, x, y)
+        call_and_compare(f, fn_basic, make_input((7,)), make_input((7,)))
+    assert (d["captures"], d["cache_hits"], d["eager_calls"]) == (0, 0, 2)
+    call_and_compare(f, fn_basic, x, y)  # enabled again: the old program is still there
+    assert (d["captures"], d["cache_hits"]) == (0, 1)
+
+
+def test_decorator_forms():
+    @kiln.compile
+    def plain(x):
+        return x.exp() - 1
+
+    @kiln.compile(backend="eager")
+    def eager(x):
+        return x.exp() - 1
+
+    @kiln.compile()
+    def empty_parens(x):
+        return x.exp() - 1
+
+    x = make_input((4, 5))
+    d = Delta()
+    for f in (plain, eager, empty_parens):
+        f(x)
+        assert_same(f(x), x.exp() - 1)
+    assert d["captures"] == 2 and d["cache_hits"] == 2 and d["eager_calls"] == 2
+    assert plain.__name__ == "plain" and eager.__name__ == "eager"
+
+
+def test_reset_forgets_programs_and_counters():
+    f = kiln.compile(fn_basic)
+    x, y = make_input((4, 5)), make_input((4, 5))
+    f(x, y)
+    f(x, y)
+    assert kiln.counters()["cache_hits"] == 1
+    kiln.reset()
+    assert kiln.counters()["captures"] == 0 and kiln.counters()["cache_hits"] == 0
+    call_and_compare(f, fn_basic, x, y)
+    assert kiln.counters()["captures"] == 1 and kiln.counters()["recompiles"] == 0
