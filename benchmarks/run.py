@@ -197,8 +197,13 @@ def plot(results, path, use_inductor, machine):
     ax2.set_ylabel("time / copy floor (log, 1 = bandwidth bound)")
     ax2.legend(fontsize=8)
     ax2.grid(axis="y", which="both", alpha=0.3)
+    for ax in (ax1, ax2):   # a line between the large and the small set
+        for i in range(1, len(results)):
+            if results[i]["group"] != results[i - 1]["group"]:
+                ax.axvline(i - 0.5, color="#444444", lw=0.8, ls="--")
+    labels = [r["name"] + (" (!load)" if (r.get("bg_load_cores") or 0) > BG_WARN else "") for r in results]
     ax2.set_xticks(x)
-    ax2.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    ax2.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -133,7 +133,7 @@ class Lowering {
     for (size_t i = 0; i < g_.nodes.size(); ++i) {
       const Node& n = g_.nodes[i];
       if (n.op != OpKind::Input) continue;
-      buffer_of_[i] = add_buffer({BufferKind::Input, static_cast<int>(n.attrs.int_value), n.dtype, n.sizes, n.strides});
+      input_buffer_[i] = add_buffer({BufferKind::Input, static_cast<int>(n.attrs.int_value), n.dtype, n.sizes, n.strides});
     }
   }
 
@@ -214,7 +214,12 @@ class Lowering {
       auto buf = buffer_of_.find(id);
       bool same_kernel = cur_ && buf != buffer_of_.end() && written_by_.count(buf->second) &&
                          written_by_[buf->second] == cur_->index;
-      if (id != self && buf != buffer_of_.end() && !same_kernel) {
+      if (n.op == OpKind::Input) {
+        // Inputs are always read from their own buffer, also when the value being stored is the
+        // input itself (an output that is a copy of an argument, e.g. x.clone() or x + 0).
+        const Buffer& b = prog_.buffers[input_buffer_.at(id)];
+        r = ctx().load(input_buffer_.at(id), linear_index(ctx(), idx, b.strides), n.dtype);
+      } else if (id != self && buf != buffer_of_.end() && !same_kernel) {
         const Buffer& b = prog_.buffers[buf->second];
         r = ctx().load(buf->second, linear_index(ctx(), idx, b.strides), n.dtype);
       } else {
@@ -638,7 +643,8 @@ class Lowering {
   KernelProgram prog_;
   std::set<int> materialized_;
   std::vector<int> order_;
-  std::map<int, int> buffer_of_;   // node -> buffer holding its value
+  std::map<int, int> input_buffer_;  // Input node -> its buffer
+  std::map<int, int> buffer_of_;     // materialised node -> the buffer it is stored in
   std::map<int, int> out_buffer_;  // output node -> its output buffer
   std::map<int, int> written_by_;  // buffer -> kernel index
   std::deque<OpenKernel> open_;    // every kernel, in creation order

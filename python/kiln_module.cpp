@@ -39,8 +39,9 @@ ir::Attrs make_attrs(const std::vector<int64_t>& ints, const std::vector<double>
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "kiln's C++ core";
-  static py::exception<Unsupported> unsupported(m, "Unsupported", PyExc_RuntimeError);
-  static py::exception<InternalError> internal(m, "InternalError", PyExc_RuntimeError);
+  // register_exception also installs the C++ -> Python translation (py::exception alone does not).
+  py::register_exception<Unsupported>(m, "Unsupported", PyExc_RuntimeError);
+  py::register_exception<InternalError>(m, "InternalError", PyExc_RuntimeError);
   py::register_exception<UserError>(m, "UserError", PyExc_ValueError);
 
   m.def("set_torch_handles", [](py::object empty_strided, py::dict dtypes) {

@@ -81,6 +81,58 @@ def _captured_candidates(fn, module):
     return out
 
 
+_MISSING = object()
+
+
+def _get_path(obj, parts):
+    for p in parts:
+        obj = getattr(obj, p)
+    return obj
+
+
+def _plain_value_sources(fn, module):
+    """Getters of the plain values (numbers, bools, strings, None, dtypes) the function reads
+    besides its arguments: referenced globals, closure cells, and the public attributes of the
+    module and of every module those reach (self.eps, self.training of a submodule, ...).
+
+    The trace bakes such values into the graph as constants, so each one is guarded by value
+    like a scalar argument; without this a changed global or attribute reused a program built
+    for the old value and returned wrong results."""
+    out = []
+
+    def add_module(mod, base):
+        for sub_name, sub in mod.named_modules(remove_duplicate=False):
+            for k, v in list(vars(sub).items()):
+                if k.startswith("_") or type(v) not in _SIMPLE_VALUE_TYPES:
+                    continue
+                parts = tuple((f"{sub_name}.{k}" if sub_name else k).split("."))
+                out.append(lambda b=base, ps=parts: _get_path(b(), ps))
+
+    def add(value, getter):
+        if type(value) in _SIMPLE_VALUE_TYPES:
+            out.append(getter)
+        elif isinstance(value, torch.nn.Module):
+            add_module(value, getter)
+
+    if module is not None:
+        add_module(module, lambda: module)
+    raw = getattr(fn, "__func__", fn)
+    code = getattr(raw, "__code__", None)
+    for cell in getattr(raw, "__closure__", None) or ():
+        try:
+            v = cell.cell_contents
+        except ValueError:
+            continue
+        if v is not module:
+            add(v, lambda c=cell: c.cell_contents)
+    g = getattr(raw, "__globals__", None)
+    if g is not None and code is not None:
+        for name in sorted(_code_names(code)):
+            if name in g and g[name] is not module:
+                add(g[name], lambda d=g, n=name: d.get(n, _MISSING))
+    return out
+
+
 def _build_guards(leaves, grad):
     gs = _C.GuardSet()
     gs.set_leaf_count(len(leaves))
@@ -182,6 +234,10 @@ class CompiledFunction:
             return self._eager_entry(args, kwargs, leaves + state, spec, grad, [],
                                      "autograd: an input requires grad (training is not supported yet)")
         candidates = _captured_candidates(self._fn, self._module)
+        # Plain values read besides the arguments, read before the function runs (the values
+        # the trace bakes in), guarded after the captured tensors.
+        value_sources = _plain_value_sources(self._fn, self._module)
+        values = [get() for get in value_sources]
         trace_leaves = list(leaves)
         _counters.bump("captures")
         try:
@@ -190,8 +246,8 @@ class CompiledFunction:
             # Raised while setting up (e.g. a sparse argument), before the function ran.
             _counters.record_failure(e)
             return self._eager_entry(args, kwargs, leaves + state, spec, grad, [], e.reason, e)
-        getters = [src for src in tracer.captured]
-        full = trace_leaves + state
+        getters = [src for src in tracer.captured] + value_sources
+        full = trace_leaves + values + state
         failure = tracer.failure
         if failure is None and grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in trace_leaves):
             failure = CaptureFailed("autograd: a parameter or captured tensor requires grad "

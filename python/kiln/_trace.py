@@ -445,6 +445,7 @@ class Tracer(TorchDispatchMode):
         self.input_vids = set()  # value ids of graph inputs
         self.failure = None
         self.current_op = None
+        self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
         for i, leaf in enumerate(leaves):
             if isinstance(leaf, torch.Tensor):
                 self._add_leaf_input(leaf, i)
@@ -453,7 +454,8 @@ class Tracer(TorchDispatchMode):
     def dtype_name(self, dtype):
         name = DTYPE_NAMES.get(dtype)
         if name is None:
-            raise CaptureFailed(f"dtype {dtype} is not supported", op=str(self.func))
+            raise CaptureFailed(f"dtype {dtype} is not supported",
+                                op=str(self.func) if self.func is not None else None)
         return name
 
     def _add_leaf_input(self, t, index):

@@ -42,10 +42,11 @@ def _leaves(obj):
     return spec, out
 
 
-def assert_same(actual, expected, atol=None, rtol=None, what="output"):
+def assert_same(actual, expected, atol=None, rtol=None, what="output", check_layout=False):
     """Asserts two (possibly nested) results match: same structure, and for every tensor the
     same dtype, shape and device and close values (equal_nan; exact for bool/int tensors,
-    whatever atol/rtol say). atol/rtol override the float defaults of default_tolerance."""
+    whatever atol/rtol say). atol/rtol override the float defaults of default_tolerance.
+    check_layout: where eager's tensor is dense, the strides must match too."""
     spec_a, leaves_a = _leaves(actual)
     spec_e, leaves_e = _leaves(expected)
     assert spec_a == spec_e, f"{what}: structure {spec_a} differs from eager's {spec_e}"
@@ -64,6 +65,26 @@ def assert_same(actual, expected, atol=None, rtol=None, what="output"):
             t = t if atol is None else atol
         torch.testing.assert_close(a, e, rtol=r, atol=t, equal_nan=True, check_stride=False,
                                    msg=lambda m: f"{name}: {m}")
+        if check_layout and _dense(e):
+            assert _strides(a) == _strides(e), \
+                f"{name}: strides {a.stride()}, eager gave {e.stride()} (sizes {tuple(e.shape)})"
+
+
+def _strides(t):
+    """Strides of the dims that matter (size > 1)."""
+    return tuple(st for n, st in zip(t.shape, t.stride()) if n > 1)
+
+
+def _dense(t):
+    """True when t's elements exactly fill a block of memory in some dim order (no gaps, no
+    overlap): then kiln writes outputs in eager's layout."""
+    dims = sorted((st, n) for n, st in zip(t.shape, t.stride()) if n > 1)
+    expect = 1
+    for st, n in dims:
+        if st != expect:
+            return False
+        expect *= n
+    return True
 
 
 def _snapshot(inputs):
@@ -84,7 +105,10 @@ def check(fn, inputs, atol=None, rtol=None, expect_compiled=True):
 
     inputs: a tuple/list of positional arguments (a lone tensor is wrapped). expect_compiled:
     assert that the second call is a compiled cache hit (and the first a capture, neither run
-    wholly eager). Returns the compiled function, for further inspection (kiln.kernels)."""
+    wholly eager), that compiled outputs have eager's strides where eager's are dense, and
+    that a third call, on inputs of the same layout whose elements were shuffled, is a hit
+    that still matches eager (nothing of the first call's data is baked in). Returns the
+    compiled function, for further inspection (kiln.kernels)."""
     if not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
     snapshot = _snapshot(inputs)
@@ -109,8 +133,34 @@ def check(fn, inputs, atol=None, rtol=None, expect_compiled=True):
         assert after["eager_calls"] == before["eager_calls"], \
             f"a call ran wholly eager: {_new_reasons(before, after)}"
     assert_same(first, expected, atol, rtol, what="capturing call")
-    assert_same(second, expected, atol, rtol, what="compiled call")
+    assert_same(second, expected, atol, rtol, what="compiled call", check_layout=expect_compiled)
+    if expect_compiled:
+        shuffled = _shuffled(inputs)
+        want = fn(*shuffled)
+        hits = counters()["cache_hits"]
+        got = compiled(*shuffled)
+        assert counters()["cache_hits"] == hits + 1, "a call on shuffled inputs was not a cache hit"
+        assert_same(got, want, atol, rtol, what="call on shuffled inputs")
     return compiled
+
+
+def _shuffled(inputs):
+    """The inputs with each tensor's storage elements permuted (seeded): same sizes, strides,
+    offsets and value set; tensors that shared a storage still share one."""
+    gen = torch.Generator().manual_seed(1234)
+    storages = {}
+    out = []
+    for x in inputs:
+        if not isinstance(x, torch.Tensor) or x.numel() == 0:
+            out.append(x)
+            continue
+        key = (x.untyped_storage().data_ptr(), x.dtype)
+        if key not in storages:
+            n = x.untyped_storage().nbytes() // x.element_size()
+            flat = torch.empty(0, dtype=x.dtype).set_(x.untyped_storage(), 0, (n,), (1,))
+            storages[key] = flat[torch.randperm(n, generator=gen)].clone()
+        out.append(torch.as_strided(storages[key], x.shape, x.stride(), x.storage_offset()))
+    return type(inputs)(out) if isinstance(inputs, tuple) else out
 
 
 def _new_reasons(before, after):

@@ -483,3 +483,68 @@ def test_reset_forgets_programs_and_counters():
     assert kiln.counters()["captures"] == 0 and kiln.counters()["cache_hits"] == 0
     call_and_compare(f, fn_basic, x, y)
     assert kiln.counters()["captures"] == 1 and kiln.counters()["recompiles"] == 0
+
+
+# ---- plain Python values read besides the arguments ------------------------------------------------
+GLOBAL_SCALE = 2.0
+
+
+def uses_global_scalar(x):
+    return x * GLOBAL_SCALE + 1
+
+
+def test_global_python_scalar_is_guarded():
+    global GLOBAL_SCALE
+    try:
+        f = kiln.compile(uses_global_scalar)
+        x = make_input((4, 5))
+        d = Delta()
+        call_and_compare(f, uses_global_scalar, x)
+        call_and_compare(f, uses_global_scalar, x)
+        GLOBAL_SCALE = 3.0  # the trace baked 2.0 in: this must not reuse that program
+        call_and_compare(f, uses_global_scalar, x)
+        assert (d["captures"], d["cache_hits"]) == (2, 1)
+        GLOBAL_SCALE = 2.0
+        call_and_compare(f, uses_global_scalar, x)
+        assert (d["captures"], d["cache_hits"]) == (2, 2)
+    finally:
+        GLOBAL_SCALE = 2.0
+
+
+def test_closure_python_scalar_is_guarded():
+    s = 2.0
+
+    def g(x):
+        return x * s
+    f = kiln.compile(g)
+    x = make_input((4, 5))
+    call_and_compare(f, g, x)
+    call_and_compare(f, g, x)
+    s = 5.0  # noqa: F841 - rebinding the cell g reads
+    call_and_compare(f, g, x)
+    s = True
+    call_and_compare(f, g, x)
+
+
+def test_module_attribute_is_guarded():
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = 2.0
+            self.act = torch.nn.Hardtanh(-1.0, 1.0)
+
+        def forward(self, x):
+            return self.act(x * self.k)
+    m = Scale()
+    cm = kiln.compile(m)
+    x = make_input((4, 5))
+    with torch.no_grad():
+        call_and_compare(cm, m, x)
+        call_and_compare(cm, m, x)
+        m.k = 4.0
+        call_and_compare(cm, m, x)
+        m.act.max_val = 0.5  # a submodule's attribute
+        call_and_compare(cm, m, x)
+        m.act.eval()  # a submodule's training flag
+        call_and_compare(cm, m, x)
+    assert kiln.counters()["captures"] == 4
