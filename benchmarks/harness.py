@@ -458,7 +458,7 @@ def _cmdline(pid, comm, width=70):
         args = [a.decode(errors="replace") for a in args if a]
         if args:
             args[0] = os.path.basename(args[0])
-            text = " ".join(args)
+            text = " ".join(" ".join(args).split())
             return text if len(text) <= width else text[: width - 3] + "..."
     except OSError:
         pass
@@ -492,7 +492,7 @@ def busy_processes(interval=0.3, n=3):
             rows.append((pct, pid, comm))
     rows.sort(reverse=True)
     return ", ".join(f"[{pid}{', child of this run' if ours(pid) else ''}, {pct:.0f}%] {_cmdline(pid, comm)}"
-                     for pct, pid, comm in rows[:n])
+                     for pct, pid, comm in rows[:n]) or "(only short-lived processes)"
 
 
 def wait_idle(max_wait_s, threshold, window_s=0.5, log=print):

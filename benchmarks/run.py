@@ -265,7 +265,7 @@ def main():
     if noisy:
         harness.loud(f"WARNING: other processes used > {BG_WARN} cores while timing {len(noisy)} workload(s) "
                      f"(marked '!' in column bg): those timings are unreliable; rerun on an idle machine.\n"
-                     + "".join(f"\n!!!   {r['name']}: {r['bg_load_cores']:.2f} cores; {r.get('bg_busy') or '(gone)'}"
+                     + "".join(f"\n!!!   {r['name']}: {r['bg_load_cores']:.2f} cores; {r.get('bg_busy') or '?'}"
                                for r in noisy))
     fails = [r["name"] for r in results if r["check"] != "ok"]
     fallbacks = [r["name"] for r in results if r["kiln"]["path"] != "fused"]

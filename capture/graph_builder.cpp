@@ -99,6 +99,7 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
   };
   switch (op_category(op)) {
     case OpCategory::Leaf:
+    case OpCategory::Extern:
       throw Unsupported(fmt::format("{} cannot be called", name));
     case OpCategory::Unary: {
       int x = tensor_arg(0);
@@ -178,6 +179,23 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
     }
   }
   throw Unsupported(fmt::format("kiln cannot record {}", name));
+}
+
+std::vector<int> GraphBuilder::add_fallback(int table_index, const std::vector<int>& inputs,
+                                            const std::vector<DType>& dtypes, const std::vector<Sizes>& sizes,
+                                            const std::vector<Sizes>& strides) {
+  KILN_CHECK(!dtypes.empty() && dtypes.size() == sizes.size() && sizes.size() == strides.size(),
+             "fallback result descriptions");
+  std::vector<int> out;
+  Node n{OpKind::Fallback, inputs, {}, dtypes[0], sizes[0], strides[0]};
+  n.attrs.int_value = table_index;
+  out.push_back(editor_.append(std::move(n)));
+  for (size_t k = 1; k < dtypes.size(); ++k) {
+    Node o{OpKind::FallbackOutput, {out[0]}, {}, dtypes[k], sizes[k], strides[k]};
+    o.attrs.ints = {static_cast<int64_t>(k)};
+    out.push_back(editor_.append(std::move(o)));
+  }
+  return out;
 }
 
 void GraphBuilder::check(int id, DType dtype, const Sizes& sizes) const {

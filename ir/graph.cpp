@@ -87,6 +87,8 @@ std::string print(const Graph& g) {
     std::string attrs;
     if (n.op == OpKind::Constant) {
       attrs = is_float(n.dtype) ? fmt::format("{}", n.attrs.float_value) : std::to_string(n.attrs.int_value);
+    } else if (n.op == OpKind::Fallback) {
+      attrs = fmt::format("#{}", n.attrs.int_value);
     } else if (n.op == OpKind::Input) {
       attrs = fmt::format("arg{}, strides=[{}]", n.attrs.int_value, join(n.strides));
     } else {

@@ -22,7 +22,7 @@ enum class OpKind : uint16_t {
 };
 
 enum class OpCategory : uint8_t {
-  Leaf, Unary, Binary, Ternary, Cast, Composite, CompositeReduce, Movement, Reduction
+  Leaf, Unary, Binary, Ternary, Cast, Composite, CompositeReduce, Movement, Reduction, Extern
 };
 
 const char* op_name(OpKind k);

@@ -91,11 +91,22 @@ std::string print(const KernelProgram& p) {
   std::string s;
   for (size_t i = 0; i < p.buffers.size(); ++i) {
     const Buffer& b = p.buffers[i];
-    const char* kind = b.kind == BufferKind::Input ? "input" : b.kind == BufferKind::Output ? "output" : "temp";
+    static const char* kinds[] = {"input", "output", "temp", "shared", "extern"};
+    const char* kind = kinds[static_cast<int>(b.kind)];
     s += fmt::format("buf{}: {} {} {}[{}] strides [{}]\n", i, kind, b.index, dtype_name(b.dtype),
                      fmt::join(b.sizes, ", "), fmt::join(b.strides, ", "));
   }
-  for (const auto& k : p.kernels) s += print(k);
+  for (const auto& st : p.steps) {
+    if (st.kind == Step::Kind::Kernel) {
+      s += print(p.kernels[st.index]);
+    } else {
+      const ExternCall& e = p.externs[st.index];
+      std::string ins, outs;
+      for (int b : e.inputs) ins += fmt::format("{}buf{}", ins.empty() ? "" : ", ", b);
+      for (int b : e.outputs) outs += fmt::format("{}buf{}", outs.empty() ? "" : ", ", b);
+      s += fmt::format("extern {} (fallback #{}): ({}) -> ({})\n", e.name, e.table_index, ins, outs);
+    }
+  }
   return s;
 }
 

@@ -17,6 +17,8 @@ enum class BufferKind : uint8_t {
   Input,   ///< a tensor argument (leaf `index` of the call)
   Output,  ///< a tensor the call returns (output `index`)
   Temp,    ///< an intermediate materialised between kernels, from the runtime's pool
+  Shared,  ///< an intermediate an extern step reads: a torch tensor allocated by the caller
+  Extern,  ///< a result of an extern step: its memory is the tensor that step returned
 };
 
 struct Buffer {
@@ -76,6 +78,20 @@ struct Kernel {
   std::vector<Expr> exprs() const;
 };
 
+/// An op run outside kiln's kernels (eagerly, by the caller's callback).
+struct ExternCall {
+  int table_index;           ///< which op (the compiled function's fallback table)
+  std::vector<int> inputs;   ///< buffers passed as its tensor operands
+  std::vector<int> outputs;  ///< buffers its results become (Extern or Output buffers)
+  std::string name;          ///< for logs: the ATen op
+};
+
+/// One step of a program: a kernel or an extern call, in dependency (and trace) order.
+struct Step {
+  enum class Kind : uint8_t { Kernel, Extern } kind;
+  int index;  ///< into kernels or externs
+};
+
 /// Where each returned tensor comes from.
 struct OutputSpec {
   enum class Kind : uint8_t { Buffer, Input } kind;
@@ -85,7 +101,9 @@ struct OutputSpec {
 struct KernelProgram {
   std::shared_ptr<Context> ctx;  ///< owns every Expr referenced below
   std::vector<Buffer> buffers;
-  std::vector<Kernel> kernels;   ///< run in order
+  std::vector<Kernel> kernels;
+  std::vector<ExternCall> externs;
+  std::vector<Step> steps;        ///< kernels and extern calls, run in this order
   std::vector<OutputSpec> outputs;
   std::vector<std::string> fusion_log;  ///< every fusion decision with its reason
 };

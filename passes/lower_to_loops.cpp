@@ -99,6 +99,7 @@ constexpr int64_t kSplitReduction = 65536;
 struct OpenKernel {
   int index = -1;                  ///< into KernelProgram::kernels
   bool row = false;
+  bool closed = false;             ///< an extern step came after it: no value may join it
   Sizes full;                      ///< row: the reduced input's sizes; pointwise: the domain
   std::vector<int64_t> rdims;      ///< row: reduced dims of `full`
   std::vector<int> order;          ///< pointwise: dims in loop order
@@ -169,13 +170,19 @@ class Lowering {
       cost[i] = c;
       bool leaf = op_category(node.op) == OpCategory::Leaf;
       bool reduction = op_category(node.op) == OpCategory::Reduction;
+      bool external = op_category(node.op) == OpCategory::Extern;
+      // An extern op reads real tensors: its operands need buffers (inputs have theirs).
+      bool extern_operand = false;
+      for (int u : users[i]) extern_operand |= g_.nodes[u].op == OpKind::Fallback;
+      extern_operand &= node.op != OpKind::Input;
       bool costly_broadcast = !leaf && !reduction && op_category(node.op) != OpCategory::Movement &&
                               demand[i] > node.numel() && cost[i] >= 4;
       if (costly_broadcast)
         log(fmt::format("materialise %{} ({}): read {}x per element by a broadcasting consumer and costs {} to "
                         "recompute",
                         i, op_name(node.op), demand[i] / std::max<int64_t>(node.numel(), 1), cost[i]));
-      if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast) {
+      if (extern_operand) shared_.insert(static_cast<int>(i));
+      if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand) {
         materialized_.insert(static_cast<int>(i));
         order_.push_back(static_cast<int>(i));
         cost[i] = 0;
@@ -220,6 +227,10 @@ class Lowering {
         const Buffer& b = prog_.buffers[input_buffer_.at(id)];
         r = ctx().load(input_buffer_.at(id), linear_index(ctx(), idx, b.strides), n.dtype);
       } else if (id != self && buf != buffer_of_.end() && !same_kernel) {
+        // A kernel runs in creation order: it cannot read what a later kernel writes.
+        auto w = written_by_.find(buf->second);
+        if (cur_ && w != written_by_.end() && w->second > cur_->index)
+          throw NotFusable{fmt::format("reads buf{}, written by the later kernel {}", buf->second, w->second)};
         const Buffer& b = prog_.buffers[buf->second];
         r = ctx().load(buf->second, linear_index(ctx(), idx, b.strides), n.dtype);
       } else {
@@ -267,8 +278,11 @@ class Lowering {
     const Node& n = g_.nodes[id];
     auto out_it = std::find(g_.outputs.begin(), g_.outputs.end(), id);
     bool is_output = out_it != g_.outputs.end();
-    int buf = add_buffer({is_output ? BufferKind::Output : BufferKind::Temp,
-                          is_output ? static_cast<int>(out_it - g_.outputs.begin()) : -1, n.dtype, n.sizes,
+    BufferKind kind = op_category(n.op) == OpCategory::Extern ? BufferKind::Extern
+                      : is_output                             ? BufferKind::Output
+                      : shared_.count(id)                     ? BufferKind::Shared
+                                                              : BufferKind::Temp;
+    int buf = add_buffer({kind, is_output ? static_cast<int>(out_it - g_.outputs.begin()) : -1, n.dtype, n.sizes,
                           std::move(strides)});
     if (is_output) out_buffer_[id] = buf;
     buffer_of_[id] = buf;
@@ -277,6 +291,11 @@ class Lowering {
 
   void lower_node(int id) {
     const Node& n = g_.nodes[id];
+    if (n.op == OpKind::FallbackOutput) return;  // its buffer comes with its Fallback
+    if (n.op == OpKind::Fallback) {
+      lower_extern(id);
+      return;
+    }
     if (op_category(n.op) == OpCategory::Reduction) {
       lower_reduction(id);
       return;
@@ -287,7 +306,7 @@ class Lowering {
     if (n.numel() == 0) return;  // nothing to compute: the buffer is allocated empty
     // Epilogue of a row kernel: a value reading that kernel's reductions.
     for (auto it = open_.rbegin(); it != open_.rend(); ++it)
-      if (it->row && try_row_store(*it, id, buf)) return;
+      if (it->row && !it->closed && try_row_store(*it, id, buf)) return;
     pointwise_store(id, buf, order);
   }
 
@@ -348,7 +367,31 @@ class Lowering {
     log(fmt::format("%{} ({}) ", id, op_name(g_.nodes[id].op)) + fmt::format(fmt::runtime(why), k.index));
   }
 
+  /// An op run eagerly by the caller: its operands' buffers in, its results' buffers out. Every
+  /// kernel opened so far is closed to later values, so steps stay in dependency order.
+  void lower_extern(int id) {
+    const Node& n = g_.nodes[id];
+    ExternCall call;
+    call.table_index = static_cast<int>(n.attrs.int_value);
+    call.name = fmt::format("fallback #{}", n.attrs.int_value);
+    for (int x : n.inputs) {
+      auto in = input_buffer_.find(x);
+      call.inputs.push_back(in != input_buffer_.end() ? in->second : buffer_of_.at(x));
+    }
+    std::vector<int> results = {id};
+    for (size_t u = id + 1; u < g_.nodes.size(); ++u)
+      if (g_.nodes[u].op == OpKind::FallbackOutput && g_.nodes[u].inputs[0] == id) results.push_back(static_cast<int>(u));
+    std::sort(results.begin() + 1, results.end(),
+              [&](int a, int b) { return g_.nodes[a].attrs.ints[0] < g_.nodes[b].attrs.ints[0]; });
+    for (int r : results) call.outputs.push_back(make_value_buffer(r, g_.nodes[r].strides));
+    for (auto& ok : open_) ok.closed = true;
+    prog_.externs.push_back(call);
+    prog_.steps.push_back({Step::Kind::Extern, static_cast<int>(prog_.externs.size()) - 1});
+    log(fmt::format("%{} runs eagerly (fallback #{}): kernels before it are closed", id, n.attrs.int_value));
+  }
+
   OpenKernel& new_kernel() {
+    prog_.steps.push_back({Step::Kind::Kernel, static_cast<int>(prog_.kernels.size())});
     prog_.kernels.emplace_back();
     names_.emplace_back();
     open_.emplace_back();
@@ -359,9 +402,11 @@ class Lowering {
   /// Stores value `id` in the pointwise kernel of its domain and layout (a new one if needed).
   void pointwise_store(int id, int buf, const std::vector<int>& order) {
     const Node& n = g_.nodes[id];
+    Expr value = nullptr;
     OpenKernel* k = nullptr;
     for (auto& ok : open_)
-      if (!ok.row && ok.full == n.sizes && ok.order == order) k = &ok;
+      if (!ok.row && !ok.closed && ok.full == n.sizes && ok.order == order) k = &ok;
+    if (k && !build_in(*k, id, k->idx, &value)) k = nullptr;  // e.g. it reads a later kernel's output
     bool joined = k != nullptr;
     if (!k) {
       k = &new_kernel();
@@ -378,10 +423,9 @@ class Lowering {
         kern.loops.push_back({k->idx[d], LoopKind::Serial});
       }
       kern.phases.emplace_back();
+      bool built = build_in(*k, id, k->idx, &value);
+      KILN_CHECK(built, "a pointwise value could not be built in its own kernel");
     }
-    Expr value;
-    bool built = build_in(*k, id, k->idx, &value);
-    KILN_CHECK(built, "a pointwise value could not be built in its own kernel");
     prog_.kernels[k->index].phases[0].stores.push_back(
         {buf, linear_index(ctx(), k->idx, prog_.buffers[buf].strides), value});
     note_store(*k, id, buf, joined ? "fuses into kernel {}: same iteration domain and layout" : "starts kernel {}");
@@ -403,7 +447,7 @@ class Lowering {
     }
     // Join the newest row kernel over the same rows, if the value can be built there.
     for (auto it = open_.rbegin(); it != open_.rend(); ++it)
-      if (it->row && it->full == x.sizes && it->rdims == rdims && add_reduction(*it, id, buf, reduce_n)) {
+      if (it->row && !it->closed && it->full == x.sizes && it->rdims == rdims && add_reduction(*it, id, buf, reduce_n)) {
         log(fmt::format("%{} ({}) fuses into row kernel {}: same rows", id, op_name(n.op), it->index));
         return;
       }
@@ -642,6 +686,7 @@ class Lowering {
   const PassOptions& opts_;
   KernelProgram prog_;
   std::set<int> materialized_;
+  std::set<int> shared_;  // materialised values an extern op reads
   std::vector<int> order_;
   std::map<int, int> input_buffer_;  // Input node -> its buffer
   std::map<int, int> buffer_of_;     // materialised node -> the buffer it is stored in

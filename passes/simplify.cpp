@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "ir/graph_editor.h"
+#include "support/hash.h"
 
 namespace kiln::passes {
 using namespace kiln::ir;
@@ -37,15 +38,19 @@ Graph run_simplify(const Graph& g, const PassOptions&) {
   Graph mid;
   GraphEditor e(mid);
   std::vector<int> remap(g.nodes.size(), -1);
-  using Key = std::tuple<int, std::vector<int>, std::vector<int64_t>, std::vector<double>, int, int64_t, double, int,
-                         Sizes>;
+  // Floating attributes are keyed by their bits: -0.0 and 0.0 are different constants, and NaN
+  // must not compare equivalent to everything.
+  using Key = std::tuple<int, std::vector<int>, std::vector<int64_t>, std::vector<uint64_t>, int, int64_t, uint64_t,
+                         int, Sizes>;
   std::map<Key, int> seen;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     Node n = g.nodes[i];
     for (int& x : n.inputs) x = remap[x];
-    if (n.op == OpKind::Input) {
+    if (n.op == OpKind::Input || n.op == OpKind::Fallback) {
+      // Inputs have identity; fallbacks may have effects (random ops draw from the RNG), so
+      // two equal-looking ones are not the same value.
       remap[i] = e.append(n);
-      mid.input_ids.push_back(remap[i]);
+      if (n.op == OpKind::Input) mid.input_ids.push_back(remap[i]);
       continue;
     }
     int same = identity_of(mid, n);
@@ -53,8 +58,10 @@ Graph run_simplify(const Graph& g, const PassOptions&) {
       remap[i] = same;
       continue;
     }
-    Key k{static_cast<int>(n.op), n.inputs, n.attrs.ints, n.attrs.floats, static_cast<int>(n.attrs.dtype),
-          n.attrs.int_value, n.attrs.float_value, static_cast<int>(n.dtype), n.sizes};
+    std::vector<uint64_t> float_bits;
+    for (double f : n.attrs.floats) float_bits.push_back(hash_double(f));
+    Key k{static_cast<int>(n.op), n.inputs, n.attrs.ints, float_bits, static_cast<int>(n.attrs.dtype),
+          n.attrs.int_value, hash_double(n.attrs.float_value), static_cast<int>(n.dtype), n.sizes};
     auto it = seen.find(k);
     if (it != seen.end()) {
       remap[i] = it->second;
@@ -70,7 +77,8 @@ Graph run_simplify(const Graph& g, const PassOptions&) {
   std::vector<bool> live(mid.nodes.size(), false);
   for (int o : mid.outputs) live[o] = true;
   for (int i = static_cast<int>(mid.nodes.size()) - 1; i >= 0; --i) {
-    if (mid.nodes[i].op == OpKind::Input) live[i] = true;
+    // Inputs stay (argument positions); fallbacks stay because eager would run them (effects).
+    if (mid.nodes[i].op == OpKind::Input || mid.nodes[i].op == OpKind::Fallback) live[i] = true;
     if (!live[i]) continue;
     for (int x : mid.nodes[i].inputs) live[x] = true;
   }

@@ -80,55 +80,58 @@ void* data_ptr(PyObject* t) {
 }
 
 /// One cache entry of a compiled function: guards, program and the output allocation recipe.
+/// One cache entry of a compiled function: guards, program, the output allocation recipe, and
+/// the fallback table (Python callables running the ops kiln runs eagerly inside the program).
 class Entry {
  public:
-  Entry(std::shared_ptr<py_bind::GuardSet> guards, Program program)
-      : guards_(std::move(guards)), program_(std::move(program)) {
+  Entry(std::shared_ptr<py_bind::GuardSet> guards, Program program, py::list fallbacks)
+      : guards_(std::move(guards)), program_(std::move(program)), fallbacks_(std::move(fallbacks)) {
     const auto& p = program_.compiled->program();
     py::dict& dtypes = torch_handles().dtypes;
     for (const auto& b : p.buffers) {
-      if (b.kind != ir::BufferKind::Output) {
-        alloc_args_.emplace_back();
-        continue;
-      }
       py::tuple sizes(b.sizes.size()), strides(b.strides.size());
       for (size_t i = 0; i < b.sizes.size(); ++i) {
         sizes[i] = py::int_(b.sizes[i]);
         strides[i] = py::int_(b.strides[i]);
       }
-      alloc_args_.push_back(py::make_tuple(sizes, strides));
+      sizes_.push_back(sizes);
+      strides_.push_back(strides);
       dtype_.push_back(dtypes[py::str(ir::dtype_name(b.dtype))]);
     }
   }
 
   /// Runs on `leaves` if the guards hold: returns the output list, None on a guard miss, or
-  /// False when the kernels flagged an error (integer division by zero) and eager must redo it.
+  /// False when the program flagged an error (integer division by zero, a failing fallback op)
+  /// and eager must redo the call.
   py::object call(const py::list& leaves, bool grad_enabled) {
     if (!guards_->check(leaves, grad_enabled)) return py::none();
     const auto& p = program_.compiled->program();
     std::vector<void*> ptrs(p.buffers.size(), nullptr);
-    std::vector<py::object> allocated(p.buffers.size());
-    size_t out_k = 0;
+    std::vector<py::object> tensors(p.buffers.size());
     for (size_t i = 0; i < p.buffers.size(); ++i) {
       const auto& b = p.buffers[i];
       if (b.kind == ir::BufferKind::Input) {
-        ptrs[i] = data_ptr(PyList_GET_ITEM(leaves.ptr(), b.index));
-      } else if (b.kind == ir::BufferKind::Output) {
-        py::tuple args = alloc_args_[i];
-        allocated[i] = torch_handles().empty_strided(args[0], args[1], py::arg("dtype") = dtype_[out_k++]);
-        ptrs[i] = data_ptr(allocated[i].ptr());
+        tensors[i] = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(leaves.ptr(), b.index));
+        ptrs[i] = data_ptr(tensors[i].ptr());
+      } else if (b.kind == ir::BufferKind::Output || b.kind == ir::BufferKind::Shared) {
+        tensors[i] = torch_handles().empty_strided(sizes_[i], strides_[i], py::arg("dtype") = dtype_[i]);
+        ptrs[i] = data_ptr(tensors[i].ptr());
       }
     }
+    runtime::CompiledProgram::ExternFn run_extern = [&](const ir::ExternCall& call, std::vector<void*>& ps) {
+      py::gil_scoped_acquire gil;
+      return run_fallback(call, tensors, ps);
+    };
     bool ok;
     {
       py::gil_scoped_release release;
-      ok = program_.compiled->run(ptrs);
+      ok = program_.compiled->run(ptrs, p.externs.empty() ? nullptr : run_extern);
     }
     if (!ok) return py::bool_(false);
     py::list outs(p.outputs.size());
     for (size_t j = 0; j < p.outputs.size(); ++j) {
       const auto& o = p.outputs[j];
-      outs[j] = o.kind == ir::OutputSpec::Kind::Buffer ? allocated[o.index] : leaves[o.index];
+      outs[j] = o.kind == ir::OutputSpec::Kind::Buffer ? tensors[o.index] : leaves[o.index];
     }
     return outs;
   }
@@ -137,10 +140,44 @@ class Entry {
   const Program& program() const { return program_; }
 
  private:
+  /// Calls fallback `call.table_index` on its operand tensors and binds its results, in the
+  /// layout recorded at capture (copying when eager gave another layout this time).
+  bool run_fallback(const ir::ExternCall& call, std::vector<py::object>& tensors, std::vector<void*>& ptrs) {
+    try {
+      py::tuple args(call.inputs.size());
+      for (size_t i = 0; i < call.inputs.size(); ++i) args[i] = tensors[call.inputs[i]];
+      py::object result = fallbacks_[call.table_index](*args);
+      std::vector<py::object> results;
+      if (py::isinstance<py::tuple>(result) || py::isinstance<py::list>(result)) {
+        for (py::handle h : result) results.push_back(py::reinterpret_borrow<py::object>(h));
+      } else {
+        results.push_back(result);
+      }
+      if (results.size() < call.outputs.size()) return false;
+      for (size_t k = 0; k < call.outputs.size(); ++k) {
+        int buf = call.outputs[k];
+        py::object t = results[k];
+        py::object dtype = t.attr("dtype"), shape = t.attr("shape"), stride = t.attr("stride")();
+        if (!dtype.is(dtype_[buf]) || !shape.equal(sizes_[buf])) return false;
+        if (!stride.equal(strides_[buf])) {
+          py::object fixed = torch_handles().empty_strided(sizes_[buf], strides_[buf], py::arg("dtype") = dtype_[buf]);
+          fixed.attr("copy_")(t);
+          t = fixed;
+        }
+        tensors[buf] = t;
+        ptrs[buf] = data_ptr(t.ptr());
+      }
+      return true;
+    } catch (py::error_already_set& e) {
+      // The op raised for these inputs: the caller reruns the call eagerly, which raises it.
+      return false;
+    }
+  }
+
   std::shared_ptr<py_bind::GuardSet> guards_;
   Program program_;
-  std::vector<py::object> alloc_args_;
-  std::vector<py::object> dtype_;
+  py::list fallbacks_;
+  std::vector<py::object> sizes_, strides_, dtype_;  // per buffer
 };
 
 py::list kernel_info(const Program& prog) {
@@ -196,7 +233,8 @@ void define_cpu(py::module_& m) {
   m.def("compile_graph", &compile_graph, py::arg("builder"), py::arg("debug_dir") = "");
 
   py::class_<Entry, std::shared_ptr<Entry>>(m, "Entry")
-      .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program>())
+      .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program, py::list>(), py::arg("guards"), py::arg("program"),
+           py::arg("fallbacks") = py::list())
       .def("__call__", &Entry::call)
       .def_property_readonly("guards", &Entry::guards)
       .def_property_readonly("program", &Entry::program, py::return_value_policy::reference_internal);

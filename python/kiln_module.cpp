@@ -97,6 +97,13 @@ PYBIND11_MODULE(_C, m) {
         const auto& n = b.node(id);
         return py::make_tuple(ir::dtype_name(n.dtype), n.sizes);
       })
+      .def("add_fallback", [](capture::GraphBuilder& b, int table_index, const std::vector<int>& inputs,
+                              const std::vector<std::string>& dtypes, const std::vector<std::vector<int64_t>>& sizes,
+                              const std::vector<std::vector<int64_t>>& strides) {
+        std::vector<ir::DType> ds;
+        for (const auto& d : dtypes) ds.push_back(ir::dtype_from_name(d));
+        return b.add_fallback(table_index, inputs, ds, sizes, strides);
+      })
       .def("set_layout", &capture::GraphBuilder::set_layout)
       .def("set_outputs", &capture::GraphBuilder::set_outputs)
       .def("set_default_float", [](capture::GraphBuilder& b, const std::string& d) {

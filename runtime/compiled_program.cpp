@@ -52,7 +52,7 @@ void CompiledProgram::release_arena(char* arena) {
   free_arenas_.push_back(arena);
 }
 
-bool CompiledProgram::run(std::vector<void*>& ptrs) {
+bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern) {
   KILN_CHECK(ptrs.size() == program_.buffers.size(), "run with {} pointers for {} buffers", ptrs.size(),
              program_.buffers.size());
   char* arena = acquire_arena();
@@ -61,7 +61,17 @@ bool CompiledProgram::run(std::vector<void*>& ptrs) {
   int32_t status = 0;
   ptrs.push_back(&status);
   ThreadPool& pool = ThreadPool::get();
-  for (size_t k = 0; k < program_.kernels.size(); ++k) {
+  bool ok = true;
+  for (const ir::Step& step : program_.steps) {
+    if (step.kind == ir::Step::Kind::Extern) {
+      KILN_CHECK(run_extern, "program has an extern step but no extern runner");
+      ptrs.pop_back();
+      ok = run_extern(program_.externs[step.index], ptrs);
+      ptrs.push_back(&status);
+      if (!ok) break;
+      continue;
+    }
+    size_t k = static_cast<size_t>(step.index);
     const ir::Kernel& kernel = program_.kernels[k];
     cpu::KernelFn fn = code_.fns[k];
     void* const* bufs = ptrs.data();
@@ -74,7 +84,7 @@ bool CompiledProgram::run(std::vector<void*>& ptrs) {
   ptrs.pop_back();
   ++calls_;
   release_arena(arena);
-  return status == 0;
+  return ok && status == 0;
 }
 
 }  // namespace kiln::runtime

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -19,10 +20,15 @@ class CompiledProgram {
   CompiledProgram(ir::KernelProgram program, cpu::CpuCode code);
   ~CompiledProgram();
 
-  /// Runs every kernel. `ptrs` has one entry per buffer; Input and Output entries are set by
-  /// the caller, Temp entries are filled here. Returns false when a kernel met an integer
-  /// division by zero (the results are then not valid and the call must be redone eagerly).
-  bool run(std::vector<void*>& ptrs);
+  /// Runs an extern step: reads the operand buffers' pointers in `ptrs`, sets the result
+  /// buffers' pointers. Returns false when the op failed (the caller redoes the call eagerly).
+  using ExternFn = std::function<bool(const ir::ExternCall&, std::vector<void*>& ptrs)>;
+
+  /// Runs every step. `ptrs` has one entry per buffer; Input, Output and Shared entries are set
+  /// by the caller, Temp entries here, Extern entries by `run_extern`. Returns false when a
+  /// kernel met an integer division by zero or an extern step failed (the results are then not
+  /// valid and the call must be redone eagerly).
+  bool run(std::vector<void*>& ptrs, const ExternFn& run_extern = nullptr);
 
   const ir::KernelProgram& program() const { return program_; }
   const cpu::CpuCode& code() const { return code_; }

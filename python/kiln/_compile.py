@@ -21,11 +21,34 @@ def _log(stage, text):
         print(f"[kiln {stage}] {text}", file=sys.stderr)
 
 
-def _state_leaves(module):
-    """Global state that changes results, appended to every call's leaves and guarded by value."""
-    if module is None:
-        return [torch.get_default_dtype()]
-    return [torch.get_default_dtype(), module.training]
+_MISSING = object()
+
+
+def _value_getters(fn, module):
+    """Getters of the plain Python values a function reads without receiving them: closure
+    cells, referenced globals, and (for modules) every submodule's plain attributes such as
+    `training` or `eps`. Their values are baked into a compiled graph, so they are guarded."""
+    getters = []
+    raw = getattr(fn, "__func__", fn)
+    code = getattr(raw, "__code__", None)
+    for cell in getattr(raw, "__closure__", None) or ():
+        try:
+            v = cell.cell_contents
+        except ValueError:
+            continue
+        if type(v) in _SIMPLE_VALUE_TYPES:
+            getters.append(lambda c=cell: c.cell_contents)
+    g = getattr(raw, "__globals__", None)
+    if g is not None and code is not None:
+        for name in sorted(_code_names(code)):
+            if type(g.get(name, _MISSING)) in _SIMPLE_VALUE_TYPES:
+                getters.append(lambda d=g, n=name: d.get(n, _MISSING))
+    if module is not None:
+        for _, m in module.named_modules():
+            for name, v in vars(m).items():
+                if not name.startswith("_") and type(v) in _SIMPLE_VALUE_TYPES:
+                    getters.append(lambda d=m.__dict__, n=name: d.get(n, _MISSING))
+    return getters
 
 
 def _attr_path_getter(root, path):
@@ -59,6 +82,13 @@ def _captured_candidates(fn, module):
 
     if module is not None:
         add_module(module, None)
+    owner = getattr(fn, "__self__", None)  # a bound method's object: its tensors are reachable too
+    if isinstance(owner, torch.nn.Module) and owner is not module:
+        add_module(owner, lambda o=owner: o)
+    elif owner is not None and owner is not module and hasattr(owner, "__dict__"):
+        for k, v in list(vars(owner).items()):
+            if isinstance(v, torch.Tensor):
+                out.setdefault(id(v), (lambda o=owner, n=k: getattr(o, n), v))
     raw = getattr(fn, "__func__", fn)
     code = getattr(raw, "__code__", None)
     for i, cell in enumerate(getattr(raw, "__closure__", None) or ()):
@@ -92,8 +122,9 @@ def _get_path(obj, parts):
 
 def _plain_value_sources(fn, module):
     """Getters of the plain values (numbers, bools, strings, None, dtypes) the function reads
-    besides its arguments: referenced globals, closure cells, and the public attributes of the
-    module and of every module those reach (self.eps, self.training of a submodule, ...).
+    besides its arguments: referenced globals, closure cells, the attributes of a bound method's
+    object, and the attributes of the module and of every module those reach (self.eps,
+    self.training of a submodule, ...).
 
     The trace bakes such values into the graph as constants, so each one is guarded by value
     like a scalar argument; without this a changed global or attribute reused a program built
@@ -103,7 +134,7 @@ def _plain_value_sources(fn, module):
     def add_module(mod, base):
         for sub_name, sub in mod.named_modules(remove_duplicate=False):
             for k, v in list(vars(sub).items()):
-                if k.startswith("_") or type(v) not in _SIMPLE_VALUE_TYPES:
+                if k.startswith("__") or type(v) not in _SIMPLE_VALUE_TYPES:
                     continue
                 parts = tuple((f"{sub_name}.{k}" if sub_name else k).split("."))
                 out.append(lambda b=base, ps=parts: _get_path(b(), ps))
@@ -116,6 +147,13 @@ def _plain_value_sources(fn, module):
 
     if module is not None:
         add_module(module, lambda: module)
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, torch.nn.Module) and owner is not module:
+        add_module(owner, lambda o=owner: o)
+    elif owner is not None and owner is not module and hasattr(owner, "__dict__"):
+        for k, v in list(vars(owner).items()):
+            if not k.startswith("__") and type(v) in _SIMPLE_VALUE_TYPES:
+                out.append(lambda o=owner, n=k: getattr(o, n, _MISSING))
     raw = getattr(fn, "__func__", fn)
     code = getattr(raw, "__code__", None)
     for cell in getattr(raw, "__closure__", None) or ():
@@ -152,12 +190,13 @@ class _Entry:
     """One guarded specialisation: compiled (program set) or eager (reason set)."""
 
     def __init__(self, guards, getters, program=None, out_specs=None, result_spec=None, reason=None,
-                 failure=None):
+                 failure=None, fallbacks=None):
         self.failure = failure
         self.guards = guards
         self.getters = getters
         self.program = program
-        self.native = _C.Entry(guards, program) if program is not None else None
+        self.fallbacks = fallbacks or []
+        self.native = _C.Entry(guards, program, list(self.fallbacks)) if program is not None else None
         self.out_specs = out_specs
         self.result_spec = result_spec
         self.reason = reason
@@ -179,7 +218,14 @@ class CompiledFunction:
         self._entry_count = 0
         self._eager_only = None  # reason, once the cache limit is hit
         self._compiles = 0
+        self._value_getters = None  # set at the first capture
         functools.update_wrapper(self, fn)
+
+    def _state(self):
+        """Global state that changes results, appended to every call's leaves and guarded."""
+        if self._value_getters is None:
+            self._value_getters = _value_getters(self._fn, self._module)
+        return [torch.get_default_dtype()] + [g() for g in self._value_getters]
 
     # -- the per-call path ------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
@@ -189,7 +235,7 @@ class CompiledFunction:
         leaves = []
         spec = flatten((args, kwargs), leaves)
         grad = torch.is_grad_enabled()
-        state = _state_leaves(self._module)
+        state = self._state()
         for entry in self._entries.get(spec, ()):
             full = leaves + [g() for g in entry.getters] + state if entry.getters else leaves + state
             if entry.native is None:
@@ -290,7 +336,10 @@ class CompiledFunction:
         if program.dump_error:
             warnings.warn(program.dump_error)
         self._compiles += 1
-        entry = _Entry(_build_guards(full, grad), getters, program, out_specs, result_spec)
+        entry = _Entry(_build_guards(full, grad), getters, program, out_specs, result_spec,
+                       fallbacks=tracer.fallbacks)
+        for fb in tracer.fallbacks:
+            _counters.record_fallback_op(str(fb))
         self._add_entry(spec, entry)
         _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
         _log("kernels", f"{self.__name__}:\n{program.loop_ir}")

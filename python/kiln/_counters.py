@@ -22,6 +22,13 @@ def record_failure(err):
     _reasons[err.reason] += 1
 
 
+def record_fallback_op(op):
+    """Counts an op kiln runs eagerly inside a compiled program (a fallback node)."""
+    _counts["fallback_ops"] += 1
+    _fallback_ops[op] += 1
+    _reasons[f"{op}: no lowering; runs eagerly inside the compiled program"] += 1
+
+
 def record_eager(reason):
     _counts["eager_calls"] += 1
     _reasons[reason] += 1

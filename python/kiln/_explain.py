@@ -14,6 +14,8 @@ class Explanation:
                              if e.failure is not None and e.failure.kind == "break"]
         self.fallback_ops = [(e.failure.op or "(whole function)", e.failure.reason) for e in entries
                              if e.failure is not None and e.failure.kind != "break"]
+        self.fallback_ops += [(str(fb), "no lowering: runs eagerly inside the compiled program")
+                              for e in entries for fb in getattr(e, "fallbacks", [])]
         self.guards = [g for e in entries for g in e.guards.describe()]
         self.kernels = [k["name"] for e in entries if e.program is not None for k in e.program.kernels()]
 

@@ -31,6 +31,11 @@ DTYPE_NAMES = {
 NAME_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 
 
+def _layout_key(shape, strides):
+    """The strides that matter for a layout: those of dims longer than 1."""
+    return [st for n, st in zip(shape, strides) if n > 1]
+
+
 class CaptureFailed(Exception):
     """The trace cannot become a graph; `kind` is 'break' (data-dependent Python) or 'fallback'."""
 
@@ -413,6 +418,35 @@ DATA_DEPENDENT = {
 }
 
 
+class _Slot:
+    """Marks where a tensor operand goes in a fallback op's recorded arguments."""
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+
+class _Fallback:
+    """Re-runs one recorded ATen op on new tensor operands (a fallback node's callable)."""
+
+    def __init__(self, func, args, kwargs):
+        self.func, self.args, self.kwargs = func, args, kwargs
+
+    def __call__(self, *tensors):
+        def fill(x):
+            if isinstance(x, _Slot):
+                return tensors[x.index]
+            if isinstance(x, (list, tuple)):
+                return type(x)(fill(y) for y in x)
+            if isinstance(x, dict):
+                return {k: fill(v) for k, v in x.items()}
+            return x
+        return self.func(*fill(self.args), **fill(self.kwargs))
+
+    def __repr__(self):
+        return str(self.func)
+
+
 class _EscapeWatch(TorchFunctionMode):
     """Catches ways tensor data reaches Python without an ATen op."""
 
@@ -443,8 +477,10 @@ class Tracer(TorchDispatchMode):
         self.candidates = captured_candidates  # id(tensor) -> (source, tensor)
         self.captured = []      # sources of captured tensors, in leaf order after the args
         self.input_vids = set()  # value ids of graph inputs
+        self.layouts = {}        # value id -> the strides eager gave it (first tensor bound wins)
         self.failure = None
         self.current_op = None
+        self.fallbacks = []     # _Fallback per fallback node, by table index
         self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
         for i, leaf in enumerate(leaves):
             if isinstance(leaf, torch.Tensor):
@@ -463,6 +499,7 @@ class Tracer(TorchDispatchMode):
             raise CaptureFailed(f"{t.layout} tensors are not supported")
         vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), index)
         self.input_vids.add(vid)
+        self.layouts[vid] = list(t.stride())
         self.values[id(t)] = vid
         self.keep.append(t)
         return vid
@@ -537,7 +574,8 @@ class Tracer(TorchDispatchMode):
             return
         handler = HANDLERS.get(packet)
         if handler is None:
-            raise CaptureFailed(f"kiln has no lowering for {func}", op=str(func))
+            self._record_fallback(func, args, kwargs, out)
+            return
         self.current_op = packet.__name__
         if isinstance(out, torch.Tensor):
             self._bind_result(out, handler(self, _bind(func, args, kwargs), out))
@@ -551,9 +589,51 @@ class Tracer(TorchDispatchMode):
         else:
             raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
 
+    def _record_fallback(self, func, args, kwargs, out):
+        """An op kiln has no lowering for runs eagerly inside the compiled program: its tensor
+        operands become graph values, everything else in its arguments is kept as recorded (those
+        values derive from guarded arguments, shapes, or constants)."""
+        tensors = []
+
+        def template(x):
+            if isinstance(x, torch.Tensor):
+                tensors.append(x)
+                return _Slot(len(tensors) - 1)
+            if isinstance(x, (list, tuple)):
+                return type(x)(template(y) for y in x)
+            if isinstance(x, dict):
+                return {k: template(v) for k, v in x.items()}
+            return x
+
+        targs, tkwargs = template(tuple(args)), template(dict(kwargs))
+        results = list(out) if isinstance(out, (tuple, list)) else [out]
+        if not results or not all(isinstance(t, torch.Tensor) for t in results):
+            raise CaptureFailed(f"kiln has no lowering for {func}, and it returns {type(out).__name__}", op=str(func))
+        for t in results:
+            if t.layout != torch.strided:
+                raise CaptureFailed(f"{func} returns a {t.layout} tensor", op=str(func))
+        vids = [self.value_of(t) for t in tensors]
+        index = len(self.fallbacks)
+        self.fallbacks.append(_Fallback(func, targs, tkwargs))
+        res = self.builder.add_fallback(index, vids, [self.dtype_name(t.dtype) for t in results],
+                                        [list(t.shape) for t in results], [list(t.stride()) for t in results])
+        for t, vid in zip(results, res):
+            self.values[id(t)] = vid
+            self.keep.append(t)
+
     def _bind_result(self, t, vid):
         self.builder.check(vid, self.dtype_name(t.dtype), list(t.shape))
-        self.builder.set_layout(vid, list(t.stride()))
+        strides = list(t.stride())
+        old = self.layouts.get(vid)
+        if old is not None and _layout_key(t.shape, old) != _layout_key(t.shape, strides):
+            # The handler returned a value already recorded with another layout (clone or
+            # contiguous() of a transposed value): give this tensor a value of its own, or its
+            # layout would overwrite the first one's (an output then came back with the strides
+            # of a copy made from it, or contiguous() returned a transposed tensor).
+            vid = self.builder.call("copy", [(0, vid)], [], [], "", 0)
+        if vid not in self.layouts:
+            self.builder.set_layout(vid, strides)
+            self.layouts[vid] = strides
         self.values[id(t)] = vid
         self.keep.append(t)
 

@@ -548,3 +548,67 @@ def test_module_attribute_is_guarded():
         m.act.eval()  # a submodule's training flag
         call_and_compare(cm, m, x)
     assert kiln.counters()["captures"] == 4
+
+
+class Scaler:
+    """A plain object (not a Module) whose bound method is compiled."""
+
+    def __init__(self):
+        self.k = 2.0
+        self.w = torch.linspace(-1, 1, 5)
+
+    def scale(self, x):
+        return x * self.k + 1
+
+    def weigh(self, x):
+        return x * self.w
+
+
+def test_bound_method_attribute_is_guarded():
+    obj = Scaler()
+    f = kiln.compile(obj.scale)
+    x = make_input((4, 5))
+    call_and_compare(f, obj.scale, x)
+    call_and_compare(f, obj.scale, x)
+    obj.k = 3.0
+    call_and_compare(f, obj.scale, x)
+    assert kiln.counters()["captures"] == 2
+
+
+def test_bound_method_tensor_attribute_is_reread():
+    obj = Scaler()
+    f = kiln.compile(obj.weigh)
+    x = make_input((4, 5))
+    call_and_compare(f, obj.weigh, x)
+    call_and_compare(f, obj.weigh, x)
+    obj.w.mul_(-3)
+    call_and_compare(f, obj.weigh, x)
+    obj.w = make_input((5,))
+    call_and_compare(f, obj.weigh, x)
+    assert kiln.counters()["cache_hits"] >= 2
+
+
+def test_compiled_module_forward_method():
+    m = Affine()
+    f = kiln.compile(m.forward)
+    x = make_input((4, 5))
+    with torch.no_grad():
+        call_and_compare(f, m, x)
+        m.scale.mul_(2)
+        call_and_compare(f, m, x)
+        m.eval()
+        call_and_compare(f, m, x)
+    assert kiln.counters()["captures"] == 2 and kiln.counters()["cache_hits"] == 1
+
+
+def test_unguardable_argument_types_run_correctly():
+    import numpy as np
+    g = lambda x, s: x.reshape(s) * 2
+    f = kiln.compile(g)
+    x = make_input((6,))
+    for s in (torch.Size([2, 3]), torch.Size([3, 2]), torch.Size([2, 3])):
+        call_and_compare(f, g, x, s)
+    h = lambda x, s: x * s
+    fh = kiln.compile(h)
+    for s in (np.float32(2.0), np.float32(3.0)):
+        call_and_compare(fh, h, x, s)

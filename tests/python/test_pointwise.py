@@ -182,13 +182,16 @@ def _assert_zero_signs(compiled, fn, x):
         assert torch.equal(torch.signbit(got), torch.signbit(want)), f"output {i}: sign of zero {got} vs {want}"
 
 
-@pytest.mark.xfail(reason="kiln bug: passes/simplify.cpp CSE merges constant(-0.0) with constant(0.0) "
-                          "(its key compares doubles with ==), so where(v > 0, v, -0.0) returns +0.0",
-                   strict=True)
 def test_negative_zero_constant_kept_apart_from_zero():
     x = torch.tensor([0.0, -0.0, 0.4, -0.4, -0.6, 0.6, -1e-30, 1e-30])
     fn = lambda v: (torch.where(v > 0, v, -0.0), torch.full_like(v, -0.0), v * 0.0)
     _assert_zero_signs(check(fn, (x,)), fn, x)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=dtype_id)
+def test_nan_constant_kept_apart_from_other_constants(dtype):
+    x = make_input((33,), dtype)
+    check(lambda v: (torch.where(v > 0, v, math.nan), v + 2.0), (x,))
 
 
 def _signbit(t):
@@ -331,16 +334,14 @@ def test_python_scalar_operands(dtype):
         xs = [make_input((45, 65), dtype, layout="transposed"), make_input((17,), dtype), make_input((), dtype)]
 
     def fn(*vs):
-        # x*True on a 0-dim tensor: see test_zero_dim_identity_arithmetic_output.
-        return tuple(SCALAR_FNS[n](v) for v in vs for n in names if not (v.dim() == 0 and n == "x*True"))
+        return tuple(SCALAR_FNS[n](v) for v in vs for n in names)
     check(fn, xs)
 
 
-@pytest.mark.xfail(reason="kiln bug: passes/simplify.cpp folds x*1, x/1, x-0 to x when the node has no "
-                          "recorded strides, which a 0-dim output never has; the graph output then is an "
-                          "input and passes/lower_to_loops.cpp fails ('input %0 without a buffer')",
-                   strict=True)
 def test_zero_dim_identity_arithmetic_output():
+    # Regression: simplify folds x*1, x/1, x-0 to x for nodes without recorded strides (every
+    # 0-dim value), so the graph output became the input itself and lowering failed with
+    # "input %0 without a buffer" (fixed in 4c94acf).
     x = make_input((), torch.float32)
     check(lambda v: (v * 1, v / 1, v - 0, v * True), (x,))
 
@@ -423,8 +424,8 @@ def test_pow_int(dtype):
     check(lambda a: (a ** 2, a ** 3, a ** 0, a ** 1, torch.pow(a, 2), a.pow(5)), (x,))
 
 
-@pytest.mark.xfail(reason="kiln bug: integer pow with a tensor exponent is not lowered "
-                          "(passes/lower_to_loops.cpp power(): Unsupported, reported as an internal error)",
+@pytest.mark.xfail(reason="kiln limitation: integer pow with a tensor exponent is not lowered "
+                          "(passes/lower_to_loops.cpp power() raises Unsupported; eager fallback is correct)",
                    strict=True)
 @pytest.mark.parametrize("dtype", INTS, ids=dtype_id)
 def test_pow_int_tensor_exponent(dtype):
@@ -695,10 +696,6 @@ def test_expensive_broadcast_producers(dtype):
     check(lambda a, c: ((a.exp().sin() + c.log()).sigmoid(), a.exp().sin()), (a, c))
 
 
-@pytest.mark.xfail(reason="kiln bug: passes/lower_to_loops.cpp build_store adds an output to an already "
-                          "open kernel of the same domain even when it reads a temporary that a later "
-                          "kernel writes (here c.exp(), materialised for its broadcasting reader), so "
-                          "the second output reads uninitialised memory", strict=True)
 def test_output_joining_open_kernel_after_its_materialised_input():
     a = make_input((45, 1), torch.float32)
     b = make_input((45, 65), torch.float32)
@@ -744,3 +741,14 @@ def test_float64_to_float32_edge_casts():
 def test_none_and_ellipsis_indexing():
     x = make_input((4, 6, 5), torch.float32)
     check(lambda v: (v[None] * 2, v[:, None, ::2] + 1, v[..., None].exp(), v[1, None, 2:4], v[None, ..., 0]), (x,))
+
+
+def test_output_layouts_follow_eager():
+    """Outputs keep eager's strides, also around clone()/contiguous() of non-contiguous values."""
+    x = make_input((6, 7), torch.float32)
+    y = make_input((6,), torch.float32)
+    check(lambda x, y: (lambda s: (s, s.reshape(-1)))(x.abs().t() - y), (x, y))
+    check(lambda x, y: (x.t() * 2).contiguous(), (x, y))
+    check(lambda x, y: ((x.t() * 2).contiguous(), x.t() * 2), (x, y))
+    check(lambda x, y: (x.t().contiguous(), x.t().clone() + 1, x.t().clone()), (x, y))
+    check(lambda x, y: (x.t() - y).clone(memory_format=torch.contiguous_format), (x, y))

@@ -1,0 +1,180 @@
+/// \file bind_cuda.cpp
+/// The CUDA half of `kiln._C`: NVRTC/driver discovery, `cuda_codegen` (source + PTX without a
+/// GPU) and `CudaProgram` (compiled kernels run on device pointers PyTorch allocated).
+/// kiln_module.cpp calls define_cuda(m) after registering GraphBuilder; kiln's own exceptions
+/// (Unsupported, InternalError) reach Python through the translators registered there.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "capture/graph_builder.h"
+#include "codegen_cuda/nvrtc_compiler.h"
+#include "passes/pipeline.h"
+#include "runtime/cuda_driver.h"
+#include "runtime/cuda_program.h"
+#include "support/config.h"
+#include "support/error.h"
+
+namespace py = pybind11;
+using namespace kiln;
+
+namespace {
+
+passes::PassOptions pass_options() {
+  passes::PassOptions opts;
+  opts.verify = knob_bool("verify");
+  opts.log_ir = log_enabled("ir");
+  opts.log_fusion = log_enabled("fusion");
+  return opts;
+}
+
+/// Compute capability to compile for: the device's when there is one, else 90 (sm_90).
+int default_arch(int device) {
+  if (device >= 0 && runtime::cuda_available() && device < runtime::cuda_device_count())
+    return runtime::cuda_compute_capability(device);
+  return 90;
+}
+
+std::shared_ptr<runtime::CudaProgram> build(const capture::GraphBuilder& b, int arch, bool want_cubin,
+                                            const std::string& debug_dir) {
+  ir::KernelProgram kp = passes::run_pipeline(b.graph(), pass_options());
+  auto prog = std::make_shared<runtime::CudaProgram>(std::move(kp), arch, want_cubin);
+  if (!debug_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(debug_dir, ec);
+    for (const auto& k : prog->kernels()) {
+      std::ofstream(debug_dir + "/" + k.name + ".cu") << k.source;
+      std::ofstream(debug_dir + "/" + k.name + ".ptx") << k.ptx;
+    }
+    std::ofstream(debug_dir + "/loop_ir.txt") << ir::print(prog->program());
+  }
+  return prog;
+}
+
+py::dict kernel_dict(const runtime::CudaProgram& p, size_t i) {
+  const auto& k = p.kernels()[i];
+  py::dict d;
+  d["name"] = k.name;
+  d["symbol"] = k.name;
+  d["source"] = k.source;
+  d["ptx"] = k.ptx;
+  d["has_cubin"] = !k.cubin.empty();
+  d["loop_ir"] = ir::print(p.program().kernels[i]);
+  d["row"] = k.shape.row;
+  d["block"] = k.shape.block;
+  d["grid"] = k.shape.grid();
+  d["items_per_thread"] = k.shape.items_per_thread;
+  d["may_fail"] = k.shape.may_fail;
+  d["compile_ms"] = k.compile_ms;
+  d["cached"] = k.cached;
+  d["nvrtc_log"] = k.nvrtc_log;
+  return d;
+}
+
+py::list kernel_list(const runtime::CudaProgram& p) {
+  py::list out;
+  for (size_t i = 0; i < p.kernels().size(); ++i) out.append(kernel_dict(p, i));
+  return out;
+}
+
+/// What Python needs to allocate each buffer: kind, leaf/output index, dtype, sizes, strides.
+py::list buffer_list(const runtime::CudaProgram& p) {
+  py::list out;
+  for (const auto& b : p.program().buffers) {
+    const char* kind = b.kind == ir::BufferKind::Input    ? "input"
+                       : b.kind == ir::BufferKind::Output ? "output"
+                       : b.kind == ir::BufferKind::Temp   ? "temp"
+                       : b.kind == ir::BufferKind::Shared ? "shared"
+                                                          : "extern";
+    out.append(py::dict(py::arg("kind") = kind, py::arg("index") = b.index, py::arg("dtype") = ir::dtype_name(b.dtype),
+                        py::arg("sizes") = b.sizes, py::arg("strides") = b.strides,
+                        py::arg("storage_numel") = b.storage_numel()));
+  }
+  return out;
+}
+
+py::list output_list(const runtime::CudaProgram& p) {
+  py::list out;
+  for (const auto& o : p.program().outputs)
+    out.append(py::make_tuple(o.kind == ir::OutputSpec::Kind::Buffer ? "buffer" : "input", o.index));
+  return out;
+}
+
+}  // namespace
+
+namespace kiln::py_bind {
+
+/// Registers the CUDA backend: nvrtc_info, cuda_available, cuda_codegen, CudaProgram, CudaError.
+void define_cuda(py::module_& m) {
+  static py::exception<runtime::CudaError> cuda_error(m, "CudaError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const runtime::CudaError& e) {
+      PyErr_SetString(cuda_error.ptr(), e.what());
+    }
+  });
+
+  m.def("set_nvrtc_search_paths", &cuda::set_nvrtc_search_paths,
+        "Library files or folders to try for libnvrtc before the loader's search (after KILN_NVRTC).");
+  m.def("nvrtc_info", [] {
+    std::string why;
+    bool ok = cuda::nvrtc_available(&why);
+    return py::dict(py::arg("available") = ok, py::arg("path") = cuda::nvrtc_library(),
+                    py::arg("version") = cuda::nvrtc_version(), py::arg("why") = why);
+  });
+  m.def("cuda_available", [] { return runtime::cuda_available(); });
+  m.def("cuda_unavailable_reason", [] {
+    std::string why;
+    runtime::cuda_available(&why);
+    return why;
+  });
+  m.def("cuda_device_info", [](int device) {
+    return py::dict(py::arg("capability") = runtime::cuda_compute_capability(device),
+                    py::arg("multiprocessors") = runtime::cuda_multiprocessor_count(device));
+  });
+  m.def(
+      "cuda_codegen",
+      [](const capture::GraphBuilder& b, int arch, const std::string& debug_dir) {
+        std::shared_ptr<runtime::CudaProgram> prog;
+        {
+          py::gil_scoped_release release;
+          prog = build(b, arch > 0 ? arch : default_arch(-1), /*want_cubin=*/false, debug_dir);
+        }
+        return kernel_list(*prog);
+      },
+      py::arg("builder"), py::arg("arch") = 0, py::arg("debug_dir") = "",
+      "Runs the pass pipeline on the builder's graph, emits and NVRTC-compiles every kernel (no GPU needed). "
+      "arch: compute capability (90 for sm_90; 0: 90). Returns one dict per kernel: name, source, ptx, ...");
+
+  py::class_<runtime::CudaProgram, std::shared_ptr<runtime::CudaProgram>>(m, "CudaProgram")
+      .def(py::init([](const capture::GraphBuilder& b, int device, int arch, const std::string& debug_dir) {
+             int a = arch > 0 ? arch : default_arch(device);
+             py::gil_scoped_release release;
+             return build(b, a, /*want_cubin=*/true, debug_dir);
+           }),
+           py::arg("builder"), py::arg("device") = 0, py::arg("arch") = 0, py::arg("debug_dir") = "")
+      .def(
+          "run",
+          [](runtime::CudaProgram& p, const std::vector<uint64_t>& ptrs, uint64_t stream, int device) {
+            py::gil_scoped_release release;
+            return p.run(ptrs, stream, device);
+          },
+          py::arg("ptrs"), py::arg("stream") = 0, py::arg("device") = 0,
+          "ptrs: one device pointer per buffer, then the status word (0 allowed when not may_fail). "
+          "Returns False when a kernel met an integer division by zero.")
+      .def("load", [](runtime::CudaProgram& p, int device) { p.load(device); }, py::arg("device") = 0)
+      .def("buffers", &buffer_list)
+      .def("outputs", &output_list)
+      .def("kernels", &kernel_list)
+      .def_property_readonly("may_fail", &runtime::CudaProgram::may_fail)
+      .def_property_readonly("arch", &runtime::CudaProgram::arch)
+      .def_property_readonly("compile_ms", &runtime::CudaProgram::compile_ms)
+      .def_property_readonly("calls", &runtime::CudaProgram::calls)
+      .def_property_readonly("loop_ir", [](const runtime::CudaProgram& p) { return ir::print(p.program()); })
+      .def_property_readonly("fusion_log", [](const runtime::CudaProgram& p) { return p.program().fusion_log; });
+}
+
+}  // namespace kiln::py_bind

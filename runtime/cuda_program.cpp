@@ -1,0 +1,85 @@
+/// \file cuda_program.cpp
+/// Compilation of a program's kernels (emit + NVRTC) and the launch loop.
+#include "runtime/cuda_program.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+
+#include "codegen_cuda/nvrtc_compiler.h"
+#include "support/error.h"
+
+namespace kiln::runtime {
+
+CudaProgram::CudaProgram(ir::KernelProgram program, int arch, bool want_cubin)
+    : program_(std::move(program)), arch_(arch) {
+  // Extern (eager fallback) steps need the caller's callbacks between launches: not yet.
+  KILN_UNSUPPORTED_IF(want_cubin && !program_.externs.empty(),
+                      "the CUDA runtime does not run programs with eager fallback steps yet ({} of them)",
+                      program_.externs.size());
+  auto t0 = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < program_.kernels.size(); ++i) {
+    CudaKernel k;
+    k.name = program_.kernels[i].name;
+    k.source = cuda::emit_cuda_kernel(program_, i, k.name, &k.shape);
+    cuda::CompiledCuda c = cuda::compile_cuda(k.source, k.name, arch, want_cubin);
+    k.ptx = std::move(c.ptx);
+    k.cubin = std::move(c.cubin);
+    k.nvrtc_log = std::move(c.log);
+    k.compile_ms = c.compile_ms;
+    k.cached = c.cached;
+    may_fail_ |= k.shape.may_fail;
+    kernels_.push_back(std::move(k));
+  }
+  compile_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+CudaProgram::~CudaProgram() = default;
+
+const CudaProgram::Loaded& CudaProgram::loaded_for(int device) {
+  CuContext ctx = cuda_current_context(device);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = loaded_.find(ctx);
+  if (it != loaded_.end()) return *it->second;
+  auto l = std::make_unique<Loaded>();
+  for (const CudaKernel& k : kernels_) {
+    // Machine code when we have it: loading PTX needs a driver at least as new as NVRTC.
+    l->modules.push_back(std::make_unique<CudaModule>(k.cubin.empty() ? k.ptx : k.cubin, k.name));
+    l->fns.push_back(l->modules.back()->function(k.name));
+  }
+  return *loaded_.emplace(ctx, std::move(l)).first->second;
+}
+
+void CudaProgram::load(int device) { loaded_for(device); }
+
+bool CudaProgram::run(const std::vector<uint64_t>& ptrs, uint64_t stream_handle, int device) {
+  KILN_CHECK(ptrs.size() == program_.buffers.size() + 1, "CudaProgram::run with {} pointers for {} buffers + status",
+             ptrs.size(), program_.buffers.size());
+  const Loaded& l = loaded_for(device);
+  CuStream stream = reinterpret_cast<CuStream>(static_cast<uintptr_t>(stream_handle));
+  uint64_t status = ptrs.back();
+  if (may_fail_) {
+    KILN_CHECK(status != 0, "a program that can fail needs a status word");
+    cuda_memset32(status, 0, 1, stream, "clearing kiln's status word");
+  }
+  std::vector<uint64_t> values;
+  std::vector<void*> args;
+  for (size_t k = 0; k < kernels_.size(); ++k) {
+    const CudaKernel& kern = kernels_[k];
+    int64_t grid = kern.shape.grid();
+    if (grid == 0) continue;
+    values.clear();
+    for (int b : kern.shape.buffers) values.push_back(ptrs[b]);
+    values.push_back(status);
+    args.clear();
+    for (auto& v : values) args.push_back(&v);
+    cuda_launch(l.fns[k], grid, kern.shape.block, args.data(), stream, kern.name);
+  }
+  ++calls_;
+  if (!may_fail_) return true;
+  int32_t flag = 0;
+  cuda_read_sync(&flag, status, sizeof flag, stream, "reading kiln's status word");
+  return flag == 0;
+}
+
+}  // namespace kiln::runtime
