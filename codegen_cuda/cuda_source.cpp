@@ -31,6 +31,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -712,14 +713,13 @@ class KernelEmitter {
     for (const auto& a : vstores)
       vec_text += fmt::format("      alignas(16) {} {}[{}];\n", mem_type(p_.buffers[a.buffer].dtype), a.array, kVec);
     open_scope("        ");
-    line(fmt::format("const long long {} = {} + j;", var_name(v), v0));
     bind_var(v, var_name(v), level());
     for (const auto& a : vloads) overrides_[a.load] = a.array + "[j]";
     for (size_t i = 0; i < ph.stores.size(); ++i) store_overrides_[&ph.stores[i]] = vstores[i].array + "[j]";
     for (const Store& st : ph.stores) emit_store(st);
     overrides_.clear();
     store_overrides_.clear();
-    std::string vec_body = close_scope();
+    std::string vec_body = with_element_var(close_scope(), v, v0, "        ");
     vec_text += "#pragma unroll\n";
     vec_text += fmt::format("      for (int j = 0; j < {}; ++j) {{\n{}      }}\n", kVec, vec_body);
     for (size_t i = 0; i < vstores.size(); ++i)
@@ -727,10 +727,9 @@ class KernelEmitter {
 
     // Scalar path: the tail, or addresses a view left unaligned.
     open_scope("        ");
-    line(fmt::format("const long long {} = {} + j;", var_name(v), v0));
     bind_var(v, var_name(v), level());
     for (const Store& st : ph.stores) emit_store(st);
-    std::string scalar_body = close_scope();
+    std::string scalar_body = with_element_var(close_scope(), v, v0, "        ");
 
     scopes_[1].text += "    if (vec) {\n" + vec_text + "    } else {\n";
     scopes_[1].text += fmt::format("      for (int j = 0; j < {} && base + j < n; ++j) {{\n{}      }}\n", kVec, scalar_body);
@@ -741,6 +740,21 @@ class KernelEmitter {
                      kVec));
     scopes_[0].text += chunk;
     line("}");
+  }
+
+  /// Declares the element's own variable (chunk start + j) in front of `body`, if it reads it.
+  static std::string with_element_var(const std::string& body, Expr v, const std::string& v0,
+                                      const std::string& indent) {
+    std::string name = var_name(v);
+    bool used = false;
+    for (size_t at = body.find(name); at != std::string::npos && !used; at = body.find(name, at + 1)) {
+      char after = at + name.size() < body.size() ? body[at + name.size()] : ' ';
+      char before = at > 0 ? body[at - 1] : ' ';
+      used = !std::isalnum(static_cast<unsigned char>(after)) && after != '_' &&
+             !std::isalnum(static_cast<unsigned char>(before)) && before != '_';
+    }
+    if (!used) return body;
+    return fmt::format("{}const long long {} = {} + j;\n", indent, name, v0) + body;
   }
 
   // ---- row kernels ----------------------------------------------------------------------------

@@ -85,6 +85,20 @@ std::vector<std::string> candidates() {
   return out;
 }
 
+/// libnvrtc opens libnvrtc-builtins.so.<version> by bare name at its first compile, which the
+/// loader finds only on its search path; the wheel keeps it beside libnvrtc. Opening it first
+/// from there makes that later open find it already loaded.
+void preload_builtins(const std::string& nvrtc_path) {
+  auto slash = nvrtc_path.rfind('/');
+  if (slash == std::string::npos) return;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(nvrtc_path.substr(0, slash), ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind("libnvrtc-builtins.so", 0) == 0 && name.find(".alt") == std::string::npos)
+      dlopen(entry.path().c_str(), RTLD_NOW | RTLD_GLOBAL);
+  }
+}
+
 template <class F>
 bool bind(void* h, const char* name, F* fn) {
   *fn = reinterpret_cast<F>(dlsym(h, name));
@@ -96,6 +110,7 @@ Nvrtc* open_nvrtc_locked() {
   auto* n = new Nvrtc();
   std::string tried;
   for (const auto& path : candidates()) {
+    preload_builtins(path);
     void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!h) {
       const char* e = dlerror();

@@ -31,6 +31,10 @@ _C.set_torch_handles(torch.empty_strided,
 
 _live = weakref.WeakSet()
 
+from . import dynamo_backend as _dynamo_backend  # noqa: E402
+
+_dynamo_backend.register()
+
 
 def compile(fn=None, *, backend="kiln", fullgraph=False, dynamic=None):
     """Compiles a function or an nn.Module. Usable as `compile(f)`, `@compile` and

@@ -47,11 +47,14 @@ def kernels(f):
 
 
 def codegen(fn, *example_args, target="cpu", **example_kwargs):
-    """Compiles `fn` for `target` on example arguments and returns its kernels without keeping
-    the compiled function. Only target='cpu' exists so far; the CUDA backend is not built yet."""
+    """Compiles `fn` for `target` ('cpu' or 'cuda') on example arguments and returns its kernels
+    without keeping the compiled function. target='cuda' needs no GPU: the example arguments may
+    be CPU tensors, and every kernel is compiled to PTX by NVRTC (see kiln._cuda)."""
+    if target == "cuda":
+        from ._cuda import codegen_cuda
+        return codegen_cuda(fn, *example_args, **example_kwargs)
     if target != "cpu":
-        raise NotImplementedError(f"kiln.codegen: target {target!r} is not available in this build "
-                                  "(the CUDA backend is not implemented yet)")
+        raise ValueError(f"kiln.codegen: unknown target {target!r} (expected 'cpu' or 'cuda')")
     from ._compile import CompiledFunction
     f = CompiledFunction(fn)
     f(*example_args, **example_kwargs)

@@ -1,0 +1,280 @@
+"""The CUDA backend's Python side: finding NVRTC, kiln.codegen(..., target="cuda"), and running
+compiled programs on CUDA tensors.
+
+    kernels = kiln.codegen(fn, *example_args, target="cuda")   # no GPU needed (NVRTC -> PTX)
+    kernels[0].source   # CUDA C++ of the first kernel;  kernels[0].asm: its PTX
+
+Run path (wired into _compile.py for captures whose tensors live on a CUDA device):
+
+    entry = compile_cuda_entry(tracer)        # kernels compiled and loaded for the device
+    outs = entry(full_leaves)                  # list of outputs, or False (see below)
+    native = CudaEntry(guards, entry)          # same protocol as _C.Entry: (full, grad) ->
+                                               #   None on a guard miss, False, or the outputs
+
+`full_leaves` is the call's leaf list as _C.Entry receives it (arguments, captured tensors,
+guarded values). Outputs and temporaries are allocated with PyTorch's allocator on the device
+(torch.empty_strided), and the kernels are launched on PyTorch's current stream. A result of
+False means a kernel met an integer division by zero: the call must be rerun eagerly, which
+raises PyTorch's own error (the same protocol as the CPU backend).
+
+NVRTC is opened at first use from, in order: $KILN_NVRTC, the nvidia-cuda-nvrtc wheel found on
+sys.path (nvidia/cu13/lib, nvidia/cuda_nvrtc/lib), the loader's search, /usr/local/cuda/lib64.
+"""
+
+import glob
+import os
+import site
+import sys
+
+import torch
+
+from . import _C
+from ._flatten import flatten
+from ._trace import NAME_DTYPES, trace
+
+__all__ = ["HAVE_CUDA_BACKEND", "cuda_status", "codegen_cuda", "compile_cuda_entry", "CudaEntry", "CudaKernel",
+           "CudaRunner", "is_cuda_trace", "nvrtc_search_paths"]
+
+#: kiln._C was built with the CUDA backend (KILN_CUDA) and registers it.
+HAVE_CUDA_BACKEND = hasattr(_C, "cuda_codegen")
+
+# Folders of the PyPI wheels that ship libnvrtc (CUDA 13 first, then CUDA 12's layout).
+_WHEEL_LIB_DIRS = ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib")
+
+
+def nvrtc_search_paths():
+    """libnvrtc files of the nvidia-cuda-nvrtc wheel, wherever sys.path and site-packages reach."""
+    roots = list(sys.path)
+    try:
+        roots += site.getsitepackages() + [site.getusersitepackages()]
+    except AttributeError:  # some virtualenvs' site module lacks them
+        pass
+    found = []
+    for root in roots:
+        if not root or not os.path.isdir(root):
+            continue
+        for sub in _WHEEL_LIB_DIRS:
+            # libnvrtc.so.13 / libnvrtc.so.12 (the builtins and .alt variants are not the library)
+            for path in sorted(glob.glob(os.path.join(root, sub, "libnvrtc.so*"))):
+                name = os.path.basename(path)
+                if name.startswith("libnvrtc.so") and path not in found:
+                    found.append(path)
+    return found
+
+
+if HAVE_CUDA_BACKEND:
+    _C.set_nvrtc_search_paths(nvrtc_search_paths())
+
+
+def cuda_status():
+    """What kiln can do with CUDA here: {'backend', 'nvrtc', 'nvrtc_path', 'nvrtc_version',
+    'driver', 'reason'} (reason says why what is False is False)."""
+    if not HAVE_CUDA_BACKEND:
+        return {"backend": False, "nvrtc": False, "nvrtc_path": "", "nvrtc_version": 0, "driver": False,
+                "reason": "kiln was built without the CUDA backend (KILN_CUDA=OFF)"}
+    info = _C.nvrtc_info()
+    driver = _C.cuda_available()
+    reasons = []
+    if not info["available"]:
+        reasons.append(info["why"])
+    if not driver:
+        reasons.append(_C.cuda_unavailable_reason())
+    return {"backend": True, "nvrtc": info["available"], "nvrtc_path": info["path"],
+            "nvrtc_version": info["version"], "driver": driver, "reason": "; ".join(reasons)}
+
+
+def _require_backend():
+    if not HAVE_CUDA_BACKEND:
+        raise _C.Unsupported("kiln was built without the CUDA backend (KILN_CUDA=OFF)")
+
+
+def _default_arch(device=None):
+    """Compute capability to compile for: the GPU's when there is one, else 90 (sm_90)."""
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        return major * 10 + minor
+    return 90
+
+
+class CudaKernel:
+    """One generated CUDA kernel: .name, .target ('cuda'), .source (CUDA C++), .asm / .ptx (PTX),
+    .loop_ir, .block / .grid / .row (launch shape), .time_ns (0: not profiled)."""
+
+    def __init__(self, info):
+        self.name = info["name"]
+        self.symbol = info["symbol"]
+        self.target = "cuda"
+        self.source = info["source"]
+        self.ptx = info["ptx"]
+        self.asm = info["ptx"]
+        self.loop_ir = info["loop_ir"]
+        self.block = info["block"]
+        self.grid = info["grid"]
+        self.row = info["row"]
+        self.may_fail = info["may_fail"]
+        self.compile_ms = info["compile_ms"]
+        self.time_ns = info.get("time_ns", 0)
+
+    def __repr__(self):
+        return f"<kiln.Kernel {self.name} (cuda)>"
+
+
+def _trace_for_codegen(fn, args, kwargs):
+    from ._compile import _captured_candidates
+    module = fn if isinstance(fn, torch.nn.Module) else None
+    leaves = []
+    flatten((args, kwargs), leaves)
+    arg_count = len(leaves)
+    candidates = _captured_candidates(fn.forward if module is not None else fn, module)
+    result, tracer = trace(fn, args, kwargs, list(leaves), candidates)
+    if tracer.failure is not None:
+        f = tracer.failure
+        raise _C.Unsupported(f"kiln.codegen: the function cannot be captured: {f.reason} (at {f.location})")
+    res_leaves = []
+    flatten(result, res_leaves)
+    tracer.outputs(res_leaves, arg_count)
+    return tracer
+
+
+def codegen_cuda(fn, *example_args, arch=None, **example_kwargs):
+    """Traces `fn` on the example arguments (CPU, meta or CUDA tensors: the ops run for real once)
+    and compiles every kernel of its program to PTX with NVRTC for compute capability `arch`
+    (default: the GPU's, else 90). Needs no GPU. Returns a list of CudaKernel; raises
+    kiln.Unsupported when the function cannot be captured or NVRTC is missing."""
+    _require_backend()
+    tracer = _trace_for_codegen(fn, example_args, example_kwargs)
+    infos = _C.cuda_codegen(tracer.builder, int(arch or _default_arch()))
+    return [CudaKernel(info) for info in infos]
+
+
+class _Buffer:
+    __slots__ = ("kind", "index", "dtype", "sizes", "strides", "numel")
+
+    def __init__(self, d):
+        self.kind = d["kind"]
+        self.index = d["index"]
+        self.dtype = NAME_DTYPES[d["dtype"]]
+        self.sizes = tuple(d["sizes"])
+        self.strides = tuple(d["strides"])
+        self.numel = d["storage_numel"]
+
+
+class CudaRunner:
+    """A compiled program bound to one CUDA device: `runner(full_leaves)` allocates outputs and
+    temporaries with PyTorch's allocator, launches every kernel on the current stream and returns
+    the outputs (False when a kernel flagged an integer division by zero).
+
+    It also answers what kiln.kernels and the debug paths ask a CPU Program: kernels(),
+    kernel_asm(symbol), loop_ir, fusion_log, timings, dump_error, compile_ms, calls."""
+
+    target = "cuda"
+
+    def __init__(self, builder, device, debug_dir=""):
+        self.device = torch.device("cuda", device)
+        self._index = device
+        self._prog = _C.CudaProgram(builder, device, 0, debug_dir)
+        self._prog.load(device)  # a module that does not load fails here, at capture time
+        self._bufs = [_Buffer(b) for b in self._prog.buffers()]
+        self._outputs = self._prog.outputs()
+        self._may_fail = self._prog.may_fail
+        self._status = None
+        self.graph = builder.print()
+        self.dump_error = ""
+        self.timings = [f"cuda (emit + nvrtc, {len(self._prog.kernels())} kernels): {self._prog.compile_ms:.3f} ms"]
+
+    def __call__(self, leaves):
+        dev = self.device
+        ptrs = []
+        keep = {}
+        for i, b in enumerate(self._bufs):
+            if b.kind == "input":
+                t = leaves[b.index]
+                if t.device != dev:
+                    raise _C.Unsupported(f"kiln: input {b.index} is on {t.device}, the program on {dev}")
+            elif b.kind == "output":
+                t = torch.empty_strided(b.sizes, b.strides, dtype=b.dtype, device=dev)
+            else:  # a temporary: storage only (freed after the call, stream-ordered by PyTorch)
+                t = torch.empty(b.numel, dtype=b.dtype, device=dev)
+            keep[i] = t
+            ptrs.append(t.data_ptr())
+        status = 0
+        if self._may_fail:
+            st = torch.empty(1, dtype=torch.int32, device=dev)
+            keep[-1] = st
+            status = st.data_ptr()
+        ptrs.append(status)
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        if not self._prog.run(ptrs, stream, self._index):
+            return False
+        return [keep[idx] if kind == "buffer" else leaves[idx] for kind, idx in self._outputs]
+
+    # -- what kiln.kernels / _compile.py read from a Program ----------------------------------
+    def kernels(self):
+        out = []
+        for info in self._prog.kernels():
+            info = dict(info)
+            info["time_ns"] = 0
+            out.append(info)
+        return out
+
+    def kernel_asm(self, symbol):
+        for info in self._prog.kernels():
+            if info["symbol"] == symbol:
+                return info["ptx"]
+        return ""
+
+    @property
+    def loop_ir(self):
+        return self._prog.loop_ir
+
+    @property
+    def fusion_log(self):
+        return self._prog.fusion_log
+
+    @property
+    def compile_ms(self):
+        return self._prog.compile_ms
+
+    @property
+    def calls(self):
+        return self._prog.calls
+
+    def set_profiling(self, on):
+        pass  # per-kernel CUDA timing is not implemented yet
+
+
+def compile_cuda_entry(tracer, debug_dir=""):
+    """Compiles a finished trace whose tensors live on one CUDA device (emit, NVRTC for that
+    device's architecture, module load) and returns a CudaRunner: runner(full_leaves) -> list of
+    outputs, or False when a kernel met an integer division by zero (rerun eagerly). Raises
+    kiln.Unsupported when the program cannot run on CUDA (NVRTC missing, a CPU tensor among the
+    inputs, eager fallback steps) so the caller falls back to eager with the reason."""
+    _require_backend()
+    devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
+    cuda_devices = {d for d in devices if d.type == "cuda"}
+    if len(cuda_devices) != 1 or len(devices) != 1:
+        raise _C.Unsupported(f"kiln: a CUDA program needs every tensor on one CUDA device, got {sorted(map(str, devices))}")
+    device = next(iter(cuda_devices))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if not _C.cuda_available():
+        raise _C.Unsupported("kiln: CUDA is unavailable: " + _C.cuda_unavailable_reason())
+    return CudaRunner(tracer.builder, index, debug_dir)
+
+
+class CudaEntry:
+    """A guarded compiled CUDA program with _C.Entry's calling protocol: entry(full, grad) ->
+    None on a guard miss, False when eager must redo the call, else the list of outputs."""
+
+    def __init__(self, guards, runner):
+        self.guards = guards
+        self.program = runner
+
+    def __call__(self, full, grad):
+        if not self.guards.check(full, grad):
+            return None
+        return self.program(full)
+
+
+def is_cuda_trace(tracer):
+    """True when the traced tensors live on a CUDA device (the capture then compiles for CUDA)."""
+    return any(isinstance(t, torch.Tensor) and t.device.type == "cuda" for t in tracer.leaves)

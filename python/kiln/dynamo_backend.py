@@ -1,0 +1,25 @@
+"""kiln as a torch.compile backend: `torch.compile(fn, backend="kiln")`.
+
+Dynamo captures the Python function into an FX GraphModule (handling Python control flow with
+its own guards and graph breaks); kiln then compiles each GraphModule the same way it compiles
+a user function: its first call runs under kiln's tracer, which feeds every ATen op of the FX
+graph into the same GraphBuilder, and later calls run the fused kernels. Registered through the
+standard `torch_dynamo_backends` entry point and, as a fallback, on `import kiln`.
+"""
+
+from ._compile import CompiledFunction
+
+
+def kiln_backend(gm, example_inputs):
+    """Dynamo backend entry: returns a callable equivalent to `gm`."""
+    return CompiledFunction(gm.forward, module=gm)
+
+
+def register():
+    """Makes backend="kiln" known to torch.compile even without the installed entry point."""
+    try:
+        from torch._dynamo import list_backends, register_backend
+        if "kiln" not in list_backends(exclude_tags=()):
+            register_backend(kiln_backend, name="kiln")
+    except Exception:  # noqa: BLE001 - an older torch without Dynamo: the kiln.compile door stays
+        pass
