@@ -637,7 +637,7 @@ class KernelEmitter {
     open_scope("    ");
     decode(k_.loops, "e", "rem");
     for (const Phase& ph : k_.phases) emit_single_phase(ph, "");
-    std::string body = close_scope();
+    std::string body = prune_unused(close_scope(), k_.loops);
     line("for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (long long)gridDim.x * blockDim.x) {");
     scopes_[0].text += body;
     line("}");
@@ -734,7 +734,7 @@ class KernelEmitter {
     scopes_[1].text += "    if (vec) {\n" + vec_text + "    } else {\n";
     scopes_[1].text += fmt::format("      for (int j = 0; j < {} && base + j < n; ++j) {{\n{}      }}\n", kVec, scalar_body);
     scopes_[1].text += "    }\n";
-    std::string chunk = close_scope();
+    std::string chunk = prune_unused(close_scope(), k_.loops);
     line(fmt::format("for (long long base = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * {0}; base < n;"
                      " base += (long long)gridDim.x * blockDim.x * {0}) {{",
                      kVec));
@@ -742,19 +742,40 @@ class KernelEmitter {
     line("}");
   }
 
+  /// How often the identifier `name` occurs in `text` as a whole word.
+  static int uses(const std::string& text, const std::string& name) {
+    int n = 0;
+    auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+    for (size_t at = text.find(name); at != std::string::npos; at = text.find(name, at + 1)) {
+      char after = at + name.size() < text.size() ? text[at + name.size()] : ' ';
+      char before = at > 0 ? text[at - 1] : ' ';
+      n += !word(after) && !word(before);
+    }
+    return n;
+  }
+
+  /// Drops the declarations of `loops`' variables that `body` never reads (a reduction over a
+  /// row often needs only the flat index), so the source compiles without warnings.
+  static std::string prune_unused(const std::string& body, const std::vector<Loop>& loops) {
+    std::string out = body;
+    for (const Loop& l : loops) {
+      std::string name = var_name(l.var);
+      if (uses(out, name) != 1) continue;
+      size_t at = out.find("const long long " + name + " = ");
+      if (at == std::string::npos) continue;
+      size_t start = out.rfind('\n', at);
+      start = start == std::string::npos ? 0 : start + 1;
+      size_t end = out.find('\n', at);
+      out.erase(start, end == std::string::npos ? std::string::npos : end - start + 1);
+    }
+    return out;
+  }
+
   /// Declares the element's own variable (chunk start + j) in front of `body`, if it reads it.
   static std::string with_element_var(const std::string& body, Expr v, const std::string& v0,
                                       const std::string& indent) {
-    std::string name = var_name(v);
-    bool used = false;
-    for (size_t at = body.find(name); at != std::string::npos && !used; at = body.find(name, at + 1)) {
-      char after = at + name.size() < body.size() ? body[at + name.size()] : ' ';
-      char before = at > 0 ? body[at - 1] : ' ';
-      used = !std::isalnum(static_cast<unsigned char>(after)) && after != '_' &&
-             !std::isalnum(static_cast<unsigned char>(before)) && before != '_';
-    }
-    if (!used) return body;
-    return fmt::format("{}const long long {} = {} + j;\n", indent, name, v0) + body;
+    if (uses(body, var_name(v)) == 0) return body;
+    return fmt::format("{}const long long {} = {} + j;\n", indent, var_name(v), v0) + body;
   }
 
   // ---- row kernels ----------------------------------------------------------------------------
@@ -827,7 +848,7 @@ class KernelEmitter {
       decode(ph.loops, "r", "rrem");
       for (const Reduction& r : ph.reductions) accumulate(r);
       for (const Store& st : ph.stores) emit_store(st);
-      std::string body = close_scope();
+      std::string body = prune_unused(close_scope(), ph.loops);
       if (unrolled) {
         line("#pragma unroll");
         line(fmt::format("for (int it = 0; it < {}; ++it) {{", items));
@@ -850,7 +871,7 @@ class KernelEmitter {
         finish(r);
       }
     }
-    std::string row = close_scope();
+    std::string row = prune_unused(close_scope(), k_.loops);
     line(fmt::format("for (long long row = blockIdx.x; row < {}LL; row += gridDim.x) {{", shape_.outer_extent));
     scopes_[0].text += row;
     line("}");

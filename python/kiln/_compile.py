@@ -21,36 +21,6 @@ def _log(stage, text):
         print(f"[kiln {stage}] {text}", file=sys.stderr)
 
 
-_MISSING = object()
-
-
-def _value_getters(fn, module):
-    """Getters of the plain Python values a function reads without receiving them: closure
-    cells, referenced globals, and (for modules) every submodule's plain attributes such as
-    `training` or `eps`. Their values are baked into a compiled graph, so they are guarded."""
-    getters = []
-    raw = getattr(fn, "__func__", fn)
-    code = getattr(raw, "__code__", None)
-    for cell in getattr(raw, "__closure__", None) or ():
-        try:
-            v = cell.cell_contents
-        except ValueError:
-            continue
-        if type(v) in _SIMPLE_VALUE_TYPES:
-            getters.append(lambda c=cell: c.cell_contents)
-    g = getattr(raw, "__globals__", None)
-    if g is not None and code is not None:
-        for name in sorted(_code_names(code)):
-            if type(g.get(name, _MISSING)) in _SIMPLE_VALUE_TYPES:
-                getters.append(lambda d=g, n=name: d.get(n, _MISSING))
-    if module is not None:
-        for _, m in module.named_modules():
-            for name, v in vars(m).items():
-                if not name.startswith("_") and type(v) in _SIMPLE_VALUE_TYPES:
-                    getters.append(lambda d=m.__dict__, n=name: d.get(n, _MISSING))
-    return getters
-
-
 def _attr_path_getter(root, path):
     parts = path.split(".")
 
@@ -218,14 +188,13 @@ class CompiledFunction:
         self._entry_count = 0
         self._eager_only = None  # reason, once the cache limit is hit
         self._compiles = 0
-        self._value_getters = None  # set at the first capture
         functools.update_wrapper(self, fn)
 
-    def _state(self):
-        """Global state that changes results, appended to every call's leaves and guarded."""
-        if self._value_getters is None:
-            self._value_getters = _value_getters(self._fn, self._module)
-        return [torch.get_default_dtype()] + [g() for g in self._value_getters]
+    @staticmethod
+    def _state():
+        """Global state that changes results, appended to every call's leaves and guarded (the
+        plain values the function reads are guarded through each entry's getters)."""
+        return [torch.get_default_dtype()]
 
     # -- the per-call path ------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
