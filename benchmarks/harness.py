@@ -348,7 +348,9 @@ def measure(w, repeats, use_inductor, seed=0, min_repeat_s=0.02, log=print,
     # --- kiln: cold compile, counters, correctness (before any timing)
     kf = None
     try:
+        load = CpuLoad()
         kf, kout, r["kiln_cold_s"] = cold_compile("kiln", w.fn, args)
+        r["kiln_cold_bg_cores"] = load.cores()[0]
         r["kiln"] = kiln_status(kf)
         err = check_close(kout, expected)
         r["check"] = "ok" if err is None else "FAIL"
@@ -368,7 +370,9 @@ def measure(w, repeats, use_inductor, seed=0, min_repeat_s=0.02, log=print,
     tf = None
     if use_inductor:
         try:
+            load = CpuLoad()
             tf, tout, r["tc_cold_s"] = cold_compile("inductor", w.fn, args)
+            r["tc_cold_bg_cores"] = load.cores()[0]
             terr = check_close(tout, expected)
             r["tc_check"] = "ok" if terr is None else "differs"
             del tout

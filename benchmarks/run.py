@@ -65,8 +65,8 @@ COLUMNS = [
     ("floor ms", 9, lambda r: _f(r["floor_ms"])),
     ("copy GB/s", 9, lambda r: f"{r['copy_gbps']:.1f}"),
     ("kiln/flr", 8, lambda r: _x(r["kiln_over_floor"])),
-    ("tc cold s", 9, lambda r: _s(r.get("tc_cold_s")) if r.get("tc_cold_s") is not None else _tc_missing(r)),
-    ("kiln cold s", 11, lambda r: _s(r.get("kiln_cold_s"))),
+    ("tc cold s", 9, lambda r: _cold(r, "tc") if r.get("tc_cold_s") is not None else _tc_missing(r)),
+    ("kiln cold s", 11, lambda r: _cold(r, "kiln")),
     ("bg", 5, lambda r: _bg(r.get("bg_load_cores"))),
 ]
 
@@ -75,6 +75,12 @@ BG_WARN = 0.15   # other processes' CPU use (in cores) above which a row is mark
 
 def _bg(v):
     return "?" if v is None else f"{v:.2f}" + ("!" if v > BG_WARN else "")
+
+
+def _cold(r, side):
+    """Cold compile seconds, with '!' when other processes were busy during that single call."""
+    v, bg = r.get(f"{side}_cold_s"), r.get(f"{side}_cold_bg_cores")
+    return _s(v) + ("!" if v is not None and bg is not None and bg > BG_WARN else "")
 
 
 def _tc_missing(r):

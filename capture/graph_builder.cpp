@@ -211,6 +211,12 @@ void GraphBuilder::set_layout(int id, const Sizes& strides) {
   if (n.op != OpKind::Input) n.strides = strides;
 }
 
+void GraphBuilder::set_input_index(int id, int index) {
+  Node& n = graph_.nodes.at(id);
+  KILN_CHECK(n.op == OpKind::Input, "set_input_index on %{} ({})", id, op_name(n.op));
+  n.attrs.int_value = index;
+}
+
 void GraphBuilder::set_outputs(const std::vector<int>& ids) {
   for (int id : ids) KILN_CHECK(id >= 0 && static_cast<size_t>(id) < graph_.nodes.size(), "output id");
   graph_.outputs = ids;

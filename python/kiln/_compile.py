@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from . import _C, _counters
+from . import _C, _counters, _segments
 from ._flatten import flatten, unflatten
 from ._trace import CaptureFailed, trace
 
@@ -141,6 +141,14 @@ def _plain_value_sources(fn, module):
     return out
 
 
+def _segment_result(result, outs, full):
+    out_specs, result_spec = result
+    vals = []
+    for s in out_specs:
+        vals.append(outs[s[1]][s[2]] if s[0] == "seg" else full[s[1]] if s[0] == "input" else s[1])
+    return unflatten(result_spec, vals)[0]
+
+
 def _build_guards(leaves, grad):
     gs = _C.GuardSet()
     gs.set_leaf_count(len(leaves))
@@ -166,6 +174,7 @@ class _Entry:
         self.getters = getters
         self.program = program
         self.fallbacks = fallbacks or []
+        self.tree = None  # set for a tree of segments (graph breaks)
         self.native = _C.Entry(guards, program, list(self.fallbacks)) if program is not None else None
         self.out_specs = out_specs
         self.result_spec = result_spec
@@ -207,6 +216,18 @@ class CompiledFunction:
         state = self._state()
         for entry in self._entries.get(spec, ()):
             full = leaves + [g() for g in entry.getters] + state if entry.getters else leaves + state
+            if entry.tree is not None:
+                out = entry.tree.run(full, grad)
+                if out is None:
+                    continue
+                if out is _segments.DEEP_MISS:
+                    return self._miss(args, kwargs, leaves, spec, grad, state, tree_entry=entry)
+                if out is False:
+                    _counters.record_eager("a compiled segment failed (e.g. integer division by zero)")
+                    return self._fn(*args, **kwargs)
+                _counters.bump("cache_hits")
+                outs, leaf = out
+                return _segment_result(leaf.result, outs, full)
             if entry.native is None:
                 if entry.guards.check(full, grad):
                     _counters.record_eager(entry.reason)
@@ -233,7 +254,7 @@ class CompiledFunction:
         return unflatten(entry.result_spec, vals)[0]
 
     # -- capture ----------------------------------------------------------------------------
-    def _miss(self, args, kwargs, leaves, spec, grad, state):
+    def _miss(self, args, kwargs, leaves, spec, grad, state, tree_entry=None):
         limit = int(_C.knob("cache_limit") or 8)
         if self._entry_count >= limit:
             self._eager_only = f"more than {limit} variants (KILN_CACHE_LIMIT); running eagerly"
@@ -286,6 +307,12 @@ class CompiledFunction:
             self._add_entry(spec, _Entry(_build_guards(full, grad), getters, reason=failure.reason,
                                          failure=failure))
             return result
+        if len(tracer.segments) > 1:
+            return self._add_path(spec, tracer, full, grad, getters, out_specs, result_spec, result, tree_entry)
+        # One segment: its outputs are the result's tensors.
+        seg = tracer.segments[0]
+        seg.builder.set_outputs(seg.needed)
+        out_specs = [("graph", seg.needed.index(s[2])) if s[0] == "seg" else s for s in out_specs]
         _log("graph", f"{self.__name__}:\n{tracer.builder.print()}")
         # One directory per compiled variant, named before _compiles counts it: the extras
         # written after compiling used to go to the next variant's (missing) directory.
@@ -313,6 +340,37 @@ class CompiledFunction:
         _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
         _log("kernels", f"{self.__name__}:\n{program.loop_ir}")
         self._write_debug_extras(entry, debug_dir)
+        return result
+
+    def _add_path(self, spec, tracer, full, grad, getters, out_specs, result_spec, result, tree_entry):
+        """Merges a trace with graph breaks into the tree of its specialisation (a new tree when
+        none matches) and compiles the segments that changed."""
+        breaks = sum(len(seg.reads) for seg in tracer.segments)
+        _counters.bump("graph_breaks", breaks)
+        _log("breaks", f"{self.__name__}: {breaks} value(s) read into Python; {len(tracer.segments)} segments")
+        entry = tree_entry
+        if entry is None:
+            entry = _Entry(_build_guards(full, grad), getters)
+            entry.tree = _segments.Tree(entry.guards, len(full), grad)
+            self._add_entry(spec, entry)
+        else:
+            self._entry_count += 1  # a new path counts as a variant for the cache limit
+        try:
+            dirty = entry.tree.merge(tracer, out_specs, result_spec)
+            for node in dirty:
+                entry.tree.compile(node, self._debug_dir())
+                self._compiles += 1
+        except (_segments.NondeterministicTrace, _C.Unsupported, _C.InternalError, RuntimeError) as e:
+            # The tree cannot be trusted for this specialisation: run it eagerly from now on.
+            reason = f"graph-break segments could not be compiled: {e}"
+            entry.tree = None
+            entry.native = None
+            entry.reason = reason
+            entry.failure = CaptureFailed(reason, location="(segments)")
+            _counters.record_failure(entry.failure)
+            return result
+        for fb in tracer.fallbacks:
+            _counters.record_fallback_op(str(fb))
         return result
 
     def _eager_entry(self, args, kwargs, full, spec, grad, getters, reason, failure=None):
@@ -345,7 +403,14 @@ class CompiledFunction:
 
     # -- inspection -------------------------------------------------------------------------
     def compiled_programs(self):
-        return [e.program for es in self._entries.values() for e in es if e.program is not None]
+        out = []
+        for es in self._entries.values():
+            for e in es:
+                if e.program is not None:
+                    out.append(e.program)
+                elif e.tree is not None:
+                    out.extend(e.tree.programs())
+        return out
 
     def entries(self):
         return [e for es in self._entries.values() for e in es]

@@ -7,6 +7,7 @@ compiled programs on CUDA tensors.
 Run path (wired into _compile.py for captures whose tensors live on a CUDA device):
 
     entry = compile_cuda_entry(tracer)        # kernels compiled and loaded for the device
+                                               # (or compile_cuda_entry(builder, device))
     outs = entry(full_leaves)                  # list of outputs, or False (see below)
     native = CudaEntry(guards, entry)          # same protocol as _C.Entry: (full, grad) ->
                                                #   None on a guard miss, False, or the outputs
@@ -133,6 +134,12 @@ def _trace_for_codegen(fn, args, kwargs):
     res_leaves = []
     flatten(result, res_leaves)
     tracer.outputs(res_leaves, arg_count)
+    segments = getattr(tracer, "segments", None)
+    if segments is not None:  # a trace split by graph breaks: one graph per segment
+        if len(segments) > 1:
+            raise _C.Unsupported("kiln.codegen: the function reads a tensor's value into Python (a graph break); "
+                                 "codegen compiles straight-line functions only")
+        segments[0].builder.set_outputs(list(segments[0].needed))
     return tracer
 
 
@@ -177,7 +184,7 @@ class CudaRunner:
         self._bufs = [_Buffer(b) for b in self._prog.buffers()]
         self._outputs = self._prog.outputs()
         self._may_fail = self._prog.may_fail
-        self._status = None
+        self.poison_outputs = False  # tests: fill outputs with garbage first, so unwritten elements show
         self.graph = builder.print()
         self.dump_error = ""
         self.timings = [f"cuda (emit + nvrtc, {len(self._prog.kernels())} kernels): {self._prog.compile_ms:.3f} ms"]
@@ -193,6 +200,8 @@ class CudaRunner:
                     raise _C.Unsupported(f"kiln: input {b.index} is on {t.device}, the program on {dev}")
             elif b.kind == "output":
                 t = torch.empty_strided(b.sizes, b.strides, dtype=b.dtype, device=dev)
+                if self.poison_outputs:
+                    _poison(t)
             else:  # a temporary: storage only (freed after the call, stream-ordered by PyTorch)
                 t = torch.empty(b.numel, dtype=b.dtype, device=dev)
             keep[i] = t
@@ -243,22 +252,43 @@ class CudaRunner:
         pass  # per-kernel CUDA timing is not implemented yet
 
 
-def compile_cuda_entry(tracer, debug_dir=""):
-    """Compiles a finished trace whose tensors live on one CUDA device (emit, NVRTC for that
-    device's architecture, module load) and returns a CudaRunner: runner(full_leaves) -> list of
-    outputs, or False when a kernel met an integer division by zero (rerun eagerly). Raises
-    kiln.Unsupported when the program cannot run on CUDA (NVRTC missing, a CPU tensor among the
-    inputs, eager fallback steps) so the caller falls back to eager with the reason."""
+def _poison(t):
+    """Fills a fresh tensor's storage with a value no kernel should produce by accident."""
+    if t.dtype.is_floating_point:
+        t.fill_(float("nan"))
+    elif t.dtype == torch.bool:
+        t.view(torch.uint8).fill_(0x5A) if t.is_contiguous() else t.fill_(True)
+    else:
+        t.fill_(torch.iinfo(t.dtype).max // 2 + 11)
+
+
+def compile_cuda_entry(source, device=None, debug_dir=""):
+    """Compiles a captured graph for one CUDA device (emit, NVRTC for that device's
+    architecture, module load) and returns a CudaRunner: runner(full_leaves) -> list of outputs,
+    or False when a kernel met an integer division by zero (rerun eagerly).
+
+    source: a finished single-segment Tracer (the device is its tensors' one CUDA device), or a
+    _C.GraphBuilder whose outputs are set (then pass `device`, a CUDA ordinal or torch.device).
+    Raises kiln.Unsupported when the program cannot run on CUDA (NVRTC or the driver missing,
+    tensors on several devices, eager fallback steps), so the caller falls back with the reason."""
     _require_backend()
-    devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
-    cuda_devices = {d for d in devices if d.type == "cuda"}
-    if len(cuda_devices) != 1 or len(devices) != 1:
-        raise _C.Unsupported(f"kiln: a CUDA program needs every tensor on one CUDA device, got {sorted(map(str, devices))}")
-    device = next(iter(cuda_devices))
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    if isinstance(source, _C.GraphBuilder):
+        builder = source
+    else:
+        builder = source.builder
+        devices = {t.device for t in source.leaves if isinstance(t, torch.Tensor)}
+        if len(devices) != 1 or next(iter(devices)).type != "cuda":
+            raise _C.Unsupported("kiln: a CUDA program needs every tensor on one CUDA device, got "
+                                 f"{sorted(map(str, devices))}")
+        if device is None:
+            device = next(iter(devices))
+    if device is None:
+        raise _C.Unsupported("kiln: compile_cuda_entry on a GraphBuilder needs the device")
+    if isinstance(device, torch.device):
+        device = device.index if device.index is not None else torch.cuda.current_device()
     if not _C.cuda_available():
         raise _C.Unsupported("kiln: CUDA is unavailable: " + _C.cuda_unavailable_reason())
-    return CudaRunner(tracer.builder, index, debug_dir)
+    return CudaRunner(builder, int(device), debug_dir)
 
 
 class CudaEntry:

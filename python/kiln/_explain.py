@@ -9,15 +9,19 @@ class Explanation:
 
     def __init__(self, entries):
         self.graphs = [e.program.graph for e in entries if e.program is not None]
+        self.graphs += [p.graph for e in entries if getattr(e, "tree", None) is not None for p in e.tree.programs()]
         self.graph_count = len(self.graphs)
         self.graph_breaks = [(e.failure.reason, e.failure.location) for e in entries
                              if e.failure is not None and e.failure.kind == "break"]
+        self.graph_breaks += [b for e in entries if getattr(e, "tree", None) is not None for b in e.tree.breaks]
         self.fallback_ops = [(e.failure.op or "(whole function)", e.failure.reason) for e in entries
                              if e.failure is not None and e.failure.kind != "break"]
         self.fallback_ops += [(str(fb), "no lowering: runs eagerly inside the compiled program")
                               for e in entries for fb in getattr(e, "fallbacks", [])]
         self.guards = [g for e in entries for g in e.guards.describe()]
-        self.kernels = [k["name"] for e in entries if e.program is not None for k in e.program.kernels()]
+        programs = [e.program for e in entries if e.program is not None]
+        programs += [p for e in entries if getattr(e, "tree", None) is not None for p in e.tree.programs()]
+        self.kernels = [k["name"] for p in programs for k in p.kernels()]
 
     def __str__(self):
         lines = [f"graphs: {self.graph_count}", f"graph breaks: {len(self.graph_breaks)}"]

@@ -418,6 +418,38 @@ DATA_DEPENDENT = {
 }
 
 
+# Ops whose Python result (a number or bool) decides what the function does next. They split the
+# trace into segments; the value read becomes the key of the next segment (see _segments.py).
+READS = {aten._local_scalar_dense, aten.is_nonzero, aten.item, aten.equal}
+
+
+def read_key(value):
+    """Hashable key of a value read from a tensor (NaN equal to NaN; 1 and True apart)."""
+    if isinstance(value, float) and value != value:
+        return ("float", "nan")
+    return (type(value).__name__, value)
+
+
+class _Segment:
+    """One straight-line piece of a trace: a graph, and the values read at its end."""
+
+    def __init__(self, default_float):
+        self.builder = _C.GraphBuilder()
+        self.builder.set_default_float(default_float)
+        self.values = {}       # id(tensor) -> value id in this segment
+        self.layouts = {}      # value id -> strides eager gave it
+        self.input_vids = set()
+        self.carried = []      # (segment index, value id there) per carried input, in order
+        self.carried_vids = []  # this segment's value id of each carried input
+        self.reads = []        # (_Fallback-like callable, [value ids], key of the value read)
+        self.needed = []       # value ids later segments or the result use (its outputs), ordered
+        self.ops = 0
+
+    def need(self, vid):
+        if vid not in self.needed:
+            self.needed.append(vid)
+
+
 class _Slot:
     """Marks where a tensor operand goes in a fallback op's recorded arguments."""
     __slots__ = ("index",)
@@ -469,15 +501,15 @@ class Tracer(TorchDispatchMode):
 
     def __init__(self, leaves, captured_candidates):
         super().__init__()
-        self.builder = _C.GraphBuilder()
-        self.builder.set_default_float(DTYPE_NAMES[torch.get_default_dtype()])
-        self.values = {}        # id(tensor) -> value id
+        self.default_float = DTYPE_NAMES[torch.get_default_dtype()]
+        self.segments = [_Segment(self.default_float)]
+        self.pending_cut = False  # a value was read: the next op starts a new segment
+        self.breaks = []          # (reason, location) of each value read
+        self.leaf_index = {}    # id(leaf tensor) -> leaf position
         self.keep = []          # tensors kept alive so their ids stay unique
         self.leaves = leaves    # call leaves (captured tensors get appended)
         self.candidates = captured_candidates  # id(tensor) -> (source, tensor)
         self.captured = []      # sources of captured tensors, in leaf order after the args
-        self.input_vids = set()  # value ids of graph inputs
-        self.layouts = {}        # value id -> the strides eager gave it (first tensor bound wins)
         self.failure = None
         self.current_op = None
         self.fallbacks = []     # _Fallback per fallback node, by table index
@@ -487,6 +519,13 @@ class Tracer(TorchDispatchMode):
                 self._add_leaf_input(leaf, i)
 
     # -- bookkeeping ------------------------------------------------------------------------
+    # The segment being recorded: its builder, value map, layouts and inputs.
+    seg = property(lambda self: self.segments[-1])
+    builder = property(lambda self: self.segments[-1].builder)
+    values = property(lambda self: self.segments[-1].values)
+    layouts = property(lambda self: self.segments[-1].layouts)
+    input_vids = property(lambda self: self.segments[-1].input_vids)
+
     def dtype_name(self, dtype):
         name = DTYPE_NAMES.get(dtype)
         if name is None:
@@ -498,6 +537,7 @@ class Tracer(TorchDispatchMode):
         if t.layout != torch.strided:
             raise CaptureFailed(f"{t.layout} tensors are not supported")
         vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), index)
+        self.leaf_index[id(t)] = index
         self.input_vids.add(vid)
         self.layouts[vid] = list(t.stride())
         self.values[id(t)] = vid
@@ -508,6 +548,13 @@ class Tracer(TorchDispatchMode):
         vid = self.values.get(id(t))
         if vid is not None:
             return vid
+        index = self.leaf_index.get(id(t))
+        if index is not None:  # a leaf first used in a later segment
+            return self._add_leaf_input(t, index)
+        for k in range(len(self.segments) - 2, -1, -1):
+            src = self.segments[k].values.get(id(t))
+            if src is not None:  # made by an earlier segment: carried in
+                return self._carry(t, k, src)
         cand = self.candidates.get(id(t))
         if cand is not None:
             source, tensor = cand
@@ -518,6 +565,19 @@ class Tracer(TorchDispatchMode):
         raise CaptureFailed(
             f"{self.func} reads a tensor that is neither an argument, a result of a traced op, "
             f"nor a parameter/buffer/closure/global the function reaches", op=str(self.func))
+
+    def _carry(self, t, k, src):
+        """Makes tensor `t` (value `src` of segment k) an input of the current segment. Its
+        leaf index is fixed once the trace is complete (after every call leaf)."""
+        seg = self.seg
+        self.segments[k].need(src)
+        vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), -1)
+        seg.carried.append((k, src))
+        seg.carried_vids.append(vid)
+        seg.input_vids.add(vid)
+        seg.layouts[vid] = list(t.stride())
+        seg.values[id(t)] = vid
+        return vid
 
     def operand(self, x):
         if isinstance(x, torch.Tensor):
@@ -567,8 +627,15 @@ class Tracer(TorchDispatchMode):
 
     def _record(self, func, args, kwargs, out):
         packet = func.overloadpacket
+        if packet in READS:
+            self._record_read(func, args, kwargs, out)
+            return
         if packet in DATA_DEPENDENT:
             raise CaptureFailed(f"graph break: {func} {DATA_DEPENDENT[packet]}", kind="break", op=str(func))
+        if self.pending_cut:
+            self.segments.append(_Segment(self.default_float))
+            self.pending_cut = False
+        self.seg.ops += 1
         if func._schema.is_mutable:
             self._record_inplace(func, args, kwargs, out)
             return
@@ -588,6 +655,29 @@ class Tracer(TorchDispatchMode):
                     self._bind_result(t, vid)
         else:
             raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
+
+    def _record_read(self, func, args, kwargs, out):
+        """A value read into Python (`.item()`, `bool(t)`, ...): the segment ends here, and the
+        value becomes the key under which the rest of the trace is stored. Consecutive reads
+        with no op between them (`.tolist()`) belong to the same segment end."""
+        tensors = []
+
+        def template(x):
+            if isinstance(x, torch.Tensor):
+                tensors.append(x)
+                return _Slot(len(tensors) - 1)
+            if isinstance(x, (list, tuple)):
+                return type(x)(template(y) for y in x)
+            return x
+
+        targs, tkwargs = template(tuple(args)), {k: template(v) for k, v in kwargs.items()}
+        vids = [self.value_of(t) for t in tensors]
+        for v in vids:
+            self.seg.need(v)
+        self.seg.reads.append((_Fallback(func, targs, tkwargs), vids, read_key(out)))
+        self.breaks.append((f"graph break: {func} {DATA_DEPENDENT.get(func.overloadpacket, 'reads a value')}",
+                            user_location()))
+        self.pending_cut = True
 
     def _record_fallback(self, func, args, kwargs, out):
         """An op kiln has no lowering for runs eagerly inside the compiled program: its tensor
@@ -680,8 +770,9 @@ class Tracer(TorchDispatchMode):
 
     # -- result -----------------------------------------------------------------------------
     def outputs(self, result_leaves, arg_leaf_count):
-        """Maps result leaves to ('graph', k) / ('input', leaf) / ('const', value) sources."""
-        specs, graph_outputs = [], []
+        """Maps result leaves to ('seg', segment, value id) / ('input', leaf) / ('const', value),
+        and marks the values as outputs of their segments."""
+        specs = []
         for leaf in result_leaves:
             if isinstance(leaf, torch.Tensor):
                 for i in range(arg_leaf_count):
@@ -689,22 +780,24 @@ class Tracer(TorchDispatchMode):
                         specs.append(("input", i))
                         break
                 else:
-                    vid = self.values.get(id(leaf))
-                    if vid is None:
+                    k = next((k for k in range(len(self.segments) - 1, -1, -1)
+                              if id(leaf) in self.segments[k].values), None)
+                    if k is None:
                         raise CaptureFailed("the function returns a tensor the tracer did not see made")
-                    if vid in self.input_vids:
+                    seg = self.segments[k]
+                    vid = seg.values[id(leaf)]
+                    if vid in seg.input_vids:
                         # A new tensor whose value is an input's (x.clone(), torch.floor of an int
                         # tensor, x[:]): give the graph a computed value to output, since an
                         # input cannot be a graph output (and eager's result is not the input).
-                        vid = self.builder.call("copy", [(0, vid)], [], [], "", 0)
-                        self.builder.set_layout(vid, list(leaf.stride()))
-                    specs.append(("graph", len(graph_outputs)))
-                    graph_outputs.append(vid)
+                        vid = seg.builder.call("copy", [(0, vid)], [], [], "", 0)
+                        seg.builder.set_layout(vid, list(leaf.stride()))
+                    seg.need(vid)
+                    specs.append(("seg", k, vid))
             elif leaf is None or type(leaf) in (bool, int, float, str, torch.dtype, torch.device):
                 specs.append(("const", leaf))
             else:
                 raise CaptureFailed(f"the function returns a {type(leaf).__name__}")
-        self.builder.set_outputs(graph_outputs)
         return specs
 
 
@@ -713,4 +806,10 @@ def trace(fn, args, kwargs, leaves, candidates):
     tracer = Tracer(leaves, candidates)
     with _EscapeWatch(tracer), tracer:
         result = fn(*args, **kwargs)
+    if tracer.pending_cut:
+        # The function read a value after its last op: the read still decides the result (a
+        # returned number, which branch returned what), so the path ends in an empty segment
+        # keyed by it.
+        tracer.segments.append(_Segment(tracer.default_float))
+        tracer.pending_cut = False
     return result, tracer

@@ -1,0 +1,130 @@
+"""Graph breaks as a tree of compiled segments.
+
+A value read into Python (`.item()`, `bool(t)`, `int(t)`, `.tolist()`) splits a trace into
+segments: straight-line graphs, each ending with the reads that decide what Python does next.
+The segments of all traces of one guarded specialisation form a tree: a node is a compiled
+segment, its children are keyed by the values read at its end. A call runs the root, reads the
+values from its outputs, follows the child with that key, and so on to a leaf, which holds the
+result's layout. A key not seen before (a branch never taken, a new trip count) runs the whole
+function again under the tracer, and the new path is merged into the tree. Nothing is reused on
+a value that was not checked: every read value is a key.
+
+Segments of different traces at the same place in the tree are the same graph (the same code
+ran on the same guarded inputs and read values); their outputs may differ (later segments may
+need more of them), so a merged node outputs the union and is recompiled.
+"""
+
+from . import _C
+
+DEEP_MISS = object()  # a read value with no compiled continuation: trace again
+
+
+class NondeterministicTrace(Exception):
+    """Two traces disagree on a segment they should share (the function is not deterministic)."""
+
+
+class SegNode:
+    def __init__(self, seg, text, fallbacks):
+        self.builder = seg.builder
+        self.text = text
+        self.needed = list(seg.needed)
+        self.carried = list(seg.carried)
+        self.reads = [(fn, vids) for fn, vids, _ in seg.reads]
+        self.fallbacks = fallbacks
+        self.children = {}
+        self.result = None   # (out_specs, result_spec) where the function returns
+        self.program = None
+        self.native = None
+
+
+class Tree:
+    """The compiled segments of one guarded specialisation."""
+
+    def __init__(self, guards, leaf_count, grad):
+        self.guards = guards
+        self.leaf_count = leaf_count
+        self.grad = grad
+        self.root = None
+        self.paths = 0
+        self.breaks = []  # (reason, location) of the reads met while tracing
+
+    def merge(self, tracer, out_specs, result_spec):
+        """Adds a trace's path; returns the nodes that must be (re)compiled."""
+        dirty = []
+        for b in tracer.breaks:
+            if b not in self.breaks:
+                self.breaks.append(b)
+        node, parent, key = self.root, None, None
+        last = len(tracer.segments) - 1
+        for d, seg in enumerate(tracer.segments):
+            for j, vid in enumerate(seg.carried_vids):
+                seg.builder.set_input_index(vid, self.leaf_count + j)
+            text = seg.builder.print()
+            if node is None:
+                node = SegNode(seg, text, tracer.fallbacks)
+                if parent is None:
+                    self.root = node
+                else:
+                    parent.children[key] = node
+                dirty.append(node)
+            else:
+                if node.text != text:
+                    raise NondeterministicTrace(f"segment {d} differs from an earlier trace of the same path")
+                grown = [v for v in seg.needed if v not in node.needed]
+                if grown:
+                    node.needed += grown
+                    dirty.append(node)
+            if d < last:
+                key = tuple(k for _, _, k in seg.reads)
+                parent, node = node, node.children.get(key)
+            else:
+                node.result = (out_specs, result_spec)
+        self.paths += 1
+        return dirty
+
+    def compile(self, node, debug_dir=""):
+        """(Re)compiles one node for its current outputs."""
+        node.builder.set_outputs(node.needed)
+        node.program = _C.compile_graph(node.builder, debug_dir)
+        if node is self.root:
+            guards = self.guards
+        else:
+            guards = _C.GuardSet()  # inputs are the root's (checked) and this tree's own outputs
+            guards.set_leaf_count(self.leaf_count + len(node.carried))
+            guards.set_grad_mode(self.grad)
+        node.native = _C.Entry(guards, node.program, list(node.fallbacks))
+
+    def run(self, full, grad):
+        """(outputs per segment, leaf node), or None (the root's guards fail), False (redo the
+        call eagerly) or DEEP_MISS."""
+        node, outs = self.root, []
+        while True:
+            carried = [outs[k][vid] for k, vid in node.carried]
+            res = node.native(full + carried if carried else full, grad)
+            if res is None or res is False:
+                return res
+            outs.append(dict(zip(node.needed, res)))
+            if not node.reads:
+                return outs, node
+            here = outs[-1]
+            key = tuple(_read_key(fn(*[here[v] for v in vids])) for fn, vids in node.reads)
+            child = node.children.get(key)
+            if child is None:
+                return DEEP_MISS
+            node = child
+
+    def programs(self):
+        out, stack = [], [self.root]
+        while stack:
+            n = stack.pop()
+            if n is None:
+                continue
+            if n.program is not None:
+                out.append(n.program)
+            stack.extend(n.children.values())
+        return out
+
+
+def _read_key(value):
+    from ._trace import read_key
+    return read_key(value)

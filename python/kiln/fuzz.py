@@ -1,0 +1,1158 @@
+"""Differential fuzzer: random PyTorch programs, run eagerly and through kiln, must agree.
+
+    python -m kiln.fuzz [--seed S] [--count N | --seconds T] [--verbose] [--out DIR]
+
+Program k of a run is generated from seed S + k alone, so `--seed S+k --count 1` replays it.
+A program is Python source (a list of statements in a `def f(x0, x1, ...)`) over seeded random
+inputs: DAGs of the ops kiln lowers -- pointwise unary/binary ops with tensors and Python
+scalars, comparisons and where, casts, clamp, activations, reductions (sum, mean, amax,
+argmax, var, softmax, log_softmax, layer_norm, ...), views (permute, slices with steps,
+expand, reshape, unsqueeze, select), matmul (`@`, which kiln runs as a fallback node),
+in-place ops on intermediates, and now and then a data-dependent `.item()` branch (a graph
+break) -- over random shapes (broadcasts, size-1, odd and empty sizes), dtypes (float32,
+float64, int32, int64, bool), non-contiguous layouts and, sometimes, inf/nan/extreme values.
+
+Each program is run eagerly and through a fresh `kiln.compile` three times: the capturing call,
+the cached call on the same inputs, and a call on fresh random inputs of the same shapes and
+layouts (the compiled path on new data). A failure is any of:
+  mismatch   a result differs beyond dtype-aware tolerances (NaN equal to NaN; exact for
+             integers and bools). A float difference is excused only where eager float32
+             itself is ill-conditioned: where eager differs from a float64 rerun of the same
+             program while kiln agrees with one of them (see `_excused`).
+  exception  eager raised and kiln did not, kiln raised and eager did not, or they raised
+             different exception types;
+  eager      a call ran wholly eagerly although the program has no graph break (any reason
+             but an integer division by zero, which kiln redoes eagerly on purpose), or the
+             cached call was not a cache hit;
+  mutation   kiln changed an input;
+  crash      the process died (a signal): found by running the programs in a worker process.
+
+Every failure is shrunk by `kiln.minify` and printed as a standalone reproducer.
+"""
+
+import argparse
+import inspect
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+INT_DTYPES = (torch.int32, torch.int64)
+DTYPE_SRC = {torch.float32: "torch.float32", torch.float64: "torch.float64", torch.int32: "torch.int32",
+             torch.int64: "torch.int64", torch.bool: "torch.bool", torch.int8: "torch.int8",
+             torch.int16: "torch.int16", torch.uint8: "torch.uint8", torch.float16: "torch.float16",
+             torch.bfloat16: "torch.bfloat16"}
+LAYOUTS = ("contiguous", "transposed", "sliced", "broadcast", "permuted")
+FRESH = 1000  # seed offset of the fresh inputs of the third call
+
+# (rtol, atol) per output dtype; integers and bools are exact.
+TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9)}
+
+# Eager calls kiln makes on purpose in a compiled program (not failures).
+EXPECTED_EAGER_REASONS = ("integer division by zero",)
+
+
+# ---- inputs (this function is copied verbatim into reproducers) ------------------------------
+def make_input(shape, dtype, layout="contiguous", seed=0, specials=0.0):
+    """A seeded random tensor of `shape` and `dtype` in a layout: contiguous; transposed (last
+    two dims swapped in memory); sliced (storage offset, step 2 on dims 0 and -1); broadcast
+    (dim 0 has stride 0); permuted (all dims reversed in memory). Floats are uniform in [-2, 2],
+    ints in [-10, 10], bools fair; `specials` is the fraction of elements replaced by inf, -inf,
+    nan, 0, -0.0, 1e30 (floats) or the dtype's extremes and 0 (ints)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = tuple(shape)
+    r = len(shape)
+    if layout == "transposed" and r >= 2:
+        base = shape[:-2] + (shape[-1], shape[-2])
+    elif layout == "sliced" and r >= 1:
+        base = (2 * shape[0] + 1,) + shape[1:-1] + ((2 * shape[-1],) if r > 1 else ())
+    elif layout == "broadcast" and r >= 1:
+        base = (1,) + shape[1:]
+    elif layout == "permuted" and r >= 2:
+        base = shape[::-1]
+    else:
+        layout, base = "contiguous", shape
+    if dtype == torch.bool:
+        t = torch.rand(base, generator=g) < 0.5
+    elif dtype.is_floating_point:
+        t = (torch.rand(base, generator=g, dtype=torch.float64) * 4 - 2).to(dtype)
+        if specials > 0:
+            pick = torch.rand(base, generator=g) < specials
+            which = torch.randint(0, 6, base, generator=g)
+            vals = torch.tensor([math.inf, -math.inf, math.nan, 0.0, -0.0, 1e30], dtype=dtype)
+            t = torch.where(pick, vals[which], t)
+    else:
+        t = torch.randint(-10, 11, base, generator=g).to(dtype)
+        if specials > 0:
+            info = torch.iinfo(dtype)
+            pick = torch.rand(base, generator=g) < specials
+            which = torch.randint(0, 3, base, generator=g)
+            vals = torch.tensor([info.max, info.min + 1, 0], dtype=dtype)
+            t = torch.where(pick, vals[which], t)
+    if layout == "transposed":
+        t = t.transpose(-1, -2)
+    elif layout == "sliced":
+        t = t[1::2] if r == 1 else t[1::2, ..., ::2]
+    elif layout == "broadcast":
+        t = t.expand(shape)
+    elif layout == "permuted":
+        t = t.permute(*reversed(range(r)))
+    return t
+
+
+class InputSpec:
+    """A seeded program input: `make_input(shape, dtype, layout, seed, specials)`."""
+
+    def __init__(self, name, shape, dtype, layout="contiguous", seed=0, specials=0.0):
+        self.name, self.shape, self.dtype = name, tuple(shape), dtype
+        self.layout, self.seed, self.specials = layout, seed, specials
+
+    def make(self, fresh=False):
+        return make_input(self.shape, self.dtype, self.layout, self.seed + (FRESH if fresh else 0), self.specials)
+
+    def replace(self, **kw):
+        d = dict(name=self.name, shape=self.shape, dtype=self.dtype, layout=self.layout, seed=self.seed,
+                 specials=self.specials)
+        d.update(kw)
+        return InputSpec(**d)
+
+    def source(self, fresh_var="s"):
+        return (f"make_input({self.shape!r}, {DTYPE_SRC[self.dtype]}, {self.layout!r}, seed={self.seed} + {fresh_var}"
+                f"{', specials=' + repr(self.specials) if self.specials else ''})")
+
+    def __repr__(self):
+        return f"InputSpec({self.name}: {tuple(self.shape)} {self.dtype} {self.layout} seed={self.seed} specials={self.specials})"
+
+
+class TensorInput:
+    """A user-given input tensor (kiln.minify on a plain function or source): shrunk by
+    narrowing, written into reproducers as literal values when small."""
+
+    def __init__(self, name, tensor):
+        self.name, self.tensor = name, tensor
+
+    @property
+    def shape(self):
+        return tuple(self.tensor.shape)
+
+    @property
+    def dtype(self):
+        return self.tensor.dtype
+
+    def make(self, fresh=False):
+        return fresh_like(self.tensor, 4321) if fresh else self.tensor
+
+    def __repr__(self):
+        return f"TensorInput({self.name}: {self.shape} {self.dtype} strides={self.tensor.stride()})"
+
+
+def fresh_like(t, seed):
+    """A tensor with t's sizes, strides and storage offset, over a new storage of seeded random
+    values (floats get t's non-finite values sprinkled in when it has some)."""
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type == "meta":
+        return t
+    span = t.storage_offset() + 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) if t.numel() else 0
+    specials = 0.1 if t.dtype.is_floating_point and t.numel() and not bool(t.isfinite().all()) else 0.0
+    base = make_input((max(span, t.storage_offset()),), t.dtype, seed=seed, specials=specials)
+    return base.as_strided(t.shape, t.stride(), t.storage_offset()).to(t.device)
+
+
+# ---- programs -----------------------------------------------------------------------------
+class Program:
+    """A function as source: input names (the parameters), top-level statements (each one
+    complete, possibly multi-line, at indent 0) and returned expressions."""
+
+    def __init__(self, inputs, body, outputs, seed=None, has_break=False, name="f", preamble=""):
+        self.inputs = list(inputs)
+        self.body = list(body)
+        self.outputs = list(outputs)
+        self.seed = seed
+        self.has_break = has_break
+        self.name = name
+        self.preamble = preamble  # extra module-level source the function needs (user source)
+
+    def copy(self, **kw):
+        d = dict(inputs=self.inputs, body=self.body, outputs=self.outputs, seed=self.seed,
+                 has_break=self.has_break, name=self.name, preamble=self.preamble)
+        d.update(kw)
+        return Program(**d)
+
+    def source(self, dtype_map=None):
+        lines = [f"def {self.name}({', '.join(i.name for i in self.inputs)}):"]
+        for st in self.body:
+            lines += ["    " + ln for ln in st.splitlines()]
+        if self.outputs:
+            ret = self.outputs[0] if len(self.outputs) == 1 else ", ".join(self.outputs)
+            lines.append(f"    return {ret}")
+        elif not self.body:
+            lines.append("    return None")
+        src = "\n".join(lines) + "\n"
+        for a, b in (dtype_map or {}).items():
+            src = src.replace(DTYPE_SRC[a], DTYPE_SRC[b])
+        return src
+
+    def function(self, dtype_map=None):
+        return compile_source(self.source(dtype_map), self.name, self.preamble)
+
+    def make_inputs(self, fresh=False):
+        return [i.make(fresh) for i in self.inputs]
+
+    def __str__(self):
+        ins = "\n".join(f"# {i!r}" for i in self.inputs)
+        return f"{ins}\n{self.source()}"
+
+
+_source_count = [0]
+
+
+def compile_source(src, name="f", preamble=""):
+    """Executes function source in a fresh namespace (torch, F, math) and returns `name`; the
+    source is registered with linecache so tracebacks and kiln.explain show its lines."""
+    import linecache
+    _source_count[0] += 1
+    filename = f"<kiln-fuzz-{_source_count[0]}>"
+    text = (preamble + "\n" if preamble else "") + src
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    ns = {"torch": torch, "F": F, "math": math, "__name__": "kiln_fuzz_program"}
+    exec(compile(text, filename, "exec"), ns)  # noqa: S102 - that is the point
+    return ns[name]
+
+
+# ---- the generator --------------------------------------------------------------------------
+class _Val:
+    __slots__ = ("name", "t", "inexact")
+
+    def __init__(self, name, t, inexact):
+        self.name, self.t, self.inexact = name, t, inexact
+
+    @property
+    def shape(self):
+        return tuple(self.t.shape)
+
+    @property
+    def dtype(self):
+        return self.t.dtype
+
+
+_DIMS = (1, 1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 33, 64)
+_SPECIAL_FLOATS = ("float('inf')", "-float('inf')", "float('nan')", "-0.0", "0.0", "1e30")
+_UNARY_METHODS = ("neg", "abs", "exp", "exp2", "expm1", "log", "log2", "log1p", "sqrt", "rsqrt", "reciprocal",
+                  "sin", "cos", "tan", "tanh", "erf", "sigmoid", "floor", "ceil", "round", "trunc", "sign",
+                  "relu", "isnan", "logical_not", "bitwise_not", "square")
+_INEXACT_UNARY = {"exp", "exp2", "expm1", "log", "log2", "log1p", "rsqrt", "sin", "cos", "tan", "tanh", "erf",
+                  "sigmoid"}
+_ACTIVATIONS = ("F.gelu({a})", "F.gelu({a}, approximate='tanh')", "F.silu({a})", "F.mish({a})",
+                "F.hardswish({a})", "F.hardsigmoid({a})", "F.softplus({a})", "F.softplus({a}, beta=2.0, threshold=1.5)",
+                "F.leaky_relu({a}, 0.1)", "F.elu({a})", "F.elu({a}, alpha=0.5)", "F.relu6({a})",
+                "F.hardtanh({a}, -0.5, 1.25)", "torch.sigmoid({a})", "F.logsigmoid({a})")
+_BINOPS = ("+", "-", "*", "/", "//", "%", "**", "<", "<=", ">", ">=", "==", "!=", "&", "|", "^")
+_BINFUNCS = ("torch.maximum", "torch.minimum", "torch.fmod", "torch.remainder", "torch.logical_and",
+             "torch.logical_or", "torch.logical_xor", "torch.atan2", "torch.hypot", "torch.copysign")
+_DISCRETE_BIN = {"//", "%", "<", "<=", ">", ">=", "==", "!=", "torch.fmod", "torch.remainder"}
+
+
+class Generator:
+    """Builds one random program, validating every statement by running it eagerly on the
+    example inputs (so shapes and dtypes are known and the program is valid eager code)."""
+
+    def __init__(self, seed):
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.vals = []
+        self.inputs = []
+        self.body = []
+        self.env = {"torch": torch, "F": F, "math": math}
+        self.has_break = False
+        self.tmp = 0
+
+    # -- helpers ------------------------------------------------------------------------------
+    def choice(self, xs):
+        return xs[self.rng.randrange(len(xs))]
+
+    def pick(self, pred=None, recent=True):
+        cands = [v for v in self.vals if pred is None or pred(v)]
+        if not cands:
+            return None
+        if recent:
+            w = [1 + i for i in range(len(cands))]
+            return self.rng.choices(cands, weights=w)[0]
+        return self.choice(cands)
+
+    def scalar(self, dtype):
+        r = self.rng.random()
+        if dtype == torch.bool:
+            return self.choice(("True", "False", "1", "0.5"))
+        if dtype.is_floating_point:
+            if r < 0.06:
+                return self.choice(_SPECIAL_FLOATS)
+            if r < 0.25:
+                return self.choice(("2", "-1", "3", "0", "1"))
+            return self.choice(("0.5", "-1.5", "2.0", "1e-3", "7.25", "-0.1", "1.0", "3.5"))
+        if r < 0.15:
+            return self.choice(("0.5", "-2.5", "1.5"))  # int tensor op float scalar: promotes
+        return self.choice(("2", "-1", "3", "0", "1", "5", "-7", "100"))
+
+    def random_shape(self):
+        rank = self.rng.choices((0, 1, 2, 3, 4), weights=(6, 20, 38, 26, 10))[0]
+        shape = [self.choice(_DIMS) for _ in range(rank)]
+        r = self.rng.random()
+        if rank and r < 0.04:
+            shape[self.rng.randrange(rank)] = 0  # empty
+        elif rank >= 2 and r < 0.08:
+            shape[-1], shape[-2] = self.choice(((257, 300), (1, 70000), (129, 513), (64, 1025)))  # big: threads, f64 accum
+            shape = shape[-2:]
+        n = math.prod(shape)
+        while n > 200000:
+            shape[0] = max(1, shape[0] // 4)
+            n = math.prod(shape)
+        return tuple(shape)
+
+    def add_input(self, shape, dtype=None):
+        if dtype is None:
+            dtype = self.rng.choices((torch.float32, torch.float64, torch.int32, torch.int64, torch.bool),
+                                     weights=(50, 12, 12, 14, 8))[0]
+        layout = self.rng.choices(LAYOUTS, weights=(60, 12, 12, 8, 8))[0]
+        specials = self.choice((0.05, 0.2)) if self.rng.random() < 0.15 and dtype != torch.bool else 0.0
+        spec = InputSpec(f"x{len(self.inputs)}", shape, dtype, layout, seed=self.seed * 7 + len(self.inputs),
+                         specials=specials)
+        t = spec.make()
+        self.inputs.append(spec)
+        self.env[spec.name] = t
+        v = _Val(spec.name, t, False)
+        self.vals.append(v)
+        return v
+
+    def try_stmt(self, expr, inexact, target=None):
+        """Runs `target = expr` eagerly; keeps it when it works and gives a tensor."""
+        target = target or f"v{len(self.body)}"
+        stmt = f"{target} = {expr}"
+        env = dict(self.env)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exec(stmt, env)  # noqa: S102
+        except Exception:  # noqa: BLE001 - invalid for these dtypes/shapes: try another
+            return None
+        t = env[target]
+        if not isinstance(t, torch.Tensor) or t.numel() > 400000 or t.dtype not in DTYPE_SRC:
+            return None
+        self.env[target] = t
+        self.body.append(stmt)
+        v = _Val(target, t, inexact)
+        self.vals.append(v)
+        return v
+
+    # -- op families: each returns (expr, inexact) or None ---------------------------------------
+    def op_unary(self):
+        a = self.pick()
+        m = self.choice(_UNARY_METHODS)
+        form = self.rng.random()
+        expr = f"torch.{m}({a.name})" if form < 0.4 else f"{a.name}.{m}()"
+        return expr, a.inexact or m in _INEXACT_UNARY
+
+    def op_activation(self):
+        a = self.pick(lambda v: v.dtype.is_floating_point) or self.pick()
+        return self.choice(_ACTIVATIONS).format(a=a.name), True
+
+    def operand(self, like, allow_scalar=True):
+        """A second operand for `like`: a value of a broadcast-compatible shape, or a scalar."""
+        if allow_scalar and self.rng.random() < 0.35:
+            return self.scalar(like.dtype), False
+        cands = [v for v in self.vals if _broadcastable(v.shape, like.shape)]
+        if not cands:
+            return self.scalar(like.dtype), False
+        v = self.rng.choices(cands, weights=[1 + i for i in range(len(cands))])[0]
+        return v.name, v.inexact
+
+    def op_binary(self):
+        a = self.pick()
+        b, b_inexact = self.operand(a)
+        inexact = a.inexact or b_inexact
+        r = self.rng.random()
+        if r < 0.55:
+            op = self.choice(_BINOPS)
+            if op == "**" and self.rng.random() < 0.6:
+                b = self.choice(("2", "3", "0.5", "-1", "-2", "-0.5", "1.5", "0"))
+            if self.rng.random() < 0.15 and not b.startswith("v") and not b.startswith("x"):
+                return f"{b} {op} {a.name}", inexact or op in ("**", "/")  # scalar on the left (rsub, rdiv, rpow)
+            return f"{a.name} {op} {b}", inexact or op == "**"
+        if r < 0.85:
+            fn = self.choice(_BINFUNCS)
+            return f"{fn}({a.name}, {b})", inexact or fn in ("torch.atan2", "torch.hypot")
+        mode = self.choice(("trunc", "floor"))
+        if r < 0.92:
+            return f"torch.div({a.name}, {b}, rounding_mode={mode!r})", inexact
+        alpha = self.choice(("2", "-1", "0.5"))
+        return f"torch.{self.choice(('add', 'sub'))}({a.name}, {b}, alpha={alpha})", inexact
+
+    def op_where(self):
+        a = self.pick()
+        c = self.pick(lambda v: v.dtype == torch.bool and _broadcastable(v.shape, a.shape))
+        if c is None or self.rng.random() < 0.5:
+            x = self.pick(lambda v: _broadcastable(v.shape, a.shape)) or a
+            cond = f"{x.name} {self.choice(('>', '<', '>=', '!='))} {self.scalar(x.dtype)}"
+            cond_inexact = x.inexact
+        else:
+            cond, cond_inexact = c.name, c.inexact
+        b, b_inexact = self.operand(a)
+        if self.rng.random() < 0.5:
+            return f"torch.where({cond}, {a.name}, {b})", a.inexact or b_inexact or cond_inexact
+        return f"torch.where({cond}, {b}, {a.name})", a.inexact or b_inexact or cond_inexact
+
+    def op_clamp(self):
+        a = self.pick()
+        r = self.rng.random()
+        lo, hi = self.scalar(a.dtype), self.scalar(a.dtype)
+        if r < 0.3:
+            return f"{a.name}.clamp({lo}, {hi})", a.inexact
+        if r < 0.5:
+            return f"{a.name}.clamp(min={lo})", a.inexact
+        if r < 0.65:
+            return f"torch.clamp_max({a.name}, {hi})", a.inexact
+        b = self.pick(lambda v: _broadcastable(v.shape, a.shape))
+        if b is None:
+            return None
+        if r < 0.85:
+            return f"torch.clamp({a.name}, min={b.name})", a.inexact or b.inexact
+        return f"{a.name}.clamp({b.name}, {hi})", a.inexact or b.inexact
+
+    def op_cast(self):
+        a = self.pick()
+        dt = self.choice((torch.float32, torch.float64, torch.int32, torch.int64, torch.bool))
+        if a.dtype.is_floating_point and dt in INT_DTYPES:
+            # float -> int of nan/inf/out-of-range is undefined in eager: keep it defined.
+            return (f"torch.where({a.name}.isnan(), 0.0, {a.name}).clamp(-1000, 1000).to({DTYPE_SRC[dt]})",
+                    a.inexact)
+        form = self.rng.random()
+        if form < 0.3:
+            name = {torch.float32: "float", torch.float64: "double", torch.int32: "int", torch.int64: "long",
+                    torch.bool: "bool"}[dt]
+            return f"{a.name}.{name}()", a.inexact
+        return f"{a.name}.to({DTYPE_SRC[dt]})", a.inexact
+
+    def _dim(self, a, allow_none=False):
+        if a.t.dim() == 0 or (allow_none and self.rng.random() < 0.2):
+            return None
+        d = self.rng.randrange(a.t.dim())
+        return d - a.t.dim() if self.rng.random() < 0.3 else d
+
+    def _dims(self, a):
+        if a.t.dim() == 0 or self.rng.random() < 0.2:
+            return None
+        k = self.rng.randint(1, a.t.dim())
+        ds = sorted(self.rng.sample(range(a.t.dim()), k))
+        return ds[0] if k == 1 and self.rng.random() < 0.5 else tuple(ds)
+
+    def op_reduce(self):
+        a = self.pick()
+        kind = self.choice(("sum", "sum", "mean", "amax", "amin", "argmax", "argmin", "var", "std", "prod", "any",
+                            "all", "logsumexp", "max_dim", "min_dim", "sum_dtype", "norm"))
+        keep = self.rng.random() < 0.3
+        kd = ", keepdim=True" if keep else ""
+        dims = self._dims(a)
+        dims_s = "" if dims is None else repr(dims)
+        if kind in ("sum", "mean", "amax", "amin", "prod", "any", "all"):
+            if kind in ("prod", "any", "all") and isinstance(dims, tuple):
+                dims_s = repr(dims[0])
+            if not dims_s:
+                return f"{a.name}.{kind}()", True
+            return f"{a.name}.{kind}({dims_s}{kd})", kind in ("sum", "mean", "prod") or a.inexact
+        if kind == "sum_dtype":
+            return f"{a.name}.sum({dims_s or 'None'}, dtype=torch.float64)", True
+        if kind in ("argmax", "argmin"):
+            d = self._dim(a, allow_none=True)
+            return (f"{a.name}.{kind}()" if d is None else f"{a.name}.{kind}({d}{kd})"), a.inexact
+        if kind in ("var", "std"):
+            corr = self.choice((0, 1, 1, 2))
+            return f"{a.name}.{kind}({dims_s or 'None'}, correction={corr}{kd})", True
+        if kind == "logsumexp":
+            return f"torch.logsumexp({a.name}, {dims_s or '()'}{kd})", True
+        if kind in ("max_dim", "min_dim"):
+            d = self._dim(a)
+            if d is None:
+                return None
+            part = self.choice(("values", "indices", "0", "1"))
+            sel = f".{part}" if not part.isdigit() else f"[{part}]"
+            return f"{a.name}.{kind[:3]}({d}{kd}){sel}", a.inexact
+        ordv = self.choice(("2", "1", "float('inf')", "3"))
+        return f"torch.linalg.vector_norm({a.name}, {ordv}, {dims_s or 'None'}{kd})", True
+
+    def op_norm(self):
+        a = self.pick(lambda v: v.dtype.is_floating_point and v.t.dim() >= 1)
+        if a is None:
+            return None
+        kind = self.choice(("softmax", "softmax", "log_softmax", "layer_norm", "layer_norm", "rms"))
+        d = self._dim(a)
+        if kind == "softmax":
+            return self.choice((f"torch.softmax({a.name}, {d})", f"{a.name}.softmax(dim={d})",
+                                f"F.softmax({a.name}, {d})")), True
+        if kind == "log_softmax":
+            return self.choice((f"F.log_softmax({a.name}, dim={d})", f"{a.name}.log_softmax({d})")), True
+        k = self.rng.randint(1, min(2, a.t.dim()))
+        if kind == "rms":
+            return f"{a.name} * torch.rsqrt({a.name}.pow(2).mean(-1, keepdim=True) + 1e-6)", True
+        w = self.pick(lambda v: v.dtype == a.dtype and v.shape == a.shape[-k:] and v.name != a.name)
+        extra = f", {w.name}" if w is not None and self.rng.random() < 0.7 else ""
+        if extra and self.rng.random() < 0.5:
+            extra += f", {w.name}"
+        return f"F.layer_norm({a.name}, {a.name}.shape[-{k}:]{extra}, eps={self.choice(('1e-5', '1e-3', '0.1'))})", True
+
+    def op_view(self):
+        a = self.pick()
+        n = a.t.dim()
+        kind = self.choice(("permute", "transpose", "slice", "slice", "unsqueeze", "squeeze", "reshape", "flatten",
+                            "expand", "expand", "select", "t", "contiguous_perm", "view_split"))
+        if kind == "permute" and n >= 2:
+            p = list(range(n))
+            self.rng.shuffle(p)
+            return f"{a.name}.permute({', '.join(map(str, p))})", a.inexact
+        if kind == "transpose" and n >= 2:
+            i, j = self.rng.sample(range(n), 2)
+            return f"{a.name}.transpose({i}, {j - n})", a.inexact
+        if kind == "t" and n <= 2:
+            return f"{a.name}.t()" if n == 2 or self.rng.random() < 0.5 else f"{a.name}.T", a.inexact
+        if kind == "slice" and n >= 1:
+            parts = []
+            for d in range(n):
+                r = self.rng.random()
+                if r < 0.5:
+                    parts.append(":")
+                elif r < 0.65:
+                    parts.append(f"::{self.rng.randint(2, 3)}")
+                elif r < 0.8:
+                    parts.append(f"{self.rng.randint(1, 2)}:")
+                elif r < 0.9:
+                    parts.append(f"{self.rng.randint(0, 1)}:-1:{self.rng.randint(1, 3)}")
+                else:
+                    parts.append(f":{self.rng.randint(1, 3)}")
+            return f"{a.name}[{', '.join(parts)}]", a.inexact
+        if kind == "unsqueeze":
+            return f"{a.name}.unsqueeze({self.rng.randint(-n - 1, n)})", a.inexact
+        if kind == "squeeze" and n >= 1:
+            ones = [d for d, s in enumerate(a.shape) if s == 1]
+            if ones and self.rng.random() < 0.7:
+                return f"{a.name}.squeeze({self.choice(ones)})", a.inexact
+            return f"{a.name}.squeeze()", a.inexact
+        if kind == "reshape":
+            if n >= 2 and self.rng.random() < 0.5:
+                return f"{a.name}.reshape({a.name}.shape[0], -1)", a.inexact
+            return f"{a.name}.reshape(-1)", a.inexact
+        if kind == "flatten" and n >= 2:
+            s = self.rng.randrange(n - 1)
+            return f"{a.name}.flatten({s}, {self.rng.randint(s + 1, n - 1)})", a.inexact
+        if kind == "view_split" and n >= 1 and a.shape[-1] % 2 == 0 and a.shape[-1] > 0:
+            return f"{a.name}.unflatten(-1, (2, -1))", a.inexact
+        if kind == "expand":
+            ones = [d for d, s in enumerate(a.shape) if s == 1]
+            if ones and self.rng.random() < 0.6:
+                sizes = ["-1"] * n
+                for d in ones:
+                    if self.rng.random() < 0.7:
+                        sizes[d] = str(self.choice((2, 3, 5, 8)))
+                return f"{a.name}.expand({', '.join(sizes)})", a.inexact
+            return f"{a.name}.expand({self.choice((2, 3))}, *{a.name}.shape)", a.inexact
+        if kind == "select" and n >= 1:
+            d = self.rng.randrange(n)
+            idx = self.choice(("0", "-1", "1"))
+            return f"{a.name}.select({d}, {idx})" if self.rng.random() < 0.5 else \
+                f"{a.name}[{', '.join([':'] * d + [idx])}]", a.inexact
+        if kind == "contiguous_perm" and n >= 2:
+            return f"{a.name}.transpose(0, -1).contiguous()", a.inexact
+        return None
+
+    def op_matmul(self):
+        a = self.pick(lambda v: v.dtype.is_floating_point and v.t.dim() >= 1)
+        if a is None:
+            return None
+        r = self.rng.random()
+        if a.t.dim() >= 2 and r < 0.4:
+            return f"{a.name} @ {a.name}.transpose(-1, -2)", True
+        b = self.pick(lambda v: v.dtype == a.dtype and v.t.dim() >= 1 and v.shape[-2 if v.t.dim() >= 2 else 0]
+                      == a.shape[-1] and v.name != a.name)
+        if b is None or r < 0.7:
+            k = self.choice((1, 3, 5, 16))
+            b = self.add_input((a.shape[-1], k) if self.rng.random() < 0.8 else (a.shape[-1],), a.dtype)
+        return self.choice((f"{a.name} @ {b.name}", f"torch.matmul({a.name}, {b.name})")), True
+
+    def op_create(self):
+        a = self.pick()
+        return self.choice((f"torch.zeros_like({a.name})", f"torch.ones_like({a.name})",
+                            f"torch.full_like({a.name}, {self.scalar(a.dtype)})",
+                            f"{a.name}.new_zeros({a.name}.shape)", f"torch.zeros({a.name}.shape, dtype={DTYPE_SRC[a.dtype]})")), False
+
+    def op_inplace(self):
+        a = self.pick()
+        b, b_inexact = self.operand(a)
+        return self.choice((f"({a.name} * 1).add_({b})", f"{a.name}.clone().mul_({b})",
+                            f"({a.name} + 0).clamp_({self.scalar(a.dtype)}, {self.scalar(a.dtype)})",
+                            f"{a.name}.clone().relu_()", f"{a.name}.clone().sub_({b})",
+                            f"{a.name}.clone().neg_()")), a.inexact or b_inexact
+
+    def op_break(self):
+        """A data-dependent branch on `.item()` / bool(tensor): a graph break."""
+        a = self.pick(lambda v: v.t.numel() > 0 and v.dtype != torch.bool) or self.pick(lambda v: v.t.numel() > 0)
+        if a is None:
+            return None
+        red = self.choice(("sum", "amax", "mean")) if a.dtype.is_floating_point else "sum"
+        x = self.pick()
+        target = f"v{len(self.body)}"
+        r = self.rng.random()
+        if r < 0.3:
+            expr = f"{x.name} * {a.name}.{red}().item()"
+            v = self.try_stmt(expr, True)
+            if v is not None:
+                self.has_break = True
+            return "done"
+        cond = (f"{a.name}.{red}().item() > {self.scalar(torch.float32)}" if r < 0.7
+                else f"({a.name} > 0).any()" if a.dtype != torch.bool else f"{a.name}.any()")
+        e1, e2 = f"{x.name} + 1", f"{x.name} * 2" if x.dtype != torch.bool else f"~{x.name}"
+        stmt = f"if {cond}:\n    {target} = {e1}\nelse:\n    {target} = {e2}"
+        env = dict(self.env)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exec(stmt, env)  # noqa: S102
+                exec(f"_a = {e1}\n_b = {e2}", env)  # noqa: S102 - both branches valid
+        except Exception:  # noqa: BLE001
+            return "done"
+        if env["_a"].shape != env["_b"].shape or env["_a"].dtype != env["_b"].dtype:
+            return "done"
+        self.env[target] = env[target]
+        self.body.append(stmt)
+        self.vals.append(_Val(target, env[target], True))
+        self.has_break = True
+        return "done"
+
+    FAMILIES = (("unary", 14), ("activation", 8), ("binary", 26), ("where", 6), ("clamp", 5), ("cast", 7),
+                ("reduce", 12), ("norm", 6), ("view", 14), ("matmul", 2), ("create", 1), ("inplace", 3),
+                ("break", 1.2))
+
+    def generate(self):
+        base = self.random_shape()
+        for _ in range(self.rng.choices((1, 2, 3), weights=(40, 40, 20))[0]):
+            shape = list(base)
+            if shape and self.rng.random() < 0.4:
+                shape = shape[self.rng.randint(0, len(shape)):]  # drop leading dims: broadcasts
+            for d in range(len(shape)):
+                if self.rng.random() < 0.15:
+                    shape[d] = 1
+            self.add_input(tuple(shape))
+        names, weights = zip(*self.FAMILIES)
+        n = self.rng.choices((1, 2, 3, 4, 6, 8, 12), weights=(8, 12, 14, 16, 18, 18, 14))[0]
+        while len(self.body) < n:
+            for _ in range(30):
+                fam = self.rng.choices(names, weights=weights)[0]
+                made = getattr(self, "op_" + fam)()
+                if made == "done":
+                    break
+                if made is None:
+                    continue
+                if self.try_stmt(*made) is not None:
+                    break
+            else:
+                break
+        outs = [self.vals[-1].name]
+        for v in self.rng.sample(self.vals, min(len(self.vals), self.rng.choice((0, 0, 1, 2)))):
+            if v.name not in outs:
+                outs.append(v.name)
+        return Program(self.inputs, self.body, outs, seed=self.seed, has_break=self.has_break)
+
+
+def _broadcastable(s, t):
+    if len(s) > len(t):
+        return False  # keep the result shape of the first operand
+    for a, b in zip(reversed(s), reversed(t)):
+        if a != b and a != 1:
+            return False
+    return True
+
+
+def generate(seed):
+    """The random program of `seed` (deterministic)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Generator(seed).generate()
+
+
+# ---- running and comparing ------------------------------------------------------------------------
+class Failure:
+    """What went wrong with a program: kind (mismatch, exception, eager, mutation, crash), a
+    message, and the program (with its minified form and reproducer once minified)."""
+
+    def __init__(self, kind, message, program=None):
+        self.kind, self.message, self.program = kind, message, program
+        self.reproducer = None
+        self.minified = None
+
+    def __repr__(self):
+        return f"Failure({self.kind}: {self.message.splitlines()[0] if self.message else ''})"
+
+
+def _run(fn, inputs):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ("ok", fn(*inputs))
+    except Exception as e:  # noqa: BLE001 - compared with the other side's
+        return ("raise", e)
+
+
+def _leaves(x, out):
+    if isinstance(x, (tuple, list)):
+        out.append(("(", type(x).__name__, len(x)))
+        for y in x:
+            _leaves(y, out)
+    else:
+        out.append(x)
+    return out
+
+
+def _clone(x):
+    return [t.clone() if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type != "meta" else t
+            for t in x]
+
+
+def _same_tensor_values(a, b):
+    if a.dtype.is_floating_point:
+        return bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return torch.equal(a, b)
+
+
+def compare(expected, got, ref=None, what="result"):
+    """None when `got` matches `expected` (structure, dtype, shape exactly; values within
+    TOLERANCES, NaN == NaN); else a message. `ref()`: the same result computed in float64
+    (or None), used to excuse float32 differences where eager itself is ill-conditioned."""
+    le, lg = _leaves(expected, []), _leaves(got, [])
+    if len(le) != len(lg):
+        return f"{what}: structure differs: kiln {_describe(got)}, eager {_describe(expected)}"
+    refs = None
+    for i, (e, g) in enumerate(zip(le, lg)):
+        if isinstance(e, tuple) or isinstance(g, tuple):
+            if e != g:
+                return f"{what}: structure differs: kiln {_describe(got)}, eager {_describe(expected)}"
+            continue
+        if not isinstance(e, torch.Tensor):
+            if type(e) is not type(g) or (e != g and not (isinstance(e, float) and math.isnan(e) and math.isnan(g))):
+                return f"{what} leaf {i}: kiln {g!r}, eager {e!r}"
+            continue
+        if not isinstance(g, torch.Tensor):
+            return f"{what} leaf {i}: kiln gave {type(g).__name__}, eager a tensor"
+        if g.dtype != e.dtype or tuple(g.shape) != tuple(e.shape) or g.device != e.device:
+            return (f"{what} leaf {i}: kiln {g.dtype} {tuple(g.shape)} {g.device}, "
+                    f"eager {e.dtype} {tuple(e.shape)} {e.device}")
+        bad = _mismatch(e, g)
+        if bad is None or not bool(bad.any()):
+            continue
+        if refs is None and ref is not None:
+            try:
+                r = ref()
+                refs = _leaves(r, []) if r is not None else []
+            except Exception:  # noqa: BLE001 - no referee
+                refs = []
+        r = refs[i] if refs and i < len(refs) and isinstance(refs[i], torch.Tensor) else None
+        if r is not None and tuple(r.shape) == tuple(e.shape) and _excused(e, g, r, bad):
+            continue
+        idx = bad.nonzero()[:5].tolist()
+        ev = [e[tuple(j)].item() for j in idx]
+        gv = [g[tuple(j)].item() for j in idx]
+        rv = [r[tuple(j)].item() for j in idx] if r is not None and tuple(r.shape) == tuple(e.shape) else None
+        n = int(bad.sum())
+        msg = (f"{what} leaf {i} ({e.dtype} {tuple(e.shape)}): {n} of {e.numel()} elements differ; "
+               f"at {idx}: kiln {gv}, eager {ev}")
+        if rv is not None:
+            msg += f", float64 {rv}"
+        return msg
+    return None
+
+
+def _mismatch(e, g):
+    """Boolean mask of elements out of tolerance."""
+    if e.numel() == 0:
+        return None
+    if e.dtype.is_floating_point:
+        rtol, atol = TOLERANCES.get(e.dtype, (1e-3, 1e-3))
+        return ~torch.isclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
+    return g != e
+
+
+def _excused(e, g, r, bad):
+    """A float32 difference is excused where eager is ill-conditioned: at every bad element,
+    kiln agrees with the float64 result, or eager itself does not (float32 rounding already
+    changed the answer there, so kiln's float32 rounding may change it differently)."""
+    rtol, atol = TOLERANCES.get(e.dtype, (0.0, 0.0))
+    if e.dtype == torch.float64 and r.dtype == torch.float64:
+        return False  # no better reference than eager float64 itself
+    e, g, r = e[bad].double(), g[bad].double(), r.to(torch.float64)[bad]
+    if e.dtype.is_floating_point and rtol:
+        close_kr = torch.isclose(g, r, rtol=rtol, atol=atol, equal_nan=True)
+        close_er = torch.isclose(e, r, rtol=rtol, atol=atol, equal_nan=True)
+    else:
+        close_kr, close_er = g == r, e == r
+    return bool((close_kr | ~close_er).all())
+
+
+def _describe(x):
+    if isinstance(x, torch.Tensor):
+        return f"tensor {x.dtype} {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return type(x).__name__ + "(" + ", ".join(_describe(y) for y in x) + ")"
+    return repr(x)
+
+
+def _float64_ref(program, inputs):
+    """A thunk computing the program in float64 (float32 -> float64 everywhere), or None."""
+    if program is None or not isinstance(program, Program):
+        return None
+
+    def ref():
+        fn64 = program.function({torch.float32: torch.float64})
+        ins = [t.double() if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t for t in inputs]
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            kind, out = _run(fn64, ins)
+        finally:
+            torch.set_default_dtype(old)
+        return out if kind == "ok" else None
+    return ref
+
+
+def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=None):
+    """Runs fn eagerly and through a fresh kiln.compile(fn): the capturing call and the cached
+    call on `inputs`, then a call on `fresh_inputs` (same shapes and layouts, new values).
+    Returns None, or a Failure. expect_compiled: the program has no graph break, so no call may
+    run wholly eagerly (but for integer division by zero) and the cached call must hit."""
+    import kiln
+    inputs = list(inputs)
+    snapshot = _clone(inputs)
+    expected = _run(fn, inputs)
+    cf = kiln.compile(fn)
+    before = kiln.counters()
+    calls = [("capturing call", inputs, expected)]
+    calls.append(("cached call", inputs, expected))
+    if fresh_inputs is not None:
+        fresh_inputs = list(fresh_inputs)
+        calls.append(("call on fresh inputs", fresh_inputs, _run(fn, _clone(fresh_inputs))))
+    hits = []
+    for what, ins, (ekind, eout) in calls:
+        h0 = kiln.counters()["cache_hits"]
+        kkind, kout = _run(cf, ins)
+        hits.append(kiln.counters()["cache_hits"] - h0)
+        if ekind == "raise" or kkind == "raise":
+            if ekind != kkind:
+                if kkind == "raise":
+                    tb = "".join(traceback.format_exception(type(kout), kout, kout.__traceback__)[-6:])
+                    return Failure("exception", f"{what}: kiln raised {type(kout).__name__}: {kout}\n"
+                                   f"eager returned {_describe(eout)}\n{tb}")
+                return Failure("exception", f"{what}: eager raised {type(eout).__name__}: {eout}; "
+                               f"kiln returned {_describe(kout)}")
+            if type(eout) is not type(kout):
+                return Failure("exception", f"{what}: eager raised {type(eout).__name__}: {eout}; "
+                               f"kiln raised {type(kout).__name__}: {kout}")
+            continue
+        ref = _float64_ref(program, ins if what != "capturing call" else inputs)
+        msg = compare(eout, kout, ref, what)
+        if msg is not None:
+            return Failure("mismatch", msg)
+    for i, (t, s) in enumerate(zip(inputs, snapshot)):
+        if isinstance(t, torch.Tensor) and isinstance(s, torch.Tensor) and not _same_tensor_values(t, s):
+            return Failure("mutation", f"input {i} was modified")
+    after = kiln.counters()
+    if expect_compiled and expected[0] == "ok":
+        new = {r: n - before["reasons"].get(r, 0) for r, n in after["reasons"].items()
+               if n != before["reasons"].get(r, 0)}
+        allowed = sum(n for r, n in new.items() if any(x in r for x in EXPECTED_EAGER_REASONS))
+        eager = after["eager_calls"] - before["eager_calls"]
+        if eager > allowed:
+            return Failure("eager", f"{eager} of {len(calls)} calls ran wholly eagerly (no graph break in the "
+                           f"program): {new}")
+        if not allowed and hits[1] != 1:
+            return Failure("eager", f"the cached call was not a cache hit: counters {_delta(before, after)}, "
+                           f"reasons {new}")
+        if not allowed and len(hits) > 2 and calls[2][2][0] == "ok" and hits[2] != 1:
+            return Failure("eager", f"the call on fresh inputs (same shapes and layouts) was not a cache hit: "
+                           f"counters {_delta(before, after)}, reasons {new}")
+    return None
+
+
+def _delta(a, b):
+    return {k: b[k] - a[k] for k in ("captures", "cache_hits", "recompiles", "graph_breaks", "fallback_ops",
+                                      "eager_calls") if b[k] != a[k]}
+
+
+def check_program(program):
+    """Checks one Program (see check_function); returns None or a Failure (program attached)."""
+    try:
+        fn = program.function()
+    except Exception as e:  # noqa: BLE001
+        return Failure("invalid", f"the program does not compile as Python: {e}", program)
+    f = check_function(fn, program.make_inputs(), program.make_inputs(fresh=True),
+                       expect_compiled=not program.has_break, program=program)
+    if f is not None:
+        f.program = program
+    return f
+
+
+def same_failure(kind):
+    """The predicate the fuzzer minifies with: the program still fails with this kind."""
+    def pred(fn, inputs, program=None):
+        if program is not None:
+            f = check_program(program)
+        else:
+            f = check_function(fn, inputs, [fresh_like(t, 4321) for t in inputs])
+        return f is not None and f.kind == kind
+    pred.wants_program = True
+    return pred
+
+
+# ---- the reproducer's check (copied verbatim into reproducers) ---------------------------------
+def repro_check(fn, make_inputs, expect_compiled=True, tolerances=None):
+    """Runs fn eagerly and through kiln.compile: capturing call, cached call, and a call on fresh
+    inputs; raises AssertionError on any difference (values, dtypes, shapes, exception types,
+    or, with expect_compiled, a call that ran wholly eagerly)."""
+    import warnings
+    import kiln
+    tol = tolerances or {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9)}
+
+    def run(f, ins):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return "ok", f(*ins)
+        except Exception as e:  # noqa: BLE001
+            return "raise", e
+
+    def flat(x):
+        return [y for z in x for y in flat(z)] if isinstance(x, (tuple, list)) else [x]
+
+    cf = kiln.compile(fn)
+    inputs = make_inputs(False)
+    fresh = make_inputs(True)
+    for what, ins in (("capturing call", inputs), ("cached call", inputs), ("call on fresh inputs", fresh)):
+        ek, e = run(fn, [t.clone() if isinstance(t, torch.Tensor) else t for t in ins])
+        kk, k = run(cf, ins)
+        if ek == "raise" or kk == "raise":
+            assert ek == kk and type(e) is type(k), f"{what}: eager {ek} {e!r}, kiln {kk} {k!r}"
+            continue
+        assert len(flat(e)) == len(flat(k)), f"{what}: eager returned {e}, kiln {k}"
+        for i, (a, b) in enumerate(zip(flat(e), flat(k))):
+            if not isinstance(a, torch.Tensor):
+                assert a == b, f"{what} output {i}: eager {a!r}, kiln {b!r}"
+                continue
+            assert (a.dtype, a.shape) == (b.dtype, b.shape), \
+                f"{what} output {i}: eager {a.dtype} {tuple(a.shape)}, kiln {b.dtype} {tuple(b.shape)}"
+            rtol, atol = tol.get(a.dtype, (0.0, 0.0))
+            ok = torch.isclose(b, a, rtol=rtol, atol=atol, equal_nan=True) if a.dtype.is_floating_point else a == b
+            if not bool(ok.all()):
+                idx = (~ok).nonzero()[:5].tolist()
+                raise AssertionError(f"{what} output {i}: {int((~ok).sum())} of {a.numel()} elements differ; at "
+                                     f"{idx}: eager {[a[tuple(j)].item() for j in idx]}, kiln "
+                                     f"{[b[tuple(j)].item() for j in idx]}")
+    c = kiln.counters()
+    if expect_compiled:
+        eager = c["eager_calls"] - sum(n for r, n in c["reasons"].items() if "integer division by zero" in r)
+        assert eager <= 0, f"a call ran wholly eagerly: {c['reasons']}"
+
+
+# ---- the fuzz loop ------------------------------------------------------------------------------
+def fuzz(seed=0, count=None, seconds=None, verbose=False, minify=True, out_dir=None, progress=None,
+         max_failures=None, log=print):
+    """Runs programs seed, seed+1, ... until `count` programs or `seconds` have passed.
+    Returns (programs run, [Failure]). progress: a file object that gets 'seed N' before each
+    program (the parent of a worker process reads it to find a crashing seed)."""
+    import kiln
+    from .minify import minify as do_minify
+    failures = []
+    n = 0
+    t0 = time.time()
+    stats = {"breaks": 0, "fallback_ops": {}, "shrink_s": 0.0}
+    while True:
+        if count is not None and n >= count:
+            break
+        if seconds is not None and time.time() - t0 >= seconds:
+            break
+        if max_failures is not None and len(failures) >= max_failures:
+            break
+        s = seed + n
+        if progress is not None:
+            progress.write(f"seed {s}\n")
+            progress.flush()
+        program = generate(s)
+        n += 1
+        if verbose:
+            log(f"--- seed {s}\n{program}")
+        if program.has_break:
+            stats["breaks"] += 1
+        before = kiln.counters()["fallback_op_counts"]
+        failure = check_program(program)
+        for op, c in kiln.counters()["fallback_op_counts"].items():
+            d = c - before.get(op, 0)
+            if d:
+                stats["fallback_ops"][op] = stats["fallback_ops"].get(op, 0) + d
+        if failure is None:
+            continue
+        failures.append(failure)
+        log(f"\n=== FAILURE at seed {s} ({failure.kind}): {failure.message}\n{program}")
+        if minify:
+            t1 = time.time()
+            try:
+                res = do_minify(program, None, same_failure(failure.kind), verbose=False,
+                                message=f"kiln.fuzz seed {s}: {failure.kind}: {failure.message.splitlines()[0]}")
+                failure.minified, failure.reproducer = res.program, res.source
+                log(f"--- minified reproducer (seed {s}):\n{res.source}")
+            except Exception as e:  # noqa: BLE001 - report the unminified program anyway
+                log(f"(minify failed: {e!r})")
+            stats["shrink_s"] += time.time() - t1
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, f"seed{s}_{failure.kind}.py"), "w") as fh:
+                fh.write(failure.reproducer or f"# seed {s}: {failure.message}\n" + str(program))
+        if progress is not None:
+            progress.write(f"fail {s} {failure.kind}\n")
+            progress.flush()
+    fuzz.last_stats = stats
+    return n, failures
+
+
+def _crash_predicate(timeout=120):
+    """For minifying a crash: the reproducer kills a fresh interpreter with a signal."""
+    def pred(fn, inputs, program=None):
+        from .minify import reproducer_source
+        src = reproducer_source(program, "crash candidate")
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+            fh.write(src)
+        try:
+            p = subprocess.run([sys.executable, fh.name], capture_output=True, timeout=timeout,
+                               env=_child_env())
+            return p.returncode < 0
+        except subprocess.TimeoutExpired:
+            return False
+        finally:
+            os.unlink(fh.name)
+    pred.wants_program = True
+    pred.isolated = True
+    return pred
+
+
+def _child_env():
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _supervise(args):
+    """Runs the fuzz loop in worker processes so a crash (a signal) is reported with its seed
+    and the run goes on from the next seed."""
+    t0 = time.time()
+    seed, done, failures, crashes = args.seed, 0, [], []
+    while True:
+        left_count = None if args.count is None else args.count - done
+        left_s = None if args.seconds is None else args.seconds - (time.time() - t0)
+        if (left_count is not None and left_count <= 0) or (left_s is not None and left_s <= 0):
+            break
+        with tempfile.NamedTemporaryFile("w+", suffix=".progress", delete=False) as prog:
+            path = prog.name
+        cmd = [sys.executable, "-m", "kiln.fuzz", "--worker", path, "--seed", str(seed)]
+        if left_count is not None:
+            cmd += ["--count", str(left_count)]
+        if left_s is not None:
+            cmd += ["--seconds", str(left_s)]
+        for flag in ("verbose", "no_minify"):
+            if getattr(args, flag):
+                cmd.append("--" + flag.replace("_", "-"))
+        if args.out:
+            cmd += ["--out", args.out]
+        if args.max_failures is not None:
+            cmd += ["--max-failures", str(args.max_failures - len(failures) - len(crashes))]
+        p = subprocess.run(cmd, env=_child_env())
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+        os.unlink(path)
+        seeds = [int(ln.split()[1]) for ln in lines if ln.startswith("seed ")]
+        failures += [ln for ln in lines if ln.startswith("fail ")]
+        summary = [json.loads(ln[5:]) for ln in lines if ln.startswith("done ")]
+        if summary:
+            done += summary[0]["programs"]
+            break
+        if not seeds:
+            print(f"kiln.fuzz: the worker exited with {p.returncode} before running a program", file=sys.stderr)
+            return 2
+        bad = seeds[-1]
+        done += len(seeds)
+        crashes.append(bad)
+        print(f"\n=== CRASH at seed {bad}: the process died (exit status {p.returncode})")
+        program = generate(bad)
+        print(program)
+        if not args.no_minify:
+            from .minify import minify as do_minify
+            try:
+                res = do_minify(program, None, _crash_predicate(), max_evals=40, time_limit=300,
+                                message=f"kiln.fuzz seed {bad}: crash (signal {-p.returncode})")
+                print(f"--- minified reproducer (seed {bad}):\n{res.source}")
+                if args.out:
+                    os.makedirs(args.out, exist_ok=True)
+                    with open(os.path.join(args.out, f"seed{bad}_crash.py"), "w") as fh:
+                        fh.write(res.source)
+            except Exception as e:  # noqa: BLE001
+                print(f"(minify failed: {e!r})")
+        seed = bad + 1
+        if args.max_failures is not None and len(failures) + len(crashes) >= args.max_failures:
+            break
+    total = len(failures) + len(crashes)
+    print(f"\nkiln.fuzz: {done} programs from seed {args.seed} in {time.time() - t0:.1f}s; "
+          f"{total} failures ({len(crashes)} crashes)")
+    return 1 if total else 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m kiln.fuzz", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0, help="first program seed (program k uses seed+k)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--count", type=int, default=None, help="number of programs (default 100)")
+    g.add_argument("--seconds", type=float, default=None, help="run for this long instead")
+    ap.add_argument("--verbose", action="store_true", help="print every program")
+    ap.add_argument("--no-minify", action="store_true", help="do not shrink failing programs")
+    ap.add_argument("--out", default=None, help="write each failure's reproducer into this folder")
+    ap.add_argument("--max-failures", type=int, default=None, help="stop after this many failures")
+    ap.add_argument("--in-process", action="store_true",
+                    help="no worker process (faster start; a crash then ends the run)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.count is None and args.seconds is None:
+        args.count = 100
+    if args.worker is None and not args.in_process:
+        return _supervise(args)
+    progress = open(args.worker, "a") if args.worker else None  # noqa: SIM115
+    t0 = time.time()
+    n, failures = fuzz(args.seed, args.count, args.seconds, args.verbose, not args.no_minify, args.out, progress,
+                       args.max_failures)
+    stats = getattr(fuzz, "last_stats", {})
+    if args.verbose or args.worker is None:
+        print(f"fallback ops met: {stats.get('fallback_ops')}; programs with a graph break: {stats.get('breaks')}")
+    if progress is not None:
+        progress.write("done " + json.dumps({"programs": n, "failures": len(failures)}) + "\n")
+        progress.close()
+        print(f"kiln.fuzz worker: {n} programs (seeds {args.seed}..{args.seed + n - 1}) in {time.time() - t0:.1f}s, "
+              f"{len(failures)} failures; fallback ops {stats.get('fallback_ops')}; "
+              f"{stats.get('breaks')} with graph breaks; {stats.get('shrink_s', 0):.0f}s minifying")
+        return 1 if failures else 0
+    print(f"\nkiln.fuzz: {n} programs from seed {args.seed} in {time.time() - t0:.1f}s; {len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    # Run the real module (kiln.fuzz), not this __main__ copy, so its classes are the ones
+    # kiln.minify sees.
+    from kiln.fuzz import main as _main
+    sys.exit(_main())

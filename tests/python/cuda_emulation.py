@@ -1,0 +1,190 @@
+"""Runs kiln's generated CUDA kernels on the CPU, so machines without a GPU (CI) test what the
+kernels compute, not only that NVRTC accepts them.
+
+The kernel sources are compiled by the host C++ compiler against a small shim of the CUDA
+built-ins they use: every CUDA thread of a block is a std::thread, `__syncthreads` and the warp
+shuffles are barriers, `__shared__` is a static (blocks run one after another), and the grid is
+cut to a few blocks (the kernels are grid-stride, so any grid must give the same result). Device
+pointers are plain host pointers of CPU tensors. Half conversions (inline PTX) are not emulated.
+
+    prog = emulate(fn, *cpu_args)   # -> outputs computed by the emulated kernels
+"""
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+
+import torch
+
+from kiln import _C, _cuda
+from kiln._trace import NAME_DTYPES
+
+SHIM = r"""
+// ---- CPU emulation of the CUDA built-ins kiln's kernels use ------------------------------
+#include <math.h>
+#include <string.h>
+#include <array>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+#define __CUDACC_RTC__ 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static
+#define asm(...) ((void)0)
+struct dim3 { unsigned x = 0, y = 1, z = 1; };
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+inline double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+
+struct EmuBarrier {
+  explicit EmuBarrier(int n) : n(n) {}
+  void wait() {
+    std::unique_lock<std::mutex> l(m);
+    int gen = generation;
+    if (++count == n) { count = 0; ++generation; cv.notify_all(); return; }
+    cv.wait(l, [&] { return gen != generation; });
+  }
+  int n, count = 0, generation = 0;
+  std::mutex m;
+  std::condition_variable cv;
+};
+inline EmuBarrier* g_block_barrier = nullptr;
+inline std::vector<EmuBarrier*> g_warp_barrier;
+inline std::vector<std::array<unsigned long long, 32>> g_warp_slot;
+inline void __syncthreads() { g_block_barrier->wait(); }
+template <class T> T __shfl_down_sync(unsigned, T v, int o) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  unsigned long long bits = 0;
+  memcpy(&bits, &v, sizeof(T));
+  g_warp_slot[w][lane] = bits;
+  g_warp_barrier[w]->wait();
+  T out = v;
+  if (lane + o < 32) memcpy(&out, &g_warp_slot[w][lane + o], sizeof(T));
+  g_warp_barrier[w]->wait();
+  return out;
+}
+"""
+
+LAUNCHER = r"""
+// ---- launcher --------------------------------------------------------------------------------
+template <size_t... I> void kiln_emu_call(void* f, void** a, std::index_sequence<I...>) {
+  using F = void (*)(decltype((void)I, (void*)nullptr)...);
+  reinterpret_cast<F>(f)(a[I]...);
+}
+template <size_t N> void kiln_emu_call_n(void* f, void** a) { kiln_emu_call(f, a, std::make_index_sequence<N>()); }
+using Caller = void (*)(void*, void**);
+template <size_t... N> constexpr std::array<Caller, sizeof...(N)> kiln_emu_callers(std::index_sequence<N...>) {
+  return {&kiln_emu_call_n<N>...};
+}
+extern "C" int kiln_emulate(void* fn, void** args, int nargs, long long grid, int block) {
+  static constexpr auto callers = kiln_emu_callers(std::make_index_sequence<40>());
+  if (nargs >= 40 || block % 32 != 0) return 1;
+  blockDim.x = block;
+  gridDim.x = (unsigned)grid;
+  for (long long b = 0; b < grid; ++b) {
+    EmuBarrier block_barrier(block);
+    std::vector<std::unique_ptr<EmuBarrier>> warps;
+    g_warp_barrier.clear();
+    for (int w = 0; w < block / 32; ++w) {
+      warps.push_back(std::make_unique<EmuBarrier>(32));
+      g_warp_barrier.push_back(warps.back().get());
+    }
+    g_warp_slot.assign(block / 32, {});
+    g_block_barrier = &block_barrier;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < block; ++t)
+      threads.emplace_back([=] {
+        threadIdx.x = t;
+        blockIdx.x = (unsigned)b;
+        callers[nargs](fn, args);
+      });
+    for (auto& th : threads) th.join();
+  }
+  return 0;
+}
+"""
+
+_BUILD_DIR = os.path.join(tempfile.gettempdir(), "kiln-cuda-emulation")
+
+
+def _compile(sources, names):
+    """Builds the kernels into a shared library (cached by source hash); returns (lib, fns)."""
+    table = "\n".join(f'extern "C" void* kiln_emu_fn_{i}() {{ return (void*)&{n}; }}' for i, n in enumerate(names))
+    text = SHIM + "\n".join(sources) + LAUNCHER + table + "\n"
+    key = hashlib.sha1(text.encode()).hexdigest()[:16]
+    os.makedirs(_BUILD_DIR, exist_ok=True)
+    so = os.path.join(_BUILD_DIR, f"k{key}.so")
+    if not os.path.exists(so):
+        src = os.path.join(_BUILD_DIR, f"k{key}.cpp")
+        with open(src, "w") as f:
+            f.write(text)
+        tmp = so + f".{os.getpid()}.tmp"
+        cmd = ["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-w", "-o", tmp, src]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"host compile of emulated kernels failed:\n{res.stderr[-4000:]}")
+        os.replace(tmp, so)
+    lib = ctypes.CDLL(so)
+    fns = []
+    for i in range(len(names)):
+        getter = getattr(lib, f"kiln_emu_fn_{i}")
+        getter.restype = ctypes.c_void_p
+        fns.append(getter())
+    lib.kiln_emulate.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_longlong,
+                                 ctypes.c_int]
+    return lib, fns
+
+
+def _poison(t):
+    if t.dtype.is_floating_point:
+        t.fill_(float("nan"))
+    elif t.dtype == torch.bool:
+        t.fill_(True)
+    else:
+        t.fill_(torch.iinfo(t.dtype).max // 2 + 11)
+
+
+def emulate(fn, *args, max_grid=3):
+    """Traces fn on CPU tensors, generates its CUDA program and runs it in emulation. Returns
+    (outputs as a flat list, status_ok)."""
+    tracer = _cuda._trace_for_codegen(fn, args, {})
+    prog = _C.CudaProgram(tracer.builder, 0, 90)
+    kernels = prog.kernels()
+    lib, fns = _compile([k["source"] for k in kernels], [k["name"] for k in kernels])
+    bufs = prog.buffers()
+    tensors = []
+    for b in bufs:
+        dt = NAME_DTYPES[b["dtype"]]
+        if b["kind"] == "input":
+            tensors.append(tracer.leaves[b["index"]])
+        elif b["kind"] == "output":
+            t = torch.empty_strided(b["sizes"], b["strides"], dtype=dt)
+            _poison(t)
+            tensors.append(t)
+        else:
+            t = torch.empty(max(b["storage_numel"], 1), dtype=dt)
+            _poison(t)
+            tensors.append(t)
+    status = torch.zeros(1, dtype=torch.int32)
+    for k, f in zip(kernels, fns):
+        if k["grid"] == 0:
+            continue
+        ptrs = [tensors[i].data_ptr() for i in k["params"]] + [status.data_ptr()]
+        arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        rc = lib.kiln_emulate(f, arr, len(ptrs), min(k["grid"], max_grid), k["block"])
+        assert rc == 0, f"emulating {k['name']} failed"
+    outs = [tensors[i] if kind == "buffer" else tracer.leaves[i] for kind, i in prog.outputs()]
+    return outs, int(status.item()) == 0
