@@ -427,12 +427,12 @@ class DLRMBlock(Block):
     def make_inputs(self, seed=0):
         g = torch.Generator().manual_seed(seed)
         dense = torch.rand(self.B, self.n_dense, generator=g)
-        # multi-hot bags with 1..2*bag-1 lookups each (same total per table, random split)
-        lengths = torch.randint(1, 2 * self.bag, (self.n_tables, self.B), generator=g)
-        lengths[:, -1] = 1
-        total = int(lengths.sum(1).max())
-        lengths[:, -1] += total - lengths.sum(1)
-        offsets = torch.cat([torch.zeros(self.n_tables, 1, dtype=torch.int64), lengths.cumsum(1)[:, :-1]], 1)
+        # multi-hot bags: B * bag lookups per table, split at random into B non-empty bags
+        total = self.B * self.bag
+        offsets = torch.stack([
+            torch.cat([torch.zeros(1, dtype=torch.int64),
+                       (torch.randperm(total - 1, generator=g)[: self.B - 1] + 1).sort().values])
+            for _ in range(self.n_tables)])
         indices = torch.randint(0, self.rows, (self.n_tables, total), generator=g)
         return dense, indices, offsets
 

@@ -137,15 +137,17 @@ def summary(results, use_inductor):
         out[group] = {"kiln_x_eager": ge, "kiln_x_tc": gt, "kiln_x_eager_fused_only": gef,
                       "kiln_x_tc_fused_only": gtf, "tc_x_eager": gtce,
                       "n": len(rs), "n_fused": len(fused), "n_tc": ntc}
+        nb = sum((r.get("bg_load_cores") or 0) > BG_WARN for r in rs)
+        out[group]["n_under_load"] = nb
         lines.append(
-            f"geomean {group:5s} ({len(rs)} workloads, kiln fused {len(fused)}): "
+            (f"UNRELIABLE ({nb}/{len(rs)} rows timed under load): " if nb else "")
+            + f"geomean {group:5s} ({len(rs)} workloads, kiln fused {len(fused)}): "
             f"kiln vs eager {_x(ge)}x"
             + (f", kiln vs torch.compile {_x(gt)}x (over {ntc})" if use_inductor else "")
             + (f", torch.compile vs eager {_x(gtce)}x" if use_inductor else "")
             + (f"  |  fused-only: vs eager {_x(gef)}x" if fused else "")
             + (f", vs torch.compile {_x(gtf)}x" if fused and use_inductor else "")
-            + (f"  [{nb} row(s) timed under load!]" if (nb := sum((r.get("bg_load_cores") or 0) > BG_WARN
-                                                                 for r in rs)) else ""))
+            )
     if use_inductor:
         pairs = [r["tc_cold_s"] / r["kiln_cold_s"] for r in results
                  if r.get("tc_cold_s") and r.get("kiln_cold_s")]

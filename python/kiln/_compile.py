@@ -142,7 +142,9 @@ def _plain_value_sources(fn, module):
 
 
 def _segment_result(result, outs, full):
-    out_specs, result_spec = result
+    (out_specs, mutations), result_spec = result
+    for leaf, s in mutations:
+        full[leaf].copy_(outs[s[1]][s[2]])
     vals = []
     for s in out_specs:
         vals.append(outs[s[1]][s[2]] if s[0] == "seg" else full[s[1]] if s[0] == "input" else s[1])
@@ -175,6 +177,7 @@ class _Entry:
         self.program = program
         self.fallbacks = fallbacks or []
         self.tree = None  # set for a tree of segments (graph breaks)
+        self.mutations = []  # (leaf index, output position): new values written back after a call
         self.native = _C.Entry(guards, program, list(self.fallbacks)) if program is not None else None
         self.out_specs = out_specs
         self.result_spec = result_spec
@@ -237,12 +240,15 @@ class CompiledFunction:
             if out is None:
                 continue
             if out is False:
-                # A kernel met an integer division by zero: eager raises torch's own error.
-                _counters.record_eager("integer division by zero in a compiled kernel")
+                # A kernel met an integer division by zero, or a fallback op raised: eager redoes
+                # the call and raises torch's own error (if any).
+                _counters.record_eager("a compiled kernel or fallback op failed (e.g. integer division by zero)")
                 return self._fn(*args, **kwargs)
             _counters.bump("cache_hits")
             if entry.single:
                 return out[0]
+            for leaf, pos in entry.mutations:
+                full[leaf].copy_(out[pos])  # in-place ops on arguments/buffers, as eager does
             return self._result(entry, out, full)
         return self._miss(args, kwargs, leaves, spec, grad, state)
 
@@ -299,6 +305,7 @@ class CompiledFunction:
             result_spec = flatten(result, res_leaves)
             try:
                 out_specs = tracer.outputs(res_leaves, arg_count)
+                mutations = tracer.mutation_outputs()
             except CaptureFailed as e:
                 failure = e
         if failure is not None:
@@ -308,11 +315,13 @@ class CompiledFunction:
                                          failure=failure))
             return result
         if len(tracer.segments) > 1:
-            return self._add_path(spec, tracer, full, grad, getters, out_specs, result_spec, result, tree_entry)
-        # One segment: its outputs are the result's tensors.
+            return self._add_path(spec, tracer, full, grad, getters, (out_specs, mutations), result_spec, result,
+                                  tree_entry)
+        # One segment: its outputs are the result's tensors and the mutated leaves' new values.
         seg = tracer.segments[0]
         seg.builder.set_outputs(seg.needed)
         out_specs = [("graph", seg.needed.index(s[2])) if s[0] == "seg" else s for s in out_specs]
+        mutations = [(leaf, seg.needed.index(src[2])) for leaf, src in mutations]
         _log("graph", f"{self.__name__}:\n{tracer.builder.print()}")
         # One directory per compiled variant, named before _compiles counts it: the extras
         # written after compiling used to go to the next variant's (missing) directory.
@@ -334,6 +343,8 @@ class CompiledFunction:
         self._compiles += 1
         entry = _Entry(_build_guards(full, grad), getters, program, out_specs, result_spec,
                        fallbacks=tracer.fallbacks)
+        entry.mutations = mutations
+        entry.single = entry.single and not mutations
         for fb in tracer.fallbacks:
             _counters.record_fallback_op(str(fb))
         self._add_entry(spec, entry)

@@ -38,6 +38,7 @@ __all__ = ["HAVE_CUDA_BACKEND", "cuda_status", "codegen_cuda", "compile_cuda_ent
 
 #: kiln._C was built with the CUDA backend (KILN_CUDA) and registers it.
 HAVE_CUDA_BACKEND = hasattr(_C, "cuda_codegen")
+_NO_BACKEND = "kiln._C has no CUDA backend (built with KILN_CUDA=OFF, or define_cuda is not registered)"
 
 # Folders of the PyPI wheels that ship libnvrtc (CUDA 13 first, then CUDA 12's layout).
 _WHEEL_LIB_DIRS = ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib")
@@ -72,7 +73,7 @@ def cuda_status():
     'driver', 'reason'} (reason says why what is False is False)."""
     if not HAVE_CUDA_BACKEND:
         return {"backend": False, "nvrtc": False, "nvrtc_path": "", "nvrtc_version": 0, "driver": False,
-                "reason": "kiln was built without the CUDA backend (KILN_CUDA=OFF)"}
+                "reason": _NO_BACKEND}
     info = _C.nvrtc_info()
     driver = _C.cuda_available()
     reasons = []
@@ -86,7 +87,7 @@ def cuda_status():
 
 def _require_backend():
     if not HAVE_CUDA_BACKEND:
-        raise _C.Unsupported("kiln was built without the CUDA backend (KILN_CUDA=OFF)")
+        raise _C.Unsupported(_NO_BACKEND)
 
 
 def _default_arch(device=None):

@@ -505,6 +505,7 @@ class Tracer(TorchDispatchMode):
         self.segments = [_Segment(self.default_float)]
         self.pending_cut = False  # a value was read: the next op starts a new segment
         self.breaks = []          # (reason, location) of each value read
+        self.mutations = {}       # leaf index -> (segment, value id, tensor): its value after the call
         self.leaf_index = {}    # id(leaf tensor) -> leaf position
         self.keep = []          # tensors kept alive so their ids stay unique
         self.leaves = leaves    # call leaves (captured tensors get appended)
@@ -736,14 +737,20 @@ class Tracer(TorchDispatchMode):
         if len(written) != 1:
             raise CaptureFailed(f"{func} writes {len(written)} tensors", op=str(func))
         target = a[written[0]]
-        if not isinstance(target, torch.Tensor) or id(target) not in self.values:
+        if not isinstance(target, torch.Tensor):
+            raise CaptureFailed(f"{func} writes a {type(target).__name__}", op=str(func))
+        self.value_of(target)  # a leaf used for the first time here gets its input
+        if id(target) not in self.values:
             raise CaptureFailed(f"{func} writes a tensor kiln did not see made", op=str(func))
-        if any(target is leaf for leaf in self.leaves):
-            raise CaptureFailed(f"{func} mutates an argument, parameter or captured tensor in place "
-                                f"(not yet functionalized)", op=str(func))
+        leaf = self.leaf_index.get(id(target))
         ptr = target.untyped_storage().data_ptr()
-        if ptr and sum(1 for t in self.keep if t is not target and t.untyped_storage().data_ptr() == ptr):
-            raise CaptureFailed(f"{func} mutates a tensor that has views (not yet functionalized)", op=str(func))
+        if ptr and any(t is not target and t.untyped_storage().data_ptr() == ptr for t in self.keep):
+            # Another traced tensor (a view, or an argument aliasing this one) would have to see
+            # the write too; kiln's values are not views, so it stops the capture instead.
+            raise CaptureFailed(f"{func} mutates a tensor that shares memory with another "
+                                f"(views are not functionalized yet)", op=str(func))
+        if leaf is not None and target.requires_grad:
+            raise CaptureFailed(f"{func} mutates a leaf that requires grad", op=str(func))
         name = func.overloadpacket.__name__
         if name == "copy_":
             vid = self.call("cast", [a["src"]], dtype=self.dtype_name(target.dtype))
@@ -758,7 +765,9 @@ class Tracer(TorchDispatchMode):
             functional = getattr(aten, name[:-1] if name.endswith("_") else name, None)
             handler = HANDLERS.get(functional)
             if handler is None:
-                raise CaptureFailed(f"kiln has no lowering for {func}", op=str(func))
+                vid = self._functional_fallback(func, functional, a, written[0], target)
+                self._note_mutation(target, leaf)
+                return
             self.current_op = functional.__name__
             args_f = dict(a)
             if written[0] != "self":  # out= variants: the functional op has no `out`
@@ -767,8 +776,52 @@ class Tracer(TorchDispatchMode):
             vid = self.call_value("cast", [vid], dtype=self.dtype_name(target.dtype))
             vid = self.call_value("expand", [vid], ints=list(target.shape))
         self._bind_result(target, vid)
+        self._note_mutation(target, leaf)
+
+    def _note_mutation(self, target, leaf):
+        """Remembers the new value of a mutated argument/parameter/buffer: it is written back
+        into the caller's tensor after each compiled call, as eager's in-place op would."""
+        if leaf is not None:
+            self.mutations[leaf] = (len(self.segments) - 1, self.values[id(target)], target)
+
+    def _functional_fallback(self, func, functional, a, written, target):
+        """An in-place op kiln has no lowering for: its functional form runs eagerly inside the
+        program (index_put_ -> index_put, scatter_ -> scatter, ...), and its result becomes the
+        tensor's new value."""
+        overload = getattr(functional, func._overloadname, None) if functional is not None else None
+        if overload is None and written != "self":
+            overload = getattr(functional, "default", None)
+        if overload is None or overload._schema.is_mutable:
+            raise CaptureFailed(f"kiln has no lowering for {func} and no functional form", op=str(func))
+        args, kwargs = [], {}
+        for arg in overload._schema.arguments:
+            # The functional form takes `self` (index_put_ -> index_put); an out= tensor goes.
+            if (arg.name == written and written != "self") or arg.name not in a:
+                continue
+            if arg.kwarg_only:
+                kwargs[arg.name] = a[arg.name]
+            else:
+                args.append(a[arg.name])
+        self._record_fallback(overload, tuple(args), kwargs, target)
+        return self.values[id(target)]
 
     # -- result -----------------------------------------------------------------------------
+    def output_value(self, k, vid, tensor):
+        """Marks value `vid` of segment k as an output; returns its ('seg', k, vid) source."""
+        seg = self.segments[k]
+        if vid in seg.input_vids:
+            # A new tensor whose value is an input's (x.clone(), torch.floor of an int tensor,
+            # x[:]): give the graph a computed value to output, since an input cannot be a graph
+            # output (and eager's result is not the input).
+            vid = seg.builder.call("copy", [(0, vid)], [], [], "", 0)
+            seg.builder.set_layout(vid, list(tensor.stride()))
+        seg.need(vid)
+        return ("seg", k, vid)
+
+    def mutation_outputs(self):
+        """(leaf index, source of its new value) for each argument/parameter/buffer mutated."""
+        return [(leaf, self.output_value(k, vid, t)) for leaf, (k, vid, t) in sorted(self.mutations.items())]
+
     def outputs(self, result_leaves, arg_leaf_count):
         """Maps result leaves to ('seg', segment, value id) / ('input', leaf) / ('const', value),
         and marks the values as outputs of their segments."""
@@ -784,16 +837,7 @@ class Tracer(TorchDispatchMode):
                               if id(leaf) in self.segments[k].values), None)
                     if k is None:
                         raise CaptureFailed("the function returns a tensor the tracer did not see made")
-                    seg = self.segments[k]
-                    vid = seg.values[id(leaf)]
-                    if vid in seg.input_vids:
-                        # A new tensor whose value is an input's (x.clone(), torch.floor of an int
-                        # tensor, x[:]): give the graph a computed value to output, since an
-                        # input cannot be a graph output (and eager's result is not the input).
-                        vid = seg.builder.call("copy", [(0, vid)], [], [], "", 0)
-                        seg.builder.set_layout(vid, list(leaf.stride()))
-                    seg.need(vid)
-                    specs.append(("seg", k, vid))
+                    specs.append(self.output_value(k, self.segments[k].values[id(leaf)], leaf))
             elif leaf is None or type(leaf) in (bool, int, float, str, torch.dtype, torch.device):
                 specs.append(("const", leaf))
             else:

@@ -1,0 +1,218 @@
+"""GPU benchmark: eager vs torch.compile (Inductor) vs kiln's CUDA backend on the issue 3
+workloads at sizes whose working sets exceed 256 MB, with the device-to-device copy bandwidth
+measured in the same run as the floor. Run by benchmarks/gpu_check.sh on a lent GPU machine.
+
+    python3 benchmarks/gpu_bench.py [--no-inductor] [--quick] [--json out.json]
+
+Every kiln result is checked against eager before it is timed (max relative error printed).
+Times are medians of CUDA-event-timed calls after warm-up; each call includes kiln's per-call
+work in Python (allocation of outputs, launch), as a user sees it. The floor of a workload is
+its bytes_moved (each input read once, each output written once) over the measured copy
+bandwidth (bytes read + written per second).
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+
+import kiln  # noqa: E402
+from kiln import _cuda  # noqa: E402
+from kiln._compile import _captured_candidates  # noqa: E402
+from kiln._flatten import flatten  # noqa: E402
+from kiln._trace import trace  # noqa: E402
+import workloads as W  # noqa: E402
+
+
+def cuda_time_ms(call, reps=20, warmup=3):
+    """Median milliseconds of `call()` timed with CUDA events, after warm-up."""
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        call()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def copy_bandwidth():
+    """Device-to-device copy of 1 GiB: bytes read + written per second."""
+    n = (1 << 30) // 4
+    src = torch.randn(n, device="cuda")
+    dst = torch.empty_like(src)
+    ms = cuda_time_ms(lambda: dst.copy_(src), reps=20, warmup=3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n * 4 / (ms * 1e-3)
+
+
+def kiln_callable(fn, args):
+    """kiln.compile(fn) when it runs CUDA kernels; otherwise the CUDA program driven directly
+    (trace + compile_cuda_entry), as _compile.py will once it routes CUDA captures."""
+    f = kiln.compile(fn)
+    f(*args)
+    f(*args)
+    ks = kiln.kernels(f)
+    if ks and all(getattr(k, "target", "cpu") == "cuda" for k in ks):
+        return f, "kiln.compile", len(ks)
+    leaves = []
+    flatten((args, {}), leaves)
+    module = fn if isinstance(fn, torch.nn.Module) else None
+    candidates = _captured_candidates(fn.forward if module is not None else fn, module)
+    result, tracer = trace(fn, args, {}, list(leaves), candidates)
+    if tracer.failure is not None:
+        raise kiln.Unsupported(f"capture failed: {tracer.failure.reason}")
+    res = []
+    flatten(result, res)
+    tracer.outputs(res, len(leaves))
+    segs = getattr(tracer, "segments", None)
+    if segs is not None:
+        if len(segs) > 1:
+            raise kiln.Unsupported("graph break")
+        segs[0].builder.set_outputs(list(segs[0].needed))
+    runner = _cuda.compile_cuda_entry(tracer)
+    full = list(tracer.leaves)
+
+    def call(*a):
+        out = runner(list(a) + full[len(a):])
+        if out is False:
+            raise RuntimeError("kiln flagged an integer division by zero")
+        return out[0] if len(out) == 1 else tuple(out)
+    return call, "runner", len(runner.kernels())
+
+
+def max_rel_err(got, want):
+    gl, wl = [], []
+    flatten(got, gl)
+    flatten(want, wl)
+    worst = 0.0
+    for g, w in zip(gl, wl):
+        if not isinstance(w, torch.Tensor):
+            continue
+        g, w = g.double(), w.double()
+        fin = torch.isfinite(w)
+        if not torch.equal(torch.isnan(g), torch.isnan(w)):
+            return float("inf")
+        d = (g[fin] - w[fin]).abs().max().item() if fin.any() else 0.0
+        scale = max(w[fin].abs().max().item() if fin.any() else 0.0, 1e-30)
+        worst = max(worst, d / scale)
+    return worst
+
+
+def transformer_block():
+    """A small pre-norm transformer block (attention + MLP), the matmuls included."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self, d=1024, heads=16):
+            super().__init__()
+            self.h = heads
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            b, t, d = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+            a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.h), -1) @ v
+            x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+            return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+
+    m = Block().cuda().eval()
+    x = torch.randn(8, 512, 1024, device="cuda")
+    return "transformer_block[8x512x1024]", m, (x,), None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-inductor", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="a quarter of the sizes")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--reps", type=int, default=20)
+    opts = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.cuda.get_device_name()
+    print(f"device: {dev}; torch {torch.__version__}; kiln cuda: {_cuda.cuda_status()}")
+    bw = copy_bandwidth()
+    print(f"device-to-device copy: {bw / 1e12:.2f} TB/s (bytes read + written)")
+    scale = 4 if opts.quick else 1
+    ws = W.build_set((64 << 20) // scale, 65536 // scale, 1024, "large")
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    cases = [(w.name, w.fn, tuple(t.cuda() for t in w.make_inputs(gen)), w.bytes_moved) for w in ws]
+    try:
+        cases.append(transformer_block())
+    except Exception as e:  # noqa: BLE001
+        print(f"transformer block skipped: {e}")
+    with torch.no_grad():
+        for name, fn, args, nbytes in cases:
+            r = {"name": name, "bytes": nbytes}
+            try:
+                want = fn(*args)
+                r["eager_ms"] = cuda_time_ms(lambda: fn(*args), opts.reps)
+                if not opts.no_inductor:
+                    t0 = time.perf_counter()
+                    try:
+                        tf = torch.compile(fn)
+                        tf(*args)
+                        torch.cuda.synchronize()
+                        r["inductor_compile_s"] = time.perf_counter() - t0
+                        r["inductor_ms"] = cuda_time_ms(lambda: tf(*args), opts.reps)
+                    except Exception as e:  # noqa: BLE001
+                        r["inductor_error"] = f"{type(e).__name__}: {e}"[:200]
+                t0 = time.perf_counter()
+                try:
+                    kf, how, nk = kiln_callable(fn, args)
+                    torch.cuda.synchronize()
+                    r["kiln_compile_s"] = time.perf_counter() - t0
+                    r["kiln_path"], r["kiln_kernels"] = how, nk
+                    got = kf(*args)
+                    torch.cuda.synchronize()
+                    r["kiln_err"] = max_rel_err(got, want)
+                    r["kiln_ms"] = cuda_time_ms(lambda: kf(*args), opts.reps)
+                except Exception as e:  # noqa: BLE001
+                    r["kiln_error"] = f"{type(e).__name__}: {e}"[:300]
+                if nbytes:
+                    r["floor_ms"] = nbytes / bw * 1e3
+            except Exception:  # noqa: BLE001
+                r["error"] = traceback.format_exc()[-500:]
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            del args
+            torch.cuda.empty_cache()
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({"device": dev, "copy_bw": bw, "rows": rows}, f, indent=1)
+
+    def ms(r, k):
+        return f"{r[k]:8.3f}" if k in r else f"{'-':>8}"
+    print()
+    print(f"GPU benchmark on {dev}: median ms per call (CUDA events); floor = bytes / {bw / 1e12:.2f} TB/s copy")
+    print(f"{'workload':32} {'eager':>8} {'inductor':>8} {'kiln':>8} {'floor':>8} {'kiln/eager':>10} {'floor/kiln':>10}"
+          f" {'err':>8}  note")
+    for r in rows:
+        spd = f"{r['eager_ms'] / r['kiln_ms']:9.2f}x" if "kiln_ms" in r and "eager_ms" in r else f"{'-':>10}"
+        eff = f"{r['floor_ms'] / r['kiln_ms'] * 100:9.0f}%" if "kiln_ms" in r and "floor_ms" in r else f"{'-':>10}"
+        err = f"{r['kiln_err']:8.1e}" if "kiln_err" in r else f"{'-':>8}"
+        note = r.get("kiln_error") or r.get("error") or r.get("inductor_error") or r.get("kiln_path", "")
+        print(f"{r['name'][:32]:32} {ms(r, 'eager_ms')} {ms(r, 'inductor_ms')} {ms(r, 'kiln_ms')} {ms(r, 'floor_ms')}"
+              f" {spd} {eff} {err}  {str(note).splitlines()[0][:60] if note else ''}")
+
+
+if __name__ == "__main__":
+    main()
