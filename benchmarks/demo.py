@@ -22,11 +22,6 @@ harness.ensure_env(__file__)   # re-execs with the malloc environment; before im
 
 import time  # noqa: E402
 
-import torch  # noqa: E402
-
-import kiln  # noqa: E402
-import workloads as W  # noqa: E402
-
 
 def ms(v):
     return "-" if v is None else (f"{v:8.3f}" if v >= 0.1 else f"{v:8.4f}")
@@ -43,6 +38,10 @@ def main():
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before timing, wait up to S seconds for other processes to go idle")
     args = p.parse_args()
+    global torch, kiln, W
+    import torch
+    import kiln
+    import workloads as W
     use_inductor = not args.no_inductor
     t_start = time.perf_counter()
     harness.set_threads(args.threads)

@@ -22,8 +22,8 @@ Blocks (full sizes; eager forward roughly 1-50 ms on a 2-core CPU):
                position bias gather + shift mask, softmax, proj, window reverse, roll back, MLP
   decoder_kv   Llama-style decoder layer, one decode chunk with a KV cache: RMSNorm, q/k/v, RoPE
                (rotate_half via cat/neg), cache update by torch.cat, causal masked_fill, SiLU-gated MLP
-  decoder_prefill  the same layer as a prefill into a preallocated (static) cache: cache written with
-               index_copy (functional), F.scaled_dot_product_attention(is_causal=True)
+  decoder_prefill  the same layer as a prefill into a preallocated static cache in module buffers
+               (HF StaticCache: in-place index_copy_), F.scaled_dot_product_attention(is_causal=True)
   dlrm         DLRM: bottom MLP, EmbeddingBag tables (sum, offsets), pairwise dot interaction
                via bmm + triu indices, top MLP with sigmoid
   lstm         LSTM cell written by hand (two linears, sigmoid/tanh gates), unrolled over 8 steps
@@ -333,7 +333,7 @@ class DecoderKVBlock(_LlamaLayer):
         v = torch.cat([v_cache, v], dim=2)
         scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.hd)
         scores = scores.masked_fill(self.causal_mask, float("-inf"))
-        attn = F.softmax(scores, dim=-1)
+        attn = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         o = torch.matmul(attn, v).transpose(1, 2).reshape(B, T, D)
         x = x + self.o_proj(o)
         return self.mlp(x), k, v
@@ -347,32 +347,32 @@ class DecoderKVBlock(_LlamaLayer):
 
 @register
 class DecoderPrefillBlock(_LlamaLayer):
-    """Prefill of S tokens into a preallocated static cache (as in HF's StaticCache): the cache
-    is written with index_copy at cache_position (functional, returns the new caches);
-    attention by F.scaled_dot_product_attention(is_causal=True) over the S tokens."""
+    """Prefill of S tokens into a preallocated static KV cache held in module buffers, as HF's
+    StaticCache does it: `k_cache.index_copy_(2, cache_position, k)` (in place, the cache is
+    module state); attention of the chunk by F.scaled_dot_product_attention(is_causal=True).
+    Returns the hidden states; the caches are read back from the buffers."""
     name = "decoder_prefill"
 
     def __init__(self, small=False):
         super().__init__(small)
         self.S = 16 if small else 128
+        self.register_buffer("k_cache", torch.zeros(self.B, self.nh, self.max_len, self.hd))
+        self.register_buffer("v_cache", torch.zeros(self.B, self.nh, self.max_len, self.hd))
 
-    def forward(self, x, k_cache, v_cache, cache_position):
+    def forward(self, x, cache_position):
         B, S, D = x.shape
         h = self.input_norm(x)
         q, k, v = self.qkv(h, 0)
-        k_cache = k_cache.index_copy(2, cache_position, k)
-        v_cache = v_cache.index_copy(2, cache_position, v)
+        self.k_cache.index_copy_(2, cache_position, k)
+        self.v_cache.index_copy_(2, cache_position, v)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         o = o.transpose(1, 2).reshape(B, S, D)
         x = x + self.o_proj(o)
-        return self.mlp(x), k_cache, v_cache
+        return self.mlp(x)
 
     def make_inputs(self, seed=0):
         g = torch.Generator().manual_seed(seed)
-        return (self._randn(g, self.B, self.S, self.D),
-                torch.zeros(self.B, self.nh, self.max_len, self.hd),
-                torch.zeros(self.B, self.nh, self.max_len, self.hd),
-                torch.arange(self.S))
+        return (self._randn(g, self.B, self.S, self.D), torch.arange(self.S))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,11 +22,6 @@ harness.ensure_env(__file__)   # re-execs with the malloc environment; before im
 import json  # noqa: E402
 import time  # noqa: E402
 
-import torch  # noqa: E402
-
-import kiln  # noqa: E402
-import workloads  # noqa: E402
-
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,6 +218,10 @@ def plot(results, path, use_inductor, machine):
 def main():
     args = parse_args()
     t_start = time.perf_counter()
+    global workloads
+    import torch  # noqa: F401  (after the environment is in place)
+    import kiln  # noqa: F401
+    import workloads
     use_inductor = not args.no_inductor
     repeats = args.repeats or (5 if args.quick else 15)
     threads = max(1, args.threads)

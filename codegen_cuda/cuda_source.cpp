@@ -288,9 +288,10 @@ class KernelEmitter {
                        fmt::join(buf.sizes, ", "));
     }
     s += "    int* __restrict__ status) {\n";
-    if (uses_status_) s += "  int kst = 0;  // set by an integer division by zero\n";
+    if (uses_kst_) s += "  int kst = 0;  // set by an integer division by zero\n";
     s += scopes_[0].text;
     if (uses_status_) s += "  if (kst) *status = 1;\n";
+    else if (uses_kst_) s += "  (void)kst;  // constant divisors: nothing can fail\n";
     s += "}\n";
     return s;
   }
@@ -498,7 +499,10 @@ class KernelEmitter {
       if (!floor || ctx_.bounds(a).first >= 0) return fmt::format("({} {} {})", x, div ? "/" : "%", y);
       return fmt::format("{}({}, {})", div ? "kiln_floordiv_c" : "kiln_floormod_c", x, y);
     }
-    uses_status_ = true;
+    uses_kst_ = true;
+    // Only a divisor that may be zero can fail (a constant one cannot): only then must the
+    // runtime read the status word back, which waits for the stream.
+    if (!is_const(b) || b->ival == 0) uses_status_ = true;
     const char* fn = op == ExprOp::Div        ? "kiln_floordiv"
                      : op == ExprOp::Mod      ? "kiln_floormod"
                      : op == ExprOp::TruncDiv ? "kiln_truncdiv"
@@ -890,7 +894,8 @@ class KernelEmitter {
   std::string symbol_;
   LaunchShape& shape_;
   bool row_ = false;
-  bool uses_status_ = false;
+  bool uses_status_ = false;  ///< a division by a value that may be zero: the kernel may fail
+  bool uses_kst_ = false;     ///< a checked integer division (kst is declared)
   std::vector<int> buffers_;
   std::set<int> written_;
   std::vector<Scope> scopes_;

@@ -17,6 +17,8 @@ struct PassOptions {
   bool log_fusion = false;      ///< print every fusion decision with its reason (KILN_LOG=fusion)
   /// Called with (pass name, text) for each artifact worth keeping (KILN_DEBUG_DIR).
   std::function<void(const std::string&, const std::string&)> dump;
+  /// Test only (KILN_INJECT_BUG): "relu" lowers maximum(x, 0) as x, a planted wrong answer.
+  std::string inject_bug;
   /// Filled with one line per pass: "name: 0.12 ms".
   std::vector<std::string>* timings = nullptr;
 };

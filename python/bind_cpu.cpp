@@ -56,6 +56,7 @@ Program compile_graph(const capture::GraphBuilder& builder, const std::string& d
   opts.log_fusion = log_enabled("fusion");
   if (!debug_dir.empty()) opts.dump = [&](const std::string& n, const std::string& t) { dump.write(n, t); };
   opts.timings = &out.timings;
+  opts.inject_bug = knob("inject_bug");
   out.graph_text = ir::print(builder.graph());
   ir::KernelProgram kp = passes::run_pipeline(builder.graph(), opts);
   cpu::CodegenOptions copts;
@@ -228,6 +229,20 @@ void define_cpu(py::module_& m) {
       .def_property_readonly("calls", [](const Program& p) { return p.compiled->calls(); })
       .def("kernels", &kernel_info)
       .def("kernel_asm", &kernel_asm)
+      .def("output_kernel", [](const Program& prog, int j) -> std::string {
+        // The kernel (or fallback) that writes output j: where a divergence shows first.
+        const auto& p = prog.compiled->program();
+        const auto& o = p.outputs.at(j);
+        if (o.kind != ir::OutputSpec::Kind::Buffer) return "(an argument)";
+        for (const auto& k : p.kernels)
+          for (const auto& ph : k.phases)
+            for (const auto& st : ph.stores)
+              if (st.buffer == o.index) return k.name + "  // " + k.provenance;
+        for (const auto& e : p.externs)
+          for (int b : e.outputs)
+            if (b == o.index) return e.name;
+        return "(no kernel: empty)";
+      })
       .def("set_profiling", [](Program& p, bool on) { p.compiled->set_profiling(on); });
 
   m.def("compile_graph", &compile_graph, py::arg("builder"), py::arg("debug_dir") = "");

@@ -21,7 +21,10 @@ namespace kiln {
   X(cache_limit, "KILN_CACHE_LIMIT", "8", "compiled variants per function before it runs "     \
                                           "eagerly")                                           \
   X(verify, "KILN_VERIFY", "0", "1: run the IR verifier after every pass")                     \
-  X(opt_level, "KILN_OPT_LEVEL", "3", "LLVM optimisation level for CPU kernels (0-3)")
+  X(opt_level, "KILN_OPT_LEVEL", "3", "LLVM optimisation level for CPU kernels (0-3)")            \
+  X(check, "KILN_CHECK", "0", "1: compare every compiled call with eager and report divergence") \
+  X(inject_bug, "KILN_INJECT_BUG", "", "test only: plant a wrong lowering (relu) to prove "         \
+                                       "KILN_CHECK and the fuzzer catch it")
 
 struct Knob {
   std::string name;     ///< field name, e.g. "num_threads"

@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = ["compile", "explain", "counters", "reset", "kernels", "codegen", "config", "Unsupported"]
 
 Unsupported = _C.Unsupported
+from ._accuracy import AccuracyError  # noqa: E402
 
 _C.set_torch_handles(torch.empty_strided,
                      {name: dt for dt, name in __import__("kiln._trace", fromlist=["x"]).DTYPE_NAMES.items()})

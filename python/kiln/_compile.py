@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from . import _C, _counters, _segments
+from . import _C, _accuracy, _counters, _segments
 from ._flatten import flatten, unflatten
 from ._trace import CaptureFailed, trace
 
@@ -200,6 +200,7 @@ class CompiledFunction:
         self._entry_count = 0
         self._eager_only = None  # reason, once the cache limit is hit
         self._compiles = 0
+        self._last_entry = None  # the compiled entry that served the last call (KILN_CHECK)
         functools.update_wrapper(self, fn)
 
     @staticmethod
@@ -210,6 +211,11 @@ class CompiledFunction:
 
     # -- the per-call path ------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
+        if _checking():
+            return _accuracy.checked_call(self, args, kwargs)
+        return self._call(*args, **kwargs)
+
+    def _call(self, *args, **kwargs):
         if self._backend == "eager" or self._eager_only is not None or _disabled():
             _counters.record_eager(self._eager_only or "kiln is disabled (KILN_DISABLE=1 or backend='eager')")
             return self._fn(*args, **kwargs)
@@ -239,6 +245,7 @@ class CompiledFunction:
             out = entry.native(full, grad)
             if out is None:
                 continue
+            self._last_entry = entry
             if out is False:
                 # A kernel met an integer division by zero, or a fallback op raised: eager redoes
                 # the call and raises torch's own error (if any).
@@ -425,6 +432,11 @@ class CompiledFunction:
 
     def entries(self):
         return [e for es in self._entries.values() for e in es]
+
+
+def _checking():
+    v = _C.knob("check")
+    return bool(v) and v not in ("0", "false", "False", "off")
 
 
 def _disabled():

@@ -218,8 +218,8 @@ def _shrink_program(prog, sh):
     changed = True
     while changed and sh.budget():
         changed = False
-        for step in (_drop_outputs, _delete_chunks, _dce, _replace_by_operand, _flatten_ifs, _drop_unused_inputs,
-                     _shrink_shapes, _simplify_inputs):
+        for step in (_drop_outputs, _delete_chunks, _dce, _replace_by_operand, _inline_aliases, _flatten_ifs,
+                     _drop_unused_inputs, _shrink_shapes, _simplify_inputs):
             new = step(prog, sh)
             if new is not None:
                 prog, changed = new, True
@@ -328,6 +328,42 @@ def _replace_by_operand(prog, sh):
             if new is not None:
                 prog = out = new
                 break
+    return out
+
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, old, new):
+        self.old, self.new = old, new
+
+    def visit_Name(self, node):
+        if node.id == self.old:
+            return ast.copy_location(ast.Name(id=self.new, ctx=node.ctx), node)
+        return node
+
+
+def _rename(text, old, new, mode="exec"):
+    tree = _Rename(old, new).visit(ast.parse(text, mode=mode))
+    return ast.unparse(tree)
+
+
+def _inline_aliases(prog, sh):
+    """`a = b` (a plain copy of a name): deletes it and reads b where a was read."""
+    out = None
+    i = 0
+    while i < len(prog.body) and sh.budget():
+        node = ast.parse(prog.body[i]).body[0]
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and isinstance(node.value, ast.Name) and node.targets[0].id != node.value.id:
+            a, b = node.targets[0].id, node.value.id
+            rest = prog.body[i + 1:]
+            if not any(a in _stores(ast.parse(st)) or b in _stores(ast.parse(st)) for st in rest):
+                body = prog.body[:i] + [_rename(st, a, b) for st in rest]
+                outs = [_rename(o, a, b, "eval") for o in prog.outputs]
+                new = _try(prog, sh, prog.copy(body=body, outputs=outs), f"inline {a} = {b}")
+                if new is not None:
+                    prog = out = new
+                    continue
+        i += 1
     return out
 
 

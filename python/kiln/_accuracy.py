@@ -1,0 +1,103 @@
+"""KILN_CHECK=1: every compiled call is compared with eager, and a divergence is reported with
+the graph, the kernel that wrote the diverging output, and a standalone reproducer."""
+
+import inspect
+
+import torch
+
+from ._flatten import flatten
+
+
+class AccuracyError(AssertionError):
+    """A compiled call gave a different result from eager (KILN_CHECK=1)."""
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, (list, tuple)) and not hasattr(type(obj), "_fields"):
+        return type(obj)(_clone(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    return obj
+
+
+def _tolerance(dtype):
+    if dtype in (torch.float16, torch.bfloat16):
+        return 1e-2, 1e-2
+    if dtype == torch.float32:
+        return 1e-4, 1e-5
+    if dtype == torch.float64:
+        return 1e-7, 1e-9
+    return 0.0, 0.0
+
+
+def _first_difference(got, want):
+    """(output index, description) of the first output that differs, or None."""
+    g, w = [], []
+    if flatten(got, g) != flatten(want, w) or len(g) != len(w):
+        return 0, "the result's structure differs from eager's"
+    for i, (a, b) in enumerate(zip(g, w)):
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            if a.dtype != b.dtype or a.shape != b.shape:
+                return i, f"output {i}: {a.dtype}{list(a.shape)} vs eager {b.dtype}{list(b.shape)}"
+            rtol, atol = _tolerance(a.dtype)
+            if a.is_floating_point():
+                ok = torch.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+            else:
+                ok = a == b
+            if not bool(ok.all()):
+                bad = (~ok).nonzero()[0].tolist()
+                diff = (a.double() - b.double()).abs().nan_to_num(float("inf")).max().item()
+                return i, (f"output {i}: {int((~ok).sum())} of {a.numel()} elements differ; first at "
+                           f"{bad}: kiln {a[tuple(bad)].item()!r} vs eager {b[tuple(bad)].item()!r}; max |diff| {diff:.3g}")
+        elif a != b and not (a != a and b != b):
+            return i, f"output {i}: kiln {a!r} vs eager {b!r}"
+    return None
+
+
+def reproducer(fn, args, kwargs):
+    """A standalone script that reruns fn on inputs of the same shapes, dtypes and strides."""
+    try:
+        src = inspect.getsource(getattr(fn, "__func__", fn))
+    except (OSError, TypeError):
+        src = f"# source of {getattr(fn, '__qualname__', fn)!r} is not available\n"
+    lines = ["import torch", "import kiln", "", src.rstrip(), "", "torch.manual_seed(0)"]
+    names = []
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            lines.append(f"a{i} = torch.empty_strided({list(a.shape)}, {list(a.stride())}, dtype={a.dtype})"
+                         f".copy_(torch.randn({list(a.shape)}) * 3)")
+        else:
+            lines.append(f"a{i} = {a!r}")
+        names.append(f"a{i}")
+    name = getattr(fn, "__name__", "fn")
+    lines += [f"args = ({', '.join(names)}{',' if len(names) == 1 else ''})",
+              f"want = {name}(*args)",
+              f"got = kiln.compile({name})(*args); got = kiln.compile({name})(*args)",
+              "torch.testing.assert_close(got, want, equal_nan=True)"]
+    return "\n".join(lines) + "\n"
+
+
+def checked_call(compiled, args, kwargs):
+    ref_args, ref_kwargs = _clone(args), _clone(kwargs)
+    compiled._last_entry = None
+    got = compiled._call(*args, **kwargs)
+    want = compiled._fn(*ref_args, **ref_kwargs)
+    diff = _first_difference(got, want)
+    if diff is None:
+        return got
+    index, what = diff
+    entry = compiled._last_entry
+    where = "the call ran eagerly or through graph-break segments"
+    graph = ""
+    if entry is not None and entry.program is not None:
+        kernel = "?"
+        spec = entry.out_specs[index] if entry.out_specs and index < len(entry.out_specs) else None
+        if spec is not None and spec[0] == "graph":
+            kernel = entry.program.output_kernel(spec[1])
+        where = f"first diverging kernel: {kernel}"
+        graph = "\ngraph:\n" + entry.program.graph
+    raise AccuracyError(
+        f"kiln: {getattr(compiled, '__name__', 'fn')} diverges from eager (KILN_CHECK=1): {what}\n{where}{graph}\n"
+        f"reproducer (also: kiln.minify on the function and inputs):\n{reproducer(compiled._fn, args, kwargs)}")
