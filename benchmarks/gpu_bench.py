@@ -5,8 +5,9 @@ measured in the same run as the floor. Run by benchmarks/gpu_check.sh on a lent 
     python3 benchmarks/gpu_bench.py [--no-inductor] [--quick] [--json out.json]
 
 Every kiln result is checked against eager before it is timed (max relative error printed).
-Times are medians of CUDA-event-timed calls after warm-up; each call includes kiln's per-call
-work in Python (allocation of outputs, launch), as a user sees it. The floor of a workload is
+Times are per call, medians over batches of 10 back-to-back calls timed with CUDA events after
+warm-up; a call includes kiln's per-call work in Python (allocation of outputs, launch), as a
+user's loop sees it. The floor of a workload is
 its bytes_moved (each input read once, each output written once) over the measured copy
 bandwidth (bytes read + written per second).
 """
@@ -27,14 +28,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import kiln  # noqa: E402
 from kiln import _cuda  # noqa: E402
-from kiln._compile import _captured_candidates  # noqa: E402
 from kiln._flatten import flatten  # noqa: E402
-from kiln._trace import trace  # noqa: E402
 import workloads as W  # noqa: E402
 
 
-def cuda_time_ms(call, reps=20, warmup=3):
-    """Median milliseconds of `call()` timed with CUDA events, after warm-up."""
+def cuda_time_ms(call, reps=20, warmup=3, batch=10):
+    """Median milliseconds per call of `call()`: batches of `batch` back-to-back calls between two
+    CUDA events (so host-side work overlaps the previous call's kernels, as in a real loop), the
+    median over `reps` batches, after warm-up."""
     for _ in range(warmup):
         call()
     torch.cuda.synchronize()
@@ -42,10 +43,11 @@ def cuda_time_ms(call, reps=20, warmup=3):
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        call()
+        for _ in range(batch):
+            call()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(a.elapsed_time(b) / batch)
     return statistics.median(times)
 
 
@@ -54,7 +56,7 @@ def copy_bandwidth():
     n = (1 << 30) // 4
     src = torch.randn(n, device="cuda")
     dst = torch.empty_like(src)
-    ms = cuda_time_ms(lambda: dst.copy_(src), reps=20, warmup=3)
+    ms = cuda_time_ms(lambda: dst.copy_(src), reps=10, warmup=3)
     del src, dst
     torch.cuda.empty_cache()
     return 2 * n * 4 / (ms * 1e-3)
@@ -69,21 +71,7 @@ def kiln_callable(fn, args):
     ks = kiln.kernels(f)
     if ks and all(getattr(k, "target", "cpu") == "cuda" for k in ks):
         return f, "kiln.compile", len(ks)
-    leaves = []
-    flatten((args, {}), leaves)
-    module = fn if isinstance(fn, torch.nn.Module) else None
-    candidates = _captured_candidates(fn.forward if module is not None else fn, module)
-    result, tracer = trace(fn, args, {}, list(leaves), candidates)
-    if tracer.failure is not None:
-        raise kiln.Unsupported(f"capture failed: {tracer.failure.reason}")
-    res = []
-    flatten(result, res)
-    tracer.outputs(res, len(leaves))
-    segs = getattr(tracer, "segments", None)
-    if segs is not None:
-        if len(segs) > 1:
-            raise kiln.Unsupported("graph break")
-        segs[0].builder.set_outputs(list(segs[0].needed))
+    tracer = _cuda.trace_graph(fn, args)
     runner = _cuda.compile_cuda_entry(tracer)
     full = list(tracer.leaves)
 
@@ -143,7 +131,7 @@ def main():
     ap.add_argument("--no-inductor", action="store_true")
     ap.add_argument("--quick", action="store_true", help="a quarter of the sizes")
     ap.add_argument("--json", default="")
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=7, help="timed batches of 10 calls each")
     opts = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.cuda.get_device_name()

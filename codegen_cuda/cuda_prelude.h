@@ -52,26 +52,38 @@ template <class T> __device__ __forceinline__ bool kiln_isnan(T) { return false;
 // Integer division and remainder without traps: a zero divisor sets `st` (the kernel then
 // raises the status word and kiln reruns the call eagerly, which raises torch's error) and
 // divides by 1; MIN / -1 wraps. Floor forms round toward -inf, as torch's // and %.
+template <class T> struct kiln_signed { static constexpr bool value = true; };
+template <> struct kiln_signed<bool> { static constexpr bool value = false; };
+template <> struct kiln_signed<unsigned char> { static constexpr bool value = false; };
 template <class T> __device__ __forceinline__ T kiln_truncdiv(T a, T b, int& st) {
   if (b == 0) { st = 1; b = 1; }
-  if ((T)(-1) < (T)0 && b == (T)(-1)) return (T)(0ull - (unsigned long long)a);
+  if constexpr (kiln_signed<T>::value) {
+    if (b == (T)(-1)) return (T)(0ull - (unsigned long long)a);
+  }
   return (T)(a / b);
 }
 template <class T> __device__ __forceinline__ T kiln_truncmod(T a, T b, int& st) {
   if (b == 0) { st = 1; b = 1; }
-  if ((T)(-1) < (T)0 && b == (T)(-1)) return (T)0;
+  if constexpr (kiln_signed<T>::value) {
+    if (b == (T)(-1)) return (T)0;
+  }
   return (T)(a % b);
 }
 template <class T> __device__ __forceinline__ T kiln_floordiv(T a, T b, int& st) {
   T q = kiln_truncdiv(a, b, st);
-  if (b == 0) return q;
-  T r = kiln_truncmod(a, b, st);
-  return (r != 0 && ((r < 0) != (b < 0))) ? (T)(q - 1) : q;
+  if constexpr (kiln_signed<T>::value) {
+    if (b == 0) return q;
+    T r = kiln_truncmod(a, b, st);
+    if (r != 0 && ((r < 0) != (b < 0))) return (T)(q - 1);
+  }
+  return q;
 }
 template <class T> __device__ __forceinline__ T kiln_floormod(T a, T b, int& st) {
   T r = kiln_truncmod(a, b, st);
-  if (b == 0) return r;
-  return (r != 0 && ((r < 0) != (b < 0))) ? (T)(r + b) : r;
+  if constexpr (kiln_signed<T>::value) {
+    if (b != 0 && r != 0 && ((r < 0) != (b < 0))) return (T)(r + b);
+  }
+  return r;
 }
 // The same for a constant divisor c > 0 (index arithmetic): nothing can fail.
 __device__ __forceinline__ long long kiln_floordiv_c(long long a, long long c) {

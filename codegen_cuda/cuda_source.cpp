@@ -208,6 +208,8 @@ const char* reduce_functor(ReduceOp op) {
   KILN_UNREACHABLE("reduce op");
 }
 
+bool contains(Expr e, Expr v);
+
 /// Does `e` (an int64 index) read `v` only as `... + v` (coefficient 1, no div/mod/load)?
 /// Returns the coefficient of v, or -1 when v appears in any other way.
 int64_t unit_coefficient(Expr e, Expr v) {
@@ -223,22 +225,33 @@ int64_t unit_coefficient(Expr e, Expr v) {
       int64_t a = unit_coefficient(e->a, v);
       return a < 0 ? -1 : a * e->b->ival;
     }
-    default: {
-      // Anything else may use v only if it does not contain it at all.
-      std::function<bool(Expr)> has = [&](Expr x) { return x && (x == v || has(x->a) || has(x->b) || has(x->c)); };
-      return has(e) ? -1 : 0;
-    }
+    default:
+      return contains(e, v) ? -1 : 0;  // anything else may use v only by not containing it
   }
 }
 
-bool contains(Expr e, Expr v) { return e && (e == v || contains(e->a, v) || contains(e->b, v) || contains(e->c, v)); }
+/// Calls `f` once on every node of the DAG under `e` (expressions share subterms: a walk
+/// without the visited set can be exponential).
+void visit(Expr e, std::set<Expr>& seen, const std::function<void(Expr)>& f) {
+  if (!e || !seen.insert(e).second) return;
+  f(e);
+  visit(e->a, seen, f);
+  visit(e->b, seen, f);
+  visit(e->c, seen, f);
+}
+
+bool contains(Expr e, Expr v) {
+  std::set<Expr> seen;
+  bool found = false;
+  visit(e, seen, [&](Expr x) { found |= x == v; });
+  return found;
+}
 
 void collect_loads(Expr e, std::set<Expr>& out) {
-  if (!e) return;
-  if (e->op == ExprOp::Load && e->ival >= 0) out.insert(e);
-  collect_loads(e->a, out);
-  collect_loads(e->b, out);
-  collect_loads(e->c, out);
+  std::set<Expr> seen;
+  visit(e, seen, [&](Expr x) {
+    if (x->op == ExprOp::Load && x->ival >= 0) out.insert(x);
+  });
 }
 
 int64_t extent_product(const std::vector<Loop>& loops) {
@@ -281,11 +294,12 @@ class KernelEmitter {
     s += fmt::format("extern \"C\" __global__ void __launch_bounds__({}) {}(\n", shape_.block, symbol_);
     for (int b : buffers_) {
       const Buffer& buf = p_.buffers[b];
-      const char* kind_name = buf.kind == BufferKind::Input ? "input" : buf.kind == BufferKind::Output ? "output" : "temp";
+      std::string what = buf.kind == BufferKind::Input    ? fmt::format("input {}", buf.index)
+                         : buf.kind == BufferKind::Output ? fmt::format("output {}", buf.index)
+                                                          : std::string("intermediate");
       bool read_only = !written_.count(b);
-      s += fmt::format("    {}{}* __restrict__ buf{},  // {} {}: {}[{}]\n", read_only ? "const " : "", mem_type(buf.dtype), b,
-                       kind_name, buf.kind == BufferKind::Temp ? "" : std::to_string(buf.index), dtype_name(buf.dtype),
-                       fmt::join(buf.sizes, ", "));
+      s += fmt::format("    {}{}* __restrict__ buf{},  // {}: {}[{}]\n", read_only ? "const " : "", mem_type(buf.dtype), b,
+                       what, dtype_name(buf.dtype), fmt::join(buf.sizes, ", "));
     }
     s += "    int* __restrict__ status) {\n";
     if (uses_kst_) s += "  int kst = 0;  // set by an integer division by zero\n";
@@ -307,14 +321,9 @@ class KernelEmitter {
 
   void collect_buffers() {
     std::set<int> used;
-    std::function<void(Expr)> walk = [&](Expr e) {
-      if (!e) return;
-      if (e->op == ExprOp::Load && e->ival >= 0) used.insert(static_cast<int>(e->ival));
-      walk(e->a);
-      walk(e->b);
-      walk(e->c);
-    };
-    for (Expr e : k_.exprs()) walk(e);
+    std::set<Expr> loads;
+    for (Expr e : k_.exprs()) collect_loads(e, loads);
+    for (Expr l : loads) used.insert(static_cast<int>(l->ival));
     for (const Phase& ph : k_.phases)
       for (const Store& st : ph.stores) {
         used.insert(st.buffer);
@@ -668,12 +677,9 @@ class KernelEmitter {
       ++vec;
     }
     for (Expr l : loads) {
-      if (l->a && [&] {
-            std::set<Expr> inner;
-            collect_loads(l->a, inner);
-            return !inner.empty();
-          }())
-        return false;  // an index read from memory
+      std::set<Expr> nested;
+      collect_loads(l->a, nested);
+      if (!nested.empty()) return false;  // an index read from memory
       int64_t c = unit_coefficient(l->a, v);
       if (c == 1) ++vec;
       else if (c != 0) return false;
@@ -807,7 +813,7 @@ class KernelEmitter {
         return;
       loops = &ph.loops;
     }
-    if (!loops || items > kMaxItems) return;
+    if (!loops || items == 0 || items > kMaxItems) return;
     std::map<Expr, int> phases_reading;
     for (const Phase& ph : k_.phases) {
       if (ph.loops.empty()) continue;

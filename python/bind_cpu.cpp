@@ -37,8 +37,21 @@ struct DebugDump {
   }
 };
 
+/// Programs touching at least this many elements release the GIL while they run.
+constexpr int64_t kReleaseGilWork = 16384;
+
 /// A compiled program plus what Python needs to inspect it.
 struct Program {
+  /// Elements the program's kernels touch per call (a size estimate for scheduling decisions).
+  int64_t work() const {
+    if (work_ < 0) {
+      work_ = 0;
+      for (const auto& k : compiled->program().kernels) work_ += k.outer_extent() * k.inner_work();
+      if (!compiled->program().externs.empty()) work_ = INT64_MAX;  // fallbacks run Python
+    }
+    return work_;
+  }
+  mutable int64_t work_ = -1;
   std::shared_ptr<runtime::CompiledProgram> compiled;
   std::vector<std::string> timings;
   std::string graph_text;
@@ -124,8 +137,12 @@ class Entry {
       return run_fallback(call, tensors, ps);
     };
     bool ok;
-    {
+    if (program_.work() >= kReleaseGilWork) {
+      // Other Python threads run while the kernels do; for tiny programs the release and
+      // re-acquire would cost more than the kernels.
       py::gil_scoped_release release;
+      ok = program_.compiled->run(ptrs, p.externs.empty() ? nullptr : run_extern);
+    } else {
       ok = program_.compiled->run(ptrs, p.externs.empty() ? nullptr : run_extern);
     }
     if (!ok) return py::bool_(false);
@@ -179,6 +196,65 @@ class Entry {
   Program program_;
   py::list fallbacks_;
   std::vector<py::object> sizes_, strides_, dtype_;  // per buffer
+};
+
+/// The per-call fast path of a compiled function for its most common shape of call: positional
+/// torch.Tensor arguments only, no captured tensors or guarded plain values, no mutation, and a
+/// result that is one tensor or a flat tuple of them. Everything else goes through Python.
+class FastPath {
+ public:
+  FastPath(py::object tensor_type, py::object is_grad_enabled, py::object get_default_dtype, py::object miss)
+      : tensor_type_(std::move(tensor_type)),
+        is_grad_enabled_(std::move(is_grad_enabled)),
+        get_default_dtype_(std::move(get_default_dtype)),
+        miss_(std::move(miss)) {}
+
+  /// `tuple_result`: return the outputs as a tuple instead of the first output.
+  void add(size_t nargs, std::shared_ptr<Entry> entry, bool tuple_result) {
+    entries_.push_back({nargs, std::move(entry), tuple_result});
+  }
+  void clear() { entries_.clear(); }
+  /// Calls served here since the last reset, over every compiled function (kiln.counters()).
+  static int64_t& hits() {
+    static int64_t h = 0;
+    return h;
+  }
+
+  /// The result, or the `miss` object (the Python path takes over, also when eager must redo
+  /// the call).
+  py::object call(const py::args& args) {
+    size_t n = args.size();
+    PyObject* type = tensor_type_.ptr();
+    for (size_t i = 0; i < n; ++i)
+      if (reinterpret_cast<PyObject*>(Py_TYPE(PyTuple_GET_ITEM(args.ptr(), i))) != type) return miss_;
+    py::list leaves(n + 1);
+    for (size_t i = 0; i < n; ++i) {
+      PyObject* a = PyTuple_GET_ITEM(args.ptr(), i);
+      Py_INCREF(a);
+      PyList_SET_ITEM(leaves.ptr(), i, a);
+    }
+    leaves[n] = get_default_dtype_();
+    bool grad = is_grad_enabled_().ptr() == Py_True;
+    for (auto& e : entries_) {
+      if (e.nargs != n) continue;
+      py::object out = e.entry->call(leaves, grad);
+      if (out.is_none()) continue;
+      if (!PyList_Check(out.ptr())) return miss_;  // False: redo the call eagerly (Python path)
+      ++hits();
+      if (e.tuple_result) return py::tuple(out);
+      return py::reinterpret_borrow<py::object>(PyList_GET_ITEM(out.ptr(), 0));
+    }
+    return miss_;
+  }
+
+ private:
+  struct Item {
+    size_t nargs;
+    std::shared_ptr<Entry> entry;
+    bool tuple_result;
+  };
+  py::object tensor_type_, is_grad_enabled_, get_default_dtype_, miss_;
+  std::vector<Item> entries_;
 };
 
 py::list kernel_info(const Program& prog) {
@@ -246,6 +322,14 @@ void define_cpu(py::module_& m) {
       .def("set_profiling", [](Program& p, bool on) { p.compiled->set_profiling(on); });
 
   m.def("compile_graph", &compile_graph, py::arg("builder"), py::arg("debug_dir") = "");
+  m.def("fast_hits", [] { return FastPath::hits(); });
+  m.def("reset_fast_hits", [] { FastPath::hits() = 0; });
+
+  py::class_<FastPath>(m, "FastPath")
+      .def(py::init<py::object, py::object, py::object, py::object>())
+      .def("add", &FastPath::add)
+      .def("clear", &FastPath::clear)
+      .def("__call__", &FastPath::call);
 
   py::class_<Entry, std::shared_ptr<Entry>>(m, "Entry")
       .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program, py::list>(), py::arg("guards"), py::arg("program"),

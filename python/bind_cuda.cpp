@@ -12,6 +12,7 @@
 #include "capture/graph_builder.h"
 #include "codegen_cuda/nvrtc_compiler.h"
 #include "passes/pipeline.h"
+#include "python/bindings.h"
 #include "runtime/cuda_driver.h"
 #include "runtime/cuda_program.h"
 #include "support/config.h"

@@ -57,13 +57,20 @@ def compile(fn=None, *, backend="kiln", fullgraph=False, dynamic=None):
 def counters():
     """Counts since the last reset(): captures, cache_hits, recompiles, graph_breaks,
     fallback_ops, eager_calls, plus fallback_op_counts and reasons (text -> times)."""
-    return _counters.snapshot()
+    out = _counters.snapshot()
+    if hasattr(_C, "fast_hits"):
+        out["cache_hits"] += _C.fast_hits()
+    return out
 
 
 def reset():
     """Forgets every compiled program and zeroes the counters."""
     for f in list(_live):
         f._entries.clear()
+        if hasattr(f._fast, "clear"):
+            f._fast.clear()
         f._entry_count = 0
         f._eager_only = None
     _counters.reset()
+    if hasattr(_C, "reset_fast_hits"):
+        _C.reset_fast_hits()

@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from . import _C, _accuracy, _counters, _segments
+from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._trace import CaptureFailed, trace
 
@@ -201,6 +202,9 @@ class CompiledFunction:
         self._eager_only = None  # reason, once the cache limit is hit
         self._compiles = 0
         self._last_entry = None  # the compiled entry that served the last call (KILN_CHECK)
+        # C++ fast path for calls with positional tensors only (see FastPath in bind_cpu.cpp).
+        self._fast = _C.FastPath(torch.Tensor, torch.is_grad_enabled, torch.get_default_dtype, _FAST_MISS) \
+            if hasattr(_C, "FastPath") else (lambda *a: _FAST_MISS)
         functools.update_wrapper(self, fn)
 
     @staticmethod
@@ -211,18 +215,29 @@ class CompiledFunction:
 
     # -- the per-call path ------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        if _checking():
+        if not kwargs and not _flags.disable and not _flags.check:
+            out = self._fast(*args)
+            if out is not _FAST_MISS:
+                return out
+        if _flags.check:
             return _accuracy.checked_call(self, args, kwargs)
         return self._call(*args, **kwargs)
 
     def _call(self, *args, **kwargs):
-        if self._backend == "eager" or self._eager_only is not None or _disabled():
+        if self._backend == "eager" or self._eager_only is not None or _flags.disable:
             _counters.record_eager(self._eager_only or "kiln is disabled (KILN_DISABLE=1 or backend='eager')")
             return self._fn(*args, **kwargs)
-        leaves = []
-        spec = flatten((args, kwargs), leaves)
+        if not kwargs and all(type(a) is _Tensor for a in args):
+            # The common call f(t1, t2, ...): its leaves and spec without walking containers.
+            leaves = list(args)
+            spec = _TENSOR_ARGS_SPECS.get(len(args))
+            if spec is None:
+                spec = _TENSOR_ARGS_SPECS[len(args)] = flatten((args, {}), [])
+        else:
+            leaves = []
+            spec = flatten((args, kwargs), leaves)
         grad = torch.is_grad_enabled()
-        state = self._state()
+        state = [torch.get_default_dtype()]
         for entry in self._entries.get(spec, ()):
             full = leaves + [g() for g in entry.getters] + state if entry.getters else leaves + state
             if entry.tree is not None:
@@ -251,7 +266,7 @@ class CompiledFunction:
                 # the call and raises torch's own error (if any).
                 _counters.record_eager("a compiled kernel or fallback op failed (e.g. integer division by zero)")
                 return self._fn(*args, **kwargs)
-            _counters.bump("cache_hits")
+            _counters._counts["cache_hits"] += 1
             if entry.single:
                 return out[0]
             for leaf, pos in entry.mutations:
@@ -271,6 +286,8 @@ class CompiledFunction:
         limit = int(_C.knob("cache_limit") or 8)
         if self._entry_count >= limit:
             self._eager_only = f"more than {limit} variants (KILN_CACHE_LIMIT); running eagerly"
+            if hasattr(self._fast, "clear"):
+                self._fast.clear()  # eager-only means every call, also those a variant covers
             warnings.warn(f"kiln: {self.__name__} recompiled {limit} times; it runs eagerly from now on. "
                           "Raise KILN_CACHE_LIMIT or make its argument shapes/values stable.", stacklevel=3)
             _counters.record_eager(self._eager_only)
@@ -352,6 +369,7 @@ class CompiledFunction:
                        fallbacks=tracer.fallbacks)
         entry.mutations = mutations
         entry.single = entry.single and not mutations
+        self._maybe_fast(spec, entry, len(leaves))
         for fb in tracer.fallbacks:
             _counters.record_fallback_op(str(fb))
         self._add_entry(spec, entry)
@@ -390,6 +408,19 @@ class CompiledFunction:
         for fb in tracer.fallbacks:
             _counters.record_fallback_op(str(fb))
         return result
+
+    def _maybe_fast(self, spec, entry, nargs):
+        """Registers `entry` with the C++ fast path when the call is positional tensors only and
+        the result is one tensor or a flat tuple of the graph's outputs in order."""
+        if not hasattr(self._fast, "add") or entry.getters or entry.mutations:
+            return
+        if spec != flatten((tuple(range(nargs)), {}), []):  # not a purely positional call
+            return
+        if entry.single:
+            self._fast.add(nargs, entry.native, False)
+        elif entry.result_spec == (tuple, (None,) * len(entry.out_specs)) and \
+                entry.out_specs == [("graph", j) for j in range(len(entry.out_specs))]:
+            self._fast.add(nargs, entry.native, True)
 
     def _eager_entry(self, args, kwargs, full, spec, grad, getters, reason, failure=None):
         _counters.record_eager(reason)
@@ -434,11 +465,6 @@ class CompiledFunction:
         return [e for es in self._entries.values() for e in es]
 
 
-def _checking():
-    v = _C.knob("check")
-    return bool(v) and v not in ("0", "false", "False", "off")
-
-
-def _disabled():
-    v = _C.knob("disable")
-    return bool(v) and v not in ("0", "false", "False", "off")
+_Tensor = torch.Tensor
+_FAST_MISS = object()
+_TENSOR_ARGS_SPECS = {}  # number of tensor arguments -> the spec flatten() gives such a call

@@ -34,7 +34,7 @@ from ._flatten import flatten
 from ._trace import NAME_DTYPES, trace
 
 __all__ = ["HAVE_CUDA_BACKEND", "cuda_status", "codegen_cuda", "compile_cuda_entry", "CudaEntry", "CudaKernel",
-           "CudaRunner", "is_cuda_trace", "nvrtc_search_paths"]
+           "CudaRunner", "is_cuda_trace", "nvrtc_search_paths", "trace_graph"]
 
 #: kiln._C was built with the CUDA backend (KILN_CUDA) and registers it.
 HAVE_CUDA_BACKEND = hasattr(_C, "cuda_codegen")
@@ -121,7 +121,10 @@ class CudaKernel:
         return f"<kiln.Kernel {self.name} (cuda)>"
 
 
-def _trace_for_codegen(fn, args, kwargs):
+def trace_graph(fn, args, kwargs=None):
+    """Traces fn(*args, **kwargs) once (the ops run for real) into one graph with its outputs
+    set; returns the tracer. Raises kiln.Unsupported when the trace fails or has a graph break."""
+    kwargs = kwargs or {}
     from ._compile import _captured_candidates
     module = fn if isinstance(fn, torch.nn.Module) else None
     leaves = []
@@ -150,7 +153,7 @@ def codegen_cuda(fn, *example_args, arch=None, **example_kwargs):
     (default: the GPU's, else 90). Needs no GPU. Returns a list of CudaKernel; raises
     kiln.Unsupported when the function cannot be captured or NVRTC is missing."""
     _require_backend()
-    tracer = _trace_for_codegen(fn, example_args, example_kwargs)
+    tracer = trace_graph(fn, example_args, example_kwargs)
     infos = _C.cuda_codegen(tracer.builder, int(arch or _default_arch()))
     return [CudaKernel(info) for info in infos]
 

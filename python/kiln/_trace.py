@@ -36,6 +36,9 @@ def _layout_key(shape, strides):
     return [st for n, st in zip(shape, strides) if n > 1]
 
 
+_DEVICES = ("cpu", "cuda")  # devices kiln compiles for; others (meta, ...) stop the capture
+
+
 class CaptureFailed(Exception):
     """The trace cannot become a graph; `kind` is 'break' (data-dependent Python) or 'fallback'."""
 
@@ -537,6 +540,9 @@ class Tracer(TorchDispatchMode):
     def _add_leaf_input(self, t, index):
         if t.layout != torch.strided:
             raise CaptureFailed(f"{t.layout} tensors are not supported")
+        if t.device.type not in _DEVICES:
+            # A meta tensor has no data: a compiled kernel would read a null pointer.
+            raise CaptureFailed(f"{t.device.type} tensors are not supported")
         vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), index)
         self.leaf_index[id(t)] = index
         self.input_vids.add(vid)
@@ -627,6 +633,9 @@ class Tracer(TorchDispatchMode):
         return out
 
     def _record(self, func, args, kwargs, out):
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor) and t.device.type not in _DEVICES:
+                raise CaptureFailed(f"{func} makes a {t.device.type} tensor (not supported)", op=str(func))
         packet = func.overloadpacket
         if packet in READS:
             self._record_read(func, args, kwargs, out)

@@ -18,8 +18,28 @@ def get(name):
     return _C.knob(name)
 
 
+def _truthy(v):
+    return bool(v) and v not in ("0", "false", "False", "off")
+
+
+class _Flags:
+    """The knobs the per-call path reads, cached as Python bools (refreshed by `set`): reading
+    them through _C on every call cost about a microsecond."""
+
+    def __init__(self):
+        self.refresh()
+
+    def refresh(self):
+        self.disable = _truthy(_C.knob("disable"))
+        self.check = _truthy(_C.knob("check"))
+
+
+flags = _Flags()
+
+
 def set(name, value):  # noqa: A001 - mirrors the knob table's verb
     _C.set_knob(name, str(int(value)) if isinstance(value, bool) else str(value))
+    flags.refresh()
 
 
 @contextlib.contextmanager

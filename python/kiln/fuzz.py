@@ -230,6 +230,8 @@ class Program:
         src = "\n".join(lines) + "\n"
         for a, b in (dtype_map or {}).items():
             src = src.replace(DTYPE_SRC[a], DTYPE_SRC[b])
+            if (a, b) == (torch.float32, torch.float64):
+                src = src.replace(".float()", ".double()")
         return src
 
     def function(self, dtype_map=None):
@@ -851,7 +853,6 @@ def _excused(e, g, refs, bad):
         float32 somewhere, even if the output is float64): kiln must agree with eager or the
         referee to float32 tolerance;
       * otherwise kiln must match eager (it does not here: not excused)."""
-    tol = TOLERANCES.get(e.dtype, (0.0, 0.0))
     eb, gb = e[bad], g[bad]
     ok = torch.zeros_like(eb, dtype=torch.bool)
     for r in refs:
@@ -860,7 +861,7 @@ def _excused(e, g, refs, bad):
                 and r.dtype != torch.float64:
             continue
         unstable = ~_close(eb, rb, _F32_TOL)
-        f32ish = ~_close(eb, rb, tol) & ~unstable
+        f32ish = ~_close(eb, rb, (1e-12, 1e-14)) & ~unstable  # float32 rounding somewhere upstream
         near = _close(gb, rb, _F32_TOL) | _close(gb, eb, _F32_TOL)
         ok |= unstable | (f32ish & near)
     return bool(ok.all())

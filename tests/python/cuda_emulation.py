@@ -160,7 +160,7 @@ def _poison(t):
 def emulate(fn, *args, max_grid=3):
     """Traces fn on CPU tensors, generates its CUDA program and runs it in emulation. Returns
     (outputs as a flat list, status_ok)."""
-    tracer = _cuda._trace_for_codegen(fn, args, {})
+    tracer = _cuda.trace_graph(fn, args, {})
     prog = _C.CudaProgram(tracer.builder, 0, 90)
     kernels = prog.kernels()
     lib, fns = _compile([k["source"] for k in kernels], [k["name"] for k in kernels])

@@ -96,6 +96,8 @@ CASES = {
     "reduce_middle_dim": (lambda x: x.sum(1), [R(4, 37, 6)]),
     "long_rows": (lambda x: x.sum(-1) + x.amax(-1), [R(3, 9000)]),
     "extent_one_reduce": (lambda x: x.sum(1), [R(8, 1, 5)]),
+    "empty_reduce": (lambda x: (x.sum(-1), x.prod(-1), (x > 0).any(-1), (x > 0).all(-1), x.sum(-1) + x.sum(-1)),
+                     [lambda: torch.randn(4, 0)]),
     # -- fused rows
     "softmax": (lambda x: F.softmax(x, -1), [R(64, 1000)]),
     "softmax_dim0": (lambda x: F.softmax(x, 0), [R(50, 30)]),
@@ -198,20 +200,15 @@ def _to_cuda(t):
 def _poisoned_run(fn, args):
     """Compiles fn for the GPU on `args` and runs the compiled program with outputs pre-filled
     with garbage; returns (compiled outputs, eager outputs)."""
-    leaves = list(args)
-    from kiln._trace import trace
-    from kiln._compile import _captured_candidates
-    _, tracer = trace(fn, tuple(args), {}, leaves, _captured_candidates(fn, None))
-    assert tracer.failure is None, tracer.failure and tracer.failure.reason
-    res = fn(*args)
-    res_leaves = res if isinstance(res, (tuple, list)) else [res]
-    tracer.outputs(list(res_leaves), len(args))
+    tracer = _cuda.trace_graph(fn, tuple(args))
+    want = fn(*args)
+    want = list(want) if isinstance(want, (tuple, list)) else [want]
     runner = _cuda.compile_cuda_entry(tracer)
     runner.poison_outputs = True
     got = runner(tracer.leaves)
     assert got is not False, "a kernel flagged an integer division by zero"
     torch.cuda.synchronize()
-    return got, list(res_leaves)
+    return got, want
 
 
 GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f32", "compare_logical", "broadcast",
@@ -219,7 +216,7 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "amax_amin", "argmax_argmin", "prod_any_all", "int_reductions", "var_std", "logsumexp_norm",
              "whole_tensor_sum", "reduce_middle_dim", "long_rows", "extent_one_reduce", "softmax", "softmax_dim0",
              "log_softmax", "layer_norm", "rms_norm", "group_norm", "batch_norm_eval", "bias_relu_residual",
-             "scalars_consts", "small_ints"]
+             "scalars_consts", "small_ints", "empty_reduce"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
@@ -274,10 +271,7 @@ def test_gpu_misaligned_views():
 def test_gpu_integer_division_by_zero_flags_status():
     a = torch.arange(8, dtype=torch.int32, device="cuda")
     b = torch.ones(8, dtype=torch.int32, device="cuda")
-    from kiln._trace import trace
-    fn = lambda a, b: a // b  # noqa: E731
-    _, tracer = trace(fn, (a, b), {}, [a, b], {})
-    tracer.outputs([fn(a, b)], 2)
+    tracer = _cuda.trace_graph(lambda p, q: p // q, (a, b))
     runner = _cuda.compile_cuda_entry(tracer)
     assert runner([a, b]) is not False
     b[3] = 0
@@ -367,7 +361,7 @@ def test_emulated_integer_division_by_zero_sets_status():
     from kiln import _C as C
     nz = b.clone()
     nz[3] = 1
-    tracer = _cuda._trace_for_codegen(lambda p, q: (p // q, p % q), (a, nz), {})
+    tracer = _cuda.trace_graph(lambda p, q: (p // q, p % q), (a, nz), {})
     from cuda_emulation import _compile
     prog = C.CudaProgram(tracer.builder, 0, 90)
     assert prog.may_fail
