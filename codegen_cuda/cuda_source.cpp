@@ -23,6 +23,14 @@
 /// threads are not idle; 1024 for long rows (>= 4096) and for few rows (< 256 blocks, e.g. the
 /// partials of a whole-tensor reduction), where one block per row must keep many loads in flight.
 ///
+/// Scalar semantics follow cpu_codegen.cpp (NaN-propagating max/min, floor division and modulo
+/// with a status flag instead of a trap, float -> int through int32, bool as a byte, argmax's
+/// first-NaN rule, float64 accumulators when acc_dtype says so), with three differences that
+/// eager CUDA shares: NVRTC contracts a*b+c into FMAs, libdevice's exp/tanh/erf differ from the
+/// CPU polynomials in the last ulps, and an out-of-range float -> int conversion saturates. int32
+/// and int64 arithmetic is plain C (it wraps on the GPU); narrower types are cast back after each
+/// operation. float16/bfloat16 compute in float32 and round when cast or stored.
+///
 /// Every value is computed once where its variables are bound: an expression that does not
 /// depend on the inner loop's variables is emitted before that loop (per row: a norm's
 /// 1/sqrt(var + eps)), one that depends on no variable before the grid-stride loop.
@@ -331,6 +339,8 @@ class KernelEmitter {
       }
     for (int b : used) KILN_CHECK(b >= 0 && static_cast<size_t>(b) < p_.buffers.size(), "kernel uses buf{}", b);
     buffers_.assign(used.begin(), used.end());
+    for (Expr l : loads)
+      if (written_.count(static_cast<int>(l->ival))) self_read_.insert(static_cast<int>(l->ival));
   }
 
   int level() const { return static_cast<int>(scopes_.size()) - 1; }
@@ -401,7 +411,9 @@ class KernelEmitter {
           KILN_CHECK(it != placeholders_.end(), "reduction acc{} read before its phase", -1 - e->ival);
           return it->second.second;
         }
-        if (overrides_.count(e) || cached_.count(e)) return level();
+        // Vector slots and register caches are per element; a buffer this kernel also writes
+        // must be read where the read is, after the stores before it.
+        if (overrides_.count(e) || cached_.count(e) || self_read_.count(static_cast<int>(e->ival))) return level();
         break;
       default: break;
     }
@@ -577,6 +589,11 @@ class KernelEmitter {
     std::string target =
         ov != store_overrides_.end() ? ov->second : fmt::format("buf{}[{}]", st.buffer, emit(st.index));
     line(guard + target + " = " + v + ";");
+    // Values read from this buffer before the store are stale now.
+    if (self_read_.count(st.buffer)) {
+      scopes_[level()].names.clear();
+      level_memo_.clear();
+    }
   }
 
   std::string acc_name(const Reduction& r) const { return fmt::format("acc{}", r.slot); }
@@ -667,6 +684,7 @@ class KernelEmitter {
 
   bool vector_candidate() {
     if (k_.loops.empty() || k_.phases.size() != 1 || !k_.phases[0].reductions.empty()) return false;
+    if (!self_read_.empty()) return false;  // the vector loads would run before the stores
     Expr v = k_.loops.back().var;
     if (v->ival % kVec != 0) return false;
     std::set<Expr> loads;
@@ -821,6 +839,7 @@ class KernelEmitter {
       for (const Reduction& r : ph.reductions) collect_loads(r.value, loads);
       for (const Store& st : ph.stores) collect_loads(st.value, loads);
       for (Expr l : loads) {
+        if (self_read_.count(static_cast<int>(l->ival))) continue;  // it changes between phases
         bool inner = false;
         for (const Loop& lp : *loops) inner |= contains(l->a, lp.var);
         if (inner) ++phases_reading[l];
@@ -847,7 +866,11 @@ class KernelEmitter {
     decode(k_.loops, "row", "rem");
     for (const auto& [load, array] : cached_)
       line(fmt::format("{} {}[{}];  // this thread's elements of the row, read once", reg_type(load->dtype), array, items));
+    bool first = true;
     for (const Phase& ph : k_.phases) {
+      // A phase may read what an earlier one stored (another thread's element, or thread 0's).
+      if (!first && !self_read_.empty()) line("__syncthreads();  // earlier phases' stores are read below");
+      first = false;
       if (ph.loops.empty()) {
         emit_single_phase(ph, "if (threadIdx.x == 0) ");
         continue;
@@ -904,6 +927,7 @@ class KernelEmitter {
   bool uses_kst_ = false;     ///< a checked integer division (kst is declared)
   std::vector<int> buffers_;
   std::set<int> written_;
+  std::set<int> self_read_;  ///< buffers this kernel both stores and loads
   std::vector<Scope> scopes_;
   std::unordered_map<Expr, std::string> var_name_;
   std::unordered_map<Expr, int> var_level_;

@@ -31,7 +31,11 @@ namespace kiln::cuda {
 /// How to launch one generated kernel, and what to pass it.
 struct LaunchShape {
   bool row = false;             ///< row kernel (a block per outer iteration) or flat (grid-stride)
-  int block = 256;              ///< threads per block (blockDim.x); the source is built for it
+  /// Threads per block (blockDim.x); the source is built for it (__launch_bounds__). Flat: 256.
+  /// Row: 256 for rows up to 2048 elements (8 per thread, held in registers; 8 blocks per SM),
+  /// the row's size rounded up to a power of two (>= 32) for short rows, 1024 for rows of
+  /// >= 4096 elements or fewer than 256 rows of >= 1024 (one block must keep many loads in flight).
+  int block = 256;
   int items_per_thread = 1;     ///< flat kernels: elements one thread handles per grid step
   int64_t max_grid = 1 << 20;   ///< cap on blocks: the kernels are grid-stride, any grid is correct
   int64_t outer_extent = 0;     ///< product of the kernel's outer loop extents

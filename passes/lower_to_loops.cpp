@@ -611,6 +611,7 @@ class Lowering {
   void finish_kernel(OpenKernel& ok) {
     Kernel& k = prog_.kernels[ok.index];
     if (ok.row) {
+      reuse_reduced_values(ok);
       for (auto& lvl : ok.levels) {
         lvl.loops = ok.reduce_loops;
         k.phases.push_back(std::move(lvl));
@@ -639,6 +640,68 @@ class Lowering {
     if (!k.loops.empty()) {
       if (!ok.row) k.loops.back().kind = LoopKind::Vectorized;
       k.loops.front().kind = LoopKind::Parallel;
+    }
+  }
+
+  static bool contains(Expr e, Expr part, std::set<Expr>& seen) {
+    if (!e || !seen.insert(e).second) return false;
+    return e == part || contains(e->a, part, seen) || contains(e->b, part, seen) || contains(e->c, part, seen);
+  }
+
+  static bool expensive(Expr e, std::set<Expr>& seen) {
+    if (!e || !seen.insert(e).second) return false;
+    switch (e->op) {
+      case ExprOp::Exp: case ExprOp::Exp2: case ExprOp::Expm1: case ExprOp::Log: case ExprOp::Log2:
+      case ExprOp::Log1p: case ExprOp::Tanh: case ExprOp::Erf: case ExprOp::Pow: case ExprOp::Sin:
+      case ExprOp::Cos: case ExprOp::Tan:
+        return true;
+      default:
+        return expensive(e->a, seen) || expensive(e->b, seen) || expensive(e->c, seen);
+    }
+  }
+
+  Expr replace(Expr e, Expr part, Expr with) {
+    std::unordered_map<Expr, Expr> memo;
+    std::function<Expr(Expr)> go = [&](Expr x) -> Expr {
+      if (!x) return x;
+      if (x == part) return with;
+      auto it = memo.find(x);
+      if (it != memo.end()) return it->second;
+      Expr r = x;
+      Expr a = go(x->a), b = go(x->b), c = go(x->c);
+      if (a != x->a || b != x->b || c != x->c) {
+        if (x->op == ExprOp::Select) r = ctx().select(a, b, c);
+        else if (x->op == ExprOp::Cast) r = ctx().cast(a, x->dtype);
+        else if (x->op == ExprOp::Load) r = ctx().load(static_cast<int>(x->ival), a, x->dtype);
+        else if (expr_op_arity(x->op) == 1) r = ctx().unary(x->op, a);
+        else r = ctx().binary(x->op, a, b);
+      }
+      memo[x] = r;
+      return r;
+    };
+    return go(e);
+  }
+
+  /// Note [Reusing a reduced value]: softmax's store phase recomputes exp(x - max), which its
+  /// sum phase already computed for the same element. When a full-size store's value contains
+  /// an expensive reduction value of an earlier phase, that phase also stores the value into
+  /// the output (same element, same dtype) and the store phase reads it back from L1, halving
+  /// the transcendental work.
+  void reuse_reduced_values(OpenKernel& ok) {
+    for (auto& st : ok.full_stores.stores) {
+      DType t = prog_.buffers[st.buffer].dtype;
+      for (auto& lvl : ok.levels)
+        for (const auto& r : lvl.reductions) {
+          std::set<Expr> s1, s2;
+          if (r.value->dtype != t || !expensive(r.value, s1) || !contains(st.value, r.value, s2)) continue;
+          if (st.value == r.value) continue;  // nothing left to compute: the store moves instead
+          lvl.stores.push_back({st.buffer, st.index, r.value});
+          st.value = replace(st.value, r.value, ctx().load(st.buffer, st.index, t));
+          log(fmt::format("kernel {}: buf{} keeps the reduced value of acc{} for the store phase", ok.index,
+                          st.buffer, r.slot));
+          goto next_store;
+        }
+    next_store:;
     }
   }
 

@@ -110,14 +110,8 @@ namespace kiln::py_bind {
 
 /// Registers the CUDA backend: nvrtc_info, cuda_available, cuda_codegen, CudaProgram, CudaError.
 void define_cuda(py::module_& m) {
-  static py::exception<runtime::CudaError> cuda_error(m, "CudaError", PyExc_RuntimeError);
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const runtime::CudaError& e) {
-      PyErr_SetString(cuda_error.ptr(), e.what());
-    }
-  });
+  // A failed driver call (module load, launch) names the kernel; Python sees kiln._C.CudaError.
+  py::register_exception<runtime::CudaError>(m, "CudaError", PyExc_RuntimeError);
 
   m.def("set_nvrtc_search_paths", &cuda::set_nvrtc_search_paths,
         "Library files or folders to try for libnvrtc before the loader's search (after KILN_NVRTC).");
