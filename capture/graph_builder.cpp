@@ -99,8 +99,26 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
   };
   switch (op_category(op)) {
     case OpCategory::Leaf:
+      if (op == OpKind::Iota) {
+        KILN_UNSUPPORTED_IF(attrs.ints.empty(), "iota needs sizes and a dim");
+        Sizes sizes(attrs.ints.begin(), attrs.ints.end() - 1);
+        return editor_.iota(sizes, attrs.ints.back(), attrs.dtype);
+      }
+      throw Unsupported(fmt::format("{} cannot be called", name));
     case OpCategory::Extern:
       throw Unsupported(fmt::format("{} cannot be called", name));
+    case OpCategory::Assemble: {
+      KILN_UNSUPPORTED_IF(attrs.ints.empty(), "{} needs its dims", name);
+      if (op == OpKind::Concat) {
+        DType t = promoted(args);
+        std::vector<int> xs;
+        for (size_t i = 0; i < args.size(); ++i) xs.push_back(value_of(tensor_arg(i) >= 0 ? args[i] : args[i], t));
+        return editor_.concat(xs, attrs.ints[0]);
+      }
+      if (op == OpKind::Gather) return editor_.gather(tensor_arg(0), tensor_arg(1), attrs.ints[0], attrs.ints.at(1) != 0);
+      if (op == OpKind::Pad) return editor_.pad(tensor_arg(0), attrs.ints, attrs.floats.at(0));
+      break;
+    }
     case OpCategory::Unary: {
       int x = tensor_arg(0);
       DType t = node(x).dtype;
@@ -167,6 +185,8 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
         case OpKind::Slice:
           KILN_UNSUPPORTED_IF(attrs.ints.size() != 4, "slice takes dim, start, end, step");
           return editor_.slice(x, attrs.ints[0], attrs.ints[1], attrs.ints[2], attrs.ints[3]);
+        case OpKind::Flip:
+          return editor_.flip(x, attrs.ints);
         default: break;
       }
       break;

@@ -481,6 +481,14 @@ class KernelEmitter {
       case ExprOp::Le: return fl ? b_.CreateFCmpOLE(a, bv) : uns ? b_.CreateICmpULE(a, bv) : b_.CreateICmpSLE(a, bv);
       case ExprOp::Gt: return fl ? b_.CreateFCmpOGT(a, bv) : uns ? b_.CreateICmpUGT(a, bv) : b_.CreateICmpSGT(a, bv);
       case ExprOp::Ge: return fl ? b_.CreateFCmpOGE(a, bv) : uns ? b_.CreateICmpUGE(a, bv) : b_.CreateICmpSGE(a, bv);
+      case ExprOp::IndexCheck: {
+        // An index out of [0, n): flag the call (eager redoes it and raises torch's IndexError)
+        // and read element 0 instead, never out of bounds.
+        llvm::Value* oob = b_.CreateICmpUGE(a, bv);
+        llvm::Value* st = b_.CreateLoad(b_.getInt32Ty(), status_);
+        b_.CreateStore(b_.CreateOr(st, b_.CreateZExt(oob, b_.getInt32Ty())), status_);
+        return b_.CreateSelect(oob, llvm::ConstantInt::get(a->getType(), 0), a);
+      }
       case ExprOp::And: return b_.CreateAnd(a, bv);
       case ExprOp::Or: return b_.CreateOr(a, bv);
       case ExprOp::Xor: return b_.CreateXor(a, bv);

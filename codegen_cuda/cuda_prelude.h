@@ -62,6 +62,13 @@ template <class T> __device__ __forceinline__ T kiln_truncdiv(T a, T b, int& st)
   }
   return (T)(a / b);
 }
+// Index check for gathers: an out-of-range index flags the kernel and reads element 0.
+__device__ __forceinline__ long long kiln_index_check(long long i, long long n, int& kst) {
+  bool bad = (unsigned long long)i >= (unsigned long long)n;
+  kst |= bad;
+  return bad ? 0 : i;
+}
+
 template <class T> __device__ __forceinline__ T kiln_truncmod(T a, T b, int& st) {
   if (b == 0) { st = 1; b = 1; }
   if constexpr (kiln_signed<T>::value) {

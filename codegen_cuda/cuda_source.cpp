@@ -558,6 +558,12 @@ class KernelEmitter {
       case ExprOp::Pow:
         KILN_UNSUPPORTED_IF(!fl, "CUDA codegen: pow of {}", dtype_name(t));
         return fmt::format("{}({}, {})", math_fn("pow", t), emit(e->a), emit(e->b));
+      case ExprOp::IndexCheck:
+        // An index out of [0, n) flags the call (eager redoes it and raises IndexError) and
+        // reads element 0 instead of out of bounds.
+        uses_kst_ = true;
+        uses_status_ = true;
+        return fmt::format("kiln_index_check({}, {}, kst)", emit(e->a), emit(e->b));
       case ExprOp::Max: return fmt::format("kiln_max({}, {})", emit(e->a), emit(e->b));
       case ExprOp::Min: return fmt::format("kiln_min({}, {})", emit(e->a), emit(e->b));
       case ExprOp::Eq: return infix("==");

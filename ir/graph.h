@@ -22,7 +22,7 @@ enum class OpKind : uint16_t {
 };
 
 enum class OpCategory : uint8_t {
-  Leaf, Unary, Binary, Ternary, Cast, Composite, CompositeReduce, Movement, Reduction, Extern
+  Leaf, Unary, Binary, Ternary, Cast, Composite, CompositeReduce, Movement, Reduction, Extern, Assemble
 };
 
 const char* op_name(OpKind k);

@@ -155,6 +155,73 @@ int GraphEditor::slice(int x, int64_t dim, int64_t start, int64_t end, int64_t s
   return append(std::move(node_));
 }
 
+int GraphEditor::concat(const std::vector<int>& xs, int64_t dim) {
+  KILN_UNSUPPORTED_IF(xs.empty(), "concat of nothing");
+  Sizes out = node(xs[0]).sizes;
+  int64_t r = static_cast<int64_t>(out.size());
+  if (dim < 0) dim += r;
+  KILN_UNSUPPORTED_IF(dim < 0 || dim >= r, "concat dim out of range");
+  out[dim] = 0;
+  for (int x : xs) {
+    const Node& n = node(x);
+    KILN_UNSUPPORTED_IF(n.sizes.size() != static_cast<size_t>(r) || n.dtype != node(xs[0]).dtype,
+                        "concat operands differ in rank or dtype");
+    for (int64_t d = 0; d < r; ++d)
+      KILN_UNSUPPORTED_IF(d != dim && n.sizes[d] != node(xs[0]).sizes[d], "concat operands differ in size");
+    out[dim] += n.sizes[dim];
+  }
+  if (xs.size() == 1) return xs[0];
+  Node n{OpKind::Concat, xs, {}, node(xs[0]).dtype, out, {}};
+  n.attrs.ints = {dim};
+  return append(std::move(n));
+}
+
+int GraphEditor::gather(int x, int index, int64_t dim, bool wrap) {
+  const Node& xn = node(x);
+  const Node& in = node(index);
+  int64_t r = static_cast<int64_t>(xn.sizes.size());
+  if (dim < 0) dim += r;
+  KILN_UNSUPPORTED_IF(dim < 0 || dim >= std::max<int64_t>(r, 1) || in.sizes.size() != xn.sizes.size(),
+                      "gather: index rank or dim");
+  KILN_UNSUPPORTED_IF(!is_int(in.dtype), "gather: index of dtype {}", dtype_name(in.dtype));
+  Node n{OpKind::Gather, {x, index}, {}, xn.dtype, in.sizes, {}};
+  n.attrs.ints = {dim, wrap ? 1 : 0};
+  return append(std::move(n));
+}
+
+int GraphEditor::pad(int x, const std::vector<int64_t>& pad, double value) {
+  Sizes out = node(x).sizes;
+  KILN_UNSUPPORTED_IF(pad.size() != 2 * out.size(), "pad needs (low, high) per dim");
+  for (size_t d = 0; d < out.size(); ++d) {
+    KILN_UNSUPPORTED_IF(pad[2 * d] < 0 || pad[2 * d + 1] < 0, "negative padding");
+    out[d] += pad[2 * d] + pad[2 * d + 1];
+  }
+  Node n{OpKind::Pad, {x}, {}, node(x).dtype, out, {}};
+  n.attrs.ints = pad;
+  n.attrs.floats = {value};
+  return append(std::move(n));
+}
+
+int GraphEditor::flip(int x, std::vector<int64_t> dims) {
+  int64_t r = static_cast<int64_t>(node(x).sizes.size());
+  for (auto& d : dims) {
+    if (d < 0) d += r;
+    KILN_UNSUPPORTED_IF(d < 0 || d >= r, "flip dim out of range");
+  }
+  Node n{OpKind::Flip, {x}, {}, node(x).dtype, node(x).sizes, {}};
+  n.attrs.ints = dims;
+  return append(std::move(n));
+}
+
+int GraphEditor::iota(const Sizes& sizes, int64_t dim, DType dtype) {
+  KILN_UNSUPPORTED_IF(dim < 0 || dim >= static_cast<int64_t>(sizes.size()), "iota dim out of range");
+  Node n{OpKind::Iota, {}, {}, dtype, sizes, {}};
+  n.attrs.ints = sizes;
+  n.attrs.ints.push_back(dim);
+  n.attrs.dtype = dtype;
+  return append(std::move(n));
+}
+
 namespace {
 /// Normalises reduction dims (negative, duplicates, empty = all) and returns the output sizes.
 Sizes reduced_sizes(const Sizes& in, std::vector<int64_t>& dims, bool keepdim) {

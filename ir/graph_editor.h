@@ -42,6 +42,16 @@ class GraphEditor {
   /// keep their input's shape.
   int composite_reduce(OpKind op, const std::vector<int>& xs, Attrs attrs);
 
+  /// Concatenation along `dim` (torch.cat's shape rules; all operands of one dtype).
+  int concat(const std::vector<int>& xs, int64_t dim);
+  /// torch.gather: out[i] = x[i with dim replaced by index[i]]; `wrap` admits negative indices.
+  int gather(int x, int index, int64_t dim, bool wrap);
+  /// Constant padding: `pad` holds (low, high) per dim (non-negative), filled with `value`.
+  int pad(int x, const std::vector<int64_t>& pad, double value);
+  int flip(int x, std::vector<int64_t> dims);
+  /// The index along `dim` of a tensor of `sizes`, in `dtype`.
+  int iota(const Sizes& sizes, int64_t dim, DType dtype);
+
   /// Appends a fully described node after checking its inputs exist.
   int append(Node n);
   const Node& node(int id) const { return g_.nodes[id]; }

@@ -202,6 +202,11 @@ std::vector<Expr> view_source_index(Context& c, const Node& n, const Sizes& src_
           r[d] = src_sizes[d] == 1 ? c.int_const(0) : c.simplify_index(c.mod(c.div(lin, st[d]), src_sizes[d]));
         return r;
       }
+      case OpKind::Flip: {
+        std::vector<Expr> r(idx);
+        for (int64_t d : a) r[d] = c.add(c.mul(idx[d], int64_t{-1}), src_sizes[d] - 1);
+        return r;
+      }
       default:
         KILN_UNREACHABLE("not a view");
     }

@@ -245,8 +245,11 @@ class Lowering {
     Context& c = ctx();
     switch (op_category(n.op)) {
       case OpCategory::Leaf:
+        if (n.op == OpKind::Iota) return c.cast(idx[n.attrs.ints.back()], n.dtype);
         KILN_CHECK(n.op == OpKind::Constant, "input %{} without a buffer", n.attrs.int_value);
         return is_float(n.dtype) ? c.float_const(n.attrs.float_value, n.dtype) : c.int_const(n.attrs.int_value, n.dtype);
+      case OpCategory::Assemble:
+        return assemble(n, idx, self);
       case OpCategory::Movement:
         return value_at(n.inputs[0], view_source_index(c, n, g_.nodes[n.inputs[0]].sizes, idx), self);
       case OpCategory::Reduction:
@@ -257,6 +260,63 @@ class Lowering {
         if (opts_.inject_bug == "relu" && n.op == OpKind::Maximum && is_const(ops[1])) return ops[0];
         return lower_pointwise(c, n, ops);
       }
+    }
+  }
+
+  /// clamp(i, 0, n - 1): an index that is always in bounds (for the branch a select discards).
+  Expr clamp_index(Expr i, int64_t n) {
+    Context& c = ctx();
+    return c.binary(ExprOp::Min, c.binary(ExprOp::Max, i, c.int_const(0)), c.int_const(std::max<int64_t>(n - 1, 0)));
+  }
+
+  /// Concat, gather and pad: values picked by index arithmetic. Every load they make is in
+  /// bounds, also on the side of a select that is discarded (a select evaluates both).
+  Expr assemble(const Node& n, const std::vector<Expr>& idx, int self) {
+    Context& c = ctx();
+    int64_t dim = n.attrs.ints[0];
+    switch (n.op) {
+      case OpKind::Concat: {
+        std::vector<int64_t> offsets = {0};
+        for (int x : n.inputs) offsets.push_back(offsets.back() + g_.nodes[x].sizes[dim]);
+        Expr value = nullptr;
+        for (int k = static_cast<int>(n.inputs.size()) - 1; k >= 0; --k) {
+          const Node& xk = g_.nodes[n.inputs[k]];
+          if (xk.sizes[dim] == 0) continue;
+          std::vector<Expr> src(idx);
+          src[dim] = clamp_index(c.add(idx[dim], -offsets[k]), xk.sizes[dim]);
+          Expr v = value_at(n.inputs[k], src, self);
+          value = value ? c.select(c.binary(ExprOp::Lt, idx[dim], c.int_const(offsets[k + 1])), v, value) : v;
+        }
+        return value;
+      }
+      case OpKind::Gather: {
+        const Node& x = g_.nodes[n.inputs[0]];
+        int64_t size = x.sizes[dim];
+        Expr i = c.cast(value_at(n.inputs[1], idx, self), DType::Int64);
+        if (n.attrs.ints[1]) i = c.select(c.binary(ExprOp::Lt, i, c.int_const(0)), c.add(i, size), i);
+        std::vector<Expr> src(idx);
+        src[dim] = c.binary(ExprOp::IndexCheck, i, c.int_const(size));
+        return value_at(n.inputs[0], src, self);
+      }
+      case OpKind::Pad: {
+        const Node& x = g_.nodes[n.inputs[0]];
+        std::vector<Expr> src(idx);
+        Expr inside = c.bool_const(true);
+        for (size_t d = 0; d < idx.size(); ++d) {
+          int64_t lo = n.attrs.ints[2 * d], hi = n.attrs.ints[2 * d + 1];
+          if (lo == 0 && hi == 0) continue;
+          Expr s = c.add(idx[d], -lo);
+          inside = c.binary(ExprOp::And, inside,
+                            c.binary(ExprOp::And, c.binary(ExprOp::Ge, s, c.int_const(0)),
+                                     c.binary(ExprOp::Lt, s, c.int_const(x.sizes[d]))));
+          src[d] = clamp_index(s, x.sizes[d]);
+        }
+        Expr fill = is_float(n.dtype) ? c.float_const(n.attrs.floats[0], n.dtype)
+                                      : c.int_const(static_cast<int64_t>(n.attrs.floats[0]), n.dtype);
+        return c.select(inside, value_at(n.inputs[0], src, self), fill);
+      }
+      default:
+        KILN_UNREACHABLE(std::string("not an assembly op: ") + op_name(n.op));
     }
   }
 

@@ -18,4 +18,8 @@ TorchHandles& torch_handles();
 /// Registers compile_graph, Program, Entry and host_target (the LLVM CPU backend).
 void define_cpu(py::module_& m);
 
+/// Registers the CUDA backend: nvrtc_info, set_nvrtc_search_paths, cuda_available,
+/// cuda_unavailable_reason, cuda_device_info, cuda_codegen, CudaProgram, CudaError.
+void define_cuda(py::module_& m);
+
 }  // namespace kiln::py_bind

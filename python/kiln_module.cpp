@@ -128,6 +128,9 @@ PYBIND11_MODULE(_C, m) {
       .def("explain", &py_bind::GuardSet::explain)
       .def("describe", &py_bind::GuardSet::describe);
 
+#ifdef KILN_HAVE_CUDA
+  kiln::py_bind::define_cuda(m);
+#endif
 #ifdef KILN_HAVE_CPU
   kiln::py_bind::define_cpu(m);
 #else

@@ -20,6 +20,7 @@ from ._compile import CompiledFunction
 from ._explain import Explanation, explain
 from ._kernels import Kernel, codegen, kernels
 from ._module import CompiledModule
+from ._cuda import cuda_status
 from .minify import minify
 
 __version__ = "0.1.0"

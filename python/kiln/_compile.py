@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from . import _C, _accuracy, _counters, _segments
+from . import _C, _accuracy, _counters, _cuda, _segments
 from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._trace import CaptureFailed, trace
@@ -351,7 +351,15 @@ class CompiledFunction:
         # written after compiling used to go to the next variant's (missing) directory.
         debug_dir = self._debug_dir()
         try:
-            program = _C.compile_graph(tracer.builder, debug_dir)
+            if _cuda.is_cuda_trace(tracer):
+                # Tensors on a CUDA device compile for it (NVRTC); mixed devices, fallback ops
+                # or a missing driver raise Unsupported and run eagerly.
+                program = _cuda.compile_cuda_entry(tracer, debug_dir=debug_dir)
+            else:
+                if any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tracer.leaves):
+                    raise _C.Unsupported("kiln compiles CPU and CUDA tensors; these live on "
+                                         f"{sorted({str(t.device) for t in tracer.leaves if isinstance(t, torch.Tensor)})}")
+                program = _C.compile_graph(tracer.builder, debug_dir)
         except _C.Unsupported as e:
             err = CaptureFailed(str(e), location="(lowering)")
             _counters.record_failure(err)
@@ -387,7 +395,9 @@ class CompiledFunction:
         entry = tree_entry
         if entry is None:
             entry = _Entry(_build_guards(full, grad), getters)
-            entry.tree = _segments.Tree(entry.guards, len(full), grad)
+            devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
+            device = next(iter(devices)) if len(devices) == 1 and next(iter(devices)).type == "cuda" else None
+            entry.tree = _segments.Tree(entry.guards, len(full), grad, device)
             self._add_entry(spec, entry)
         else:
             self._entry_count += 1  # a new path counts as a variant for the cache limit
@@ -412,7 +422,7 @@ class CompiledFunction:
     def _maybe_fast(self, spec, entry, nargs):
         """Registers `entry` with the C++ fast path when the call is positional tensors only and
         the result is one tensor or a flat tuple of the graph's outputs in order."""
-        if not hasattr(self._fast, "add") or entry.getters or entry.mutations:
+        if not hasattr(self._fast, "add") or entry.getters or entry.mutations or not isinstance(entry.native, _C.Entry):
             return
         if spec != flatten((tuple(range(nargs)), {}), []):  # not a purely positional call
             return

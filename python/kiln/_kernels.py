@@ -42,7 +42,7 @@ def kernels(f):
     """Kernels of every compiled variant of `f` (a kiln.compile result), oldest first."""
     out = []
     for program in _compiled_of(f).compiled_programs():
-        out.extend(Kernel(program, info) for info in program.kernels())
+        out.extend(Kernel(program, info, target=getattr(program, "target", "cpu")) for info in program.kernels())
     return out
 
 

@@ -40,7 +40,8 @@ class SegNode:
 class Tree:
     """The compiled segments of one guarded specialisation."""
 
-    def __init__(self, guards, leaf_count, grad):
+    def __init__(self, guards, leaf_count, grad, device=None):
+        self.device = device  # the CUDA device the segments compile for, or None (CPU)
         self.guards = guards
         self.leaf_count = leaf_count
         self.grad = grad
@@ -85,14 +86,22 @@ class Tree:
     def compile(self, node, debug_dir=""):
         """(Re)compiles one node for its current outputs."""
         node.builder.set_outputs(node.needed)
-        node.program = _C.compile_graph(node.builder, debug_dir)
+        if self.device is not None and self.device.type == "cuda":
+            from . import _cuda
+            node.program = _cuda.compile_cuda_entry(node.builder, self.device, debug_dir)
+        else:
+            node.program = _C.compile_graph(node.builder, debug_dir)
         if node is self.root:
             guards = self.guards
         else:
             guards = _C.GuardSet()  # inputs are the root's (checked) and this tree's own outputs
             guards.set_leaf_count(self.leaf_count + len(node.carried))
             guards.set_grad_mode(self.grad)
-        node.native = _C.Entry(guards, node.program, list(node.fallbacks))
+        if getattr(node.program, "target", "cpu") == "cuda":
+            from . import _cuda
+            node.native = _cuda.CudaEntry(guards, node.program)
+        else:
+            node.native = _C.Entry(guards, node.program, list(node.fallbacks))
 
     def run(self, full, grad):
         """(outputs per segment, leaf node), or None (the root's guards fail), False (redo the

@@ -26,3 +26,7 @@ def _seed_and_reset():
     torch.set_grad_enabled(grad)
     torch.set_default_dtype(dtype)
     kiln.reset()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
