@@ -156,9 +156,11 @@ class Lowering {
     for (int i = static_cast<int>(n) - 1; i >= 0; --i)
       for (int u : users[i]) {
         const Node& un = g_.nodes[u];
+        // Concat and pad read each element of an operand once; reductions too.
+        bool once = op_category(un.op) == OpCategory::Reduction || un.op == OpKind::Concat || un.op == OpKind::Pad;
         int64_t d = op_category(un.op) == OpCategory::Movement ? std::max(un.numel(), demand[u])
-                    : op_category(un.op) == OpCategory::Reduction ? g_.nodes[i].numel()
-                                                                  : un.numel();
+                    : once                                     ? g_.nodes[i].numel()
+                                                               : un.numel();
         demand[i] = std::max(demand[i], d);
       }
     std::vector<int> cost(n, 0);

@@ -113,6 +113,11 @@ for _packet, _name in [
     HANDLERS[_packet] = (lambda n: lambda tr, a, out: tr.call(n, [a["self"]]))(_name)
 
 
+class NoLowering(Exception):
+    """Raised by a handler for a form of its op kiln does not lower: the op then runs eagerly
+    inside the program as a fallback node (anything the handler recorded is dead and dropped)."""
+
+
 class Value:
     """A value id already recorded, passed where `Tracer.call` takes operands (a bare int
     would be read as a Python number)."""
@@ -155,7 +160,7 @@ def _pow(tr, a, out):
 @handles(aten.round)
 def _round(tr, a, out):
     if a.get("decimals", 0) not in (0, None):
-        raise CaptureFailed("round with decimals is not lowered", op="aten.round.decimals")
+        raise NoLowering()
     return tr.call("round", [a["self"]])
 
 
@@ -410,6 +415,148 @@ def _new_full(tr, a, out):
     return tr.call("full", [fill], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
 
 
+# ---- assembly and indexing ----------------------------------------------------------------------
+@handles(aten.cat)
+def _cat(tr, a, out):
+    tensors = [t for t in a["tensors"] if not (t.dim() == 1 and t.shape[0] == 0)]  # legacy empty rule
+    if not tensors:
+        return tr.call("full", [0], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+    return tr.call("concat", tensors, ints=[a["dim"]])
+
+
+@handles(aten.stack)
+def _stack(tr, a, out):
+    dim = a["dim"] % out.dim()
+    parts = []
+    for t in a["tensors"]:
+        shape = list(t.shape)
+        shape.insert(dim, 1)
+        parts.append(Value(tr.call("reshape", [t], ints=shape)))
+    return tr.call("concat", parts, ints=[dim])
+
+
+@handles(aten.split, aten.split_with_sizes, aten.unbind, aten.chunk)
+def _split(tr, a, out):
+    x, dim = a["self"], a.get("dim", 0)
+    vids, start = [], 0
+    for piece in out:
+        n = piece.shape[dim] if tr.current_op != "unbind" else 1
+        s = tr.call("slice", [x], ints=[dim, start, start + n, 1])
+        vids.append(tr.call_value("reshape", [s], ints=list(piece.shape)))
+        start += n
+    return vids
+
+
+@handles(aten.index_select)
+def _index_select(tr, a, out):
+    x, dim, index = a["self"], a["dim"] % max(a["self"].dim(), 1), a["index"]
+    shape = [1] * x.dim()
+    shape[dim] = index.numel()
+    idx = tr.call("reshape", [index], ints=shape)
+    idx = tr.call_value("expand", [idx], ints=list(out.shape))
+    return tr.call("gather", [x, Value(idx)], ints=[dim, 0])
+
+
+@handles(aten.gather)
+def _gather(tr, a, out):
+    return tr.call("gather", [a["self"], a["index"]], ints=[a["dim"], 0])
+
+
+@handles(aten.embedding)
+def _embedding(tr, a, out):
+    w, ids = a["weight"], a["indices"]
+    flat = tr.call("reshape", [ids], ints=[ids.numel(), 1])
+    idx = tr.call_value("expand", [flat], ints=[ids.numel(), w.shape[1]])
+    rows = tr.call("gather", [w, Value(idx)], ints=[0, 0])
+    return tr.call_value("reshape", [rows], ints=list(out.shape))
+
+
+@handles(aten.index)
+def _index(tr, a, out):
+    indices = a["indices"]
+    x = a["self"]
+    if len(indices) != 1 or indices[0] is None or indices[0].dtype in (torch.bool, torch.uint8) or indices[0].dim() != 1:
+        raise NoLowering()
+    index = indices[0]
+    shape = [index.numel()] + [1] * (x.dim() - 1)
+    idx = tr.call("reshape", [index], ints=shape)
+    idx = tr.call_value("expand", [idx], ints=list(out.shape))
+    return tr.call("gather", [x, Value(idx)], ints=[0, 1])  # x[i] wraps negative indices
+
+
+@handles(aten.masked_fill)
+def _masked_fill(tr, a, out):
+    return tr.call("where", [a["mask"], a["value"], a["self"]])
+
+
+@handles(aten.tril, aten.triu)
+def _tril(tr, a, out):
+    x, k = a["self"], a.get("diagonal", 0)
+    shape = list(x.shape)
+    row = Value(tr.call("iota", [], ints=shape + [x.dim() - 2], dtype="int64"))
+    col = Value(tr.call("iota", [], ints=shape + [x.dim() - 1], dtype="int64"))
+    diff = Value(tr.call("sub", [col, row]))
+    keep = tr.call("le" if tr.current_op == "tril" else "ge", [diff, k])
+    return tr.call("where", [Value(keep), x, 0])
+
+
+@handles(aten.arange)
+def _arange(tr, a, out):
+    start, step = a.get("start", 0), a.get("step", 1)
+    n = out.shape[0]
+    dt = tr.dtype_name(out.dtype)
+    iota = Value(tr.call("iota", [], ints=[n, 0], dtype="int64" if not out.dtype.is_floating_point else "float64"))
+    v = tr.call("add", [Value(tr.call("mul", [iota, step])), start])
+    return tr.call("cast", [Value(v)], dtype=dt)
+
+
+@handles(aten.flip)
+def _flip(tr, a, out):
+    return tr.call("flip", [a["self"]], ints=list(a["dims"]))
+
+
+@handles(aten.constant_pad_nd)
+def _pad(tr, a, out):
+    x, pad = a["self"], list(a["pad"])
+    if any(p < 0 for p in pad):
+        raise NoLowering()
+    lowhigh = [0] * (2 * x.dim())
+    for i in range(len(pad) // 2):  # pad lists the last dim first
+        d = x.dim() - 1 - i
+        lowhigh[2 * d], lowhigh[2 * d + 1] = pad[2 * i], pad[2 * i + 1]
+    return tr.call("pad", [x], ints=lowhigh, floats=[float(a.get("value", 0) or 0)])
+
+
+@handles(aten.repeat)
+def _repeat(tr, a, out):
+    x, reps = a["self"], list(a["repeats"])
+    shape = [1] * (len(reps) - x.dim()) + list(x.shape)
+    inter, big = [], []
+    for r, s in zip(reps, shape):
+        inter += [1, s]
+        big += [r, s]
+    v = tr.call("reshape", [x], ints=inter)
+    v = tr.call_value("expand", [v], ints=big)
+    return tr.call_value("reshape", [v], ints=list(out.shape))
+
+
+@handles(aten.roll)
+def _roll(tr, a, out):
+    x, shifts, dims = a["self"], list(a["shifts"]), list(a["dims"])
+    if not dims:
+        raise NoLowering()
+    v = Value(tr.value_of(x))
+    for s, d in zip(shifts, dims):
+        n = x.shape[d]
+        s %= max(n, 1)
+        if s == 0:
+            continue
+        head = Value(tr.call("slice", [v], ints=[d, n - s, n, 1]))
+        tail = Value(tr.call("slice", [v], ints=[d, 0, n - s, 1]))
+        v = Value(tr.call("concat", [head, tail], ints=[d]))
+    return v.vid
+
+
 DATA_DEPENDENT = {
     aten._local_scalar_dense: "reads a tensor's value into Python (.item(), bool(), int(), float(), .tolist())",
     aten.is_nonzero: "converts a tensor to a Python bool",
@@ -654,6 +801,12 @@ class Tracer(TorchDispatchMode):
             self._record_fallback(func, args, kwargs, out)
             return
         self.current_op = packet.__name__
+        try:
+            self._record_handled(func, args, kwargs, out, handler)
+        except NoLowering:
+            self._record_fallback(func, args, kwargs, out)
+
+    def _record_handled(self, func, args, kwargs, out, handler):
         if isinstance(out, torch.Tensor):
             self._bind_result(out, handler(self, _bind(func, args, kwargs), out))
         elif isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):

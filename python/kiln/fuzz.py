@@ -61,11 +61,40 @@ TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9)}
 # Eager calls kiln makes on purpose in a compiled program (not failures).
 EXPECTED_EAGER_REASONS = ("integer division by zero",)
 
-# Known limitations: a program whose only eager calls have one of these reasons is counted as
-# "known" rather than failed (a correct answer, just not compiled). Remove an entry once kiln
-# compiles the case; each one is pinned by an xfail(strict=True) test in tests/python/test_fuzz.py.
-KNOWN_LIMITATIONS = {
-}
+# Known issues: failures matching one of these (kind, text in the message -- for "eager", every
+# reason must match) are counted as "known" rather than failed, so a fuzz run reports what is
+# new. Each entry is pinned by an xfail(strict=True) regression test in tests/python/test_fuzz.py:
+# when kiln is fixed that test XPASSes (and fails), and the entry must go.
+KNOWN_ISSUES = [
+    ("eager", "logsumexp of", "limitation: logsumexp of an integer or bool tensor is not lowered"),
+    ("eager", "integer pow with", "limitation: integer pow with a tensor exponent (or a large one) is not lowered"),
+    ("eager", "for add but eager produced", "bug: add/sub with alpha on bool/int operands infers int64 "
+                                            "(_trace._add_sub multiplies by alpha before promoting)"),
+    ("eager", "for sub but eager produced", "bug: add/sub with alpha (as above)"),
+    ("eager", "index div by", "bug: empty tensors / integer division by a non-positive constant reach the "
+                              "index simplifier (ir/expr.cpp: index div by c <= 0)"),
+    ("eager", "index mod by", "bug: as above, for remainder (ir/expr.cpp: index mod by c <= 0)"),
+    ("exception", "eager raised RuntimeError: ZeroDivisionError; kiln returned",
+     "bug: an integer division whose result is unused is eliminated, so its ZeroDivisionError is lost"),
+]
+
+
+def known_issue(failure):
+    """The label of the KNOWN_ISSUES entry `failure` matches, or None."""
+    import re
+    if failure.kind == "eager":
+        reasons = re.findall(r"'([^']*)': \d+", failure.message)
+        for kind, text, label in KNOWN_ISSUES:
+            if kind == "eager" and reasons and all(
+                    any(t in r for k, t, _ in KNOWN_ISSUES if k == "eager") for r in reasons) \
+                    and any(text in r for r in reasons):
+                return label
+        return None
+    for kind, text, label in KNOWN_ISSUES:
+        if kind == failure.kind and text in failure.message:
+            return label
+    return None
+
 
 _DATA_OPS = ("_local_scalar_dense", "is_nonzero", "item", "equal", "nonzero", "masked_select", "_unique2")
 
@@ -727,13 +756,14 @@ class Failure:
         self.kind, self.message, self.program = kind, message, program
         self.reproducer = None
         self.minified = None
+        self.known = None  # the KNOWN_ISSUES label it matches
 
     @property
     def signature(self):
         """What minimization keeps: the kind, plus for eager fallbacks and exceptions the
         reasons / exception types with sizes and numbers blanked out."""
         import re
-        if self.kind in ("eager", "known"):
+        if self.kind == "eager":
             reasons = re.findall(r"'([^']*)': \d+", self.message.split(":", 1)[1] if ":" in self.message else "")
             return (self.kind, frozenset(re.sub(r"\[[^\]]*\]|\d+", "#", r) for r in reasons))
         if self.kind == "exception":
@@ -1069,9 +1099,7 @@ def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=
         allowed = sum(n for r, n in new.items() if any(x in r for x in EXPECTED_EAGER_REASONS))
         eager = after["eager_calls"] - before["eager_calls"]
         if eager > allowed:
-            known = [k for k in KNOWN_LIMITATIONS if any(k in r for r in new)]
-            kind = "known" if known and all(any(k in r for k in known) for r in new) else "eager"
-            return Failure(kind, f"{eager} of {len(calls)} calls ran wholly eagerly (no graph break in the "
+            return Failure("eager", f"{eager} of {len(calls)} calls ran wholly eagerly (no graph break in the "
                            f"program): {new}")
         if not allowed and hits[1] != 1:
             return Failure("eager", f"the cached call was not a cache hit: counters {_delta(before, after)}, "
@@ -1098,6 +1126,7 @@ def check_program(program):
     f = check_function(fn, inputs, program.make_inputs(fresh=True), expect_compiled=expect, program=program)
     if f is not None:
         f.program = program
+        f.known = known_issue(f)
     return f
 
 
@@ -1176,7 +1205,7 @@ def fuzz(seed=0, count=None, seconds=None, verbose=False, minify=True, out_dir=N
     failures = []
     n = 0
     t0 = time.time()
-    stats = {"breaks": 0, "fallback_ops": {}, "shrink_s": 0.0, "known": 0}
+    stats = {"breaks": 0, "fallback_ops": {}, "shrink_s": 0.0, "known": {}}
     while True:
         if count is not None and n >= count:
             break
@@ -1202,10 +1231,10 @@ def fuzz(seed=0, count=None, seconds=None, verbose=False, minify=True, out_dir=N
                 stats["fallback_ops"][op] = stats["fallback_ops"].get(op, 0) + d
         if failure is None:
             continue
-        if failure.kind == "known":
-            stats["known"] = stats.get("known", 0) + 1
+        if failure.known:
+            stats["known"][failure.known] = stats["known"].get(failure.known, 0) + 1
             if verbose:
-                log(f"(seed {s}: known limitation: {failure.message})")
+                log(f"(seed {s}: known issue: {failure.known}: {failure.message})")
             continue
         failures.append(failure)
         log(f"\n=== FAILURE at seed {s} ({failure.kind}): {failure.message}\n{program}")
@@ -1274,7 +1303,7 @@ def _supervise(args):
             cmd += ["--count", str(left_count)]
         if left_s is not None:
             cmd += ["--seconds", str(left_s)]
-        for flag in ("verbose", "no_minify"):
+        for flag in ("verbose", "no_minify", "report_known"):
             if getattr(args, flag):
                 cmd.append("--" + flag.replace("_", "-"))
         if args.out:
@@ -1331,10 +1360,14 @@ def main(argv=None):
     ap.add_argument("--no-minify", action="store_true", help="do not shrink failing programs")
     ap.add_argument("--out", default=None, help="write each failure's reproducer into this folder")
     ap.add_argument("--max-failures", type=int, default=None, help="stop after this many failures")
+    ap.add_argument("--report-known", action="store_true",
+                    help="report failures matching KNOWN_ISSUES too (to check which are fixed)")
     ap.add_argument("--in-process", action="store_true",
                     help="no worker process (faster start; a crash then ends the run)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.report_known:
+        KNOWN_ISSUES.clear()
     if args.count is None and args.seconds is None:
         args.count = 100
     if args.worker is None and not args.in_process:
@@ -1345,13 +1378,14 @@ def main(argv=None):
                        args.max_failures)
     stats = getattr(fuzz, "last_stats", {})
     if args.verbose or args.worker is None:
-        print(f"fallback ops met: {stats.get('fallback_ops')}; programs with a graph break: {stats.get('breaks')}")
+        print(f"fallback ops met: {stats.get('fallback_ops')}; programs with a graph break: {stats.get('breaks')}; "
+              f"known issues met: {stats.get('known')}")
     if progress is not None:
         progress.write("done " + json.dumps({"programs": n, "failures": len(failures)}) + "\n")
         progress.close()
         print(f"kiln.fuzz worker: {n} programs (seeds {args.seed}..{args.seed + n - 1}) in {time.time() - t0:.1f}s, "
               f"{len(failures)} failures; fallback ops {stats.get('fallback_ops')}; "
-              f"{stats.get('breaks')} with graph breaks; {stats.get('known')} known limitations; "
+              f"{stats.get('breaks')} with graph breaks; known issues met {stats.get('known')}; "
               f"{stats.get('shrink_s', 0):.0f}s minifying")
         return 1 if failures else 0
     print(f"\nkiln.fuzz: {n} programs from seed {args.seed} in {time.time() - t0:.1f}s; {len(failures)} failures")
