@@ -222,6 +222,7 @@ def _fb_label(r):
 COLUMNS = [
     ("block", 16, lambda r: r["name"]),
     ("check", 5, lambda r: r["check"]),
+    ("kiln", 7, lambda r: r["kiln"].get("path", "?")),
     ("eager ms", 8, lambda r: _f(r["eager_ms"])),
     ("tc ms", 8, lambda r: _tc(r, _f(r.get("tc_ms")))),
     ("kiln ms", 8, lambda r: _f(r["kiln_ms"])),
@@ -238,7 +239,7 @@ COLUMNS = [
      else f"{r['bg_load_cores']:.2f}" + ("!" if r["bg_load_cores"] > BG_WARN else "")),
     ("fallback ops (name x count)", 0, _fb_label),
 ]
-LEFT = ("block", "check", "fallback ops (name x count)")
+LEFT = ("block", "check", "kiln", "fallback ops (name x count)")
 
 
 def row(cells):
@@ -315,7 +316,8 @@ def main():
     warm = harness.warm_up_compilers(use_inductor)
     print("one-time compiler start-up (paid on a throwaway function, excluded from cold times): "
           + ", ".join(f"{k} {v:.2f} s" for k, v in warm.items() if isinstance(v, float)))
-    print("columns: k = kiln, tc = torch.compile; cold = first call of a fresh compile (s); gr = graphs, "
+    print("columns: kiln = fused (all kernels) / partial (kernels + fallback ops) / EAGER (whole call eager); "
+          "k = kiln, tc = torch.compile; cold = first call of a fresh compile (s); gr = graphs, "
           "brk = graph breaks, kern = kiln kernels; fb ms = kiln's time per call inside fallback ops "
           "(torch.profiler); bg = other processes' CPU use while timing (cores, '!' = unreliable)")
     print(flush=True)
@@ -342,6 +344,9 @@ def main():
     if noisy:
         harness.loud(f"WARNING: other processes used > {BG_WARN} cores while timing: {', '.join(noisy)} "
                      "(marked '!'); those timings are unreliable, rerun on an idle machine or with --wait-idle 60")
+    for r in results:
+        if r["kiln"].get("path") == "EAGER":
+            print(f"kiln ran {r['name']} wholly eagerly: " + "; ".join(r["kiln"].get("reasons", {})))
     brk = [r for r in results if r["kiln"].get("graph_breaks")]
     for r in brk:
         print(f"graph breaks in {r['name']}: " + "; ".join(f"{a} at {b}" for a, b in r["kiln"].get("explain_breaks", [])))

@@ -673,7 +673,7 @@ class Lowering {
   void finish_kernel(OpenKernel& ok) {
     Kernel& k = prog_.kernels[ok.index];
     if (ok.row) {
-      reuse_reduced_values(ok);
+      if (opts_.reuse_reduced_values) reuse_reduced_values(ok);
       for (auto& lvl : ok.levels) {
         lvl.loops = ok.reduce_loops;
         k.phases.push_back(std::move(lvl));

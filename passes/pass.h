@@ -17,6 +17,10 @@ struct PassOptions {
   bool log_fusion = false;      ///< print every fusion decision with its reason (KILN_LOG=fusion)
   /// Called with (pass name, text) for each artifact worth keeping (KILN_DEBUG_DIR).
   std::function<void(const std::string&, const std::string&)> dump;
+  /// Row kernels keep an expensive reduced value in the output for the store phase (Note
+  /// [Reusing a reduced value]). Right on CPUs (the row is in L1); on GPUs the round trip goes
+  /// through L2/HBM and costs more than recomputing, so the CUDA pipeline turns it off.
+  bool reuse_reduced_values = true;
   /// Test only (KILN_INJECT_BUG): "relu" lowers maximum(x, 0) as x, a planted wrong answer.
   std::string inject_bug;
   /// Filled with one line per pass: "name: 0.12 ms".

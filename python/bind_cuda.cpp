@@ -28,6 +28,8 @@ passes::PassOptions pass_options() {
   opts.verify = knob_bool("verify");
   opts.log_ir = log_enabled("ir");
   opts.log_fusion = log_enabled("fusion");
+  opts.reuse_reduced_values = false;  // recomputing beats a round trip through HBM
+  opts.inject_bug = knob("inject_bug");
   return opts;
 }
 

@@ -179,7 +179,12 @@ class _Entry:
         self.fallbacks = fallbacks or []
         self.tree = None  # set for a tree of segments (graph breaks)
         self.mutations = []  # (leaf index, output position): new values written back after a call
-        self.native = _C.Entry(guards, program, list(self.fallbacks)) if program is not None else None
+        if program is None:
+            self.native = None
+        elif getattr(program, "target", "cpu") == "cuda":
+            self.native = _cuda.CudaEntry(guards, program)
+        else:
+            self.native = _C.Entry(guards, program, list(self.fallbacks))
         self.out_specs = out_specs
         self.result_spec = result_spec
         self.reason = reason

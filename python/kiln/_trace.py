@@ -403,6 +403,18 @@ def _batch_norm(tr, a, out):
     return [y, None, None]
 
 
+@handles(aten.cudnn_batch_norm, aten.miopen_batch_norm)
+def _gpu_batch_norm(tr, a, out):
+    # What F.batch_norm dispatches to on CUDA; the same eval-mode normalisation.
+    if a.get("training"):
+        raise NoLowering()
+    w, hw = _optional(a["weight"])
+    b, hb = _optional(a["bias"])
+    y = tr.call("batch_norm_eval", [a["input"], w, b, a["running_mean"], a["running_var"]], ints=[hw, hb],
+                floats=[float(a["epsilon"])])
+    return [y] + [None] * (len(out) - 1)
+
+
 @handles(aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided)
 def _empty(tr, a, out):
     # The contents of an empty tensor are unspecified; zeros are one valid choice.
