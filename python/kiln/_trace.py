@@ -620,6 +620,23 @@ class _Slot:
         self.index = index
 
 
+def _template(args, kwargs):
+    """An op's arguments with each tensor replaced by a _Slot: (args, kwargs, the tensors)."""
+    tensors = []
+
+    def go(x):
+        if isinstance(x, torch.Tensor):
+            tensors.append(x)
+            return _Slot(len(tensors) - 1)
+        if isinstance(x, (list, tuple)):
+            return type(x)(go(y) for y in x)
+        if isinstance(x, dict):
+            return {k: go(v) for k, v in x.items()}
+        return x
+
+    return go(tuple(args)), go(dict(kwargs)), tensors
+
+
 class _Fallback:
     """Re-runs one recorded ATen op on new tensor operands (a fallback node's callable)."""
 
@@ -835,17 +852,7 @@ class Tracer(TorchDispatchMode):
         """A value read into Python (`.item()`, `bool(t)`, ...): the segment ends here, and the
         value becomes the key under which the rest of the trace is stored. Consecutive reads
         with no op between them (`.tolist()`) belong to the same segment end."""
-        tensors = []
-
-        def template(x):
-            if isinstance(x, torch.Tensor):
-                tensors.append(x)
-                return _Slot(len(tensors) - 1)
-            if isinstance(x, (list, tuple)):
-                return type(x)(template(y) for y in x)
-            return x
-
-        targs, tkwargs = template(tuple(args)), {k: template(v) for k, v in kwargs.items()}
+        targs, tkwargs, tensors = _template(args, kwargs)
         vids = [self.value_of(t) for t in tensors]
         for v in vids:
             self.seg.need(v)
@@ -858,19 +865,7 @@ class Tracer(TorchDispatchMode):
         """An op kiln has no lowering for runs eagerly inside the compiled program: its tensor
         operands become graph values, everything else in its arguments is kept as recorded (those
         values derive from guarded arguments, shapes, or constants)."""
-        tensors = []
-
-        def template(x):
-            if isinstance(x, torch.Tensor):
-                tensors.append(x)
-                return _Slot(len(tensors) - 1)
-            if isinstance(x, (list, tuple)):
-                return type(x)(template(y) for y in x)
-            if isinstance(x, dict):
-                return {k: template(v) for k, v in x.items()}
-            return x
-
-        targs, tkwargs = template(tuple(args)), template(dict(kwargs))
+        targs, tkwargs, tensors = _template(args, kwargs)
         results = list(out) if isinstance(out, (tuple, list)) else [out]
         if not results or not all(isinstance(t, torch.Tensor) for t in results):
             raise CaptureFailed(f"kiln has no lowering for {func}, and it returns {type(out).__name__}", op=str(func))

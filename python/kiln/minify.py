@@ -232,10 +232,40 @@ def has_break(body):
                                                 ".numpy()", "while "))
 
 
+def _well_formed(prog):
+    """Every name a candidate reads is defined before (a parameter, an earlier statement's
+    target, the preamble, torch/F/math or a builtin): a deletion must not leave a hole."""
+    import builtins
+    fz = _fuzz()
+    if not isinstance(prog, fz.Program):
+        return True
+    defined = {i.name for i in prog.inputs} | {"torch", "F", "math"} | set(dir(builtins))
+    if prog.preamble:
+        try:
+            for node in ast.walk(ast.parse(prog.preamble)):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    defined.add(node.name)
+                elif isinstance(node, ast.alias):
+                    defined.add((node.asname or node.name).split(".")[0])
+                elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    defined.add(node.id)
+        except SyntaxError:
+            return True
+    try:
+        for st in prog.body:
+            node = ast.parse(st)
+            if _loads(node) - defined - _stores(node):
+                return False
+            defined |= _stores(node)
+        return all(not (_loads(ast.parse(o, mode="eval")) - defined) for o in prog.outputs)
+    except SyntaxError:
+        return False
+
+
 def _try(prog, sh, cand, what):
     if getattr(prog, "preamble", None) is not None and prog.has_break:
         cand.has_break = has_break(cand.body)
-    if _key(cand) == _key(prog):
+    if _key(cand) == _key(prog) or not _well_formed(cand):
         return None
     if sh.holds(cand):
         sh.accept(what)

@@ -100,16 +100,21 @@ def test_fuzzer_catches_a_planted_bug():
 
 
 def test_referees_excuse_ill_conditioned_results_only():
-    # floor() of a value that float32 rounding puts on either side of an integer
-    prog = fz.Program([fz.InputSpec("x0", (64,), torch.float32, seed=5)],
-                      ["v0 = (x0 * 1e6).exp().log()", "v1 = torch.floor(v0)"], ["v1"])
+    # tan of a sum of huge terms: any rounding change in the sum changes the result completely,
+    # so kiln may legitimately differ anywhere
+    prog = fz.Program([fz.InputSpec("x0", (16, 8), torch.float64, seed=5)], ["v0 = (x0 * 1e14).sum(0).tan()"],
+                      ["v0"])
+    fn, ins = prog.function(), prog.make_inputs()
+    e = fn(*ins)
+    assert fz.compare(e, e + 0.5, fz._referees(fn, prog, ins), inexact=[True]) is None
+    # a well-conditioned float result gets no excuse
+    prog = fz.Program([fz.InputSpec("x0", (16, 8), torch.float32, seed=5)], ["v0 = x0.exp().sum(0)"], ["v0"])
     fn, ins = prog.function(), prog.make_inputs()
     e = fn(*ins)
     k = e.clone()
-    k[3] += 1  # as if kiln's exp/log rounded the other way at one element
-    refs = fz._referees(fn, prog, ins)
-    assert fz.compare(e, k, refs, inexact=[True]) is None or abs(float(e[3]) - float(fn(*ins)[3])) == 0
-    # but exact integer arithmetic gets no excuse
+    k[2] *= 1.01
+    assert fz.compare(e, k, fz._referees(fn, prog, ins), inexact=[True]) is not None
+    # nor does exact integer arithmetic
     prog = fz.Program([fz.InputSpec("x0", (8,), torch.int64, seed=5)], ["v0 = x0 * 3 + 1"], ["v0"])
     fn, ins = prog.function(), prog.make_inputs()
     e = fn(*ins)
@@ -173,7 +178,8 @@ def test_minify_plain_function_shrinks_inputs_only():
         return inputs[0].shape[0] >= 4 and inputs[0].shape[1] >= 3 and fn is user_function
     res = kiln.minify(user_function, (x, y), pred, show=False)
     assert res.program is None
-    assert tuple(res.inputs[0].shape) == (4, 3) and tuple(res.inputs[1].shape) == (3,), [t.shape for t in res.inputs]
+    # y broadcasts: it shrinks to one element
+    assert tuple(res.inputs[0].shape) == (4, 3) and tuple(res.inputs[1].shape) == (1,), [t.shape for t in res.inputs]
     assert torch.equal(res.inputs[0], x[:4, :3])  # narrowed: the values are kept
     assert "def user_function(x, y):" in res.source and "torch.tensor([" in res.source
     out = _run_script(res.source)
@@ -234,21 +240,10 @@ def test_cli_runs_and_reports():
     assert p.returncode == 0 and "def f(" in p.stdout, p.stdout + p.stderr
 
 
-def test_cli_reports_a_crash_with_its_seed(tmp_path, monkeypatch):
-    # A worker that dies by a signal is reported as a crash at the seed it was running.
-    monkeypatch.setattr(fz, "generate", fz.generate)
-    script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {os.path.join(REPO, 'python')!r})
-        import kiln.fuzz as fz
-        real = fz.check_program
-        def check(p):
-            if p.seed == 2:
-                os.kill(os.getpid(), signal.SIGSEGV)
-            return real(p)
-        fz.check_program = check
-        sys.exit(fz.main(sys.argv[1:]))
-    """)
+def test_cli_reports_a_crash_with_its_seed(tmp_path):
+    # A worker that dies by a signal is reported as a crash at the seed it was running, and the
+    # run goes on from the next seed. The worker is a fresh `python -m kiln.fuzz`: the crash is
+    # planted through a sitecustomize module.
     # the worker is a fresh `python -m kiln.fuzz`: inject through sitecustomize instead
     site = tmp_path / "sitecustomize.py"
     site.write_text(textwrap.dedent("""
@@ -268,7 +263,7 @@ def test_cli_reports_a_crash_with_its_seed(tmp_path, monkeypatch):
                        capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "CRASH at seed 2" in p.stdout and "4 programs from seed 0" in p.stdout, p.stdout
-    assert "1 crashes" in p.stdout and script
+    assert "1 crashes" in p.stdout
 
 
 # ---- regression tests: kiln bugs the fuzzer found -----------------------------------------------------
@@ -420,8 +415,8 @@ def test_bug_inplace_on_expanded_argument():
     g = lambda x: x.zero_()  # noqa: E731
     f = kiln.compile(g)
     for _ in range(2):
-        a = torch.randn(1, 3).expand(2, 3)
-        b = a.clone().expand(2, 3) if False else torch.randn(1, 3).expand(2, 3)
+        base = torch.randn(1, 3)
+        a, b = base.expand(2, 3), base.clone().expand(2, 3)
         assert_same(f(a), g(b))
 
 
@@ -440,15 +435,15 @@ def test_bug_threads_race_on_a_new_graph_break_branch():
             return (z * 2).relu()
         return z.exp()
     errors = []
-    for attempt in range(12):  # the race is timing-dependent: several fresh functions
+    for attempt in range(200):  # the race is timing-dependent (~10% of attempts): stop at the first
         f = kiln.compile(g)
         f(torch.ones(6, 5), torch.ones(5))  # only the `> 0` branch exists
         barrier = threading.Barrier(4)
 
-        def work(k, f=f, barrier=barrier):
-            gen = torch.Generator().manual_seed(k)
+        def work(k, f=f, barrier=barrier, attempt=attempt):
+            gen = torch.Generator().manual_seed(k + 10 * attempt)
             barrier.wait()
-            for _ in range(30):
+            for _ in range(40):
                 x, y = torch.randn(6, 5, generator=gen), torch.randn(5, generator=gen)
                 try:
                     assert_same(f(x, y), g(x, y))
@@ -459,6 +454,8 @@ def test_bug_threads_race_on_a_new_graph_break_branch():
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            break
     assert not errors, errors[:3]
 
 
