@@ -202,6 +202,25 @@ int GraphEditor::pad(int x, const std::vector<int64_t>& pad, double value) {
   return append(std::move(n));
 }
 
+int GraphEditor::slice_scatter(int base, int src, int64_t dim, int64_t start, int64_t end, int64_t step) {
+  const Sizes& in = node(base).sizes;
+  int64_t r = static_cast<int64_t>(in.size());
+  if (dim < 0) dim += r;
+  KILN_UNSUPPORTED_IF(dim < 0 || dim >= r || step <= 0, "slice_scatter dim or step");
+  int64_t n = in[dim];
+  if (start < 0) start += n;
+  if (end < 0) end += n;
+  start = std::clamp<int64_t>(start, 0, n);
+  end = std::clamp<int64_t>(end, start, n);
+  Sizes sliced = in;
+  sliced[dim] = (end - start + step - 1) / step;
+  KILN_UNSUPPORTED_IF(node(src).sizes != sliced || node(src).dtype != node(base).dtype,
+                      "slice_scatter source does not fit the slice");
+  Node nd{OpKind::SliceScatter, {base, src}, {}, node(base).dtype, in, {}};
+  nd.attrs.ints = {dim, start, end, step};
+  return append(std::move(nd));
+}
+
 int GraphEditor::flip(int x, std::vector<int64_t> dims) {
   int64_t r = static_cast<int64_t>(node(x).sizes.size());
   for (auto& d : dims) {

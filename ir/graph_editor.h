@@ -49,6 +49,9 @@ class GraphEditor {
   /// Constant padding: `pad` holds (low, high) per dim (non-negative), filled with `value`.
   int pad(int x, const std::vector<int64_t>& pad, double value);
   int flip(int x, std::vector<int64_t> dims);
+  /// `base` with the slice [start:end:step] along `dim` replaced by `src` (a write through a view,
+  /// made functional).
+  int slice_scatter(int base, int src, int64_t dim, int64_t start, int64_t end, int64_t step);
   /// The index along `dim` of a tensor of `sizes`, in `dtype`.
   int iota(const Sizes& sizes, int64_t dim, DType dtype);
 

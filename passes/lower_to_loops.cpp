@@ -157,7 +157,8 @@ class Lowering {
       for (int u : users[i]) {
         const Node& un = g_.nodes[u];
         // Concat and pad read each element of an operand once; reductions too.
-        bool once = op_category(un.op) == OpCategory::Reduction || un.op == OpKind::Concat || un.op == OpKind::Pad;
+        bool once = op_category(un.op) == OpCategory::Reduction || un.op == OpKind::Concat || un.op == OpKind::Pad ||
+                    un.op == OpKind::SliceScatter;
         int64_t d = op_category(un.op) == OpCategory::Movement ? std::max(un.numel(), demand[u])
                     : once                                     ? g_.nodes[i].numel()
                                                                : un.numel();
@@ -316,6 +317,22 @@ class Lowering {
         Expr fill = is_float(n.dtype) ? c.float_const(n.attrs.floats[0], n.dtype)
                                       : c.int_const(static_cast<int64_t>(n.attrs.floats[0]), n.dtype);
         return c.select(inside, value_at(n.inputs[0], src, self), fill);
+      }
+      case OpKind::SliceScatter: {
+        // Inside the slice (and on its step): the source's element; elsewhere the base's.
+        int64_t start = n.attrs.ints[1], end = n.attrs.ints[2], step = n.attrs.ints[3];
+        const Node& src = g_.nodes[n.inputs[1]];
+        Expr rel = c.add(idx[dim], -start);
+        Expr inside = c.binary(ExprOp::And, c.binary(ExprOp::Ge, idx[dim], c.int_const(start)),
+                               c.binary(ExprOp::Lt, idx[dim], c.int_const(end)));
+        Expr pos = c.binary(ExprOp::Max, rel, c.int_const(0));
+        if (step > 1) {
+          inside = c.binary(ExprOp::And, inside, c.binary(ExprOp::Eq, c.mod(pos, step), c.int_const(0)));
+          pos = c.div(pos, step);
+        }
+        std::vector<Expr> sidx(idx);
+        sidx[dim] = clamp_index(pos, src.sizes[dim]);
+        return c.select(inside, value_at(n.inputs[1], sidx, self), value_at(n.inputs[0], idx, self));
       }
       default:
         KILN_UNREACHABLE(std::string("not an assembly op: ") + op_name(n.op));

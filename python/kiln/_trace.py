@@ -14,6 +14,7 @@ tracer did not see how it was made, and the capture fails: the call runs eagerly
 
 import sys
 import traceback
+import weakref
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -229,7 +230,19 @@ def _to_copy(tr, a, out):
     return tr.call("cast", [x], dtype=tr.dtype_name(out.dtype))
 
 
-@handles(aten.clone, aten.alias, aten.detach, aten.lift_fresh, aten.contiguous)
+@handles(aten.lift_fresh)
+def _lift_fresh(tr, a, out):
+    x = a["self"]
+    known = id(x) in tr.values or id(x) in tr.leaf_index or id(x) in tr.candidates
+    if not known and x.dim() == 0:
+        # A Python number wrapped into a tensor (x[i] = 7.0, torch.tensor(2.5)): a constant, as a
+        # number passed to any op is. (Larger tensors made from Python data may come from mutable
+        # state such as numpy arrays, which no guard covers: those stop the capture.)
+        return tr.call("full", [x.item()], ints=[], dtype=tr.dtype_name(x.dtype))
+    return tr.call("identity", [x])
+
+
+@handles(aten.clone, aten.alias, aten.detach, aten.contiguous)
 def _identity(tr, a, out):
     return tr.call("identity", [a["self"]])
 
@@ -277,6 +290,7 @@ INT64_MAX = 2**63 - 1
 def _slice(tr, a, out):
     start = a["start"] if a["start"] is not None else 0
     end = a["end"] if a["end"] is not None else INT64_MAX
+    tr.views[id(out)] = (a["self"], a["dim"], start, min(end, INT64_MAX), a["step"], None)
     return tr.call("slice", [a["self"]], ints=[a["dim"], start, min(end, INT64_MAX), a["step"]])
 
 
@@ -287,7 +301,17 @@ def _select(tr, a, out):
     if index < 0:
         index += size
     s = tr.call("slice", [x], ints=[dim, index, index + 1, 1])
+    sliced = list(x.shape)
+    sliced[dim] = 1
+    tr.views[id(out)] = (x, dim, index, index + 1, 1, sliced)
     return tr.call_value("reshape", [s], ints=list(out.shape))
+
+
+@handles(aten.slice_scatter)
+def _slice_scatter(tr, a, out):
+    start = a["start"] if a["start"] is not None else 0
+    end = a["end"] if a["end"] is not None else INT64_MAX
+    return tr.call("slice_scatter", [a["self"], a["src"]], ints=[a["dim"], start, min(end, INT64_MAX), a["step"]])
 
 
 @handles(aten.scalar_tensor)
@@ -685,8 +709,9 @@ class Tracer(TorchDispatchMode):
         self.pending_cut = False  # a value was read: the next op starts a new segment
         self.breaks = []          # (reason, location) of each value read
         self.mutations = {}       # leaf index -> (segment, value id, tensor): its value after the call
+        self.views = {}           # id(view) -> (base, dim, start, end, step, shape before squeeze or None)
         self.leaf_index = {}    # id(leaf tensor) -> leaf position
-        self.keep = []          # tensors kept alive so their ids stay unique
+        self.live = {}          # id(tensor) -> weak reference, for every tensor the maps mention
         self.leaves = leaves    # call leaves (captured tensors get appended)
         self.candidates = captured_candidates  # id(tensor) -> (source, tensor)
         self.captured = []      # sources of captured tensors, in leaf order after the args
@@ -724,7 +749,7 @@ class Tracer(TorchDispatchMode):
         self.input_vids.add(vid)
         self.layouts[vid] = list(t.stride())
         self.values[id(t)] = vid
-        self.keep.append(t)
+        self._watch(t)
         return vid
 
     def value_of(self, t):
@@ -761,6 +786,22 @@ class Tracer(TorchDispatchMode):
         seg.layouts[vid] = list(t.stride())
         seg.values[id(t)] = vid
         return vid
+
+    def _watch(self, t):
+        """Tracks `t` without keeping it alive. When it dies, its id leaves every map, so a new
+        tensor that reuses the id is never taken for it, and a write through a view is not
+        refused for the sake of views nobody can read any more."""
+        tid = id(t)
+        if tid in self.live:
+            return
+        self.live[tid] = weakref.ref(t)
+        weakref.finalize(t, self._forget, tid)
+
+    def _forget(self, tid):
+        self.live.pop(tid, None)
+        self.views.pop(tid, None)
+        for seg in self.segments:
+            seg.values.pop(tid, None)
 
     def operand(self, x):
         if isinstance(x, torch.Tensor):
@@ -879,7 +920,7 @@ class Tracer(TorchDispatchMode):
                                         [list(t.shape) for t in results], [list(t.stride()) for t in results])
         for t, vid in zip(results, res):
             self.values[id(t)] = vid
-            self.keep.append(t)
+            self._watch(t)
 
     def _bind_result(self, t, vid):
         self.builder.check(vid, self.dtype_name(t.dtype), list(t.shape))
@@ -895,7 +936,7 @@ class Tracer(TorchDispatchMode):
             self.builder.set_layout(vid, strides)
             self.layouts[vid] = strides
         self.values[id(t)] = vid
-        self.keep.append(t)
+        self._watch(t)
 
     def _record_inplace(self, func, args, kwargs, out):
         """Functionalises an in-place op on an intermediate: the tensor's new value is recorded
@@ -912,8 +953,14 @@ class Tracer(TorchDispatchMode):
         if id(target) not in self.values:
             raise CaptureFailed(f"{func} writes a tensor kiln did not see made", op=str(func))
         leaf = self.leaf_index.get(id(target))
+        chain = self._view_chain(target)  # slice/select views up to the tensor they look into
+        root = chain[-1][0] if chain else target
         ptr = target.untyped_storage().data_ptr()
-        if ptr and any(t is not target and t.untyped_storage().data_ptr() == ptr for t in self.keep):
+        # Known slice/select views of the same root are refreshed after the write; any other
+        # tensor sharing the memory (a view kiln does not track) would go stale.
+        allowed = {id(target), id(root)} | {id(b) for b, *_ in chain} | set(self._views_of(root))
+        if ptr and any(tid not in allowed and t is not None and t.untyped_storage().data_ptr() == ptr
+                       for tid, t in ((tid, r()) for tid, r in list(self.live.items()))):
             # Another traced tensor (a view, or an argument aliasing this one) would have to see
             # the write too; kiln's values are not views, so it stops the capture instead.
             raise CaptureFailed(f"{func} mutates a tensor that shares memory with another "
@@ -946,6 +993,61 @@ class Tracer(TorchDispatchMode):
             vid = self.call_value("expand", [vid], ints=list(target.shape))
         self._bind_result(target, vid)
         self._note_mutation(target, leaf)
+        self._write_through(target, chain)
+
+    def _view_chain(self, t):
+        """[(base, dim, start, end, step, unsqueezed shape or None)] from `t` up to a tensor that
+        is no traced slice/select view; empty when `t` is no such view."""
+        chain = []
+        while id(t) in self.views:
+            base, dim, start, end, step, unsq = self.views[id(t)]
+            chain.append((base, dim, start, end, step, unsq))
+            t = base
+        return chain
+
+    def _views_of(self, root):
+        """ids of the live tracked slice/select views whose chain ends at `root`."""
+        out = []
+        for tid in list(self.views):
+            r = self.live.get(tid)
+            t = r() if r is not None else None
+            if t is not None:
+                chain = self._view_chain(t)
+                if chain and chain[-1][0] is root:
+                    out.append(tid)
+        return out
+
+    def _refresh_views(self, root, written):
+        """After `root` got a new value, every other live view of it reads its slice again."""
+        for tid in self._views_of(root):
+            t = self.live[tid]()
+            if t is None or t is written:
+                continue
+            value = Value(self.values[id(root)]) if id(root) in self.values else Value(self.value_of(root))
+            for base, dim, start, end, step, unsq in reversed(self._view_chain(t)):
+                value = Value(self.call("slice", [value], ints=[dim, start, end, step]))
+                if unsq is not None:
+                    # this link was a select: drop the sliced dim again
+                    shape = list(unsq)
+                    del shape[dim]
+                    value = Value(self.call("reshape", [value], ints=shape))
+            self._bind_result(t, value.vid)
+
+    def _write_through(self, view, chain):
+        """A write into a slice/select view updates the tensors it looks into: each base gets
+        the view's new value scattered into its slice (functionally), up to the root, which may
+        be an argument (then written back after the call, like any mutated argument)."""
+        value = Value(self.values[id(view)])
+        for base, dim, start, end, step, unsq in chain:
+            if unsq is not None:
+                value = Value(self.call("reshape", [value], ints=unsq))
+            self.value_of(base)
+            vid = self.call("slice_scatter", [base, value], ints=[dim, start, end, step])
+            self._bind_result(base, vid)
+            self._note_mutation(base, self.leaf_index.get(id(base)))
+            value = Value(vid)
+        if chain:
+            self._refresh_views(chain[-1][0], view)
 
     def _note_mutation(self, target, leaf):
         """Remembers the new value of a mutated argument/parameter/buffer: it is written back

@@ -1,33 +1,43 @@
 """Differential fuzzer: random PyTorch programs, run eagerly and through kiln, must agree.
 
     python -m kiln.fuzz [--seed S] [--count N | --seconds T] [--verbose] [--out DIR]
+                        [--no-minify] [--max-failures K] [--report-known] [--in-process]
 
-Program k of a run is generated from seed S + k alone, so `--seed S+k --count 1` replays it.
-A program is Python source (a list of statements in a `def f(x0, x1, ...)`) over seeded random
-inputs: DAGs of the ops kiln lowers -- pointwise unary/binary ops with tensors and Python
-scalars, comparisons and where, casts, clamp, activations, reductions (sum, mean, amax,
-argmax, var, softmax, log_softmax, layer_norm, ...), views (permute, slices with steps,
-expand, reshape, unsqueeze, select), matmul (`@`, which kiln runs as a fallback node),
-in-place ops on intermediates, and now and then a data-dependent `.item()` branch (a graph
-break) -- over random shapes (broadcasts, size-1, odd and empty sizes), dtypes (float32,
-float64, int32, int64, bool), non-contiguous layouts and, sometimes, inf/nan/extreme values.
+Program k of a run is generated from seed S + k alone, so `--seed S+k --count 1` replays it
+(and minifies it). A program is Python source (statements in a `def f(x0, x1, ...)`) over
+seeded random inputs: DAGs of the ops kiln lowers -- pointwise unary/binary ops with tensors and
+Python scalars, comparisons and where, casts, clamp, activations, reductions (sum, mean,
+amax/amin, argmax/argmin, var/std, prod, any/all, logsumexp, norms, softmax, log_softmax,
+layer_norm, ...), views (permute, transpose, slices with steps, expand, reshape, flatten,
+unsqueeze/squeeze, select), matmul (`@`, which kiln runs as a fallback node), in-place ops on
+intermediates and on arguments (kiln writes those back), and now and then a data-dependent
+`.item()` / `if tensor:` branch (a graph break) -- over random shapes (broadcasts, size-1, odd,
+large and empty sizes), dtypes (float32, float64, int32, int64, bool), layouts (contiguous,
+transposed, sliced with an offset and steps, broadcast with stride 0, permuted), the same tensor
+passed twice (in some calls only), and, sometimes, inf/nan/-0.0/1e30 or integer extremes.
 
 Each program is run eagerly and through a fresh `kiln.compile` three times: the capturing call,
 the cached call on the same inputs, and a call on fresh random inputs of the same shapes and
-layouts (the compiled path on new data). A failure is any of:
-  mismatch   a result differs beyond dtype-aware tolerances (NaN equal to NaN; exact for
-             integers and bools). A float difference is excused only where eager float32
-             itself is ill-conditioned: where eager differs from a float64 rerun of the same
-             program while kiln agrees with one of them (see `_excused`).
+layouts (the compiled path on new data); every call gets its own copies of the inputs. A
+failure is any of:
+  mismatch   a result differs beyond dtype-aware tolerances (TOLERANCES; NaN equal to NaN,
+             exact for integers and bools), or its dtype, shape or structure differs. A
+             difference is excused only where eager itself is ill-conditioned, judged by
+             referees that compute the same program another legitimate way: in float64, on
+             contiguous inputs, on inputs moved by a few ulps, and with every rounding-dependent
+             op's result moved by a few ulps (see `_excused`). Exact integer work gets no excuse;
   exception  eager raised and kiln did not, kiln raised and eager did not, or they raised
              different exception types;
-  eager      a call ran wholly eagerly although the program has no graph break (any reason
-             but an integer division by zero, which kiln redoes eagerly on purpose), or the
-             cached call was not a cache hit;
-  mutation   kiln changed an input;
-  crash      the process died (a signal): found by running the programs in a worker process.
+  eager      a call ran wholly eagerly although eager reads no tensor data into Python (so
+             there is no graph break), for any reason but an integer division by zero (which
+             kiln redoes eagerly on purpose), or the cached / fresh call was not a cache hit;
+  mutation   an argument differs after the call (kiln wrote it, or wrote it wrongly);
+  crash      the process died (a signal): found by running the programs in a worker process,
+             which the parent restarts after the crashing seed.
 
-Every failure is shrunk by `kiln.minify` and printed as a standalone reproducer.
+Failures matching KNOWN_ISSUES (known bugs and limitations, each pinned by an xfail test) are
+counted apart; --report-known reports them too. Every other failure is shrunk by
+`kiln.minify` and printed as a standalone reproducer (--out DIR also writes it to a file).
 """
 
 import argparse
@@ -90,9 +100,8 @@ KNOWN_ISSUES = [
 
 def known_issue(failure):
     """The label of the KNOWN_ISSUES entry `failure` matches, or None."""
-    import re
     if failure.kind == "eager":
-        reasons = re.findall(r"'([^']*)': \d+", failure.message)
+        reasons = list(failure.reasons)
         for kind, text, label in KNOWN_ISSUES:
             if kind == "eager" and reasons and all(
                     any(t in r for k, t, _ in KNOWN_ISSUES if k == "eager") for r in reasons) \
@@ -817,8 +826,9 @@ class Failure:
     """What went wrong with a program: kind (mismatch, exception, eager, mutation, crash), a
     message, and the program (with its minified form and reproducer once minified)."""
 
-    def __init__(self, kind, message, program=None):
+    def __init__(self, kind, message, program=None, reasons=None):
         self.kind, self.message, self.program = kind, message, program
+        self.reasons = dict(reasons or {})  # eager: kiln's fallback reasons -> times
         self.reproducer = None
         self.minified = None
         self.known = None  # the KNOWN_ISSUES label it matches
@@ -829,7 +839,7 @@ class Failure:
         reasons / exception types with sizes and numbers blanked out."""
         import re
         if self.kind == "eager":
-            reasons = re.findall(r"'([^']*)': \d+", self.message.split(":", 1)[1] if ":" in self.message else "")
+            reasons = list(self.reasons)
             return (self.kind, frozenset(re.sub(r"\[[^\]]*\]|\d+", "#", r) for r in reasons))
         if self.kind == "exception":
             return (self.kind, tuple(re.findall(r"(eager|kiln) (raised \w+|returned)", self.message)))
@@ -1210,13 +1220,13 @@ def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=
         eager = after["eager_calls"] - before["eager_calls"]
         if eager > allowed:
             return Failure("eager", f"{eager} of {len(calls)} calls ran wholly eagerly (no graph break in the "
-                           f"program): {new}")
+                           f"program): {new}", reasons=new)
         if not allowed and hits[1] != 1:
             return Failure("eager", f"the cached call was not a cache hit: counters {_delta(before, after)}, "
-                           f"reasons {new}")
+                           f"reasons {new}", reasons=new)
         if not allowed and len(hits) > 2 and kinds[2] == "ok" and hits[2] != 1:
             return Failure("eager", f"the call on fresh inputs (same shapes and layouts) was not a cache hit: "
-                           f"counters {_delta(before, after)}, reasons {new}")
+                           f"counters {_delta(before, after)}, reasons {new}", reasons=new)
     return None
 
 

@@ -48,10 +48,7 @@ KNOWN_FALLBACKS = {
 
 # Blocks kiln runs wholly eagerly today though nothing in them forces it (not an inherent graph
 # break): name -> reason. test_compiles is xfail(strict=True) for them; correctness still holds.
-WHOLLY_EAGER = {
-    "decoder_static": "kiln: slice assignment into a view of an argument (k_cache[:, :, p:p+1] = k) "
-                      "is not functionalised ('views are not functionalized yet'), so every call runs eagerly",
-}
+WHOLLY_EAGER = {}
 
 # Blocks whose compiled output differs from eager (kiln bugs): name -> reason; test_matches_eager
 # is xfail(strict=True) for them until fixed. None at present.
