@@ -81,6 +81,7 @@ Program compile_graph(const capture::GraphBuilder& builder, const std::string& d
     dump.write("assembly.s", cpu::ir_to_asm(code.text.module_ir));
   }
   out.compiled = std::make_shared<runtime::CompiledProgram>(std::move(kp), std::move(code));
+  out.compiled->set_profiling(knob_bool("profile"));
   out.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   out.dump_error = dump.error;
   return out;

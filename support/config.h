@@ -23,6 +23,8 @@ namespace kiln {
   X(verify, "KILN_VERIFY", "0", "1: run the IR verifier after every pass")                     \
   X(opt_level, "KILN_OPT_LEVEL", "3", "LLVM optimisation level for CPU kernels (0-3)")            \
   X(check, "KILN_CHECK", "0", "1: compare every compiled call with eager and report divergence") \
+  X(profile, "KILN_PROFILE", "0", "1: time every kernel of programs compiled from now on "           \
+                                  "(kiln.kernels(f)[i].time_ns)")                                   \
   X(inject_bug, "KILN_INJECT_BUG", "", "test only: plant a wrong lowering (relu) to prove "         \
                                        "KILN_CHECK and the fuzzer catch it")
 
