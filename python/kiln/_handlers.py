@@ -1,0 +1,527 @@
+"""The ATen handlers of the tracer: one function per ATen overload packet, mapping the op (its
+arguments normalised by schema) to GraphBuilder calls. Ops with no handler run eagerly inside
+the compiled program as fallback nodes (see Tracer._record_fallback); a handler raises
+NoLowering for a form of its op it does not lower, with the same result.
+"""
+
+import torch
+
+from ._trace import CaptureFailed
+
+aten = torch.ops.aten
+
+HANDLERS = {}
+
+
+def handles(*packets):
+    def register(fn):
+        for p in packets:
+            HANDLERS[p] = fn
+        return fn
+    return register
+
+
+def _simple_binary(name):
+    return lambda tr, a, out: tr.call(name, [a["self"], a["other"]])
+
+
+for _packet, _name in [
+    (aten.mul, "mul"), (aten.maximum, "maximum"), (aten.minimum, "minimum"),
+    (aten.eq, "eq"), (aten.ne, "ne"), (aten.lt, "lt"), (aten.le, "le"), (aten.gt, "gt"),
+    (aten.ge, "ge"), (aten.logical_and, "logical_and"), (aten.logical_or, "logical_or"),
+    (aten.logical_xor, "logical_xor"), (aten.bitwise_and, "bitwise_and"),
+    (aten.bitwise_or, "bitwise_or"), (aten.bitwise_xor, "bitwise_xor"),
+    (aten.floor_divide, "floor_divide"), (aten.fmod, "fmod"), (aten.remainder, "remainder"),
+]:
+    HANDLERS[_packet] = _simple_binary(_name)
+
+for _packet, _name in [
+    (aten.neg, "neg"), (aten.abs, "abs"), (aten.exp, "exp"), (aten.exp2, "exp2"),
+    (aten.expm1, "expm1"), (aten.log, "log"), (aten.log2, "log2"), (aten.log1p, "log1p"),
+    (aten.sqrt, "sqrt"), (aten.rsqrt, "rsqrt"), (aten.reciprocal, "reciprocal"), (aten.sin, "sin"),
+    (aten.cos, "cos"), (aten.tan, "tan"), (aten.tanh, "tanh"), (aten.erf, "erf"),
+    (aten.sigmoid, "sigmoid"), (aten.floor, "floor"), (aten.ceil, "ceil"), (aten.trunc, "trunc"),
+    (aten.sign, "sign"), (aten.logical_not, "logical_not"), (aten.bitwise_not, "bitwise_not"),
+    (aten.isnan, "isnan"), (aten.relu, "relu"), (aten.silu, "silu"), (aten.mish, "mish"),
+    (aten.hardswish, "hardswish"), (aten.hardsigmoid, "hardsigmoid"),
+]:
+    HANDLERS[_packet] = (lambda n: lambda tr, a, out: tr.call(n, [a["self"]]))(_name)
+
+
+class NoLowering(Exception):
+    """Raised by a handler for a form of its op kiln does not lower: the op then runs eagerly
+    inside the program as a fallback node (anything the handler recorded is dead and dropped)."""
+
+
+class Value:
+    """A value id already recorded, passed where `Tracer.call` takes operands (a bare int
+    would be read as a Python number)."""
+    __slots__ = ("vid",)
+
+    def __init__(self, vid):
+        self.vid = vid
+
+
+@handles(aten.add, aten.sub)
+def _add_sub(tr, a, out, func_name=None):
+    other, alpha = a["other"], a.get("alpha", 1)
+    if alpha is not None and alpha != 1:
+        # Value(...): the product is a graph value, not the number its id happens to be (the
+        # bare id used to be recorded as an int scalar operand).
+        other = Value(tr.call("mul", [other, alpha])) if isinstance(other, torch.Tensor) else other * alpha
+    return tr.call(tr.current_op, [a["self"], other])
+
+
+@handles(aten.rsub)
+def _rsub(tr, a, out):
+    x, alpha = a["self"], a.get("alpha", 1)
+    if alpha is not None and alpha != 1:
+        x = Value(tr.call("mul", [x, alpha]))
+    return tr.call("sub", [a["other"], x])
+
+
+@handles(aten.div)
+def _div(tr, a, out):
+    mode = a.get("rounding_mode")
+    name = {None: "div", "trunc": "trunc_divide", "floor": "floor_divide"}[mode]
+    return tr.call(name, [a["self"], a["other"]])
+
+
+@handles(aten.pow)
+def _pow(tr, a, out):
+    return tr.call("pow", [a["self"], a["exponent"]])
+
+
+@handles(aten.round)
+def _round(tr, a, out):
+    if a.get("decimals", 0) not in (0, None):
+        raise NoLowering()
+    return tr.call("round", [a["self"]])
+
+
+@handles(aten.where)
+def _where(tr, a, out):
+    return tr.call("where", [a["condition"], a["self"], a["other"]])
+
+
+def _clamp_call(tr, x, lo, hi):
+    return tr.call("clamp", [x, 0 if lo is None else lo, 0 if hi is None else hi],
+                   ints=[lo is not None, hi is not None])
+
+
+@handles(aten.clamp)
+def _clamp(tr, a, out):
+    return _clamp_call(tr, a["self"], a.get("min"), a.get("max"))
+
+
+@handles(aten.clamp_min)
+def _clamp_min(tr, a, out):
+    return _clamp_call(tr, a["self"], a["min"], None)
+
+
+@handles(aten.clamp_max)
+def _clamp_max(tr, a, out):
+    return _clamp_call(tr, a["self"], None, a["max"])
+
+
+@handles(aten.hardtanh)
+def _hardtanh(tr, a, out):
+    lo, hi = a["min_val"], a["max_val"]
+    if not a["self"].dtype.is_floating_point:
+        # hardtanh keeps an integer input's dtype: torch truncates the bounds to integers
+        # (clamp would promote to float with float bounds).
+        lo, hi = int(lo), int(hi)
+    return _clamp_call(tr, a["self"], lo, hi)
+
+
+@handles(aten.leaky_relu)
+def _leaky_relu(tr, a, out):
+    return tr.call("leaky_relu", [a["self"]], floats=[float(a["negative_slope"])])
+
+
+@handles(aten.elu)
+def _elu(tr, a, out):
+    return tr.call("elu", [a["self"]], floats=[float(a["alpha"]), float(a["scale"]), float(a["input_scale"])])
+
+
+@handles(aten.gelu)
+def _gelu(tr, a, out):
+    return tr.call("gelu_tanh" if a.get("approximate") == "tanh" else "gelu", [a["self"]])
+
+
+@handles(aten.softplus)
+def _softplus(tr, a, out):
+    return tr.call("softplus", [a["self"]], floats=[float(a["beta"]), float(a["threshold"])])
+
+
+@handles(aten._to_copy)
+def _to_copy(tr, a, out):
+    x = a["self"]
+    if out.device != x.device:
+        raise CaptureFailed(f"a copy from {x.device} to {out.device} is not lowered", op="aten._to_copy")
+    if out.dtype == x.dtype:
+        return tr.call("identity", [x])
+    return tr.call("cast", [x], dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.lift_fresh)
+def _lift_fresh(tr, a, out):
+    x = a["self"]
+    known = id(x) in tr.values or id(x) in tr.leaf_index or id(x) in tr.candidates
+    if not known and x.dim() == 0:
+        # A Python number wrapped into a tensor (x[i] = 7.0, torch.tensor(2.5)): a constant, as a
+        # number passed to any op is. (Larger tensors made from Python data may come from mutable
+        # state such as numpy arrays, which no guard covers: those stop the capture.)
+        return tr.call("full", [x.item()], ints=[], dtype=tr.dtype_name(x.dtype))
+    return tr.call("identity", [x])
+
+
+@handles(aten.clone, aten.alias, aten.detach, aten.contiguous)
+def _identity(tr, a, out):
+    return tr.call("identity", [a["self"]])
+
+
+@handles(aten.view, aten._unsafe_view, aten.reshape, aten._reshape_alias, aten.unsqueeze,
+         aten.squeeze, aten.flatten, aten.unflatten, aten.view_as, aten.reshape_as)
+def _reshape(tr, a, out):
+    return tr.call("reshape", [a["self"]], ints=list(out.shape))
+
+
+@handles(aten.expand, aten.expand_as)
+def _expand(tr, a, out):
+    return tr.call("expand", [a["self"]], ints=list(out.shape))
+
+
+@handles(aten.permute)
+def _permute(tr, a, out):
+    return tr.call("permute", [a["self"]], ints=list(a["dims"]))
+
+
+@handles(aten.t, aten.numpy_T)
+def _t(tr, a, out):
+    x = a["self"]
+    if x.dim() < 2:
+        return tr.call("identity", [x])
+    return tr.call("permute", [x], ints=list(range(x.dim()))[::-1])
+
+
+@handles(aten.transpose)
+def _transpose(tr, a, out):
+    x = a["self"]
+    n = max(x.dim(), 1)
+    perm = list(range(x.dim()))
+    d0, d1 = a["dim0"] % n, a["dim1"] % n
+    if x.dim() == 0:
+        return tr.call("identity", [x])
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return tr.call("permute", [x], ints=perm)
+
+
+INT64_MAX = 2**63 - 1
+
+
+@handles(aten.slice)
+def _slice(tr, a, out):
+    start = a["start"] if a["start"] is not None else 0
+    end = a["end"] if a["end"] is not None else INT64_MAX
+    tr.views[id(out)] = (a["self"], a["dim"], start, min(end, INT64_MAX), a["step"], None)
+    return tr.call("slice", [a["self"]], ints=[a["dim"], start, min(end, INT64_MAX), a["step"]])
+
+
+@handles(aten.select)
+def _select(tr, a, out):
+    x, dim, index = a["self"], a["dim"], a["index"]
+    size = x.shape[dim]
+    if index < 0:
+        index += size
+    s = tr.call("slice", [x], ints=[dim, index, index + 1, 1])
+    sliced = list(x.shape)
+    sliced[dim] = 1
+    tr.views[id(out)] = (x, dim, index, index + 1, 1, sliced)
+    return tr.call_value("reshape", [s], ints=list(out.shape))
+
+
+@handles(aten.slice_scatter)
+def _slice_scatter(tr, a, out):
+    start = a["start"] if a["start"] is not None else 0
+    end = a["end"] if a["end"] is not None else INT64_MAX
+    return tr.call("slice_scatter", [a["self"], a["src"]], ints=[a["dim"], start, min(end, INT64_MAX), a["step"]])
+
+
+@handles(aten.scalar_tensor)
+def _scalar_tensor(tr, a, out):
+    return tr.call("full", [a["s"]], ints=[], dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.full, aten.full_like)
+def _full(tr, a, out):
+    return tr.call("full", [a["fill_value"]], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.zeros, aten.zeros_like)
+def _zeros(tr, a, out):
+    return tr.call("full", [0], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.ones, aten.ones_like)
+def _ones(tr, a, out):
+    return tr.call("full", [1], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+def _dims(d):
+    if d is None:
+        return []
+    if isinstance(d, int):
+        return [d]
+    return list(d)
+
+
+def _reduce(name):
+    def h(tr, a, out):
+        dtype = a.get("dtype")
+        extra = dict(floats=[1.0], dtype=tr.dtype_name(dtype)) if dtype is not None else {}
+        return tr.call(name, [a["self"]], ints=_dims(a.get("dim")), int_value=int(bool(a.get("keepdim", False))),
+                       **extra)
+    return h
+
+
+for _packet, _name in [(aten.sum, "sum"), (aten.prod, "prod"), (aten.amax, "amax"), (aten.amin, "amin"),
+                       (aten.argmax, "argmax"), (aten.argmin, "argmin"), (aten.any, "any"), (aten.all, "all"),
+                       (aten.mean, "mean"), (aten.logsumexp, "logsumexp")]:
+    HANDLERS[_packet] = _reduce(_name)
+
+
+@handles(aten.max, aten.min)
+def _max_min(tr, a, out):
+    if "other" in a:  # max(a, b) is maximum(a, b)
+        return tr.call("maximum" if tr.current_op == "max" else "minimum", [a["self"], a["other"]])
+    values = "amax" if tr.current_op == "max" else "amin"
+    if "dim" not in a:  # full reduction: a 0-dim tensor
+        return tr.call(values, [a["self"]])
+    dims, keep = [a["dim"]], int(bool(a["keepdim"]))
+    return [tr.call(values, [a["self"]], ints=dims, int_value=keep),
+            tr.call("argmax" if tr.current_op == "max" else "argmin", [a["self"]], ints=dims, int_value=keep)]
+
+
+@handles(aten.var, aten.std)
+def _var_std(tr, a, out):
+    corr = a.get("correction")
+    if corr is None:
+        corr = 1 if a.get("unbiased", True) else 0
+    return tr.call(tr.current_op, [a["self"]], ints=_dims(a.get("dim")), int_value=int(bool(a.get("keepdim"))),
+                   floats=[float(corr)])
+
+
+@handles(aten.linalg_vector_norm)
+def _norm(tr, a, out):
+    if a.get("dtype") is not None:
+        raise CaptureFailed("vector_norm with dtype is not lowered", op="aten.linalg_vector_norm")
+    return tr.call("norm", [a["self"]], ints=_dims(a.get("dim")), int_value=int(bool(a.get("keepdim"))),
+                   floats=[float(a["ord"])])
+
+
+@handles(aten._softmax, aten._log_softmax)
+def _softmax(tr, a, out):
+    if a.get("half_to_float"):
+        raise CaptureFailed("softmax with half_to_float is not lowered", op=f"aten.{tr.current_op}")
+    return tr.call(tr.current_op.lstrip("_"), [a["self"]], ints=[a["dim"]])
+
+
+def _optional(x):
+    return (x, 1) if x is not None else (0, 0)
+
+
+@handles(aten.native_layer_norm)
+def _layer_norm(tr, a, out):
+    w, hw = _optional(a["weight"])
+    b, hb = _optional(a["bias"])
+    y = tr.call("layer_norm", [a["input"], w, b], ints=[len(a["normalized_shape"]), hw, hb], floats=[float(a["eps"])])
+    return [y, None, None]  # the saved mean/rstd are not recorded: reading them stops the capture
+
+
+@handles(aten.native_group_norm)
+def _group_norm(tr, a, out):
+    w, hw = _optional(a["weight"])
+    b, hb = _optional(a["bias"])
+    y = tr.call("group_norm", [a["input"], w, b], ints=[a["group"], hw, hb], floats=[float(a["eps"])])
+    return [y, None, None]
+
+
+@handles(aten.native_batch_norm, aten._native_batch_norm_legit_no_training)
+def _batch_norm(tr, a, out):
+    if a.get("training"):
+        raise CaptureFailed("batch_norm in training mode (updates running stats) is not lowered",
+                            op="aten.native_batch_norm")
+    if a["running_mean"] is None or a["running_var"] is None:
+        raise CaptureFailed("batch_norm without running stats is not lowered", op="aten.native_batch_norm")
+    w, hw = _optional(a["weight"])
+    b, hb = _optional(a["bias"])
+    y = tr.call("batch_norm_eval", [a["input"], w, b, a["running_mean"], a["running_var"]], ints=[hw, hb],
+                floats=[float(a["eps"])])
+    return [y, None, None]
+
+
+@handles(aten.cudnn_batch_norm, aten.miopen_batch_norm)
+def _gpu_batch_norm(tr, a, out):
+    # What F.batch_norm dispatches to on CUDA; the same eval-mode normalisation.
+    if a.get("training"):
+        raise NoLowering()
+    w, hw = _optional(a["weight"])
+    b, hb = _optional(a["bias"])
+    y = tr.call("batch_norm_eval", [a["input"], w, b, a["running_mean"], a["running_var"]], ints=[hw, hb],
+                floats=[float(a["epsilon"])])
+    return [y] + [None] * (len(out) - 1)
+
+
+@handles(aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided)
+def _empty(tr, a, out):
+    # The contents of an empty tensor are unspecified; zeros are one valid choice.
+    return tr.call("full", [0], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+@handles(aten.new_zeros, aten.new_ones, aten.new_full)
+def _new_full(tr, a, out):
+    fill = {"new_zeros": 0, "new_ones": 1}.get(tr.current_op, a.get("fill_value"))
+    return tr.call("full", [fill], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+
+
+# ---- assembly and indexing ----------------------------------------------------------------------
+@handles(aten.cat)
+def _cat(tr, a, out):
+    tensors = [t for t in a["tensors"] if not (t.dim() == 1 and t.shape[0] == 0)]  # legacy empty rule
+    if not tensors:
+        return tr.call("full", [0], ints=list(out.shape), dtype=tr.dtype_name(out.dtype))
+    return tr.call("concat", tensors, ints=[a["dim"]])
+
+
+@handles(aten.stack)
+def _stack(tr, a, out):
+    dim = a["dim"] % out.dim()
+    parts = []
+    for t in a["tensors"]:
+        shape = list(t.shape)
+        shape.insert(dim, 1)
+        parts.append(Value(tr.call("reshape", [t], ints=shape)))
+    return tr.call("concat", parts, ints=[dim])
+
+
+@handles(aten.split, aten.split_with_sizes, aten.unbind, aten.chunk)
+def _split(tr, a, out):
+    x, dim = a["self"], a.get("dim", 0)
+    vids, start = [], 0
+    for piece in out:
+        n = piece.shape[dim] if tr.current_op != "unbind" else 1
+        s = tr.call("slice", [x], ints=[dim, start, start + n, 1])
+        vids.append(tr.call_value("reshape", [s], ints=list(piece.shape)))
+        start += n
+    return vids
+
+
+@handles(aten.index_select)
+def _index_select(tr, a, out):
+    x, dim, index = a["self"], a["dim"] % max(a["self"].dim(), 1), a["index"]
+    shape = [1] * x.dim()
+    shape[dim] = index.numel()
+    idx = tr.call("reshape", [index], ints=shape)
+    idx = tr.call_value("expand", [idx], ints=list(out.shape))
+    return tr.call("gather", [x, Value(idx)], ints=[dim, 0])
+
+
+@handles(aten.gather)
+def _gather(tr, a, out):
+    return tr.call("gather", [a["self"], a["index"]], ints=[a["dim"], 0])
+
+
+@handles(aten.embedding)
+def _embedding(tr, a, out):
+    w, ids = a["weight"], a["indices"]
+    flat = tr.call("reshape", [ids], ints=[ids.numel(), 1])
+    idx = tr.call_value("expand", [flat], ints=[ids.numel(), w.shape[1]])
+    rows = tr.call("gather", [w, Value(idx)], ints=[0, 0])
+    return tr.call_value("reshape", [rows], ints=list(out.shape))
+
+
+@handles(aten.index)
+def _index(tr, a, out):
+    indices = a["indices"]
+    x = a["self"]
+    if len(indices) != 1 or indices[0] is None or indices[0].dtype in (torch.bool, torch.uint8) or indices[0].dim() != 1:
+        raise NoLowering()
+    index = indices[0]
+    shape = [index.numel()] + [1] * (x.dim() - 1)
+    idx = tr.call("reshape", [index], ints=shape)
+    idx = tr.call_value("expand", [idx], ints=list(out.shape))
+    return tr.call("gather", [x, Value(idx)], ints=[0, 1])  # x[i] wraps negative indices
+
+
+@handles(aten.masked_fill)
+def _masked_fill(tr, a, out):
+    return tr.call("where", [a["mask"], a["value"], a["self"]])
+
+
+@handles(aten.tril, aten.triu)
+def _tril(tr, a, out):
+    x, k = a["self"], a.get("diagonal", 0)
+    shape = list(x.shape)
+    row = Value(tr.call("iota", [], ints=shape + [x.dim() - 2], dtype="int64"))
+    col = Value(tr.call("iota", [], ints=shape + [x.dim() - 1], dtype="int64"))
+    diff = Value(tr.call("sub", [col, row]))
+    keep = tr.call("le" if tr.current_op == "tril" else "ge", [diff, k])
+    return tr.call("where", [Value(keep), x, 0])
+
+
+@handles(aten.arange)
+def _arange(tr, a, out):
+    start, step = a.get("start", 0), a.get("step", 1)
+    n = out.shape[0]
+    dt = tr.dtype_name(out.dtype)
+    iota = Value(tr.call("iota", [], ints=[n, 0], dtype="int64" if not out.dtype.is_floating_point else "float64"))
+    v = tr.call("add", [Value(tr.call("mul", [iota, step])), start])
+    return tr.call("cast", [Value(v)], dtype=dt)
+
+
+@handles(aten.flip)
+def _flip(tr, a, out):
+    return tr.call("flip", [a["self"]], ints=list(a["dims"]))
+
+
+@handles(aten.constant_pad_nd)
+def _pad(tr, a, out):
+    x, pad = a["self"], list(a["pad"])
+    if any(p < 0 for p in pad):
+        raise NoLowering()
+    lowhigh = [0] * (2 * x.dim())
+    for i in range(len(pad) // 2):  # pad lists the last dim first
+        d = x.dim() - 1 - i
+        lowhigh[2 * d], lowhigh[2 * d + 1] = pad[2 * i], pad[2 * i + 1]
+    return tr.call("pad", [x], ints=lowhigh, floats=[float(a.get("value", 0) or 0)])
+
+
+@handles(aten.repeat)
+def _repeat(tr, a, out):
+    x, reps = a["self"], list(a["repeats"])
+    shape = [1] * (len(reps) - x.dim()) + list(x.shape)
+    inter, big = [], []
+    for r, s in zip(reps, shape):
+        inter += [1, s]
+        big += [r, s]
+    v = tr.call("reshape", [x], ints=inter)
+    v = tr.call_value("expand", [v], ints=big)
+    return tr.call_value("reshape", [v], ints=list(out.shape))
+
+
+@handles(aten.roll)
+def _roll(tr, a, out):
+    x, shifts, dims = a["self"], list(a["shifts"]), list(a["dims"])
+    if not dims:
+        raise NoLowering()
+    v = Value(tr.value_of(x))
+    for s, d in zip(shifts, dims):
+        n = x.shape[d]
+        s %= max(n, 1)
+        if s == 0:
+            continue
+        head = Value(tr.call("slice", [v], ints=[d, n - s, n, 1]))
+        tail = Value(tr.call("slice", [v], ints=[d, 0, n - s, 1]))
+        v = Value(tr.call("concat", [head, tail], ints=[d]))
+    return v.vid
