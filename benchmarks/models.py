@@ -22,8 +22,8 @@ Blocks (full sizes; eager forward roughly 1-50 ms on a 2-core CPU):
                position bias gather + shift mask, softmax, proj, window reverse, roll back, MLP
   decoder_kv   Llama-style decoder layer, one decode chunk with a KV cache: RMSNorm, q/k/v, RoPE
                (rotate_half via cat/neg), cache update by torch.cat, causal masked_fill, SiLU-gated MLP
-  decoder_static  the same layer, one-token decode step: the preallocated caches (arguments) are
-               updated by slice assignment in place; attention over the filled part of the cache
+  decoder_static  the same layer, one-token decode step as Meta's reference Llama: preallocated
+               caches (B, max_len, heads, hd), arguments, updated by slice assignment in place
   decoder_prefill  the same layer as a prefill into a preallocated static cache in module buffers
                (HF StaticCache: in-place index_copy_), F.scaled_dot_product_attention(is_causal=True)
   dlrm         DLRM: bottom MLP, EmbeddingBag tables (sum, offsets), pairwise dot interaction
@@ -349,8 +349,9 @@ class DecoderKVBlock(_LlamaLayer):
 
 @register
 class DecoderStaticBlock(_LlamaLayer):
-    """One-token decode step into a preallocated KV cache by slice assignment
-    (`k_cache[:, :, pos:pos + 1] = k`, the caches are arguments, updated in place), attention
+    """One-token decode step as Meta's reference Llama writes it: preallocated caches of layout
+    (batch, max_len, heads, head_dim), updated by slice assignment
+    `cache_k[:bsz, pos:pos + T] = xk` (the caches are arguments, updated in place), attention
     over the filled part of the cache (no mask needed for the newest token)."""
     name = "decoder_static"
 
@@ -358,27 +359,33 @@ class DecoderStaticBlock(_LlamaLayer):
         super().__init__(small)
         self.T, self.pos = (1, 16) if small else (1, 128)
 
-    def forward(self, x, k_cache, v_cache):
-        B, T, D = x.shape
+    def forward(self, x, cache_k, cache_v):
+        bsz, T, D = x.shape
         pos = self.pos
         h = self.input_norm(x)
-        q, k, v = self.qkv(h, pos)
-        k_cache[:, :, pos:pos + T] = k
-        v_cache[:, :, pos:pos + T] = v
-        keys, values = k_cache[:, :, :pos + T], v_cache[:, :, :pos + T]
-        scores = torch.matmul(q, keys.transpose(2, 3)) / math.sqrt(self.hd)
+        xq = self.q_proj(h).view(bsz, T, self.nh, self.hd)
+        xk = self.k_proj(h).view(bsz, T, self.nh, self.hd)
+        xv = self.v_proj(h).view(bsz, T, self.nh, self.hd)
+        cos = self.cos_cached[pos:pos + T].view(1, T, 1, self.hd)
+        sin = self.sin_cached[pos:pos + T].view(1, T, 1, self.hd)
+        xq, xk = apply_rotary(xq, xk, cos, sin)
+        cache_k[:bsz, pos:pos + T] = xk
+        cache_v[:bsz, pos:pos + T] = xv
+        keys = cache_k[:bsz, :pos + T].transpose(1, 2)
+        values = cache_v[:bsz, :pos + T].transpose(1, 2)
+        scores = torch.matmul(xq.transpose(1, 2), keys.transpose(2, 3)) / math.sqrt(self.hd)
         attn = F.softmax(scores, dim=-1)
-        o = torch.matmul(attn, values).transpose(1, 2).reshape(B, T, D)
+        o = torch.matmul(attn, values).transpose(1, 2).reshape(bsz, T, D)
         x = x + self.o_proj(o)
         return self.mlp(x)
 
     def make_inputs(self, seed=0):
         g = torch.Generator().manual_seed(seed)
-        k_cache = torch.zeros(self.B, self.nh, self.max_len, self.hd)
-        v_cache = torch.zeros(self.B, self.nh, self.max_len, self.hd)
-        k_cache[:, :, :self.pos] = self._randn(g, self.B, self.nh, self.pos, self.hd)
-        v_cache[:, :, :self.pos] = self._randn(g, self.B, self.nh, self.pos, self.hd)
-        return (self._randn(g, self.B, self.T, self.D), k_cache, v_cache)
+        cache_k = torch.zeros(self.B, self.max_len, self.nh, self.hd)
+        cache_v = torch.zeros(self.B, self.max_len, self.nh, self.hd)
+        cache_k[:, :self.pos] = self._randn(g, self.B, self.pos, self.nh, self.hd)
+        cache_v[:, :self.pos] = self._randn(g, self.B, self.pos, self.nh, self.hd)
+        return (self._randn(g, self.B, self.T, self.D), cache_k, cache_v)
 
 
 @register

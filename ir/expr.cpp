@@ -206,12 +206,18 @@ std::pair<int64_t, int64_t> Context::bounds(Expr e) {
       return {*std::min_element(c, c + 4), *std::max_element(c, c + 4)};
     }
     case ExprOp::Div: {
+      // Only index division (by a positive constant) has known bounds; data division (a
+      // variable or non-positive divisor) does not.
+      if (!is_const(e->b) || e->b->ival <= 0 || e->dtype != DType::Int64) break;
       auto [a0, a1] = bounds(e->a);
       return {floordiv(a0, e->b->ival), floordiv(a1, e->b->ival)};
     }
-    case ExprOp::Mod: return {0, e->b->ival - 1};
-    default: return {INT64_MIN / 4, INT64_MAX / 4};
+    case ExprOp::Mod:
+      if (!is_const(e->b) || e->b->ival <= 0 || e->dtype != DType::Int64) break;
+      return {0, e->b->ival - 1};
+    default: break;
   }
+  return {INT64_MIN / 4, INT64_MAX / 4};
 }
 
 // ---- linear forms -------------------------------------------------------------------------
@@ -257,6 +263,7 @@ Expr Context::simplify_index(Expr e) {
         break;
       case ExprOp::Div:
       case ExprOp::Mod: {
+        if (!is_const(x->b) || x->b->ival <= 0) break;  // data division: an atom
         int64_t c = x->b->ival;
         Linear inner = lin(x->a);
         // Split off the part that is a multiple of c: (q*c + r) / c = q + r / c and
@@ -293,7 +300,7 @@ Expr Context::simplify_index(Expr e) {
     changed = false;
     for (auto& [key, coef] : l.terms) {
       Expr atom = key.second;
-      if (atom->op != ExprOp::Mod) continue;
+      if (atom->op != ExprOp::Mod || !is_const(atom->b) || atom->b->ival <= 0) continue;
       int64_t c = atom->b->ival;
       Expr d = div(atom->a, c);
       auto it = l.terms.find({d->hash, d});
@@ -326,7 +333,8 @@ Expr Context::substitute(Expr e, const std::unordered_map<Expr, Expr>& map) {
       case ExprOp::Cast: r = cast(go(x->a), x->dtype); break;
       case ExprOp::Select: r = select(go(x->a), go(x->b), go(x->c)); break;
       default:
-        if (x->dtype == DType::Int64 && (x->op == ExprOp::Div || x->op == ExprOp::Mod) && is_const(x->b)) {
+        if (x->dtype == DType::Int64 && (x->op == ExprOp::Div || x->op == ExprOp::Mod) && is_const(x->b) &&
+            x->b->ival > 0) {
           r = x->op == ExprOp::Div ? div(go(x->a), x->b->ival) : mod(go(x->a), x->b->ival);
         } else if (expr_op_arity(x->op) == 1) {
           r = unary(x->op, go(x->a));

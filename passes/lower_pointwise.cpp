@@ -199,7 +199,8 @@ std::vector<Expr> view_source_index(Context& c, const Node& n, const Sizes& src_
         Sizes st = contiguous_strides(src_sizes);
         std::vector<Expr> r(src_sizes.size());
         for (size_t d = 0; d < r.size(); ++d)
-          r[d] = src_sizes[d] == 1 ? c.int_const(0) : c.simplify_index(c.mod(c.div(lin, st[d]), src_sizes[d]));
+          r[d] = src_sizes[d] <= 1 ? c.int_const(0)  // size 0: nothing is read
+                                   : c.simplify_index(c.mod(c.div(lin, st[d]), src_sizes[d]));
         return r;
       }
       case OpKind::Flip: {

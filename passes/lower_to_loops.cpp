@@ -786,7 +786,7 @@ class Lowering {
 
   static int count_divmod(Expr e, std::set<Expr>& seen) {
     if (!e || !seen.insert(e).second) return 0;
-    int n = (e->op == ExprOp::Div || e->op == ExprOp::Mod) && e->dtype == DType::Int64 ? 1 : 0;
+    int n = (e->op == ExprOp::Div || e->op == ExprOp::Mod) && e->dtype == DType::Int64 && is_const(e->b) ? 1 : 0;
     return n + count_divmod(e->a, seen) + count_divmod(e->b, seen) + count_divmod(e->c, seen);
   }
 
@@ -802,6 +802,10 @@ class Lowering {
   void collapse(Kernel& k, std::vector<Loop>& loops) {
     for (size_t i = 0; i + 1 < loops.size();) {
       Expr a = loops[i].var, b = loops[i + 1].var;
+      if (a->ival == 0 || b->ival == 0) {  // an empty loop: nothing to gain, and no div by 0
+        ++i;
+        continue;
+      }
       Expr w = ctx().var(a->ival * b->ival);
       std::unordered_map<Expr, Expr> sub = {{a, ctx().div(w, b->ival)}, {b, ctx().mod(w, b->ival)}};
       Kernel trial = k;

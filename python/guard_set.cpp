@@ -104,6 +104,8 @@ bool GuardSet::check(const py::list& leaves, bool grad_enabled) {
       return false;
     }
   }
+  for (const auto& id : identities_)
+    if ((PyList_GET_ITEM(leaves.ptr(), id.i) == PyList_GET_ITEM(leaves.ptr(), id.j)) != id.same) return false;
   for (const auto& g : values_) {
     PyObject* v = PyList_GET_ITEM(leaves.ptr(), g.leaf);
     if (reinterpret_cast<PyObject*>(Py_TYPE(v)) != g.type.ptr()) return false;
@@ -121,6 +123,10 @@ std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
   if (static_cast<size_t>(PyList_GET_SIZE(leaves.ptr())) != leaf_count_)
     return fmt::format("the call has {} leaves, expected {}", PyList_GET_SIZE(leaves.ptr()), leaf_count_);
   if (grad_enabled != grad_mode_) return fmt::format("grad mode is {}, expected {}", grad_enabled, grad_mode_);
+  for (const auto& id : identities_)
+    if ((PyList_GET_ITEM(leaves.ptr(), id.i) == PyList_GET_ITEM(leaves.ptr(), id.j)) != id.same)
+      return fmt::format("leaves {} and {} are {}the same tensor, expected {}", id.i, id.j, id.same ? "not " : "",
+                         id.same ? "the same" : "distinct");
   for (const auto& g : tensors_) {
     std::string why = check_tensor(g, PyList_GET_ITEM(leaves.ptr(), g.leaf), true);
     if (!why.empty()) return fmt::format("leaf {}: {}", g.leaf, why);
@@ -141,6 +147,8 @@ std::vector<std::string> GuardSet::describe() const {
     out.push_back(fmt::format("leaf {}: {} {} on {}, sizes ({}), strides ({}), requires_grad={}", g.leaf,
                               py::str(g.type).cast<std::string>(), py::str(g.dtype).cast<std::string>(), g.device,
                               fmt::join(g.sizes, ", "), fmt::join(g.strides, ", "), g.requires_grad));
+  for (const auto& id : identities_)
+    out.push_back(fmt::format("leaf {} is {}leaf {}", id.i, id.same ? "" : "not ", id.j));
   for (const auto& g : values_)
     out.push_back(g.type_only ? fmt::format("leaf {}: type is {}", g.leaf, py::str(g.type).cast<std::string>())
                               : fmt::format("leaf {}: == {}", g.leaf, py::repr(g.value).cast<std::string>()));

@@ -35,6 +35,9 @@ class GuardSet {
   void add_tensor(TensorGuard g) { tensors_.push_back(std::move(g)); }
   void add_value(ValueGuard g) { values_.push_back(std::move(g)); }
   void set_grad_mode(bool enabled) { grad_mode_ = enabled; }
+  /// Leaves i and j must be the same object (`same`) or must not be: the trace read them as one
+  /// value (or wrote one of them in place).
+  void add_identity(int i, int j, bool same) { identities_.push_back({i, j, same}); }
   /// True when every guard holds for `leaves` under grad mode `grad_enabled`.
   bool check(const py::list& leaves, bool grad_enabled);
   /// The first failing guard in words, or "" when all hold.
@@ -48,6 +51,11 @@ class GuardSet {
   std::string check_tensor(const TensorGuard& g, PyObject* t, bool verbose) const;
   std::vector<TensorGuard> tensors_;
   std::vector<ValueGuard> values_;
+  struct Identity {
+    int i, j;
+    bool same;
+  };
+  std::vector<Identity> identities_;
   bool grad_mode_ = true;
   size_t leaf_count_ = 0;
 };

@@ -63,18 +63,31 @@ if [ "$RUN_PY" = 1 ]; then
   rm -rf "$PKG" && mkdir -p "$PKG"
   for f in python/kiln/*.py; do ln -s "$ROOT/$f" "$PKG/"; done
   ln -s "$ROOT/$(ls build/asan-py/_C*.so)" "$PKG/"
-  LIBASAN=$(gcc -print-file-name=libasan.so)
+  # libstdc++ is preloaded too: Python does not link it, and ASan's __cxa_throw interceptor must
+  # find the real one when the runtime starts (else the first C++ exception aborts: "CHECK failed:
+  # asan_interceptors.cpp ... real___cxa_throw").
+  LIBASAN="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
   if [ $# -eq 0 ]; then
     # A subset that exercises capture, every lowering family, guards, fallbacks, threads and
     # the fuzzer (a few hundred programs) in a few minutes under ASan.
     set -- tests/python/test_pointwise.py tests/python/test_hardening.py tests/python/test_fallback.py \
       "tests/python/test_fuzz.py::test_fuzz_seed_range[0]" -x -q
   fi
+  REPORTS=$ROOT/build/asan-py/reports
+  rm -rf "$REPORTS" && mkdir -p "$REPORTS"
   echo "== sanitize: pytest $* (LD_PRELOAD=$LIBASAN)"
   t3=$(date +%s)
   LD_PRELOAD="$LIBASAN" PYTHONPATH="$ROOT/build/asan-py/pkg" \
-    ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0:halt_on_error=1" \
-    "$VPY" -m pytest -p no:cacheprovider "$@"
+    ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0:halt_on_error=1:log_path=$REPORTS/asan" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$REPORTS/ubsan" \
+    "$VPY" -m pytest -p no:cacheprovider "$@" || status=$?
+  # pytest captures stderr, so the sanitizers write their reports to files
+  if ls "$REPORTS"/* >/dev/null 2>&1; then
+    echo "== sanitize: sanitizer reports:"
+    for r in "$REPORTS"/*; do echo "--- $r"; head -80 "$r"; done
+    exit 1
+  fi
+  [ "${status:-0}" = 0 ] || exit "$status"
   echo "   pytest clean in $(( $(date +%s) - t3 ))s"
 fi
 echo "== sanitize: clean ($(( $(date +%s) - t0 ))s in all)"

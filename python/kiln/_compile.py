@@ -152,10 +152,19 @@ def _segment_result(result, outs, full):
     return unflatten(result_spec, vals)[0]
 
 
-def _build_guards(leaves, grad):
+def _build_guards(leaves, grad, mutated=()):
     gs = _C.GuardSet()
     gs.set_leaf_count(len(leaves))
     gs.set_grad_mode(grad)
+    # Aliasing: the trace read leaves that were one object as one value, so later calls must
+    # pass one object there too; a leaf written in place must not be another leaf later.
+    tensors = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
+    for a_i, i in enumerate(tensors):
+        for j in tensors[a_i + 1:]:
+            if leaves[i] is leaves[j]:
+                gs.add_identity(i, j, True)
+            elif i in mutated or j in mutated:
+                gs.add_identity(i, j, False)
     for i, leaf in enumerate(leaves):
         if isinstance(leaf, torch.Tensor):
             gs.add_tensor(i, type(leaf), leaf.dtype, str(leaf.device), list(leaf.shape), list(leaf.stride()),
@@ -378,7 +387,7 @@ class CompiledFunction:
         if program.dump_error:
             warnings.warn(program.dump_error)
         self._compiles += 1
-        entry = _Entry(_build_guards(full, grad), getters, program, out_specs, result_spec,
+        entry = _Entry(_build_guards(full, grad, set(tracer.mutations)), getters, program, out_specs, result_spec,
                        fallbacks=tracer.fallbacks)
         entry.mutations = mutations
         entry.single = entry.single and not mutations
@@ -399,7 +408,7 @@ class CompiledFunction:
         _log("breaks", f"{self.__name__}: {breaks} value(s) read into Python; {len(tracer.segments)} segments")
         entry = tree_entry
         if entry is None:
-            entry = _Entry(_build_guards(full, grad), getters)
+            entry = _Entry(_build_guards(full, grad, set(tracer.mutations)), getters)
             devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
             device = next(iter(devices)) if len(devices) == 1 and next(iter(devices)).type == "cuda" else None
             entry.tree = _segments.Tree(entry.guards, len(full), grad, device)

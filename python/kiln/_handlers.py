@@ -66,9 +66,15 @@ class Value:
 def _add_sub(tr, a, out, func_name=None):
     other, alpha = a["other"], a.get("alpha", 1)
     if alpha is not None and alpha != 1:
-        # Value(...): the product is a graph value, not the number its id happens to be (the
-        # bare id used to be recorded as an int scalar operand).
-        other = Value(tr.call("mul", [other, alpha])) if isinstance(other, torch.Tensor) else other * alpha
+        # torch computes self + alpha * other in the result dtype (no overflow in a narrower one)
+        dt = tr.dtype_name(out.dtype)
+        if out.dtype == torch.bool:  # bool arithmetic: alpha * b is b when alpha is true
+            return tr.call(tr.current_op, [a["self"], other if alpha else False])
+        if isinstance(other, torch.Tensor):
+            other = Value(tr.call("mul", [Value(tr.call("cast", [other], dtype=dt)), alpha]))
+        else:
+            other = other * alpha
+        return tr.call(tr.current_op, [Value(tr.call("cast", [a["self"]], dtype=dt)), other])
     return tr.call(tr.current_op, [a["self"], other])
 
 
@@ -76,7 +82,8 @@ def _add_sub(tr, a, out, func_name=None):
 def _rsub(tr, a, out):
     x, alpha = a["self"], a.get("alpha", 1)
     if alpha is not None and alpha != 1:
-        x = Value(tr.call("mul", [x, alpha]))
+        dt = tr.dtype_name(out.dtype)  # in the result dtype, as torch computes it
+        x = Value(tr.call("mul", [Value(tr.call("cast", [x], dtype=dt)), alpha]))
     return tr.call("sub", [a["other"], x])
 
 

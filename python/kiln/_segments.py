@@ -118,7 +118,7 @@ class Tree:
             here = outs[-1]
             key = tuple(_read_key(fn(*[here[v] for v in vids])) for fn, vids in node.reads)
             child = node.children.get(key)
-            if child is None:
+            if child is None or child.native is None:  # unseen, or still being compiled
                 return DEEP_MISS
             node = child
 

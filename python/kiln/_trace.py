@@ -126,6 +126,26 @@ class _Slot:
         self.index = index
 
 
+def _contiguous(shape):
+    out, acc = [], 1
+    for n in reversed(list(shape)):
+        out.append(acc)
+        acc *= max(int(n), 1)
+    return out[::-1]
+
+
+def _dense(shape, strides):
+    """True when the strides are a permutation of a contiguous layout (ignoring size-1 dims):
+    the layouts lower_to_loops keeps for stored values."""
+    dims = sorted((d for d in range(len(shape)) if shape[d] != 1), key=lambda d: -strides[d])
+    expect = 1
+    for d in reversed(dims):
+        if strides[d] != expect:
+            return False
+        expect *= shape[d]
+    return True
+
+
 def _template(args, kwargs):
     """An op's arguments with each tensor replaced by a _Slot: (args, kwargs, the tensors)."""
     tensors = []
@@ -239,6 +259,11 @@ class Tracer(TorchDispatchMode):
         if vid is not None:
             return vid
         index = self.leaf_index.get(id(t))
+        if index is not None and index in self.mutations:
+            # an argument written in place by an earlier segment: its new value, not the
+            # caller's tensor (written back only after the call)
+            k, src, _ = self.mutations[index]
+            return self._carry(t, k, src)
         if index is not None:  # a leaf first used in a later segment
             return self._add_leaf_input(t, index)
         for k in range(len(self.segments) - 2, -1, -1):
@@ -261,11 +286,14 @@ class Tracer(TorchDispatchMode):
         leaf index is fixed once the trace is complete (after every call leaf)."""
         seg = self.seg
         self.segments[k].need(src)
-        vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), -1)
+        # The producing segment stores the value in its preferred layout when that is dense,
+        # else contiguously (lower_to_loops' loop_order): read it the same way.
+        strides = list(t.stride()) if _dense(t.shape, t.stride()) else _contiguous(t.shape)
+        vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), strides, -1)
         seg.carried.append((k, src))
         seg.carried_vids.append(vid)
         seg.input_vids.add(vid)
-        seg.layouts[vid] = list(t.stride())
+        seg.layouts[vid] = strides
         seg.values[id(t)] = vid
         return vid
 
@@ -449,6 +477,9 @@ class Tracer(TorchDispatchMode):
                                 f"(views are not functionalized yet)", op=str(func))
         if leaf is not None and target.requires_grad:
             raise CaptureFailed(f"{func} mutates a leaf that requires grad", op=str(func))
+        if id(root) in self.leaf_index and 0 in root.stride() and root.numel() > 1:
+            # writing back into an expanded argument would write one element many times
+            raise CaptureFailed(f"{func} writes an expanded (stride-0) tensor", op=str(func))
         name = func.overloadpacket.__name__
         if name == "copy_":
             vid = self.call("cast", [a["src"]], dtype=self.dtype_name(target.dtype))
@@ -476,6 +507,8 @@ class Tracer(TorchDispatchMode):
         self._bind_result(target, vid)
         self._note_mutation(target, leaf)
         self._write_through(target, chain)
+        if not chain:
+            self._refresh_views(target, target)  # views taken earlier see the write
 
     def _view_chain(self, t):
         """[(base, dim, start, end, step, unsqueezed shape or None)] from `t` up to a tensor that

@@ -564,9 +564,9 @@ def reproducer_source(case, message="", expect_compiled=None):
              f'process dies) while the bug is there and prints OK once it is fixed.\n"""',
              "import math\n\nimport torch\nimport torch.nn.functional as F\n\nimport kiln\n\ninf, nan = math.inf, math.nan\n"]
     has_tensors = any(isinstance(i, fz.TensorInput) for i in case.inputs)
-    parts.append(inspect.getsource(fz.make_input))
+    parts.append(fz.REPRO_SOURCES["make_input"])
     if has_tensors:
-        parts.append(inspect.getsource(fz.fresh_like))
+        parts.append(fz.REPRO_SOURCES["fresh_like"])
     if program is not None:
         if program.preamble:
             parts.append(program.preamble + "\n")
@@ -588,7 +588,7 @@ def reproducer_source(case, message="", expect_compiled=None):
         names.append(inp.name)
     lines.append(f"    return [{', '.join(names)}]")
     parts.append("\n".join(lines) + "\n")
-    parts.append(inspect.getsource(fz.repro_check))
+    parts.append(fz.REPRO_SOURCES["repro_check"])
     parts.append(f'if __name__ == "__main__":\n    repro_check({fname}, make_inputs, expect_compiled={expect_compiled})\n'
                  f'    print("OK: kiln matches eager")\n')
     return "\n\n".join(p.rstrip("\n") + "\n" for p in parts)
