@@ -269,6 +269,7 @@ class Lowering {
   /// clamp(i, 0, n - 1): an index that is always in bounds (for the branch a select discards).
   Expr clamp_index(Expr i, int64_t n) {
     Context& c = ctx();
+    if (n <= 1) return c.int_const(0);  // the only index there is (keeps addressing affine)
     return c.binary(ExprOp::Min, c.binary(ExprOp::Max, i, c.int_const(0)), c.int_const(std::max<int64_t>(n - 1, 0)));
   }
 

@@ -43,7 +43,12 @@ void ThreadPool::resize(int threads) {
 }
 
 void ThreadPool::worker(int index) {
-  uint64_t seen = 0;
+  uint64_t seen;
+  {
+    // A worker started by resize() must not run the job of a parallel_for that already ended.
+    std::lock_guard<std::mutex> lock(mu_);
+    seen = generation_;
+  }
   for (;;) {
     const std::function<void(int64_t, int64_t)>* job;
     int64_t n;

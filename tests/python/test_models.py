@@ -173,7 +173,7 @@ SELECT_SCATTER_BUG = (
 
 @pytest.mark.parametrize("fn", [
     _slice_assign,
-    pytest.param(_select_assign, marks=pytest.mark.xfail(strict=True, reason=SELECT_SCATTER_BUG)),
+    _select_assign,
     _index_copy,
     _index_put,
 ], ids=lambda f: f.__name__.strip("_"))

@@ -75,3 +75,22 @@ def test_module_buffer_update_is_visible():
         x = make_input((4,))
         assert_same(f(x), ref(x.clone()))
         assert torch.equal(m.total, ref.total)
+
+
+def test_select_write_into_a_middle_dim():
+    def g(x, v):
+        x[:, 0] = v
+        return x + 0
+    run_both(g, lambda: (make_input((2, 3, 4)), make_input((2, 4))))
+
+
+def test_thread_count_changes_between_calls():
+    f = kiln.compile(lambda x: x * 2 + 1)
+    x = make_input((1 << 16,))
+    old = kiln.config.get("num_threads")
+    try:
+        for n in (2, 1, 2):
+            kiln.config.set("num_threads", n)
+            assert_same(f(x), x * 2 + 1)
+    finally:
+        kiln.config.set("num_threads", old)
