@@ -20,8 +20,18 @@ ThreadPool::ThreadPool(int threads) { start(threads); }
 ThreadPool::~ThreadPool() { stop(); }
 
 void ThreadPool::start(int threads) {
-  quit_ = false;
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
+  // The generation is read here, before any worker exists, and handed to each worker: a worker
+  // that read it itself could start after the next parallel_for had already bumped it, skip that
+  // job and leave parallel_for waiting for it forever. Callers hold run_mutex_ (or construct),
+  // so no parallel_for runs between this read and the workers' first wait.
+  uint64_t seen;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    quit_ = false;
+    seen = generation_;
+  }
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i, seen] { worker(i, seen); });
+  threads_.store(threads, std::memory_order_relaxed);
 }
 
 void ThreadPool::stop() {
@@ -32,23 +42,18 @@ void ThreadPool::stop() {
   cv_.notify_all();
   for (auto& t : workers_) t.join();
   workers_.clear();
+  threads_.store(1, std::memory_order_relaxed);
 }
 
 void ThreadPool::resize(int threads) {
   std::lock_guard<std::mutex> run(run_mutex_);
   if (threads < 1) threads = 1;
-  if (threads == this->threads()) return;
+  if (threads == static_cast<int>(workers_.size()) + 1) return;
   stop();
   start(threads);
 }
 
-void ThreadPool::worker(int index) {
-  uint64_t seen;
-  {
-    // A worker started by resize() must not run the job of a parallel_for that already ended.
-    std::lock_guard<std::mutex> lock(mu_);
-    seen = generation_;
-  }
+void ThreadPool::worker(int index, uint64_t seen) {
   for (;;) {
     const std::function<void(int64_t, int64_t)>* job;
     int64_t n;
@@ -80,6 +85,12 @@ void ThreadPool::parallel_for(int64_t n, int64_t work_per_item,
     return;
   }
   std::lock_guard<std::mutex> run(run_mutex_);
+  // Re-read under the lock: a resize() may have run since the unlocked read above.
+  t = static_cast<int>(workers_.size()) + 1;
+  if (t == 1) {
+    fn(0, n);
+    return;
+  }
   int chunks = static_cast<int>(std::min<int64_t>(t, n));
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -4,6 +4,7 @@
 /// own rows and its own cache lines; small ranges run on the caller alone.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -22,7 +23,7 @@ class ThreadPool {
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
-  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
   /// Changes the thread count (joins and restarts the workers).
   void resize(int threads);
   /// Runs fn(begin, end) over chunks of [0, n); uses one thread when n * work_per_item is
@@ -34,7 +35,7 @@ class ThreadPool {
  private:
   void start(int threads);
   void stop();
-  void worker(int index);
+  void worker(int index, uint64_t seen);
 
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one parallel_for at a time
@@ -46,6 +47,7 @@ class ThreadPool {
   uint64_t generation_ = 0;
   int pending_ = 0;
   bool quit_ = false;
+  std::atomic<int> threads_{1};  // read without locks by parallel_for's one-thread path
 };
 
 }  // namespace kiln::runtime
