@@ -8,6 +8,8 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <numeric>
+#include <optional>
 
 #include "support/error.h"
 #include "support/hash.h"
@@ -172,6 +174,10 @@ Expr Context::div(Expr a, int64_t c) {
   auto [lo, hi] = bounds(a);
   if (lo >= 0 && hi < c) return int_const(0);
   if (floordiv(lo, c) == floordiv(hi, c)) return int_const(floordiv(lo, c));
+  // (x / a) / c == x / (a*c) for floor division by positive constants.
+  if (a->op == ExprOp::Div && is_const(a->b) && a->b->ival > 0 && a->dtype == DType::Int64 &&
+      a->b->ival <= INT64_MAX / c)
+    return div(a->a, a->b->ival * c);
   ExprNode n{ExprOp::Div, DType::Int64};
   n.a = a;
   n.b = int_const(c);
@@ -184,6 +190,9 @@ Expr Context::mod(Expr a, int64_t c) {
   if (is_const(a)) return int_const(floormod(a->ival, c));
   auto [lo, hi] = bounds(a);
   if (lo >= 0 && hi < c) return a;
+  // (x % a) % c == x % c when c divides a (floor modulo by positive constants).
+  if (a->op == ExprOp::Mod && is_const(a->b) && a->b->ival > 0 && a->dtype == DType::Int64 && a->b->ival % c == 0)
+    return mod(a->a, c);
   ExprNode n{ExprOp::Mod, DType::Int64};
   n.a = a;
   n.b = int_const(c);
@@ -191,33 +200,62 @@ Expr Context::mod(Expr a, int64_t c) {
 }
 
 std::pair<int64_t, int64_t> Context::bounds(Expr e) {
+  // Unknown ranges are this sentinel pair; arithmetic on it (or overflowing arithmetic) stays
+  // unknown. Computing with the sentinel itself overflowed and gave tiny, wrong ranges that let
+  // div() fold a live index term to a constant.
+  const std::pair<int64_t, int64_t> unknown{INT64_MIN / 4, INT64_MAX / 4};
+  auto known = [&](std::pair<int64_t, int64_t> r) { return r.first > unknown.first && r.second < unknown.second; };
   switch (e->op) {
     case ExprOp::Const: return {e->ival, e->ival};
     case ExprOp::Var: return {0, std::max<int64_t>(e->ival - 1, 0)};
     case ExprOp::Add: {
-      auto [a0, a1] = bounds(e->a);
-      auto [b0, b1] = bounds(e->b);
-      return {a0 + b0, a1 + b1};
+      auto a = bounds(e->a), b = bounds(e->b);
+      if (!known(a) || !known(b)) return unknown;
+      int64_t lo, hi;
+      if (__builtin_add_overflow(a.first, b.first, &lo) || __builtin_add_overflow(a.second, b.second, &hi))
+        return unknown;
+      if (!known({lo, hi})) return unknown;
+      return {lo, hi};
     }
     case ExprOp::Mul: {
-      auto [a0, a1] = bounds(e->a);
-      auto [b0, b1] = bounds(e->b);
-      int64_t c[4] = {a0 * b0, a0 * b1, a1 * b0, a1 * b1};
-      return {*std::min_element(c, c + 4), *std::max_element(c, c + 4)};
+      auto a = bounds(e->a), b = bounds(e->b);
+      if (!known(a) || !known(b)) return unknown;
+      int64_t c[4];
+      if (__builtin_mul_overflow(a.first, b.first, &c[0]) || __builtin_mul_overflow(a.first, b.second, &c[1]) ||
+          __builtin_mul_overflow(a.second, b.first, &c[2]) || __builtin_mul_overflow(a.second, b.second, &c[3]))
+        return unknown;
+      std::pair<int64_t, int64_t> r{*std::min_element(c, c + 4), *std::max_element(c, c + 4)};
+      return known(r) ? r : unknown;
     }
     case ExprOp::Div: {
       // Only index division (by a positive constant) has known bounds; data division (a
       // variable or non-positive divisor) does not.
       if (!is_const(e->b) || e->b->ival <= 0 || e->dtype != DType::Int64) break;
-      auto [a0, a1] = bounds(e->a);
-      return {floordiv(a0, e->b->ival), floordiv(a1, e->b->ival)};
+      auto a = bounds(e->a);
+      if (!known(a)) return unknown;
+      return {floordiv(a.first, e->b->ival), floordiv(a.second, e->b->ival)};
     }
     case ExprOp::Mod:
       if (!is_const(e->b) || e->b->ival <= 0 || e->dtype != DType::Int64) break;
       return {0, e->b->ival - 1};
+    case ExprOp::Min:
+    case ExprOp::Max: {
+      // Clamps (roll, pad, boundary handling) have ranges worth knowing.
+      if (e->dtype != DType::Int64) break;
+      auto a = bounds(e->a), b = bounds(e->b);
+      if (e->op == ExprOp::Min) {
+        // min(a, b) <= min(a.hi, b.hi) always; its low end needs both lows.
+        int64_t hi = std::min(a.second, b.second);
+        int64_t lo = std::min(a.first, b.first);
+        return known({lo, hi}) ? std::make_pair(lo, hi) : std::make_pair(unknown.first, hi);
+      }
+      int64_t lo = std::max(a.first, b.first);
+      int64_t hi = std::max(a.second, b.second);
+      return known({lo, hi}) ? std::make_pair(lo, hi) : std::make_pair(lo, unknown.second);
+    }
     default: break;
   }
-  return {INT64_MIN / 4, INT64_MAX / 4};
+  return unknown;
 }
 
 // ---- linear forms -------------------------------------------------------------------------
@@ -237,6 +275,45 @@ struct Linear {
     constant += o.constant * scale;
   }
 };
+
+/// r = g*big + small with g a factor of c shared by some coefficient and 0 <= small < g for every
+/// value of the variables; the largest such g, or nothing.
+struct FactorSplit {
+  int64_t g;
+  Linear big, small;
+};
+std::optional<FactorSplit> split_by_common_factor(Context& ctx, const Linear& r, int64_t c) {
+  // Try each factor g of c that some coefficient shares, largest first wins.
+  std::optional<FactorSplit> best;
+  for (auto& [k, coef] : r.terms) {
+    int64_t g = std::gcd(c, coef < 0 ? -coef : coef);
+    if (g <= 1 || g == c || (best && best->g >= g)) continue;
+    Linear big, small;
+    for (auto& [k2, coef2] : r.terms) {
+      if (coef2 % g == 0) big.add_term(k2.second, coef2 / g);
+      else small.add_term(k2.second, coef2);
+    }
+    big.constant = floordiv(r.constant, g);
+    small.constant = floormod(r.constant, g);
+    int64_t lo = small.constant, hi = small.constant;
+    for (auto& [k2, coef2] : small.terms) {
+      auto [a0, a1] = ctx.bounds(k2.second);
+      if (a0 <= INT64_MIN / 8 || a1 >= INT64_MAX / 8) {
+        lo = -1;  // unbounded: not provably in [0, g)
+        break;
+      }
+      int64_t p0, p1;
+      if (__builtin_mul_overflow(a0, coef2, &p0) || __builtin_mul_overflow(a1, coef2, &p1) ||
+          __builtin_add_overflow(lo, std::min(p0, p1), &lo) || __builtin_add_overflow(hi, std::max(p0, p1), &hi)) {
+        lo = -1;
+        break;
+      }
+    }
+    if (lo < 0 || hi >= g) continue;
+    best = FactorSplit{g, std::move(big), std::move(small)};
+  }
+  return best;
+}
 }  // namespace
 
 Expr Context::simplify_index(Expr e) {
@@ -275,6 +352,26 @@ Expr Context::simplify_index(Expr e) {
         }
         q.constant = floordiv(inner.constant, c);
         r.constant = floormod(inner.constant, c);
+        if (auto split = split_by_common_factor(*this, r, c)) {
+          // r = g*A + s with 0 <= s < g and g | c: (g*A + s) / c = A / (c/g) and
+          // (g*A + s) % c = g*(A % (c/g)) + s. This is how a flat index i*K + j (j < K) divided
+          // by a multiple of K loses j, which reshapes of contiguous rows produce everywhere.
+          auto& [g, big, small] = *split;
+          Expr a = rebuild(big);
+          if (x->op == ExprOp::Div) {
+            l = q;
+            Expr d = div(a, c / g);
+            if (is_const(d)) l.constant += d->ival;
+            else l.add_term(d, 1);
+          } else {
+            l = small;
+            Expr m = mod(a, c / g);
+            if (is_const(m)) l.constant += g * m->ival;
+            else if (m == a) l.add(big, g);
+            else l.add_term(m, g);
+          }
+          return l;
+        }
         Expr rest = rebuild(r);
         if (x->op == ExprOp::Div) {
           l = q;

@@ -113,6 +113,11 @@ class Entry {
       strides_.push_back(strides);
       dtype_.push_back(dtypes[py::str(ir::dtype_name(b.dtype))]);
     }
+    // A fallback's results become its output buffers as they are: allocating those up front
+    // would only be thrown away (and costs fresh pages on every call).
+    from_extern_.assign(p.buffers.size(), false);
+    for (const auto& e : p.externs)
+      for (int b : e.outputs) from_extern_[b] = true;
   }
 
   /// Runs on `leaves` if the guards hold: returns the output list, None on a guard miss, or
@@ -128,7 +133,7 @@ class Entry {
       if (b.kind == ir::BufferKind::Input) {
         tensors[i] = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(leaves.ptr(), b.index));
         ptrs[i] = data_ptr(tensors[i].ptr());
-      } else if (b.kind == ir::BufferKind::Output || b.kind == ir::BufferKind::Shared) {
+      } else if ((b.kind == ir::BufferKind::Output || b.kind == ir::BufferKind::Shared) && !from_extern_[i]) {
         tensors[i] = torch_handles().empty_strided(sizes_[i], strides_[i], py::arg("dtype") = dtype_[i]);
         ptrs[i] = data_ptr(tensors[i].ptr());
       }
@@ -197,6 +202,7 @@ class Entry {
   Program program_;
   py::list fallbacks_;
   std::vector<py::object> sizes_, strides_, dtype_;  // per buffer
+  std::vector<bool> from_extern_;                     // per buffer: written by a fallback
 };
 
 /// The per-call fast path of a compiled function for its most common shape of call: positional

@@ -163,6 +163,19 @@ def _template(args, kwargs):
     return go(tuple(args)), go(dict(kwargs)), tensors
 
 
+def _fill_slots(x, tensors):
+    """`x` with each _Slot replaced by its tensor. A module-level function, not a closure that
+    calls itself: such a closure is a reference cycle that would keep every operand alive until
+    the garbage collector ran, so intermediate buffers got fresh (page-faulting) memory each call."""
+    if isinstance(x, _Slot):
+        return tensors[x.index]
+    if isinstance(x, (list, tuple)):
+        return type(x)(_fill_slots(y, tensors) for y in x)
+    if isinstance(x, dict):
+        return {k: _fill_slots(v, tensors) for k, v in x.items()}
+    return x
+
+
 class _Fallback:
     """Re-runs one recorded ATen op on new tensor operands (a fallback node's callable)."""
 
@@ -170,15 +183,7 @@ class _Fallback:
         self.func, self.args, self.kwargs = func, args, kwargs
 
     def __call__(self, *tensors):
-        def fill(x):
-            if isinstance(x, _Slot):
-                return tensors[x.index]
-            if isinstance(x, (list, tuple)):
-                return type(x)(fill(y) for y in x)
-            if isinstance(x, dict):
-                return {k: fill(v) for k, v in x.items()}
-            return x
-        return self.func(*fill(self.args), **fill(self.kwargs))
+        return self.func(*_fill_slots(self.args, tensors), **_fill_slots(self.kwargs, tensors))
 
     def __repr__(self):
         return str(self.func)

@@ -3,6 +3,7 @@
 /// that checks equivalence and idempotency), substitution and printing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <random>
 #include <unordered_map>
@@ -51,6 +52,23 @@ TEST(Expr, SplitsDivOverMultiples) {
   EXPECT_EQ(c.simplify_index(c.mod(lin, 5)), j);
 }
 
+TEST(Expr, DropsRemaindersBelowACommonFactor) {
+  // A flat index i*384 + j (j < 384) reshaped to (b, h, w, c) and back: what a permute of
+  // channels-last rows and a reshape produce. The whole expression must fold to the identity so
+  // the kernel's loads are contiguous and vectorize.
+  Context c;
+  Expr i = c.var(6272), j = c.var(384);
+  Expr t = c.add(c.mul(i, 384), j);
+  Expr e = c.add(c.add(c.add(c.mul(c.div(t, 301056), 301056), j), c.mul(c.mod(c.div(t, 10752), 28), 10752)),
+                 c.mul(c.mod(i, 28), 384));
+  EXPECT_EQ(c.simplify_index(e), c.simplify_index(t)) << print_expr(c.simplify_index(e));
+  EXPECT_EQ(c.simplify_index(c.div(t, 768)), c.div(i, 2));
+  // (i*384 + j) % 768 == (i % 2) * 384 + j
+  EXPECT_EQ(c.simplify_index(c.mod(t, 768)), c.simplify_index(c.add(c.mul(c.mod(i, 2), 384), j)));
+  EXPECT_EQ(c.div(c.div(i, 4), 7), c.div(i, 28));
+  EXPECT_EQ(c.mod(c.mod(i, 28), 7), c.mod(i, 7));
+}
+
 namespace {
 /// Evaluates an index expression for given variable values.
 int64_t eval(Expr e, const std::unordered_map<Expr, int64_t>& env) {
@@ -61,6 +79,12 @@ int64_t eval(Expr e, const std::unordered_map<Expr, int64_t>& env) {
     case ExprOp::Add: return eval(e->a, env) + eval(e->b, env);
     case ExprOp::Mul: return eval(e->a, env) * eval(e->b, env);
     case ExprOp::Div: return fdiv(eval(e->a, env), e->b->ival);
+    case ExprOp::Load: {
+      int64_t i = eval(e->a, env);
+      return (i * 7919 % 23 + 23) % 23 - 11;
+    }
+    case ExprOp::Min: return std::min(eval(e->a, env), eval(e->b, env));
+    case ExprOp::Max: return std::max(eval(e->a, env), eval(e->b, env));
     case ExprOp::Mod: {
       int64_t a = eval(e->a, env), b = e->b->ival;
       return a - fdiv(a, b) * b;
@@ -72,18 +96,23 @@ int64_t eval(Expr e, const std::unordered_map<Expr, int64_t>& env) {
 
 TEST(Expr, SimplifierFuzz) {
   std::mt19937 rng(1234);
-  for (int trial = 0; trial < 400; ++trial) {
+  for (int trial = 0; trial < 3000; ++trial) {
     Context c;
     std::vector<Expr> vars = {c.var(1 + rng() % 7), c.var(1 + rng() % 9), c.var(1 + rng() % 5)};
     std::function<Expr(int)> gen = [&](int depth) -> Expr {
-      int k = depth <= 0 ? rng() % 2 : rng() % 6;
+      int k = depth <= 0 ? rng() % 2 : rng() % 8;
       switch (k) {
         case 0: return vars[rng() % vars.size()];
-        case 1: return c.int_const(rng() % 7);
+        case 1: return c.int_const(static_cast<int64_t>(rng() % 13) - 6);  // flips give negative terms
         case 2: return c.add(gen(depth - 1), gen(depth - 1));
-        case 3: return c.mul(gen(depth - 1), c.int_const(1 + rng() % 6));
-        case 4: return c.div(gen(depth - 1), 1 + rng() % 6);
-        default: return c.mod(gen(depth - 1), 1 + rng() % 6);
+        case 3: return c.mul(gen(depth - 1), c.int_const(static_cast<int64_t>(rng() % 13) - 6));
+        case 4: return c.div(gen(depth - 1), 1 + rng() % 12);
+        case 5: return c.mod(gen(depth - 1), 1 + rng() % 12);
+        case 6:  // a value read from data (gather indices): an atom of unknown range, maybe negative
+          return c.load(0, gen(depth - 1), DType::Int64);
+        default:  // a clamp (what roll, pad and boundary handling produce): an atom of unknown range
+          return c.binary(ExprOp::Min, c.binary(ExprOp::Max, gen(depth - 1), c.int_const(0)),
+                          c.int_const(rng() % 9));
       }
     };
     Expr e = gen(4);
@@ -109,4 +138,27 @@ TEST(Expr, SubstituteAndPrint) {
   Expr sq = c.binary(ExprOp::Mul, out, out);
   EXPECT_EQ(print_expr(sq, &lets), "(t0 * t0)");
   EXPECT_EQ(lets, "  t0 = buf1[i2]\n");
+}
+
+TEST(Expr, WindowReverseAfterRollKeepsEveryTerm) {
+  // Swin's window_reverse of a rolled image: a flat index over clamped coordinates, unflattened
+  // into (4, 7, 4, 7, 96) windows and re-flattened in another order. The clamps once had
+  // unknown ranges whose arithmetic overflowed, and the window term folded to 0.
+  Context c;
+  Expr i1 = c.var(28), i2 = c.var(28), i3 = c.var(96);
+  auto clamp = [&](Expr v) {
+    return c.binary(ExprOp::Min, c.binary(ExprOp::Max, c.add(v, c.int_const(-3)), c.int_const(0)), c.int_const(24));
+  };
+  Expr f1 = c.add(c.add(c.mul(clamp(i1), 2688), c.mul(clamp(i2), 96)), i3);
+  Expr f2 = c.add(c.add(c.add(c.add(c.mul(c.mod(c.div(f1, 18816), 4), 18816), c.mul(c.mod(c.div(f1, 672), 4), 4704)),
+                              c.mul(c.mod(c.div(f1, 2688), 7), 672)),
+                        c.mul(c.mod(c.div(f1, 96), 7), 96)),
+                  c.mod(f1, 96));
+  Expr s = c.simplify_index(f2);
+  for (int x = 0; x < 28; ++x)
+    for (int y = 0; y < 28; ++y)
+      for (int z = 0; z < 96; z += 5) {
+        std::unordered_map<Expr, int64_t> env = {{i1, x}, {i2, y}, {i3, z}};
+        ASSERT_EQ(eval(f2, env), eval(s, env)) << x << "," << y << "," << z << ": " << print_expr(s);
+      }
 }

@@ -1,10 +1,10 @@
 /// \file thread_pool_test.cpp
-/// The worker pool: every index runs exactly once, and resizing between jobs never loses a job
-/// (a worker that starts late must still take the first job after the resize, or parallel_for
-/// waits forever).
+/// parallel_for: every index runs exactly once, for ranges smaller and larger than the team,
+/// across thread-count changes, and when called from several threads at once.
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <thread>
 #include <vector>
 
 #include "runtime/thread_pool.h"
@@ -28,13 +28,22 @@ TEST(ThreadPool, EveryIndexRunsOnce) {
 }
 
 TEST(ThreadPool, ResizeBetweenJobsNeverLosesAJob) {
-  // Before the fix, a freshly started worker read the generation counter itself and could read
-  // it after the next job had bumped it: that job then waited forever. Hundreds of resizes make
-  // the window likely; a hang here is the failure.
+  // An earlier pool of kiln's own lost a job when a worker started late after a resize and
+  // parallel_for then waited forever: a hang here is the failure.
   ThreadPool pool(2);
   for (int round = 0; round < 300; ++round) {
     pool.resize(1 + round % 3);
     EXPECT_EQ(pool.threads(), 1 + round % 3);
     run_and_check(pool, 64);
   }
+}
+
+TEST(ThreadPool, ConcurrentCallersEachGetTheirWholeRange) {
+  ThreadPool pool(2);
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 3; ++c)
+    callers.emplace_back([&pool] {
+      for (int r = 0; r < 50; ++r) run_and_check(pool, 97);
+    });
+  for (auto& t : callers) t.join();
 }
