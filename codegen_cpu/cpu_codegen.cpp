@@ -527,6 +527,8 @@ CpuCode compile_cpu(const KernelProgram& p, const CodegenOptions& opts) {
   std::string err;
   llvm::raw_string_ostream es(err);
   if (llvm::verifyModule(*m, &es)) throw InternalError("kiln: generated LLVM IR is invalid: " + es.str());
+  if (opts.inject_llvm_failure)
+    throw InternalError("kiln: LLVM compile failed (injected by KILN_INJECT_FAILURE=llvm)");
   code.module = jit_add_module(std::move(ctx), std::move(m), opts.opt_level, &code.text);
   for (const auto& s : code.symbols) code.fns.push_back(reinterpret_cast<KernelFn>(code.module->lookup(s)));
   code.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

@@ -22,6 +22,9 @@ using KernelFn = void (*)(void* const* buffers, int64_t begin, int64_t end);
 
 struct CodegenOptions {
   int opt_level = 3;  ///< KILN_OPT_LEVEL
+  /// KILN_INJECT_FAILURE=llvm (tests only): the LLVM stage fails as a broken module would, to
+  /// prove a failing compile runs the function eagerly with the reason recorded.
+  bool inject_llvm_failure = false;
 };
 
 /// A program's kernels, compiled and loaded. Frees the machine code on destruction.

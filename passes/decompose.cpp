@@ -23,8 +23,11 @@ class Decomposer {
     int x = in[0];
     const auto& f = n.attrs.floats;
     switch (n.op) {
+      // Bounds go first: Maximum(a, b) picks a only when a is NaN or a > b, so a clamp keeps x
+      // itself when x equals the bound (relu(-0.0) == -0.0 as in eager) and still propagates a
+      // NaN x (a > NaN is false) or a NaN bound.
       case OpKind::Relu:
-        return b(OpKind::Maximum, x, c(0));
+        return b(OpKind::Maximum, c(0), x);
       case OpKind::LeakyRelu:
         return e_.where(b(OpKind::Gt, x, c(0)), x, b(OpKind::Mul, x, c(f.at(0))));
       case OpKind::Elu: {
@@ -54,8 +57,8 @@ class Decomposer {
         return softplus(x, f.at(0), f.at(1));
       case OpKind::Clamp: {
         int r = x;
-        if (n.attrs.ints.at(0)) r = b(OpKind::Maximum, r, in[1]);
-        if (n.attrs.ints.at(1)) r = b(OpKind::Minimum, r, in[2]);
+        if (n.attrs.ints.at(0)) r = b(OpKind::Maximum, in[1], r);
+        if (n.attrs.ints.at(1)) r = b(OpKind::Minimum, in[2], r);
         return r;
       }
       default:
@@ -77,10 +80,15 @@ class Decomposer {
       case OpKind::Std: {
         int m = mean(x, dims, true);
         int d = b(OpKind::Sub, x, m);
+        // float32 squares overflow from |d| ~ 1.8e19 while the variance (or std) of such values
+        // is still finite: like eager, square and sum in float64 and round once at the end.
+        bool widen = t_ == DType::Float32;
+        if (widen) d = e_.cast(d, DType::Float64);
         int ss = e_.reduce(OpKind::Sum, b(OpKind::Mul, d, d), dims, keep);
         double count = static_cast<double>(reduced_count(xs, dims));
-        int v = b(OpKind::Div, ss, c(std::max(0.0, count - f.at(0))));
-        return n.op == OpKind::Std ? u(OpKind::Sqrt, v) : v;
+        int v = b(OpKind::Div, ss, e_.constant(std::max(0.0, count - f.at(0)), widen ? DType::Float64 : t_));
+        if (n.op == OpKind::Std) v = u(OpKind::Sqrt, v);
+        return widen ? e_.cast(v, t_) : v;
       }
       case OpKind::LogSumExp: {
         // torch: log(sum(exp(x - m))) + m with m = amax, infinite maxima replaced by 0.
@@ -175,7 +183,7 @@ class Decomposer {
     s[0] = xs[1];
     return e_.reshape(v, s);
   }
-  int relu6(int x) { return b(OpKind::Minimum, b(OpKind::Maximum, x, c(0)), c(6)); }
+  int relu6(int x) { return b(OpKind::Minimum, c(6), b(OpKind::Maximum, c(0), x)); }
   // torch: x where beta*x > threshold, else log1p(exp(beta*x)) / beta.
   int softplus(int x, double beta, double threshold) {
     int bx = b(OpKind::Mul, x, c(beta));

@@ -260,7 +260,7 @@ class Lowering {
       default: {
         std::vector<Expr> ops;
         for (int x : n.inputs) ops.push_back(value_at(x, broadcast_index(idx, n.sizes, g_.nodes[x].sizes), self));
-        if (opts_.inject_bug == "relu" && n.op == OpKind::Maximum && is_const(ops[1])) return ops[0];
+        if (opts_.inject_bug == "relu" && n.op == OpKind::Maximum && is_const(ops[0])) return ops[1];
         return lower_pointwise(c, n, ops);
       }
     }

@@ -74,6 +74,12 @@ Program compile_graph(const capture::GraphBuilder& builder, const std::string& d
   ir::KernelProgram kp = passes::run_pipeline(builder.graph(), opts);
   cpu::CodegenOptions copts;
   copts.opt_level = static_cast<int>(knob_int("opt_level"));
+  if (copts.opt_level < 0 || copts.opt_level > 3)
+    throw UserError(fmt::format("kiln: KILN_OPT_LEVEL={} is out of range (0-3)", copts.opt_level));
+  const std::string& inject = knob("inject_failure");
+  if (!inject.empty() && inject != "llvm")
+    throw UserError("kiln: KILN_INJECT_FAILURE='" + inject + "' is not a known stage (llvm)");
+  copts.inject_llvm_failure = inject == "llvm";
   cpu::CpuCode code = cpu::compile_cpu(kp, copts);
   out.timings.push_back(fmt::format("llvm (codegen + O{} + jit): {:.3f} ms", copts.opt_level, code.compile_ms));
   if (opts.dump) {

@@ -93,6 +93,27 @@ std::string GuardSet::check_tensor(const TensorGuard& g, PyObject* t, bool verbo
   return "";
 }
 
+int GuardSet::overlapping(const py::list& leaves) const {
+  static PyObject* name = PyUnicode_InternFromString("data_ptr");
+  auto ptr = [](PyObject* t) -> int64_t {
+    PyObject* p = PyObject_CallMethodNoArgs(t, name);
+    if (!p) {
+      PyErr_Clear();
+      return -1;
+    }
+    int64_t v = static_cast<int64_t>(reinterpret_cast<intptr_t>(PyLong_AsVoidPtr(p)));
+    Py_DECREF(p);
+    return v;
+  };
+  for (size_t k = 0; k < disjoint_.size(); ++k) {
+    const auto& d = disjoint_[k];
+    int64_t a = ptr(PyList_GET_ITEM(leaves.ptr(), d.i)), b = ptr(PyList_GET_ITEM(leaves.ptr(), d.j));
+    if (a == -1 || b == -1) return static_cast<int>(k);
+    if (a + d.lo_i < b + d.hi_j && b + d.lo_j < a + d.hi_i) return static_cast<int>(k);
+  }
+  return -1;
+}
+
 bool GuardSet::check(const py::list& leaves, bool grad_enabled) {
   if (static_cast<size_t>(PyList_GET_SIZE(leaves.ptr())) != leaf_count_) return false;
   if (grad_enabled != grad_mode_) return false;
@@ -106,6 +127,8 @@ bool GuardSet::check(const py::list& leaves, bool grad_enabled) {
   }
   for (const auto& id : identities_)
     if ((PyList_GET_ITEM(leaves.ptr(), id.i) == PyList_GET_ITEM(leaves.ptr(), id.j)) != id.same) return false;
+  // After the tensor guards: the ranges assume the sizes and strides they checked.
+  if (!disjoint_.empty() && overlapping(leaves) >= 0) return false;
   for (const auto& g : values_) {
     PyObject* v = PyList_GET_ITEM(leaves.ptr(), g.leaf);
     if (reinterpret_cast<PyObject*>(Py_TYPE(v)) != g.type.ptr()) return false;
@@ -137,6 +160,12 @@ std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
       return fmt::format("leaf {}: value is {}, expected {}", g.leaf, py::repr(v).cast<std::string>(),
                          py::repr(g.value).cast<std::string>());
   }
+  if (!disjoint_.empty()) {
+    int k = overlapping(leaves);
+    if (k >= 0)
+      return fmt::format("leaves {} and {} share memory (one is written in place), expected disjoint", disjoint_[k].i,
+                         disjoint_[k].j);
+  }
   return "";
 }
 
@@ -149,6 +178,7 @@ std::vector<std::string> GuardSet::describe() const {
                               fmt::join(g.sizes, ", "), fmt::join(g.strides, ", "), g.requires_grad));
   for (const auto& id : identities_)
     out.push_back(fmt::format("leaf {} is {}leaf {}", id.i, id.same ? "" : "not ", id.j));
+  for (const auto& d : disjoint_) out.push_back(fmt::format("leaf {} does not overlap leaf {} in memory", d.i, d.j));
   for (const auto& g : values_)
     out.push_back(g.type_only ? fmt::format("leaf {}: type is {}", g.leaf, py::str(g.type).cast<std::string>())
                               : fmt::format("leaf {}: == {}", g.leaf, py::repr(g.value).cast<std::string>()));

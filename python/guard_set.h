@@ -38,6 +38,12 @@ class GuardSet {
   /// Leaves i and j must be the same object (`same`) or must not be: the trace read them as one
   /// value (or wrote one of them in place).
   void add_identity(int i, int j, bool same) { identities_.push_back({i, j, same}); }
+  /// Leaves i and j (one is written in place) must not share memory: distinct objects can
+  /// still be views of one storage. Each range is [lo, hi) in bytes around the tensor's
+  /// data pointer, from its (guarded) sizes and strides.
+  void add_disjoint(int i, int j, int64_t lo_i, int64_t hi_i, int64_t lo_j, int64_t hi_j) {
+    disjoint_.push_back({i, j, lo_i, hi_i, lo_j, hi_j});
+  }
   /// True when every guard holds for `leaves` under grad mode `grad_enabled`.
   bool check(const py::list& leaves, bool grad_enabled);
   /// The first failing guard in words, or "" when all hold.
@@ -56,6 +62,13 @@ class GuardSet {
     bool same;
   };
   std::vector<Identity> identities_;
+  struct Disjoint {
+    int i, j;
+    int64_t lo_i, hi_i, lo_j, hi_j;
+  };
+  std::vector<Disjoint> disjoint_;
+  /// The first pair of leaves whose memory overlaps, or -1.
+  int overlapping(const py::list& leaves) const;
   bool grad_mode_ = true;
   size_t leaf_count_ = 0;
 };

@@ -124,6 +124,7 @@ PYBIND11_MODULE(_C, m) {
       }, py::arg("leaf"), py::arg("type"), py::arg("value"), py::arg("type_only") = false)
       .def("set_grad_mode", &py_bind::GuardSet::set_grad_mode)
       .def("add_identity", &py_bind::GuardSet::add_identity)
+      .def("add_disjoint", &py_bind::GuardSet::add_disjoint)
       .def("set_leaf_count", &py_bind::GuardSet::set_leaf_count)
       .def("check", &py_bind::GuardSet::check)
       .def("explain", &py_bind::GuardSet::explain)

@@ -26,7 +26,9 @@ namespace kiln {
   X(profile, "KILN_PROFILE", "0", "1: time every kernel of programs compiled from now on "           \
                                   "(kiln.kernels(f)[i].time_ns)")                                   \
   X(inject_bug, "KILN_INJECT_BUG", "", "test only: plant a wrong lowering (relu) to prove "         \
-                                       "KILN_CHECK and the fuzzer catch it")
+                                       "KILN_CHECK and the fuzzer catch it")                           \
+  X(inject_failure, "KILN_INJECT_FAILURE", "", "test only: make a compile stage fail (llvm) to "      \
+                                               "prove the eager fallback and its recorded reason")
 
 struct Knob {
   std::string name;     ///< field name, e.g. "num_threads"

@@ -152,6 +152,17 @@ def _segment_result(result, outs, full):
     return unflatten(result_spec, vals)[0]
 
 
+def _byte_span(t):
+    """[lo, hi) in bytes around t.data_ptr() that t's elements occupy; None when it has none."""
+    if t.numel() == 0:
+        return None
+    lo = hi = 0
+    for size, stride in zip(t.shape, t.stride()):
+        (lo, hi) = (lo + min(0, (size - 1) * stride), hi + max(0, (size - 1) * stride))
+    item = t.element_size()
+    return lo * item, (hi + 1) * item
+
+
 def _build_guards(leaves, grad, mutated=()):
     gs = _C.GuardSet()
     gs.set_leaf_count(len(leaves))
@@ -165,6 +176,9 @@ def _build_guards(leaves, grad, mutated=()):
                 gs.add_identity(i, j, True)
             elif i in mutated or j in mutated:
                 gs.add_identity(i, j, False)
+                si, sj = _byte_span(leaves[i]), _byte_span(leaves[j])
+                if si and sj:
+                    gs.add_disjoint(i, j, *si, *sj)
     for i, leaf in enumerate(leaves):
         if isinstance(leaf, torch.Tensor):
             gs.add_tensor(i, type(leaf), leaf.dtype, str(leaf.device), list(leaf.shape), list(leaf.stride()),

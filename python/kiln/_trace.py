@@ -486,7 +486,11 @@ class Tracer(TorchDispatchMode):
             # writing back into an expanded argument would write one element many times
             raise CaptureFailed(f"{func} writes an expanded (stride-0) tensor", op=str(func))
         name = func.overloadpacket.__name__
-        if name == "copy_":
+        if name == "copy_" and not isinstance(a["src"], torch.Tensor):
+            # x.copy_(2.0): the dispatcher hands the Python number through as it is; it is a
+            # constant of the code, like fill_'s value.
+            vid = self.call("full", [a["src"]], ints=list(target.shape), dtype=self.dtype_name(target.dtype))
+        elif name == "copy_":
             vid = self.call("cast", [a["src"]], dtype=self.dtype_name(target.dtype))
             vid = self.call_value("expand", [vid], ints=list(target.shape))
         elif name in ("fill_", "zero_"):

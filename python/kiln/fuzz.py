@@ -82,8 +82,6 @@ KNOWN_ISSUES = [
     ("eager", "integer pow with", "limitation: integer pow with a tensor exponent (or a large one) is not lowered"),
     ("eager", "shares memory with another (views are not functionalized yet)",
      "limitation: in-place ops on a tensor that has views are not functionalized"),
-    ("eager", "cast operand 0 must be a tensor", "bug: x.copy_(<python scalar>) stops the capture "
-                                                 "(_trace._record_inplace casts a non-tensor src)"),
     ("exception", "eager raised RuntimeError: ZeroDivisionError; kiln returned",
      "bug: an integer division whose result is unused is eliminated, so its ZeroDivisionError is lost"),
 ]
@@ -1265,7 +1263,12 @@ def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=
         if not allowed and hits[1] != 1:
             return Failure("eager", f"the cached call was not a cache hit: counters {_delta(before, after)}, "
                            f"reasons {new}", reasons=new)
-        if not allowed and len(hits) > 2 and kinds[2] == "ok" and hits[2] != 1:
+        # Inputs that alias in some calls and not in others: the fresh call may rightly miss
+        # (aliasing is guarded) and compile again.
+        alias_changes = isinstance(program, Program) and any(
+            getattr(i, "alias", None) is not None and getattr(i, "alias_mode", "both") != "both"
+            for i in program.inputs)
+        if not allowed and not alias_changes and len(hits) > 2 and kinds[2] == "ok" and hits[2] != 1:
             return Failure("eager", f"the call on fresh inputs (same shapes and layouts) was not a cache hit: "
                            f"counters {_delta(before, after)}, reasons {new}", reasons=new)
     return None
