@@ -102,7 +102,12 @@ std::string print(const KernelProgram& p) {
     } else {
       const ExternCall& e = p.externs[st.index];
       std::string ins, outs;
-      for (int b : e.inputs) ins += fmt::format("{}buf{}", ins.empty() ? "" : ", ", b);
+      for (size_t k = 0; k < e.inputs.size(); ++k) {
+        ins += fmt::format("{}buf{}", ins.empty() ? "" : ", ", e.inputs[k]);
+        if (k < e.views.size() && e.views[k].is_view)
+          ins += fmt::format(".view([{}], strides [{}], offset {})", fmt::join(e.views[k].sizes, ", "),
+                             fmt::join(e.views[k].strides, ", "), e.views[k].offset);
+      }
       for (int b : e.outputs) outs += fmt::format("{}buf{}", outs.empty() ? "" : ", ", b);
       s += fmt::format("extern {} (fallback #{}): ({}) -> ({})\n", e.name, e.table_index, ins, outs);
     }

@@ -78,10 +78,19 @@ struct Kernel {
   std::vector<Expr> exprs() const;
 };
 
+/// An extern operand that is a strided view of an input buffer (a transposed weight, a slice
+/// of a cache): the caller passes that view of the argument itself instead of a copy.
+struct ExternView {
+  bool is_view = false;
+  Sizes sizes, strides;  ///< element sizes and strides of the view
+  int64_t offset = 0;    ///< elements from the input tensor's first element
+};
+
 /// An op run outside kiln's kernels (eagerly, by the caller's callback).
 struct ExternCall {
   int table_index;           ///< which op (the compiled function's fallback table)
   std::vector<int> inputs;   ///< buffers passed as its tensor operands
+  std::vector<ExternView> views;  ///< per operand: a view of its (input) buffer, or not
   std::vector<int> outputs;  ///< buffers its results become (Extern or Output buffers)
   std::string name;          ///< for logs: the ATen op
 };

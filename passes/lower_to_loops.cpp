@@ -19,6 +19,7 @@
 #include <map>
 #include <numeric>
 #include <deque>
+#include <optional>
 #include <set>
 
 #include "passes/lower_pointwise.h"
@@ -184,6 +185,15 @@ class Lowering {
         log(fmt::format("materialise %{} ({}): read {}x per element by a broadcasting consumer and costs {} to "
                         "recompute",
                         i, op_name(node.op), demand[i] / std::max<int64_t>(node.numel(), 1), cost[i]));
+      if (extern_operand) {
+        // A view of an argument (W.t() for a matmul) is passed as that view, not copied.
+        if (auto v = strided_view_of_input(static_cast<int>(i))) {
+          extern_views_[static_cast<int>(i)] = *v;
+          extern_operand = false;
+          log(fmt::format("%{} ({}) reaches its fallback as a strided view of an argument, not a copy", i,
+                          op_name(node.op)));
+        }
+      }
       if (extern_operand) shared_.insert(static_cast<int>(i));
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand) {
         materialized_.insert(static_cast<int>(i));
@@ -191,6 +201,53 @@ class Lowering {
         cost[i] = 0;
       }
     }
+  }
+
+  /// When value `id` is views (reshape, permute, expand, slice) of an argument whose addressing
+  /// stays affine, that argument's buffer and the view's sizes, strides and offset.
+  std::optional<std::pair<int, ExternView>> strided_view_of_input(int id) {
+    const Node& top = g_.nodes[id];
+    int base = id;
+    while (op_category(g_.nodes[base].op) == OpCategory::Movement && g_.nodes[base].op != OpKind::Flip)
+      base = g_.nodes[base].inputs[0];
+    if (base == id || g_.nodes[base].op != OpKind::Input || top.numel() == 0) return std::nullopt;
+    Context& c = ctx();
+    std::vector<Expr> vars, idx;
+    for (int64_t s : top.sizes) vars.push_back(s == 1 ? c.int_const(0) : c.var(s));
+    idx = vars;
+    for (int n = id; n != base; n = g_.nodes[n].inputs[0])
+      idx = view_source_index(c, g_.nodes[n], g_.nodes[g_.nodes[n].inputs[0]].sizes, idx);
+    int buf = input_buffer_.at(base);
+    Expr lin = c.simplify_index(linear_index(c, idx, prog_.buffers[buf].strides));
+    // The index must be offset + sum(stride_d * var_d): anything else (div/mod left by a reshape
+    // of a non-contiguous tensor) is not a strided view.
+    std::map<Expr, int64_t> coef;
+    int64_t offset = 0;
+    std::function<bool(Expr, int64_t)> affine = [&](Expr e, int64_t scale) -> bool {
+      switch (e->op) {
+        case ExprOp::Const: offset += e->ival * scale; return true;
+        case ExprOp::Var: coef[e] += scale; return true;
+        case ExprOp::Add: return affine(e->a, scale) && affine(e->b, scale);
+        case ExprOp::Mul: return is_const(e->b) && affine(e->a, scale * e->b->ival);
+        default: return false;
+      }
+    };
+    if (!affine(lin, 1) || offset < 0) return std::nullopt;
+    ExternView v;
+    v.is_view = true;
+    v.sizes = top.sizes;
+    v.offset = offset;
+    for (size_t d = 0; d < vars.size(); ++d) {
+      int64_t st = is_const(vars[d]) ? 0 : coef[vars[d]];
+      if (st < 0) return std::nullopt;
+      v.strides.push_back(st);
+    }
+    size_t used = 0;
+    for (auto& [e, k] : coef) used += k != 0;
+    size_t have = 0;
+    for (Expr e : vars) have += !is_const(e) && coef.count(e) && coef[e] != 0;
+    if (used != have) return std::nullopt;  // a variable that is not one of the view's dims
+    return std::make_pair(buf, v);
   }
 
   // ---- expressions ------------------------------------------------------------------------
@@ -457,7 +514,14 @@ class Lowering {
     call.name = fmt::format("fallback #{}", n.attrs.int_value);
     for (int x : n.inputs) {
       auto in = input_buffer_.find(x);
+      auto view = extern_views_.find(x);
+      if (view != extern_views_.end() && !buffer_of_.count(x)) {
+        call.inputs.push_back(view->second.first);
+        call.views.push_back(view->second.second);
+        continue;
+      }
       call.inputs.push_back(in != input_buffer_.end() ? in->second : buffer_of_.at(x));
+      call.views.emplace_back();
     }
     std::vector<int> results = {id};
     for (size_t u = id + 1; u < g_.nodes.size(); ++u)
@@ -835,6 +899,7 @@ class Lowering {
   KernelProgram prog_;
   std::set<int> materialized_;
   std::set<int> shared_;  // materialised values an extern op reads
+  std::map<int, std::pair<int, ExternView>> extern_views_;  // value -> (input buffer, view) for externs
   std::vector<int> order_;
   std::map<int, int> input_buffer_;  // Input node -> its buffer
   std::map<int, int> buffer_of_;     // materialised node -> the buffer it is stored in

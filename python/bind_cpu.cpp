@@ -124,6 +124,19 @@ class Entry {
     from_extern_.assign(p.buffers.size(), false);
     for (const auto& e : p.externs)
       for (int b : e.outputs) from_extern_[b] = true;
+    // Operands passed as views of an argument: their as_strided arguments, built once.
+    for (const auto& e : p.externs) {
+      std::vector<ViewArgs> va(e.inputs.size());
+      for (size_t k = 0; k < e.views.size(); ++k) {
+        const auto& v = e.views[k];
+        if (!v.is_view) continue;
+        va[k].used = true;
+        va[k].sizes = py::cast(v.sizes);
+        va[k].strides = py::cast(v.strides);
+        va[k].offset = v.offset;
+      }
+      view_args_.push_back(std::move(va));
+    }
   }
 
   /// Runs on `leaves` if the guards hold: returns the output list, None on a guard miss, or
@@ -175,7 +188,17 @@ class Entry {
   bool run_fallback(const ir::ExternCall& call, std::vector<py::object>& tensors, std::vector<void*>& ptrs) {
     try {
       py::tuple args(call.inputs.size());
-      for (size_t i = 0; i < call.inputs.size(); ++i) args[i] = tensors[call.inputs[i]];
+      const auto& va = view_args_[&call - program_.compiled->program().externs.data()];
+      for (size_t i = 0; i < call.inputs.size(); ++i) {
+        const py::object& t = tensors[call.inputs[i]];
+        if (i < va.size() && va[i].used) {
+          // as_strided's offset counts from the storage's start, the view's from the tensor's.
+          int64_t base = t.attr("storage_offset")().cast<int64_t>();
+          args[i] = t.attr("as_strided")(va[i].sizes, va[i].strides, base + va[i].offset);
+        } else {
+          args[i] = t;
+        }
+      }
       py::object result = fallbacks_[call.table_index](*args);
       std::vector<py::object> results;
       if (py::isinstance<py::tuple>(result) || py::isinstance<py::list>(result)) {
@@ -209,6 +232,12 @@ class Entry {
   py::list fallbacks_;
   std::vector<py::object> sizes_, strides_, dtype_;  // per buffer
   std::vector<bool> from_extern_;                     // per buffer: written by a fallback
+  struct ViewArgs {
+    bool used = false;
+    py::object sizes, strides;
+    int64_t offset = 0;
+  };
+  std::vector<std::vector<ViewArgs>> view_args_;      // per extern, per operand
 };
 
 /// The per-call fast path of a compiled function for its most common shape of call: positional

@@ -309,3 +309,30 @@ def test_unsupported_lowering_is_a_quiet_fallback():
         __import__("warnings").simplefilter("error")  # a known limitation is not a failure warning
         assert_same(f(x), g(x))
     assert any("float16" in r and "internal" not in r for r in kiln.counters()["reasons"]), kiln.counters()["reasons"]
+
+
+@pytest.mark.parametrize("case", ["linear", "sliced_transposed", "offset_view", "expanded", "noncontiguous_arg"])
+def test_views_of_arguments_reach_fallbacks_without_copies(case):
+    # A fallback's operand that is a strided view of an argument (W.t() in a linear layer) is
+    # passed as that view (as_strided over the argument), not copied by a kernel every call.
+    g, args = {
+        "linear": (lambda x, w, b: torch.nn.functional.linear(x, w, b).relu(),
+                   (make_input((7, 33)), make_input((19, 33)), make_input((19,)))),
+        "sliced_transposed": (lambda x, w: torch.mm(x[1:, ::2], w[::3].t()[:, 2:]) * 2,
+                              (make_input((9, 64)), make_input((90, 32)))),
+        "offset_view": (lambda x, w: torch.mm(x[3:, 5:21], w[2, 1:17].unsqueeze(1)) + 1,
+                        (make_input((11, 30)), make_input((4, 20)))),
+        "expanded": (lambda x, w: torch.bmm(x, w.expand(3, 6, 4)) - 1,
+                     (make_input((3, 5, 6)), make_input((6, 4)))),
+        "noncontiguous_arg": (lambda x, w: torch.mm(x[:, 1:].t().t(), w[:, 1:].t()) * 3,
+                              (make_input((12, 8)).t(), make_input((5, 12)))),
+    }[case]
+    f = kiln.compile(g)
+    for _ in range(2):
+        assert_same(f(*args), g(*args))
+    assert not any(k.name.endswith("_copy") for k in kiln.kernels(f)), [k.name for k in kiln.kernels(f)]
+    assert kiln.counters()["eager_calls"] == 0
+    # new values of the same layout: the view is rebuilt over the new arguments
+    fresh = [a.clone() if a.is_contiguous() else a.t().clone().t() for a in args]
+    fresh = [a.mul_(-0.5) for a in fresh]
+    assert_same(f(*fresh), g(*fresh))
