@@ -43,6 +43,8 @@ class GraphBuilder {
   /// Records the strides eager gave the value (followed when the value is an output).
   void set_layout(int id, const ir::Sizes& strides);
   void set_outputs(const std::vector<int>& ids);
+  /// Per output: the call leaf it is the new value of (written in place by the function), or -1.
+  void set_output_leaves(const std::vector<int>& leaves) { graph_.output_leaf = leaves; }
   /// Sets which call leaf Input node `id` reads (for inputs whose position is known late).
   void set_input_index(int id, int index);
   void set_default_float(ir::DType t) { default_float_ = t; }

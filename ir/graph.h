@@ -57,6 +57,9 @@ struct Node {
 struct Graph {
   std::vector<Node> nodes;     ///< topological order; a node's id is its index
   std::vector<int> outputs;    ///< node ids, in the order the function returns them
+  /// Per output (or empty): the call leaf whose new value it is (an in-place write the caller
+  /// copies back), else -1. Lets lowering write such a value into the argument itself.
+  std::vector<int> output_leaf;
   std::vector<int> input_ids;  ///< node ids of Input nodes, in argument order
 };
 

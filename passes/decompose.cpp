@@ -216,6 +216,7 @@ Graph run_decompose(const Graph& g, const PassOptions&) {
     }
   }
   for (int o : g.outputs) out.outputs.push_back(remap[o]);
+  out.output_leaf = g.output_leaf;
   return out;
 }
 

@@ -120,10 +120,17 @@ class Lowering {
       KILN_UNSUPPORTED_IF(n.dtype == DType::Float16 || n.dtype == DType::BFloat16,
                           "{} is not supported by the CPU code generator yet", dtype_name(n.dtype));
     make_input_buffers();
+    if (opts_.inplace_argument_writes) choose_inplace();
     choose_materialized();
     for (int id : order_) lower_node(id);
     for (auto& ok : open_) finish_kernel(ok);
-    for (int o : g_.outputs) prog_.outputs.push_back({OutputSpec::Kind::Buffer, out_buffer_.at(o)});
+    for (int o : g_.outputs) {
+      auto in = inplace_.find(o);
+      if (in != inplace_.end())
+        prog_.outputs.push_back({OutputSpec::Kind::Input, in->second.second});
+      else
+        prog_.outputs.push_back({OutputSpec::Kind::Buffer, out_buffer_.at(o)});
+    }
     return std::move(prog_);
   }
 
@@ -142,6 +149,71 @@ class Lowering {
   int add_buffer(Buffer b) {
     prog_.buffers.push_back(std::move(b));
     return static_cast<int>(prog_.buffers.size()) - 1;
+  }
+
+  /// Note [In-place argument writes]: `cache[:, pos:pos + T] = x` on an argument is captured as
+  /// new = slice_scatter(cache, x), an output the caller copies back into the argument. Built
+  /// as is, that is a kernel writing a whole new cache plus a copy of it per call. When the old
+  /// value is read by nothing but the scatter, the kernel instead writes x into the argument's
+  /// own memory, later reads of `new` read the argument, and the output is the argument itself.
+  /// Eager would have written the same elements; a call that fails before the write never makes
+  /// it (the runtime stops at the first failing step), and one failing after it is redone
+  /// eagerly from arguments whose written slice eager writes again with the same values (the
+  /// scatter's source cannot read the old value: the scatter is its only reader).
+  void choose_inplace() {
+    if (g_.output_leaf.size() != g_.outputs.size()) return;
+    std::vector<int> uses(g_.nodes.size(), 0);
+    for (const Node& n : g_.nodes)
+      for (int x : n.inputs) ++uses[x];
+    std::set<int> returned(g_.outputs.begin(), g_.outputs.end());
+    for (size_t j = 0; j < g_.outputs.size(); ++j) {
+      int leaf = g_.output_leaf[j], s = g_.outputs[j];
+      const Node& n = g_.nodes[s];
+      if (leaf < 0 || n.op != OpKind::SliceScatter || n.numel() == 0) continue;
+      int base = n.inputs[0];
+      const Node& b = g_.nodes[base];
+      if (b.op != OpKind::Input || b.attrs.int_value != leaf || uses[base] != 1 || returned.count(base)) continue;
+      if (g_.nodes[n.inputs[1]].dtype != n.dtype || n.attrs.ints[3] < 1) continue;
+      inplace_[s] = {input_buffer_.at(base), leaf};
+      log(fmt::format("%{} (slice_scatter) writes its slice into argument {} in place", s, leaf));
+    }
+  }
+
+  /// Lowers an in-place slice assignment (see choose_inplace): a kernel over the source only.
+  void lower_inplace_scatter(int id) {
+    const Node& s = g_.nodes[id];
+    auto [buf, leaf] = inplace_.at(id);
+    (void)leaf;
+    buffer_of_[id] = buf;
+    const Node& src = g_.nodes[s.inputs[1]];
+    if (src.numel() == 0) return;
+    int64_t dim = s.attrs.ints[0], start = s.attrs.ints[1], step = s.attrs.ints[3];
+    bool dense = false;
+    std::vector<int> order = loop_order(src, &dense);
+    OpenKernel& k = new_kernel();
+    k.full = src.sizes;
+    k.order = order;
+    k.idx.assign(src.sizes.size(), nullptr);
+    Kernel& kern = prog_.kernels[k.index];
+    for (int d : order) {
+      if (src.sizes[d] == 1) {
+        k.idx[d] = ctx().int_const(0);
+        continue;
+      }
+      k.idx[d] = ctx().var(src.sizes[d]);
+      kern.loops.push_back({k.idx[d], LoopKind::Serial});
+    }
+    kern.phases.emplace_back();
+    cur_ = &k;
+    memo_.clear();
+    used_slots_.clear();
+    Expr value = value_at(s.inputs[1], k.idx, -1);
+    cur_ = nullptr;
+    std::vector<Expr> dst = k.idx;
+    dst[dim] = ctx().add(ctx().mul(k.idx[dim], step), start);
+    kern.phases[0].stores.push_back({buf, linear_index(ctx(), dst, prog_.buffers[buf].strides), value});
+    note_store(k, id, buf, "writes kernel {} into its argument in place (a slice assignment)");
+    k.closed = true;  // later values read the argument from memory, after this kernel
   }
 
   /// Decides which values get a buffer of their own: outputs, reductions, and values a
@@ -210,14 +282,16 @@ class Lowering {
     int base = id;
     while (op_category(g_.nodes[base].op) == OpCategory::Movement && g_.nodes[base].op != OpKind::Flip)
       base = g_.nodes[base].inputs[0];
-    if (base == id || g_.nodes[base].op != OpKind::Input || top.numel() == 0) return std::nullopt;
+    // An argument, or a value written into one in place (its memory is the argument's).
+    bool in_arg = g_.nodes[base].op == OpKind::Input || inplace_.count(base);
+    if (base == id || !in_arg || top.numel() == 0) return std::nullopt;
     Context& c = ctx();
     std::vector<Expr> vars, idx;
     for (int64_t s : top.sizes) vars.push_back(s == 1 ? c.int_const(0) : c.var(s));
     idx = vars;
     for (int n = id; n != base; n = g_.nodes[n].inputs[0])
       idx = view_source_index(c, g_.nodes[n], g_.nodes[g_.nodes[n].inputs[0]].sizes, idx);
-    int buf = input_buffer_.at(base);
+    int buf = g_.nodes[base].op == OpKind::Input ? input_buffer_.at(base) : inplace_.at(base).first;
     Expr lin = c.simplify_index(linear_index(c, idx, prog_.buffers[buf].strides));
     // The index must be offset + sum(stride_d * var_d): anything else (div/mod left by a reshape
     // of a non-contiguous tensor) is not a strided view.
@@ -429,6 +503,10 @@ class Lowering {
 
   void lower_node(int id) {
     const Node& n = g_.nodes[id];
+    if (inplace_.count(id)) {
+      lower_inplace_scatter(id);
+      return;
+    }
     if (n.op == OpKind::FallbackOutput) return;  // its buffer comes with its Fallback
     if (n.op == OpKind::Fallback) {
       lower_extern(id);
@@ -899,7 +977,8 @@ class Lowering {
   KernelProgram prog_;
   std::set<int> materialized_;
   std::set<int> shared_;  // materialised values an extern op reads
-  std::map<int, std::pair<int, ExternView>> extern_views_;  // value -> (input buffer, view) for externs
+  std::map<int, std::pair<int, ExternView>> extern_views_;
+  std::map<int, std::pair<int, int>> inplace_;  // slice_scatter written in place -> (input buffer, leaf)  // value -> (input buffer, view) for externs
   std::vector<int> order_;
   std::map<int, int> input_buffer_;  // Input node -> its buffer
   std::map<int, int> buffer_of_;     // materialised node -> the buffer it is stored in

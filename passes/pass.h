@@ -21,6 +21,9 @@ struct PassOptions {
   /// [Reusing a reduced value]). Right on CPUs (the row is in L1); on GPUs the round trip goes
   /// through L2/HBM and costs more than recomputing, so the CUDA pipeline turns it off.
   bool reuse_reduced_values = true;
+  /// Write a slice assignment into an argument in place (CPU: the runtime stops at the first
+  /// failing step, so no write lands after a failure that eager would have raised before it).
+  bool inplace_argument_writes = true;
   /// Test only (KILN_INJECT_BUG): "relu" lowers maximum(x, 0) as x, a planted wrong answer.
   std::string inject_bug;
   /// Filled with one line per pass: "name: 0.12 ms".

@@ -93,6 +93,7 @@ Graph run_simplify(const Graph& g, const PassOptions&) {
     out.nodes.push_back(std::move(n));
   }
   for (int o : mid.outputs) out.outputs.push_back(keep[o]);
+  out.output_leaf = g.output_leaf;
   return out;
 }
 

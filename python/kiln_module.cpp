@@ -106,6 +106,7 @@ PYBIND11_MODULE(_C, m) {
       })
       .def("set_layout", &capture::GraphBuilder::set_layout)
       .def("set_outputs", &capture::GraphBuilder::set_outputs)
+      .def("set_output_leaves", &capture::GraphBuilder::set_output_leaves)
       .def("set_input_index", &capture::GraphBuilder::set_input_index)
       .def("set_default_float", [](capture::GraphBuilder& b, const std::string& d) {
         b.set_default_float(ir::dtype_from_name(d));

@@ -80,6 +80,9 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern) 
                       [fn, bufs](int64_t begin, int64_t end) { fn(bufs, begin, end); });
     if (profiling_)
       kernel_ns_[k] += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    // A failed kernel (integer division by zero, an index out of range): eager redoes the call
+    // and raises; no later step may run, least of all one writing into an argument.
+    if (status != 0) break;
   }
   ptrs.pop_back();
   ++calls_;

@@ -374,6 +374,12 @@ class CompiledFunction:
         seg.builder.set_outputs(seg.needed)
         out_specs = [("graph", seg.needed.index(s[2])) if s[0] == "seg" else s for s in out_specs]
         mutations = [(leaf, seg.needed.index(src[2])) for leaf, src in mutations]
+        # Lets lowering write a slice assignment into the argument itself (a KV cache update)
+        # instead of producing a new tensor the size of the argument and copying it back.
+        out_leaf = [-1] * len(seg.needed)
+        for leaf, pos in mutations:
+            out_leaf[pos] = leaf
+        seg.builder.set_output_leaves(out_leaf)
         _log("graph", f"{self.__name__}:\n{tracer.builder.print()}")
         # One directory per compiled variant, named before _compiles counts it: the extras
         # written after compiling used to go to the next variant's (missing) directory.

@@ -1,6 +1,7 @@
 """Mutation: in-place ops on intermediates, arguments, module buffers and through slice/select
 views are functionalised; arguments and buffers see the writes after each call, as in eager."""
 
+import pytest
 import torch
 
 import kiln
@@ -94,3 +95,75 @@ def test_thread_count_changes_between_calls():
             assert_same(f(x), x * 2 + 1)
     finally:
         kiln.config.set("num_threads", old)
+
+
+def _inplace_kernels(f):
+    return [k.name for k in kiln.kernels(f) if "slice_scatter" in k.name]
+
+
+def test_slice_assignment_into_an_argument_is_written_in_place():
+    # Note [In-place argument writes]: the cache update is a kernel over the new tokens only,
+    # writing into the argument; the attention reads the argument afterwards.
+    def g(cache, x, q):
+        cache[:, 5:7] = x * 2
+        keys = cache[:, :7]
+        return (q.unsqueeze(1) * keys).sum(-1).softmax(-1)
+    c = run_both(g, lambda: [make_input((3, 9, 4)), make_input((3, 2, 4)), make_input((3, 4))])
+    assert c["eager_calls"] == 0
+    f = kiln.compile(g)
+    cache, x, q = make_input((3, 9, 4)), make_input((3, 2, 4)), make_input((3, 4))
+    f(cache.clone(), x, q)
+    out = f(cache, x, q)
+    assert_same(cache[:, 5:7], x * 2)
+    assert len(_inplace_kernels(f)) == 1
+    assert_same(out, g(cache.clone(), x, q))
+
+
+def test_inplace_write_with_step_and_noncontiguous_argument():
+    def g(cache, x):
+        cache[1:7:3] = x * 3 - 1
+        return cache.sum(0)
+    run_both(g, lambda: [make_input((8, 5)).t().contiguous().t(), make_input((2, 5))])
+    run_both(g, lambda: [make_input((5, 8)).t(), make_input((2, 5))])
+
+
+def test_scatter_source_reading_the_argument_is_not_written_in_place():
+    # x[:, 1:] = x[:, :-1] reads the old value while writing it: kiln must not write in place.
+    def g(x):
+        x[:, 1:] = x[:, :-1] * 2
+        return x + 1
+    run_both(g, lambda: [make_input((4, 6))])
+
+
+def test_returning_the_written_argument():
+    def g(cache, x):
+        cache[0] = x
+        return cache
+    f = kiln.compile(g)
+    for _ in range(2):
+        cache, x = make_input((3, 4)), make_input((4,))
+        ref = cache.clone()
+        out = f(cache, x)
+        g(ref, x)
+        assert_same(out, ref)
+        assert_same(cache, ref)
+
+
+def test_no_inplace_write_after_a_failure_eager_raises_before_it():
+    # The index is checked (and fails) before the cache write: eager raises without writing, and
+    # so must kiln, which stops at the failing kernel instead of writing the cache.
+    def g(cache, x, idx):
+        y = x[idx]  # raises IndexError when idx is out of range
+        cache[:, 0:2] = y
+        return cache.sum()
+    f = kiln.compile(g)
+    cache, x, good = make_input((3, 4, 5)), make_input((6, 5)), torch.tensor([[0, 1]] * 3)
+    f(cache.clone(), x, good)
+    f(cache.clone(), x, good)
+    bad = torch.tensor([[0, 9]] * 3)
+    c1, c2 = cache.clone(), cache.clone()
+    with pytest.raises(IndexError):
+        g(c2, x, bad)
+    with pytest.raises(IndexError):
+        f(c1, x, bad)
+    assert_same(c1, c2)
