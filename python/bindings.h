@@ -15,6 +15,9 @@ struct TorchHandles {
 };
 TorchHandles& torch_handles();
 
+/// Registers LeafGetters (reads parameters, buffers and guarded attributes on each call).
+void define_leaf_getters(py::module_& m);
+
 /// Registers compile_graph, Program, Entry and host_target (the LLVM CPU backend).
 void define_cpu(py::module_& m);
 

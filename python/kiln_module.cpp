@@ -131,6 +131,7 @@ PYBIND11_MODULE(_C, m) {
       .def("explain", &py_bind::GuardSet::explain)
       .def("describe", &py_bind::GuardSet::describe);
 
+  kiln::py_bind::define_leaf_getters(m);
 #ifdef KILN_HAVE_CUDA
   kiln::py_bind::define_cuda(m);
 #endif

@@ -22,15 +22,55 @@ def _log(stage, text):
         print(f"[kiln {stage}] {text}", file=sys.stderr)
 
 
-def _attr_path_getter(root, path):
-    parts = path.split(".")
+_NO_DEFAULT = object()
 
-    def get():
-        obj = root
-        for p in parts:
-            obj = getattr(obj, p)
+
+class _PathGetter:
+    """Reads one value the function needs besides its arguments: a root (an object, a closure
+    cell's contents, or dict[key]) followed by attribute names. Calling it is the exact Python
+    semantics; _C.LeafGetters reads whole lists of them with dict lookups (see leaf_getters.cpp).
+    `default`: returned when the dict entry or the last attribute is missing."""
+
+    __slots__ = ("kind", "root", "key", "names", "default")
+    OBJ, CELL, ITEM = 0, 1, 2
+
+    def __init__(self, kind, root, key=None, names=(), default=_NO_DEFAULT):
+        self.kind, self.root, self.key, self.names, self.default = kind, root, key, tuple(names), default
+
+    def then(self, names, default=_NO_DEFAULT):
+        """This path followed by more attribute names."""
+        return _PathGetter(self.kind, self.root, self.key, self.names + tuple(names), default)
+
+    def __call__(self):
+        if self.kind == self.OBJ:
+            obj = self.root
+        elif self.kind == self.CELL:
+            obj = self.root.cell_contents
+        elif self.default is not _NO_DEFAULT and not self.names:
+            return self.root.get(self.key, self.default)
+        else:
+            obj = self.root[self.key]
+        for i, n in enumerate(self.names):
+            if self.default is not _NO_DEFAULT and i == len(self.names) - 1:
+                return getattr(obj, n, self.default)
+            obj = getattr(obj, n)
         return obj
-    return get
+
+
+def _leaf_reader(getters):
+    """A function returning [g() for g in getters], in C++ when they are all _PathGetters."""
+    if not getters:
+        return None
+    if not all(type(g) is _PathGetter for g in getters) or not hasattr(_C, "LeafGetters"):
+        return lambda: [g() for g in getters]
+    reader = _C.LeafGetters(torch.nn.Module.__getattr__)
+    for g in getters:
+        reader.add(g.kind, g.root, g.key, list(g.names), g)
+    return reader.read
+
+
+def _attr_path_getter(root, path):
+    return _PathGetter(_PathGetter.OBJ, root, names=path.split("."))
 
 
 def _code_names(code):
@@ -47,19 +87,18 @@ def _captured_candidates(fn, module):
 
     def add_module(mod, base_getter):
         for name, t in list(mod.named_parameters(remove_duplicate=False)) + list(mod.named_buffers(remove_duplicate=False)):
-            getter = _attr_path_getter(mod, name) if base_getter is None else (
-                lambda g=base_getter, n=name: _attr_path_getter(g(), n)())
+            getter = _attr_path_getter(mod, name) if base_getter is None else base_getter.then(name.split("."))
             out.setdefault(id(t), (getter, t))
 
     if module is not None:
         add_module(module, None)
     owner = getattr(fn, "__self__", None)  # a bound method's object: its tensors are reachable too
     if isinstance(owner, torch.nn.Module) and owner is not module:
-        add_module(owner, lambda o=owner: o)
+        add_module(owner, _PathGetter(_PathGetter.OBJ, owner))
     elif owner is not None and owner is not module and hasattr(owner, "__dict__"):
         for k, v in list(vars(owner).items()):
             if isinstance(v, torch.Tensor):
-                out.setdefault(id(v), (lambda o=owner, n=k: getattr(o, n), v))
+                out.setdefault(id(v), (_PathGetter(_PathGetter.OBJ, owner, names=(k,)), v))
     raw = getattr(fn, "__func__", fn)
     code = getattr(raw, "__code__", None)
     for i, cell in enumerate(getattr(raw, "__closure__", None) or ()):
@@ -68,27 +107,21 @@ def _captured_candidates(fn, module):
         except ValueError:
             continue
         if isinstance(v, torch.Tensor):
-            out.setdefault(id(v), (lambda c=cell: c.cell_contents, v))
+            out.setdefault(id(v), (_PathGetter(_PathGetter.CELL, cell), v))
         elif isinstance(v, torch.nn.Module):
-            add_module(v, lambda c=cell: c.cell_contents)
+            add_module(v, _PathGetter(_PathGetter.CELL, cell))
     g = getattr(raw, "__globals__", None)
     if g is not None and code is not None:
         for name in _code_names(code):
             v = g.get(name)
             if isinstance(v, torch.Tensor):
-                out.setdefault(id(v), (lambda d=g, n=name: d[n], v))
+                out.setdefault(id(v), (_PathGetter(_PathGetter.ITEM, g, name), v))
             elif isinstance(v, torch.nn.Module):
-                add_module(v, lambda d=g, n=name: d[n])
+                add_module(v, _PathGetter(_PathGetter.ITEM, g, name))
     return out
 
 
 _MISSING = object()
-
-
-def _get_path(obj, parts):
-    for p in parts:
-        obj = getattr(obj, p)
-    return obj
 
 
 def _plain_value_sources(fn, module):
@@ -108,7 +141,7 @@ def _plain_value_sources(fn, module):
                 if k.startswith("__") or type(v) not in _SIMPLE_VALUE_TYPES:
                     continue
                 parts = tuple((f"{sub_name}.{k}" if sub_name else k).split("."))
-                out.append(lambda b=base, ps=parts: _get_path(b(), ps))
+                out.append(base.then(parts))
 
     def add(value, getter):
         if type(value) in _SIMPLE_VALUE_TYPES:
@@ -117,14 +150,14 @@ def _plain_value_sources(fn, module):
             add_module(value, getter)
 
     if module is not None:
-        add_module(module, lambda: module)
+        add_module(module, _PathGetter(_PathGetter.OBJ, module))
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, torch.nn.Module) and owner is not module:
-        add_module(owner, lambda o=owner: o)
+        add_module(owner, _PathGetter(_PathGetter.OBJ, owner))
     elif owner is not None and owner is not module and hasattr(owner, "__dict__"):
         for k, v in list(vars(owner).items()):
             if not k.startswith("__") and type(v) in _SIMPLE_VALUE_TYPES:
-                out.append(lambda o=owner, n=k: getattr(o, n, _MISSING))
+                out.append(_PathGetter(_PathGetter.OBJ, owner, names=(k,), default=_MISSING))
     raw = getattr(fn, "__func__", fn)
     code = getattr(raw, "__code__", None)
     for cell in getattr(raw, "__closure__", None) or ():
@@ -133,12 +166,12 @@ def _plain_value_sources(fn, module):
         except ValueError:
             continue
         if v is not module:
-            add(v, lambda c=cell: c.cell_contents)
+            add(v, _PathGetter(_PathGetter.CELL, cell))
     g = getattr(raw, "__globals__", None)
     if g is not None and code is not None:
         for name in sorted(_code_names(code)):
             if name in g and g[name] is not module:
-                add(g[name], lambda d=g, n=name: d.get(n, _MISSING))
+                add(g[name], _PathGetter(_PathGetter.ITEM, g, name, default=_MISSING))
     return out
 
 
@@ -198,6 +231,7 @@ class _Entry:
         self.failure = failure
         self.guards = guards
         self.getters = getters
+        self.read_getters = _leaf_reader(getters)
         self.program = program
         self.fallbacks = fallbacks or []
         self.tree = None  # set for a tree of segments (graph breaks)
@@ -267,7 +301,7 @@ class CompiledFunction:
         grad = torch.is_grad_enabled()
         state = [torch.get_default_dtype()]
         for entry in self._entries.get(spec, ()):
-            full = leaves + [g() for g in entry.getters] + state if entry.getters else leaves + state
+            full = leaves + entry.read_getters() + state if entry.getters else leaves + state
             if entry.tree is not None:
                 out = entry.tree.run(full, grad)
                 if out is None:

@@ -612,3 +612,65 @@ def test_unguardable_argument_types_run_correctly():
     fh = kiln.compile(h)
     for s in (np.float32(2.0), np.float32(3.0)):
         call_and_compare(fh, h, x, s)
+
+
+def test_leaf_getters_read_what_attribute_access_reads():
+    # _C.LeafGetters reads parameters and guarded attributes by dict lookups; every case where
+    # Python would do something else (a property, a class attribute, a custom __getattr__, a
+    # missing entry) must give what plain attribute access gives.
+    from kiln._compile import _PathGetter, _leaf_reader, _MISSING
+
+    class WithProperty(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.scale = 2.0
+
+        @property
+        def weight(self):  # a property wins over anything in the instance
+            return self.lin.weight * 0 + 7
+
+    class CustomGetattr(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(2, 2)
+
+        def __getattr__(self, name):
+            if name == "magic":
+                return 42
+            return super().__getattr__(name)
+
+    m = torch.nn.Sequential(WithProperty(), CustomGetattr())
+    O = _PathGetter.OBJ
+    env = {"present": 3}
+    getters = [
+        _PathGetter(O, m, names=("0", "lin", "weight")),
+        _PathGetter(O, m, names=("0", "weight")),
+        _PathGetter(O, m, names=("0", "scale")),
+        _PathGetter(O, m, names=("0", "training")),
+        _PathGetter(O, m, names=("1", "inner", "bias")),
+        _PathGetter(O, m, names=("1", "magic")),
+        _PathGetter(O, m, names=("0", "absent"), default=_MISSING),
+        _PathGetter(_PathGetter.ITEM, env, "present", default=_MISSING),
+        _PathGetter(_PathGetter.ITEM, env, "gone", default=_MISSING),
+    ]
+    read = _leaf_reader(getters)
+
+    def same():
+        got, want = read(), [g() for g in getters]
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            if isinstance(b, torch.Tensor):
+                assert isinstance(a, torch.Tensor) and torch.equal(a, b)
+            else:
+                assert a is b or a == b
+    same()
+    m[0].lin.weight = torch.nn.Parameter(torch.randn(2, 2))  # replaced parameter: seen
+    m[0].scale = 3.5
+    m.eval()
+    env["present"] = 4
+    same()
+    assert read()[0] is m[0].lin.weight
+    m[1] = torch.nn.Linear(2, 2)  # a replaced submodule without `magic`: the error eager gives
+    with pytest.raises(AttributeError):
+        read()
