@@ -121,7 +121,54 @@ Expr Context::binary(ExprOp op, Expr a, Expr b) {
     switch (op) {
       case ExprOp::Add: return add(a, b);
       case ExprOp::Mul: return mul(a, b);
+      case ExprOp::Min:
+      case ExprOp::Max: {
+        // Clamps that the operands' ranges decide (a concat piece's clamped index inside its
+        // own range) fold away.
+        auto ba = bounds(a), bb = bounds(b);
+        if (ba.second <= bb.first) return op == ExprOp::Min ? a : b;
+        if (bb.second <= ba.first) return op == ExprOp::Min ? b : a;
+        break;
+      }
       default: break;
+    }
+  }
+  if (a->dtype == DType::Int64 && is_compare(op) && op != ExprOp::Eq && op != ExprOp::Ne) {
+    // Index comparisons decided by ranges (a select's condition once a loop is split at its
+    // boundary) become constants, and the select folds.
+    auto ba = bounds(a), bb = bounds(b);
+    const int64_t lo = INT64_MIN / 4, hi = INT64_MAX / 4;
+    bool known = ba.first > lo && ba.second < hi && bb.first > lo && bb.second < hi;
+    if (known) {
+      switch (op) {
+        case ExprOp::Lt:
+          if (ba.second < bb.first) return bool_const(true);
+          if (ba.first >= bb.second) return bool_const(false);
+          break;
+        case ExprOp::Le:
+          if (ba.second <= bb.first) return bool_const(true);
+          if (ba.first > bb.second) return bool_const(false);
+          break;
+        case ExprOp::Gt:
+          if (ba.first > bb.second) return bool_const(true);
+          if (ba.second <= bb.first) return bool_const(false);
+          break;
+        case ExprOp::Ge:
+          if (ba.first >= bb.second) return bool_const(true);
+          if (ba.second < bb.first) return bool_const(false);
+          break;
+        default: break;
+      }
+    }
+  }
+  if (a->dtype == DType::Bool && (op == ExprOp::And || op == ExprOp::Or)) {
+    bool and_op = op == ExprOp::And;
+    for (int side = 0; side < 2; ++side) {
+      Expr c = side ? b : a, other = side ? a : b;
+      if (!is_const(c)) continue;
+      bool v = c->ival != 0;
+      if (and_op) return v ? other : c;
+      return v ? c : other;
     }
   }
   ExprNode n{op, is_compare(op) ? DType::Bool : a->dtype};

@@ -858,11 +858,96 @@ class Lowering {
       for (auto& ph : k.phases)
         if (!ph.loops.empty()) ph.loops.back().kind = LoopKind::Vectorized;
     }
+    bool split = !ok.row && split_at_select_boundaries(k);
     for (auto& l : k.loops) l.kind = LoopKind::Serial;
+    if (split) {
+      for (auto& ph : k.phases) {
+        for (auto& l : ph.loops) l.kind = LoopKind::Serial;
+        if (!ph.loops.empty()) ph.loops.back().kind = LoopKind::Vectorized;
+      }
+    }
     if (!k.loops.empty()) {
-      if (!ok.row) k.loops.back().kind = LoopKind::Vectorized;
+      if (!ok.row && !split) k.loops.back().kind = LoopKind::Vectorized;
       k.loops.front().kind = LoopKind::Parallel;
     }
+  }
+
+  /// Note [Splitting loops at select boundaries]: a concat (or pad, roll, slice_scatter) picks
+  /// each element from one of its operands with a select on the index. A select evaluates both
+  /// sides, so a concat of 9 pieces loads 9 values per element. When, for each value of one
+  /// loop variable, every such condition is decided (the concat boundary falls between its
+  /// values, as for a concat along that dim), that loop is cut into ranges: the loops inside it
+  /// become one phase per range, where the conditions fold to constants and each element is one
+  /// load. The outermost such variable is cut (never loop 0, which is split across threads).
+  bool split_at_select_boundaries(Kernel& k) {
+    if (k.phases.size() != 1 || !k.phases[0].loops.empty() || !k.phases[0].reductions.empty() || k.loops.size() < 2)
+      return false;
+    Phase& ph = k.phases[0];
+    std::vector<Expr> conds;
+    std::set<Expr> seen;
+    std::function<void(Expr)> find = [&](Expr e) {
+      if (!e || !seen.insert(e).second) return;
+      if (e->op == ExprOp::Select) conds.push_back(e->a);
+      find(e->a);
+      find(e->b);
+      find(e->c);
+    };
+    for (const auto& st : ph.stores) find(st.value);
+    if (conds.empty()) return false;
+    constexpr int64_t kMaxExtent = 4096, kMaxRanges = 16;
+    for (size_t li = 1; li < k.loops.size(); ++li) {
+      Expr v = k.loops[li].var;
+      int64_t n = v->ival;
+      if (n > kMaxExtent || n < 2) continue;
+      std::set<Expr> dep_seen;
+      std::vector<Expr> mine;
+      for (Expr c : conds) {
+        std::set<Expr> s2;
+        if (contains(c, v, s2)) mine.push_back(c);
+      }
+      if (mine.empty()) continue;
+      // The decided value of every condition for each value of v; a cut where they change.
+      std::vector<int64_t> cuts = {0};
+      std::vector<int64_t> prev;
+      bool decided = true;
+      for (int64_t x = 0; x < n && decided; ++x) {
+        std::unordered_map<Expr, Expr> sub = {{v, ctx().int_const(x)}};
+        std::vector<int64_t> state;
+        for (Expr c : mine) {
+          Expr r = ctx().substitute(c, sub);
+          if (!is_const(r)) {
+            decided = false;
+            break;
+          }
+          state.push_back(r->ival);
+        }
+        if (x > 0 && state != prev) cuts.push_back(x);
+        prev = std::move(state);
+      }
+      if (!decided || cuts.size() < 2 || static_cast<int64_t>(cuts.size()) > kMaxRanges) continue;
+      cuts.push_back(n);
+      std::vector<Loop> inner(k.loops.begin() + li + 1, k.loops.end());
+      std::vector<Phase> phases;
+      for (size_t r = 0; r + 1 < cuts.size(); ++r) {
+        int64_t len = cuts[r + 1] - cuts[r];
+        Expr vr = len == 1 ? ctx().int_const(0) : ctx().var(len);
+        std::unordered_map<Expr, Expr> sub = {{v, ctx().add(vr, cuts[r])}};
+        Phase p;
+        if (len > 1) p.loops.push_back({vr, LoopKind::Serial});
+        p.loops.insert(p.loops.end(), inner.begin(), inner.end());
+        // (No loops left: the cut loop was the innermost and this range is one value; the
+        // phase then stores once per outer iteration.)
+        for (const auto& st : ph.stores)
+          p.stores.push_back({st.buffer, ctx().simplify_index(ctx().substitute(st.index, sub)), ctx().substitute(st.value, sub)});
+        phases.push_back(std::move(p));
+      }
+      k.loops.resize(li);
+      k.phases = std::move(phases);
+      log(fmt::format("{}: loop {} cut into {} ranges at its select boundaries (one load per element)", k.name,
+                      print_expr(v), cuts.size() - 1));
+      return true;
+    }
+    return false;
   }
 
   static bool contains(Expr e, Expr part, std::set<Expr>& seen) {

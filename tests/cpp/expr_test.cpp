@@ -116,6 +116,24 @@ TEST(Expr, SimplifierFuzz) {
       }
     };
     Expr e = gen(4);
+    // Comparisons and clamps fold when the operands' ranges decide them: a folded result must
+    // hold for every value of the variables.
+    Expr other = gen(3);
+    ExprOp cmp_ops[] = {ExprOp::Lt, ExprOp::Le, ExprOp::Gt, ExprOp::Ge};
+    ExprOp cmp = cmp_ops[rng() % 4];
+    Expr folded = c.binary(cmp, e, other);
+    Expr mn = c.binary(ExprOp::Min, e, other), mx = c.binary(ExprOp::Max, e, other);
+    for (int a = 0; a < vars[0]->ival; ++a)
+      for (int b = 0; b < vars[1]->ival; ++b)
+        for (int d = 0; d < vars[2]->ival; ++d) {
+          std::unordered_map<Expr, int64_t> env = {{vars[0], a}, {vars[1], b}, {vars[2], d}};
+          int64_t x = eval(e, env), y = eval(other, env);
+          ASSERT_EQ(eval(mn, env), std::min(x, y)) << print_expr(mn);
+          ASSERT_EQ(eval(mx, env), std::max(x, y)) << print_expr(mx);
+          if (!is_const(folded)) continue;
+          bool want = cmp == ExprOp::Lt ? x < y : cmp == ExprOp::Le ? x <= y : cmp == ExprOp::Gt ? x > y : x >= y;
+          ASSERT_EQ(folded->ival != 0, want) << expr_op_name(cmp) << " " << print_expr(e) << " , " << print_expr(other);
+        }
     Expr s = c.simplify_index(e);
     EXPECT_EQ(c.simplify_index(s), s) << "not idempotent: " << print_expr(e);
     for (int a = 0; a < vars[0]->ival; ++a)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import kiln
-from kiln.testing import check, make_input
+from kiln.testing import assert_same, check, make_input
 
 X = make_input((6, 8), torch.float32)
 Y = make_input((6, 8), torch.float32)
@@ -81,3 +81,26 @@ def test_boolean_mask_has_a_data_dependent_shape_and_stays_right():
     for lo in (-1.0, -0.5, 0.0, 0.5, -1.0):
         x = make_input((6, 8), low=lo, high=lo + 1)
         torch.testing.assert_close(f(x), fn(x))
+
+
+@pytest.mark.parametrize("case", ["last_dim", "viewed", "middle_dim", "uneven", "with_empty", "pad", "roll"])
+def test_concat_loops_are_cut_at_piece_boundaries(case):
+    # Note [Splitting loops at select boundaries]: each element is loaded from its own piece,
+    # not picked by a chain of selects that loads every piece.
+    xs = [make_input((6, 8)) for _ in range(5)]
+    g = {
+        "last_dim": lambda *xs: torch.cat(xs, 1) * 2,
+        "viewed": lambda *xs: (torch.cat(xs, 1).view(6, 5, 8) + 1).sum(-1),
+        "middle_dim": lambda *xs: torch.cat([x.view(2, 3, 8) for x in xs], 1).exp(),
+        "uneven": lambda *xs: torch.cat([xs[0][:, :3], xs[1], xs[2][:, 5:]], 1) - 1,
+        "with_empty": lambda *xs: torch.cat([xs[0], xs[1][:, :0], xs[2]], 1) * 3,
+        "pad": lambda *xs: torch.nn.functional.pad(xs[0], (2, 3)) + 1,
+        "roll": lambda *xs: torch.roll(xs[0], 3, 1) * 2,
+    }[case]
+    f = kiln.compile(g)
+    for _ in range(2):
+        assert_same(f(*xs), g(*xs))
+    fresh = [x * -1.5 for x in xs]
+    assert_same(f(*fresh), g(*fresh))
+    if case != "viewed":  # viewed: fused into a row kernel (a reduction), which is not cut
+        assert not any("select" in k.loop_ir for k in kiln.kernels(f)), [k.loop_ir for k in kiln.kernels(f)]
