@@ -102,6 +102,12 @@ class Decomposer {
       case OpKind::Norm: {
         double p = f.at(0);
         int a = u(OpKind::Abs, x);
+        if (p != 0 && reduced_count(xs, dims) == 1) {
+          // One element per result: eager returns |x| itself (no pow round trip that would
+          // overflow for |x| above ~1e13 with p = 3).
+          int r = e_.reduce(OpKind::Sum, a, dims, keep);
+          return r;
+        }
         if (p == 2) return u(OpKind::Sqrt, e_.reduce(OpKind::Sum, b(OpKind::Mul, x, x), dims, keep));
         if (p == 1) return e_.reduce(OpKind::Sum, a, dims, keep);
         if (std::isinf(p)) return e_.reduce(p > 0 ? OpKind::Amax : OpKind::Amin, a, dims, keep);

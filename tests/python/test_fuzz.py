@@ -552,3 +552,11 @@ def test_bug_distinct_views_of_one_storage_with_an_inplace_write():
     k, e = torch.randn(9, dtype=torch.float64), None
     e = k.clone()
     assert_same(f(k[:8], k[1:]), g(e[:8], e[1:]))
+
+
+@pytest.mark.parametrize("p", [3, 2, 4.5, -1.0])
+def test_bug_norm_over_one_element_does_not_overflow(p):
+    # Fuzzer seed 8006982: vector_norm(x, 3) over a dim of size 1 with x = 1e30 gave inf (|x|^3
+    # overflows float32); eager returns |x| for one-element norms.
+    x = make_input((25, 1)) * 1e30
+    _compiled_matches(lambda x: torch.linalg.vector_norm(x, p, 1), x)
