@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import kiln
 import kiln.fuzz as fz
 from kiln.minify import reproducer_source
-from kiln.testing import assert_same
+from kiln.testing import assert_same, make_input
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CI_SEEDS = range(0, 1000)
