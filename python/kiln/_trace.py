@@ -480,6 +480,18 @@ class Tracer(TorchDispatchMode):
             # the write too; kiln's values are not views, so it stops the capture instead.
             raise CaptureFailed(f"{func} mutates a tensor that shares memory with another "
                                 f"(views are not functionalized yet)", op=str(func))
+        # An operand that is another view of the written memory (x.sub_(x[:, -1])): eager reads
+        # it while writing, in its own iteration order. Only eager reproduces that; an operand
+        # that is the very same view (x.add_(x)) reads each element before it is written.
+        tptr = target.untyped_storage().data_ptr()
+        for name, v in a.items():
+            if name == written[0] or not isinstance(v, torch.Tensor) or v.numel() == 0 or target.numel() == 0:
+                continue
+            if v.untyped_storage().data_ptr() == tptr and tptr and not (
+                    v.storage_offset() == target.storage_offset() and v.shape == target.shape
+                    and v.stride() == target.stride()):
+                raise CaptureFailed(f"{func} reads another view of the tensor it writes (eager's result "
+                                    f"depends on its iteration order)", op=str(func))
         if leaf is not None and target.requires_grad:
             raise CaptureFailed(f"{func} mutates a leaf that requires grad", op=str(func))
         if id(root) in self.leaf_index and 0 in root.stride() and root.numel() > 1:
