@@ -78,6 +78,13 @@ Sizes contiguous_strides(const Sizes& sizes) {
   return st;
 }
 
+bool may_raise(const Graph& g, const Node& n) {
+  bool int_div = n.op == OpKind::FloorDiv || n.op == OpKind::TruncDiv || n.op == OpKind::Fmod || n.op == OpKind::Remainder;
+  if (!int_div || !is_int(n.dtype) || n.inputs.size() < 2) return false;
+  const Node& d = g.nodes[n.inputs[1]];
+  return !(d.op == OpKind::Constant && d.attrs.int_value != 0);
+}
+
 std::string print(const Graph& g) {
   std::string out;
   for (size_t i = 0; i < g.nodes.size(); ++i) {

@@ -67,6 +67,10 @@ struct Graph {
 Sizes contiguous_strides(const Sizes& sizes);
 int64_t numel(const Sizes& sizes);
 
+/// True for an integer division or modulo whose divisor may be zero: eager raises
+/// ZeroDivisionError even when the result is unused, so such a node is never dead code.
+bool may_raise(const Graph& g, const Node& n);
+
 /// A stable textual form, one node per line: `%3 = add(%1, %2) : float32[4, 5]`.
 std::string print(const Graph& g);
 /// Checks well-formedness (topological order, arity, operand dtypes, view bounds); throws

@@ -267,7 +267,11 @@ class Lowering {
         }
       }
       if (extern_operand) shared_.insert(static_cast<int>(i));
-      if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand) {
+      // An unused integer division that may divide by zero is still computed (into a buffer of
+      // its own), so its kernel flags the error and eager's redo raises ZeroDivisionError.
+      bool raises_unused = users[i].empty() && may_raise(g_, node);
+      if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
+          raises_unused) {
         materialized_.insert(static_cast<int>(i));
         order_.push_back(static_cast<int>(i));
         cost[i] = 0;

@@ -78,7 +78,9 @@ Graph run_simplify(const Graph& g, const PassOptions&) {
   for (int o : mid.outputs) live[o] = true;
   for (int i = static_cast<int>(mid.nodes.size()) - 1; i >= 0; --i) {
     // Inputs stay (argument positions); fallbacks stay because eager would run them (effects).
-    if (mid.nodes[i].op == OpKind::Input || mid.nodes[i].op == OpKind::Fallback) live[i] = true;
+    // An integer division that may divide by zero stays too: eager raises even if it is unused.
+    if (mid.nodes[i].op == OpKind::Input || mid.nodes[i].op == OpKind::Fallback || may_raise(mid, mid.nodes[i]))
+      live[i] = true;
     if (!live[i]) continue;
     for (int x : mid.nodes[i].inputs) live[x] = true;
   }

@@ -85,8 +85,6 @@ KNOWN_ISSUES = [
     ("eager", "integer pow with", "limitation: integer pow with a tensor exponent (or a large one) is not lowered"),
     ("eager", "shares memory with another (views are not functionalized yet)",
      "limitation: in-place ops on a tensor that has views are not functionalized"),
-    ("exception", "eager raised RuntimeError: ZeroDivisionError; kiln returned",
-     "bug: an integer division whose result is unused is eliminated, so its ZeroDivisionError is lost"),
 ]
 
 

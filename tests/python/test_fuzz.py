@@ -379,9 +379,9 @@ def test_bug_add_alpha_dtype(case):
                          torch.tensor([True, False]))
 
 
-@pytest.mark.xfail(strict=True, reason="kiln bug: an integer division whose result is unused is eliminated, so "
-                                       "eager's ZeroDivisionError is not raised")
 def test_bug_dead_integer_division_by_zero_still_raises():
+    # An unused integer division was eliminated as dead code, so eager's ZeroDivisionError was
+    # lost; it is now computed (ir::may_raise) and flags the call.
     def g(x):
         a = x.argmax()
         torch.remainder(a, a)  # raises when argmax is 0; the result is unused
@@ -584,3 +584,11 @@ def test_bug_inplace_reading_another_view_of_itself(case):
         f(torch.arange(4.0))
         f(torch.arange(4.0))
         assert kiln.counters()["eager_calls"] == 0
+
+
+def test_unused_division_by_a_nonzero_constant_is_still_dead_code():
+    f = kiln.compile(lambda x: (x // 3, x * 2)[1])
+    x = torch.arange(6)
+    assert_same(f(x), x * 2)
+    assert_same(f(x), x * 2)
+    assert len(kiln.kernels(f)) == 1
