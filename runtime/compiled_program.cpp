@@ -52,7 +52,7 @@ void CompiledProgram::release_arena(char* arena) {
   free_arenas_.push_back(arena);
 }
 
-bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern) {
+bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, const StepHook& hook) {
   KILN_CHECK(ptrs.size() == program_.buffers.size(), "run with {} pointers for {} buffers", ptrs.size(),
              program_.buffers.size());
   char* arena = acquire_arena();
@@ -62,11 +62,18 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern) 
   ptrs.push_back(&status);
   ThreadPool& pool = ThreadPool::get();
   bool ok = true;
-  for (const ir::Step& step : program_.steps) {
+  for (size_t si = 0; si < program_.steps.size(); ++si) {
+    const ir::Step& step = program_.steps[si];
+    if (hook) {
+      ptrs.pop_back();
+      hook(si, true, ptrs);
+      ptrs.push_back(&status);
+    }
     if (step.kind == ir::Step::Kind::Extern) {
       KILN_CHECK(run_extern, "program has an extern step but no extern runner");
       ptrs.pop_back();
       ok = run_extern(program_.externs[step.index], ptrs);
+      if (ok && hook) hook(si, false, ptrs);
       ptrs.push_back(&status);
       if (!ok) break;
       continue;
@@ -83,6 +90,11 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern) 
     // A failed kernel (integer division by zero, an index out of range): eager redoes the call
     // and raises; no later step may run, least of all one writing into an argument.
     if (status != 0) break;
+    if (hook) {
+      ptrs.pop_back();
+      hook(si, false, ptrs);
+      ptrs.push_back(&status);
+    }
   }
   ptrs.pop_back();
   ++calls_;

@@ -23,12 +23,15 @@ class CompiledProgram {
   /// Runs an extern step: reads the operand buffers' pointers in `ptrs`, sets the result
   /// buffers' pointers. Returns false when the op failed (the caller redoes the call eagerly).
   using ExternFn = std::function<bool(const ir::ExternCall&, std::vector<void*>& ptrs)>;
+  /// Called before (`before` true) and after each step with its index: the caller allocates the
+  /// buffers a step writes first just before it, and drops the ones nothing reads later.
+  using StepHook = std::function<void(size_t step, bool before, std::vector<void*>& ptrs)>;
 
   /// Runs every step. `ptrs` has one entry per buffer; Input, Output and Shared entries are set
   /// by the caller, Temp entries here, Extern entries by `run_extern`. Returns false when a
   /// kernel met an integer division by zero or an extern step failed (the results are then not
   /// valid and the call must be redone eagerly).
-  bool run(std::vector<void*>& ptrs, const ExternFn& run_extern = nullptr);
+  bool run(std::vector<void*>& ptrs, const ExternFn& run_extern = nullptr, const StepHook& hook = nullptr);
 
   const ir::KernelProgram& program() const { return program_; }
   const cpu::CpuCode& code() const { return code_; }
