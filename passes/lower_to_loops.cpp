@@ -30,6 +30,9 @@ using namespace kiln::ir;
 
 namespace {
 
+/// Recompute cost above which a value read by a kernel after a fallback step is materialised.
+constexpr int kReuseAcrossCost = 16;
+
 /// Relative cost of recomputing a node once per element (for the broadcast rule).
 int op_cost(const Node& n) {
   switch (op_category(n.op)) {
@@ -239,6 +242,11 @@ class Lowering {
       }
     std::vector<int> cost(n, 0);
     std::set<int> outputs(g_.outputs.begin(), g_.outputs.end());
+    // next_extern[i]: the first fallback node after node i (kernels are closed at externs, so a
+    // user after it is in a later kernel).
+    std::vector<size_t> next_extern(n + 1, n);
+    for (size_t i = n; i-- > 0;)
+      next_extern[i] = (i + 1 < n && g_.nodes[i + 1].op == OpKind::Fallback) ? i + 1 : next_extern[i + 1];
     for (size_t i = 0; i < n; ++i) {
       const Node& node = g_.nodes[i];
       int c = op_cost(node);
@@ -266,12 +274,21 @@ class Lowering {
                           op_name(node.op)));
         }
       }
+      // A costly value read again after a fallback step would be recomputed, with everything it
+      // inlines, by a later kernel: a recurrence (an LSTM's cell state) then recomputes every
+      // earlier step at every step. Such a value gets a buffer.
+      bool read_across_extern = false;
+      if (!leaf && !reduction && op_category(node.op) != OpCategory::Movement && cost[i] >= kReuseAcrossCost)
+        for (int u : users[i]) read_across_extern |= static_cast<size_t>(u) > next_extern[i];
+      if (read_across_extern)
+        log(fmt::format("materialise %{} ({}): read after a fallback step and costs {} to recompute", i,
+                        op_name(node.op), cost[i]));
       if (extern_operand) shared_.insert(static_cast<int>(i));
       // An unused integer division that may divide by zero is still computed (into a buffer of
       // its own), so its kernel flags the error and eager's redo raises ZeroDivisionError.
       bool raises_unused = users[i].empty() && may_raise(g_, node);
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
-          raises_unused) {
+          raises_unused || read_across_extern) {
         materialized_.insert(static_cast<int>(i));
         order_.push_back(static_cast<int>(i));
         cost[i] = 0;
