@@ -513,12 +513,14 @@ class KernelEmitter {
 
 }  // namespace
 
-CpuCode compile_cpu(const KernelProgram& p, const CodegenOptions& opts) {
-  auto t0 = std::chrono::steady_clock::now();
-  CpuCode code;
+namespace {
+/// Emits, verifies, optimises at `opt_level` and loads the program's kernels into `code`.
+void emit_and_load(const KernelProgram& p, int opt_level, CpuCode& code) {
   uint64_t id = g_module_counter++;
   auto ctx = std::make_unique<llvm::LLVMContext>();
   auto m = std::make_unique<llvm::Module>("kiln_program_" + std::to_string(id), *ctx);
+  code.symbols.clear();
+  code.text = ModuleText{};
   for (const Kernel& k : p.kernels) {
     std::string symbol = "kiln_" + std::to_string(id) + "_" + k.name;
     KernelEmitter(*m, p, k, symbol).emit();
@@ -527,9 +529,27 @@ CpuCode compile_cpu(const KernelProgram& p, const CodegenOptions& opts) {
   std::string err;
   llvm::raw_string_ostream es(err);
   if (llvm::verifyModule(*m, &es)) throw InternalError("kiln: generated LLVM IR is invalid: " + es.str());
+  code.module = jit_add_module(std::move(ctx), std::move(m), opt_level, &code.text);
+}
+}  // namespace
+
+CpuCode compile_cpu(const KernelProgram& p, const CodegenOptions& opts) {
+  auto t0 = std::chrono::steady_clock::now();
+  CpuCode code;
   if (opts.inject_llvm_failure)
     throw InternalError("kiln: LLVM compile failed (injected by KILN_INJECT_FAILURE=llvm)");
-  code.module = jit_add_module(std::move(ctx), std::move(m), opts.opt_level, &code.text);
+  try {
+    emit_and_load(p, opts.opt_level, code);
+  } catch (const InternalError& e) {
+    // LLVM's code generator can fail on a pattern its vectorisers made (LLVM 16, AVX-512 mask
+    // broadcasts): the same kernels without vectorisation (O1) are still correct. A second
+    // failure propagates, and the function runs eagerly with the reason.
+    if (opts.opt_level < 2 || std::string(e.what()).find("machine code") == std::string::npos) throw;
+    emit_and_load(p, 1, code);
+    code.text.module_ir = "; LLVM failed at O" + std::to_string(opts.opt_level) + " (" +
+                          std::string(e.what()).substr(0, std::string(e.what()).find('\n')) +
+                          "); compiled at O1\n" + code.text.module_ir;
+  }
   for (const auto& s : code.symbols) code.fns.push_back(reinterpret_cast<KernelFn>(code.module->lookup(s)));
   code.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return code;

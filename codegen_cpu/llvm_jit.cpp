@@ -14,6 +14,8 @@
 #include <llvm/IR/Module.h>
 #include <llvm/IRReader/IRReader.h>
 #include <llvm/Passes/PassBuilder.h>
+#include <llvm/Support/ErrorHandling.h>
+#include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/SourceMgr.h>
 #include <llvm/Support/TargetSelect.h>
 #include <llvm/Support/raw_ostream.h>
@@ -148,9 +150,54 @@ std::unique_ptr<JitModule> jit_add_module(std::unique_ptr<llvm::LLVMContext> ctx
       text->function_ir.emplace_back(f.getName().str(), fs.str());
     }
   }
+  // Machine code is emitted here rather than inside ORC's lookup, under a handler that turns
+  // LLVM's fatal errors (an instruction selector that "Cannot select" a vector pattern; seen
+  // with LLVM 16 on an AVX-512 mask broadcast) into an InternalError: the function then runs
+  // eagerly with the reason, instead of LLVM ending the process. Inside ORC the error would
+  // unwind through its locks; here only this module's half-built state is lost (leaked).
+  llvm::SmallVector<char, 0> obj;
+  {
+    // If LLVM fails below, the module and its context are leaked, not destroyed: the failed
+    // code generator may still point into them.
+    struct LeakOnFailure {
+      std::unique_ptr<llvm::LLVMContext>& ctx;
+      std::unique_ptr<llvm::Module>& m;
+      bool ok = false;
+      ~LeakOnFailure() {
+        if (ok) return;
+        (void)m.release();
+        (void)ctx.release();
+      }
+    } leak{ctx, m};
+    std::lock_guard<std::mutex> lock(j.opt_mutex);
+    llvm::install_fatal_error_handler(
+        [](void*, const char* reason, bool) {
+          llvm::remove_fatal_error_handler();
+          // The first line names the failure; the rest is a DAG dump nobody can act on.
+          std::string r(reason);
+          size_t fn = r.find("In function:");
+          std::string where = fn == std::string::npos ? "" : " (" + r.substr(fn) + ")";
+          throw InternalError("kiln: LLVM failed to generate machine code: " + r.substr(0, r.find('\n')) + where);
+        },
+        nullptr);
+    struct Uninstall {
+      ~Uninstall() { llvm::remove_fatal_error_handler(); }
+    } uninstall;
+    auto* pm = new llvm::legacy::PassManager();  // leaked if LLVM fails half-way (see above)
+    llvm::raw_svector_ostream os(obj);
+    if (j.tm->addPassesToEmitFile(*pm, os, nullptr, llvm::CGFT_ObjectFile))
+      throw InternalError("kiln: this target cannot emit object code");
+    pm->run(*m);
+    delete pm;
+    leak.ok = true;
+  }
   auto rt = j.lljit->getMainJITDylib().createResourceTracker();
-  if (auto err = j.lljit->addIRModule(rt, llvm::orc::ThreadSafeModule(std::move(m), std::move(ctx))))
+  auto buf = llvm::MemoryBuffer::getMemBufferCopy(llvm::StringRef(obj.data(), obj.size()), m->getName());
+  if (auto err = j.lljit->addObjectFile(rt, std::move(buf)))
     throw InternalError("kiln: LLVM rejected a module: " + to_string(std::move(err)));
+  // The IR is no longer needed once the object exists; the module must go before its context.
+  m.reset();
+  ctx.reset();
   return std::make_unique<JitModuleImpl>(std::move(rt));
 }
 

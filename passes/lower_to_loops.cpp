@@ -284,9 +284,11 @@ class Lowering {
         log(fmt::format("materialise %{} ({}): read after a fallback step and costs {} to recompute", i,
                         op_name(node.op), cost[i]));
       if (extern_operand) shared_.insert(static_cast<int>(i));
-      // An unused integer division that may divide by zero is still computed (into a buffer of
-      // its own), so its kernel flags the error and eager's redo raises ZeroDivisionError.
-      bool raises_unused = users[i].empty() && may_raise(g_, node);
+      // An integer division that may divide by zero is computed whole, into a buffer of its own:
+      // inlined, only the elements a consumer reads would be divided (x // x then [-1]), or
+      // none (an unused result, or one multiplied by 0 and folded away), and eager raises
+      // ZeroDivisionError when any element divides by zero.
+      bool raises_unused = may_raise(g_, node);
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
           raises_unused || read_across_extern) {
         materialized_.insert(static_cast<int>(i));

@@ -592,3 +592,19 @@ def test_unused_division_by_a_nonzero_constant_is_still_dead_code():
     assert_same(f(x), x * 2)
     assert_same(f(x), x * 2)
     assert len(kiln.kernels(f)) == 1
+
+
+@pytest.mark.parametrize("case", ["times_zero", "one_element_read"])
+def test_bug_partly_read_integer_division_by_zero_still_raises(case):
+    # Fuzzer seeds 11006996 / 11008262: fmod(x, x) * 0 folded the division away, and
+    # (x // x)[-1] divided only the element it read; eager divides every element and raises.
+    g = {"times_zero": lambda x: torch.fmod(x, x) * 0, "one_element_read": lambda x: (x // x)[-1]}[case]
+    f = kiln.compile(g)
+    ok = torch.tensor([3, 5, 7])
+    assert_same(f(ok), g(ok))
+    assert_same(f(ok), g(ok))
+    bad = torch.tensor([0, 5, 7])
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        g(bad)
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        f(bad)

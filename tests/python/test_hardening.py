@@ -387,3 +387,16 @@ def test_nan_global_value_does_not_recompile_forever():
     for _ in range(4):
         assert_same(f(x), g(x))
     assert kiln.counters()["captures"] == 1, kiln.counters()
+
+
+def test_llvm_code_generator_failure_is_recovered():
+    # Fuzzer seed 11017919: LLVM 16's instruction selector aborts the process ("Cannot select
+    # ... X86ISD::VBROADCAST" of an AVX-512 mask) on this vectorised kernel. kiln emits machine
+    # code under a fatal-error handler and compiles such a program again without vectorisation.
+    g = lambda a, b: b > a.sum((0, 1))  # noqa: E731
+    a = torch.rand(16, 5, generator=torch.Generator().manual_seed(0)) < 0.5
+    b = make_input((1, 5), dtype=torch.float64).expand(16, 5)
+    f = kiln.compile(g)
+    for _ in range(2):
+        assert_same(f(a, b), g(a, b))
+    assert kiln.counters()["eager_calls"] == 0
