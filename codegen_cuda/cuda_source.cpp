@@ -238,16 +238,6 @@ int64_t unit_coefficient(Expr e, Expr v) {
   }
 }
 
-/// Calls `f` once on every node of the DAG under `e` (expressions share subterms: a walk
-/// without the visited set can be exponential).
-void visit(Expr e, std::set<Expr>& seen, const std::function<void(Expr)>& f) {
-  if (!e || !seen.insert(e).second) return;
-  f(e);
-  visit(e->a, seen, f);
-  visit(e->b, seen, f);
-  visit(e->c, seen, f);
-}
-
 bool contains(Expr e, Expr v) {
   std::set<Expr> seen;
   bool found = false;

@@ -36,6 +36,10 @@ int64_t floordiv(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 int64_t floormod(int64_t a, int64_t b) { return a - floordiv(a, b) * b; }
+
+/// bounds()'s answer for a value whose range it does not know; arithmetic on it stays unknown.
+constexpr std::pair<int64_t, int64_t> kUnknownRange{INT64_MIN / 4, INT64_MAX / 4};
+bool known_range(std::pair<int64_t, int64_t> r) { return r.first > kUnknownRange.first && r.second < kUnknownRange.second; }
 }  // namespace
 
 const char* expr_op_name(ExprOp op) { return kExprs[static_cast<int>(op)].name; }
@@ -137,9 +141,7 @@ Expr Context::binary(ExprOp op, Expr a, Expr b) {
     // Index comparisons decided by ranges (a select's condition once a loop is split at its
     // boundary) become constants, and the select folds.
     auto ba = bounds(a), bb = bounds(b);
-    const int64_t lo = INT64_MIN / 4, hi = INT64_MAX / 4;
-    bool known = ba.first > lo && ba.second < hi && bb.first > lo && bb.second < hi;
-    if (known) {
+    if (known_range(ba) && known_range(bb)) {
       switch (op) {
         case ExprOp::Lt:
           if (ba.second < bb.first) return bool_const(true);
@@ -247,11 +249,11 @@ Expr Context::mod(Expr a, int64_t c) {
 }
 
 std::pair<int64_t, int64_t> Context::bounds(Expr e) {
-  // Unknown ranges are this sentinel pair; arithmetic on it (or overflowing arithmetic) stays
-  // unknown. Computing with the sentinel itself overflowed and gave tiny, wrong ranges that let
-  // div() fold a live index term to a constant.
-  const std::pair<int64_t, int64_t> unknown{INT64_MIN / 4, INT64_MAX / 4};
-  auto known = [&](std::pair<int64_t, int64_t> r) { return r.first > unknown.first && r.second < unknown.second; };
+  // Arithmetic on kUnknownRange (or overflowing arithmetic) stays unknown. Computing with the
+  // sentinel itself overflowed and gave tiny, wrong ranges that let div() fold a live index term
+  // to a constant.
+  const auto unknown = kUnknownRange;
+  auto known = known_range;
   switch (e->op) {
     case ExprOp::Const: return {e->ival, e->ival};
     case ExprOp::Var: return {0, std::max<int64_t>(e->ival - 1, 0)};
@@ -321,6 +323,16 @@ struct Linear {
     for (auto& [k, c] : o.terms) add_term(k.second, c * scale);
     constant += o.constant * scale;
   }
+  /// *this == g * multiples + rest, where `multiples` takes the terms whose coefficient g
+  /// divides (divided by g) and rest the others; the constant splits by floor division.
+  void split(int64_t g, Linear& multiples, Linear& rest) const {
+    for (auto& [k, coef] : terms) {
+      if (coef % g == 0) multiples.add_term(k.second, coef / g);
+      else rest.add_term(k.second, coef);
+    }
+    multiples.constant = floordiv(constant, g);
+    rest.constant = floormod(constant, g);
+  }
 };
 
 /// r = g*big + small with g a factor of c shared by some coefficient and 0 <= small < g for every
@@ -336,12 +348,7 @@ std::optional<FactorSplit> split_by_common_factor(Context& ctx, const Linear& r,
     int64_t g = std::gcd(c, coef < 0 ? -coef : coef);
     if (g <= 1 || g == c || (best && best->g >= g)) continue;
     Linear big, small;
-    for (auto& [k2, coef2] : r.terms) {
-      if (coef2 % g == 0) big.add_term(k2.second, coef2 / g);
-      else small.add_term(k2.second, coef2);
-    }
-    big.constant = floordiv(r.constant, g);
-    small.constant = floormod(r.constant, g);
+    r.split(g, big, small);
     int64_t lo = small.constant, hi = small.constant;
     for (auto& [k2, coef2] : small.terms) {
       auto [a0, a1] = ctx.bounds(k2.second);
@@ -393,12 +400,7 @@ Expr Context::simplify_index(Expr e) {
         // Split off the part that is a multiple of c: (q*c + r) / c = q + r / c and
         // (q*c + r) % c = r % c, exact for floor division.
         Linear q, r;
-        for (auto& [k, coef] : inner.terms) {
-          if (coef % c == 0) q.add_term(k.second, coef / c);
-          else r.add_term(k.second, coef);
-        }
-        q.constant = floordiv(inner.constant, c);
-        r.constant = floormod(inner.constant, c);
+        inner.split(c, q, r);
         if (auto split = split_by_common_factor(*this, r, c)) {
           // r = g*A + s with 0 <= s < g and g | c: (g*A + s) / c = A / (c/g) and
           // (g*A + s) % c = g*(A % (c/g)) + s. This is how a flat index i*K + j (j < K) divided
@@ -490,6 +492,14 @@ Expr Context::substitute(Expr e, const std::unordered_map<Expr, Expr>& map) {
     return r;
   };
   return go(e);
+}
+
+void visit(Expr e, std::set<Expr>& seen, const std::function<void(Expr)>& f) {
+  if (!e || !seen.insert(e).second) return;
+  f(e);
+  visit(e->a, seen, f);
+  visit(e->b, seen, f);
+  visit(e->c, seen, f);
 }
 
 // ---- printing -----------------------------------------------------------------------------

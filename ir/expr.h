@@ -10,7 +10,9 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -87,6 +89,10 @@ class Context {
 
 bool is_const(Expr e);
 bool is_const_int(Expr e, int64_t v);
+
+/// Calls `f` once on every node of the DAG under `e` (expressions share subterms: a walk
+/// without the visited set can be exponential).
+void visit(Expr e, std::set<Expr>& seen, const std::function<void(Expr)>& f);
 
 /// Prints an expression. Shared subexpressions print once, as `tN = ...` lines appended to
 /// `lets` (indented by `indent`) when it is given, else inline.

@@ -192,21 +192,8 @@ class Lowering {
     if (src.numel() == 0) return;
     int64_t dim = s.attrs.ints[0], start = s.attrs.ints[1], step = s.attrs.ints[3];
     bool dense = false;
-    std::vector<int> order = loop_order(src, &dense);
-    OpenKernel& k = new_kernel();
-    k.full = src.sizes;
-    k.order = order;
-    k.idx.assign(src.sizes.size(), nullptr);
+    OpenKernel& k = new_pointwise_kernel(src.sizes, loop_order(src, &dense));
     Kernel& kern = prog_.kernels[k.index];
-    for (int d : order) {
-      if (src.sizes[d] == 1) {
-        k.idx[d] = ctx().int_const(0);
-        continue;
-      }
-      k.idx[d] = ctx().var(src.sizes[d]);
-      kern.loops.push_back({k.idx[d], LoopKind::Serial});
-    }
-    kern.phases.emplace_back();
     cur_ = &k;
     memo_.clear();
     used_slots_.clear();
@@ -288,9 +275,9 @@ class Lowering {
       // inlined, only the elements a consumer reads would be divided (x // x then [-1]), or
       // none (an unused result, or one multiplied by 0 and folded away), and eager raises
       // ZeroDivisionError when any element divides by zero.
-      bool raises_unused = may_raise(g_, node);
+      bool may_divide_by_zero = may_raise(g_, node);
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
-          raises_unused || read_across_extern) {
+          may_divide_by_zero || read_across_extern) {
         materialized_.insert(static_cast<int>(i));
         order_.push_back(static_cast<int>(i));
         cost[i] = 0;
@@ -645,6 +632,25 @@ class Lowering {
     return open_.back();
   }
 
+  /// A new kernel looping over `sizes` in `order` (size-1 dims get no loop), with one phase.
+  OpenKernel& new_pointwise_kernel(const Sizes& sizes, const std::vector<int>& order) {
+    OpenKernel& k = new_kernel();
+    k.full = sizes;
+    k.order = order;
+    k.idx.assign(sizes.size(), nullptr);
+    Kernel& kern = prog_.kernels[k.index];
+    for (int d : order) {
+      if (sizes[d] == 1) {
+        k.idx[d] = ctx().int_const(0);
+        continue;
+      }
+      k.idx[d] = ctx().var(sizes[d]);
+      kern.loops.push_back({k.idx[d], LoopKind::Serial});
+    }
+    kern.phases.emplace_back();
+    return k;
+  }
+
   /// Stores value `id` in the pointwise kernel of its domain and layout (a new one if needed).
   void pointwise_store(int id, int buf, const std::vector<int>& order) {
     const Node& n = g_.nodes[id];
@@ -655,20 +661,7 @@ class Lowering {
     if (k && !build_in(*k, id, k->idx, &value)) k = nullptr;  // e.g. it reads a later kernel's output
     bool joined = k != nullptr;
     if (!k) {
-      k = &new_kernel();
-      k->full = n.sizes;
-      k->order = order;
-      k->idx.assign(n.sizes.size(), nullptr);
-      Kernel& kern = prog_.kernels[k->index];
-      for (int d : order) {
-        if (n.sizes[d] == 1) {
-          k->idx[d] = ctx().int_const(0);
-          continue;
-        }
-        k->idx[d] = ctx().var(n.sizes[d]);
-        kern.loops.push_back({k->idx[d], LoopKind::Serial});
-      }
-      kern.phases.emplace_back();
+      k = &new_pointwise_kernel(n.sizes, order);
       bool built = build_in(*k, id, k->idx, &value);
       KILN_CHECK(built, "a pointwise value could not be built in its own kernel");
     }
@@ -908,21 +901,16 @@ class Lowering {
     Phase& ph = k.phases[0];
     std::vector<Expr> conds;
     std::set<Expr> seen;
-    std::function<void(Expr)> find = [&](Expr e) {
-      if (!e || !seen.insert(e).second) return;
-      if (e->op == ExprOp::Select) conds.push_back(e->a);
-      find(e->a);
-      find(e->b);
-      find(e->c);
-    };
-    for (const auto& st : ph.stores) find(st.value);
+    for (const auto& st : ph.stores)
+      visit(st.value, seen, [&](Expr e) {
+        if (e->op == ExprOp::Select) conds.push_back(e->a);
+      });
     if (conds.empty()) return false;
     constexpr int64_t kMaxExtent = 4096, kMaxRanges = 16;
     for (size_t li = 1; li < k.loops.size(); ++li) {
       Expr v = k.loops[li].var;
       int64_t n = v->ival;
       if (n > kMaxExtent || n < 2) continue;
-      std::set<Expr> dep_seen;
       std::vector<Expr> mine;
       for (Expr c : conds) {
         std::set<Expr> s2;
@@ -1085,8 +1073,8 @@ class Lowering {
   KernelProgram prog_;
   std::set<int> materialized_;
   std::set<int> shared_;  // materialised values an extern op reads
-  std::map<int, std::pair<int, ExternView>> extern_views_;
-  std::map<int, std::pair<int, int>> inplace_;  // slice_scatter written in place -> (input buffer, leaf)  // value -> (input buffer, view) for externs
+  std::map<int, std::pair<int, ExternView>> extern_views_;  // value -> (input buffer, view) for externs
+  std::map<int, std::pair<int, int>> inplace_;  // slice_scatter written in place -> (input buffer, leaf)
   std::vector<int> order_;
   std::map<int, int> input_buffer_;  // Input node -> its buffer
   std::map<int, int> buffer_of_;     // materialised node -> the buffer it is stored in

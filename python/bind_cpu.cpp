@@ -123,9 +123,13 @@ class Entry {
     }
     // A fallback's results become its output buffers as they are: allocating those up front
     // would only be thrown away (and costs fresh pages on every call).
-    from_extern_.assign(p.buffers.size(), false);
+    std::vector<bool> from_extern(p.buffers.size(), false);
     for (const auto& e : p.externs)
-      for (int b : e.outputs) from_extern_[b] = true;
+      for (int b : e.outputs) from_extern[b] = true;
+    allocate_upfront_.assign(p.buffers.size(), false);
+    for (size_t b = 0; b < p.buffers.size(); ++b)
+      allocate_upfront_[b] = (p.buffers[b].kind == ir::BufferKind::Output || p.buffers[b].kind == ir::BufferKind::Shared) &&
+                             !from_extern[b];
     plan_buffer_lifetimes(p);
     // Operands passed as views of an argument: their as_strided arguments, built once.
     for (const auto& e : p.externs) {
@@ -155,8 +159,7 @@ class Entry {
       if (b.kind == ir::BufferKind::Input) {
         tensors[i] = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(leaves.ptr(), b.index));
         ptrs[i] = data_ptr(tensors[i].ptr());
-      } else if ((b.kind == ir::BufferKind::Output || b.kind == ir::BufferKind::Shared) && !from_extern_[i] &&
-                 !allocated_later_[i]) {
+      } else if (allocate_upfront_[i]) {
         tensors[i] = torch_handles().empty_strided(sizes_[i], strides_[i], py::arg("dtype") = dtype_[i]);
         ptrs[i] = data_ptr(tensors[i].ptr());
       }
@@ -211,18 +214,10 @@ class Entry {
   /// activations, and their steps interleave with eager ops that allocate too.
   void plan_buffer_lifetimes(const ir::KernelProgram& p) {
     size_t nb = p.buffers.size(), ns = p.steps.size();
-    allocated_later_.assign(nb, false);
     alloc_at_.assign(ns, {});
     release_at_.assign(ns, {});
     if (p.externs.empty()) return;
     std::vector<int> first_write(nb, -1), last_read(nb, -1);
-    std::function<void(ir::Expr, std::set<ir::Expr>&, int)> reads = [&](ir::Expr e, std::set<ir::Expr>& seen, int s) {
-      if (!e || !seen.insert(e).second) return;
-      if (e->op == ir::ExprOp::Load && e->ival >= 0) last_read[e->ival] = s;
-      reads(e->a, seen, s);
-      reads(e->b, seen, s);
-      reads(e->c, seen, s);
-    };
     for (size_t s = 0; s < ns; ++s) {
       const ir::Step& st = p.steps[s];
       int si = static_cast<int>(s);
@@ -234,7 +229,10 @@ class Entry {
       }
       const ir::Kernel& k = p.kernels[st.index];
       std::set<ir::Expr> seen;
-      for (ir::Expr e : k.exprs()) reads(e, seen, si);
+      for (ir::Expr e : k.exprs())
+        ir::visit(e, seen, [&](ir::Expr x) {
+          if (x->op == ir::ExprOp::Load && x->ival >= 0) last_read[x->ival] = si;
+        });
       for (const auto& ph : k.phases)
         for (const auto& store : ph.stores)
           if (first_write[store.buffer] < 0) first_write[store.buffer] = si;
@@ -244,10 +242,9 @@ class Entry {
       if (o.kind == ir::OutputSpec::Kind::Buffer) returned[o.index] = true;
     for (size_t b = 0; b < nb; ++b) {
       auto kind = p.buffers[b].kind;
-      bool allocated_here = (kind == ir::BufferKind::Output || kind == ir::BufferKind::Shared) && !from_extern_[b];
-      if (allocated_here && first_write[b] >= 0) {
+      if (allocate_upfront_[b] && first_write[b] >= 0) {  // allocated by the step hook instead
         alloc_at_[first_write[b]].push_back(static_cast<int>(b));
-        allocated_later_[b] = true;
+        allocate_upfront_[b] = false;
         has_lifetimes_ = true;
       }
       // Intermediates only (never an output or an argument): dropped after their last reader,
@@ -309,8 +306,7 @@ class Entry {
   Program program_;
   py::list fallbacks_;
   std::vector<py::object> sizes_, strides_, dtype_;  // per buffer
-  std::vector<bool> from_extern_;                     // per buffer: written by a fallback
-  std::vector<bool> allocated_later_;                 // per buffer: allocated by the step hook
+  std::vector<bool> allocate_upfront_;                // per buffer: call() allocates it before any step
   std::vector<std::vector<int>> alloc_at_, release_at_;  // per step
   bool has_lifetimes_ = false;
   struct ViewArgs {

@@ -62,20 +62,23 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
   ptrs.push_back(&status);
   ThreadPool& pool = ThreadPool::get();
   bool ok = true;
+  // The hook sees the buffers' pointers without the status word kernels get appended.
+  auto call_hook = [&](size_t si, bool before) {
+    if (!hook) return;
+    ptrs.pop_back();
+    hook(si, before, ptrs);
+    ptrs.push_back(&status);
+  };
   for (size_t si = 0; si < program_.steps.size(); ++si) {
     const ir::Step& step = program_.steps[si];
-    if (hook) {
-      ptrs.pop_back();
-      hook(si, true, ptrs);
-      ptrs.push_back(&status);
-    }
+    call_hook(si, true);
     if (step.kind == ir::Step::Kind::Extern) {
       KILN_CHECK(run_extern, "program has an extern step but no extern runner");
       ptrs.pop_back();
       ok = run_extern(program_.externs[step.index], ptrs);
-      if (ok && hook) hook(si, false, ptrs);
       ptrs.push_back(&status);
       if (!ok) break;
+      call_hook(si, false);
       continue;
     }
     size_t k = static_cast<size_t>(step.index);
@@ -90,11 +93,7 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
     // A failed kernel (integer division by zero, an index out of range): eager redoes the call
     // and raises; no later step may run, least of all one writing into an argument.
     if (status != 0) break;
-    if (hook) {
-      ptrs.pop_back();
-      hook(si, false, ptrs);
-      ptrs.push_back(&status);
-    }
+    call_hook(si, false);
   }
   ptrs.pop_back();
   ++calls_;
