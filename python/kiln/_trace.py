@@ -12,6 +12,7 @@ tensor (module parameter/buffer, closure cell, referenced global). Anything else
 tracer did not see how it was made, and the capture fails: the call runs eagerly instead.
 """
 
+import os
 import sys
 import traceback
 import weakref
@@ -51,11 +52,17 @@ class CaptureFailed(Exception):
         self.location = location
 
 
+# The package folders of kiln and torch: frames inside them are not the user's code. (Matching
+# "/kiln/" in the path also skipped the user's own files when they lived in a folder named kiln,
+# as a clone of this repository does.)
+_INTERNAL_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep for f in (__file__, torch.__file__))
+
+
 def user_location():
     """The innermost stack frame outside torch and kiln, as 'file:line in fn: code'."""
     for frame in reversed(traceback.extract_stack()):
         f = frame.filename
-        if "/torch/" in f or "/kiln/" in f or f.startswith("<frozen"):
+        if os.path.abspath(f).startswith(_INTERNAL_DIRS) or f.startswith("<frozen"):
             continue
         return f"{f}:{frame.lineno} in {frame.name}: {frame.line}"
     return "?"

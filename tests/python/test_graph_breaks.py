@@ -76,3 +76,22 @@ def test_explain_lists_breaks_with_their_line():
     assert len(e.graph_breaks) == 1
     reason, where = e.graph_breaks[0]
     assert "test_graph_breaks.py" in where and "x.sum() > 0" in where
+
+
+def test_break_location_in_a_folder_named_kiln(tmp_path):
+    # User code under a folder named "kiln" (a clone of this repository, say) is still the
+    # user's: the location once skipped every path containing "/kiln/" and reported "?".
+    import importlib.util
+    folder = tmp_path / "kiln"
+    folder.mkdir()
+    (folder / "user_code_with_break.py").write_text(
+        "def branchy(x):\n"
+        "    if x.sum() > 0:\n"
+        "        return x * 2\n"
+        "    return x - 1\n")
+    spec = importlib.util.spec_from_file_location("user_code_with_break", folder / "user_code_with_break.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    f = kiln.compile(mod.branchy)
+    text = kiln.explain(f, torch.ones(3))
+    assert "user_code_with_break.py:2" in str(text), text
