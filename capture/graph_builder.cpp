@@ -107,6 +107,8 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       throw Unsupported(fmt::format("{} cannot be called", name));
     case OpCategory::Extern:
       throw Unsupported(fmt::format("{} cannot be called", name));
+    case OpCategory::Contraction:
+      return editor_.matmul(tensor_arg(0), tensor_arg(1));
     case OpCategory::Assemble: {
       KILN_UNSUPPORTED_IF(attrs.ints.empty(), "{} needs its dims", name);
       if (op == OpKind::Concat) {

@@ -22,7 +22,8 @@ enum class OpKind : uint16_t {
 };
 
 enum class OpCategory : uint8_t {
-  Leaf, Unary, Binary, Ternary, Cast, Composite, CompositeReduce, Movement, Reduction, Extern, Assemble
+  Leaf, Unary, Binary, Ternary, Cast, Composite, CompositeReduce, Movement, Reduction, Extern, Assemble,
+  Contraction
 };
 
 const char* op_name(OpKind k);

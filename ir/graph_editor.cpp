@@ -189,6 +189,21 @@ int GraphEditor::gather(int x, int index, int64_t dim, bool wrap) {
   return append(std::move(n));
 }
 
+int GraphEditor::matmul(int a, int b) {
+  const Node& an = node(a);
+  const Node& bn = node(b);
+  size_t r = an.sizes.size();
+  KILN_UNSUPPORTED_IF(r < 2 || bn.sizes.size() != r, "matmul of ranks {} and {}", r, bn.sizes.size());
+  KILN_UNSUPPORTED_IF(an.dtype != bn.dtype || (an.dtype != DType::Float32 && an.dtype != DType::Float64),
+                      "matmul of {} and {}", dtype_name(an.dtype), dtype_name(bn.dtype));
+  KILN_UNSUPPORTED_IF(!std::equal(an.sizes.begin(), an.sizes.end() - 2, bn.sizes.begin()) ||
+                          an.sizes[r - 1] != bn.sizes[r - 2],
+                      "matmul of mismatched shapes");
+  Sizes out(an.sizes.begin(), an.sizes.end() - 1);
+  out.push_back(bn.sizes[r - 1]);
+  return append(Node{OpKind::Matmul, {a, b}, {}, an.dtype, out, {}});
+}
+
 int GraphEditor::pad(int x, const std::vector<int64_t>& pad, double value) {
   Sizes out = node(x).sizes;
   KILN_UNSUPPORTED_IF(pad.size() != 2 * out.size(), "pad needs (low, high) per dim");

@@ -52,6 +52,9 @@ class GraphEditor {
   /// `base` with the slice [start:end:step] along `dim` replaced by `src` (a write through a view,
   /// made functional).
   int slice_scatter(int base, int src, int64_t dim, int64_t start, int64_t end, int64_t step);
+  /// Matrix product of a [batch..., M, K] and b [batch..., K, N] (equal batch sizes, one float
+  /// dtype): [batch..., M, N].
+  int matmul(int a, int b);
   /// The index along `dim` of a tensor of `sizes`, in `dtype`.
   int iota(const Sizes& sizes, int64_t dim, DType dtype);
 

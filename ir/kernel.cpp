@@ -99,6 +99,13 @@ std::string print(const KernelProgram& p) {
   for (const auto& st : p.steps) {
     if (st.kind == Step::Kind::Kernel) {
       s += print(p.kernels[st.index]);
+    } else if (st.kind == Step::Kind::Gemm) {
+      const GemmCall& g = p.gemms[st.index];
+      auto operand = [](const GemmOperand& o) {
+        return fmt::format("buf{}.view([{}], strides [{}], offset {})", o.buffer, fmt::join(o.sizes, ", "),
+                           fmt::join(o.strides, ", "), o.offset);
+      };
+      s += fmt::format("gemm {}: buf{} = {} . {}\n", g.name, g.out, operand(g.a), operand(g.b));
     } else {
       const ExternCall& e = p.externs[st.index];
       std::string ins, outs;

@@ -95,10 +95,28 @@ struct ExternCall {
   std::string name;          ///< for logs: the ATen op
 };
 
-/// One step of a program: a kernel or an extern call, in dependency (and trace) order.
+/// One operand of a matrix product: a strided view of a buffer (any strides: the runtime
+/// passes a unit-stride row or column layout to BLAS as is, as a transpose flag and a leading
+/// dimension, and packs anything else first).
+struct GemmOperand {
+  int buffer = -1;
+  Sizes sizes, strides;  ///< element sizes and strides of the view: [batch..., rows, cols]
+  int64_t offset = 0;    ///< elements from the buffer's first element
+};
+
+/// A matrix product run by BLAS: out[batch..., M, N] = a[batch..., M, K] . b[batch..., K, N],
+/// into a contiguous buffer.
+struct GemmCall {
+  GemmOperand a, b;
+  int out = -1;
+  std::string name;  ///< for logs and profiles: the graph node it computes
+};
+
+/// One step of a program: a kernel, an extern call or a matrix product, in dependency (and
+/// trace) order.
 struct Step {
-  enum class Kind : uint8_t { Kernel, Extern } kind;
-  int index;  ///< into kernels or externs
+  enum class Kind : uint8_t { Kernel, Extern, Gemm } kind;
+  int index;  ///< into kernels, externs or gemms
 };
 
 /// Where each returned tensor comes from.
@@ -112,7 +130,8 @@ struct KernelProgram {
   std::vector<Buffer> buffers;
   std::vector<Kernel> kernels;
   std::vector<ExternCall> externs;
-  std::vector<Step> steps;        ///< kernels and extern calls, run in this order
+  std::vector<GemmCall> gemms;
+  std::vector<Step> steps;        ///< kernels, extern calls and matrix products, run in this order
   std::vector<OutputSpec> outputs;
   std::vector<std::string> fusion_log;  ///< every fusion decision with its reason
 };

@@ -229,11 +229,21 @@ class Lowering {
       }
     std::vector<int> cost(n, 0);
     std::set<int> outputs(g_.outputs.begin(), g_.outputs.end());
-    // next_extern[i]: the first fallback node after node i (kernels are closed at externs, so a
-    // user after it is in a later kernel).
+    // next_extern[i]: the first fallback or matrix product after node i (kernels are closed at
+    // those steps, so a user after it is in a later kernel).
     std::vector<size_t> next_extern(n + 1, n);
     for (size_t i = n; i-- > 0;)
-      next_extern[i] = (i + 1 < n && g_.nodes[i + 1].op == OpKind::Fallback) ? i + 1 : next_extern[i + 1];
+      next_extern[i] = (i + 1 < n && closes_kernels(g_.nodes[i + 1].op)) ? i + 1 : next_extern[i + 1];
+    // A matrix product reads its operands from memory. One that is a view (a transpose, a
+    // reshape) of a computed value reads that value's buffer through the view: the value is
+    // materialised, the view is not copied.
+    for (size_t i = 0; i < n; ++i) {
+      if (g_.nodes[i].op != OpKind::Matmul) continue;
+      for (int x : g_.nodes[i].inputs) {
+        int base = view_base(x);
+        if (base != x && op_category(g_.nodes[base].op) != OpCategory::Leaf) gemm_bases_.insert(base);
+      }
+    }
     for (size_t i = 0; i < n; ++i) {
       const Node& node = g_.nodes[i];
       int c = op_cost(node);
@@ -241,7 +251,7 @@ class Lowering {
       cost[i] = c;
       bool leaf = op_category(node.op) == OpCategory::Leaf;
       bool reduction = op_category(node.op) == OpCategory::Reduction;
-      bool external = op_category(node.op) == OpCategory::Extern;
+      bool external = op_category(node.op) == OpCategory::Extern || op_category(node.op) == OpCategory::Contraction;
       // An extern op reads real tensors: its operands need buffers (inputs have theirs).
       bool extern_operand = false;
       for (int u : users[i]) extern_operand |= g_.nodes[u].op == OpKind::Fallback;
@@ -271,13 +281,25 @@ class Lowering {
         log(fmt::format("materialise %{} ({}): read after a fallback step and costs {} to recompute", i,
                         op_name(node.op), cost[i]));
       if (extern_operand) shared_.insert(static_cast<int>(i));
+      bool gemm_operand = false;
+      for (int u : users[i]) gemm_operand |= g_.nodes[u].op == OpKind::Matmul;
+      gemm_operand &= node.op != OpKind::Input;
+      if (gemm_operand) {
+        if (auto v = strided_view(static_cast<int>(i))) {
+          gemm_views_[static_cast<int>(i)] = *v;
+          gemm_operand = false;
+          log(fmt::format("%{} ({}) reaches its matrix product as a strided view of %{}, not a copy", i,
+                          op_name(node.op), v->first));
+        }
+      }
+      gemm_operand |= gemm_bases_.count(static_cast<int>(i)) > 0;
       // An integer division that may divide by zero is computed whole, into a buffer of its own:
       // inlined, only the elements a consumer reads would be divided (x // x then [-1]), or
       // none (an unused result, or one multiplied by 0 and folded away), and eager raises
       // ZeroDivisionError when any element divides by zero.
       bool may_divide_by_zero = may_raise(g_, node);
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
-          may_divide_by_zero || read_across_extern) {
+          gemm_operand || may_divide_by_zero || read_across_extern) {
         materialized_.insert(static_cast<int>(i));
         order_.push_back(static_cast<int>(i));
         cost[i] = 0;
@@ -285,24 +307,63 @@ class Lowering {
     }
   }
 
-  /// When value `id` is views (reshape, permute, expand, slice) of an argument whose addressing
-  /// stays affine, that argument's buffer and the view's sizes, strides and offset.
-  std::optional<std::pair<int, ExternView>> strided_view_of_input(int id) {
-    const Node& top = g_.nodes[id];
+  static bool closes_kernels(OpKind op) { return op == OpKind::Fallback || op == OpKind::Matmul; }
+
+  /// The value under a chain of views (reshape, permute, expand, slice) ending at `id`.
+  int view_base(int id) const {
     int base = id;
     while (op_category(g_.nodes[base].op) == OpCategory::Movement && g_.nodes[base].op != OpKind::Flip)
       base = g_.nodes[base].inputs[0];
+    return base;
+  }
+
+  /// The strides the buffer of materialised value `id` will have (see lower_node and friends).
+  Sizes planned_strides(int id) const {
+    const Node& n = g_.nodes[id];
+    if (n.op == OpKind::Input || op_category(n.op) == OpCategory::Extern) return n.strides;
+    if (op_category(n.op) == OpCategory::Reduction || n.op == OpKind::Matmul) return contiguous_strides(n.sizes);
+    bool dense = false;
+    loop_order(n, &dense);
+    return dense ? n.strides : contiguous_strides(n.sizes);
+  }
+
+  /// The buffer of value `id`, once it has one (an argument, a value written into one in place,
+  /// or a materialised value).
+  int buffer_for(int id) const {
+    auto in = input_buffer_.find(id);
+    if (in != input_buffer_.end()) return in->second;
+    auto ip = inplace_.find(id);
+    if (ip != inplace_.end()) return ip->second.first;
+    return buffer_of_.at(id);
+  }
+
+  /// When value `id` is views (reshape, permute, expand, slice) of an argument whose addressing
+  /// stays affine, that argument's buffer and the view's sizes, strides and offset.
+  std::optional<std::pair<int, ExternView>> strided_view_of_input(int id) {
+    int base = view_base(id);
     // An argument, or a value written into one in place (its memory is the argument's).
-    bool in_arg = g_.nodes[base].op == OpKind::Input || inplace_.count(base);
-    if (base == id || !in_arg || top.numel() == 0) return std::nullopt;
+    if (g_.nodes[base].op != OpKind::Input && !inplace_.count(base)) return std::nullopt;
+    auto v = strided_view(id);
+    if (!v) return std::nullopt;
+    return std::make_pair(buffer_for(base), v->second);
+  }
+
+  /// When value `id` is views of a value with a buffer (an argument, a value written into one in
+  /// place, or one materialised for a matrix product) whose addressing stays affine: that value
+  /// and the view's sizes, strides and offset into its buffer.
+  std::optional<std::pair<int, ExternView>> strided_view(int id) {
+    const Node& top = g_.nodes[id];
+    int base = view_base(id);
+    bool has_buffer = g_.nodes[base].op == OpKind::Input || inplace_.count(base) || gemm_bases_.count(base);
+    if (base == id || !has_buffer || top.numel() == 0) return std::nullopt;
     Context& c = ctx();
     std::vector<Expr> vars, idx;
     for (int64_t s : top.sizes) vars.push_back(s == 1 ? c.int_const(0) : c.var(s));
     idx = vars;
     for (int n = id; n != base; n = g_.nodes[n].inputs[0])
       idx = view_source_index(c, g_.nodes[n], g_.nodes[g_.nodes[n].inputs[0]].sizes, idx);
-    int buf = g_.nodes[base].op == OpKind::Input ? input_buffer_.at(base) : inplace_.at(base).first;
-    Expr lin = c.simplify_index(linear_index(c, idx, prog_.buffers[buf].strides));
+    Sizes base_strides = inplace_.count(base) ? prog_.buffers[inplace_.at(base).first].strides : planned_strides(base);
+    Expr lin = c.simplify_index(linear_index(c, idx, base_strides));
     // The index must be offset + sum(stride_d * var_d): anything else (div/mod left by a reshape
     // of a non-contiguous tensor) is not a strided view.
     std::map<Expr, int64_t> coef;
@@ -331,7 +392,7 @@ class Lowering {
     size_t have = 0;
     for (Expr e : vars) have += !is_const(e) && coef.count(e) && coef[e] != 0;
     if (used != have) return std::nullopt;  // a variable that is not one of the view's dims
-    return std::make_pair(buf, v);
+    return std::make_pair(base, v);
   }
 
   // ---- expressions ------------------------------------------------------------------------
@@ -522,6 +583,10 @@ class Lowering {
       lower_extern(id);
       return;
     }
+    if (n.op == OpKind::Matmul) {
+      lower_gemm(id);
+      return;
+    }
     if (op_category(n.op) == OpCategory::Reduction) {
       lower_reduction(id);
       return;
@@ -621,6 +686,37 @@ class Lowering {
     prog_.externs.push_back(call);
     prog_.steps.push_back({Step::Kind::Extern, static_cast<int>(prog_.externs.size()) - 1});
     log(fmt::format("%{} runs eagerly (fallback #{}): kernels before it are closed", id, n.attrs.int_value));
+  }
+
+  /// A matrix product: a BLAS step reading its operands' buffers (through views where they are
+  /// views) into a contiguous buffer. Like an extern step, it closes every kernel opened so far.
+  void lower_gemm(int id) {
+    const Node& n = g_.nodes[id];
+    GemmCall call;
+    call.name = fmt::format("%{} matmul", id);
+    auto operand = [&](int x) {
+      GemmOperand o;
+      auto view = gemm_views_.find(x);
+      if (view != gemm_views_.end()) {
+        o.buffer = buffer_for(view->second.first);
+        o.sizes = view->second.second.sizes;
+        o.strides = view->second.second.strides;
+        o.offset = view->second.second.offset;
+      } else {
+        o.buffer = buffer_for(x);
+        o.sizes = g_.nodes[x].sizes;
+        o.strides = prog_.buffers[o.buffer].strides;
+      }
+      KILN_CHECK(o.sizes == g_.nodes[x].sizes, "matmul operand %{} has a view of another shape", x);
+      return o;
+    };
+    call.a = operand(n.inputs[0]);
+    call.b = operand(n.inputs[1]);
+    call.out = make_value_buffer(id, contiguous_strides(n.sizes));
+    for (auto& ok : open_) ok.closed = true;
+    prog_.gemms.push_back(call);
+    prog_.steps.push_back({Step::Kind::Gemm, static_cast<int>(prog_.gemms.size()) - 1});
+    log(fmt::format("%{} (matmul) runs as a BLAS step: kernels before it are closed", id));
   }
 
   OpenKernel& new_kernel() {
@@ -1074,6 +1170,8 @@ class Lowering {
   std::set<int> materialized_;
   std::set<int> shared_;  // materialised values an extern op reads
   std::map<int, std::pair<int, ExternView>> extern_views_;  // value -> (input buffer, view) for externs
+  std::map<int, std::pair<int, ExternView>> gemm_views_;    // value -> (value with a buffer, view) for gemms
+  std::set<int> gemm_bases_;  // computed values a matrix product reads through a view
   std::map<int, std::pair<int, int>> inplace_;  // slice_scatter written in place -> (input buffer, leaf)
   std::vector<int> order_;
   std::map<int, int> input_buffer_;  // Input node -> its buffer

@@ -15,7 +15,9 @@
 #include "passes/pipeline.h"
 #include "python/bindings.h"
 #include "python/guard_set.h"
+#include "runtime/blas.h"
 #include "runtime/compiled_program.h"
+#include "runtime/gemm.h"
 #include "support/config.h"
 #include "support/error.h"
 
@@ -49,6 +51,7 @@ struct Program {
     if (work_ < 0) {
       work_ = 0;
       for (const auto& k : compiled->program().kernels) work_ += k.outer_extent() * k.inner_work();
+      for (const auto& g : compiled->program().gemms) work_ += compiled->program().buffers[g.out].storage_numel();
       if (!compiled->program().externs.empty()) work_ = INT64_MAX;  // fallbacks run Python
     }
     return work_;
@@ -225,6 +228,12 @@ class Entry {
         for (int b : p.externs[st.index].inputs) last_read[b] = si;
         for (int b : p.externs[st.index].outputs)
           if (first_write[b] < 0) first_write[b] = si;
+        continue;
+      }
+      if (st.kind == ir::Step::Kind::Gemm) {
+        const ir::GemmCall& g = p.gemms[st.index];
+        last_read[g.a.buffer] = last_read[g.b.buffer] = si;
+        if (first_write[g.out] < 0) first_write[g.out] = si;
         continue;
       }
       const ir::Kernel& k = p.kernels[st.index];
@@ -422,6 +431,12 @@ void define_cpu(py::module_& m) {
       .def_property_readonly("loop_ir", [](const Program& p) { return ir::print(p.compiled->program()); })
       .def_property_readonly("llvm_ir", [](const Program& p) { return p.compiled->code().text.module_ir; })
       .def_property_readonly("calls", [](const Program& p) { return p.compiled->calls(); })
+      .def_property_readonly("gemms",
+                             [](const Program& p) {
+                               std::vector<std::string> out;
+                               for (const auto& g : p.compiled->program().gemms) out.push_back(runtime::describe_gemm(g));
+                               return out;
+                             })
       .def("kernels", &kernel_info)
       .def("kernel_asm", &kernel_asm)
       .def("output_kernel", [](const Program& prog, int j) -> std::string {
@@ -436,11 +451,15 @@ void define_cpu(py::module_& m) {
         for (const auto& e : p.externs)
           for (int b : e.outputs)
             if (b == o.index) return e.name;
+        for (const auto& g : p.gemms)
+          if (g.out == o.index) return g.name;
         return "(no kernel: empty)";
       })
       .def("set_profiling", [](Program& p, bool on) { p.compiled->set_profiling(on); });
 
   m.def("compile_graph", &compile_graph, py::arg("builder"), py::arg("debug_dir") = "");
+  m.def("blas_prefer", &runtime::blas::prefer, "a loaded library (torch's MKL) that KILN_BLAS=auto should use");
+  m.def("blas_library", [] { return runtime::blas::library().name; }, "the BLAS matrix products run on ('': none)");
   m.def("fast_hits", [] { return FastPath::hits(); });
   m.def("reset_fast_hits", [] { FastPath::hits() = 0; });
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 
+#include "runtime/gemm.h"
 #include "runtime/thread_pool.h"
 #include "support/error.h"
 
@@ -78,6 +79,14 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
       ok = run_extern(program_.externs[step.index], ptrs);
       ptrs.push_back(&status);
       if (!ok) break;
+      call_hook(si, false);
+      continue;
+    }
+    if (step.kind == ir::Step::Kind::Gemm) {
+      if (!run_gemm(program_.gemms[step.index], program_.buffers, ptrs.data(), pool)) {
+        ok = false;
+        break;
+      }
       call_hook(si, false);
       continue;
     }

@@ -17,6 +17,8 @@ CudaProgram::CudaProgram(ir::KernelProgram program, int arch, bool want_cubin)
   KILN_UNSUPPORTED_IF(want_cubin && !program_.externs.empty(),
                       "the CUDA runtime does not run programs with eager fallback steps yet ({} of them)",
                       program_.externs.size());
+  KILN_UNSUPPORTED_IF(want_cubin && !program_.gemms.empty(),
+                      "the CUDA runtime does not run matrix products yet ({} of them)", program_.gemms.size());
   auto t0 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < program_.kernels.size(); ++i) {
     CudaKernel k;

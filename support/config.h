@@ -22,6 +22,10 @@ namespace kiln {
                                           "eagerly")                                           \
   X(verify, "KILN_VERIFY", "0", "1: run the IR verifier after every pass")                     \
   X(opt_level, "KILN_OPT_LEVEL", "3", "LLVM optimisation level for CPU kernels (0-3)")            \
+  X(matmul, "KILN_MATMUL", "blas", "matrix products: blas (kiln's BLAS steps with fused "          \
+                                    "epilogues) or eager (fallback ops)")                             \
+  X(blas, "KILN_BLAS", "auto", "BLAS for matrix products: auto (the MKL torch carries, "             \
+                               "else OpenBLAS), openblas, or a library path")                          \
   X(check, "KILN_CHECK", "0", "1: compare every compiled call with eager and report divergence") \
   X(profile, "KILN_PROFILE", "0", "1: time every kernel of programs compiled from now on "           \
                                   "(kiln.kernels(f)[i].time_ns)")                                   \

@@ -32,6 +32,11 @@ from ._accuracy import AccuracyError  # noqa: E402
 _C.set_torch_handles(torch.empty_strided,
                      {name: dt for dt, name in __import__("kiln._trace", fromlist=["x"]).DTYPE_NAMES.items()})
 
+if hasattr(_C, "blas_prefer") and torch.backends.mkl.is_available():
+    # Matrix products run on the MKL torch carries (same speed and rounding as eager's).
+    import os as _os
+    _C.blas_prefer(_os.path.join(_os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+
 _live = weakref.WeakSet()
 
 from . import dynamo_backend as _dynamo_backend  # noqa: E402

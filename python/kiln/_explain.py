@@ -5,7 +5,8 @@ from ._compile import CompiledFunction
 
 class Explanation:
     """Result of kiln.explain: .graph_count, .graph_breaks [(reason, location)], .fallback_ops
-    [(op, reason)], .guards [text], .graphs [text], .kernels [name]; str() reads well."""
+    [(op, reason)], .guards [text], .graphs [text], .kernels [name], .matmuls [text: the BLAS
+    steps, with how BLAS reads each operand]; str() reads well."""
 
     def __init__(self, entries):
         self.graphs = [e.program.graph for e in entries if e.program is not None]
@@ -22,6 +23,7 @@ class Explanation:
         programs = [e.program for e in entries if e.program is not None]
         programs += [p for e in entries if getattr(e, "tree", None) is not None for p in e.tree.programs()]
         self.kernels = [k["name"] for p in programs for k in p.kernels()]
+        self.matmuls = [g for p in programs for g in getattr(p, "gemms", [])]
 
     def __str__(self):
         lines = [f"graphs: {self.graph_count}", f"graph breaks: {len(self.graph_breaks)}"]
@@ -29,6 +31,10 @@ class Explanation:
         lines.append(f"fallbacks: {len(self.fallback_ops)}")
         lines += [f"  - {op}: {r}" for op, r in self.fallback_ops]
         lines.append(f"kernels: {', '.join(self.kernels) or '(none)'}")
+        if self.matmuls:
+            from . import _C
+            lines.append(f"matrix products (BLAS: {_C.blas_library()}):")
+            lines += [f"  - {g}" for g in self.matmuls]
         lines.append("guards:")
         lines += [f"  {g}" for g in self.guards]
         for i, g in enumerate(self.graphs):

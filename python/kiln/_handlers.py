@@ -532,3 +532,53 @@ def _roll(tr, a, out):
         tail = Value(tr.call("slice", [v], ints=[d, 0, n - s, 1]))
         v = Value(tr.call("concat", [head, tail], ints=[d]))
     return v.vid
+
+
+# -- matrix products -------------------------------------------------------------------------
+# mm / bmm / addmm / baddbmm (what matmul, linear and einsum reach at the ATen level) become
+# kiln matmul nodes: BLAS steps whose bias, scaling and activation are pointwise work fused
+# into the kernel after them. Other dtypes and devices, or KILN_MATMUL=eager, keep them as
+# fallback ops.
+_BLAS_DTYPES = (torch.float32, torch.float64)
+
+
+def _blas_ready(*tensors):
+    from . import _C
+    if _C.knob("matmul") != "blas" or not getattr(_C, "blas_library", lambda: "")():
+        return False
+    return all(t.device.type == "cpu" and t.dtype in _BLAS_DTYPES and t.dtype == tensors[0].dtype
+               for t in tensors)
+
+
+def _scaled(tr, x, factor):
+    return x if factor == 1 else Value(tr.call("mul", [x, factor]))
+
+
+@handles(aten.mm, aten.bmm)
+def _mm(tr, a, out):
+    if not _blas_ready(a["self"], a["mat2"], out):
+        raise NoLowering()
+    return tr.call("matmul", [a["self"], a["mat2"]])
+
+
+@handles(aten.addmm, aten.baddbmm)
+def _addmm(tr, a, out):
+    m1, m2 = (a["mat1"], a["mat2"]) if "mat1" in a else (a["batch1"], a["batch2"])
+    beta, alpha = a.get("beta", 1), a.get("alpha", 1)
+    if not _blas_ready(m1, m2, out) or not isinstance(a["self"], torch.Tensor) or a["self"].dtype != out.dtype:
+        raise NoLowering()
+    product = _scaled(tr, Value(tr.call("matmul", [m1, m2])), alpha)
+    if beta == 0:  # torch ignores self then (nan and inf included)
+        return product.vid if isinstance(product, Value) else product
+    return tr.call("add", [_scaled(tr, a["self"], beta), product])
+
+
+@handles(aten.mv, aten.dot)
+def _mv(tr, a, out):
+    m, v = a["self"], a["vec"] if "vec" in a else a["tensor"]
+    if not _blas_ready(m, v, out):
+        raise NoLowering()
+    rows = [m.shape[0]] if m.dim() == 2 else [1]
+    lhs = m if m.dim() == 2 else Value(tr.call("reshape", [m], ints=[1, m.shape[0]]))
+    col = Value(tr.call("reshape", [v], ints=[v.shape[0], 1]))
+    return tr.call("reshape", [Value(tr.call("matmul", [lhs, col]))], ints=list(out.shape) or [])

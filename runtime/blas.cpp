@@ -1,0 +1,70 @@
+/// \file blas.cpp
+/// Opening the BLAS (see blas.h).
+#include "runtime/blas.h"
+
+#include <dlfcn.h>
+
+#include <map>
+#include <mutex>
+
+#include "support/config.h"
+
+namespace kiln::runtime::blas {
+namespace {
+
+std::mutex g_mu;
+std::string g_preferred;
+
+/// Resolves the GEMMs of an opened library; empty when it lacks them.
+Library from_handle(void* h, const std::string& what) {
+  Library lib;
+  if (!h) return lib;
+  lib.sgemm = reinterpret_cast<SgemmFn>(dlsym(h, "sgemm_"));
+  lib.dgemm = reinterpret_cast<DgemmFn>(dlsym(h, "dgemm_"));
+  lib.set_threads_local = reinterpret_cast<int (*)(int)>(dlsym(h, "MKL_Set_Num_Threads_Local"));
+  if (!lib.ok()) return Library{};
+  // OpenBLAS would start threads of its own inside each of kiln's: one thread per call.
+  if (auto set = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads"))) set(1);
+  lib.name = (lib.set_threads_local ? "mkl (" : "blas (") + what + ")";
+  return lib;
+}
+
+Library open_openblas() {
+  for (const char* so : {"libopenblas.so.0", "libopenblas.so"}) {
+    Library lib = from_handle(dlopen(so, RTLD_NOW | RTLD_LOCAL), so);
+    if (lib.ok()) {
+      lib.name = std::string("openblas (") + so + ")";
+      return lib;
+    }
+  }
+  return Library{};
+}
+
+Library resolve(const std::string& choice) {
+  if (choice == "openblas") return open_openblas();
+  if (choice != "auto" && !choice.empty()) return from_handle(dlopen(choice.c_str(), RTLD_NOW | RTLD_LOCAL), choice);
+  if (!g_preferred.empty()) {
+    // Only a library the process already has (torch's): never load a second copy of it.
+    Library lib = from_handle(dlopen(g_preferred.c_str(), RTLD_NOW | RTLD_NOLOAD), g_preferred);
+    if (lib.ok()) return lib;
+  }
+  return open_openblas();
+}
+
+}  // namespace
+
+void prefer(const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_preferred = path;
+}
+
+const Library& library() {
+  static std::map<std::string, Library> resolved;
+  std::lock_guard<std::mutex> lock(g_mu);
+  std::string choice = knob("blas") + "|" + g_preferred;
+  auto it = resolved.find(choice);
+  if (it == resolved.end()) it = resolved.emplace(choice, resolve(knob("blas"))).first;
+  return it->second;
+}
+
+}  // namespace kiln::runtime::blas

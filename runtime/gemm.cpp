@@ -1,0 +1,181 @@
+/// \file gemm.cpp
+/// Matrix-product steps (see gemm.h). Row-major products go to column-major BLAS as
+/// C^T = B^T . A^T: a row-major operand read column-major is its own transpose, so a matrix
+/// with unit column stride is passed as 'N' and one with unit row stride (a transposed weight)
+/// as 'T', without a copy. Only operands with neither (a broadcast row, a strided slice) are
+/// packed first, tile by tile.
+#include "runtime/gemm.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+#include "runtime/blas.h"
+
+namespace kiln::runtime {
+namespace {
+
+/// How BLAS reads one operand matrix (rows x cols, element strides sr, sc).
+struct Layout {
+  bool direct = false;     ///< BLAS reads it in place; else it is packed row-major first
+  bool col_major = false;  ///< unit row stride: passed transposed
+  int64_t ld = 0;
+};
+
+Layout layout_of(int64_t rows, int64_t cols, int64_t sr, int64_t sc) {
+  Layout l;
+  if ((cols <= 1 || sc == 1) && (rows <= 1 || sr >= std::max<int64_t>(1, cols))) {
+    l.direct = true;
+    l.ld = rows <= 1 ? std::max<int64_t>(1, cols) : sr;
+  } else if ((rows <= 1 || sr == 1) && (cols <= 1 || sc >= std::max<int64_t>(1, rows))) {
+    l.direct = l.col_major = true;
+    l.ld = cols <= 1 ? std::max<int64_t>(1, rows) : sc;
+  }
+  return l;
+}
+
+/// Element offsets of every matrix of a batch (batch dims row-major, as the output's).
+std::vector<int64_t> batch_offsets(const ir::GemmOperand& o, const ir::Sizes& batch) {
+  std::vector<int64_t> offs = {o.offset};
+  for (size_t d = 0; d < batch.size(); ++d) {
+    std::vector<int64_t> next;
+    next.reserve(offs.size() * batch[d]);
+    for (int64_t base : offs)
+      for (int64_t i = 0; i < batch[d]; ++i) next.push_back(base + i * o.strides[d]);
+    offs = std::move(next);
+  }
+  return offs;
+}
+
+template <typename T>
+struct Gemm;
+template <>
+struct Gemm<float> {
+  static void call(const blas::Library& l, const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                   const float* a, const int* lda, const float* b, const int* ldb, float* c, const int* ldc) {
+    float one = 1, zero = 0;
+    l.sgemm(ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
+  }
+};
+template <>
+struct Gemm<double> {
+  static void call(const blas::Library& l, const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                   const double* a, const int* lda, const double* b, const int* ldb, double* c, const int* ldc) {
+    double one = 1, zero = 0;
+    l.dgemm(ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
+  }
+};
+
+/// A row-major copy of the rows x cols matrix at `src` (strides sr, sc) in `scratch`.
+template <typename T>
+const T* pack(const T* src, int64_t rows, int64_t cols, int64_t sr, int64_t sc, std::vector<T>& scratch) {
+  scratch.resize(static_cast<size_t>(std::max<int64_t>(rows * cols, 1)));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) scratch[i * cols + j] = src[i * sr + j * sc];
+  return scratch.data();
+}
+
+template <typename T>
+bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const blas::Library& lib) {
+  const ir::Sizes& as = g.a.sizes;
+  size_t r = as.size();
+  ir::Sizes batch(as.begin(), as.end() - 2);
+  int64_t M = as[r - 2], K = as[r - 1], N = g.b.sizes[r - 1];
+  const T* A = static_cast<const T*>(ptrs[g.a.buffer]);
+  const T* B = static_cast<const T*>(ptrs[g.b.buffer]);
+  T* C = static_cast<T*>(ptrs[g.out]);
+  int64_t nb = 1;
+  for (int64_t s : batch) nb *= s;
+  if (nb == 0 || M == 0 || N == 0) return true;
+  if (K == 0) {  // an empty sum: zeros (BLAS need not touch C when k is 0)
+    std::fill(C, C + nb * M * N, T(0));
+    return true;
+  }
+  int64_t a_sr = as[r - 2] > 1 ? g.a.strides[r - 2] : 0, a_sc = K > 1 ? g.a.strides[r - 1] : 0;
+  int64_t b_sr = K > 1 ? g.b.strides[r - 2] : 0, b_sc = N > 1 ? g.b.strides[r - 1] : 0;
+  Layout la = layout_of(M, K, a_sr, a_sc), lb = layout_of(K, N, b_sr, b_sc);
+  int64_t most = std::max({M, N, K, la.ld, lb.ld});
+  if (most > INT_MAX) return false;
+  std::vector<int64_t> a_off = batch_offsets(g.a, batch), b_off = batch_offsets(g.b, batch);
+  // Tiles: whole matrices when the batch feeds every thread, else row blocks (column blocks when
+  // there are too few rows: a decoder's single token).
+  int threads = pool.threads();
+  int64_t parts = 1;
+  bool by_rows = true;
+  if (nb < threads) {
+    int64_t want = (threads + nb - 1) / nb;
+    if (M >= 16 * want) {
+      parts = want;
+    } else if (N >= 64 * want) {
+      parts = want;
+      by_rows = false;
+    }
+  }
+  int64_t items = nb * parts;
+  int64_t work = (M / (by_rows ? parts : 1)) * (N / (by_rows ? 1 : parts)) * K;
+  pool.parallel_for(items, std::max<int64_t>(work, 1), [&](int64_t begin, int64_t end) {
+    int previous = lib.set_threads_local ? lib.set_threads_local(1) : 0;
+    thread_local std::vector<T> a_pack, b_pack;
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t bi = item / parts, p = item % parts;
+      int64_t m0 = 0, m1 = M, n0 = 0, n1 = N;
+      if (by_rows) {
+        m0 = M * p / parts;
+        m1 = M * (p + 1) / parts;
+      } else {
+        n0 = N * p / parts;
+        n1 = N * (p + 1) / parts;
+      }
+      int m = static_cast<int>(m1 - m0), n = static_cast<int>(n1 - n0), k = static_cast<int>(K);
+      if (m == 0 || n == 0) continue;
+      const T* a = A + a_off[bi] + m0 * a_sr;
+      const T* b = B + b_off[bi] + n0 * b_sc;
+      Layout ta = la, tb = lb;
+      if (!la.direct) {
+        a = pack(a, m, K, a_sr, a_sc, a_pack);
+        ta = {true, false, std::max<int64_t>(1, K)};
+      }
+      if (!lb.direct) {
+        b = pack(b, K, n, b_sr, b_sc, b_pack);
+        tb = {true, false, std::max<int64_t>(1, n)};
+      }
+      int lda = static_cast<int>(ta.ld), ldb = static_cast<int>(tb.ld), ldc = static_cast<int>(N);
+      // Column-major C^T (n x m) = op(B)^T (n x k) . op(A)^T (k x m).
+      Gemm<T>::call(lib, tb.col_major ? "T" : "N", ta.col_major ? "T" : "N", &n, &m, &k, b, &ldb, a, &lda,
+                    C + bi * M * N + m0 * N + n0, &ldc);
+    }
+    if (lib.set_threads_local) lib.set_threads_local(previous);
+  });
+  return true;
+}
+
+}  // namespace
+
+std::string describe_gemm(const ir::GemmCall& g) {
+  size_t r = g.a.sizes.size();
+  auto how = [r](const ir::GemmOperand& o) {
+    int64_t rows = o.sizes[r - 2], cols = o.sizes[r - 1];
+    Layout l = layout_of(rows, cols, rows > 1 ? o.strides[r - 2] : 0, cols > 1 ? o.strides[r - 1] : 0);
+    return !l.direct ? "packed" : l.col_major ? "transposed" : "as stored";
+  };
+  std::string batch;
+  for (size_t d = 0; d + 2 < r; ++d) batch += std::to_string(g.a.sizes[d]) + "x";
+  return g.name + ": " + (batch.empty() ? "" : "batch " + batch.substr(0, batch.size() - 1) + " of ") + "[" +
+         std::to_string(g.a.sizes[r - 2]) + "x" + std::to_string(g.a.sizes[r - 1]) + "] . [" +
+         std::to_string(g.b.sizes[r - 2]) + "x" + std::to_string(g.b.sizes[r - 1]) + "] (a " + how(g.a) + ", b " +
+         how(g.b) + ")";
+}
+
+bool gemm_available() { return blas::library().ok(); }
+
+bool run_gemm(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers, void* const* ptrs, ThreadPool& pool) {
+  const blas::Library& lib = blas::library();
+  if (!lib.ok()) return false;
+  switch (buffers[call.out].dtype) {
+    case ir::DType::Float32: return run_typed<float>(call, ptrs, pool, lib);
+    case ir::DType::Float64: return run_typed<double>(call, ptrs, pool, lib);
+    default: return false;
+  }
+}
+
+}  // namespace kiln::runtime

@@ -1,0 +1,172 @@
+"""Matrix products lowered to kiln's BLAS steps (mm, bmm, addmm, baddbmm and what matmul,
+linear, einsum and hand-written attention reach at the ATen level), against eager on random
+inputs: ranks, broadcast batches, transposed / sliced / expanded operands, size-1 and empty
+dims, float64, edge values, bias semantics (beta = 0 ignores nan), and the fallbacks that
+remain (integer dtypes, KILN_MATMUL=eager)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kiln
+from kiln.testing import assert_same, check, make_input
+
+pytestmark = pytest.mark.skipif(not kiln._C.blas_library(), reason="no BLAS could be opened")
+
+
+def gemm_steps(f):
+    """BLAS steps of every compiled variant of f (from the printed program)."""
+    return sum(len(p.gemms) for p in kiln._kernels._compiled_of(f).compiled_programs())
+
+
+def no_fallbacks(f):
+    c = kiln.counters()
+    assert c["fallback_ops"] == 0 and c["eager_calls"] == 0, c
+
+
+@pytest.mark.parametrize("shapes", [
+    ((7, 5), (5, 3)), ((1, 5), (5, 9)), ((6, 1), (1, 4)), ((33, 17), (17, 1)), ((64, 128), (128, 96)),
+])
+def test_mm_shapes(shapes):
+    a, b = (make_input(s) for s in shapes)
+    f = check(lambda x, y: torch.mm(x, y), (a, b))
+    assert gemm_steps(f) >= 1
+    no_fallbacks(f)
+
+
+@pytest.mark.parametrize("la,lb", [("contiguous", "transposed"), ("transposed", "contiguous"),
+                                   ("transposed", "transposed"), ("sliced", "contiguous"),
+                                   ("contiguous", "sliced"), ("broadcast", "contiguous")])
+def test_operand_layouts_reach_blas_as_is_or_packed(la, lb):
+    # transposed operands go to BLAS as a transpose flag; sliced (step 2) and broadcast rows
+    # (stride 0) are packed by the runtime: every layout gives eager's values
+    a, b = make_input((9, 12), layout=la), make_input((12, 10), layout=lb)
+    f = check(lambda x, y: (x @ y) * 2 - 1, (a, b))
+    no_fallbacks(f)
+
+
+@pytest.mark.parametrize("sa,sb", [
+    ((4, 6, 5), (4, 5, 3)),        # bmm
+    ((2, 3, 6, 5), (2, 3, 5, 7)),  # batched over two dims
+    ((2, 3, 6, 5), (5, 7)),        # broadcast weight (matmul expands it)
+    ((6, 5), (3, 5, 2)),           # broadcast lhs
+    ((3, 7, 5), (5,)),             # matrix-vector
+    ((5,), (5, 4)),                # vector-matrix
+    ((1, 1, 5), (1, 5, 1)),
+])
+def test_matmul_ranks(sa, sb):
+    f = check(lambda x, y: torch.matmul(x, y) + 0.5, (make_input(sa), make_input(sb)))
+    no_fallbacks(f)
+
+
+def test_linear_bias_activation_fuses_into_one_epilogue_kernel():
+    def g(x, w, b):
+        return F.gelu(F.linear(x, w, b)) * 2
+    args = (make_input((4, 7, 24)), make_input((40, 24)), make_input((40,)))
+    f = check(g, args)
+    no_fallbacks(f)
+    assert gemm_steps(f) == 1
+    ks = kiln.kernels(f)
+    assert len(ks) == 1 and "add" in ks[0].name and "erf" in ks[0].name, [k.name for k in ks]
+
+
+@pytest.mark.parametrize("beta,alpha", [(1, 1), (0.5, 2.0), (0, 1), (0, -3), (2, 0)])
+def test_addmm_and_baddbmm_scalars(beta, alpha):
+    bias = make_input((1, 6))
+    bias[0, 2] = float("nan")  # beta == 0: torch ignores the bias, nan included
+    a, b = make_input((5, 4)), make_input((4, 6))
+    check(lambda s, x, y: torch.addmm(s, x, y, beta=beta, alpha=alpha), (bias, a, b))
+    kiln.reset()
+    s3, x3, y3 = make_input((3, 5, 6)), make_input((3, 5, 4)), make_input((3, 4, 6))
+    check(lambda s, x, y: torch.baddbmm(s, x, y, beta=beta, alpha=alpha), (s3, x3, y3))
+
+
+@pytest.mark.parametrize("sa,sb", [((0, 5), (5, 3)), ((4, 0), (0, 3)), ((4, 5), (5, 0)), ((2, 0, 3), (2, 3, 4)),
+                                   ((0, 3, 2), (0, 2, 4))])
+def test_empty_dims(sa, sb):
+    # K == 0 is a sum of nothing: zeros, written by the runtime (poisoned outputs would show)
+    f = check(lambda x, y: torch.matmul(x, y) + 1, (make_input(sa), make_input(sb)))
+    no_fallbacks(f)
+
+
+def test_float64_and_edge_values():
+    a = make_input((6, 5), dtype=torch.float64)
+    b = make_input((5, 4), dtype=torch.float64)
+    a[0, 0], a[1, 1], b[2, 3] = float("inf"), float("nan"), -0.0
+    a[2] *= 1e150
+    check(lambda x, y: x @ y - 1, (a, b))
+
+
+def test_negative_zero_product_is_kept():
+    # 1x1 products of -0.0 * 1: BLAS with beta = 0 writes -0.0 like eager (no stale +0 from C)
+    a = torch.tensor([[-0.0]])
+    b = torch.tensor([[1.0]])
+    f = kiln.compile(lambda x, y: x @ y)
+    out = f(a, b)
+    assert math.copysign(1.0, out.item()) == math.copysign(1.0, (a @ b).item())
+
+
+def test_attention_by_hand_and_einsum():
+    def attn(q, k, v, mask):
+        s = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
+        s = s.masked_fill(mask, float("-inf"))
+        return torch.softmax(s, dim=-1) @ v
+    q, k, v = (make_input((2, 3, 9, 8)) for _ in range(3))
+    mask = torch.triu(torch.ones(9, 9, dtype=torch.bool), 1)
+    f = check(attn, (q, k, v, mask))
+    no_fallbacks(f)
+    assert gemm_steps(f) == 2
+
+
+def test_transposed_computed_operand_is_read_through_a_view():
+    # k = x @ Wk computed here; k.transpose is read by the next product as a transpose flag,
+    # not copied by a kernel
+    def g(x, wq, wk):
+        q, k = x @ wq, (x * 2) @ wk
+        return q @ k.transpose(0, 1)
+    f = check(g, (make_input((10, 8)), make_input((8, 6)), make_input((8, 6))))
+    no_fallbacks(f)
+    assert not any(k.name.endswith("_copy") for k in kiln.kernels(f)), [k.name for k in kiln.kernels(f)]
+
+
+def test_integer_matmul_stays_a_fallback():
+    a = make_input((4, 5), dtype=torch.int64)
+    b = make_input((5, 3), dtype=torch.int64)
+    check(lambda x, y: x @ y + 1, (a, b), expect_compiled=False)
+    assert kiln.counters()["fallback_ops"] >= 1
+
+
+def test_eager_knob_keeps_matmuls_as_fallbacks():
+    with kiln.config.patch(matmul="eager"):
+        f = check(lambda x, y: x @ y + 1, (make_input((4, 5)), make_input((5, 3))), expect_compiled=False)
+        assert gemm_steps(f) == 0
+        assert kiln.counters()["fallback_op_counts"], kiln.counters()
+
+
+def test_openblas_gives_the_same_values():
+    args = (make_input((37, 29), layout="transposed"), make_input((29, 41)), make_input((41,)))
+    g = lambda x, w, b: torch.relu(x @ w + b)
+    with kiln.config.patch(blas="openblas"):
+        assert "openblas" in kiln._C.blas_library()
+        f = check(g, args)
+        no_fallbacks(f)
+
+
+def test_threads_split_rows_and_columns():
+    # many rows (row blocks), one row and many columns (column blocks), a batch (whole matrices)
+    with kiln.config.patch(num_threads=2):
+        for sa, sb in [((300, 64), (64, 70)), ((1, 64), (64, 3000)), ((5, 40, 30), (5, 30, 20))]:
+            kiln.reset()
+            check(lambda x, y: x @ y, (make_input(sa), make_input(sb)))
+
+
+def test_module_with_linear_layers():
+    m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.SiLU(), torch.nn.Linear(32, 8)).eval()
+    x = make_input((5, 16))
+    f = kiln.compile(m)
+    with torch.no_grad():
+        assert_same(f(x), m(x))
+        assert_same(f(x), m(x))
+    no_fallbacks(f)
