@@ -211,12 +211,15 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
 
 std::vector<int> GraphBuilder::add_fallback(int table_index, const std::vector<int>& inputs,
                                             const std::vector<DType>& dtypes, const std::vector<Sizes>& sizes,
-                                            const std::vector<Sizes>& strides) {
+                                            const std::vector<Sizes>& strides, const std::string& aten_name) {
   KILN_CHECK(!dtypes.empty() && dtypes.size() == sizes.size() && sizes.size() == strides.size(),
              "fallback result descriptions");
   std::vector<int> out;
   Node n{OpKind::Fallback, inputs, {}, dtypes[0], sizes[0], strides[0]};
   n.attrs.int_value = table_index;
+  int64_t traits = 0;
+  if (aten_name == "aten.convolution.default" && sizes[0].size() == 4) traits |= kFallbackPrefersChannelsLast;
+  n.attrs.ints = {traits};
   out.push_back(editor_.append(std::move(n)));
   for (size_t k = 1; k < dtypes.size(); ++k) {
     Node o{OpKind::FallbackOutput, {out[0]}, {}, dtypes[k], sizes[k], strides[k]};

@@ -55,6 +55,10 @@ struct Node {
   int64_t numel() const;
 };
 
+/// Fallback nodes: attrs.ints[0] holds these traits of the eager op (set by the builder from
+/// the ATen op's name, read by passes/layout).
+constexpr int64_t kFallbackPrefersChannelsLast = 1;  ///< a 2-D convolution (oneDNN: NHWC is native)
+
 struct Graph {
   std::vector<Node> nodes;     ///< topological order; a node's id is its index
   std::vector<int> outputs;    ///< node ids, in the order the function returns them

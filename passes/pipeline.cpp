@@ -3,6 +3,7 @@
 #include "passes/pipeline.h"
 
 #include "passes/decompose.h"
+#include "passes/layout.h"
 #include "passes/lower_to_loops.h"
 #include "passes/simplify.h"
 
@@ -15,6 +16,8 @@ ir::KernelProgram run_pipeline(const ir::Graph& captured, const PassOptions& opt
   ir::Graph g = run_graph_pass("decompose", run_decompose, captured, opts);
   // Shared subexpressions and dead values go before lowering decides what to materialise.
   g = run_graph_pass("simplify", run_simplify, g, opts);
+  // Stored values take the layouts the eager ops reading them run fastest on.
+  g = run_graph_pass("choose_layouts", run_choose_layouts, g, opts);
   // Loop IR: views become index math, pointwise chains fuse into their consumers' loops.
   return run_lower_to_loops(g, opts);
 }

@@ -439,7 +439,8 @@ class Tracer(TorchDispatchMode):
         index = len(self.fallbacks)
         self.fallbacks.append(_Fallback(func, targs, tkwargs))
         res = self.builder.add_fallback(index, vids, [self.dtype_name(t.dtype) for t in results],
-                                        [list(t.shape) for t in results], [list(t.stride()) for t in results])
+                                        [list(t.shape) for t in results], [list(t.stride()) for t in results],
+                                        str(func))
         for t, vid in zip(results, res):
             self.values[id(t)] = vid
             self._watch(t)
