@@ -13,6 +13,7 @@
 #include "codegen_cuda/nvrtc_compiler.h"
 #include "passes/pipeline.h"
 #include "python/bindings.h"
+#include "runtime/cublas.h"
 #include "runtime/cuda_driver.h"
 #include "runtime/cuda_program.h"
 #include "support/config.h"
@@ -125,6 +126,12 @@ void define_cuda(py::module_& m) {
                     py::arg("version") = cuda::nvrtc_version(), py::arg("why") = why);
   });
   m.def("cuda_available", [] { return runtime::cuda_available(); });
+  m.def("cublas_prefer", &runtime::cublas_prefer, "a loaded libcublas (PyTorch's) to use before searching");
+  m.def("cublas_info", [] {
+    std::string why;
+    bool ok = runtime::cublas_available(&why);
+    return py::dict(py::arg("available") = ok, py::arg("why") = why);
+  });
   m.def("cuda_unavailable_reason", [] {
     std::string why;
     runtime::cuda_available(&why);
@@ -165,6 +172,25 @@ void define_cuda(py::module_& m) {
           "ptrs: one device pointer per buffer, then the status word (0 allowed when not may_fail). "
           "Returns False when a kernel met an integer division by zero.")
       .def("load", [](runtime::CudaProgram& p, int device) { p.load(device); }, py::arg("device") = 0)
+      .def("steps",
+           [](const runtime::CudaProgram& p) {
+             // ("kernel", index) or ("gemm", {a, b: (buffer, sizes, strides, offset), out: buffer}), in order
+             py::list out;
+             const auto& kp = p.program();
+             for (const auto& st : kp.steps) {
+               if (st.kind == ir::Step::Kind::Gemm) {
+                 const auto& g = kp.gemms[st.index];
+                 auto operand = [](const ir::GemmOperand& o) {
+                   return py::make_tuple(o.buffer, o.sizes, o.strides, o.offset);
+                 };
+                 out.append(py::make_tuple("gemm", py::dict(py::arg("a") = operand(g.a), py::arg("b") = operand(g.b),
+                                                            py::arg("out") = g.out, py::arg("name") = g.name)));
+               } else {
+                 out.append(py::make_tuple(st.kind == ir::Step::Kind::Kernel ? "kernel" : "extern", st.index));
+               }
+             }
+             return out;
+           })
       .def("buffers", &buffer_list)
       .def("outputs", &output_list)
       .def("kernels", &kernel_list)

@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "codegen_cuda/nvrtc_compiler.h"
+#include "runtime/cublas.h"
 #include "support/error.h"
 
 namespace kiln::runtime {
@@ -17,8 +18,10 @@ CudaProgram::CudaProgram(ir::KernelProgram program, int arch, bool want_cubin)
   KILN_UNSUPPORTED_IF(want_cubin && !program_.externs.empty(),
                       "the CUDA runtime does not run programs with eager fallback steps yet ({} of them)",
                       program_.externs.size());
-  KILN_UNSUPPORTED_IF(want_cubin && !program_.gemms.empty(),
-                      "the CUDA runtime does not run matrix products yet ({} of them)", program_.gemms.size());
+  for (const auto& g : program_.gemms) {
+    std::string why = cublas_unsupported(g, program_.buffers);
+    KILN_UNSUPPORTED_IF(want_cubin && !why.empty(), "kiln: cuBLAS cannot run {}", why);
+  }
   auto t0 = std::chrono::steady_clock::now();
   for (size_t i = 0; i < program_.kernels.size(); ++i) {
     CudaKernel k;
@@ -52,7 +55,11 @@ const CudaProgram::Loaded& CudaProgram::loaded_for(int device) {
   return *loaded_.emplace(ctx, std::move(l)).first->second;
 }
 
-void CudaProgram::load(int device) { loaded_for(device); }
+void CudaProgram::load(int device) {
+  std::string why;
+  KILN_UNSUPPORTED_IF(!program_.gemms.empty() && !cublas_available(&why), "kiln: {}", why);
+  loaded_for(device);
+}
 
 bool CudaProgram::run(const std::vector<uint64_t>& ptrs, uint64_t stream_handle, int device) {
   KILN_CHECK(ptrs.size() == program_.buffers.size() + 1, "CudaProgram::run with {} pointers for {} buffers + status",
@@ -66,7 +73,13 @@ bool CudaProgram::run(const std::vector<uint64_t>& ptrs, uint64_t stream_handle,
   }
   std::vector<uint64_t> values;
   std::vector<void*> args;
-  for (size_t k = 0; k < kernels_.size(); ++k) {
+  for (const ir::Step& step : program_.steps) {
+    if (step.kind == ir::Step::Kind::Gemm) {
+      cublas_gemm(program_.gemms[step.index], program_.buffers, ptrs, stream);
+      continue;
+    }
+    KILN_CHECK(step.kind == ir::Step::Kind::Kernel, "an extern step in a CUDA program");
+    size_t k = static_cast<size_t>(step.index);
     const CudaKernel& kern = kernels_[k];
     int64_t grid = kern.shape.grid();
     if (grid == 0) continue;

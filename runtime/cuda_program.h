@@ -39,13 +39,14 @@ class CudaProgram {
   CudaProgram(ir::KernelProgram program, int arch, bool want_cubin);
   ~CudaProgram();
 
-  /// Runs every kernel on `stream` (a CUstream; 0 is the default stream). `ptrs`: one device
+  /// Runs every step (kernels, cuBLAS products) in order on `stream` (a CUstream; 0 is the default stream). `ptrs`: one device
   /// pointer per buffer, then the status word (may be 0 when !may_fail()). Returns false when
   /// a kernel met an integer division by zero (the call must then be redone eagerly); only
   /// such programs wait for the stream. `device` is the CUDA ordinal the buffers live on.
   bool run(const std::vector<uint64_t>& ptrs, uint64_t stream, int device);
 
-  /// Loads the modules into the current context (run() does this on first use).
+  /// Loads the modules into the current context (run() does this on first use); throws
+  /// Unsupported when the program has matrix products and cuBLAS cannot be opened.
   void load(int device);
 
   const ir::KernelProgram& program() const { return program_; }

@@ -11,28 +11,10 @@
 #include <cstring>
 
 #include "runtime/blas.h"
+#include "runtime/gemm_layout.h"
 
 namespace kiln::runtime {
 namespace {
-
-/// How BLAS reads one operand matrix (rows x cols, element strides sr, sc).
-struct Layout {
-  bool direct = false;     ///< BLAS reads it in place; else it is packed row-major first
-  bool col_major = false;  ///< unit row stride: passed transposed
-  int64_t ld = 0;
-};
-
-Layout layout_of(int64_t rows, int64_t cols, int64_t sr, int64_t sc) {
-  Layout l;
-  if ((cols <= 1 || sc == 1) && (rows <= 1 || sr >= std::max<int64_t>(1, cols))) {
-    l.direct = true;
-    l.ld = rows <= 1 ? std::max<int64_t>(1, cols) : sr;
-  } else if ((rows <= 1 || sr == 1) && (cols <= 1 || sc >= std::max<int64_t>(1, rows))) {
-    l.direct = l.col_major = true;
-    l.ld = cols <= 1 ? std::max<int64_t>(1, rows) : sc;
-  }
-  return l;
-}
 
 /// Element offsets of every matrix of a batch (batch dims row-major, as the output's).
 std::vector<int64_t> batch_offsets(const ir::GemmOperand& o, const ir::Sizes& batch) {
@@ -153,9 +135,8 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
 
 std::string describe_gemm(const ir::GemmCall& g) {
   size_t r = g.a.sizes.size();
-  auto how = [r](const ir::GemmOperand& o) {
-    int64_t rows = o.sizes[r - 2], cols = o.sizes[r - 1];
-    Layout l = layout_of(rows, cols, rows > 1 ? o.strides[r - 2] : 0, cols > 1 ? o.strides[r - 1] : 0);
+  auto how = [](const ir::GemmOperand& o) {
+    Layout l = operand_layout(o);
     return !l.direct ? "packed" : l.col_major ? "transposed" : "as stored";
   };
   std::string batch;

@@ -292,7 +292,22 @@ def compile_cuda_entry(source, device=None, debug_dir=""):
         device = device.index if device.index is not None else torch.cuda.current_device()
     if not _C.cuda_available():
         raise _C.Unsupported("kiln: CUDA is unavailable: " + _C.cuda_unavailable_reason())
+    _prefer_torch_cublas()
     return CudaRunner(builder, int(device), debug_dir)
+
+
+def _prefer_torch_cublas():
+    """Points kiln's cuBLAS at the libcublas PyTorch loaded (found in /proc/self/maps), so both
+    use one copy of the library."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith("libcublas.so"):
+                    _C.cublas_prefer(path)
+                    return
+    except OSError:
+        pass
 
 
 class CudaEntry:

@@ -543,11 +543,15 @@ _BLAS_DTYPES = (torch.float32, torch.float64)
 
 
 def _blas_ready(*tensors):
+    """CPU tensors need a BLAS kiln can open; CUDA ones go to cuBLAS (checked when the program
+    loads: without it the function runs eagerly, with the reason recorded)."""
     from . import _C
-    if _C.knob("matmul") != "blas" or not getattr(_C, "blas_library", lambda: "")():
+    if _C.knob("matmul") != "blas" or any(t.dtype not in _BLAS_DTYPES or t.dtype != tensors[0].dtype
+                                          or t.device != tensors[0].device for t in tensors):
         return False
-    return all(t.device.type == "cpu" and t.dtype in _BLAS_DTYPES and t.dtype == tensors[0].dtype
-               for t in tensors)
+    if tensors[0].device.type == "cuda":
+        return True
+    return tensors[0].device.type == "cpu" and bool(getattr(_C, "blas_library", lambda: "")())
 
 
 def _scaled(tr, x, factor):

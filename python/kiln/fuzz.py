@@ -9,7 +9,7 @@ seeded random inputs: DAGs of the ops kiln lowers -- pointwise unary/binary ops 
 Python scalars, comparisons and where, casts, clamp, activations, reductions (sum, mean,
 amax/amin, argmax/argmin, var/std, prod, any/all, logsumexp, norms, softmax, log_softmax,
 layer_norm, ...), views (permute, transpose, slices with steps, expand, reshape, flatten,
-unsqueeze/squeeze, select), matmul (`@`, which kiln runs as a fallback node), in-place ops on
+unsqueeze/squeeze, select), matmul (`@`, which kiln runs as a BLAS step, or a fallback node for integers), in-place ops on
 intermediates and on arguments (kiln writes those back), and now and then a data-dependent
 `.item()` / `if tensor:` branch (a graph break) -- over random shapes (broadcasts, size-1, odd,
 large and empty sizes), dtypes (float32, float64, int32, int64, bool), layouts (contiguous,
@@ -762,7 +762,7 @@ class Generator:
         return "done"
 
     FAMILIES = (("unary", 14), ("activation", 8), ("binary", 26), ("where", 6), ("clamp", 5), ("cast", 7),
-                ("reduce", 12), ("norm", 6), ("view", 14), ("matmul", 2), ("create", 1), ("inplace", 3),
+                ("reduce", 12), ("norm", 6), ("view", 14), ("matmul", 4), ("create", 1), ("inplace", 3),
                 ("break", 1.2), ("mutate", 1.5))
 
     def generate(self):

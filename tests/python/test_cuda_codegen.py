@@ -108,6 +108,14 @@ CASES = {
     "batch_norm_eval": (lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, False, 0.1, EPS),
                         [R(4, 6, 3), R(6), R(6, low=0.5, high=2), R(6), R(6)]),
     "bias_relu_residual": (lambda x, b, r: torch.relu(x + b) + r, [R(64, 256), R(256), R(64, 256)]),
+    # -- matrix products (cuBLAS steps) with their epilogue kernels
+    "linear_gelu": (lambda x, w, b: F.gelu(F.linear(x, w, b)), [R(33, 48), R(40, 48), R(40)]),
+    "attention": (lambda q, k, v: F.softmax(q @ k.transpose(-2, -1) * 0.25, -1) @ v,
+                  [R(2, 3, 17, 16), R(2, 3, 17, 16), R(2, 3, 17, 16)]),
+    "matmul_broadcast_batch": (lambda a, b: torch.matmul(a, b) + 1, [R(3, 5, 7), R(7, 4, layout="transposed")]),
+    "matmul_f64_addmm": (lambda s, a, b: torch.addmm(s, a, b, beta=0.5, alpha=2.0),
+                         [R(5, dtype=torch.float64), R(9, 6, dtype=torch.float64), R(6, 5, dtype=torch.float64)]),
+    "matmul_empty_k": (lambda a, b: a @ b - 1, [R(4, 0), R(0, 3)]),
 }
 
 
@@ -216,11 +224,12 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "amax_amin", "argmax_argmin", "prod_any_all", "int_reductions", "var_std", "logsumexp_norm",
              "whole_tensor_sum", "reduce_middle_dim", "long_rows", "extent_one_reduce", "softmax", "softmax_dim0",
              "log_softmax", "layer_norm", "rms_norm", "group_norm", "batch_norm_eval", "bias_relu_residual",
-             "scalars_consts", "small_ints", "empty_reduce"]
+             "scalars_consts", "small_ints", "empty_reduce", "linear_gelu", "attention", "matmul_broadcast_batch",
+             "matmul_f64_addmm", "matmul_empty_k"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
-         "layer_norm": 1e-4, "rms_norm": 1e-4}
+         "layer_norm": 1e-4, "rms_norm": 1e-4, "linear_gelu": 1e-4, "attention": 1e-4, "matmul_broadcast_batch": 1e-4}
 
 
 @pytest.mark.gpu

@@ -1,0 +1,166 @@
+/// \file cublas.cpp
+/// cuBLAS behind cublas.h. Row-major products go to column-major cuBLAS as C^T = B^T . A^T
+/// (see gemm.cpp), batches as one strided-batched call when each operand's matrices are evenly
+/// spaced (a broadcast operand: stride 0), else one call per matrix.
+#include "runtime/cublas.h"
+
+#include <dlfcn.h>
+#include <fmt/format.h>
+
+#include <climits>
+#include <map>
+#include <mutex>
+
+#include "runtime/gemm_layout.h"
+
+namespace kiln::runtime {
+namespace {
+
+using Status = int;  // cublasStatus_t; 0 = CUBLAS_STATUS_SUCCESS
+using Handle = void*;
+constexpr int kOpN = 0, kOpT = 1;
+
+struct Cublas {
+  std::string why;
+  Status (*Create)(Handle*) = nullptr;
+  Status (*SetStream)(Handle, void*) = nullptr;
+  Status (*Sgemm)(Handle, int, int, int, int, int, const float*, const float*, int, long long, const float*, int,
+                  long long, const float*, float*, int, long long, int) = nullptr;
+  Status (*Dgemm)(Handle, int, int, int, int, int, const double*, const double*, int, long long, const double*, int,
+                  long long, const double*, double*, int, long long, int) = nullptr;
+  std::mutex mu;
+  std::map<CuContext, Handle> handles;  // one per context (device)
+};
+
+std::mutex g_mu;
+std::string g_preferred;
+
+Cublas& table() {
+  static Cublas* c = [] {
+    auto* c = new Cublas();  // never closed: handles live as long as the process
+    void* h = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      if (!g_preferred.empty()) h = dlopen(g_preferred.c_str(), RTLD_NOW | RTLD_NOLOAD);
+    }
+    for (const char* so : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
+      if (!h) h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      c->why = "cuBLAS could not be opened (libcublas.so.13 / .12)";
+      return c;
+    }
+    c->Create = reinterpret_cast<decltype(c->Create)>(dlsym(h, "cublasCreate_v2"));
+    c->SetStream = reinterpret_cast<decltype(c->SetStream)>(dlsym(h, "cublasSetStream_v2"));
+    c->Sgemm = reinterpret_cast<decltype(c->Sgemm)>(dlsym(h, "cublasSgemmStridedBatched"));
+    c->Dgemm = reinterpret_cast<decltype(c->Dgemm)>(dlsym(h, "cublasDgemmStridedBatched"));
+    if (!c->Create || !c->SetStream || !c->Sgemm || !c->Dgemm) c->why = "cuBLAS lacks the functions kiln calls";
+    return c;
+  }();
+  return *c;
+}
+
+void check(Status s, const std::string& what) {
+  if (s != 0) throw CudaError(fmt::format("kiln: cuBLAS error {} in {}", s, what));
+}
+
+/// Element offsets of every matrix of the batch, and the one stride between them if even.
+std::vector<int64_t> batch_offsets(const ir::GemmOperand& o, const ir::Sizes& batch) {
+  std::vector<int64_t> offs = {o.offset};
+  for (size_t d = 0; d < batch.size(); ++d) {
+    std::vector<int64_t> next;
+    for (int64_t base : offs)
+      for (int64_t i = 0; i < batch[d]; ++i) next.push_back(base + i * o.strides[d]);
+    offs = std::move(next);
+  }
+  return offs;
+}
+
+bool even(const std::vector<int64_t>& offs, int64_t* stride) {
+  *stride = offs.size() > 1 ? offs[1] - offs[0] : 0;
+  for (size_t i = 1; i < offs.size(); ++i)
+    if (offs[i] - offs[i - 1] != *stride) return false;
+  return true;
+}
+
+}  // namespace
+
+bool cublas_available(std::string* why) {
+  Cublas& c = table();
+  if (why) *why = c.why;
+  return c.why.empty();
+}
+
+void cublas_prefer(const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_preferred = path;
+}
+
+std::string cublas_unsupported(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers) {
+  ir::DType t = buffers[call.out].dtype;
+  if (t != ir::DType::Float32 && t != ir::DType::Float64) return fmt::format("{} matmul", ir::dtype_name(t));
+  for (const ir::GemmOperand* o : {&call.a, &call.b})
+    if (!operand_layout(*o).direct)
+      return fmt::format("{}: an operand layout cuBLAS cannot read without a copy", call.name);
+  for (int64_t s : buffers[call.out].sizes)
+    if (s > INT_MAX) return fmt::format("{}: a dim beyond 32 bits", call.name);
+  return "";
+}
+
+void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, const std::vector<uint64_t>& ptrs,
+                 CuStream stream) {
+  Cublas& c = table();
+  if (!c.why.empty()) throw CudaError("kiln: " + c.why);
+  const ir::Sizes& as = g.a.sizes;
+  size_t r = as.size();
+  ir::Sizes batch(as.begin(), as.end() - 2);
+  int64_t M = as[r - 2], K = as[r - 1], N = g.b.sizes[r - 1];
+  int64_t nb = 1;
+  for (int64_t s : batch) nb *= s;
+  if (nb == 0 || M == 0 || N == 0) return;
+  Layout la = operand_layout(g.a), lb = operand_layout(g.b);
+  if (!la.direct || !lb.direct) throw CudaError("kiln: " + cublas_unsupported(g, buffers));
+  Handle h = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    CuContext ctx = cuda_current_context(0);
+    auto it = c.handles.find(ctx);
+    if (it == c.handles.end()) {
+      check(c.Create(&h), "cublasCreate");
+      c.handles.emplace(ctx, h);
+    } else {
+      h = it->second;
+    }
+  }
+  check(c.SetStream(h, stream), "cublasSetStream");
+  std::vector<int64_t> ao = batch_offsets(g.a, batch), bo = batch_offsets(g.b, batch);
+  int64_t sa = 0, sb = 0;
+  bool one_call = even(ao, &sa) && even(bo, &sb);
+  size_t elem = ir::dtype_bytes(buffers[g.out].dtype);
+  int m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  int lda = static_cast<int>(la.ld), ldb = static_cast<int>(lb.ld), ldc = n;
+  int ta = la.col_major ? kOpT : kOpN, tb = lb.col_major ? kOpT : kOpN;
+  uint64_t A = ptrs[g.a.buffer], B = ptrs[g.b.buffer], C = ptrs[g.out];
+  // K == 0: beta = 0 makes cuBLAS write zeros (alpha times an empty sum).
+  auto call = [&](uint64_t a, uint64_t b, uint64_t cc, long long stride_a, long long stride_b, int count) {
+    if (buffers[g.out].dtype == ir::DType::Float32) {
+      float one = 1, zero = 0;
+      check(c.Sgemm(h, tb, ta, n, m, k, &one, reinterpret_cast<const float*>(b), ldb, stride_b,
+                    reinterpret_cast<const float*>(a), lda, stride_a, &zero, reinterpret_cast<float*>(cc), ldc,
+                    static_cast<long long>(M) * N, count),
+            g.name);
+    } else {
+      double one = 1, zero = 0;
+      check(c.Dgemm(h, tb, ta, n, m, k, &one, reinterpret_cast<const double*>(b), ldb, stride_b,
+                    reinterpret_cast<const double*>(a), lda, stride_a, &zero, reinterpret_cast<double*>(cc), ldc,
+                    static_cast<long long>(M) * N, count),
+            g.name);
+    }
+  };
+  if (one_call) {
+    call(A + ao[0] * elem, B + bo[0] * elem, C, sa, sb, static_cast<int>(nb));
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) call(A + ao[i] * elem, B + bo[i] * elem, C + i * M * N * elem, 0, 0, 1);
+}
+
+}  // namespace kiln::runtime
