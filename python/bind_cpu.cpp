@@ -437,6 +437,7 @@ void define_cpu(py::module_& m) {
                                for (const auto& g : p.compiled->program().gemms) out.push_back(runtime::describe_gemm(g));
                                return out;
                              })
+      .def_property_readonly("gemm_time_ns", [](const Program& p) { return p.compiled->gemm_ns(); })
       .def("kernels", &kernel_info)
       .def("kernel_asm", &kernel_asm)
       .def("output_kernel", [](const Program& prog, int j) -> std::string {

@@ -26,6 +26,7 @@ CompiledProgram::CompiledProgram(ir::KernelProgram program, cpu::CpuCode code)
     arena_bytes_ += round_up(static_cast<size_t>(b.storage_numel()) * ir::dtype_bytes(b.dtype));
   }
   kernel_ns_.assign(program_.kernels.size(), 0);
+  gemm_ns_.assign(program_.gemms.size(), 0);
 }
 
 CompiledProgram::~CompiledProgram() {
@@ -83,10 +84,14 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
       continue;
     }
     if (step.kind == ir::Step::Kind::Gemm) {
+      auto t0 = profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       if (!run_gemm(program_.gemms[step.index], program_.buffers, ptrs.data(), pool)) {
         ok = false;
         break;
       }
+      if (profiling_)
+        gemm_ns_[step.index] +=
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
       call_hook(si, false);
       continue;
     }

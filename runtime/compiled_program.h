@@ -37,6 +37,8 @@ class CompiledProgram {
   const cpu::CpuCode& code() const { return code_; }
   /// Nanoseconds spent in each kernel so far (summed over calls) and the number of calls.
   const std::vector<int64_t>& kernel_ns() const { return kernel_ns_; }
+  /// Nanoseconds spent in each matrix-product step so far (profiling only).
+  const std::vector<int64_t>& gemm_ns() const { return gemm_ns_; }
   int64_t calls() const { return calls_; }
   void set_profiling(bool on) { profiling_ = on; }
 
@@ -51,6 +53,7 @@ class CompiledProgram {
   std::mutex pool_mu_;
   std::vector<char*> free_arenas_;
   std::vector<int64_t> kernel_ns_;
+  std::vector<int64_t> gemm_ns_;
   int64_t calls_ = 0;
   bool profiling_ = false;
 };

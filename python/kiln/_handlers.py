@@ -551,7 +551,11 @@ def _blas_ready(*tensors):
         return False
     if tensors[0].device.type == "cuda":
         return True
-    return tensors[0].device.type == "cpu" and bool(getattr(_C, "blas_library", lambda: "")())
+    if not hasattr(_C, "blas_library"):
+        # No CPU backend (a KILN_CPU=OFF build): CPU tensors are traced only as examples for
+        # kiln.codegen(target="cuda"), whose programs run their products on cuBLAS.
+        return tensors[0].device.type == "cpu" and hasattr(_C, "cuda_codegen")
+    return tensors[0].device.type == "cpu" and bool(_C.blas_library())
 
 
 def _scaled(tr, x, factor):
