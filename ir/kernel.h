@@ -105,7 +105,9 @@ struct GemmOperand {
 };
 
 /// A matrix product run by BLAS: out[batch..., M, N] = a[batch..., M, K] . b[batch..., K, N],
-/// into a contiguous buffer.
+/// into a contiguous buffer. An operand may split the batch into dims of its own (a view that
+/// does not merge them): its matrices are taken in row-major order over its batch dims, which
+/// is the output's batch order.
 struct GemmCall {
   GemmOperand a, b;
   int out = -1;

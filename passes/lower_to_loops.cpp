@@ -124,6 +124,7 @@ class Lowering {
                           "{} is not supported by the CPU code generator yet", dtype_name(n.dtype));
     make_input_buffers();
     if (opts_.inplace_argument_writes) choose_inplace();
+    choose_output_aliases();
     choose_materialized();
     for (int id : order_) lower_node(id);
     for (auto& ok : open_) finish_kernel(ok);
@@ -180,6 +181,43 @@ class Lowering {
       inplace_[s] = {input_buffer_.at(base), leaf};
       log(fmt::format("%{} (slice_scatter) writes its slice into argument {} in place", s, leaf));
     }
+  }
+
+  /// Note [Outputs that are reshapes of a product]: `linear(x3d, w)` without a bias returns
+  /// reshape(matmul) (and so does the last product of attention). Eager returns the product's
+  /// own memory; kiln would copy it into the output. When the output is a chain of reshapes of
+  /// a product that nothing else returns, and eager gave it row-major strides, the product's
+  /// buffer is the output buffer (with the output's shape); its readers address it with the
+  /// product's own row-major strides. Eager ops reading the product would get a tensor of the
+  /// wrong shape, so a product read by a fallback keeps its own buffer.
+  void choose_output_aliases() {
+    std::vector<int> uses(g_.nodes.size(), 0);
+    std::set<int> fallback_operands;
+    for (const Node& n : g_.nodes)
+      for (int x : n.inputs) {
+        ++uses[x];
+        if (op_category(n.op) == OpCategory::Extern) fallback_operands.insert(x);
+      }
+    for (size_t j = 0; j < g_.outputs.size(); ++j) {
+      int o = g_.outputs[j];
+      const Node& on = g_.nodes[o];
+      if (on.op != OpKind::Reshape || std::count(g_.outputs.begin(), g_.outputs.end(), o) != 1) continue;
+      if (!on.strides.empty() && on.strides != contiguous_strides(on.sizes)) continue;
+      if (j < g_.output_leaf.size() && g_.output_leaf[j] >= 0) continue;
+      int x = o;
+      while (g_.nodes[x].op == OpKind::Reshape) x = g_.nodes[x].inputs[0];
+      if (g_.nodes[x].op != OpKind::Matmul || output_alias_.count(x) || fallback_operands.count(x) ||
+          std::count(g_.outputs.begin(), g_.outputs.end(), x))
+        continue;
+      output_alias_[x] = o;
+      aliased_outputs_.insert(o);
+    }
+  }
+
+  /// The strides kernels and products address value `id`'s buffer with.
+  Sizes strides_of(int id) const {
+    auto v = value_strides_.find(id);
+    return v != value_strides_.end() ? v->second : prog_.buffers[buffer_of_.at(id)].strides;
   }
 
   /// Lowers an in-place slice assignment (see choose_inplace): a kernel over the source only.
@@ -240,7 +278,7 @@ class Lowering {
     for (size_t i = 0; i < n; ++i) {
       if (g_.nodes[i].op != OpKind::Matmul) continue;
       for (int x : g_.nodes[i].inputs) {
-        int base = view_base(x);
+        int base = gemm_base(x);
         if (base != x && op_category(g_.nodes[base].op) != OpCategory::Leaf) gemm_bases_.insert(base);
       }
     }
@@ -285,7 +323,7 @@ class Lowering {
       for (int u : users[i]) gemm_operand |= g_.nodes[u].op == OpKind::Matmul;
       gemm_operand &= node.op != OpKind::Input;
       if (gemm_operand) {
-        if (auto v = strided_view(static_cast<int>(i))) {
+        if (auto v = gemm_view(static_cast<int>(i))) {
           gemm_views_[static_cast<int>(i)] = *v;
           gemm_operand = false;
           log(fmt::format("%{} ({}) reaches its matrix product as a strided view of %{}, not a copy", i,
@@ -395,6 +433,53 @@ class Lowering {
     return std::make_pair(base, v);
   }
 
+  /// A matrix product's operand `id` as a strided view of a value with a buffer. Besides plain
+  /// strided views: a reshape that only merges batch dims (matmul's [B, H, M, K] -> [B*H, M, K])
+  /// of a strided view whose batch dims do not merge (a transposed cache slice) is read with
+  /// its own batch dims, in the same row-major batch order, instead of being copied.
+  /// Copies the tracer recorded (a same-dtype cast: matmul's .contiguous() of a view) hold the
+  /// same values as their operand, so a product may read the operand instead.
+  bool is_copy(const Node& n) const { return n.op == OpKind::Cast && g_.nodes[n.inputs[0]].dtype == n.dtype; }
+
+  /// What a matrix product's operand reads in the end: `id` through views and copies.
+  int gemm_base(int id) const {
+    int base = id;
+    while ((op_category(g_.nodes[base].op) == OpCategory::Movement && g_.nodes[base].op != OpKind::Flip) ||
+           is_copy(g_.nodes[base]))
+      base = g_.nodes[base].inputs[0];
+    return base;
+  }
+
+  std::optional<std::pair<int, ExternView>> gemm_view(int id) {
+    if (auto v = strided_view(id)) return v;
+    // Peel copies and one reshape that keeps the matrix dims (it only regroups batch dims).
+    int x = id;
+    bool regrouped = false;
+    for (;;) {
+      const Node& n = g_.nodes[x];
+      const Node& src = g_.nodes[n.inputs.empty() ? x : n.inputs[0]];
+      size_t r = n.sizes.size(), rs = src.sizes.size();
+      if (is_copy(n)) {
+        x = n.inputs[0];
+      } else if (n.op == OpKind::Reshape && !regrouped && r >= 2 && rs >= 2 && n.sizes[r - 1] == src.sizes[rs - 1] &&
+                 n.sizes[r - 2] == src.sizes[rs - 2]) {
+        x = n.inputs[0];
+        regrouped = true;
+      } else {
+        break;
+      }
+    }
+    if (x == id) return std::nullopt;
+    if (g_.nodes[x].op == OpKind::Input || gemm_bases_.count(x)) {  // the whole value, as stored
+      ExternView v;
+      v.is_view = true;
+      v.sizes = g_.nodes[x].sizes;
+      v.strides = inplace_.count(x) ? prog_.buffers[inplace_.at(x).first].strides : planned_strides(x);
+      return std::make_pair(x, v);
+    }
+    return strided_view(x);
+  }
+
   // ---- expressions ------------------------------------------------------------------------
 
   std::vector<Expr> broadcast_index(const std::vector<Expr>& idx, const Sizes& out, const Sizes& in) {
@@ -436,8 +521,7 @@ class Lowering {
         auto w = written_by_.find(buf->second);
         if (cur_ && w != written_by_.end() && w->second > cur_->index)
           throw NotFusable{fmt::format("reads buf{}, written by the later kernel {}", buf->second, w->second)};
-        const Buffer& b = prog_.buffers[buf->second];
-        r = ctx().load(buf->second, linear_index(ctx(), idx, b.strides), n.dtype);
+        r = ctx().load(buf->second, linear_index(ctx(), idx, strides_of(id)), n.dtype);
       } else {
         r = compute(n, idx, self);
       }
@@ -579,6 +663,7 @@ class Lowering {
       return;
     }
     if (n.op == OpKind::FallbackOutput) return;  // its buffer comes with its Fallback
+    if (aliased_outputs_.count(id)) return;       // written by its product (lower_gemm)
     if (n.op == OpKind::Fallback) {
       lower_extern(id);
       return;
@@ -705,14 +790,28 @@ class Lowering {
       } else {
         o.buffer = buffer_for(x);
         o.sizes = g_.nodes[x].sizes;
-        o.strides = prog_.buffers[o.buffer].strides;
+        o.strides = input_buffer_.count(x) ? prog_.buffers[o.buffer].strides : strides_of(x);
       }
-      KILN_CHECK(o.sizes == g_.nodes[x].sizes, "matmul operand %{} has a view of another shape", x);
+      const Sizes& want = g_.nodes[x].sizes;
+      KILN_CHECK(o.sizes.size() >= 2 && o.sizes[o.sizes.size() - 1] == want.back() &&
+                     o.sizes[o.sizes.size() - 2] == want[want.size() - 2] && numel(o.sizes) == numel(want),
+                 "matmul operand %{} has a view of another shape", x);
       return o;
     };
     call.a = operand(n.inputs[0]);
     call.b = operand(n.inputs[1]);
-    call.out = make_value_buffer(id, contiguous_strides(n.sizes));
+    auto alias = output_alias_.find(id);
+    if (alias != output_alias_.end()) {
+      // Note [Outputs that are reshapes of a product]: the product writes the output itself.
+      int o = alias->second;
+      int j = static_cast<int>(std::find(g_.outputs.begin(), g_.outputs.end(), o) - g_.outputs.begin());
+      call.out = add_buffer({BufferKind::Output, j, n.dtype, g_.nodes[o].sizes, contiguous_strides(g_.nodes[o].sizes)});
+      buffer_of_[id] = buffer_of_[o] = out_buffer_[o] = call.out;
+      value_strides_[id] = contiguous_strides(n.sizes);
+      log(fmt::format("%{} (output) is %{}'s buffer: a reshape of a product needs no copy", o, id));
+    } else {
+      call.out = make_value_buffer(id, contiguous_strides(n.sizes));
+    }
     for (auto& ok : open_) ok.closed = true;
     prog_.gemms.push_back(call);
     prog_.steps.push_back({Step::Kind::Gemm, static_cast<int>(prog_.gemms.size()) - 1});
@@ -1172,6 +1271,9 @@ class Lowering {
   std::map<int, std::pair<int, ExternView>> extern_views_;  // value -> (input buffer, view) for externs
   std::map<int, std::pair<int, ExternView>> gemm_views_;    // value -> (value with a buffer, view) for gemms
   std::set<int> gemm_bases_;  // computed values a matrix product reads through a view
+  std::map<int, int> output_alias_;  // product -> the output (a reshape of it) whose buffer it writes
+  std::set<int> aliased_outputs_;
+  std::map<int, Sizes> value_strides_;  // value -> strides into its buffer, where not the buffer's own
   std::map<int, std::pair<int, int>> inplace_;  // slice_scatter written in place -> (input buffer, leaf)
   std::vector<int> order_;
   std::map<int, int> input_buffer_;  // Input node -> its buffer

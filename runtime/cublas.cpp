@@ -64,9 +64,10 @@ void check(Status s, const std::string& what) {
 }
 
 /// Element offsets of every matrix of the batch, and the one stride between them if even.
-std::vector<int64_t> batch_offsets(const ir::GemmOperand& o, const ir::Sizes& batch) {
+std::vector<int64_t> batch_offsets(const ir::GemmOperand& o) {
   std::vector<int64_t> offs = {o.offset};
-  for (size_t d = 0; d < batch.size(); ++d) {
+  for (size_t d = 0; d + 2 < o.sizes.size(); ++d) {
+    const ir::Sizes& batch = o.sizes;
     std::vector<int64_t> next;
     for (int64_t base : offs)
       for (int64_t i = 0; i < batch[d]; ++i) next.push_back(base + i * o.strides[d]);
@@ -113,7 +114,7 @@ void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, 
   const ir::Sizes& as = g.a.sizes;
   size_t r = as.size();
   ir::Sizes batch(as.begin(), as.end() - 2);
-  int64_t M = as[r - 2], K = as[r - 1], N = g.b.sizes[r - 1];
+  int64_t M = as[r - 2], K = as[r - 1], N = g.b.sizes.back();
   int64_t nb = 1;
   for (int64_t s : batch) nb *= s;
   if (nb == 0 || M == 0 || N == 0) return;
@@ -132,7 +133,7 @@ void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, 
     }
   }
   check(c.SetStream(h, stream), "cublasSetStream");
-  std::vector<int64_t> ao = batch_offsets(g.a, batch), bo = batch_offsets(g.b, batch);
+  std::vector<int64_t> ao = batch_offsets(g.a), bo = batch_offsets(g.b);
   int64_t sa = 0, sb = 0;
   bool one_call = even(ao, &sa) && even(bo, &sb);
   size_t elem = ir::dtype_bytes(buffers[g.out].dtype);

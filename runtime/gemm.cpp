@@ -17,9 +17,10 @@ namespace kiln::runtime {
 namespace {
 
 /// Element offsets of every matrix of a batch (batch dims row-major, as the output's).
-std::vector<int64_t> batch_offsets(const ir::GemmOperand& o, const ir::Sizes& batch) {
+std::vector<int64_t> batch_offsets(const ir::GemmOperand& o) {
   std::vector<int64_t> offs = {o.offset};
-  for (size_t d = 0; d < batch.size(); ++d) {
+  for (size_t d = 0; d + 2 < o.sizes.size(); ++d) {
+    const ir::Sizes& batch = o.sizes;
     std::vector<int64_t> next;
     next.reserve(offs.size() * batch[d]);
     for (int64_t base : offs)
@@ -62,7 +63,9 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
   const ir::Sizes& as = g.a.sizes;
   size_t r = as.size();
   ir::Sizes batch(as.begin(), as.end() - 2);
-  int64_t M = as[r - 2], K = as[r - 1], N = g.b.sizes[r - 1];
+  const ir::Sizes& bs = g.b.sizes;
+  size_t rb = bs.size();
+  int64_t M = as[r - 2], K = as[r - 1], N = bs[rb - 1];
   const T* A = static_cast<const T*>(ptrs[g.a.buffer]);
   const T* B = static_cast<const T*>(ptrs[g.b.buffer]);
   T* C = static_cast<T*>(ptrs[g.out]);
@@ -74,11 +77,11 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
     return true;
   }
   int64_t a_sr = as[r - 2] > 1 ? g.a.strides[r - 2] : 0, a_sc = K > 1 ? g.a.strides[r - 1] : 0;
-  int64_t b_sr = K > 1 ? g.b.strides[r - 2] : 0, b_sc = N > 1 ? g.b.strides[r - 1] : 0;
+  int64_t b_sr = K > 1 ? g.b.strides[rb - 2] : 0, b_sc = N > 1 ? g.b.strides[rb - 1] : 0;
   Layout la = layout_of(M, K, a_sr, a_sc), lb = layout_of(K, N, b_sr, b_sc);
   int64_t most = std::max({M, N, K, la.ld, lb.ld});
   if (most > INT_MAX) return false;
-  std::vector<int64_t> a_off = batch_offsets(g.a, batch), b_off = batch_offsets(g.b, batch);
+  std::vector<int64_t> a_off = batch_offsets(g.a), b_off = batch_offsets(g.b);
   // Tiles: whole matrices when the batch feeds every thread, else row blocks (column blocks when
   // there are too few rows: a decoder's single token).
   int threads = pool.threads();
@@ -134,7 +137,7 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
 }  // namespace
 
 std::string describe_gemm(const ir::GemmCall& g) {
-  size_t r = g.a.sizes.size();
+  size_t r = g.a.sizes.size(), rb = g.b.sizes.size();
   auto how = [](const ir::GemmOperand& o) {
     Layout l = operand_layout(o);
     return !l.direct ? "packed" : l.col_major ? "transposed" : "as stored";
@@ -143,7 +146,7 @@ std::string describe_gemm(const ir::GemmCall& g) {
   for (size_t d = 0; d + 2 < r; ++d) batch += std::to_string(g.a.sizes[d]) + "x";
   return g.name + ": " + (batch.empty() ? "" : "batch " + batch.substr(0, batch.size() - 1) + " of ") + "[" +
          std::to_string(g.a.sizes[r - 2]) + "x" + std::to_string(g.a.sizes[r - 1]) + "] . [" +
-         std::to_string(g.b.sizes[r - 2]) + "x" + std::to_string(g.b.sizes[r - 1]) + "] (a " + how(g.a) + ", b " +
+         std::to_string(g.b.sizes[rb - 2]) + "x" + std::to_string(g.b.sizes[rb - 1]) + "] (a " + how(g.a) + ", b " +
          how(g.b) + ")";
 }
 

@@ -11,6 +11,7 @@ pointers are plain host pointers of CPU tensors. Half conversions (inline PTX) a
 """
 
 import ctypes
+import math
 import hashlib
 import os
 import subprocess
@@ -185,8 +186,10 @@ def emulate(fn, *args, max_grid=3):
                 t = tensors[buf]
                 return t.as_strided(sizes, strides, t.storage_offset() + offset)
             out = tensors[what["out"]]
-            prod = torch.matmul(view(*what["a"]), view(*what["b"]))
-            out.view(-1)[:prod.numel()].copy_(prod.reshape(-1)) if out.dim() == 1 else out.copy_(prod)
+            a, b = view(*what["a"]), view(*what["b"])  # each with its own batch dims, row-major
+            flat = lambda t: t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])  # noqa: E731
+            prod = torch.matmul(flat(a), flat(b))
+            out.view(-1)[:prod.numel()].copy_(prod.reshape(-1)) if out.dim() == 1 else out.copy_(prod.reshape(out.shape))
             continue
         assert kind == "kernel", kind
         k, f = kernels[what], fns[what]

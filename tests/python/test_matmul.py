@@ -170,3 +170,42 @@ def test_module_with_linear_layers():
         assert_same(f(x), m(x))
         assert_same(f(x), m(x))
     no_fallbacks(f)
+
+
+def test_batch_dims_that_do_not_merge_are_read_in_place():
+    # keys = cache[:, :L].transpose(1, 2) has batch dims (B, H) that no single stride spans:
+    # matmul's reshape to [B*H, ...] would copy; the BLAS step reads the view per matrix instead
+    def g(q, cache):
+        keys = cache[:, :9].transpose(1, 2)          # [B, H, L, D] over a [B, Lmax, H, D] cache
+        s = torch.matmul(q, keys.transpose(2, 3))    # [B, H, 1, L]
+        return torch.matmul(torch.softmax(s, -1), keys)
+    q, cache = make_input((2, 3, 1, 8)), make_input((2, 12, 3, 8))
+    f = check(g, (q, cache))
+    no_fallbacks(f)
+    assert not any(k.name.endswith("_copy") or k.name.endswith("_cast") for k in kiln.kernels(f)), \
+        [k.name for k in kiln.kernels(f)]
+
+
+def test_output_that_reshapes_a_product_is_written_by_it():
+    # linear without a bias on a 3-D input returns reshape(mm): no copy kernel
+    w = make_input((12, 20))
+    f = check(lambda x: F.linear(x, w), (make_input((3, 5, 20)),))
+    assert kiln.kernels(f) == [], [k.name for k in kiln.kernels(f)]
+    no_fallbacks(f)
+
+
+def test_aliased_product_still_read_by_kernels_and_other_products():
+    w, v = make_input((12, 20)), make_input((12, 4))
+    def g(x):
+        y = F.linear(x, w)                    # [3, 5, 12]: an output, and read below
+        return y, y.sum(-1), y @ v            # a row kernel and a product read its buffer
+    f = check(g, (make_input((3, 5, 20)),))
+    no_fallbacks(f)
+
+
+def test_product_read_by_a_fallback_keeps_its_own_buffer():
+    w = make_input((12, 20))
+    def g(x):
+        y = x @ w.t()                         # [15, 12]
+        return y.reshape(3, 5, 12), torch.cumsum(y, 0)   # cumsum runs eagerly on y
+    check(g, (make_input((15, 20)),), expect_compiled=False)
