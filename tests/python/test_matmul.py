@@ -209,3 +209,35 @@ def test_product_read_by_a_fallback_keeps_its_own_buffer():
         y = x @ w.t()                         # [15, 12]
         return y.reshape(3, 5, 12), torch.cumsum(y, 0)   # cumsum runs eagerly on y
     check(g, (make_input((15, 20)),), expect_compiled=False)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("L,S", [(7, 7), (5, 9), (9, 5), (128, 128), (96, 160)])
+def test_scaled_dot_product_attention(causal, L, S):
+    # small sizes take torch's math path (tril, _safe_softmax), large ones its fused CPU kernel
+    # (_scaled_dot_product_flash_attention_for_cpu): both lower to two products and a row kernel
+    q, k, v = make_input((2, 3, L, 16)), make_input((2, 3, S, 16)), make_input((2, 3, S, 8))
+    f = check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal) + 1, (q, k, v))
+    no_fallbacks(f)
+    kiln.reset()
+    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.3), (q, k, v))
+
+
+def test_attention_with_mask_or_dropout_stays_eager_inside_the_program():
+    q, k, v = make_input((1, 2, 8, 8)), make_input((1, 2, 8, 8)), make_input((1, 2, 8, 8))
+    mask = make_input((8, 8), dtype=torch.bool)
+    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * 2, (q, k, v),
+          expect_compiled=False)
+    assert kiln.counters()["eager_calls"] == 0
+
+
+def test_safe_softmax_rows_of_minus_inf_are_zero():
+    x = make_input((4, 6))
+    x[1] = float("-inf")
+    x[2, 3] = float("nan")
+    f = check(lambda x: torch.ops.aten._safe_softmax(x, -1) * 3, (x,))
+    no_fallbacks(f)
+
+
+def test_tril_of_bool_tensor():
+    check(lambda x: torch.tril(x > 0) | torch.triu(x < -1, 1), (make_input((5, 7)),))
