@@ -234,3 +234,64 @@ TEST(Lowering, WholeTensorSumSplitsAcrossChunks) {
   // float32 sums this long accumulate in float64
   EXPECT_EQ(p.kernels[0].phases.at(0).reductions.at(0).acc_dtype, DType::Float64);
 }
+
+TEST(Lowering, LinearIsAGemmStepWithItsEpilogueInOneKernel) {
+  // relu(x . w^T + b): the transposed weight reaches the BLAS step as a view (no copy kernel),
+  // bias and relu are one kernel after it.
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {16, 32}, {32, 1}, 0);
+  int w = b.add_input(DType::Float32, {24, 32}, {32, 1}, 1);
+  int bias = b.add_input(DType::Float32, {24}, {1}, 2);
+  Attrs perm;
+  perm.ints = {1, 0};
+  int wt = b.call("permute", {V(w)}, perm);
+  int y = b.call("matmul", {V(x), V(wt)}, {});
+  y = b.call("add", {V(bias), V(y)}, {});
+  y = b.call("relu", {V(y)}, {});
+  b.set_outputs({y});
+  KernelProgram p = lower(b);
+  ASSERT_EQ(p.gemms.size(), 1u);
+  ASSERT_EQ(p.kernels.size(), 1u);
+  ASSERT_EQ(p.steps.size(), 2u);
+  EXPECT_EQ(p.steps[0].kind, Step::Kind::Gemm);
+  const GemmCall& g = p.gemms[0];
+  EXPECT_EQ(g.b.buffer, 1);  // the weight argument itself
+  EXPECT_EQ(g.b.sizes, (Sizes{32, 24}));
+  EXPECT_EQ(g.b.strides, (Sizes{1, 32}));  // column-major: a BLAS transpose
+  EXPECT_EQ(p.buffers[g.out].sizes, (Sizes{16, 24}));
+}
+
+TEST(Lowering, ComputedOperandOfAProductIsMaterialisedOnce) {
+  // (x * 2) feeds a product directly and through a transpose: one buffer, read twice.
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {8, 8}, {8, 1}, 0);
+  int y = b.call("mul", {V(x), F(2.0)}, {});
+  Attrs perm;
+  perm.ints = {1, 0};
+  int yt = b.call("permute", {V(y)}, perm);
+  b.set_outputs({b.call("matmul", {V(y), V(yt)}, {})});
+  KernelProgram p = lower(b);
+  ASSERT_EQ(p.gemms.size(), 1u);
+  ASSERT_EQ(p.kernels.size(), 1u);
+  EXPECT_EQ(p.gemms[0].a.buffer, p.gemms[0].b.buffer);
+  EXPECT_EQ(p.gemms[0].b.strides, (Sizes{1, 8}));
+}
+
+TEST(Layouts, ConvolutionOperandsAreStoredChannelsLast) {
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {2, 3, 5, 5}, {75, 25, 5, 1}, 0);
+  int w = b.add_input(DType::Float32, {4, 3, 3, 3}, {27, 9, 3, 1}, 1);
+  int h = b.call("tanh", {V(x)}, {});
+  auto conv = b.add_fallback(0, {h, w}, {DType::Float32}, {{2, 4, 5, 5}}, {{100, 25, 5, 1}},
+                             "aten.convolution.default");
+  int y = b.call("sigmoid", {V(conv[0])}, {});
+  int z = b.call("mul", {V(y), F(2.0)}, {});
+  b.set_outputs({z});
+  KernelProgram p = lower(b);
+  ASSERT_EQ(p.externs.size(), 1u);
+  // tanh(x) is written NHWC for the convolution, whose result is read NHWC ...
+  EXPECT_EQ(p.buffers[p.externs[0].inputs[0]].strides, (Sizes{75, 1, 15, 3}));
+  EXPECT_EQ(p.buffers[p.externs[0].outputs[0]].strides, (Sizes{100, 1, 20, 4}));
+  // ... and the output keeps eager's NCHW.
+  EXPECT_EQ(p.buffers[p.outputs[0].index].strides, (Sizes{100, 25, 5, 1}));
+}
