@@ -5,8 +5,10 @@
 
 1. compiles GELU (tanh), a 10-op pointwise chain, softmax and layer norm (written by hand in
    plain PyTorch) with kiln, checks each against eager, and times eager / torch.compile / kiln;
-2. measures the per-call overhead of each on a tiny tensor;
-3. prints one generated kernel: kiln's loop IR, its LLVM IR and its x86 assembly.
+2. does the same for a transformer MLP block (matrix products as BLAS steps) and prints what
+   kiln.explain says of it;
+3. measures the per-call overhead of each on a tiny tensor;
+4. prints one generated kernel: kiln's loop IR, its LLVM IR and its x86 assembly.
 """
 
 import argparse
@@ -85,8 +87,36 @@ def main():
         print("  bg = CPU used by other processes while timing, in cores; '!' = busy machine, the row "
               "is unreliable (rerun idle, or with --wait-idle 60).")
 
-    # ---- 2. per-call overhead on a tiny tensor ---------------------------------------------
-    print("\n2) per-call overhead on a tiny tensor (16 floats; time per call in microseconds)\n")
+    # ---- 2. a model block with matrix products ---------------------------------------------
+    import models
+    block = models.build("mlp")
+    inp = block.make_inputs(0)
+    print(f"\n2) a transformer MLP block (Linear-GELU-Linear + residual + LayerNorm, x {list(inp[0].shape)}): "
+          f"kiln runs the products as BLAS steps ({kiln._C.blas_library().split(' ')[0] or 'none'}) with the "
+          f"bias + GELU fused after them\n")
+    with torch.no_grad():
+        want = block(*inp)
+        kb, got, kcold = harness.cold_compile("kiln", block, inp)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(kb(*inp), want, rtol=1e-4, atol=1e-4)
+        tb = None
+        if use_inductor:
+            try:
+                tb, _, _ = harness.cold_compile("inductor", block, inp)
+            except Exception as e:  # noqa: BLE001
+                print(f"  torch.compile failed: {type(e).__name__}: {e}")
+        harness.wait_idle(args.wait_idle, 0.15)
+        t, _ = harness.time_interleaved({"eager": lambda: block(*inp), "tc": (lambda: tb(*inp)) if tb else None,
+                                          "kiln": lambda: kb(*inp)}, repeats=7)
+        e = kiln.explain(block, *inp)
+    tcm = f"{t['tc'] * 1e3:.2f}" if t.get("tc") else "-"
+    print(f"  eager {t['eager'] * 1e3:.2f} ms, torch.compile {tcm} ms, kiln {t['kiln'] * 1e3:.2f} ms "
+          f"({xs(t['eager'], t['kiln'])} over eager, {xs(t['tc'], t['kiln']) if t.get('tc') else '-'} over "
+          f"torch.compile); kiln cold compile {kcold:.3f} s; check ok")
+    print("  " + str(e).split("guards:")[0].replace("\n", "\n  ").rstrip())
+
+    # ---- 3. per-call overhead on a tiny tensor ---------------------------------------------
+    print("\n3) per-call overhead on a tiny tensor (16 floats; time per call in microseconds)\n")
 
     def add_one(x):
         return x + 1.0
@@ -114,13 +144,13 @@ def main():
         tcs = f"{tcold:9.3f}" if tcold is not None else f"{'-':>9s}"
         print(f"{name:16s} {us['eager']} {us['tc']} {us['kiln']}   {tcs} {kcold:11.3f} {bgs:>5s}")
 
-    # ---- 3. one generated kernel -------------------------------------------------------------
+    # ---- 4. one generated kernel -------------------------------------------------------------
     x = torch.randn(1 << 16, generator=g)
     kiln.reset()
     f = kiln.compile(W.gelu_tanh)
     torch.testing.assert_close(f(x), W.gelu_tanh(x), rtol=1e-4, atol=1e-4)
     ks = kiln.kernels(f)
-    print(f"\n3) the kernel kiln generated for gelu_tanh (F.gelu(x, approximate='tanh')) "
+    print(f"\n4) the kernel kiln generated for gelu_tanh (F.gelu(x, approximate='tanh')) "
           f"on {x.numel()} floats: {len(ks)} kernel(s)")
     if ks:
         k = ks[0]
