@@ -123,8 +123,12 @@ struct Step {
 
 /// Where each returned tensor comes from.
 struct OutputSpec {
-  enum class Kind : uint8_t { Buffer, Input } kind;
-  int index;  ///< buffer id (Buffer) or leaf index (Input: the function returned that argument)
+  /// Buffer: a buffer of the program. Input: the function returned that argument. InputView: a
+  /// view of that argument (`view`: sizes, strides, offset), returned as eager returns it, an
+  /// alias of the argument's memory.
+  enum class Kind : uint8_t { Buffer, Input, InputView } kind;
+  int index;  ///< buffer id (Buffer) or leaf index (Input, InputView)
+  ExternView view = {};
 };
 
 struct KernelProgram {

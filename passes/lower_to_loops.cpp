@@ -125,13 +125,17 @@ class Lowering {
     make_input_buffers();
     if (opts_.inplace_argument_writes) choose_inplace();
     choose_output_aliases();
+    if (opts_.output_views) choose_output_views();
     choose_materialized();
     for (int id : order_) lower_node(id);
     for (auto& ok : open_) finish_kernel(ok);
     for (int o : g_.outputs) {
       auto in = inplace_.find(o);
+      auto view = output_views_.find(o);
       if (in != inplace_.end())
         prog_.outputs.push_back({OutputSpec::Kind::Input, in->second.second});
+      else if (view != output_views_.end())
+        prog_.outputs.push_back({OutputSpec::Kind::InputView, view->second.first, view->second.second});
       else
         prog_.outputs.push_back({OutputSpec::Kind::Buffer, out_buffer_.at(o)});
     }
@@ -214,6 +218,43 @@ class Lowering {
     }
   }
 
+  /// Outputs that are views of an argument (x.t(), x[0], x.view(...)) come back as those views,
+  /// aliasing the argument as eager's do (a later write through one is seen in the other), and
+  /// nothing copies them. Only dense views with eager's own strides: a later segment of a
+  /// function with graph breaks reads a carried value with the strides eager gave it, and
+  /// expects a dense one (see _carry in _trace.py).
+  void choose_output_views() {
+    for (size_t j = 0; j < g_.outputs.size(); ++j) {
+      int o = g_.outputs[j];
+      const Node& n = g_.nodes[o];
+      if (j < g_.output_leaf.size() && g_.output_leaf[j] >= 0) continue;  // a new value written back
+      if (inplace_.count(o) || output_alias_.count(o) || aliased_outputs_.count(o) || n.strides.size() != n.sizes.size())
+        continue;
+      auto v = strided_view_of_input(o);
+      if (!v) continue;
+      bool dense = false;
+      Node probe = n;
+      probe.strides = v->second.strides;
+      for (size_t d = 0; d < n.sizes.size(); ++d)
+        if (n.sizes[d] == 1) probe.strides[d] = n.strides[d];  // eager's stride: it does not matter
+      loop_order(probe, &dense);
+      bool eagers = true;
+      for (size_t d = 0; d < n.sizes.size(); ++d) eagers &= n.sizes[d] == 1 || probe.strides[d] == n.strides[d];
+      if (!dense || !eagers) continue;
+      v->second.strides = probe.strides;
+      int leaf = -1;
+      for (const auto& [node, buf] : input_buffer_)
+        if (buf == v->first) leaf = static_cast<int>(g_.nodes[node].attrs.int_value);
+      if (leaf < 0) {
+        for (const auto& [node, ip] : inplace_)
+          if (ip.first == v->first) leaf = ip.second;
+      }
+      if (leaf < 0) continue;
+      output_views_[o] = {leaf, v->second};
+      log(fmt::format("%{} (output) is a view of argument {}: returned as that view, not copied", o, leaf));
+    }
+  }
+
   /// The strides kernels and products address value `id`'s buffer with.
   Sizes strides_of(int id) const {
     auto v = value_strides_.find(id);
@@ -266,7 +307,9 @@ class Lowering {
         demand[i] = std::max(demand[i], d);
       }
     std::vector<int> cost(n, 0);
-    std::set<int> outputs(g_.outputs.begin(), g_.outputs.end());
+    std::set<int> outputs;
+    for (int o : g_.outputs)
+      if (!output_views_.count(o)) outputs.insert(o);
     // next_extern[i]: the first fallback or matrix product after node i (kernels are closed at
     // those steps, so a user after it is in a later kernel).
     std::vector<size_t> next_extern(n + 1, n);
@@ -1273,6 +1316,7 @@ class Lowering {
   std::set<int> gemm_bases_;  // computed values a matrix product reads through a view
   std::map<int, int> output_alias_;  // product -> the output (a reshape of it) whose buffer it writes
   std::set<int> aliased_outputs_;
+  std::map<int, std::pair<int, ExternView>> output_views_;  // output -> (leaf, view of it)
   std::map<int, Sizes> value_strides_;  // value -> strides into its buffer, where not the buffer's own
   std::map<int, std::pair<int, int>> inplace_;  // slice_scatter written in place -> (input buffer, leaf)
   std::vector<int> order_;

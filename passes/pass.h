@@ -24,6 +24,9 @@ struct PassOptions {
   /// Write a slice assignment into an argument in place (CPU: the runtime stops at the first
   /// failing step, so no write lands after a failure that eager would have raised before it).
   bool inplace_argument_writes = true;
+  /// Return an output that is a dense view of an argument as that view (an alias, as eager
+  /// does) instead of a copy. The CUDA runner returns buffers only, so it turns this off.
+  bool output_views = true;
   /// Test only (KILN_INJECT_BUG): "relu" lowers maximum(x, 0) as x, a planted wrong answer.
   std::string inject_bug;
   /// Filled with one line per pass: "name: 0.12 ms".

@@ -203,6 +203,13 @@ class Entry {
     py::list outs(p.outputs.size());
     for (size_t j = 0; j < p.outputs.size(); ++j) {
       const auto& o = p.outputs[j];
+      if (o.kind == ir::OutputSpec::Kind::InputView) {
+        // as_strided's offset counts from the storage's start, the view's from the argument's.
+        py::object arg = leaves[o.index];
+        int64_t base = arg.attr("storage_offset")().cast<int64_t>();
+        outs[j] = arg.attr("as_strided")(py::cast(o.view.sizes), py::cast(o.view.strides), base + o.view.offset);
+        continue;
+      }
       outs[j] = o.kind == ir::OutputSpec::Kind::Buffer ? tensors[o.index] : leaves[o.index];
     }
     return outs;

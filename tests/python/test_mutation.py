@@ -167,3 +167,60 @@ def test_no_inplace_write_after_a_failure_eager_raises_before_it():
     with pytest.raises(IndexError):
         f(c1, x, bad)
     assert_same(c1, c2)
+
+
+# ---- outputs that are views of arguments -------------------------------------------------------
+def test_dense_view_outputs_alias_the_argument_like_eager():
+    def g(x):
+        return x.t(), x[1], x.view(-1), x.unsqueeze(0), x * 2
+    x = make_input((4, 5))
+    f = kiln.compile(g)
+    f(x)
+    outs, want = f(x), g(x)
+    for o, e in zip(outs, want):
+        assert_same(o, e, check_layout=True)
+        same = lambda t: t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()  # noqa: E731
+        assert same(o) == same(e)
+    outs[0][2, 3] = 100.0            # a write through the returned view lands in the argument
+    assert x[3, 2].item() == 100.0
+    assert [k.name for k in kiln.kernels(f)] == ["k0_mul"]  # no copies for the views
+
+
+def test_view_of_an_argument_mutated_later_sees_the_mutation():
+    def g(x):
+        v = x.t()
+        x.add_(1)
+        return v
+    args = make_input((3, 4))
+    f = kiln.compile(g)
+    a, b = args.clone(), args.clone()
+    f(a.clone())
+    got, want = f(a), g(b)
+    assert_same(got, want)
+    assert_same(a, b)
+
+
+def test_strided_views_are_copied_and_carried_views_stay_right():
+    def g(x):
+        v = x.t()
+        if v.sum() > 0:           # a graph break: v is carried into the next segment
+            return v * 2, x[:, ::2]
+        return v - 1, x[:, ::2]
+    f = kiln.compile(g)
+    for s in (1.0, -1.0, 1.0):
+        x = make_input((4, 6)).abs() * s
+        assert_same(f(x), g(x), check_layout=True)
+
+
+def test_view_of_a_cache_written_in_place_is_returned_as_a_view():
+    def g(cache, k):
+        cache[:, 2:3] = k
+        return cache[1]
+    cache, k = make_input((3, 5)), make_input((3, 1))
+    f = kiln.compile(g)
+    c1, c2 = cache.clone(), cache.clone()
+    f(c1.clone(), k)
+    got, want = f(c1, k), g(c2, k)
+    assert_same(got, want)
+    assert_same(c1, c2)
+    assert got.untyped_storage().data_ptr() == c1.untyped_storage().data_ptr()
