@@ -76,11 +76,27 @@ std::vector<int64_t> batch_offsets(const ir::GemmOperand& o) {
   return offs;
 }
 
-bool even(const std::vector<int64_t>& offs, int64_t* stride) {
-  *stride = offs.size() > 1 ? offs[1] - offs[0] : 0;
-  for (size_t i = 1; i < offs.size(); ++i)
+/// Whether offs[begin, begin + n) are evenly spaced; their spacing in `stride`.
+bool even(const std::vector<int64_t>& offs, size_t begin, size_t n, int64_t* stride) {
+  *stride = n > 1 ? offs[begin + 1] - offs[begin] : 0;
+  for (size_t i = begin + 1; i < begin + n; ++i)
     if (offs[i] - offs[i - 1] != *stride) return false;
   return true;
+}
+
+/// The longest run length R (a divisor of the batch) such that every run of R matrices of
+/// both operands is evenly spaced: one strided-batched call per run. A batch over (B, H) dims
+/// that no single stride spans (heads of a fused qkv projection) takes B calls of H, not B*H.
+size_t run_length(const std::vector<int64_t>& ao, const std::vector<int64_t>& bo) {
+  size_t nb = ao.size();
+  for (size_t r = nb; r > 1; --r) {
+    if (nb % r) continue;
+    bool ok = true;
+    int64_t s;
+    for (size_t begin = 0; ok && begin < nb; begin += r) ok = even(ao, begin, r, &s) && even(bo, begin, r, &s);
+    if (ok) return r;
+  }
+  return 1;
 }
 
 }  // namespace
@@ -134,8 +150,6 @@ void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, 
   }
   check(c.SetStream(h, stream), "cublasSetStream");
   std::vector<int64_t> ao = batch_offsets(g.a), bo = batch_offsets(g.b);
-  int64_t sa = 0, sb = 0;
-  bool one_call = even(ao, &sa) && even(bo, &sb);
   size_t elem = ir::dtype_bytes(buffers[g.out].dtype);
   int m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
   int lda = static_cast<int>(la.ld), ldb = static_cast<int>(lb.ld), ldc = n;
@@ -157,11 +171,13 @@ void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, 
             g.name);
     }
   };
-  if (one_call) {
-    call(A + ao[0] * elem, B + bo[0] * elem, C, sa, sb, static_cast<int>(nb));
-    return;
+  size_t run = run_length(ao, bo);
+  for (size_t i = 0; i < static_cast<size_t>(nb); i += run) {
+    int64_t sa = 0, sb = 0;
+    even(ao, i, run, &sa);
+    even(bo, i, run, &sb);
+    call(A + ao[i] * elem, B + bo[i] * elem, C + i * M * N * elem, sa, sb, static_cast<int>(run));
   }
-  for (int64_t i = 0; i < nb; ++i) call(A + ao[i] * elem, B + bo[i] * elem, C + i * M * N * elem, 0, 0, 1);
 }
 
 }  // namespace kiln::runtime

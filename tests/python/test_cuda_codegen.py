@@ -116,6 +116,9 @@ CASES = {
     "matmul_f64_addmm": (lambda s, a, b: torch.addmm(s, a, b, beta=0.5, alpha=2.0),
                          [R(5, dtype=torch.float64), R(9, 6, dtype=torch.float64), R(6, 5, dtype=torch.float64)]),
     "matmul_empty_k": (lambda a, b: a @ b - 1, [R(4, 0), R(0, 3)]),
+    # heads of a fused qkv projection: batch dims (B, H) that no single stride spans
+    "attention_fused_qkv": (lambda x, w: (lambda qkv: F.softmax(qkv[0] @ qkv[1].transpose(-2, -1), -1) @ qkv[2])(
+        (x @ w).view(2, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)), [R(2, 17, 32), R(32, 96)]),
 }
 
 
@@ -225,11 +228,12 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "whole_tensor_sum", "reduce_middle_dim", "long_rows", "extent_one_reduce", "softmax", "softmax_dim0",
              "log_softmax", "layer_norm", "rms_norm", "group_norm", "batch_norm_eval", "bias_relu_residual",
              "scalars_consts", "small_ints", "empty_reduce", "linear_gelu", "attention", "matmul_broadcast_batch",
-             "matmul_f64_addmm", "matmul_empty_k"]
+             "matmul_f64_addmm", "matmul_empty_k", "attention_fused_qkv"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
-         "layer_norm": 1e-4, "rms_norm": 1e-4, "linear_gelu": 1e-4, "attention": 1e-4, "matmul_broadcast_batch": 1e-4}
+         "layer_norm": 1e-4, "rms_norm": 1e-4, "linear_gelu": 1e-4, "attention": 1e-4, "matmul_broadcast_batch": 1e-4,
+         "attention_fused_qkv": 1e-4}
 
 
 @pytest.mark.gpu
