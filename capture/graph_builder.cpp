@@ -108,7 +108,7 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
     case OpCategory::Extern:
       throw Unsupported(fmt::format("{} cannot be called", name));
     case OpCategory::Contraction:
-      return editor_.matmul(tensor_arg(0), tensor_arg(1));
+      return editor_.matmul(tensor_arg(0), tensor_arg(1), attrs.int_value != 0);
     case OpCategory::Assemble: {
       KILN_UNSUPPORTED_IF(attrs.ints.empty(), "{} needs its dims", name);
       if (op == OpKind::Concat) {

@@ -365,9 +365,17 @@ class KernelEmitter {
     if (is_float(from) && is_float(to)) return b_.CreateFPCast(x, t);
     if (is_float(from)) {
       // C++'s float-to-int conversion, as eager does it: through int32 (int64 for int64), then
-      // truncated; freeze keeps out-of-range values from becoming poison.
-      llvm::Type* wide = to == DType::Int64 ? b_.getInt64Ty() : b_.getInt32Ty();
-      llvm::Value* i = b_.CreateFreeze(b_.CreateFPToSI(x, wide));
+      // truncated. NaN and values out of that range give x86's "integer indefinite" (the
+      // minimum, what cvttss2si and its vector forms return): spelled out, because fptosi makes
+      // them poison, and a frozen poison is any value once LLVM reasons about where x came
+      // from (int32(log1p(float(-5))) came out -176).
+      bool to64 = to == DType::Int64;
+      llvm::Type* wide = to64 ? b_.getInt64Ty() : b_.getInt32Ty();
+      double limit = to64 ? 9223372036854775808.0 : 2147483648.0;
+      llvm::Value* in_range = b_.CreateAnd(b_.CreateFCmpOGE(x, llvm::ConstantFP::get(x->getType(), -limit)),
+                                           b_.CreateFCmpOLT(x, llvm::ConstantFP::get(x->getType(), limit)));
+      llvm::Value* indefinite = to64 ? b_.getInt64(static_cast<uint64_t>(INT64_MIN)) : b_.getInt32(static_cast<uint32_t>(INT32_MIN));
+      llvm::Value* i = b_.CreateSelect(in_range, b_.CreateFreeze(b_.CreateFPToSI(x, wide)), indefinite);
       return b_.CreateTrunc(i, t);
     }
     if (is_float(to)) return from_unsigned ? b_.CreateUIToFP(x, t) : b_.CreateSIToFP(x, t);

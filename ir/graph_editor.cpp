@@ -189,7 +189,7 @@ int GraphEditor::gather(int x, int index, int64_t dim, bool wrap) {
   return append(std::move(n));
 }
 
-int GraphEditor::matmul(int a, int b) {
+int GraphEditor::matmul(int a, int b, bool zero_start) {
   const Node& an = node(a);
   const Node& bn = node(b);
   size_t r = an.sizes.size();
@@ -201,7 +201,9 @@ int GraphEditor::matmul(int a, int b) {
                       "matmul of mismatched shapes");
   Sizes out(an.sizes.begin(), an.sizes.end() - 1);
   out.push_back(bn.sizes[r - 1]);
-  return append(Node{OpKind::Matmul, {a, b}, {}, an.dtype, out, {}});
+  Node n{OpKind::Matmul, {a, b}, {}, an.dtype, out, {}};
+  n.attrs.int_value = zero_start ? 1 : 0;
+  return append(std::move(n));
 }
 
 int GraphEditor::pad(int x, const std::vector<int64_t>& pad, double value) {

@@ -53,8 +53,9 @@ class GraphEditor {
   /// made functional).
   int slice_scatter(int base, int src, int64_t dim, int64_t start, int64_t end, int64_t step);
   /// Matrix product of a [batch..., M, K] and b [batch..., K, N] (equal batch sizes, one float
-  /// dtype): [batch..., M, N].
-  int matmul(int a, int b);
+  /// dtype): [batch..., M, N]. `zero_start`: a sum of one product is +0 where the product is
+  /// -0 (eager's bmm adds to a zeroed accumulator; its mm does not), see ops.def.
+  int matmul(int a, int b, bool zero_start = false);
   /// The index along `dim` of a tensor of `sizes`, in `dtype`.
   int iota(const Sizes& sizes, int64_t dim, DType dtype);
 

@@ -111,6 +111,7 @@ struct GemmOperand {
 struct GemmCall {
   GemmOperand a, b;
   int out = -1;
+  bool zero_start = false;  ///< K = 1: +0 where the single product is -0 (eager's bmm)
   std::string name;  ///< for logs and profiles: the graph node it computes
 };
 

@@ -822,6 +822,7 @@ class Lowering {
     const Node& n = g_.nodes[id];
     GemmCall call;
     call.name = fmt::format("%{} matmul", id);
+    call.zero_start = n.attrs.int_value != 0;
     auto operand = [&](int x) {
       GemmOperand o;
       auto view = gemm_views_.find(x);

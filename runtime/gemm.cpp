@@ -76,6 +76,7 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
     std::fill(C, C + nb * M * N, T(0));
     return true;
   }
+  bool outer_plus_zero = K == 1 && g.zero_start;  // see GemmCall::zero_start
   int64_t a_sr = as[r - 2] > 1 ? g.a.strides[r - 2] : 0, a_sc = K > 1 ? g.a.strides[r - 1] : 0;
   int64_t b_sr = K > 1 ? g.b.strides[rb - 2] : 0, b_sc = N > 1 ? g.b.strides[rb - 1] : 0;
   Layout la = layout_of(M, K, a_sr, a_sc), lb = layout_of(K, N, b_sr, b_sc);
@@ -115,6 +116,13 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
       if (m == 0 || n == 0) continue;
       const T* a = A + a_off[bi] + m0 * a_sr;
       const T* b = B + b_off[bi] + n0 * b_sc;
+      if (outer_plus_zero) {
+        // One product per element, summed into +0 as eager's bmm does (BLAS keeps a -0).
+        T* c = C + bi * M * N + m0 * N + n0;
+        for (int i = 0; i < m; ++i)
+          for (int j = 0; j < n; ++j) c[i * N + j] = T(0) + a[i * a_sr] * b[j * b_sc];
+        continue;
+      }
       Layout ta = la, tb = lb;
       if (!la.direct) {
         a = pack(a, m, K, a_sr, a_sc, a_pack);

@@ -568,7 +568,7 @@ def _scaled(tr, x, factor):
 def _mm(tr, a, out):
     if not _blas_ready(a["self"], a["mat2"], out):
         raise NoLowering()
-    return tr.call("matmul", [a["self"], a["mat2"]])
+    return tr.call("matmul", [a["self"], a["mat2"]], int_value=int(tr.current_op == "bmm"))
 
 
 @handles(aten.addmm, aten.baddbmm)
@@ -577,7 +577,7 @@ def _addmm(tr, a, out):
     beta, alpha = a.get("beta", 1), a.get("alpha", 1)
     if not _blas_ready(m1, m2, out) or not isinstance(a["self"], torch.Tensor) or a["self"].dtype != out.dtype:
         raise NoLowering()
-    product = _scaled(tr, Value(tr.call("matmul", [m1, m2])), alpha)
+    product = _scaled(tr, Value(tr.call("matmul", [m1, m2], int_value=int(tr.current_op == "baddbmm"))), alpha)
     if beta == 0:  # torch ignores self then (nan and inf included)
         return product.vid if isinstance(product, Value) else product
     return tr.call("add", [_scaled(tr, a["self"], beta), product])

@@ -241,3 +241,23 @@ def test_safe_softmax_rows_of_minus_inf_are_zero():
 
 def test_tril_of_bool_tensor():
     check(lambda x: torch.tril(x > 0) | torch.triu(x < -1, 1), (make_input((5, 7)),))
+
+
+@pytest.mark.parametrize("op", ["mm", "bmm", "matmul4d", "baddbmm"])
+def test_signed_zero_of_single_products_follows_eager(op):
+    # K = 1 and a -0 product: eager's mm returns -0 (BLAS), its bmm +0 (a zeroed accumulator)
+    a = torch.tensor([[0.5], [-2.0], [0.0]])
+    b = torch.tensor([[-0.0, 3.0, -0.0, 1.0]])
+    fn, args = {
+        "mm": (lambda x, y: x @ y, (a, b)),
+        "bmm": (lambda x, y: torch.bmm(x, y), (a.expand(2, 3, 1).contiguous(), b.expand(2, 1, 4).contiguous())),
+        "matmul4d": (lambda x, y: torch.atan2(x @ y, x @ y),
+                     (a.expand(2, 2, 3, 1).contiguous(), b.expand(2, 2, 1, 4).contiguous())),
+        "baddbmm": (lambda x, y: torch.baddbmm(torch.zeros(2, 3, 4), x, y, beta=0),
+                    (a.expand(2, 3, 1).contiguous(), b.expand(2, 1, 4).contiguous())),
+    }[op]
+    f = kiln.compile(fn)
+    f(*args)
+    got, want = f(*args), fn(*args)
+    assert torch.equal(torch.signbit(got), torch.signbit(want)), (got, want)
+    assert_same(got, want)

@@ -758,3 +758,12 @@ def test_output_layouts_follow_eager():
     check(lambda x, y: ((x.t() * 2).contiguous(), x.t() * 2), (x, y))
     check(lambda x, y: (x.t().contiguous(), x.t().clone() + 1, x.t().clone()), (x, y))
     check(lambda x, y: (x.t() - y).clone(memory_format=torch.contiguous_format), (x, y))
+
+
+@pytest.mark.parametrize("to", [torch.int8, torch.int32, torch.int64])
+def test_nan_and_out_of_range_to_int_after_math_on_ints(to):
+    # int(log1p(float(x))) for x < -1 is int(nan): x86's "integer indefinite" (the minimum, then
+    # truncated) as eager gives it; LLVM's fptosi made it poison and a frozen poison came out
+    # as whatever the log1p polynomial left (-176)
+    x = torch.tensor([-5, 3, -2, 7, -100, 4, -1, 0, -9] * 3, dtype=torch.int32)
+    check(lambda v: (torch.log1p(v).to(to), torch.log(v).to(to), (v * 1e12).to(to)), (x,))
