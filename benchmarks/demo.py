@@ -106,7 +106,7 @@ def main():
             except Exception as e:  # noqa: BLE001
                 print(f"  torch.compile failed: {type(e).__name__}: {e}")
         harness.wait_idle(args.wait_idle, 0.15)
-        t, _ = harness.time_interleaved({"eager": lambda: block(*inp), "tc": (lambda: tb(*inp)) if tb else None,
+        t, _ = harness.time_interleaved({"eager": lambda: block(*inp), "tc": (lambda: tb(*inp)) if tb is not None else None,
                                           "kiln": lambda: kb(*inp)}, repeats=7)
         e = kiln.explain(block, *inp)
     tcm = f"{t['tc'] * 1e3:.2f}" if t.get("tc") else "-"
