@@ -47,6 +47,7 @@
 #include <unordered_map>
 
 #include "codegen_cuda/cuda_prelude.h"
+#include "support/config.h"
 #include "support/error.h"
 
 namespace kiln::cuda {
@@ -806,8 +807,13 @@ class KernelEmitter {
 
   void choose_row_block(int64_t inner) {
     int64_t outer = shape_.outer_extent;
+    int64_t forced = knob_int("cuda_row_block");
+    KILN_UNSUPPORTED_IF(forced != 0 && (forced < 32 || forced > 1024 || (forced & (forced - 1)) != 0),
+                        "KILN_CUDA_ROW_BLOCK={} is not a power of two in 32..1024", forced);
     if (inner >= 4096 || (outer < 256 && inner >= 1024)) {
       shape_.block = 1024;
+    } else if (forced != 0) {
+      shape_.block = static_cast<int>(forced);
     } else {
       int b = 32;
       while (b < inner && b < 256) b *= 2;

@@ -26,6 +26,9 @@ namespace kiln {
                                     "epilogues) or eager (fallback ops)")                             \
   X(blas, "KILN_BLAS", "auto", "BLAS for matrix products: auto (the MKL torch carries, "             \
                                "else OpenBLAS), openblas, or a library path")                          \
+  X(cuda_row_block, "KILN_CUDA_ROW_BLOCK", "0", "threads per block of CUDA row kernels with rows "  \
+                                              "under 4096 elements (32-1024, a power of two); 0: "      \
+                                              "kiln's choice")                                          \
   X(check, "KILN_CHECK", "0", "1: compare every compiled call with eager and report divergence") \
   X(profile, "KILN_PROFILE", "0", "1: time every kernel of programs compiled from now on "           \
                                   "(kiln.kernels(f)[i].time_ns)")                                   \
