@@ -195,13 +195,10 @@ class Lowering {
   /// product's own row-major strides. Eager ops reading the product would get a tensor of the
   /// wrong shape, so a product read by a fallback keeps its own buffer.
   void choose_output_aliases() {
-    std::vector<int> uses(g_.nodes.size(), 0);
     std::set<int> fallback_operands;
     for (const Node& n : g_.nodes)
-      for (int x : n.inputs) {
-        ++uses[x];
+      for (int x : n.inputs)
         if (op_category(n.op) == OpCategory::Extern) fallback_operands.insert(x);
-      }
     for (size_t j = 0; j < g_.outputs.size(); ++j) {
       int o = g_.outputs[j];
       const Node& on = g_.nodes[o];

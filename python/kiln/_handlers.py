@@ -588,7 +588,6 @@ def _mv(tr, a, out):
     m, v = a["self"], a["vec"] if "vec" in a else a["tensor"]
     if not _blas_ready(m, v, out):
         raise NoLowering()
-    rows = [m.shape[0]] if m.dim() == 2 else [1]
     lhs = m if m.dim() == 2 else Value(tr.call("reshape", [m], ints=[1, m.shape[0]]))
     col = Value(tr.call("reshape", [v], ints=[v.shape[0], 1]))
     return tr.call("reshape", [Value(tr.call("matmul", [lhs, col]))], ints=list(out.shape) or [])
