@@ -149,10 +149,21 @@ class Decomposer {
         int m = mean(g, {2}, true);
         int d = b(OpKind::Sub, g, m);
         int var = mean(b(OpKind::Mul, d, d), {2}, true);
-        int y = e_.reshape(b(OpKind::Mul, d, u(OpKind::Rsqrt, b(OpKind::Add, var, c(f.at(0))))), xs);
-        if (n.attrs.ints.at(1)) y = b(OpKind::Mul, y, channel_view(in[1], xs));
-        if (n.attrs.ints.at(2)) y = b(OpKind::Add, y, channel_view(in[2], xs));
-        return y;
+        int rstd = u(OpKind::Rsqrt, b(OpKind::Add, var, c(f.at(0))));
+        // As torch's kernels (CPU and CUDA): per (sample, channel) scale = rstd * w and
+        // shift = b - mean * scale, then y = x * scale + shift. The grouping matters beyond
+        // rounding: with an infinite weight, x * inf + (-mean * inf) is nan where
+        // (x - mean) * rstd * inf is +-inf, and eager returns the nan.
+        Sizes per_group = {xs[0], groups, xs[1] / std::max<int64_t>(groups, 1)};
+        Sizes per_channel(xs.size(), 1);
+        per_channel[0] = xs[0];
+        per_channel[1] = xs[1];
+        auto by_channel = [&](int v) { return e_.reshape(e_.expand(v, per_group), per_channel); };
+        int scale = by_channel(rstd);
+        if (n.attrs.ints.at(1)) scale = b(OpKind::Mul, scale, channel_view(in[1], xs));
+        int shift = u(OpKind::Neg, b(OpKind::Mul, by_channel(m), scale));
+        if (n.attrs.ints.at(2)) shift = b(OpKind::Sub, channel_view(in[2], xs), b(OpKind::Mul, by_channel(m), scale));
+        return b(OpKind::Add, b(OpKind::Mul, x, scale), shift);
       }
       case OpKind::BatchNormEval: {
         // As torch's CPU kernel: alpha = invstd * w, beta = b - mean * alpha, y = x * alpha + beta.

@@ -767,3 +767,16 @@ def test_nan_and_out_of_range_to_int_after_math_on_ints(to):
     # as whatever the log1p polynomial left (-176)
     x = torch.tensor([-5, 3, -2, 7, -100, 4, -1, 0, -9] * 3, dtype=torch.int32)
     check(lambda v: (torch.log1p(v).to(to), torch.log(v).to(to), (v * 1e12).to(to)), (x,))
+
+
+@pytest.mark.parametrize("affine", [(True, True), (True, False), (False, False)])
+def test_group_norm_with_infinite_weights_and_inputs_follows_eager(affine):
+    # torch computes y = x * (rstd * w) + (b - mean * rstd * w) per channel: with w = inf that is
+    # inf - inf = nan where (x - mean) * rstd * w would be +-inf; kiln groups it the same way
+    x, w, b = make_input((2, 8, 4, 3)), make_input((8,)), make_input((8,))
+    w[6] = float("inf")
+    b[4] = float("-inf")
+    x[1, 3, 2, 1] = float("nan")
+    x[0, 0, 1, 1] = float("inf")
+    has_w, has_b = affine
+    check(lambda x, w, b: F.group_norm(x, 4, w if has_w else None, b if has_b else None, 1e-5), (x, w, b))
