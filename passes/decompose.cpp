@@ -78,14 +78,23 @@ class Decomposer {
         return mean(x, dims, keep);
       case OpKind::Var:
       case OpKind::Std: {
-        int m = mean(x, dims, true);
-        int d = b(OpKind::Sub, x, m);
         // float32 squares overflow from |d| ~ 1.8e19 while the variance (or std) of such values
-        // is still finite: like eager, square and sum in float64 and round once at the end.
+        // is still finite: like eager (double accumulators), take the mean, square and sum in
+        // float64 and round once at the end. A float32 mean of equal values is not always that
+        // value (7 * 0.7853982f / 7 is off by an ulp), and a std of 1e-8 where eager's is 0
+        // turned a later 0 * inf = nan into inf.
         bool widen = t_ == DType::Float32;
-        if (widen) d = e_.cast(d, DType::Float64);
-        int ss = e_.reduce(OpKind::Sum, b(OpKind::Mul, d, d), dims, keep);
         double count = static_cast<double>(reduced_count(xs, dims));
+        int d;
+        if (widen) {
+          int x64 = e_.cast(x, DType::Float64);
+          int m64 = b(OpKind::Div, e_.reduce(OpKind::Sum, x64, dims, true),
+                      e_.constant(std::max(count, 1.0), DType::Float64));
+          d = b(OpKind::Sub, x64, m64);
+        } else {
+          d = b(OpKind::Sub, x, mean(x, dims, true));
+        }
+        int ss = e_.reduce(OpKind::Sum, b(OpKind::Mul, d, d), dims, keep);
         int v = b(OpKind::Div, ss, e_.constant(std::max(0.0, count - f.at(0)), widen ? DType::Float64 : t_));
         if (n.op == OpKind::Std) v = u(OpKind::Sqrt, v);
         return widen ? e_.cast(v, t_) : v;

@@ -780,3 +780,12 @@ def test_group_norm_with_infinite_weights_and_inputs_follows_eager(affine):
     x[0, 0, 1, 1] = float("inf")
     has_w, has_b = affine
     check(lambda x, w, b: F.group_norm(x, 4, w if has_w else None, b if has_b else None, 1e-5), (x, w, b))
+
+
+def test_var_and_std_of_equal_values_are_exactly_zero():
+    # eager accumulates in double: the std of seven copies of pi/4 is 0, so 0 * inf is nan; a
+    # float32 mean left a residue of ~1e-8 that made it inf
+    x = torch.full((7, 2, 1), math.pi / 4).expand(7, 2, 1).contiguous()
+    y = torch.tensor([[float("inf"), -float("inf"), 2.0]])
+    f = check(lambda x, y: (x.std(0, keepdim=True) * y, x.var(0), x.std((0, 1))), (x, y))
+    assert kiln.counters()["eager_calls"] == 0
