@@ -33,6 +33,18 @@ def xs(a, b):
     return "    -" if a is None or b is None else f"{a / b:5.2f}x"
 
 
+def try_inductor(fn, args, use_inductor):
+    """(torch.compile(fn), cold seconds), or (None, None) when skipped or when it fails."""
+    if not use_inductor:
+        return None, None
+    try:
+        tf, _, cold = harness.cold_compile("inductor", fn, args)
+        return tf, cold
+    except Exception as e:  # noqa: BLE001
+        print(f"  torch.compile failed: {type(e).__name__}: {e}")
+        return None, None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -99,12 +111,7 @@ def main():
         kb, got, kcold = harness.cold_compile("kiln", block, inp)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(kb(*inp), want, rtol=1e-4, atol=1e-4)
-        tb = None
-        if use_inductor:
-            try:
-                tb, _, _ = harness.cold_compile("inductor", block, inp)
-            except Exception as e:  # noqa: BLE001
-                print(f"  torch.compile failed: {type(e).__name__}: {e}")
+        tb, _ = try_inductor(block, inp, use_inductor)
         harness.wait_idle(args.wait_idle, 0.15)
         t, _ = harness.time_interleaved({"eager": lambda: block(*inp), "tc": (lambda: tb(*inp)) if tb is not None else None,
                                           "kiln": lambda: kb(*inp)}, repeats=7)
@@ -127,16 +134,11 @@ def main():
     print(f"{'function':16s} {'eager us':>9s} {'tc us':>9s} {'kiln us':>9s}   {'tc cold s':>9s} {'kiln cold s':>11s} {'bg':>5s}")
     for name, fn, a in tiny:
         kf, _, kcold = harness.cold_compile("kiln", fn, a)
-        tf, tcold = None, None
-        if use_inductor:
-            try:
-                tf, _, tcold = harness.cold_compile("inductor", fn, a)
-            except Exception as e:  # noqa: BLE001
-                print(f"  torch.compile failed: {type(e).__name__}: {e}")
+        tf, tcold = try_inductor(fn, a, use_inductor)
         harness.wait_idle(args.wait_idle, 0.15)
         load = harness.CpuLoad()
         t, _ = harness.time_interleaved({"eager": lambda: fn(*a),
-                                          "tc": (lambda: tf(*a)) if tf else None,
+                                          "tc": (lambda: tf(*a)) if tf is not None else None,
                                           "kiln": lambda: kf(*a)}, repeats=7)
         us = {k: (f"{v * 1e6:9.2f}" if v is not None else f"{'-':>9s}") for k, v in t.items()}
         bg, _ = load.cores()
