@@ -85,15 +85,8 @@ class Decomposer {
         // turned a later 0 * inf = nan into inf.
         bool widen = t_ == DType::Float32;
         double count = static_cast<double>(reduced_count(xs, dims));
-        int d;
-        if (widen) {
-          int x64 = e_.cast(x, DType::Float64);
-          int m64 = b(OpKind::Div, e_.reduce(OpKind::Sum, x64, dims, true),
-                      e_.constant(std::max(count, 1.0), DType::Float64));
-          d = b(OpKind::Sub, x64, m64);
-        } else {
-          d = b(OpKind::Sub, x, mean(x, dims, true));
-        }
+        int src = widen ? e_.cast(x, DType::Float64) : x;
+        int d = b(OpKind::Sub, src, mean(src, dims, true));
         int ss = e_.reduce(OpKind::Sum, b(OpKind::Mul, d, d), dims, keep);
         int v = b(OpKind::Div, ss, e_.constant(std::max(0.0, count - f.at(0)), widen ? DType::Float64 : t_));
         if (n.op == OpKind::Std) v = u(OpKind::Sqrt, v);
@@ -200,7 +193,8 @@ class Decomposer {
   }
   int mean(int x, const std::vector<int64_t>& dims, bool keep) {
     int s = e_.reduce(OpKind::Sum, x, dims, keep);
-    return b(OpKind::Div, s, c(static_cast<double>(reduced_count(e_.node(x).sizes, dims))));
+    double count = static_cast<double>(reduced_count(e_.node(x).sizes, dims));
+    return b(OpKind::Div, s, e_.constant(count, e_.node(x).dtype));  // in x's dtype (var's float64 mean)
   }
   /// A per-channel vector [C] as [C, 1, ...] so it broadcasts against x of shape [N, C, ...].
   int channel_view(int v, const Sizes& xs) {

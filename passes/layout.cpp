@@ -2,6 +2,7 @@
 /// Channels-last operands for eager convolutions (Note [Channels-last convolutions]).
 #include "passes/layout.h"
 
+#include <map>
 #include <set>
 
 #include "ir/graph_editor.h"
@@ -29,10 +30,9 @@ Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
       return false;
     int x = n.inputs.at(0);
     const Node& xn = g.nodes[x];
-    // The caller sees outputs in eager's layout; a result of another eager op has the layout
-    // that op gives it.
     // Lowering stores pointwise values, views and assembled values in their preferred layout
-    // (reductions and matrix products always row-major); leaves are copied.
+    // (reductions and matrix products always row-major; a result of another eager op has the
+    // layout that op gives it); leaves are copied. The caller sees outputs in eager's layout.
     OpCategory c = op_category(xn.op);
     bool stored_as_asked = is_pointwise(xn.op) || c == OpCategory::Movement || c == OpCategory::Assemble ||
                            c == OpCategory::Leaf;
@@ -43,8 +43,9 @@ Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
   GraphEditor e(out);
   std::vector<int> remap(g.nodes.size(), -1);
   std::vector<Sizes> layout(g.nodes.size());
+  std::vector<bool> conv_cl(g.nodes.size(), false);
   for (size_t i = 0; i < g.nodes.size(); ++i)
-    if (wants_channels_last(i)) {
+    if ((conv_cl[i] = wants_channels_last(i))) {
       layout[g.nodes[i].inputs[0]] = channels_last(g.nodes[g.nodes[i].inputs[0]].sizes);
       layout[i] = channels_last(g.nodes[i].sizes);
     }
@@ -58,20 +59,23 @@ Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
     for (int x : n.inputs)
       if (!layout[x].empty() && g.nodes[x].sizes == n.sizes) layout[i] = channels_last(n.sizes);
   }
+  std::map<int, int> copy_of;  // argument -> its channels-last copy (one per argument)
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     Node n = g.nodes[i];
     for (int& x : n.inputs) x = remap[x];
-    if (wants_channels_last(i)) {
-      int x = g.nodes[i].inputs[0];
-      if (g.nodes[x].op == OpKind::Input || op_category(g.nodes[x].op) == OpCategory::Leaf) {
-        // An argument keeps its memory: the convolution reads a channels-last copy.
+    int x = n.inputs.empty() ? -1 : g.nodes[i].inputs[0];
+    if (conv_cl[i] && op_category(g.nodes[x].op) == OpCategory::Leaf) {
+      // An argument keeps its memory: the convolution reads a channels-last copy.
+      auto it = copy_of.find(x);
+      if (it == copy_of.end()) {
         const Node& src = g.nodes[x];
         Node copy{OpKind::Cast, {remap[x]}, {}, src.dtype, src.sizes, channels_last(src.sizes)};
         copy.attrs.dtype = src.dtype;
-        n.inputs[0] = e.append(std::move(copy));
+        it = copy_of.emplace(x, e.append(std::move(copy))).first;
       }
+      n.inputs[0] = it->second;
     }
-    if (!layout[i].empty() && n.op != OpKind::Input && op_category(n.op) != OpCategory::Leaf) n.strides = layout[i];
+    if (!layout[i].empty() && op_category(n.op) != OpCategory::Leaf) n.strides = layout[i];
     remap[i] = e.append(std::move(n));
     if (g.nodes[i].op == OpKind::Input) out.input_ids.push_back(remap[i]);
   }

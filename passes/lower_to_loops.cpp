@@ -239,13 +239,11 @@ class Lowering {
       for (size_t d = 0; d < n.sizes.size(); ++d) eagers &= n.sizes[d] == 1 || probe.strides[d] == n.strides[d];
       if (!dense || !eagers) continue;
       v->second.strides = probe.strides;
-      int leaf = -1;
-      for (const auto& [node, buf] : input_buffer_)
-        if (buf == v->first) leaf = static_cast<int>(g_.nodes[node].attrs.int_value);
-      if (leaf < 0) {
-        for (const auto& [node, ip] : inplace_)
-          if (ip.first == v->first) leaf = ip.second;
-      }
+      // The view is of an argument's buffer (also for a value written into one in place): its
+      // index is the leaf, or -1 for a value carried in from an earlier segment (not a leaf of
+      // the call: it stays a copy).
+      KILN_CHECK(prog_.buffers[v->first].kind == BufferKind::Input, "output view of a non-argument buffer");
+      int leaf = prog_.buffers[v->first].index;
       if (leaf < 0) continue;
       output_views_[o] = {leaf, v->second};
       log(fmt::format("%{} (output) is a view of argument {}: returned as that view, not copied", o, leaf));
@@ -395,9 +393,12 @@ class Lowering {
     return base;
   }
 
-  /// The strides the buffer of materialised value `id` will have (see lower_node and friends).
+  /// The strides of the buffer value `id` is read from: an argument's own memory (also for a
+  /// slice assignment written into it in place), else the buffer it gets when materialised.
   Sizes planned_strides(int id) const {
     const Node& n = g_.nodes[id];
+    // A slice assignment written in place lives in its argument (Note [In-place argument writes]).
+    if (inplace_.count(id)) return g_.nodes[n.inputs[0]].strides;
     if (n.op == OpKind::Input || op_category(n.op) == OpCategory::Extern) return n.strides;
     if (op_category(n.op) == OpCategory::Reduction || n.op == OpKind::Matmul) return contiguous_strides(n.sizes);
     bool dense = false;
@@ -440,8 +441,7 @@ class Lowering {
     idx = vars;
     for (int n = id; n != base; n = g_.nodes[n].inputs[0])
       idx = view_source_index(c, g_.nodes[n], g_.nodes[g_.nodes[n].inputs[0]].sizes, idx);
-    Sizes base_strides = inplace_.count(base) ? prog_.buffers[inplace_.at(base).first].strides : planned_strides(base);
-    Expr lin = c.simplify_index(linear_index(c, idx, base_strides));
+    Expr lin = c.simplify_index(linear_index(c, idx, planned_strides(base)));
     // The index must be offset + sum(stride_d * var_d): anything else (div/mod left by a reshape
     // of a non-contiguous tensor) is not a strided view.
     std::map<Expr, int64_t> coef;
@@ -514,7 +514,7 @@ class Lowering {
       ExternView v;
       v.is_view = true;
       v.sizes = g_.nodes[x].sizes;
-      v.strides = inplace_.count(x) ? prog_.buffers[inplace_.at(x).first].strides : planned_strides(x);
+      v.strides = planned_strides(x);
       return std::make_pair(x, v);
     }
     return strided_view(x);
@@ -718,6 +718,8 @@ class Lowering {
     }
     bool dense = false;
     std::vector<int> order = loop_order(n, &dense);
+    // Not planned_strides(id): an argument returned as an output is copied here into a dense
+    // buffer of its own, while planned_strides gives the argument's (maybe strided) memory.
     int buf = make_value_buffer(id, dense ? n.strides : contiguous_strides(n.sizes));
     if (n.numel() == 0) return;  // nothing to compute: the buffer is allocated empty
     // Epilogue of a row kernel: a value reading that kernel's reductions.
@@ -806,7 +808,7 @@ class Lowering {
       if (g_.nodes[u].op == OpKind::FallbackOutput && g_.nodes[u].inputs[0] == id) results.push_back(static_cast<int>(u));
     std::sort(results.begin() + 1, results.end(),
               [&](int a, int b) { return g_.nodes[a].attrs.ints[0] < g_.nodes[b].attrs.ints[0]; });
-    for (int r : results) call.outputs.push_back(make_value_buffer(r, g_.nodes[r].strides));
+    for (int r : results) call.outputs.push_back(make_value_buffer(r, planned_strides(r)));
     for (auto& ok : open_) ok.closed = true;
     prog_.externs.push_back(call);
     prog_.steps.push_back({Step::Kind::Extern, static_cast<int>(prog_.externs.size()) - 1});
@@ -851,7 +853,7 @@ class Lowering {
       value_strides_[id] = contiguous_strides(n.sizes);
       log(fmt::format("%{} (output) is %{}'s buffer: a reshape of a product needs no copy", o, id));
     } else {
-      call.out = make_value_buffer(id, contiguous_strides(n.sizes));
+      call.out = make_value_buffer(id, planned_strides(id));
     }
     for (auto& ok : open_) ok.closed = true;
     prog_.gemms.push_back(call);
@@ -909,7 +911,7 @@ class Lowering {
   void lower_reduction(int id) {
     const Node& n = g_.nodes[id];
     const Node& x = g_.nodes[n.inputs[0]];
-    int buf = make_value_buffer(id, contiguous_strides(n.sizes));
+    int buf = make_value_buffer(id, planned_strides(id));
     if (n.numel() == 0) return;
     std::vector<int64_t> rdims = n.attrs.ints;
     int64_t reduce_n = 1;

@@ -137,16 +137,14 @@ class Entry {
     // Operands passed as views of an argument: their as_strided arguments, built once.
     for (const auto& e : p.externs) {
       std::vector<ViewArgs> va(e.inputs.size());
-      for (size_t k = 0; k < e.views.size(); ++k) {
-        const auto& v = e.views[k];
-        if (!v.is_view) continue;
-        va[k].used = true;
-        va[k].sizes = py::cast(v.sizes);
-        va[k].strides = py::cast(v.strides);
-        va[k].offset = v.offset;
-      }
+      for (size_t k = 0; k < e.views.size(); ++k)
+        if (e.views[k].is_view) va[k] = ViewArgs(e.views[k]);
       view_args_.push_back(std::move(va));
     }
+    // Outputs returned as views of an argument: the same, per output.
+    output_views_.resize(p.outputs.size());
+    for (size_t j = 0; j < p.outputs.size(); ++j)
+      if (p.outputs[j].kind == ir::OutputSpec::Kind::InputView) output_views_[j] = ViewArgs(p.outputs[j].view);
   }
 
   /// Runs on `leaves` if the guards hold: returns the output list, None on a guard miss, or
@@ -203,14 +201,10 @@ class Entry {
     py::list outs(p.outputs.size());
     for (size_t j = 0; j < p.outputs.size(); ++j) {
       const auto& o = p.outputs[j];
-      if (o.kind == ir::OutputSpec::Kind::InputView) {
-        // as_strided's offset counts from the storage's start, the view's from the argument's.
-        py::object arg = leaves[o.index];
-        int64_t base = arg.attr("storage_offset")().cast<int64_t>();
-        outs[j] = arg.attr("as_strided")(py::cast(o.view.sizes), py::cast(o.view.strides), base + o.view.offset);
-        continue;
-      }
-      outs[j] = o.kind == ir::OutputSpec::Kind::Buffer ? tensors[o.index] : leaves[o.index];
+      if (o.kind == ir::OutputSpec::Kind::InputView)
+        outs[j] = output_views_[j].of(leaves[o.index]);
+      else
+        outs[j] = o.kind == ir::OutputSpec::Kind::Buffer ? tensors[o.index] : leaves[o.index];
     }
     return outs;
   }
@@ -282,13 +276,7 @@ class Entry {
       const auto& va = view_args_[&call - program_.compiled->program().externs.data()];
       for (size_t i = 0; i < call.inputs.size(); ++i) {
         const py::object& t = tensors[call.inputs[i]];
-        if (i < va.size() && va[i].used) {
-          // as_strided's offset counts from the storage's start, the view's from the tensor's.
-          int64_t base = t.attr("storage_offset")().cast<int64_t>();
-          args[i] = t.attr("as_strided")(va[i].sizes, va[i].strides, base + va[i].offset);
-        } else {
-          args[i] = t;
-        }
+        args[i] = i < va.size() && va[i].used ? va[i].of(t) : t;
       }
       py::object result = fallbacks_[call.table_index](*args);
       std::vector<py::object> results;
@@ -325,12 +313,24 @@ class Entry {
   std::vector<bool> allocate_upfront_;                // per buffer: call() allocates it before any step
   std::vector<std::vector<int>> alloc_at_, release_at_;  // per step
   bool has_lifetimes_ = false;
+  /// A strided view of an argument (an extern operand, an output), its as_strided arguments
+  /// built once.
   struct ViewArgs {
+    ViewArgs() = default;
+    explicit ViewArgs(const ir::ExternView& v)
+        : used(true), sizes(py::cast(v.sizes)), strides(py::cast(v.strides)), offset(v.offset) {}
+    /// The view of tensor `t` (as_strided's offset counts from the storage's start, the
+    /// view's from the tensor's first element).
+    py::object of(py::handle t) const {
+      int64_t base = t.attr("storage_offset")().cast<int64_t>();
+      return t.attr("as_strided")(sizes, strides, base + offset);
+    }
     bool used = false;
     py::object sizes, strides;
     int64_t offset = 0;
   };
   std::vector<std::vector<ViewArgs>> view_args_;      // per extern, per operand
+  std::vector<ViewArgs> output_views_;                // per output (InputView outputs only)
 };
 
 /// The per-call fast path of a compiled function for its most common shape of call: positional

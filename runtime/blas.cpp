@@ -14,6 +14,8 @@ namespace {
 
 std::mutex g_mu;
 std::string g_preferred;
+const Library* g_current = nullptr;  // the library for the knobs as of g_current_epoch
+uint64_t g_current_epoch = 0;
 
 /// Resolves the GEMMs of an opened library; empty when it lacks them.
 Library from_handle(void* h, const std::string& what) {
@@ -56,15 +58,20 @@ Library resolve(const std::string& choice) {
 void prefer(const std::string& path) {
   std::lock_guard<std::mutex> lock(g_mu);
   g_preferred = path;
+  g_current = nullptr;
 }
 
 const Library& library() {
-  static std::map<std::string, Library> resolved;
+  // Called once per product step: the knob is looked up again only after a knob changed.
   std::lock_guard<std::mutex> lock(g_mu);
+  if (g_current && g_current_epoch == config_epoch()) return *g_current;
+  static std::map<std::string, Library> resolved;  // nodes stay put: g_current may point in
   std::string choice = knob("blas") + "|" + g_preferred;
   auto it = resolved.find(choice);
   if (it == resolved.end()) it = resolved.emplace(choice, resolve(knob("blas"))).first;
-  return it->second;
+  g_current = &it->second;
+  g_current_epoch = config_epoch();
+  return *g_current;
 }
 
 }  // namespace kiln::runtime::blas

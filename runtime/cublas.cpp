@@ -63,19 +63,6 @@ void check(Status s, const std::string& what) {
   if (s != 0) throw CudaError(fmt::format("kiln: cuBLAS error {} in {}", s, what));
 }
 
-/// Element offsets of every matrix of the batch, and the one stride between them if even.
-std::vector<int64_t> batch_offsets(const ir::GemmOperand& o) {
-  std::vector<int64_t> offs = {o.offset};
-  for (size_t d = 0; d + 2 < o.sizes.size(); ++d) {
-    const ir::Sizes& batch = o.sizes;
-    std::vector<int64_t> next;
-    for (int64_t base : offs)
-      for (int64_t i = 0; i < batch[d]; ++i) next.push_back(base + i * o.strides[d]);
-    offs = std::move(next);
-  }
-  return offs;
-}
-
 /// Whether offs[begin, begin + n) are evenly spaced; their spacing in `stride`.
 bool even(const std::vector<int64_t>& offs, size_t begin, size_t n, int64_t* stride) {
   *stride = n > 1 ? offs[begin + 1] - offs[begin] : 0;
@@ -157,19 +144,14 @@ void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, 
   uint64_t A = ptrs[g.a.buffer], B = ptrs[g.b.buffer], C = ptrs[g.out];
   // K == 0: beta = 0 makes cuBLAS write zeros (alpha times an empty sum).
   auto call = [&](uint64_t a, uint64_t b, uint64_t cc, long long stride_a, long long stride_b, int count) {
-    if (buffers[g.out].dtype == ir::DType::Float32) {
-      float one = 1, zero = 0;
-      check(c.Sgemm(h, tb, ta, n, m, k, &one, reinterpret_cast<const float*>(b), ldb, stride_b,
-                    reinterpret_cast<const float*>(a), lda, stride_a, &zero, reinterpret_cast<float*>(cc), ldc,
-                    static_cast<long long>(M) * N, count),
-            g.name);
-    } else {
-      double one = 1, zero = 0;
-      check(c.Dgemm(h, tb, ta, n, m, k, &one, reinterpret_cast<const double*>(b), ldb, stride_b,
-                    reinterpret_cast<const double*>(a), lda, stride_a, &zero, reinterpret_cast<double*>(cc), ldc,
-                    static_cast<long long>(M) * N, count),
-            g.name);
-    }
+    // One body for both element types: `one` carries the type (and alpha).
+    auto run = [&](auto gemm, auto one) {
+      using T = decltype(one);
+      T zero = 0;
+      return gemm(h, tb, ta, n, m, k, &one, reinterpret_cast<const T*>(b), ldb, stride_b, reinterpret_cast<const T*>(a),
+                  lda, stride_a, &zero, reinterpret_cast<T*>(cc), ldc, static_cast<long long>(M) * N, count);
+    };
+    check(buffers[g.out].dtype == ir::DType::Float32 ? run(c.Sgemm, 1.0f) : run(c.Dgemm, 1.0), g.name);
   };
   size_t run = run_length(ao, bo);
   for (size_t i = 0; i < static_cast<size_t>(nb); i += run) {

@@ -16,38 +16,9 @@
 namespace kiln::runtime {
 namespace {
 
-/// Element offsets of every matrix of a batch (batch dims row-major, as the output's).
-std::vector<int64_t> batch_offsets(const ir::GemmOperand& o) {
-  std::vector<int64_t> offs = {o.offset};
-  for (size_t d = 0; d + 2 < o.sizes.size(); ++d) {
-    const ir::Sizes& batch = o.sizes;
-    std::vector<int64_t> next;
-    next.reserve(offs.size() * batch[d]);
-    for (int64_t base : offs)
-      for (int64_t i = 0; i < batch[d]; ++i) next.push_back(base + i * o.strides[d]);
-    offs = std::move(next);
-  }
-  return offs;
-}
-
-template <typename T>
-struct Gemm;
-template <>
-struct Gemm<float> {
-  static void call(const blas::Library& l, const char* ta, const char* tb, const int* m, const int* n, const int* k,
-                   const float* a, const int* lda, const float* b, const int* ldb, float* c, const int* ldc) {
-    float one = 1, zero = 0;
-    l.sgemm(ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
-  }
-};
-template <>
-struct Gemm<double> {
-  static void call(const blas::Library& l, const char* ta, const char* tb, const int* m, const int* n, const int* k,
-                   const double* a, const int* lda, const double* b, const int* ldb, double* c, const int* ldc) {
-    double one = 1, zero = 0;
-    l.dgemm(ta, tb, m, n, k, &one, a, lda, b, ldb, &zero, c, ldc);
-  }
-};
+/// The library's GEMM for element type T (picked by the pointer type).
+blas::SgemmFn gemm_of(const blas::Library& l, const float*) { return l.sgemm; }
+blas::DgemmFn gemm_of(const blas::Library& l, const double*) { return l.dgemm; }
 
 /// A row-major copy of the rows x cols matrix at `src` (strides sr, sc) in `scratch`.
 template <typename T>
@@ -134,8 +105,9 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
       }
       int lda = static_cast<int>(ta.ld), ldb = static_cast<int>(tb.ld), ldc = static_cast<int>(N);
       // Column-major C^T (n x m) = op(B)^T (n x k) . op(A)^T (k x m).
-      Gemm<T>::call(lib, tb.col_major ? "T" : "N", ta.col_major ? "T" : "N", &n, &m, &k, b, &ldb, a, &lda,
-                    C + bi * M * N + m0 * N + n0, &ldc);
+      T one = 1, zero = 0;
+      gemm_of(lib, a)(tb.col_major ? "T" : "N", ta.col_major ? "T" : "N", &n, &m, &k, &one, b, &ldb, a, &lda, &zero,
+                      C + bi * M * N + m0 * N + n0, &ldc);
     }
     if (lib.set_threads_local) lib.set_threads_local(previous);
   });

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "ir/kernel.h"
 
@@ -28,6 +29,20 @@ inline Layout layout_of(int64_t rows, int64_t cols, int64_t sr, int64_t sc) {
     l.ld = cols <= 1 ? std::max<int64_t>(1, rows) : sc;
   }
   return l;
+}
+
+/// Element offsets of every matrix of an operand, over its own batch dims in row-major order
+/// (which is the output's batch order, see ir::GemmCall).
+inline std::vector<int64_t> batch_offsets(const ir::GemmOperand& o) {
+  std::vector<int64_t> offs = {o.offset};
+  for (size_t d = 0; d + 2 < o.sizes.size(); ++d) {
+    std::vector<int64_t> next;
+    next.reserve(offs.size() * static_cast<size_t>(o.sizes[d]));
+    for (int64_t base : offs)
+      for (int64_t i = 0; i < o.sizes[d]; ++i) next.push_back(base + i * o.strides[d]);
+    offs = std::move(next);
+  }
+  return offs;
 }
 
 /// The layout of one operand of a product (its last two dims; a dim of size 1 has no stride).
