@@ -42,15 +42,36 @@ Library open_openblas() {
   return Library{};
 }
 
-Library resolve(const std::string& choice) {
-  if (choice == "openblas") return open_openblas();
-  if (choice != "auto" && !choice.empty()) return from_handle(dlopen(choice.c_str(), RTLD_NOW | RTLD_LOCAL), choice);
+/// torch's MKL when the process has it, else OpenBLAS.
+Library open_mkl_or_openblas() {
   if (!g_preferred.empty()) {
     // Only a library the process already has (torch's): never load a second copy of it.
     Library lib = from_handle(dlopen(g_preferred.c_str(), RTLD_NOW | RTLD_NOLOAD), g_preferred);
     if (lib.ok()) return lib;
   }
   return open_openblas();
+}
+
+/// `base` with its float32 products moved to oneDNN's GEMM when libdnnl opens (Note [Which GEMM]).
+Library with_dnnl_sgemm(Library base) {
+  if (!base.ok()) return base;
+  for (const char* so : {"libdnnl.so.2", "libdnnl.so.3", "libdnnl.so"}) {
+    void* h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!h) continue;
+    if (auto fn = reinterpret_cast<DnnlSgemmFn>(dlsym(h, "dnnl_sgemm"))) {
+      base.dnnl_sgemm = fn;
+      base.name = std::string("onednn sgemm (") + so + ") + " + base.name;
+      return base;
+    }
+  }
+  return base;
+}
+
+Library resolve(const std::string& choice) {
+  if (choice == "openblas") return open_openblas();
+  if (choice == "mkl") return open_mkl_or_openblas();
+  if (choice != "auto" && !choice.empty()) return from_handle(dlopen(choice.c_str(), RTLD_NOW | RTLD_LOCAL), choice);
+  return with_dnnl_sgemm(open_mkl_or_openblas());
 }
 
 }  // namespace

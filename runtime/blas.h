@@ -1,8 +1,13 @@
 /// \file blas.h
-/// The BLAS that runs matrix products, opened at run time. `KILN_BLAS=auto` uses the MKL that
-/// PyTorch carries when the process has it (the Python package registers it: the same library,
-/// so the same speed and rounding as eager's matmuls), else Debian's OpenBLAS; `openblas` or
-/// a library path forces one. kiln splits each product across its threads itself, so every
+/// The libraries that run matrix products, opened at run time. Note [Which GEMM]:
+/// `KILN_BLAS=auto` runs float32 products on oneDNN's `dnnl_sgemm` (Debian's libdnnl) when it
+/// opens, and float64 ones (oneDNN has no dgemm) on the MKL that PyTorch carries when the
+/// process has it (the Python package registers it), else on Debian's OpenBLAS. The reason is
+/// measured on this project's machines (AMD EPYC with AVX-512): MKL runs its AVX2 code on a
+/// CPU that is not Intel's, ~108 GFLOP/s per core, while oneDNN's JIT GEMM uses AVX-512 there,
+/// ~230 GFLOP/s (1024x512x1376: 13.3 ms against 6.3 ms on one core). `mkl` keeps every product
+/// on torch's MKL (eager's library: the same rounding as eager), `openblas` on OpenBLAS, and a
+/// library path on that library. kiln splits each product across its threads itself, so every
 /// call here is single-threaded.
 #pragma once
 
@@ -17,13 +22,21 @@ using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const
 using DgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
                          const int*, const double*, const int*, const double*, double*, const int*);
 
+/// oneDNN's `dnnl_sgemm` (dnnl_dim_t is int64_t; the status is dnnl_status_t, 0 = success).
+using DnnlSgemmFn = int (*)(char, char, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                            float, float*, int64_t);
+
 struct Library {
-  std::string name;  ///< "mkl (path)", "openblas (path)"; empty when none could be opened
+  std::string name;  ///< "onednn sgemm (path) + mkl (path)", "openblas (path)"; empty when none opened
   SgemmFn sgemm = nullptr;
   DgemmFn dgemm = nullptr;
   /// MKL_Set_Num_Threads_Local (the C interface: by value; per-thread count, returns the
   /// previous one), or null.
   int (*set_threads_local)(int) = nullptr;
+  /// oneDNN's row-major float32 GEMM (C = alpha op(A) op(B) + beta C; 0 = success), used for
+  /// float32 instead of `sgemm` when set. It threads with OpenMP: called inside kiln's threads
+  /// with the calling task's OpenMP thread count set to 1 (see SerialOpenMP in thread_pool.h).
+  DnnlSgemmFn dnnl_sgemm = nullptr;
   bool ok() const { return sgemm && dgemm; }
 };
 

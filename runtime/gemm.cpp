@@ -3,12 +3,15 @@
 /// C^T = B^T . A^T: a row-major operand read column-major is its own transpose, so a matrix
 /// with unit column stride is passed as 'N' and one with unit row stride (a transposed weight)
 /// as 'T', without a copy. Only operands with neither (a broadcast row, a strided slice) are
-/// packed first, tile by tile.
+/// packed first, tile by tile. float32 products go to oneDNN's row-major GEMM when the library
+/// has it (Note [Which GEMM] in blas.h): the same call with the operands in their own order.
 #include "runtime/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstring>
+#include <type_traits>
 
 #include "runtime/blas.h"
 #include "runtime/gemm_layout.h"
@@ -47,7 +50,10 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
     std::fill(C, C + nb * M * N, T(0));
     return true;
   }
-  bool outer_plus_zero = K == 1 && g.zero_start;  // see GemmCall::zero_start
+  // A single-term product is written out here, not left to a BLAS: each library rounds a -0
+  // product its own way (MKL keeps it, oneDNN sums it into +0), and eager's mm keeps it while
+  // its bmm sums into +0 (see GemmCall::zero_start).
+  bool single_term = K == 1;
   int64_t a_sr = as[r - 2] > 1 ? g.a.strides[r - 2] : 0, a_sc = K > 1 ? g.a.strides[r - 1] : 0;
   int64_t b_sr = K > 1 ? g.b.strides[rb - 2] : 0, b_sc = N > 1 ? g.b.strides[rb - 1] : 0;
   Layout la = layout_of(M, K, a_sr, a_sc), lb = layout_of(K, N, b_sr, b_sc);
@@ -70,8 +76,11 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
   }
   int64_t items = nb * parts;
   int64_t work = (M / (by_rows ? parts : 1)) * (N / (by_rows ? 1 : parts)) * K;
+  bool dnnl = std::is_same<T, float>::value && lib.dnnl_sgemm;
+  std::atomic<bool> failed{false};
   pool.parallel_for(items, std::max<int64_t>(work, 1), [&](int64_t begin, int64_t end) {
     int previous = lib.set_threads_local ? lib.set_threads_local(1) : 0;
+    SerialOpenMP serial;
     thread_local std::vector<T> a_pack, b_pack;
     for (int64_t item = begin; item < end; ++item) {
       int64_t bi = item / parts, p = item % parts;
@@ -87,11 +96,13 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
       if (m == 0 || n == 0) continue;
       const T* a = A + a_off[bi] + m0 * a_sr;
       const T* b = B + b_off[bi] + n0 * b_sc;
-      if (outer_plus_zero) {
-        // One product per element, summed into +0 as eager's bmm does (BLAS keeps a -0).
-        T* c = C + bi * M * N + m0 * N + n0;
+      T* c = C + bi * M * N + m0 * N + n0;
+      if (single_term) {
         for (int i = 0; i < m; ++i)
-          for (int j = 0; j < n; ++j) c[i * N + j] = T(0) + a[i * a_sr] * b[j * b_sc];
+          for (int j = 0; j < n; ++j) {
+            T p = a[i * a_sr] * b[j * b_sc];
+            c[i * N + j] = g.zero_start ? T(0) + p : p;
+          }
         continue;
       }
       Layout ta = la, tb = lb;
@@ -104,14 +115,21 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
         tb = {true, false, std::max<int64_t>(1, n)};
       }
       int lda = static_cast<int>(ta.ld), ldb = static_cast<int>(tb.ld), ldc = static_cast<int>(N);
+      const char* op_a = ta.col_major ? "T" : "N";
+      const char* op_b = tb.col_major ? "T" : "N";
+      if constexpr (std::is_same<T, float>::value) {
+        if (dnnl) {  // row-major: C (m x n) = op(A) (m x k) . op(B) (k x n)
+          if (lib.dnnl_sgemm(*op_a, *op_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc) != 0) failed = true;
+          continue;
+        }
+      }
       // Column-major C^T (n x m) = op(B)^T (n x k) . op(A)^T (k x m).
       T one = 1, zero = 0;
-      gemm_of(lib, a)(tb.col_major ? "T" : "N", ta.col_major ? "T" : "N", &n, &m, &k, &one, b, &ldb, a, &lda, &zero,
-                      C + bi * M * N + m0 * N + n0, &ldc);
+      gemm_of(lib, a)(op_b, op_a, &n, &m, &k, &one, b, &ldb, a, &lda, &zero, c, &ldc);
     }
     if (lib.set_threads_local) lib.set_threads_local(previous);
   });
-  return true;
+  return !failed;  // a oneDNN error (never seen: the arguments are checked above) runs the call eagerly
 }
 
 }  // namespace

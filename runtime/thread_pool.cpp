@@ -49,4 +49,12 @@ void ThreadPool::parallel_for(int64_t n, int64_t work_per_item,
 #endif
 }
 
+#ifdef _OPENMP
+SerialOpenMP::SerialOpenMP() : previous_(omp_get_max_threads()) { omp_set_num_threads(1); }
+SerialOpenMP::~SerialOpenMP() { omp_set_num_threads(previous_); }
+#else
+SerialOpenMP::SerialOpenMP() = default;
+SerialOpenMP::~SerialOpenMP() = default;
+#endif
+
 }  // namespace kiln::runtime

@@ -37,4 +37,20 @@ class ThreadPool {
   std::atomic<int> threads_{1};
 };
 
+/// Makes libraries that thread with OpenMP (oneDNN's GEMM) run single-threaded while in scope:
+/// they size their teams from the calling task's OpenMP thread count, which this sets to 1 and
+/// restores. kiln already runs such calls on each of its threads; a team inside each would
+/// oversubscribe the cores, and a call made outside a parallel region would take every core
+/// whatever KILN_NUM_THREADS says.
+class SerialOpenMP {
+ public:
+  SerialOpenMP();
+  ~SerialOpenMP();
+  SerialOpenMP(const SerialOpenMP&) = delete;
+  SerialOpenMP& operator=(const SerialOpenMP&) = delete;
+
+ private:
+  int previous_ = 1;
+};
+
 }  // namespace kiln::runtime

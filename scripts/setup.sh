@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything kiln needs, skipping what is already present (safe to run repeatedly):
-# Debian packages (LLVM 16, fmt, GoogleTest, OpenBLAS), a .venv at the repo root with
+# Debian packages (LLVM 16, fmt, GoogleTest, OpenBLAS, oneDNN), a .venv at the repo root with
 # torch==2.13.0 and the Python tools, and kiln itself (editable; the C++ core is rebuilt
 # incrementally in build/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(llvm-16-dev libfmt-dev googletest libgtest-dev libopenblas-dev
+# libdnnl2: oneDNN's float32 GEMM, opened at run time (runtime/blas.h, Note [Which GEMM]).
+APT_PACKAGES=(llvm-16-dev libfmt-dev googletest libgtest-dev libopenblas-dev libdnnl2
               zlib1g-dev libzstd-dev libedit-dev libxml2-dev libffi-dev libncurses-dev g++ make)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -5,12 +5,15 @@
 /// Outputs are poisoned first, so an element no tile wrote fails.
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+
 #include <cmath>
 #include <random>
 #include <vector>
 
 #include "runtime/blas.h"
 #include "runtime/gemm.h"
+#include "support/config.h"
 
 using kiln::ir::Buffer;
 using kiln::ir::BufferKind;
@@ -50,7 +53,7 @@ Sizes strides_for(const Sizes& sizes, const std::string& layout, bool batch_bcas
 
 template <typename T>
 void run_case(Sizes a_sizes, Sizes b_sizes, const std::string& la, const std::string& lb, bool b_batch_bcast,
-              int threads) {
+              int threads, bool zero_start = false) {
   size_t r = a_sizes.size();
   int64_t a_span = 0, b_span = 0;
   Sizes as = strides_for(a_sizes, la, false, &a_span), bs = strides_for(b_sizes, lb, b_batch_bcast, &b_span);
@@ -59,6 +62,7 @@ void run_case(Sizes a_sizes, Sizes b_sizes, const std::string& la, const std::st
   std::vector<T> A(a_span + 3), B(b_span + 3);
   for (auto& x : A) x = static_cast<T>(dist(gen));
   for (auto& x : B) x = static_cast<T>(dist(gen));
+  A[3] = static_cast<T>(-0.0);  // a -0 product where K = 1
   Sizes out_sizes(a_sizes.begin(), a_sizes.end() - 1);
   out_sizes.push_back(b_sizes[r - 1]);
   int64_t nout = 1;
@@ -72,6 +76,7 @@ void run_case(Sizes a_sizes, Sizes b_sizes, const std::string& la, const std::st
   call.a = GemmOperand{0, a_sizes, as, 3};  // offset 3: the view does not start at the buffer's start
   call.b = GemmOperand{1, b_sizes, bs, 2};
   call.out = 2;
+  call.zero_start = zero_start;
   void* ptrs[] = {A.data(), B.data(), C.data()};
   ThreadPool pool(threads);
   ASSERT_TRUE(kiln::runtime::run_gemm(call, bufs, ptrs, pool));
@@ -92,6 +97,11 @@ void run_case(Sizes a_sizes, Sizes b_sizes, const std::string& la, const std::st
         for (int64_t k = 0; k < K; ++k)
           ref += static_cast<double>(A[ao + m * as[r - 2] + k * as[r - 1]]) * B[bo + k * bs[r - 2] + n * bs[r - 1]];
         double got = C[bi * M * N + m * N + n];
+        if (K == 1) {  // one product, written out: exact, -0 kept unless summed into +0
+          T p = A[ao + m * as[r - 2]] * B[bo + n * bs[r - 1]];
+          T want = zero_start ? T(0) + p : p;
+          ASSERT_EQ(std::signbit(got), std::signbit(want)) << "signed zero at (" << m << ", " << n << ")";
+        }
         double tol = (sizeof(T) == 4 ? 1e-5 : 1e-12) * (1 + K);
         ASSERT_NEAR(got, ref, tol) << la << "/" << lb << " batch " << bi << " at (" << m << ", " << n << ")";
       }
@@ -100,7 +110,43 @@ void run_case(Sizes a_sizes, Sizes b_sizes, const std::string& la, const std::st
 
 }  // namespace
 
+/// Runs the test body once per library choice that opens here: `auto` (float32 on oneDNN when
+/// libdnnl is installed) and `openblas`.
+class GemmLibraries : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    kiln::set_knob("blas", GetParam());
+    if (!kiln::runtime::gemm_available()) GTEST_SKIP() << GetParam() << " does not open here";
+  }
+  void TearDown() override { kiln::set_knob("blas", "auto"); }
+};
+INSTANTIATE_TEST_SUITE_P(Gemm, GemmLibraries, ::testing::Values("auto", "openblas"));
+
 TEST(Gemm, OpensABlas) { EXPECT_TRUE(kiln::runtime::gemm_available()) << kiln::runtime::blas::library().name; }
+
+TEST(Gemm, AutoUsesOneDnnForFloat32WhenInstalled) {
+  void* h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (!h) GTEST_SKIP() << "libdnnl.so.2 is not installed";
+  EXPECT_NE(kiln::runtime::blas::library().dnnl_sgemm, nullptr) << kiln::runtime::blas::library().name;
+  dlclose(h);
+}
+
+TEST_P(GemmLibraries, Float32Layouts) {
+  for (const char* la : {"row", "col", "step2"})
+    for (const char* lb : {"row", "col", "bcast_rows"}) run_case<float>({37, 29}, {29, 41}, la, lb, false, 2);
+  run_case<float>({3, 2, 6, 5}, {3, 2, 5, 4}, "row", "col", false, 2);
+  run_case<float>({257, 33}, {33, 19}, "row", "row", false, 3);
+  run_case<float>({2, 40}, {40, 1031}, "row", "col", false, 3);
+}
+
+TEST_P(GemmLibraries, SingleTermProductsKeepOrDropNegativeZero) {
+  // K = 1: mm keeps a -0 product (as eager's BLAS does), bmm sums it into +0 (zero_start).
+  for (bool zs : {false, true}) {
+    run_case<float>({6, 1}, {1, 4}, "row", "row", false, 2, zs);
+    run_case<float>({2, 6, 1}, {2, 1, 4}, "col", "row", false, 2, zs);
+    run_case<double>({6, 1}, {1, 4}, "row", "col", false, 2, zs);
+  }
+}
 
 TEST(Gemm, EveryOperandLayout) {
   for (const char* la : {"row", "col", "step2", "bcast_rows"})
