@@ -2,12 +2,13 @@
 /// ATen-level semantics of traced ops: promotion, int-to-float ops, division modes, views.
 ///
 /// Besides the names of ops.def, `call` accepts: "full" (a scalar broadcast to attrs.ints
-/// sizes in attrs.dtype), "identity" (returns its operand) and "copy" (a new value equal to its
-/// operand).
+/// sizes in attrs.dtype), "identity" (returns its operand), "copy" (a new value equal to its
+/// operand), and the pooling and upsampling ops of window_op below.
 #include "capture/graph_builder.h"
 
 #include <fmt/format.h>
 
+#include "capture/window_ops.h"
 #include "support/error.h"
 
 namespace kiln::capture {
@@ -66,6 +67,33 @@ int GraphBuilder::value_of(const Operand& o, DType t) {
   KILN_UNREACHABLE("operand kind");
 }
 
+int GraphBuilder::window_op(const std::string& name, const std::vector<Operand>& args, const Attrs& attrs) {
+  bool pool = name == "max_pool" || name == "max_pool_indices" || name == "avg_pool";
+  bool resample = name == "upsample_nearest" || name == "upsample_nearest_exact" || name == "upsample_linear";
+  if (!pool && !resample && name != "adaptive_avg_pool") return -1;
+  KILN_UNSUPPORTED_IF(args.size() != 1 || args[0].kind != Operand::Kind::Value, "{} takes one tensor", name);
+  int x = args[0].value;
+  const std::vector<int64_t>& a = attrs.ints;
+  if (pool) {
+    // ints = n, kernel[n], stride[n], padding[n], dilation[n], ceil_mode, count_include_pad,
+    // divisor_override (0: none)
+    KILN_UNSUPPORTED_IF(a.empty() || a.size() != 4 * static_cast<size_t>(a[0]) + 4, "{} attributes", name);
+    size_t n = static_cast<size_t>(a[0]);
+    auto part = [&](size_t k) { return std::vector<int64_t>(a.begin() + 1 + k * n, a.begin() + 1 + (k + 1) * n); };
+    PoolWindow w{part(0), part(1), part(2), part(3), a[4 * n + 1] != 0};
+    if (name == "max_pool") return max_pool(editor_, x, w);
+    if (name == "max_pool_indices") return max_pool_indices(editor_, x, w);
+    return avg_pool(editor_, x, w, a[4 * n + 2] != 0, a[4 * n + 3]);
+  }
+  if (name == "adaptive_avg_pool") return adaptive_avg_pool(editor_, x, a);
+  // ints = output sizes of the trailing dims; floats = their scales (<= 0: none);
+  // int_value = align_corners
+  Upsample mode = name == "upsample_nearest" ? Upsample::Nearest
+                  : name == "upsample_nearest_exact" ? Upsample::NearestExact
+                                                     : Upsample::Linear;
+  return upsample(editor_, x, mode, a, attrs.floats, attrs.int_value != 0);
+}
+
 int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args, const Attrs& attrs) {
   if (name == "identity") {
     KILN_UNSUPPORTED_IF(args.size() != 1 || args[0].kind != Operand::Kind::Value, "identity of a non-tensor");
@@ -83,6 +111,7 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
     n.attrs.dtype = src.dtype;
     return editor_.append(std::move(n));
   }
+  if (int v = window_op(name, args, attrs); v >= 0) return v;
   if (name == "full") {
     KILN_UNSUPPORTED_IF(args.size() != 1, "full takes one scalar");
     int c = value_of(args[0], attrs.dtype);

@@ -53,6 +53,8 @@ class GraphBuilder {
   const ir::Graph& graph() const { return graph_; }
 
  private:
+  /// Pooling and upsampling (capture/window_ops.h); -1 when `name` is none of them.
+  int window_op(const std::string& name, const std::vector<Operand>& args, const ir::Attrs& attrs);
   int value_of(const Operand& o, ir::DType t);
   ir::PromotionOperand promotion(const Operand& o) const;
   ir::DType promoted(const std::vector<Operand>& args) const;

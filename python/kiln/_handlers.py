@@ -489,6 +489,75 @@ def _arange(tr, a, out):
     return tr.call("cast", [Value(v)], dtype=dt)
 
 
+# ---- pooling and upsampling (capture/window_ops.h: windows picked by index arithmetic) --------
+def _per_dim(v, n, default=None):
+    """An int or int list of ATen's pooling arguments as n values (one value stands for all;
+    an empty list takes `default`, as stride=[] means the kernel size)."""
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        return list(default)
+    v = [v] if isinstance(v, int) else list(v)
+    return v * n if len(v) == 1 else v
+
+
+def _poolable(x, out, n):
+    return (x.dtype.is_floating_point and x.dim() in (n + 1, n + 2) and x.numel() > 0 and out.numel() > 0)
+
+
+@handles(aten.max_pool2d_with_indices, aten.max_pool3d_with_indices)
+def _max_pool(tr, a, out):
+    n = 2 if tr.current_op == "max_pool2d_with_indices" else 3
+    x = a["self"]
+    if not _poolable(x, out[0], n):
+        raise NoLowering()
+    k = _per_dim(a["kernel_size"], n)
+    window = k + _per_dim(a.get("stride"), n, k) + _per_dim(a.get("padding", 0), n) + _per_dim(a.get("dilation", 1), n)
+    ints = [n] + window + [int(bool(a.get("ceil_mode"))), 0, 0]
+    # The indices are recorded too (max_pool1d squeezes them even when nobody asked for them);
+    # unread, they are dead code and never computed.
+    return [tr.call("max_pool", [x], ints=ints), tr.call("max_pool_indices", [x], ints=ints)]
+
+
+@handles(aten.avg_pool2d, aten.avg_pool3d)
+def _avg_pool(tr, a, out):
+    n = 2 if tr.current_op == "avg_pool2d" else 3
+    x = a["self"]
+    if not _poolable(x, out, n):
+        raise NoLowering()
+    k = _per_dim(a["kernel_size"], n)
+    window = k + _per_dim(a.get("stride"), n, k) + _per_dim(a.get("padding", 0), n) + [1] * n
+    divisor = a.get("divisor_override") or 0
+    return tr.call("avg_pool", [x], ints=[n] + window + [int(bool(a.get("ceil_mode"))),
+                                                       int(bool(a.get("count_include_pad", True))), divisor])
+
+
+@handles(aten._adaptive_avg_pool2d, aten._adaptive_avg_pool3d)
+def _adaptive_avg_pool(tr, a, out):
+    x, sizes = a["self"], list(out.shape[-len(a["output_size"]):])
+    n = len(sizes)
+    if not _poolable(x, out, n) or any(i % o for i, o in zip(x.shape[-n:], sizes)):
+        raise NoLowering()  # windows of different sizes
+    return tr.call("adaptive_avg_pool", [x], ints=sizes)
+
+
+_UPSAMPLE = {"upsample_nearest1d": ("upsample_nearest", 1), "upsample_nearest2d": ("upsample_nearest", 2),
+             "upsample_nearest3d": ("upsample_nearest", 3), "_upsample_nearest_exact1d": ("upsample_nearest_exact", 1),
+             "_upsample_nearest_exact2d": ("upsample_nearest_exact", 2),
+             "_upsample_nearest_exact3d": ("upsample_nearest_exact", 3), "upsample_linear1d": ("upsample_linear", 1),
+             "upsample_bilinear2d": ("upsample_linear", 2), "upsample_trilinear3d": ("upsample_linear", 3)}
+
+
+@handles(*[getattr(aten, name) for name in _UPSAMPLE])
+def _upsample(tr, a, out):
+    op, n = _UPSAMPLE[tr.current_op]
+    x = a.get("self", a.get("input"))
+    if (tr.func._overloadname != "default" or x.dim() != n + 2 or x.numel() == 0
+            or (op == "upsample_linear" and not x.dtype.is_floating_point)):
+        raise NoLowering()
+    names = ["scales"] if n == 1 else ["scales_d", "scales_h", "scales_w"][3 - n:]
+    scales = [float(a.get(s) or -1.0) for s in names]
+    return tr.call(op, [x], ints=list(out.shape[-n:]), floats=scales, int_value=int(bool(a.get("align_corners"))))
+
+
 @handles(aten.flip)
 def _flip(tr, a, out):
     return tr.call("flip", [a["self"]], ints=list(a["dims"]))

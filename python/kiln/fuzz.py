@@ -700,6 +700,33 @@ class Generator:
             b = self.add_input((a.shape[-1], k) if self.rng.random() < 0.8 else (a.shape[-1],), a.dtype)
         return self.choice((f"{a.name} @ {b.name}", f"torch.matmul({a.name}, {b.name})")), True
 
+    def op_window(self):
+        """Pooling and upsampling of a float value with 1-3 trailing dims to pool over."""
+        a = self.pick(lambda v: v.dtype.is_floating_point and v.t.dim() >= 3 and min(v.shape[-2:]) >= 1)
+        if a is None:
+            return None
+        h, w = a.shape[-2:]
+        k = self.choice((1, 2, 3))
+        s = self.choice((1, 2, k))
+        p = self.choice((0, 0, 1)) if k >= 2 else 0
+        ceil = self.choice(("False", "True"))
+        x = a.name if a.t.dim() in (3, 4) else f"{a.name}.flatten(0, -4)"
+        nearest = self.choice(("'nearest'", "'nearest-exact'"))
+        forms = [f"F.max_pool2d({x}, {k}, {s}, {p}, ceil_mode={ceil})",
+                 f"F.max_pool2d({x}, {k}, {s}, {p}, ceil_mode={ceil}, return_indices=True)[1].to({x}.dtype)",
+                 f"F.avg_pool2d({x}, {k}, {s}, {p}, ceil_mode={ceil}, count_include_pad={self.choice(('True', 'False'))})",
+                 f"F.max_pool1d({x}.flatten(-2), {k}, {s}, {p})",
+                 f"F.interpolate({x}, scale_factor={self.choice((2, 0.5, 1.5, 3))}, mode='nearest')",
+                 f"F.interpolate({x}, size=({self.choice((1, 3, 2 * h + 1))}, {self.choice((2, w, 5))}), "
+                 f"mode={nearest})"]
+        if a.t.dim() == 4:
+            ac = self.choice(("False", "True"))
+            forms += [f"F.interpolate({x}, size=({self.choice((1, 4, 2 * h))}, {self.choice((3, w + 1))}), "
+                      f"mode='bilinear', align_corners={ac})",
+                      f"F.adaptive_avg_pool2d({x}, ({self.choice((1, h))}, {self.choice((1, w))}))"]
+        # inexact: interpolation weights and some window sums round apart from eager's kernels
+        return self.choice(forms), True
+
     def op_create(self):
         a = self.pick()
         return self.choice((f"torch.zeros_like({a.name})", f"torch.ones_like({a.name})",
@@ -762,7 +789,7 @@ class Generator:
         return "done"
 
     FAMILIES = (("unary", 14), ("activation", 8), ("binary", 26), ("where", 6), ("clamp", 5), ("cast", 7),
-                ("reduce", 12), ("norm", 6), ("view", 14), ("matmul", 4), ("create", 1), ("inplace", 3),
+                ("reduce", 12), ("norm", 6), ("view", 14), ("matmul", 4), ("create", 1), ("inplace", 3), ("window", 3),
                 ("break", 1.2), ("mutate", 1.5))
 
     def generate(self):

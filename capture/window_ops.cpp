@@ -1,0 +1,305 @@
+/// \file window_ops.cpp
+/// Pooling and upsampling as primitive nodes (see window_ops.h).
+#include "capture/window_ops.h"
+
+#include <cmath>
+#include <limits>
+
+#include "support/error.h"
+
+namespace kiln::capture {
+using namespace kiln::ir;
+
+namespace {
+
+int64_t floor_div(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+
+/// ATen's pooling_output_shape: windows that would start in the right padding are dropped.
+int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
+  int64_t out = floor_div(in + 2 * p - d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0), s) + 1;
+  if (ceil_mode && (out - 1) * s >= in + p) --out;
+  return out;
+}
+
+/// The pooled dims of `x` (its trailing dims) and their output sizes.
+struct Pooled {
+  size_t rank = 0, n = 0;
+  Sizes in, out;  // per pooled dim
+  size_t dim(size_t i) const { return rank - n + i; }
+};
+
+Pooled pooled(const GraphEditor& e, int x, const PoolWindow& w) {
+  Pooled p;
+  const Sizes& xs = e.node(x).sizes;
+  p.rank = xs.size();
+  p.n = w.kernel.size();
+  KILN_UNSUPPORTED_IF(p.n == 0 || p.n > p.rank || w.stride.size() != p.n || w.padding.size() != p.n ||
+                          w.dilation.size() != p.n, "pooling window of the wrong rank");
+  for (size_t i = 0; i < p.n; ++i) {
+    KILN_UNSUPPORTED_IF(w.kernel[i] < 1 || w.stride[i] < 1 || w.dilation[i] < 1 || w.padding[i] < 0,
+                        "pooling window with a non-positive size");
+    int64_t in = xs[p.dim(i)];
+    p.in.push_back(in);
+    p.out.push_back(pooled_size(in, w.kernel[i], w.stride[i], w.padding[i], w.dilation[i], w.ceil_mode));
+    KILN_UNSUPPORTED_IF(p.out.back() < 1 || in < 1, "pooling to an empty output");
+  }
+  return p;
+}
+
+/// `x` padded with `fill` so that every tap's strided slice (below) lies inside it: the low
+/// side by the padding, the high side by as much as the last window reaches (ceil_mode's last
+/// window may reach past the padding).
+int padded(GraphEditor& e, int x, const PoolWindow& w, const Pooled& p, double fill) {
+  std::vector<int64_t> pad(2 * p.rank, 0);
+  bool any = false;
+  for (size_t i = 0; i < p.n; ++i) {
+    int64_t reach = (p.out[i] - 1) * w.stride[i] + w.dilation[i] * (w.kernel[i] - 1) + 1;
+    pad[2 * p.dim(i)] = w.padding[i];
+    pad[2 * p.dim(i) + 1] = std::max<int64_t>(0, reach - p.in[i] - w.padding[i]);
+    any |= pad[2 * p.dim(i)] != 0 || pad[2 * p.dim(i) + 1] != 0;
+  }
+  return any ? e.pad(x, pad, fill) : x;
+}
+
+/// Calls fn(value) for each window offset, in eager's scan order (the first pooled dim
+/// outermost): `value` holds, for every output position, the element at that offset.
+template <typename Fn>
+void for_each_tap(GraphEditor& e, int xp, const PoolWindow& w, const Pooled& p, Fn fn) {
+  std::vector<int64_t> t(p.n, 0);
+  while (true) {
+    int v = xp;
+    for (size_t i = 0; i < p.n; ++i) {
+      int64_t start = t[i] * w.dilation[i];
+      v = e.slice(v, static_cast<int64_t>(p.dim(i)), start, start + (p.out[i] - 1) * w.stride[i] + 1, w.stride[i]);
+    }
+    fn(v);
+    size_t i = p.n;
+    while (i > 0 && ++t[i - 1] == w.kernel[i - 1]) t[--i] = 0;
+    if (i == 0) return;
+  }
+}
+
+/// A 1-D int64 value of `n` elements laid along pooled dim `d` of a rank-`rank` tensor.
+int along(GraphEditor& e, int v, size_t rank, size_t d) {
+  Sizes s(rank, 1);
+  s[d] = e.node(v).sizes.at(0);
+  return e.reshape(v, s);
+}
+
+int int_const(GraphEditor& e, int64_t v) { return e.int_constant(v, DType::Int64); }
+
+}  // namespace
+
+int max_pool(GraphEditor& e, int x, const PoolWindow& w) {
+  DType t = e.node(x).dtype;
+  KILN_UNSUPPORTED_IF(!is_float(t), "max_pool of {} is not lowered", dtype_name(t));
+  Pooled p = pooled(e, x, w);
+  int xp = padded(e, x, w, p, -std::numeric_limits<double>::infinity());
+  int best = -1;
+  // Maximum(a, b) takes a when a is NaN or a > b: eager's `val > max || isnan(val)`, with the
+  // new element as a (a NaN anywhere wins; of equal values, -0 and +0, the first stays).
+  for_each_tap(e, xp, w, p, [&](int v) { best = best < 0 ? v : e.binary(OpKind::Maximum, v, best); });
+  return best;
+}
+
+int max_pool_indices(GraphEditor& e, int x, const PoolWindow& w) {
+  DType t = e.node(x).dtype;
+  KILN_UNSUPPORTED_IF(!is_float(t), "max_pool of {} is not lowered", dtype_name(t));
+  Pooled p = pooled(e, x, w);
+  int xp = padded(e, x, w, p, -std::numeric_limits<double>::infinity());
+  // Per pooled dim: the window's first input position o*s - pad, and the plane stride.
+  std::vector<int> start(p.n);
+  std::vector<int64_t> plane(p.n, 1);
+  for (size_t i = p.n; i-- > 0;) {
+    if (i + 1 < p.n) plane[i] = plane[i + 1] * p.in[i + 1];
+    int o = e.iota({p.out[i]}, 0, DType::Int64);
+    start[i] = along(e, e.binary(OpKind::Sub, e.binary(OpKind::Mul, o, int_const(e, w.stride[i])), int_const(e, w.padding[i])),
+                     p.rank, p.dim(i));
+  }
+  auto flat = [&](const std::vector<int>& pos) {
+    int f = -1;
+    for (size_t i = 0; i < p.n; ++i) {
+      int term = e.binary(OpKind::Mul, pos[i], int_const(e, plane[i]));
+      f = f < 0 ? term : e.binary(OpKind::Add, f, term);
+    }
+    return f;
+  };
+  // Eager starts from the window's first position inside the input (stepping a start in the
+  // padding forward by whole dilations) with max = -inf, then takes each element that is
+  // greater or NaN. Padding taps are -inf here, so they are never taken.
+  std::vector<int> first(p.n);
+  for (size_t i = 0; i < p.n; ++i) {
+    int64_t d = w.dilation[i];
+    int behind = e.binary(OpKind::Maximum, int_const(e, 0), e.unary(OpKind::Neg, start[i]));
+    int steps = e.binary(OpKind::FloorDiv, e.binary(OpKind::Add, behind, int_const(e, d - 1)), int_const(e, d));
+    first[i] = e.binary(OpKind::Add, start[i], e.binary(OpKind::Mul, steps, int_const(e, d)));
+  }
+  int best = e.constant(-std::numeric_limits<double>::infinity(), t);
+  int arg = flat(first);
+  std::vector<int64_t> tap(p.n, 0);
+  for_each_tap(e, xp, w, p, [&](int v) {
+    std::vector<int> pos(p.n);
+    for (size_t i = 0; i < p.n; ++i) pos[i] = e.binary(OpKind::Add, start[i], int_const(e, tap[i] * w.dilation[i]));
+    int take = e.binary(OpKind::LogicalOr, e.binary(OpKind::Gt, v, best), e.unary(OpKind::IsNan, v));
+    arg = e.where(take, flat(pos), arg);
+    best = e.where(take, v, best);
+    size_t i = p.n;
+    while (i > 0 && ++tap[i - 1] == w.kernel[i - 1]) tap[--i] = 0;
+  });
+  return arg;
+}
+
+int avg_pool(GraphEditor& e, int x, const PoolWindow& w, bool count_include_pad, int64_t divisor_override) {
+  DType t = e.node(x).dtype;
+  KILN_UNSUPPORTED_IF(!is_float(t), "avg_pool of {} is not lowered", dtype_name(t));
+  Pooled p = pooled(e, x, w);
+  int xp = padded(e, x, w, p, 0.0);
+  // Eager sums from 0 in scan order; the padding's zeros it skips add nothing here (s + 0 == s,
+  // and the running sum is never -0 after starting from +0).
+  int sum = e.constant(0.0, t);
+  for_each_tap(e, xp, w, p, [&](int v) { sum = e.binary(OpKind::Add, sum, v); });
+  int divisor;
+  if (divisor_override != 0) {
+    divisor = int_const(e, divisor_override);
+  } else {
+    // Per pooled dim, ATen's window: [o*s - pad, min(o*s - pad + k, in + pad)), its size counted
+    // with the padding, or clipped to [0, in) without it; the divisor is their product.
+    divisor = -1;
+    for (size_t i = 0; i < p.n; ++i) {
+      int o = e.iota({p.out[i]}, 0, DType::Int64);
+      int start = e.binary(OpKind::Sub, e.binary(OpKind::Mul, o, int_const(e, w.stride[i])), int_const(e, w.padding[i]));
+      int end = e.binary(OpKind::Minimum, int_const(e, p.in[i] + w.padding[i]),
+                         e.binary(OpKind::Add, start, int_const(e, w.kernel[i])));
+      if (!count_include_pad) {
+        start = e.binary(OpKind::Maximum, int_const(e, 0), start);
+        end = e.binary(OpKind::Minimum, int_const(e, p.in[i]), end);
+      }
+      int size = along(e, e.binary(OpKind::Sub, end, start), p.rank, p.dim(i));
+      divisor = divisor < 0 ? size : e.binary(OpKind::Mul, divisor, size);
+    }
+  }
+  return e.binary(OpKind::Div, sum, e.cast(divisor, t));
+}
+
+int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_sizes) {
+  DType t = e.node(x).dtype;
+  KILN_UNSUPPORTED_IF(!is_float(t), "adaptive_avg_pool of {} is not lowered", dtype_name(t));
+  const Sizes xs = e.node(x).sizes;
+  size_t n = out_sizes.size();
+  KILN_UNSUPPORTED_IF(n == 0 || n > xs.size(), "adaptive_avg_pool output of the wrong rank");
+  PoolWindow w;
+  for (size_t i = 0; i < n; ++i) {
+    int64_t in = xs[xs.size() - n + i], out = out_sizes[i];
+    KILN_UNSUPPORTED_IF(out < 1 || in < 1 || in % out != 0,
+                        "adaptive_avg_pool from {} to {} has windows of different sizes", in, out);
+    w.kernel.push_back(in / out);
+    w.stride.push_back(in / out);
+    w.padding.push_back(0);
+    w.dilation.push_back(1);
+  }
+  Pooled p = pooled(e, x, w);
+  int sum = e.constant(0.0, t);
+  for_each_tap(e, x, w, p, [&](int v) { sum = e.binary(OpKind::Add, sum, v); });
+  for (int64_t k : w.kernel) sum = e.binary(OpKind::Div, sum, e.cast(int_const(e, k), t));
+  return sum;
+}
+
+namespace {
+
+/// ATen's compute_scales_value: 1 / scale when one was given, else in / out, in `t`.
+double scale_of(double given, int64_t in, int64_t out, DType t) {
+  if (t == DType::Float32)
+    return given > 0 ? static_cast<float>(1.0 / given) : static_cast<float>(in) / static_cast<float>(out);
+  return given > 0 ? 1.0 / given : static_cast<double>(in) / static_cast<double>(out);
+}
+
+/// x gathered along dim `d` at the 1-D int64 positions `idx`.
+int gather_along(GraphEditor& e, int x, int idx, size_t d) {
+  Sizes shape = e.node(x).sizes;
+  shape[d] = e.node(idx).sizes.at(0);
+  return e.gather(x, e.expand(along(e, idx, shape.size(), d), shape), static_cast<int64_t>(d), false);
+}
+
+/// The source positions of upsample_nearest (ATen's nearest_idx / nearest_neighbor_exact_idx).
+int nearest_index(GraphEditor& e, Upsample mode, int64_t in, int64_t out, double given) {
+  int o = e.iota({out}, 0, DType::Int64);
+  if (mode == Upsample::Nearest && out == in) return o;
+  if (mode == Upsample::Nearest && out == 2 * in) return e.binary(OpKind::FloorDiv, o, int_const(e, 2));
+  int f = e.cast(o, DType::Float32);
+  if (mode == Upsample::NearestExact) f = e.binary(OpKind::Add, f, e.float_constant(0.5, DType::Float32));
+  f = e.binary(OpKind::Mul, f, e.float_constant(scale_of(given, in, out, DType::Float32), DType::Float32));
+  int i = e.cast(e.unary(OpKind::Floor, f), DType::Int64);
+  return e.binary(OpKind::Minimum, int_const(e, in - 1), i);
+}
+
+/// ATen's linear interpolation weights along one dim (compute_indices_weights_linear): the two
+/// source positions and the weight of each, computed in `t` (the op's math type).
+struct LinearTaps {
+  int i0, i1, w0, w1;
+};
+
+LinearTaps linear_taps(GraphEditor& e, int64_t in, int64_t out, double given, bool align_corners, DType t) {
+  double scale;
+  if (align_corners) {
+    scale = out > 1 ? (t == DType::Float32 ? static_cast<double>(static_cast<float>(in - 1) / static_cast<float>(out - 1))
+                                           : static_cast<double>(in - 1) / static_cast<double>(out - 1))
+                    : 0.0;
+  } else {
+    scale = scale_of(given, in, out, t);
+  }
+  int o = e.cast(e.iota({out}, 0, DType::Int64), t);
+  int real;
+  if (align_corners) {
+    real = e.binary(OpKind::Mul, e.float_constant(scale, t), o);
+  } else {
+    int half = e.float_constant(0.5, t);
+    real = e.binary(OpKind::Sub, e.binary(OpKind::Mul, e.float_constant(scale, t), e.binary(OpKind::Add, o, half)), half);
+    real = e.where(e.binary(OpKind::Lt, real, e.float_constant(0.0, t)), e.float_constant(0.0, t), real);
+  }
+  LinearTaps taps;
+  taps.i0 = e.binary(OpKind::Minimum, int_const(e, in - 1), e.cast(e.unary(OpKind::Floor, real), DType::Int64));
+  int lambda = e.binary(OpKind::Sub, real, e.cast(taps.i0, t));
+  lambda = e.binary(OpKind::Minimum, e.float_constant(1.0, t), e.binary(OpKind::Maximum, e.float_constant(0.0, t), lambda));
+  taps.w1 = lambda;
+  taps.w0 = e.binary(OpKind::Sub, e.float_constant(1.0, t), lambda);
+  int not_last = e.cast(e.binary(OpKind::Lt, taps.i0, int_const(e, in - 1)), DType::Int64);
+  taps.i1 = e.binary(OpKind::Add, taps.i0, not_last);
+  return taps;
+}
+
+/// Linear interpolation over pooled dims d..n-1 of x: eager's separable evaluation, innermost
+/// dim first: out = sum_j interp(rest at i_j) * w_j.
+int linear_from(GraphEditor& e, int x, const std::vector<LinearTaps>& taps, size_t first, size_t d) {
+  const LinearTaps& tp = taps[d - first];
+  size_t rank = e.node(x).sizes.size();
+  auto branch = [&](int idx, int weight) {
+    int v = gather_along(e, x, idx, d);
+    if (d + 1 < first + taps.size()) v = linear_from(e, v, taps, first, d + 1);
+    return e.binary(OpKind::Mul, v, along(e, weight, rank, d));
+  };
+  return e.binary(OpKind::Add, branch(tp.i0, tp.w0), branch(tp.i1, tp.w1));
+}
+
+}  // namespace
+
+int upsample(GraphEditor& e, int x, Upsample mode, const std::vector<int64_t>& out_sizes,
+             const std::vector<double>& scales, bool align_corners) {
+  const Sizes xs = e.node(x).sizes;
+  DType t = e.node(x).dtype;
+  size_t n = out_sizes.size(), rank = xs.size();
+  KILN_UNSUPPORTED_IF(n == 0 || n + 2 != rank || scales.size() != n, "upsample of the wrong rank");
+  for (size_t i = 0; i < n; ++i)
+    KILN_UNSUPPORTED_IF(out_sizes[i] < 1 || xs[rank - n + i] < 1, "upsample to or from an empty size");
+  if (mode != Upsample::Linear) {
+    int v = x;
+    for (size_t i = 0; i < n; ++i)
+      v = gather_along(e, v, nearest_index(e, mode, xs[rank - n + i], out_sizes[i], scales[i]), rank - n + i);
+    return v;
+  }
+  KILN_UNSUPPORTED_IF(!is_float(t), "linear upsample of {} is not lowered", dtype_name(t));
+  std::vector<LinearTaps> taps;
+  for (size_t i = 0; i < n; ++i) taps.push_back(linear_taps(e, xs[rank - n + i], out_sizes[i], scales[i], align_corners, t));
+  return linear_from(e, x, taps, rank - n, rank - n);
+}
+
+}  // namespace kiln::capture

@@ -1,0 +1,50 @@
+/// \file window_ops.h
+/// Pooling and resampling, recorded as the primitive nodes that compute them: every output
+/// element reads a small window (pooling) or a few neighbours (upsampling) of its input, picked
+/// by index arithmetic, so the result is pointwise work that fuses with what comes before and
+/// after it (relu -> max_pool -> ... is one kernel). Each rule follows the ATen CPU kernel it
+/// replaces: the same window bounds, the same order of the sum, the same divisor and index
+/// arithmetic, so values match eager's (exactly for pooling and nearest, to rounding for
+/// linear interpolation).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "ir/graph_editor.h"
+
+namespace kiln::capture {
+
+/// Window of a pooling op over the trailing `kernel.size()` dims of its input.
+struct PoolWindow {
+  std::vector<int64_t> kernel, stride, padding, dilation;
+  bool ceil_mode = false;
+};
+
+/// max_pool{1,2,3}d's values (the indices are not computed): the max over each window, NaN
+/// if any element is NaN, the first of equal values (eager's `val > max || isnan(val)` scan).
+int max_pool(ir::GraphEditor& e, int x, const PoolWindow& w);
+
+/// max_pool's indices (int64): the flat position of each window's max within its input plane,
+/// as eager's scan picks it (the first valid element when the window holds only -inf).
+int max_pool_indices(ir::GraphEditor& e, int x, const PoolWindow& w);
+
+/// avg_pool{1,2,3}d: the window's sum in eager's order divided by its size (padding counted
+/// when `count_include_pad`), or by `divisor_override` when it is non-zero.
+int avg_pool(ir::GraphEditor& e, int x, const PoolWindow& w, bool count_include_pad, int64_t divisor_override);
+
+/// adaptive_avg_pool where every output window has the same size (input size a multiple of
+/// the output size in each pooled dim): the window sum divided by each window dim in turn, as
+/// eager's kernel does (its channels-last kernel divides once by the window size in its
+/// vector body and twice in its tail: those channels can differ from kiln's by an ulp).
+/// Throws Unsupported for other sizes.
+int adaptive_avg_pool(ir::GraphEditor& e, int x, const std::vector<int64_t>& out_sizes);
+
+enum class Upsample { Nearest, NearestExact, Linear };
+
+/// upsample_{nearest,_nearest_exact,linear/bilinear/trilinear} over the trailing
+/// `out_sizes.size()` dims; `scales[i]` <= 0 means none was given (the scale is in / out).
+int upsample(ir::GraphEditor& e, int x, Upsample mode, const std::vector<int64_t>& out_sizes,
+             const std::vector<double>& scales, bool align_corners);
+
+}  // namespace kiln::capture
