@@ -12,9 +12,10 @@ import torch
 from . import _C, _accuracy, _counters, _cuda, _segments
 from .config import flags as _flags
 from ._flatten import flatten, unflatten
+from ._snapshot import MODULE_KEYS as _MODULE_KEYS
+from ._snapshot import SIMPLE_VALUE_TYPES as _SIMPLE_VALUE_TYPES
+from ._snapshot import Snapshot, SnapshotGetter, worth_guarding
 from ._trace import CaptureFailed, trace
-
-_SIMPLE_VALUE_TYPES = (type(None), bool, int, float, str, torch.dtype, torch.device)
 
 
 def _log(stage, text):
@@ -58,15 +59,18 @@ class _PathGetter:
 
 
 def _leaf_reader(getters):
-    """A function returning [g() for g in getters], in C++ when they are all _PathGetters."""
+    """A function returning [g() for g in getters]: the leading _PathGetters in C++, the
+    container snapshots after them (see _plain_value_sources) in Python."""
     if not getters:
         return None
-    if not all(type(g) is _PathGetter for g in getters) or not hasattr(_C, "LeafGetters"):
+    k = next((i for i, g in enumerate(getters) if type(g) is not _PathGetter), len(getters))
+    if not hasattr(_C, "LeafGetters") or any(type(g) is _PathGetter for g in getters[k:]):
         return lambda: [g() for g in getters]
     reader = _C.LeafGetters(torch.nn.Module.__getattr__)
-    for g in getters:
+    for g in getters[:k]:
         reader.add(g.kind, g.root, g.key, list(g.names), g)
-    return reader.read
+    slow = getters[k:]
+    return reader.read if not slow else (lambda: reader.read() + [g() for g in slow])
 
 
 def _attr_path_getter(root, path):
@@ -132,22 +136,34 @@ def _plain_value_sources(fn, module):
 
     The trace bakes such values into the graph as constants, so each one is guarded by value
     like a scalar argument; without this a changed global or attribute reused a program built
-    for the old value and returned wrong results."""
-    out = []
+    for the old value and returned wrong results. Containers and plain objects among them
+    (`CFG["scale"]`, `self.config.eps`) are guarded by a snapshot of their contents (see
+    _snapshot.py); those getters come last, once per object."""
+    out, snaps, seen = [], [], set()
+
+    def add_snapshot(value, getter):
+        if id(value) not in seen:
+            seen.add(id(value))
+            snaps.append(SnapshotGetter(getter))
 
     def add_module(mod, base):
         for sub_name, sub in mod.named_modules(remove_duplicate=False):
             for k, v in list(vars(sub).items()):
-                if k.startswith("__") or type(v) not in _SIMPLE_VALUE_TYPES:
+                if k.startswith("__"):
                     continue
                 parts = tuple((f"{sub_name}.{k}" if sub_name else k).split("."))
-                out.append(base.then(parts))
+                if type(v) in _SIMPLE_VALUE_TYPES:
+                    out.append(base.then(parts))  # `training` among them
+                elif k not in _MODULE_KEYS and worth_guarding(v):  # not the hook and parameter dicts
+                    add_snapshot(v, base.then(parts))
 
     def add(value, getter):
         if type(value) in _SIMPLE_VALUE_TYPES:
             out.append(getter)
         elif isinstance(value, torch.nn.Module):
             add_module(value, getter)
+        elif worth_guarding(value):
+            add_snapshot(value, getter)
 
     if module is not None:
         add_module(module, _PathGetter(_PathGetter.OBJ, module))
@@ -156,8 +172,12 @@ def _plain_value_sources(fn, module):
         add_module(owner, _PathGetter(_PathGetter.OBJ, owner))
     elif owner is not None and owner is not module and hasattr(owner, "__dict__"):
         for k, v in list(vars(owner).items()):
-            if not k.startswith("__") and type(v) in _SIMPLE_VALUE_TYPES:
+            if k.startswith("__"):
+                continue
+            if type(v) in _SIMPLE_VALUE_TYPES:
                 out.append(_PathGetter(_PathGetter.OBJ, owner, names=(k,), default=_MISSING))
+            elif worth_guarding(v):
+                add_snapshot(v, _PathGetter(_PathGetter.OBJ, owner, names=(k,), default=_MISSING))
     raw = getattr(fn, "__func__", fn)
     code = getattr(raw, "__code__", None)
     for cell in getattr(raw, "__closure__", None) or ():
@@ -172,7 +192,7 @@ def _plain_value_sources(fn, module):
         for name in sorted(_code_names(code)):
             if name in g and g[name] is not module:
                 add(g[name], _PathGetter(_PathGetter.ITEM, g, name, default=_MISSING))
-    return out
+    return out + snaps
 
 
 def _segment_result(result, outs, full):
@@ -216,7 +236,7 @@ def _build_guards(leaves, grad, mutated=()):
         if isinstance(leaf, torch.Tensor):
             gs.add_tensor(i, type(leaf), leaf.dtype, str(leaf.device), list(leaf.shape), list(leaf.stride()),
                           leaf.requires_grad)
-        elif type(leaf) in _SIMPLE_VALUE_TYPES:
+        elif type(leaf) in _SIMPLE_VALUE_TYPES or type(leaf) is Snapshot:
             gs.add_value(i, type(leaf), leaf)
         else:
             gs.add_value(i, type(leaf), None, type_only=True)

@@ -19,6 +19,8 @@ class Explanation:
                              if e.failure is not None and e.failure.kind != "break"]
         self.fallback_ops += [(str(fb), "no lowering: runs eagerly inside the compiled program")
                               for e in entries for fb in getattr(e, "fallbacks", [])]
+        self.fallback_ops += [(str(fb), "no lowering: runs eagerly inside a compiled segment")
+                              for e in entries if getattr(e, "tree", None) is not None for fb in e.tree.fallbacks()]
         self.guards = [g for e in entries for g in e.guards.describe()]
         programs = [e.program for e in entries if e.program is not None]
         programs += [p for e in entries if getattr(e, "tree", None) is not None for p in e.tree.programs()]

@@ -122,16 +122,27 @@ class Tree:
                 return DEEP_MISS
             node = child
 
-    def programs(self):
+    def nodes(self):
         out, stack = [], [self.root]
         while stack:
             n = stack.pop()
             if n is None:
                 continue
-            if n.program is not None:
-                out.append(n.program)
+            out.append(n)
             stack.extend(n.children.values())
         return out
+
+    def programs(self):
+        return [n.program for n in self.nodes() if n.program is not None]
+
+    def fallbacks(self):
+        """The eager ops of every path traced, once each (the segments of one trace share its
+        table)."""
+        seen = {}
+        for n in self.nodes():
+            for fb in n.fallbacks:
+                seen.setdefault(id(fb), fb)
+        return list(seen.values())
 
 
 def _read_key(value):

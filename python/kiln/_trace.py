@@ -317,6 +317,9 @@ class Tracer(TorchDispatchMode):
         if tid in self.live:
             return
         self.live[tid] = weakref.ref(t)
+        # _forget runs inside any allocation that triggers a collection, also in the middle of
+        # a loop over these maps: loops over them iterate copies (dict.copy() allocates once,
+        # before it reads the table), never the maps themselves.
         weakref.finalize(t, self._forget, tid)
 
     def _forget(self, tid):
@@ -483,7 +486,7 @@ class Tracer(TorchDispatchMode):
         # tensor sharing the memory (a view kiln does not track) would go stale.
         allowed = {id(target), id(root)} | {id(b) for b, *_ in chain} | set(self._views_of(root))
         if ptr and any(tid not in allowed and t is not None and t.untyped_storage().data_ptr() == ptr
-                       for tid, t in ((tid, r()) for tid, r in list(self.live.items()))):
+                       for tid, t in ((tid, r()) for tid, r in self.live.copy().items())):
             # Another traced tensor (a view, or an argument aliasing this one) would have to see
             # the write too; kiln's values are not views, so it stops the capture instead.
             raise CaptureFailed(f"{func} mutates a tensor that shares memory with another "
@@ -552,7 +555,7 @@ class Tracer(TorchDispatchMode):
     def _views_of(self, root):
         """ids of the live tracked slice/select views whose chain ends at `root`."""
         out = []
-        for tid in list(self.views):
+        for tid in self.views.copy():
             r = self.live.get(tid)
             t = r() if r is not None else None
             if t is not None:
@@ -564,7 +567,8 @@ class Tracer(TorchDispatchMode):
     def _refresh_views(self, root, written):
         """After `root` got a new value, every other live view of it reads its slice again."""
         for tid in self._views_of(root):
-            t = self.live[tid]()
+            r = self.live.get(tid)
+            t = r() if r is not None else None
             if t is None or t is written:
                 continue
             value = Value(self.values[id(root)]) if id(root) in self.values else Value(self.value_of(root))

@@ -270,6 +270,20 @@ def test_explain_fallback_op():
     assert "cumsum" in str(e)
 
 
+def test_explain_lists_fallback_ops_of_segments_after_a_graph_break():
+    def f(x):
+        y = x.cumsum(0)  # in the first segment
+        if y.sum() > 0:
+            return torch.sort(y, 0).values * 2  # in the second
+        return y - 1
+    x = make_input((4, 3)).abs()
+    e = kiln.explain(f, x)
+    assert e.graph_count == 2 and len(e.graph_breaks) == 1, str(e)
+    ops = [op for op, _ in e.fallback_ops]
+    assert any("cumsum" in op for op in ops) and any("sort" in op for op in ops), ops
+    assert len(ops) == 2, ops  # once each, not once per segment
+
+
 def test_explain_does_not_touch_the_compiled_function():
     f = kiln.compile(lambda x: x * 2)
     x = make_input((3,))

@@ -1,5 +1,7 @@
 """Guards: what makes kiln reuse a compiled program, recompile, or run eagerly."""
 
+import dataclasses
+import types
 import warnings
 
 import pytest
@@ -256,6 +258,30 @@ def test_nested_structure_change_recompiles():
     assert d["captures"] == 3
     call_and_compare(f, g, [make_input((3,)), make_input((3,)), make_input((3,))])
     assert d["captures"] == 3 and d["cache_hits"] == 1
+
+
+@dataclasses.dataclass
+class PairOut:
+    """Like transformers' ModelOutput: a dataclass result with optional fields."""
+    hidden: torch.Tensor
+    extra: object = None
+    scale: float = 1.0
+
+
+def test_dataclass_results_and_arguments():
+    def f(p, x):
+        return PairOut(hidden=torch.tanh(p.hidden * p.scale + x), extra=(x * 2, None), scale=p.scale * 2)
+    g = kiln.compile(f)
+    p, x = PairOut(make_input((3, 4)), scale=3.0), make_input((3, 4))
+    d = Delta()
+    for _ in range(2):
+        out = g(p, x)
+        assert type(out) is PairOut
+        assert_same(dataclasses.astuple(out), dataclasses.astuple(f(p, x)))
+    assert (d["captures"], d["cache_hits"], d["eager_calls"]) == (1, 1, 0), kiln.counters()
+    p2 = PairOut(make_input((3, 4)), scale=0.5)  # a field's value is guarded like an argument
+    assert_same(dataclasses.astuple(g(p2, x)), dataclasses.astuple(f(p2, x)))
+    assert d["captures"] == 2
 
 
 def test_dict_keys_are_guarded():
@@ -548,6 +574,84 @@ def test_module_attribute_is_guarded():
         m.act.eval()  # a submodule's training flag
         call_and_compare(cm, m, x)
     assert kiln.counters()["captures"] == 4
+
+
+CFG = {"scale": 2.0, "shift": [1, 2.5], "act": "tanh"}
+OPTS = types.SimpleNamespace(flag=True, inner={"eps": 0.5})
+
+
+def uses_nested_globals(x):
+    y = x * CFG["scale"] + CFG["shift"][1]
+    y = torch.tanh(y) if CFG["act"] == "tanh" else torch.relu(y)
+    return y + OPTS.inner["eps"] if OPTS.flag else y
+
+
+def test_values_inside_global_containers_are_guarded():
+    # Values read through a dict, a list or a plain object were baked in unguarded: a changed
+    # CFG["scale"] reused the program built for the old one (found by a held-out model sweep).
+    saved = (dict(CFG), list(CFG["shift"]), OPTS.flag, dict(OPTS.inner))
+    try:
+        f = kiln.compile(uses_nested_globals)
+        x = make_input((4, 5))
+        d = Delta()
+        call_and_compare(f, uses_nested_globals, x)
+        call_and_compare(f, uses_nested_globals, x)
+        assert (d["captures"], d["cache_hits"]) == (1, 1)
+        for change in (lambda: CFG.update(scale=3.0), lambda: CFG["shift"].__setitem__(1, -1.0),
+                       lambda: CFG.update(act="relu"), lambda: setattr(OPTS, "flag", False),
+                       lambda: OPTS.inner.update(eps=2.0), lambda: CFG.update(scale=3)):  # int, not float
+            change()
+            call_and_compare(f, uses_nested_globals, x)
+            call_and_compare(f, uses_nested_globals, x)
+        assert d["cache_hits"] >= 7, kiln.counters()
+    finally:
+        CFG.clear()
+        CFG.update(saved[0], shift=saved[1])
+        OPTS.flag, OPTS.inner = saved[2], saved[3]
+
+
+def test_module_config_object_is_guarded():
+    # HF style: hyper-parameters on a config object shared by submodules.
+    @dataclasses.dataclass
+    class Config:
+        scale: float = 2.0
+        use_bias: bool = True
+        dims: tuple = (4, 5)
+
+    class Block(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+
+        def forward(self, x):
+            y = x * self.config.scale
+            return y + 1 if self.config.use_bias else y
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = Config()
+            self.blocks = torch.nn.ModuleList([Block(self.config), Block(self.config)])
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return x.reshape(self.config.dims)
+    m = Model().eval()
+    cm = kiln.compile(m)
+    x = make_input((20,))
+    with torch.no_grad():
+        d = Delta()
+        call_and_compare(cm, m, x)
+        call_and_compare(cm, m, x)
+        m.config.scale = 0.5
+        call_and_compare(cm, m, x)
+        m.config.use_bias = False
+        call_and_compare(cm, m, x)
+        m.config.dims = (5, 4)
+        call_and_compare(cm, m, x)
+        call_and_compare(cm, m, x)
+        assert (d["captures"], d["cache_hits"]) == (4, 2)
 
 
 class Scaler:

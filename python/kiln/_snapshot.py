@@ -1,0 +1,90 @@
+"""Guards for plain values a function reads through containers and objects: `CFG["scale"]`,
+`LAYERS[0]`, `self.config.eps`, `ns.flag`.
+
+kiln does not trace Python bytecode, so it cannot see which of them the function read; the
+trace bakes whatever it read into the graph as constants. Every container or plain object the
+function can reach besides its arguments (a referenced global, a closure cell, an attribute of
+the module or of one of its submodules) is therefore guarded by a snapshot of its contents:
+the type and value of each number, string, bool, None, dtype and device inside it, to a few
+levels deep; the identity of functions, modules, tensors and other objects inside it. A call
+whose snapshot differs from the one taken at capture recompiles (a changed value can change
+the graph), so a program built for `CFG["scale"] == 2.0` never runs for 3.0.
+
+Limits: a container with more than _MAX_ITEMS entries, or deeper than _MAX_DEPTH, is guarded
+by identity and length only (its contents can change unseen); values reached only through
+the globals of another function the traced one calls are not guarded.
+"""
+
+import types
+
+import torch
+
+# Values guarded by type and value (as scalar arguments are); the trace bakes them in.
+SIMPLE_VALUE_TYPES = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+_MAX_DEPTH = 3
+_MAX_ITEMS = 64
+
+# Keys every nn.Module instance has (hooks, parameter stores, ...): not user state.
+MODULE_KEYS = frozenset(vars(torch.nn.Module()))
+
+
+class Snapshot(tuple):
+    """A snapshot as a guard value: compared by equality, its own type so the guard builder
+    treats it as a value to compare (a plain tuple argument is not one)."""
+    __slots__ = ()
+
+
+def _is_container(v):
+    return isinstance(v, (dict, list, tuple, set, frozenset, types.SimpleNamespace))
+
+
+def _is_plain_object(v):
+    """An instance of a user class (config objects, dataclasses), not a type, module, function,
+    tensor or nn.Module."""
+    if isinstance(v, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                      torch.Tensor, torch.nn.Module)):
+        return False
+    return hasattr(v, "__dict__") and type(v).__module__ not in ("builtins", "torch") and \
+        not type(v).__module__.startswith("torch.")
+
+
+def worth_guarding(v):
+    """Whether `v` (reached besides the arguments) holds plain values a trace could read."""
+    return _is_container(v) or _is_plain_object(v)
+
+
+def snapshot(v, depth=0):
+    t = type(v)
+    if t in SIMPLE_VALUE_TYPES:
+        return (t, v)
+    if depth >= _MAX_DEPTH or isinstance(v, (torch.Tensor, torch.nn.Module)) or not worth_guarding(v):
+        return (t, id(v))
+    if isinstance(v, types.SimpleNamespace) or not _is_container(v):
+        items = list(vars(v).items())
+    elif isinstance(v, dict):
+        items = list(v.items())
+    elif isinstance(v, (set, frozenset)):
+        if len(v) > _MAX_ITEMS or not all(type(x) in SIMPLE_VALUE_TYPES for x in v):
+            return (t, id(v), len(v))
+        return (t, frozenset((type(x), x) for x in v))
+    else:
+        items = list(enumerate(v))
+    if len(items) > _MAX_ITEMS:
+        return (t, id(v), len(items))
+    return (t, tuple((k, snapshot(x, depth + 1)) for k, x in items))
+
+
+class SnapshotGetter:
+    """Reads the snapshot of the object `getter()` returns (None's when it is gone)."""
+    __slots__ = ("getter",)
+
+    def __init__(self, getter):
+        self.getter = getter
+
+    def __call__(self):
+        try:
+            v = self.getter()
+        except (AttributeError, KeyError, IndexError, ValueError):
+            v = None
+        return Snapshot(snapshot(v))
