@@ -108,6 +108,13 @@ CASES = {
     "batch_norm_eval": (lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, False, 0.1, EPS),
                         [R(4, 6, 3), R(6), R(6, low=0.5, high=2), R(6), R(6)]),
     "bias_relu_residual": (lambda x, b, r: torch.relu(x + b) + r, [R(64, 256), R(256), R(64, 256)]),
+    # -- pooling and upsampling (index arithmetic over windows)
+    "pooling": (lambda x: (F.max_pool2d(torch.relu(x), 3, 2, 1), F.max_pool2d(x, 2, return_indices=True)[1],
+                           F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+                           F.adaptive_avg_pool2d(x, (3, 4))), [R(2, 3, 9, 8)]),
+    "upsample": (lambda x: (F.interpolate(x, scale_factor=2, mode="nearest"),
+                            F.interpolate(x, size=(11, 5), mode="bilinear"),
+                            F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=True)), [R(2, 3, 6, 4)]),
     # -- matrix products (cuBLAS steps) with their epilogue kernels
     "linear_gelu": (lambda x, w, b: F.gelu(F.linear(x, w, b)), [R(33, 48), R(40, 48), R(40)]),
     "attention": (lambda q, k, v: F.softmax(q @ k.transpose(-2, -1) * 0.25, -1) @ v,
