@@ -414,13 +414,20 @@ def _stack(tr, a, out):
     return tr.call("concat", parts, ints=[dim])
 
 
-@handles(aten.split, aten.split_with_sizes, aten.unbind, aten.chunk)
+@handles(aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.unsafe_split, aten.unsafe_split_with_sizes,
+         aten.unsafe_chunk)
 def _split(tr, a, out):
     x, dim = a["self"], a.get("dim", 0)
+    dim %= max(x.dim(), 1)
     vids, start = [], 0
     for piece in out:
         n = piece.shape[dim] if tr.current_op != "unbind" else 1
         s = tr.call("slice", [x], ints=[dim, start, start + n, 1])
+        # Each piece is a view of x, as a slice (a select for unbind) is: an in-place op on it
+        # (gru_cell's `r.sigmoid_()` on a chunk of the gates) writes through to x.
+        sliced = list(x.shape)
+        sliced[dim] = n
+        tr.views[id(piece)] = (x, dim, start, start + n, 1, sliced if tr.current_op == "unbind" else None)
         vids.append(tr.call_value("reshape", [s], ints=list(piece.shape)))
         start += n
     return vids

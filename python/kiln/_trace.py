@@ -500,7 +500,7 @@ class Tracer(TorchDispatchMode):
                 continue
             if v.untyped_storage().data_ptr() == tptr and tptr and not (
                     v.storage_offset() == target.storage_offset() and v.shape == target.shape
-                    and v.stride() == target.stride()):
+                    and v.stride() == target.stride()) and not self._disjoint_views(v, target):
                 raise CaptureFailed(f"{func} reads another view of the tensor it writes (eager's result "
                                     f"depends on its iteration order)", op=str(func))
         if leaf is not None and target.requires_grad:
@@ -551,6 +551,22 @@ class Tracer(TorchDispatchMode):
             chain.append((base, dim, start, end, step, unsq))
             t = base
         return chain
+
+    def _disjoint_views(self, a, b):
+        """True when traced views `a` and `b` cannot share an element: unit-step slices of one
+        tensor along the same dim with ranges that do not meet (two chunks of gru_cell's gates)."""
+        ca, cb = self._view_chain(a), self._view_chain(b)
+        if not ca or not cb:
+            return False
+        (ra, da, sa, ea, pa, _), (rb, db, sb, eb, pb, _) = ca[-1], cb[-1]
+        if ra is not rb or da != db or pa != 1 or pb != 1:
+            return False
+        n = ra.shape[da]
+
+        def bound(i):  # torch's slice rules: negative counts from the end, then clamp to [0, n]
+            return min(max(i + n if i < 0 else i, 0), n)
+        sa, ea, sb, eb = bound(sa), bound(ea), bound(sb), bound(eb)
+        return ea <= sb or eb <= sa or ea <= sa or eb <= sb
 
     def _views_of(self, root):
         """ids of the live tracked slice/select views whose chain ends at `root`."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.testing import assert_same, make_input
+from kiln.testing import assert_same, check, make_input
 
 
 def run_both(fn, make_args, calls=3):
@@ -224,3 +224,39 @@ def test_view_of_a_cache_written_in_place_is_returned_as_a_view():
     assert_same(got, want)
     assert_same(c1, c2)
     assert got.untyped_storage().data_ptr() == c1.untyped_storage().data_ptr()
+
+
+def test_in_place_ops_on_chunks_write_through_to_their_base():
+    # chunk/split pieces are views: add_ on one is seen in the base (the gru_cell pattern)
+    def f(x, y):
+        g = x * 2
+        a, b, c = g.chunk(3, 1)
+        a.add_(y).sigmoid_()
+        c.mul_(a)  # reads another chunk of the tensor it writes: disjoint columns
+        return g, b * 1
+    check(f, (make_input((4, 9)), make_input((4, 3))))
+    assert kiln.counters()["eager_calls"] == 0, kiln.counters()
+
+
+def test_overlapping_negative_slices_are_not_taken_for_disjoint():
+    # x[:, -7:-5] is columns 0..1 of a 7-column tensor: it overlaps x[:, 0:3]
+    def f(x):
+        g = x * 2
+        g[:, -7:-5].mul_(g[:, 0:2])
+        return g
+    x = make_input((3, 7))
+    out = kiln.compile(f)(x)
+    assert_same(out, f(x))
+    assert_same(kiln.compile(f)(x), f(x))
+
+
+@pytest.mark.parametrize("cell", [torch.nn.GRUCell, torch.nn.LSTMCell])
+def test_rnn_cells_compile(cell):
+    m = cell(5, 7).eval()
+    x, h = make_input((3, 5)), make_input((3, 7))
+    state = h if cell is torch.nn.GRUCell else (h, make_input((3, 7)))
+    f = kiln.compile(m)
+    with torch.no_grad():
+        for _ in range(2):
+            assert_same(f(x, state), m(x, state))
+    assert kiln.counters()["eager_calls"] == 0, kiln.counters()
