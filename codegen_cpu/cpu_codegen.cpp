@@ -208,6 +208,18 @@ class KernelEmitter {
     return inst;
   }
 
+  /// Whether LLVM may merge products of this value (exp, exp2, pow and sqrt emitted as
+  /// intrinsics: float64 exp, every exp2, pow and sqrt).
+  static bool folds_in_products(const Expr& v) {
+    switch (v->op) {
+      case ExprOp::Exp: return v->dtype != DType::Float32;
+      case ExprOp::Exp2:
+      case ExprOp::Pow:
+      case ExprOp::Sqrt: return true;
+      default: return false;
+    }
+  }
+
   void accumulate(const Reduction& r, Acc& a) {
     llvm::Type* t = reg_type(r.acc_dtype);
     llvm::Value* v = emit(r.value);
@@ -221,7 +233,15 @@ class KernelEmitter {
         // Reassociation lets LLVM keep vector partial sums (the order torch's kernels also change).
         next = fl ? reassoc(b_.CreateFAdd(acc, v)) : b_.CreateAdd(acc, v);
         break;
-      case ReduceOp::Prod: next = fl ? reassoc(b_.CreateFMul(acc, v)) : b_.CreateMul(acc, v); break;
+      case ReduceOp::Prod:
+        // With reassociation allowed, InstCombine rewrites products of LLVM math intrinsics:
+        // exp2(a) * exp2(b) became exp2(a + b) in a short, unrolled row, and the row
+        // [exp2(1e30), exp2(-1e30)] came out inf instead of inf * 0 = nan (found by the
+        // fuzzer). A fence hides such a factor from it; it also keeps the loop scalar, so it is
+        // used only where the factor is one of those intrinsics.
+        if (fl && folds_in_products(r.value)) v = b_.CreateArithmeticFence(v, v->getType());
+        next = fl ? reassoc(b_.CreateFMul(acc, v)) : b_.CreateMul(acc, v);
+        break;
       case ReduceOp::Any: next = b_.CreateOr(acc, v); break;
       case ReduceOp::All: next = b_.CreateAnd(acc, v); break;
       case ReduceOp::Max:

@@ -789,3 +789,14 @@ def test_var_and_std_of_equal_values_are_exactly_zero():
     y = torch.tensor([[float("inf"), -float("inf"), 2.0]])
     f = check(lambda x, y: (x.std(0, keepdim=True) * y, x.var(0), x.std((0, 1))), (x, y))
     assert kiln.counters()["eager_calls"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_products_of_math_intrinsics_keep_inf_times_zero(dtype):
+    # LLVM rewrote exp2(a) * exp2(b) as exp2(a + b) inside a short product reduction (allowed by
+    # its reassociation flag): exp2(1e30) * exp2(-1e30) gave inf where eager's inf * 0 is nan.
+    x = torch.tensor([[1e30, 1.0], [-1e30, 2.0], [200.0, -3.0]], dtype=dtype)
+    for fn in (lambda t: t.exp2().prod(0), lambda t: t.exp().prod(0), lambda t: torch.pow(t, 3.0).prod(0),
+               lambda t: t.abs().sqrt().prod(0)):
+        kiln.reset()
+        check(fn, (x,))
