@@ -187,7 +187,12 @@ def _lift_fresh(tr, a, out):
 
 @handles(aten.clone, aten.alias, aten.detach, aten.contiguous)
 def _identity(tr, a, out):
-    return tr.call("identity", [a["self"]])
+    x = a["self"]
+    if tr.current_op in ("alias", "detach") and x.dim() > 0:
+        # A view of all of x (`x[:, :n]` of an n-wide x is an alias): tracked as a full slice, so
+        # an in-place op on it writes through to x as a slice's would.
+        tr.views[id(out)] = (x, 0, 0, INT64_MAX, 1, None)
+    return tr.call("identity", [x])
 
 
 @handles(aten.view, aten._unsafe_view, aten.reshape, aten._reshape_alias, aten.unsqueeze,

@@ -260,3 +260,16 @@ def test_rnn_cells_compile(cell):
         for _ in range(2):
             assert_same(f(x, state), m(x, state))
     assert kiln.counters()["eager_calls"] == 0, kiln.counters()
+
+
+def test_in_place_op_on_a_full_slice_alias_writes_through():
+    # GhostNet's bottleneck: cat(...)[:, :C] of a C-wide cat is an alias of it; += on it
+    def f(x):
+        y = torch.cat([x[:, :2] * 2, x[:, :2] * 3], 1)
+        z = y[:, :4]
+        z += x
+        w = z.detach()
+        w.mul_(2)
+        return y, z, w
+    check(f, (make_input((2, 4, 5, 5)),))
+    assert kiln.counters()["eager_calls"] == 0, kiln.counters()
