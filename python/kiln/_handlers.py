@@ -676,25 +676,39 @@ def _mv(tr, a, out):
 
 @handles(aten._scaled_dot_product_flash_attention_for_cpu)
 def _sdpa(tr, a, out):
-    """F.scaled_dot_product_attention in eval (no dropout), causal or not, without a mask tensor:
-    softmax(q k^T * scale) v as two products and a row kernel (13% faster than eager's fused
-    CPU kernel at 8x8x128x64). Masks and dropout stay eager (fully masked rows are eager's to
-    define). The logsumexp result is not recorded (a later read of it stops the capture)."""
+    """F.scaled_dot_product_attention in eval (no dropout), causal or with a mask (torch turns a
+    boolean mask into a 0 / -inf one before this op): softmax(q k^T * scale + mask) v as two
+    products and a row kernel (13% faster than eager's fused CPU kernel at 8x8x128x64). A row
+    the mask hides entirely is 0, as eager's fused kernel gives it (the math path's softmax
+    would be nan). Dropout stays eager. The logsumexp result is not recorded (a later read of
+    it stops the capture)."""
     q, k, v = a["query"], a["key"], a["value"]
-    if (a.get("dropout_p", 0.0) != 0.0 or a.get("attn_mask") is not None or not _blas_ready(q, k, v, out[0])
-            or q.dim() < 2 or not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]) or 0 in q.shape or 0 in k.shape):
+    mask = a.get("attn_mask")
+    if (a.get("dropout_p", 0.0) != 0.0 or not _blas_ready(q, k, v, out[0])
+            or q.dim() < 2 or not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]) or 0 in q.shape or 0 in k.shape
+            or (mask is not None and (mask.dtype not in (torch.bool, q.dtype) or a.get("is_causal")))):
         raise NoLowering()
     scale = a.get("scale")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     perm = list(range(q.dim() - 2)) + [q.dim() - 1, q.dim() - 2]
     kt = Value(tr.call("permute", [k], ints=perm))
     s = Value(tr.call("mul", [Value(tr.call("matmul", [q, kt])), scale]))
+    last = q.dim() - 1
     if a.get("is_causal"):
         shape = list(q.shape[:-1]) + [k.shape[-2]]
         row = Value(tr.call("iota", [], ints=shape + [q.dim() - 2], dtype="int64"))
-        col = Value(tr.call("iota", [], ints=shape + [q.dim() - 1], dtype="int64"))
+        col = Value(tr.call("iota", [], ints=shape + [last], dtype="int64"))
         s = Value(tr.call("where", [Value(tr.call("gt", [col, row])), float("-inf"), s]))
-    p = Value(tr.call("softmax", [s], ints=[q.dim() - 1]))
+    if mask is None:
+        p = Value(tr.call("softmax", [s], ints=[last]))
+    else:
+        if mask.dtype == torch.bool:
+            s = Value(tr.call("where", [mask, s, float("-inf")]))
+        else:
+            s = Value(tr.call("add", [s, mask]))
+        p = Value(tr.call("softmax", [s], ints=[last]))
+        dead = Value(tr.call("eq", [Value(tr.call("amax", [s], ints=[last], int_value=1)), float("-inf")]))
+        p = Value(tr.call("where", [dead, 0.0, p]))
     return [tr.call("matmul", [p, v]), None]
 
 

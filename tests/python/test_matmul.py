@@ -251,12 +251,29 @@ def test_scaled_dot_product_attention(causal, L, S):
     check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.3), (q, k, v))
 
 
-def test_attention_with_mask_or_dropout_stays_eager_inside_the_program():
+@pytest.mark.parametrize("L,S", [(8, 8), (96, 160)])
+def test_attention_with_masks(L, S):
+    # boolean and additive masks, broadcast over batch and heads, with rows the mask hides
+    # entirely (eager's fused kernel gives 0 there) and -inf / large negative entries
+    q, k, v = make_input((2, 3, L, 16)), make_input((2, 3, S, 16)), make_input((2, 3, S, 8))
+    bmask = make_input((L, S), dtype=torch.bool)
+    bmask[1] = False
+    fmask = make_input((2, 1, L, S))
+    fmask[0, 0, 2] = float("-inf")
+    fmask[1, 0, :, :3] = -1e9
+    for mask in (bmask, fmask):
+        kiln.reset()
+        f = check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * 2, (q, k, v))
+        no_fallbacks(f)
+
+
+def test_attention_with_dropout_stays_eager_inside_the_program():
     q, k, v = make_input((1, 2, 8, 8)), make_input((1, 2, 8, 8)), make_input((1, 2, 8, 8))
-    mask = make_input((8, 8), dtype=torch.bool)
-    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * 2, (q, k, v),
-          expect_compiled=False)
+    torch.manual_seed(0)
+    out = kiln.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.5) * 2)(q, k, v)
+    assert out.shape == (1, 2, 8, 8)
     assert kiln.counters()["eager_calls"] == 0
+    assert kiln.counters()["fallback_op_counts"], kiln.counters()
 
 
 def test_safe_softmax_rows_of_minus_inf_are_zero():
