@@ -148,6 +148,10 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       }
       if (op == OpKind::Gather) return editor_.gather(tensor_arg(0), tensor_arg(1), attrs.ints[0], attrs.ints.at(1) != 0);
       if (op == OpKind::Pad) return editor_.pad(tensor_arg(0), attrs.ints, attrs.floats.at(0));
+      if (op == OpKind::IndexCopy) {
+        int base = tensor_arg(0);
+        return editor_.index_copy(base, tensor_arg(1), value_of(args[2], node(base).dtype), attrs.ints[0]);
+      }
       if (op == OpKind::SliceScatter) {
         KILN_UNSUPPORTED_IF(attrs.ints.size() != 4, "slice_scatter takes dim, start, end, step");
         int base = tensor_arg(0);

@@ -238,6 +238,21 @@ int GraphEditor::slice_scatter(int base, int src, int64_t dim, int64_t start, in
   return append(std::move(nd));
 }
 
+int GraphEditor::index_copy(int base, int index, int src, int64_t dim) {
+  const Sizes& in = node(base).sizes;
+  int64_t r = static_cast<int64_t>(in.size());
+  if (dim < 0) dim += r;
+  KILN_UNSUPPORTED_IF(dim < 0 || dim >= r, "index_copy dim");
+  KILN_UNSUPPORTED_IF(node(index).dtype != DType::Int64 || node(index).sizes.size() != 1, "index_copy index");
+  Sizes want = in;
+  want[dim] = node(index).sizes[0];
+  KILN_UNSUPPORTED_IF(node(src).sizes != want || node(src).dtype != node(base).dtype,
+                      "index_copy source does not fit");
+  Node nd{OpKind::IndexCopy, {base, index, src}, {}, node(base).dtype, in, {}};
+  nd.attrs.ints = {dim};
+  return append(std::move(nd));
+}
+
 int GraphEditor::flip(int x, std::vector<int64_t> dims) {
   int64_t r = static_cast<int64_t>(node(x).sizes.size());
   for (auto& d : dims) {

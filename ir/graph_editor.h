@@ -52,6 +52,9 @@ class GraphEditor {
   /// `base` with the slice [start:end:step] along `dim` replaced by `src` (a write through a view,
   /// made functional).
   int slice_scatter(int base, int src, int64_t dim, int64_t start, int64_t end, int64_t step);
+  /// torch.index_copy: `base` with base[.., index[i], ..] = src[.., i, ..] along `dim` (index: 1-D
+  /// int64; src: base's sizes with index's length at dim, base's dtype).
+  int index_copy(int base, int index, int src, int64_t dim);
   /// Matrix product of a [batch..., M, K] and b [batch..., K, N] (equal batch sizes, one float
   /// dtype): [batch..., M, N]. `zero_start`: a sum of one product is +0 where the product is
   /// -0 (eager's bmm adds to a zeroed accumulator; its mm does not), see ops.def.

@@ -177,13 +177,14 @@ class Lowering {
     for (size_t j = 0; j < g_.outputs.size(); ++j) {
       int leaf = g_.output_leaf[j], s = g_.outputs[j];
       const Node& n = g_.nodes[s];
-      if (leaf < 0 || n.op != OpKind::SliceScatter || n.numel() == 0) continue;
+      bool scatter = n.op == OpKind::SliceScatter || n.op == OpKind::IndexCopy;
+      if (leaf < 0 || !scatter || n.numel() == 0) continue;
       int base = n.inputs[0];
       const Node& b = g_.nodes[base];
       if (b.op != OpKind::Input || b.attrs.int_value != leaf || uses[base] != 1 || returned.count(base)) continue;
-      if (g_.nodes[n.inputs[1]].dtype != n.dtype || n.attrs.ints[3] < 1) continue;
+      if (g_.nodes[n.inputs.back()].dtype != n.dtype || (n.op == OpKind::SliceScatter && n.attrs.ints[3] < 1)) continue;
       inplace_[s] = {input_buffer_.at(base), leaf};
-      log(fmt::format("%{} (slice_scatter) writes its slice into argument {} in place", s, leaf));
+      log(fmt::format("%{} ({}) writes its slice into argument {} in place", s, op_name(n.op), leaf));
     }
   }
 
@@ -256,12 +257,17 @@ class Lowering {
     return v != value_strides_.end() ? v->second : prog_.buffers[buffer_of_.at(id)].strides;
   }
 
-  /// Lowers an in-place slice assignment (see choose_inplace): a kernel over the source only.
+  /// Lowers an in-place slice assignment or index_copy (see choose_inplace): a kernel over the
+  /// source only.
   void lower_inplace_scatter(int id) {
     const Node& s = g_.nodes[id];
     auto [buf, leaf] = inplace_.at(id);
     (void)leaf;
     buffer_of_[id] = buf;
+    if (s.op == OpKind::IndexCopy) {
+      scatter_index_copy(id, buf, "writes kernel {} into its argument in place (an index_copy)");
+      return;
+    }
     const Node& src = g_.nodes[s.inputs[1]];
     if (src.numel() == 0) return;
     int64_t dim = s.attrs.ints[0], start = s.attrs.ints[1], step = s.attrs.ints[3];
@@ -280,6 +286,65 @@ class Lowering {
     k.closed = true;  // later values read the argument from memory, after this kernel
   }
 
+  /// Note [index_copy]: base[.., index[i], ..] = src[.., i, ..] is computed from the source side:
+  /// one kernel checks the index into a buffer of its own (an index out of range flags the
+  /// call, which stops before anything is written and is redone eagerly, raising torch's
+  /// error), then a kernel over the source stores each element where its index sends it: into
+  /// the argument itself when the index_copy_ was on an argument read by nothing else
+  /// (choose_inplace, HF's StaticCache update), else into a copy of base that a kernel makes
+  /// first. Duplicate indices store in an unspecified order, as eager documents.
+  void lower_index_copy(int id) {
+    const Node& n = g_.nodes[id];
+    bool dense = false;
+    std::vector<int> order = loop_order(n, &dense);
+    int buf = make_value_buffer(id, dense ? n.strides : contiguous_strides(n.sizes));
+    if (n.numel() == 0) return;
+    OpenKernel& k = new_pointwise_kernel(n.sizes, order);
+    cur_ = &k;
+    memo_.clear();
+    used_slots_.clear();
+    Expr value = value_at(n.inputs[0], k.idx, -1);
+    cur_ = nullptr;
+    prog_.kernels[k.index].phases[0].stores.push_back({buf, linear_index(ctx(), k.idx, prog_.buffers[buf].strides), value});
+    note_store(k, id, buf, "copies its base in kernel {} (an index_copy)");
+    k.closed = true;
+    scatter_index_copy(id, buf, "writes kernel {} into the copy (an index_copy)");
+  }
+
+  /// The checked index and the scatter of Note [index_copy], storing into `buf`.
+  void scatter_index_copy(int id, int buf, const char* why) {
+    const Node& n = g_.nodes[id];
+    const Node& index = g_.nodes[n.inputs[1]];
+    const Node& src = g_.nodes[n.inputs[2]];
+    int64_t dim = n.attrs.ints[0];
+    if (src.numel() == 0) return;
+    int checked = add_buffer({BufferKind::Temp, -1, DType::Int64, index.sizes, {1}});
+    {
+      OpenKernel& k = new_pointwise_kernel(index.sizes, {0});
+      cur_ = &k;
+      memo_.clear();
+      used_slots_.clear();
+      Expr i = ctx().cast(value_at(n.inputs[1], k.idx, -1), DType::Int64);
+      cur_ = nullptr;
+      Expr ok = ctx().binary(ExprOp::IndexCheck, i, ctx().int_const(n.sizes[dim]));
+      prog_.kernels[k.index].phases[0].stores.push_back({checked, k.idx[0], ok});
+      note_store(k, n.inputs[1], checked, "is checked by kernel {} (an index_copy's index)");
+      k.closed = true;
+    }
+    bool dense = false;
+    OpenKernel& k = new_pointwise_kernel(src.sizes, loop_order(src, &dense));
+    cur_ = &k;
+    memo_.clear();
+    used_slots_.clear();
+    Expr value = value_at(n.inputs[2], k.idx, -1);
+    cur_ = nullptr;
+    std::vector<Expr> dst = k.idx;
+    dst[dim] = ctx().load(checked, k.idx[dim], DType::Int64);
+    prog_.kernels[k.index].phases[0].stores.push_back({buf, linear_index(ctx(), dst, prog_.buffers[buf].strides), value});
+    note_store(k, id, buf, why);
+    k.closed = true;  // later values read the result from memory, after this kernel
+  }
+
   /// Decides which values get a buffer of their own: outputs, reductions, and values a
   /// broadcasting consumer would otherwise recompute many times at a high cost.
   void choose_materialized() {
@@ -295,7 +360,7 @@ class Lowering {
         const Node& un = g_.nodes[u];
         // Concat and pad read each element of an operand once; reductions too.
         bool once = op_category(un.op) == OpCategory::Reduction || un.op == OpKind::Concat || un.op == OpKind::Pad ||
-                    un.op == OpKind::SliceScatter;
+                    un.op == OpKind::SliceScatter || un.op == OpKind::IndexCopy;
         int64_t d = op_category(un.op) == OpCategory::Movement ? std::max(un.numel(), demand[u])
                     : once                                     ? g_.nodes[i].numel()
                                                                : un.numel();
@@ -374,8 +439,9 @@ class Lowering {
       // none (an unused result, or one multiplied by 0 and folded away), and eager raises
       // ZeroDivisionError when any element divides by zero.
       bool may_divide_by_zero = may_raise(g_, node);
+      bool scatter = node.op == OpKind::IndexCopy;  // stored from the source side: Note [index_copy]
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
-          gemm_operand || may_divide_by_zero || read_across_extern) {
+          gemm_operand || may_divide_by_zero || read_across_extern || scatter) {
         materialized_.insert(static_cast<int>(i));
         order_.push_back(static_cast<int>(i));
         cost[i] = 0;
@@ -661,8 +727,8 @@ class Lowering {
         sidx[dim] = clamp_index(pos, src.sizes[dim]);
         return c.select(inside, value_at(n.inputs[1], sidx, self), value_at(n.inputs[0], idx, self));
       }
-      default:
-        KILN_UNREACHABLE(std::string("not an assembly op: ") + op_name(n.op));
+      default:  // IndexCopy is always materialised (lower_index_copy): never computed inline
+        KILN_UNREACHABLE(std::string("not an assembly op computed inline: ") + op_name(n.op));
     }
   }
 
@@ -710,6 +776,10 @@ class Lowering {
     }
     if (n.op == OpKind::Matmul) {
       lower_gemm(id);
+      return;
+    }
+    if (n.op == OpKind::IndexCopy) {
+      lower_index_copy(id);
       return;
     }
     if (op_category(n.op) == OpCategory::Reduction) {

@@ -438,6 +438,16 @@ def _split(tr, a, out):
     return vids
 
 
+@handles(aten.index_copy)
+def _index_copy(tr, a, out):
+    """index_copy(_): a scatter along one dim (Note [index_copy] in lower_to_loops.cpp); the CPU
+    lowering writes an argument's update in place (a StaticCache). CUDA programs keep it eager."""
+    x, index, src = a["self"], a["index"], a["source"]
+    if x.device.type != "cpu" or index.dim() != 1 or index.dtype != torch.int64 or x.dim() == 0 or src.dim() != x.dim():
+        raise NoLowering()
+    return tr.call("index_copy", [x, index, src], ints=[a["dim"] % x.dim()])
+
+
 @handles(aten.index_select)
 def _index_select(tr, a, out):
     x, dim, index = a["self"], a["dim"] % max(a["self"].dim(), 1), a["index"]

@@ -749,6 +749,10 @@ class Generator:
         if r < 0.25 and a.t.dim() >= 1:
             idx = self.choice(("0", "-1", ":1", "1:", "::2"))
             return self.try_stmt(None, False, raw=f"{a.name}[{idx}] = {self.scalar(a.dtype)}") and "done"
+        if r < 0.35 and a.t.dim() >= 1 and a.shape[0] >= 1:
+            n = a.shape[0]
+            idx = self.choice((f"torch.arange({n}).flip(0)", f"torch.arange({n})", f"(torch.arange({n}) + 1) % {n}"))
+            return f"{a.name}.index_copy_(0, {idx}, {a.name} * 2)", a.inexact
         return self.choice((f"{a.name}.add_({b})", f"{a.name}.mul_({b})", f"{a.name}.clamp_(min={self.scalar(a.dtype)})",
                             f"{a.name}.copy_({b})", f"{a.name}.zero_()", f"{a.name}.neg_()",
                             f"{a.name}.sub_({b}, alpha=2)")), a.inexact or b_inexact

@@ -115,6 +115,8 @@ CASES = {
     "upsample": (lambda x: (F.interpolate(x, scale_factor=2, mode="nearest"),
                             F.interpolate(x, size=(11, 5), mode="bilinear"),
                             F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=True)), [R(2, 3, 6, 4)]),
+    "index_copy": (lambda b, i, k: (b * 2).index_copy(1, i, k + 1) * 3,
+                   [R(4, 6, 3), lambda: torch.tensor([5, 1, 3]), R(4, 3, 3)]),
     # -- matrix products (cuBLAS steps) with their epilogue kernels
     "linear_gelu": (lambda x, w, b: F.gelu(F.linear(x, w, b)), [R(33, 48), R(40, 48), R(40)]),
     "attention": (lambda q, k, v: F.softmax(q @ k.transpose(-2, -1) * 0.25, -1) @ v,
