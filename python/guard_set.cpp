@@ -4,8 +4,17 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 namespace kiln::py_bind {
 namespace {
+
+/// Floats a trace baked in are the same value when they have the same bits, except that every
+/// NaN is one value: 0.0 and -0.0 differ (1 / s), while == calls them equal.
+bool same_float(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  return a == b && std::signbit(a) == std::signbit(b);
+}
 
 /// Interned attribute names, created once.
 struct Names {
@@ -133,6 +142,11 @@ bool GuardSet::check(const py::list& leaves, bool grad_enabled) {
     PyObject* v = PyList_GET_ITEM(leaves.ptr(), g.leaf);
     if (reinterpret_cast<PyObject*>(Py_TYPE(v)) != g.type.ptr()) return false;
     if (g.type_only || v == g.value.ptr()) continue;
+    if (PyFloat_CheckExact(v)) {
+      // The trace baked this float in: -0.0 is not 0.0 there (x / s), and any NaN is every NaN.
+      if (!same_float(PyFloat_AS_DOUBLE(v), PyFloat_AS_DOUBLE(g.value.ptr()))) return false;
+      continue;
+    }
     int eq = PyObject_RichCompareBool(v, g.value.ptr(), Py_EQ);
     if (eq != 1) {
       PyErr_Clear();
@@ -156,7 +170,12 @@ std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
   }
   for (const auto& g : values_) {
     py::handle v = PyList_GET_ITEM(leaves.ptr(), g.leaf);
-    if (reinterpret_cast<PyObject*>(Py_TYPE(v.ptr())) != g.type.ptr() || (!g.type_only && !v.equal(g.value)))
+    bool same_type = reinterpret_cast<PyObject*>(Py_TYPE(v.ptr())) == g.type.ptr();
+    bool equal = g.type_only || !same_type ? same_type
+                 : PyFloat_CheckExact(v.ptr())
+                     ? same_float(PyFloat_AS_DOUBLE(v.ptr()), PyFloat_AS_DOUBLE(g.value.ptr()))
+                     : v.equal(g.value);
+    if (!same_type || !equal)
       return fmt::format("leaf {}: value is {}, expected {}", g.leaf, py::repr(v).cast<std::string>(),
                          py::repr(g.value).cast<std::string>());
   }

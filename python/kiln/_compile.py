@@ -14,7 +14,8 @@ from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._snapshot import MODULE_KEYS as _MODULE_KEYS
 from ._snapshot import SIMPLE_VALUE_TYPES as _SIMPLE_VALUE_TYPES
-from ._snapshot import Snapshot, SnapshotGetter, worth_guarding
+from ._snapshot import Snapshot, SnapshotGetter, class_attributes, worth_guarding
+from ._snapshot import new_call as _new_snapshot_call
 from ._trace import CaptureFailed, trace
 
 
@@ -85,6 +86,57 @@ def _code_names(code):
     return names
 
 
+def _owner_and_function(fn):
+    """(object whose attributes the function reads, the plain function): a bound method's
+    object and function; a callable object and its class's __call__; a function and itself."""
+    owner = getattr(fn, "__self__", None)
+    raw = getattr(fn, "__func__", fn)
+    if owner is None and not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, torch.nn.Module)) \
+            and isinstance(getattr(type(fn), "__call__", None), types.FunctionType):
+        owner, raw = fn, type(fn).__call__
+    return owner, raw
+
+
+class _NestedGetter:
+    """A tensor inside a container or plain object: base() followed by item and attribute steps.
+    Gone (a cache dict emptied): _MISSING, which fails the tensor guard of its leaf."""
+    __slots__ = ("base", "steps")
+
+    def __init__(self, base, steps):
+        self.base, self.steps = base, steps
+
+    def __call__(self):
+        try:
+            v = self.base()
+            for is_item, k in self.steps:
+                v = v[k] if is_item else getattr(v, k)
+            return v
+        except (KeyError, IndexError, AttributeError, TypeError):
+            return _MISSING
+
+
+def _nested_tensors(v, base, out, steps=(), depth=0):
+    """Adds the tensors inside container or plain object `v` (read by `base()`) to `out`, to the
+    depth and breadth the snapshot guards cover (timm's LeViT caches a bias tensor in a dict)."""
+    if depth >= 3 or not worth_guarding(v):
+        return
+    if isinstance(v, dict):
+        items = [(True, k, x) for k, x in list(v.items())]
+    elif isinstance(v, (list, tuple)):
+        items = [(True, i, x) for i, x in enumerate(v)]
+    elif hasattr(v, "__dict__"):
+        items = [(False, k, x) for k, x in list(vars(v).items())]
+    else:
+        return
+    if len(items) > 64:
+        return
+    for is_item, k, x in items:
+        if isinstance(x, torch.Tensor):
+            out.setdefault(id(x), (_NestedGetter(base, steps + ((is_item, k),)), x))
+        elif type(x) not in _SIMPLE_VALUE_TYPES:
+            _nested_tensors(x, base, out, steps + ((is_item, k),), depth + 1)
+
+
 def _captured_candidates(fn, module):
     """Tensors the function can reach besides its arguments: id -> (getter, tensor)."""
     out = {}
@@ -93,17 +145,24 @@ def _captured_candidates(fn, module):
         for name, t in list(mod.named_parameters(remove_duplicate=False)) + list(mod.named_buffers(remove_duplicate=False)):
             getter = _attr_path_getter(mod, name) if base_getter is None else base_getter.then(name.split("."))
             out.setdefault(id(t), (getter, t))
+        for sub_name, sub in mod.named_modules(remove_duplicate=False):
+            for k, v in list(vars(sub).items()):
+                if not k.startswith("__") and k not in _MODULE_KEYS and worth_guarding(v):
+                    parts = tuple((f"{sub_name}.{k}" if sub_name else k).split("."))
+                    base = _attr_path_getter(mod, ".".join(parts)) if base_getter is None else base_getter.then(parts)
+                    _nested_tensors(v, base, out)
 
     if module is not None:
         add_module(module, None)
-    owner = getattr(fn, "__self__", None)  # a bound method's object: its tensors are reachable too
+    owner, raw = _owner_and_function(fn)  # a bound method's object: its tensors are reachable too
     if isinstance(owner, torch.nn.Module) and owner is not module:
         add_module(owner, _PathGetter(_PathGetter.OBJ, owner))
     elif owner is not None and owner is not module and hasattr(owner, "__dict__"):
         for k, v in list(vars(owner).items()):
             if isinstance(v, torch.Tensor):
                 out.setdefault(id(v), (_PathGetter(_PathGetter.OBJ, owner, names=(k,)), v))
-    raw = getattr(fn, "__func__", fn)
+            else:
+                _nested_tensors(v, _PathGetter(_PathGetter.OBJ, owner, names=(k,)), out)
     code = getattr(raw, "__code__", None)
     for i, cell in enumerate(getattr(raw, "__closure__", None) or ()):
         try:
@@ -114,6 +173,8 @@ def _captured_candidates(fn, module):
             out.setdefault(id(v), (_PathGetter(_PathGetter.CELL, cell), v))
         elif isinstance(v, torch.nn.Module):
             add_module(v, _PathGetter(_PathGetter.CELL, cell))
+        else:
+            _nested_tensors(v, _PathGetter(_PathGetter.CELL, cell), out)
     g = getattr(raw, "__globals__", None)
     if g is not None and code is not None:
         for name in _code_names(code):
@@ -122,6 +183,8 @@ def _captured_candidates(fn, module):
                 out.setdefault(id(v), (_PathGetter(_PathGetter.ITEM, g, name), v))
             elif isinstance(v, torch.nn.Module):
                 add_module(v, _PathGetter(_PathGetter.ITEM, g, name))
+            elif v is not None:
+                _nested_tensors(v, _PathGetter(_PathGetter.ITEM, g, name), out)
     return out
 
 
@@ -140,11 +203,27 @@ def _plain_value_sources(fn, module):
     (`CFG["scale"]`, `self.config.eps`) are guarded by a snapshot of their contents (see
     _snapshot.py); those getters come last, once per object."""
     out, snaps, seen = [], [], set()
+    owner, raw = _owner_and_function(fn)
+    code = getattr(raw, "__code__", None)
+    code_names = _code_names(code) if code is not None else set()
 
     def add_snapshot(value, getter):
         if id(value) not in seen:
             seen.add(id(value))
             snaps.append(SnapshotGetter(getter))
+
+    def add_value(v, getter):
+        if type(v) in _SIMPLE_VALUE_TYPES:
+            out.append(getter)
+        elif worth_guarding(v):
+            add_snapshot(v, getter)
+
+    def add_class(cls, stop=None):
+        # `self.scale` with `scale = 2.0` in the class body reads the class's attribute
+        if id(cls) not in seen:
+            seen.add(id(cls))
+            for owner_cls, k, v in class_attributes(cls, stop):
+                add_value(v, _PathGetter(_PathGetter.OBJ, owner_cls, names=(k,), default=_MISSING))
 
     def add_module(mod, base):
         for sub_name, sub in mod.named_modules(remove_duplicate=False):
@@ -156,30 +235,28 @@ def _plain_value_sources(fn, module):
                     out.append(base.then(parts))  # `training` among them
                 elif k not in _MODULE_KEYS and worth_guarding(v):  # not the hook and parameter dicts
                     add_snapshot(v, base.then(parts))
+            add_class(type(sub), torch.nn.Module)
 
     def add(value, getter):
-        if type(value) in _SIMPLE_VALUE_TYPES:
-            out.append(getter)
-        elif isinstance(value, torch.nn.Module):
+        if isinstance(value, torch.nn.Module):
             add_module(value, getter)
-        elif worth_guarding(value):
-            add_snapshot(value, getter)
+        elif isinstance(value, type):
+            add_class(value)
+        elif isinstance(value, types.ModuleType):
+            # `hp.SCALE`: the attributes of a Python module the code names
+            for name in sorted(code_names):
+                if not name.startswith("__") and name in vars(value):
+                    add_value(vars(value)[name], getter.then((name,), default=_MISSING))
+        else:
+            add_value(value, getter)
 
     if module is not None:
         add_module(module, _PathGetter(_PathGetter.OBJ, module))
-    owner = getattr(fn, "__self__", None)
     if isinstance(owner, torch.nn.Module) and owner is not module:
         add_module(owner, _PathGetter(_PathGetter.OBJ, owner))
-    elif owner is not None and owner is not module and hasattr(owner, "__dict__"):
-        for k, v in list(vars(owner).items()):
-            if k.startswith("__"):
-                continue
-            if type(v) in _SIMPLE_VALUE_TYPES:
-                out.append(_PathGetter(_PathGetter.OBJ, owner, names=(k,), default=_MISSING))
-            elif worth_guarding(v):
-                add_snapshot(v, _PathGetter(_PathGetter.OBJ, owner, names=(k,), default=_MISSING))
-    raw = getattr(fn, "__func__", fn)
-    code = getattr(raw, "__code__", None)
+    elif owner is not None and owner is not module:
+        add_value(owner, _PathGetter(_PathGetter.OBJ, owner))  # its attributes, by snapshot
+        add_class(type(owner))
     for cell in getattr(raw, "__closure__", None) or ():
         try:
             v = cell.cell_contents
@@ -189,7 +266,7 @@ def _plain_value_sources(fn, module):
             add(v, _PathGetter(_PathGetter.CELL, cell))
     g = getattr(raw, "__globals__", None)
     if g is not None and code is not None:
-        for name in sorted(_code_names(code)):
+        for name in sorted(code_names):
             if name in g and g[name] is not module:
                 add(g[name], _PathGetter(_PathGetter.ITEM, g, name, default=_MISSING))
     return out + snaps
@@ -288,6 +365,8 @@ class CompiledFunction:
         self._fast = _C.FastPath(torch.Tensor, torch.is_grad_enabled, torch.get_default_dtype, _FAST_MISS) \
             if hasattr(_C, "FastPath") else (lambda *a: _FAST_MISS)
         functools.update_wrapper(self, fn)
+        if not hasattr(self, "__name__"):  # a callable object: no __name__ to copy
+            self.__name__ = type(fn).__name__
 
     @staticmethod
     def _state():
@@ -320,6 +399,7 @@ class CompiledFunction:
             spec = flatten((args, kwargs), leaves)
         grad = torch.is_grad_enabled()
         state = [torch.get_default_dtype()]
+        _new_snapshot_call()
         for entry in self._entries.get(spec, ()):
             full = leaves + entry.read_getters() + state if entry.getters else leaves + state
             if entry.tree is not None:

@@ -39,14 +39,42 @@ def _is_container(v):
     return isinstance(v, (dict, list, tuple, set, frozenset, types.SimpleNamespace))
 
 
+def _user_type(t):
+    return t.__module__ not in ("builtins", "torch") and not t.__module__.startswith("torch.")
+
+
+def _slot_names(t):
+    """The __slots__ attributes of a class and its bases (dataclass(slots=True) among them)."""
+    names = []
+    for c in t.__mro__:
+        slots = vars(c).get("__slots__", ())
+        names += [slots] if isinstance(slots, str) else [n for n in slots if n not in ("__dict__", "__weakref__")]
+    return names
+
+
 def _is_plain_object(v):
-    """An instance of a user class (config objects, dataclasses), not a type, module, function,
-    tensor or nn.Module."""
+    """An instance of a user class (config objects, dataclasses, __slots__ classes), not a type,
+    module, function, tensor or nn.Module."""
     if isinstance(v, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
                       torch.Tensor, torch.nn.Module)):
         return False
-    return hasattr(v, "__dict__") and type(v).__module__ not in ("builtins", "torch") and \
-        not type(v).__module__.startswith("torch.")
+    return _user_type(type(v)) and (hasattr(v, "__dict__") or bool(_slot_names(type(v))))
+
+
+def class_attributes(cls, stop=None):
+    """(name, value) of the class-level attributes of user class `cls` and its user bases (below
+    `stop`, e.g. nn.Module), outermost last: what `obj.name` reads when the instance has no
+    attribute of that name."""
+    out, seen = [], set()
+    for c in cls.__mro__:
+        if c is stop or c is object or not _user_type(c):
+            break
+        for k, v in vars(c).items():
+            if not k.startswith("__") and k not in seen and not callable(v) and \
+                    not isinstance(v, (staticmethod, classmethod, property)):
+                seen.add(k)
+                out.append((c, k, v))
+    return out
 
 
 def worth_guarding(v):
@@ -56,12 +84,17 @@ def worth_guarding(v):
 
 def snapshot(v, depth=0):
     t = type(v)
+    if t is float:
+        return (t, v.hex())  # 0.0 and -0.0 differ (== calls them equal); every NaN is 'nan'
     if t in SIMPLE_VALUE_TYPES:
         return (t, v)
-    if depth >= _MAX_DEPTH or isinstance(v, (torch.Tensor, torch.nn.Module)) or not worth_guarding(v):
+    if isinstance(v, torch.Tensor):
+        return (t,)  # a tensor is no baked-in value (a trace reads tensors as tensors): type only
+    if depth >= _MAX_DEPTH or isinstance(v, torch.nn.Module) or not worth_guarding(v):
         return (t, id(v))
     if isinstance(v, types.SimpleNamespace) or not _is_container(v):
-        items = list(vars(v).items())
+        items = list(vars(v).items()) if hasattr(v, "__dict__") else []
+        items += [(n, getattr(v, n, None)) for n in _slot_names(t)]
     elif isinstance(v, dict):
         items = list(v.items())
     elif isinstance(v, (set, frozenset)):
@@ -75,16 +108,31 @@ def snapshot(v, depth=0):
     return (t, tuple((k, snapshot(x, depth + 1)) for k, x in items))
 
 
+# Snapshots taken during the current call, by path: the guards of every cached variant of a
+# function read the same objects, and nothing can change them between two variants' checks.
+_taken = {}
+
+
+def new_call():
+    """Forgets the snapshots of the previous call (called once per compiled call)."""
+    if _taken:
+        _taken.clear()
+
+
 class SnapshotGetter:
     """Reads the snapshot of the object `getter()` returns (None's when it is gone)."""
-    __slots__ = ("getter",)
+    __slots__ = ("getter", "path")
 
     def __init__(self, getter):
         self.getter = getter
+        self.path = (getter.kind, id(getter.root), getter.key, getter.names)
 
     def __call__(self):
-        try:
-            v = self.getter()
-        except (AttributeError, KeyError, IndexError, ValueError):
-            v = None
-        return Snapshot(snapshot(v))
+        snap = _taken.get(self.path)
+        if snap is None:
+            try:
+                v = self.getter()
+            except (AttributeError, KeyError, IndexError, ValueError):
+                v = None
+            snap = _taken[self.path] = Snapshot(snapshot(v))
+        return snap

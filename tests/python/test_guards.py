@@ -778,3 +778,102 @@ def test_leaf_getters_read_what_attribute_access_reads():
     m[1] = torch.nn.Linear(2, 2)  # a replaced submodule without `magic`: the error eager gives
     with pytest.raises(AttributeError):
         read()
+
+
+def test_signed_zero_and_nan_values_are_guarded_by_their_bits():
+    # the trace bakes the float in: 1 / s is +inf for 0.0 and -inf for -0.0 (0.0 == -0.0 in Python)
+    def f(x, s):
+        return x.abs() / s
+    g = kiln.compile(f)
+    x = make_input((3, 4))
+    call_and_compare(g, f, x, 0.0)
+    call_and_compare(g, f, x, -0.0)
+    d = Delta()
+    for _ in range(3):  # a NaN made anew each call is still the same value
+        call_and_compare(g, f, x, float("nan"))
+    assert d["captures"] == 1, kiln.counters()
+    CFG["scale"] = 0.0
+    try:
+        h = kiln.compile(lambda x: x.abs() / CFG["scale"])
+        assert_same(h(x), x.abs() / 0.0)
+        CFG["scale"] = -0.0
+        assert_same(h(x), x.abs() / -0.0)
+    finally:
+        CFG["scale"] = 2.0
+
+
+class ClassLevel(torch.nn.Module):
+    scale = 2.0  # a class attribute the instance reads
+
+    def forward(self, x):
+        return x * self.scale
+
+
+@dataclasses.dataclass(slots=True)
+class Slotted:
+    scale: float = 2.0
+
+
+SLOTTED = Slotted()
+HP = types.ModuleType("kiln_test_hp")
+HP.SCALE = 2.0
+
+
+def test_class_module_and_slots_attributes_are_guarded():
+    x = make_input((3, 4))
+    cases = [
+        (ClassLevel(), lambda: setattr(ClassLevel, "scale", 3.0), lambda: setattr(ClassLevel, "scale", 2.0)),
+        (lambda t: t * HP.SCALE, lambda: setattr(HP, "SCALE", 3.0), lambda: setattr(HP, "SCALE", 2.0)),
+        (lambda t: t * SLOTTED.scale, lambda: setattr(SLOTTED, "scale", 3.0), lambda: setattr(SLOTTED, "scale", 2.0)),
+    ]
+    for fn, change, restore in cases:
+        try:
+            kiln.reset()
+            g = kiln.compile(fn)
+            call_and_compare(g, fn, x)
+            call_and_compare(g, fn, x)
+            change()
+            call_and_compare(g, fn, x)
+        finally:
+            restore()
+
+
+class CallableScaler:
+    def __init__(self):
+        self.k = 2.0
+
+    def __call__(self, x):
+        return x * self.k
+
+
+def test_callable_object_compiles_and_its_attributes_are_guarded():
+    obj = CallableScaler()
+    g = kiln.compile(obj)
+    x = make_input((3, 4))
+    call_and_compare(g, obj, x)
+    call_and_compare(g, obj, x)
+    obj.k = 5.0
+    call_and_compare(g, obj, x)
+
+
+def test_tensor_cached_in_a_module_dict_is_an_input():
+    # timm's LeViT: a bias tensor cached in a dict attribute on the first call
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.biases = torch.nn.Parameter(torch.randn(2, 10))
+            self.cache = {}
+
+        def forward(self, x):
+            if "b" not in self.cache:
+                self.cache["b"] = self.biases[:, :4] * 2
+            return (x + self.cache["b"]).softmax(-1)
+    m = Attn().eval()
+    g = kiln.compile(m)
+    with torch.no_grad():
+        d = Delta()
+        for _ in range(4):
+            call_and_compare(g, m, make_input((3, 2, 4)))
+        assert d["eager_calls"] == 0 and d["captures"] <= 2, kiln.counters()  # the cache fills once
+        m.cache.clear()  # emptied (as LeViT's train() does): read again, recompiled, still right
+        call_and_compare(g, m, make_input((3, 2, 4)))
