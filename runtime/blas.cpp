@@ -2,7 +2,12 @@
 /// Opening the BLAS (see blas.h).
 #include "runtime/blas.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <dlfcn.h>
+
+#include <cstring>
 
 #include <map>
 #include <mutex>
@@ -67,11 +72,34 @@ Library with_dnnl_sgemm(Library base) {
   return base;
 }
 
+}  // namespace
+
+bool cpu_is_intel() {
+#if !defined(__x86_64__) && !defined(__i386__)
+  return false;
+#else
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+  char vendor[13];
+  std::memcpy(vendor, &b, 4);
+  std::memcpy(vendor + 4, &d, 4);
+  std::memcpy(vendor + 8, &c, 4);
+  vendor[12] = 0;
+  return std::strcmp(vendor, "GenuineIntel") == 0;
+#endif
+}
+
+namespace {
+
 Library resolve(const std::string& choice) {
   if (choice == "openblas") return open_openblas();
   if (choice == "mkl") return open_mkl_or_openblas();
   if (choice != "auto" && !choice.empty()) return from_handle(dlopen(choice.c_str(), RTLD_NOW | RTLD_LOCAL), choice);
-  return with_dnnl_sgemm(open_mkl_or_openblas());
+  // MKL dispatches its AVX-512 kernels on Intel CPUs only: there it is as fast as oneDNN and
+  // rounds as eager does, so it keeps the float32 products too.
+  Library base = open_mkl_or_openblas();
+  bool mkl = base.set_threads_local != nullptr;
+  return mkl && cpu_is_intel() ? base : with_dnnl_sgemm(base);
 }
 
 }  // namespace

@@ -1,14 +1,14 @@
 /// \file blas.h
-/// The libraries that run matrix products, opened at run time. Note [Which GEMM]:
-/// `KILN_BLAS=auto` runs float32 products on oneDNN's `dnnl_sgemm` (Debian's libdnnl) when it
-/// opens, and float64 ones (oneDNN has no dgemm) on the MKL that PyTorch carries when the
-/// process has it (the Python package registers it), else on Debian's OpenBLAS. The reason is
-/// measured on this project's machines (AMD EPYC with AVX-512): MKL runs its AVX2 code on a
-/// CPU that is not Intel's, ~108 GFLOP/s per core, while oneDNN's JIT GEMM uses AVX-512 there,
-/// ~230 GFLOP/s (1024x512x1376: 13.3 ms against 6.3 ms on one core). `mkl` keeps every product
-/// on torch's MKL (eager's library: the same rounding as eager), `openblas` on OpenBLAS, and a
-/// library path on that library. kiln splits each product across its threads itself, so every
-/// call here is single-threaded.
+/// The libraries that run matrix products, opened at run time. Note [Which GEMM]: float64
+/// products (oneDNN has no dgemm) run on the MKL that PyTorch carries when the process has it
+/// (the Python package registers it), else on Debian's OpenBLAS. Float32 products under
+/// `KILN_BLAS=auto` run on that MKL on Intel CPUs, and on oneDNN's `dnnl_sgemm` (Debian's
+/// libdnnl) on any other CPU where it opens: MKL runs its AVX2 code on a CPU that is not
+/// Intel's. Measured on an AMD EPYC with AVX-512 (one of this project's machines): MKL ~108
+/// GFLOP/s per core, oneDNN's JIT GEMM ~230 (1024x512x1376: 13.3 ms against 6.3 ms on one
+/// core). `mkl` keeps every product on torch's MKL (eager's library: the same rounding as
+/// eager), `openblas` on OpenBLAS, and a library path on that library. kiln splits each
+/// product across its threads itself, so every call here is single-threaded.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +40,8 @@ struct Library {
   bool ok() const { return sgemm && dgemm; }
 };
 
+/// Whether the CPU is Intel's (cpuid vendor GenuineIntel).
+bool cpu_is_intel();
 /// The library the `blas` knob selects (resolved once per knob value).
 const Library& library();
 /// A library already loaded in this process that `auto` should prefer (torch's MKL).

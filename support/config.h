@@ -24,8 +24,8 @@ namespace kiln {
   X(opt_level, "KILN_OPT_LEVEL", "3", "LLVM optimisation level for CPU kernels (0-3)")            \
   X(matmul, "KILN_MATMUL", "blas", "matrix products: blas (kiln's BLAS steps with fused "          \
                                     "epilogues) or eager (fallback ops)")                             \
-  X(blas, "KILN_BLAS", "auto", "libraries for matrix products: auto (float32 on oneDNN's GEMM, "           \
-                               "float64 on torch's MKL, else OpenBLAS), mkl, openblas, or a library path")  \
+  X(blas, "KILN_BLAS", "auto", "libraries for matrix products: auto (torch's MKL, else OpenBLAS; "        \
+                               "float32 on oneDNN's GEMM off Intel CPUs), mkl, openblas, or a library path") \
   X(cuda_row_block, "KILN_CUDA_ROW_BLOCK", "0", "threads per block of CUDA row kernels with rows "  \
                                               "under 4096 elements (32-1024, a power of two); 0: "      \
                                               "kiln's choice")                                          \

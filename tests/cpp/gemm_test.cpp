@@ -125,6 +125,7 @@ INSTANTIATE_TEST_SUITE_P(Gemm, GemmLibraries, ::testing::Values("auto", "openbla
 TEST(Gemm, OpensABlas) { EXPECT_TRUE(kiln::runtime::gemm_available()) << kiln::runtime::blas::library().name; }
 
 TEST(Gemm, AutoUsesOneDnnForFloat32WhenInstalled) {
+  // Without torch's MKL in the process (these tests), auto pairs OpenBLAS with oneDNN on any CPU.
   void* h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
   if (!h) GTEST_SKIP() << "libdnnl.so.2 is not installed";
   EXPECT_NE(kiln::runtime::blas::library().dnnl_sgemm, nullptr) << kiln::runtime::blas::library().name;

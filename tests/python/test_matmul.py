@@ -166,6 +166,8 @@ def test_auto_runs_float32_products_on_onednn_when_installed():
         ctypes.CDLL("libdnnl.so.2")
     except OSError:
         pytest.skip("libdnnl.so.2 is not installed")
+    if "GenuineIntel" in open("/proc/cpuinfo").read():
+        pytest.skip("an Intel CPU: auto keeps float32 products on torch's MKL there")
     assert kiln._C.blas_library().startswith("onednn sgemm"), kiln._C.blas_library()
     f = kiln.compile(lambda x, w: x @ w)
     x, w = make_input((64, 32)), make_input((32, 16))
