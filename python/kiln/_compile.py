@@ -272,6 +272,33 @@ def _plain_value_sources(fn, module):
     return out + snaps
 
 
+def _same_value(a, b):
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        return a.hex() == b.hex()
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an uncomparable value counts as changed
+        return False
+
+
+def _python_side_effects(sources, before):
+    """A CaptureFailed when the traced call changed a plain value it can read besides its
+    arguments (`self.calls += 1`, a cache dict filled, a list appended to): a compiled call runs
+    no Python, so it would not repeat the change, and the next call would find the state eager
+    leaves behind differ from kiln's. Such a call stays eager; once the state stops changing
+    (a cache filled on the first call), the next capture compiles."""
+    _new_snapshot_call()
+    for get, old in zip(sources, before):
+        if not _same_value(get(), old):
+            where = get.getter if isinstance(get, SnapshotGetter) else get
+            path = ".".join(str(n) for n in getattr(where, "names", ())) or str(getattr(where, "key", "") or "")
+            return CaptureFailed(f"the function changes Python state it reads besides its arguments "
+                                 f"({path or type(old).__name__}); a compiled call would not change it again")
+    return None
+
+
 def _segment_result(result, outs, full):
     (out_specs, mutations), result_spec = result
     for leaf, s in mutations:
@@ -477,6 +504,8 @@ class CompiledFunction:
         getters = [src for src in tracer.captured] + value_sources
         full = trace_leaves + values + state
         failure = tracer.failure
+        if failure is None:
+            failure = _python_side_effects(value_sources, values)
         if failure is None and grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in trace_leaves):
             failure = CaptureFailed("autograd: a parameter or captured tensor requires grad "
                                     "(training is not supported yet)")

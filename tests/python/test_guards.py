@@ -877,3 +877,44 @@ def test_tensor_cached_in_a_module_dict_is_an_input():
         assert d["eager_calls"] == 0 and d["captures"] <= 2, kiln.counters()  # the cache fills once
         m.cache.clear()  # emptied (as LeViT's train() does): read again, recompiled, still right
         call_and_compare(g, m, make_input((3, 2, 4)))
+
+
+def test_python_side_effects_on_reachable_state_are_not_skipped():
+    # A compiled call runs no Python: a counter bumped or a list appended to in forward must
+    # still change on every call, as in eager (those calls stay eager), while a cache filled
+    # once lets the next capture compile.
+    class Counter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+            self.log = []
+
+        def forward(self, x):
+            self.calls += 1
+            self.log.append(self.calls)
+            return x * self.calls
+    m, ref = Counter(), Counter()
+    g = kiln.compile(m)
+    x = make_input((3,))
+    for _ in range(4):
+        assert_same(g(x), ref(x))
+    assert (m.calls, m.log) == (ref.calls, ref.log)
+    kiln.reset()
+
+    class Cached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3))
+            self.c = {}
+
+        def forward(self, x):
+            if "k" not in self.c:
+                self.c["k"] = self.w * 2
+            return x + self.c["k"]
+    m = Cached()
+    g = kiln.compile(m)
+    with torch.no_grad():
+        d = Delta()
+        for _ in range(4):
+            call_and_compare(g, m, x)
+        assert d["captures"] == 2 and d["cache_hits"] == 2 and d["eager_calls"] == 0, kiln.counters()
