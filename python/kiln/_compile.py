@@ -14,7 +14,7 @@ from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._snapshot import MODULE_KEYS as _MODULE_KEYS
 from ._snapshot import SIMPLE_VALUE_TYPES as _SIMPLE_VALUE_TYPES
-from ._snapshot import Snapshot, SnapshotGetter, class_attributes, worth_guarding
+from ._snapshot import Snapshot, SnapshotGetter, TensorIdentityGetter, class_attributes, worth_guarding
 from ._snapshot import new_call as _new_snapshot_call
 from ._trace import CaptureFailed, trace
 
@@ -147,9 +147,13 @@ def _captured_candidates(fn, module):
             out.setdefault(id(t), (getter, t))
         for sub_name, sub in mod.named_modules(remove_duplicate=False):
             for k, v in list(vars(sub).items()):
-                if not k.startswith("__") and k not in _MODULE_KEYS and worth_guarding(v):
-                    parts = tuple((f"{sub_name}.{k}" if sub_name else k).split("."))
-                    base = _attr_path_getter(mod, ".".join(parts)) if base_getter is None else base_getter.then(parts)
+                if k.startswith("__") or k in _MODULE_KEYS:
+                    continue
+                parts = tuple((f"{sub_name}.{k}" if sub_name else k).split("."))
+                base = _attr_path_getter(mod, ".".join(parts)) if base_getter is None else base_getter.then(parts)
+                if isinstance(v, torch.Tensor):  # a plain tensor attribute (not a buffer): RoPE tables
+                    out.setdefault(id(v), (base, v))
+                elif worth_guarding(v):
                     _nested_tensors(v, base, out)
 
     if module is not None:
@@ -233,7 +237,15 @@ def _plain_value_sources(fn, module):
                 parts = tuple((f"{sub_name}.{k}" if sub_name else k).split("."))
                 if type(v) in _SIMPLE_VALUE_TYPES:
                     out.append(base.then(parts))  # `training` among them
-                elif k not in _MODULE_KEYS and worth_guarding(v):  # not the hook and parameter dicts
+                elif k in _MODULE_KEYS:  # the hook and parameter dicts
+                    continue
+                elif isinstance(v, torch.Tensor):
+                    # which tensor the attribute holds: a forward that stores a new one
+                    # (self.attn = p) changes state a compiled call would not change
+                    if id(v) not in seen:
+                        seen.add(id(v))
+                        snaps.append(TensorIdentityGetter(base.then(parts)))
+                elif worth_guarding(v):
                     add_snapshot(v, base.then(parts))
             add_class(type(sub), torch.nn.Module)
 
@@ -283,16 +295,25 @@ def _same_value(a, b):
         return False
 
 
-def _python_side_effects(sources, before):
+def _source_key(get):
+    inner = getattr(get, "getter", get)
+    return (type(get).__name__, inner.kind, id(inner.root), inner.key, inner.names)
+
+
+def _python_side_effects(sources, before, sources_after):
     """A CaptureFailed when the traced call changed a plain value it can read besides its
-    arguments (`self.calls += 1`, a cache dict filled, a list appended to): a compiled call runs
-    no Python, so it would not repeat the change, and the next call would find the state eager
-    leaves behind differ from kiln's. Such a call stays eager; once the state stops changing
-    (a cache filled on the first call), the next capture compiles."""
+    arguments (`self.calls += 1`, `self.last = y`, a cache dict filled, a list appended to): a
+    compiled call runs no Python, so it would not repeat the change, and the next call would
+    find the state eager leaves behind differ from kiln's. Such a call stays eager; once the
+    state stops changing (a cache filled on the first call), the next capture compiles."""
     _new_snapshot_call()
+    new = [k for k in map(_source_key, sources_after) if k not in set(map(_source_key, sources))]
+    if new:
+        return CaptureFailed(f"the function sets new attributes on state it reads besides its arguments "
+                             f"({'.'.join(str(n) for n in new[0][4]) or new[0][3]}); a compiled call would not set them")
     for get, old in zip(sources, before):
         if not _same_value(get(), old):
-            where = get.getter if isinstance(get, SnapshotGetter) else get
+            where = getattr(get, "getter", get)
             path = ".".join(str(n) for n in getattr(where, "names", ())) or str(getattr(where, "key", "") or "")
             return CaptureFailed(f"the function changes Python state it reads besides its arguments "
                                  f"({path or type(old).__name__}); a compiled call would not change it again")
@@ -505,7 +526,8 @@ class CompiledFunction:
         full = trace_leaves + values + state
         failure = tracer.failure
         if failure is None:
-            failure = _python_side_effects(value_sources, values)
+            failure = _python_side_effects(value_sources, values,
+                                           _plain_value_sources(self._fn, self._module))
         if failure is None and grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in trace_leaves):
             failure = CaptureFailed("autograd: a parameter or captured tensor requires grad "
                                     "(training is not supported yet)")

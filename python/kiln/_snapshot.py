@@ -136,3 +136,19 @@ class SnapshotGetter:
                 v = None
             snap = _taken[self.path] = Snapshot(snapshot(v))
         return snap
+
+
+class TensorIdentityGetter:
+    """Which tensor a plain (non-buffer) tensor attribute holds, as a guard value: the tensor
+    itself, compared by identity (equality of a one-tuple tries `is` first; two different
+    tensors do not compare to a bool, which the guard counts as different)."""
+    __slots__ = ("getter",)
+
+    def __init__(self, getter):
+        self.getter = getter
+
+    def __call__(self):
+        try:
+            return Snapshot((self.getter(),))
+        except (AttributeError, KeyError, IndexError, ValueError):
+            return Snapshot((None,))

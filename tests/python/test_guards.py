@@ -918,3 +918,33 @@ def test_python_side_effects_on_reachable_state_are_not_skipped():
         for _ in range(4):
             call_and_compare(g, m, x)
         assert d["captures"] == 2 and d["cache_hits"] == 2 and d["eager_calls"] == 0, kiln.counters()
+
+
+def test_plain_tensor_attributes_are_inputs_and_new_attributes_are_side_effects():
+    class Rope(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.freqs = torch.randn(4)  # a plain tensor attribute, not a buffer
+
+        def forward(self, x):
+            return x * self.freqs.cos()
+    m = Rope()
+    g = kiln.compile(m)
+    x = make_input((3, 4))
+    d = Delta()
+    for _ in range(3):
+        call_and_compare(g, m, x)
+    assert (d["captures"], d["cache_hits"], d["eager_calls"]) == (1, 2, 0), kiln.counters()
+    m.freqs = torch.randn(4)  # replaced: read anew
+    call_and_compare(g, m, x)
+
+    class Store(torch.nn.Module):
+        def forward(self, x):
+            self.last = x * 2  # eager sets this on every call
+            return x + 1
+    m = Store()
+    g = kiln.compile(m)
+    for _ in range(3):
+        xi = make_input((3,))
+        g(xi)
+        assert torch.equal(m.last, xi * 2)
