@@ -29,6 +29,21 @@ _MAX_ITEMS = 64
 MODULE_KEYS = frozenset(vars(torch.nn.Module()))
 
 
+class Identity:
+    """An object compared by identity inside a snapshot (a tensor: which one a container or an
+    attribute holds; tensors themselves do not compare to a bool)."""
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return type(other) is Identity and other.obj is self.obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+
 class Snapshot(tuple):
     """A snapshot as a guard value: compared by equality, its own type so the guard builder
     treats it as a value to compare (a plain tuple argument is not one)."""
@@ -89,7 +104,9 @@ def snapshot(v, depth=0):
     if t in SIMPLE_VALUE_TYPES:
         return (t, v)
     if isinstance(v, torch.Tensor):
-        return (t,)  # a tensor is no baked-in value (a trace reads tensors as tensors): type only
+        # Not a baked-in value (a trace reads it as an input each call), but which tensor it is:
+        # a function that stores a new one there (OBJ.last = y) has a side effect.
+        return (t, Identity(v))
     if depth >= _MAX_DEPTH or isinstance(v, torch.nn.Module) or not worth_guarding(v):
         return (t, id(v))
     if isinstance(v, types.SimpleNamespace) or not _is_container(v):
@@ -139,9 +156,7 @@ class SnapshotGetter:
 
 
 class TensorIdentityGetter:
-    """Which tensor a plain (non-buffer) tensor attribute holds, as a guard value: the tensor
-    itself, compared by identity (equality of a one-tuple tries `is` first; two different
-    tensors do not compare to a bool, which the guard counts as different)."""
+    """Which tensor a plain (non-buffer) tensor attribute holds, as a guard value (by identity)."""
     __slots__ = ("getter",)
 
     def __init__(self, getter):
@@ -149,6 +164,6 @@ class TensorIdentityGetter:
 
     def __call__(self):
         try:
-            return Snapshot((self.getter(),))
+            return Snapshot((Identity(self.getter()),))
         except (AttributeError, KeyError, IndexError, ValueError):
             return Snapshot((None,))

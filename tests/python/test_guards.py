@@ -948,3 +948,19 @@ def test_plain_tensor_attributes_are_inputs_and_new_attributes_are_side_effects(
         xi = make_input((3,))
         g(xi)
         assert torch.equal(m.last, xi * 2)
+
+
+STATE = types.SimpleNamespace()
+
+
+def stores_into_a_global_object(x):
+    y = x * 2
+    STATE.last = y  # written, never read: eager replaces it on every call
+    return y
+
+
+def test_tensor_stored_into_a_global_object_is_a_side_effect():
+    g = kiln.compile(stores_into_a_global_object)
+    for i in range(4):
+        g(torch.full((2,), float(i)))
+        assert STATE.last[0].item() == 2.0 * i, STATE.last
