@@ -61,8 +61,9 @@ int padded(GraphEditor& e, int x, const PoolWindow& w, const Pooled& p, double f
   return any ? e.pad(x, pad, fill) : x;
 }
 
-/// Calls fn(value) for each window offset, in eager's scan order (the first pooled dim
-/// outermost): `value` holds, for every output position, the element at that offset.
+/// Calls fn(value, offset) for each window offset (one kernel position per pooled dim), in
+/// eager's scan order (the first pooled dim outermost): `value` holds, for every output
+/// position, the element at that offset.
 template <typename Fn>
 void for_each_tap(GraphEditor& e, int xp, const PoolWindow& w, const Pooled& p, Fn fn) {
   std::vector<int64_t> t(p.n, 0);
@@ -72,7 +73,7 @@ void for_each_tap(GraphEditor& e, int xp, const PoolWindow& w, const Pooled& p, 
       int64_t start = t[i] * w.dilation[i];
       v = e.slice(v, static_cast<int64_t>(p.dim(i)), start, start + (p.out[i] - 1) * w.stride[i] + 1, w.stride[i]);
     }
-    fn(v);
+    fn(v, t);
     size_t i = p.n;
     while (i > 0 && ++t[i - 1] == w.kernel[i - 1]) t[--i] = 0;
     if (i == 0) return;
@@ -98,7 +99,9 @@ int max_pool(GraphEditor& e, int x, const PoolWindow& w) {
   int best = -1;
   // Maximum(a, b) takes a when a is NaN or a > b: eager's `val > max || isnan(val)`, with the
   // new element as a (a NaN anywhere wins; of equal values, -0 and +0, the first stays).
-  for_each_tap(e, xp, w, p, [&](int v) { best = best < 0 ? v : e.binary(OpKind::Maximum, v, best); });
+  for_each_tap(e, xp, w, p, [&](int v, const std::vector<int64_t>&) {
+    best = best < 0 ? v : e.binary(OpKind::Maximum, v, best);
+  });
   return best;
 }
 
@@ -136,15 +139,12 @@ int max_pool_indices(GraphEditor& e, int x, const PoolWindow& w) {
   }
   int best = e.constant(-std::numeric_limits<double>::infinity(), t);
   int arg = flat(first);
-  std::vector<int64_t> tap(p.n, 0);
-  for_each_tap(e, xp, w, p, [&](int v) {
+  for_each_tap(e, xp, w, p, [&](int v, const std::vector<int64_t>& tap) {
     std::vector<int> pos(p.n);
     for (size_t i = 0; i < p.n; ++i) pos[i] = e.binary(OpKind::Add, start[i], int_const(e, tap[i] * w.dilation[i]));
     int take = e.binary(OpKind::LogicalOr, e.binary(OpKind::Gt, v, best), e.unary(OpKind::IsNan, v));
     arg = e.where(take, flat(pos), arg);
     best = e.where(take, v, best);
-    size_t i = p.n;
-    while (i > 0 && ++tap[i - 1] == w.kernel[i - 1]) tap[--i] = 0;
   });
   return arg;
 }
@@ -157,7 +157,7 @@ int avg_pool(GraphEditor& e, int x, const PoolWindow& w, bool count_include_pad,
   // Eager sums from 0 in scan order; the padding's zeros it skips add nothing here (s + 0 == s,
   // and the running sum is never -0 after starting from +0).
   int sum = e.constant(0.0, t);
-  for_each_tap(e, xp, w, p, [&](int v) { sum = e.binary(OpKind::Add, sum, v); });
+  for_each_tap(e, xp, w, p, [&](int v, const std::vector<int64_t>&) { sum = e.binary(OpKind::Add, sum, v); });
   int divisor;
   if (divisor_override != 0) {
     divisor = int_const(e, divisor_override);
@@ -199,7 +199,7 @@ int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_siz
   }
   Pooled p = pooled(e, x, w);
   int sum = e.constant(0.0, t);
-  for_each_tap(e, x, w, p, [&](int v) { sum = e.binary(OpKind::Add, sum, v); });
+  for_each_tap(e, x, w, p, [&](int v, const std::vector<int64_t>&) { sum = e.binary(OpKind::Add, sum, v); });
   for (int64_t k : w.kernel) sum = e.binary(OpKind::Div, sum, e.cast(int_const(e, k), t));
   return sum;
 }

@@ -273,15 +273,10 @@ class Lowering {
     int64_t dim = s.attrs.ints[0], start = s.attrs.ints[1], step = s.attrs.ints[3];
     bool dense = false;
     OpenKernel& k = new_pointwise_kernel(src.sizes, loop_order(src, &dense));
-    Kernel& kern = prog_.kernels[k.index];
-    cur_ = &k;
-    memo_.clear();
-    used_slots_.clear();
-    Expr value = value_at(s.inputs[1], k.idx, -1);
-    cur_ = nullptr;
+    Expr value = value_in_new_kernel(k, s.inputs[1], k.idx);
     std::vector<Expr> dst = k.idx;
     dst[dim] = ctx().add(ctx().mul(k.idx[dim], step), start);
-    kern.phases[0].stores.push_back({buf, linear_index(ctx(), dst, prog_.buffers[buf].strides), value});
+    store_in(k, buf, dst, value);
     note_store(k, id, buf, "writes kernel {} into its argument in place (a slice assignment)");
     k.closed = true;  // later values read the argument from memory, after this kernel
   }
@@ -300,12 +295,7 @@ class Lowering {
     int buf = make_value_buffer(id, dense ? n.strides : contiguous_strides(n.sizes));
     if (n.numel() == 0) return;
     OpenKernel& k = new_pointwise_kernel(n.sizes, order);
-    cur_ = &k;
-    memo_.clear();
-    used_slots_.clear();
-    Expr value = value_at(n.inputs[0], k.idx, -1);
-    cur_ = nullptr;
-    prog_.kernels[k.index].phases[0].stores.push_back({buf, linear_index(ctx(), k.idx, prog_.buffers[buf].strides), value});
+    store_in(k, buf, k.idx, value_in_new_kernel(k, n.inputs[0], k.idx));
     note_store(k, id, buf, "copies its base in kernel {} (an index_copy)");
     k.closed = true;
     scatter_index_copy(id, buf, "writes kernel {} into the copy (an index_copy)");
@@ -321,26 +311,17 @@ class Lowering {
     int checked = add_buffer({BufferKind::Temp, -1, DType::Int64, index.sizes, {1}});
     {
       OpenKernel& k = new_pointwise_kernel(index.sizes, {0});
-      cur_ = &k;
-      memo_.clear();
-      used_slots_.clear();
-      Expr i = ctx().cast(value_at(n.inputs[1], k.idx, -1), DType::Int64);
-      cur_ = nullptr;
-      Expr ok = ctx().binary(ExprOp::IndexCheck, i, ctx().int_const(n.sizes[dim]));
-      prog_.kernels[k.index].phases[0].stores.push_back({checked, k.idx[0], ok});
+      Expr i = ctx().cast(value_in_new_kernel(k, n.inputs[1], k.idx), DType::Int64);
+      store_in(k, checked, k.idx, ctx().binary(ExprOp::IndexCheck, i, ctx().int_const(n.sizes[dim])));
       note_store(k, n.inputs[1], checked, "is checked by kernel {} (an index_copy's index)");
       k.closed = true;
     }
     bool dense = false;
     OpenKernel& k = new_pointwise_kernel(src.sizes, loop_order(src, &dense));
-    cur_ = &k;
-    memo_.clear();
-    used_slots_.clear();
-    Expr value = value_at(n.inputs[2], k.idx, -1);
-    cur_ = nullptr;
+    Expr value = value_in_new_kernel(k, n.inputs[2], k.idx);
     std::vector<Expr> dst = k.idx;
     dst[dim] = ctx().load(checked, k.idx[dim], DType::Int64);
-    prog_.kernels[k.index].phases[0].stores.push_back({buf, linear_index(ctx(), dst, prog_.buffers[buf].strides), value});
+    store_in(k, buf, dst, value);
     note_store(k, id, buf, why);
     k.closed = true;  // later values read the result from memory, after this kernel
   }
@@ -845,6 +826,22 @@ class Lowering {
     }
     cur_ = nullptr;
     return ok && (!k.row || !used_slots_.empty());
+  }
+
+  /// The value of `id` at `idx`, built in kernel `k` just opened by new_pointwise_kernel (the
+  /// newest kernel: nothing it reads is written later, so building cannot fail).
+  Expr value_in_new_kernel(OpenKernel& k, int id, const std::vector<Expr>& idx) {
+    cur_ = &k;
+    memo_.clear();
+    used_slots_.clear();
+    Expr value = value_at(id, idx, -1);
+    cur_ = nullptr;
+    return value;
+  }
+
+  /// Adds `value` to kernel `k`'s stores, at element `at` of buffer `buf`.
+  void store_in(OpenKernel& k, int buf, const std::vector<Expr>& at, Expr value) {
+    prog_.kernels[k.index].phases[0].stores.push_back({buf, linear_index(ctx(), at, prog_.buffers[buf].strides), value});
   }
 
   void note_store(OpenKernel& k, int id, int buf, const char* why) {
