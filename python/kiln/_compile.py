@@ -12,10 +12,14 @@ import torch
 from . import _C, _accuracy, _counters, _cuda, _segments
 from .config import flags as _flags
 from ._flatten import flatten, unflatten
+from ._snapshot import MAX_DEPTH as _MAX_DEPTH
+from ._snapshot import MAX_ITEMS as _MAX_ITEMS
 from ._snapshot import MODULE_KEYS as _MODULE_KEYS
 from ._snapshot import SIMPLE_VALUE_TYPES as _SIMPLE_VALUE_TYPES
 from ._snapshot import Snapshot, SnapshotGetter, TensorIdentityGetter, class_attributes, worth_guarding
+from ._snapshot import contents as _contents
 from ._snapshot import new_call as _new_snapshot_call
+from ._snapshot import snapshot as _snapshot
 from ._trace import CaptureFailed, trace
 
 
@@ -118,17 +122,8 @@ class _NestedGetter:
 def _nested_tensors(v, base, out, steps=(), depth=0):
     """Adds the tensors inside container or plain object `v` (read by `base()`) to `out`, to the
     depth and breadth the snapshot guards cover (timm's LeViT caches a bias tensor in a dict)."""
-    if depth >= 3 or not worth_guarding(v):
-        return
-    if isinstance(v, dict):
-        items = [(True, k, x) for k, x in list(v.items())]
-    elif isinstance(v, (list, tuple)):
-        items = [(True, i, x) for i, x in enumerate(v)]
-    elif hasattr(v, "__dict__"):
-        items = [(False, k, x) for k, x in list(vars(v).items())]
-    else:
-        return
-    if len(items) > 64:
+    items = _contents(v) if depth < _MAX_DEPTH else None
+    if items is None or len(items) > _MAX_ITEMS:
         return
     for is_item, k, x in items:
         if isinstance(x, torch.Tensor):
@@ -285,14 +280,9 @@ def _plain_value_sources(fn, module):
 
 
 def _same_value(a, b):
-    if type(a) is not type(b):
-        return False
-    if type(a) is float:
-        return a.hex() == b.hex()
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001 - an uncomparable value counts as changed
-        return False
+    """Whether a value source reads the same after the call: by the snapshot rules (a float's
+    bits, a tensor's identity, a container's contents)."""
+    return a == b if type(a) is Snapshot else _snapshot(a) == _snapshot(b)
 
 
 def _source_key(get):
@@ -307,7 +297,8 @@ def _python_side_effects(sources, before, sources_after):
     find the state eager leaves behind differ from kiln's. Such a call stays eager; once the
     state stops changing (a cache filled on the first call), the next capture compiles."""
     _new_snapshot_call()
-    new = [k for k in map(_source_key, sources_after) if k not in set(map(_source_key, sources))]
+    known = set(map(_source_key, sources))
+    new = [k for k in map(_source_key, sources_after) if k not in known]
     if new:
         return CaptureFailed(f"the function sets new attributes on state it reads besides its arguments "
                              f"({'.'.join(str(n) for n in new[0][4]) or new[0][3]}); a compiled call would not set them")

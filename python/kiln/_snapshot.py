@@ -10,7 +10,7 @@ levels deep; the identity of functions, modules, tensors and other objects insid
 whose snapshot differs from the one taken at capture recompiles (a changed value can change
 the graph), so a program built for `CFG["scale"] == 2.0` never runs for 3.0.
 
-Limits: a container with more than _MAX_ITEMS entries, or deeper than _MAX_DEPTH, is guarded
+Limits: a container with more than MAX_ITEMS entries, or deeper than MAX_DEPTH, is guarded
 by identity and length only (its contents can change unseen); values reached only through
 the globals of another function the traced one calls are not guarded.
 """
@@ -22,8 +22,8 @@ import torch
 # Values guarded by type and value (as scalar arguments are); the trace bakes them in.
 SIMPLE_VALUE_TYPES = (type(None), bool, int, float, str, torch.dtype, torch.device)
 
-_MAX_DEPTH = 3
-_MAX_ITEMS = 64
+MAX_DEPTH = 3
+MAX_ITEMS = 64
 
 # Keys every nn.Module instance has (hooks, parameter stores, ...): not user state.
 MODULE_KEYS = frozenset(vars(torch.nn.Module()))
@@ -97,6 +97,20 @@ def worth_guarding(v):
     return _is_container(v) or _is_plain_object(v)
 
 
+def contents(v):
+    """What a container or plain object holds, as (is_item, key, value): dict entries, list and
+    tuple elements (items), and attributes, from __dict__ and __slots__. None for anything else
+    (sets hold no addressable values). Callers stop at MAX_ITEMS of them and MAX_DEPTH levels."""
+    if isinstance(v, dict):
+        return [(True, k, x) for k, x in list(v.items())]
+    if isinstance(v, (list, tuple)):
+        return [(True, i, x) for i, x in enumerate(v)]
+    if isinstance(v, types.SimpleNamespace) or _is_plain_object(v):
+        items = [(False, k, x) for k, x in list(vars(v).items())] if hasattr(v, "__dict__") else []
+        return items + [(False, n, getattr(v, n, None)) for n in _slot_names(type(v))]
+    return None
+
+
 def snapshot(v, depth=0):
     t = type(v)
     if t is float:
@@ -107,22 +121,16 @@ def snapshot(v, depth=0):
         # Not a baked-in value (a trace reads it as an input each call), but which tensor it is:
         # a function that stores a new one there (OBJ.last = y) has a side effect.
         return (t, Identity(v))
-    if depth >= _MAX_DEPTH or isinstance(v, torch.nn.Module) or not worth_guarding(v):
+    if depth >= MAX_DEPTH or isinstance(v, torch.nn.Module) or not worth_guarding(v):
         return (t, id(v))
-    if isinstance(v, types.SimpleNamespace) or not _is_container(v):
-        items = list(vars(v).items()) if hasattr(v, "__dict__") else []
-        items += [(n, getattr(v, n, None)) for n in _slot_names(t)]
-    elif isinstance(v, dict):
-        items = list(v.items())
-    elif isinstance(v, (set, frozenset)):
-        if len(v) > _MAX_ITEMS or not all(type(x) in SIMPLE_VALUE_TYPES for x in v):
+    if isinstance(v, (set, frozenset)):
+        if len(v) > MAX_ITEMS or not all(type(x) in SIMPLE_VALUE_TYPES for x in v):
             return (t, id(v), len(v))
-        return (t, frozenset((type(x), x) for x in v))
-    else:
-        items = list(enumerate(v))
-    if len(items) > _MAX_ITEMS:
+        return (t, frozenset(snapshot(x) for x in v))
+    items = contents(v)
+    if len(items) > MAX_ITEMS:
         return (t, id(v), len(items))
-    return (t, tuple((k, snapshot(x, depth + 1)) for k, x in items))
+    return (t, tuple((k, snapshot(x, depth + 1)) for _, k, x in items))
 
 
 # Snapshots taken during the current call, by path: the guards of every cached variant of a

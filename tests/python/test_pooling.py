@@ -32,6 +32,12 @@ def with_edges(shape, seed=0, channels_last=False):
 LAYOUTS = [False, True]
 
 
+def image(channels_last):
+    """A random [2, 3, 11, 9] batch, NCHW or channels-last."""
+    x = make_input((2, 3, 11, 9))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 @pytest.mark.parametrize("channels_last", LAYOUTS)
 @pytest.mark.parametrize("args", [
     dict(kernel_size=3, stride=2, padding=1),
@@ -80,10 +86,7 @@ def test_max_pool1d_and_3d():
     dict(kernel_size=2),
 ])
 def test_avg_pool2d(args, channels_last):
-    x = make_input((2, 3, 11, 9))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    f = check(lambda t: F.avg_pool2d(t * 2, **args), (x,))
+    f = check(lambda t: F.avg_pool2d(t * 2, **args), (image(channels_last),))
     no_fallbacks(f)
     check(lambda t: F.avg_pool2d(t, **args), (with_edges((2, 3, 11, 9), channels_last=channels_last),))
 
@@ -130,10 +133,7 @@ def test_adaptive_avg_pool_with_uneven_windows_is_a_fallback():
     dict(size=(1, 1), mode="bilinear", align_corners=True),
 ])
 def test_interpolate_2d(kw, channels_last):
-    x = make_input((2, 3, 11, 9))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    f = check(lambda t: F.interpolate(t * 3, **kw), (x,))
+    f = check(lambda t: F.interpolate(t * 3, **kw), (image(channels_last),))
     no_fallbacks(f)
 
 
