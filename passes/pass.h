@@ -21,6 +21,10 @@ struct PassOptions {
   /// [Reusing a reduced value]). Right on CPUs (the row is in L1); on GPUs the round trip goes
   /// through L2/HBM and costs more than recomputing, so the CUDA pipeline turns it off.
   bool reuse_reduced_values = true;
+  /// Fold reductions whose kept innermost dim is the contiguous one as vectorised columns
+  /// (Note [Column reductions]). A CPU vector layout; the CUDA code generator maps outer loops
+  /// to threads, so its pipeline turns it off.
+  bool column_reductions = true;
   /// Write a slice assignment into an argument in place (CPU: the runtime stops at the first
   /// failing step, so no write lands after a failure that eager would have raised before it).
   bool inplace_argument_writes = true;

@@ -2,6 +2,7 @@
 /// The pass pipeline, in order, with why each step is there.
 #include "passes/pipeline.h"
 
+#include "passes/column_reductions.h"
 #include "passes/decompose.h"
 #include "passes/layout.h"
 #include "passes/lower_to_loops.h"
@@ -19,7 +20,10 @@ ir::KernelProgram run_pipeline(const ir::Graph& captured, const PassOptions& opt
   // Stored values take the layouts the eager ops reading them run fastest on.
   g = run_graph_pass("choose_layouts", run_choose_layouts, g, opts);
   // Loop IR: views become index math, pointwise chains fuse into their consumers' loops.
-  return run_lower_to_loops(g, opts);
+  ir::KernelProgram p = run_lower_to_loops(g, opts);
+  // Reductions along a non-contiguous dim read contiguous columns instead of gathers.
+  if (opts.column_reductions) run_column_reductions(p, opts);
+  return p;
 }
 
 }  // namespace kiln::passes

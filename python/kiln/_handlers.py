@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ._trace import CaptureFailed
+from ._trace import CaptureFailed, _layout_key
 
 aten = torch.ops.aten
 
@@ -192,6 +192,20 @@ def _identity(tr, a, out):
         # A view of all of x (`x[:, :n]` of an n-wide x is an alias): tracked as a full slice, so
         # an in-place op on it writes through to x as a slice's would.
         tr.views[id(out)] = (x, 0, 0, INT64_MAX, 1, None)
+    return tr.call("identity", [x])
+
+
+@handles(aten.as_strided)
+def _as_strided(tr, a, out):
+    # Only the restride that changes nothing but the strides of size-1 dims (adaptive_avg_pool2d
+    # on a channels-last tensor ends with one): every element stays where it was.
+    x = a["self"]
+    vid = tr.value_of(x)
+    before = tr.layouts.get(vid, list(x.stride()))
+    offset = a.get("storage_offset")
+    if (list(a["size"]) != list(x.shape) or (offset is not None and offset != x.storage_offset())
+            or _layout_key(x.shape, a["stride"]) != _layout_key(x.shape, before)):
+        raise NoLowering()
     return tr.call("identity", [x])
 
 

@@ -525,15 +525,18 @@ class Tracer(TorchDispatchMode):
         else:
             functional = getattr(aten, name[:-1] if name.endswith("_") else name, None)
             handler = HANDLERS.get(functional)
-            if handler is None:
-                vid = self._functional_fallback(func, functional, a, written[0], target)
-                self._note_mutation(target, leaf)
-                return
-            self.current_op = functional.__name__
             args_f = dict(a)
             if written[0] != "self":  # out= variants: the functional op has no `out`
                 args_f.pop(written[0])
-            vid = handler(self, args_f, target)
+            self.current_op = getattr(functional, "__name__", name)
+            try:
+                vid = None if handler is None else handler(self, args_f, target)
+            except NoLowering:
+                vid = None
+            if vid is None:
+                self._functional_fallback(func, functional, a, written[0], target)
+                self._note_mutation(target, leaf)
+                return
             vid = self.call_value("cast", [vid], dtype=self.dtype_name(target.dtype))
             vid = self.call_value("expand", [vid], ints=list(target.shape))
         self._bind_result(target, vid)

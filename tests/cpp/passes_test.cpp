@@ -235,6 +235,44 @@ TEST(Lowering, WholeTensorSumSplitsAcrossChunks) {
   EXPECT_EQ(p.kernels[0].phases.at(0).reductions.at(0).acc_dtype, DType::Float64);
 }
 
+TEST(ColumnReductions, MeanOverHwOfChannelsLastFoldsColumns) {
+  // [16, 480, 14, 14] channels-last, mean over H and W: the kept channels are contiguous.
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {16, 480, 14, 14}, {94080, 1, 6720, 480}, 0);
+  Attrs a;
+  a.ints = {2, 3};
+  b.set_outputs({b.call("mean", {V(x)}, a)});
+  KernelProgram p = lower(b);
+  ASSERT_EQ(p.kernels.size(), 1u) << print(p);
+  const Kernel& k = p.kernels[0];
+  ASSERT_EQ(k.loops.size(), 1u) << print(k);
+  EXPECT_EQ(k.loops[0].var->ival, 16);  // the batch stays the parallel loop
+  for (const Phase& ph : k.phases) {
+    EXPECT_TRUE(ph.reductions.empty()) << print(k);
+    ASSERT_FALSE(ph.loops.empty()) << print(k);
+    EXPECT_EQ(ph.loops.back().var->ival, 480);  // channels, vectorised
+    EXPECT_EQ(ph.loops.back().kind, LoopKind::Vectorized);
+  }
+  ASSERT_EQ(k.phases.size(), 3u);  // identity, fold, store
+  EXPECT_EQ(k.phases[1].loops.at(0).var->ival, 196);
+}
+
+TEST(ColumnReductions, SumOverRowsSplitsColumnsAcrossThreadsAndRowSumsStay) {
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {4096, 1024}, {1024, 1}, 0);
+  Attrs a0, a1;
+  a0.ints = {0};
+  a1.ints = {1};
+  b.set_outputs({b.call("sum", {V(x)}, a0), b.call("sum", {V(x)}, a1)});
+  KernelProgram p = lower(b);
+  ASSERT_EQ(p.kernels.size(), 2u) << print(p);
+  const Kernel& cols = p.kernels[0];
+  EXPECT_GE(cols.outer_extent(), 8) << print(cols);  // column blocks for the threads
+  EXPECT_TRUE(cols.phases.at(1).reductions.empty());
+  const Kernel& rows = p.kernels[1];  // contiguous rows: the row form
+  EXPECT_EQ(rows.phases.at(0).reductions.size(), 1u) << print(rows);
+}
+
 TEST(Lowering, LinearIsAGemmStepWithItsEpilogueInOneKernel) {
   // relu(x . w^T + b): the transposed weight reaches the BLAS step as a view (no copy kernel),
   // bias and relu are one kernel after it.
