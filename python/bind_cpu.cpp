@@ -152,6 +152,7 @@ class Entry {
   /// and eager must redo the call.
   py::object call(const py::list& leaves, bool grad_enabled) {
     if (!guards_->check(leaves, grad_enabled)) return py::none();
+    failure_.clear();
     const auto& p = program_.compiled->program();
     std::vector<void*> ptrs(p.buffers.size(), nullptr);
     std::vector<py::object> tensors(p.buffers.size());
@@ -197,7 +198,12 @@ class Entry {
     } else {
       ok = program_.compiled->run(ptrs, p.externs.empty() ? nullptr : run_extern, h ? *h : nullptr);
     }
-    if (!ok) return py::bool_(false);
+    if (!ok) {
+      if (failure_.empty())
+        failure_ = "a compiled kernel met an integer division by zero or an index out of range: eager redoes the call "
+                   "(and raises its error)";
+      return py::bool_(false);
+    }
     py::list outs(p.outputs.size());
     for (size_t j = 0; j < p.outputs.size(); ++j) {
       const auto& o = p.outputs[j];
@@ -210,6 +216,8 @@ class Entry {
   }
 
   std::shared_ptr<py_bind::GuardSet> guards() const { return guards_; }
+  /// Why the last call returned False, for kiln.counters() and kiln.explain.
+  const std::string& last_failure() const { return failure_; }
   const Program& program() const { return program_; }
 
  private:
@@ -290,7 +298,14 @@ class Entry {
         int buf = call.outputs[k];
         py::object t = results[k];
         py::object dtype = t.attr("dtype"), shape = t.attr("shape"), stride = t.attr("stride")();
-        if (!dtype.is(dtype_[buf]) || !shape.equal(sizes_[buf])) return false;
+        if (!dtype.is(dtype_[buf]) || !shape.equal(sizes_[buf])) {
+          // A data-dependent shape (x[mask], nonzero) the kernels after it were compiled for.
+          // (The message names only what the capture saw: one reason per program, not per call.)
+          failure_ = py::str("fallback op {} returned another shape or dtype than its {} {} at capture (a "
+                             "data-dependent result): the call runs eagerly")
+                         .format(fallbacks_[call.table_index], dtype_[buf], sizes_[buf]);
+          return false;
+        }
         if (!stride.equal(strides_[buf])) {
           py::object fixed = torch_handles().empty_strided(sizes_[buf], strides_[buf], py::arg("dtype") = dtype_[buf]);
           fixed.attr("copy_")(t);
@@ -302,12 +317,15 @@ class Entry {
       return true;
     } catch (py::error_already_set& e) {
       // The op raised for these inputs: the caller reruns the call eagerly, which raises it.
+      failure_ = "fallback op " + std::string(py::str(fallbacks_[call.table_index])) + " raised (" + std::string(e.what()).substr(0, 200) +
+                 "): eager redoes the call";
       return false;
     }
   }
 
   std::shared_ptr<py_bind::GuardSet> guards_;
   Program program_;
+  std::string failure_;  // why the last call returned False (kiln.counters()'s reason)
   py::list fallbacks_;
   std::vector<py::object> sizes_, strides_, dtype_;  // per buffer
   std::vector<bool> allocate_upfront_;                // per buffer: call() allocates it before any step
@@ -481,6 +499,7 @@ void define_cpu(py::module_& m) {
       .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program, py::list>(), py::arg("guards"), py::arg("program"),
            py::arg("fallbacks") = py::list())
       .def("__call__", &Entry::call)
+      .def("last_failure", [](const Entry& e) { return e.last_failure(); })
       .def_property_readonly("guards", &Entry::guards)
       .def_property_readonly("program", &Entry::program, py::return_value_policy::reference_internal);
 }

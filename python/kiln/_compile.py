@@ -90,6 +90,13 @@ def _code_names(code):
     return names
 
 
+def _failure(native, default):
+    """Why a compiled call returned False (a fallback op's data-dependent shape, a kernel's
+    division by zero), as its runner says."""
+    why = native.last_failure() if hasattr(native, "last_failure") else ""
+    return why or default
+
+
 def _owner_and_function(fn):
     """(object whose attributes the function reads, the plain function): a bound method's
     object and function; a callable object and its class's __call__; a function and itself."""
@@ -448,7 +455,7 @@ class CompiledFunction:
                 if out is _segments.DEEP_MISS:
                     return self._miss(args, kwargs, leaves, spec, grad, state, tree_entry=entry)
                 if out is False:
-                    _counters.record_eager("a compiled segment failed (e.g. integer division by zero)")
+                    _counters.record_eager(_failure(entry.tree.failed, "a compiled segment failed"))
                     return self._fn(*args, **kwargs)
                 _counters.bump("cache_hits")
                 outs, leaf = out
@@ -465,7 +472,7 @@ class CompiledFunction:
             if out is False:
                 # A kernel met an integer division by zero, or a fallback op raised: eager redoes
                 # the call and raises torch's own error (if any).
-                _counters.record_eager("a compiled kernel or fallback op failed (e.g. integer division by zero)")
+                _counters.record_eager(_failure(entry.native, "a compiled kernel or fallback op failed"))
                 return self._fn(*args, **kwargs)
             _counters._counts["cache_hits"] += 1
             if entry.single:

@@ -48,6 +48,7 @@ class Tree:
         self.root = None
         self.paths = 0
         self.breaks = []  # (reason, location) of the reads met while tracing
+        self.failed = None  # the runner of the segment whose last call failed
 
     def merge(self, tracer, out_specs, result_spec):
         """Adds a trace's path; returns the nodes that must be (re)compiled."""
@@ -110,6 +111,8 @@ class Tree:
         while True:
             carried = [outs[k][vid] for k, vid in node.carried]
             res = node.native(full + carried if carried else full, grad)
+            if res is False:
+                self.failed = node.native  # its last_failure() says why
             if res is None or res is False:
                 return res
             outs.append(dict(zip(node.needed, res)))
