@@ -1066,7 +1066,11 @@ class Lowering {
     if (op == ReduceOp::Any || op == ReduceOp::All) value = ctx().cast(value, DType::Bool);
     if (op == ReduceOp::Sum || op == ReduceOp::Prod) {
       value = ctx().cast(value, n.dtype);
-      if (n.dtype == DType::Float32 && reduce_n >= kWideAccumulation) acc = DType::Float64;
+      // A float32 product accumulates in float64 at any length: in float32 a running product
+      // can overflow before a zero later in the row (1e30 * 1e30 * 0 = nan), which order alone
+      // decides (eager's vector lanes meet the zero first: -0; found by the fuzzer); in float64
+      // it is the true product, rounded once.
+      if (n.dtype == DType::Float32 && (reduce_n >= kWideAccumulation || op == ReduceOp::Prod)) acc = DType::Float64;
     }
     return Reduction{op, value, acc, n.dtype, slot};
   }

@@ -800,3 +800,23 @@ def test_products_of_math_intrinsics_keep_inf_times_zero(dtype):
                lambda t: t.abs().sqrt().prod(0)):
         kiln.reset()
         check(fn, (x,))
+
+
+def test_float32_product_is_the_true_product_rounded_once():
+    # In float32 a running product can overflow (1e30 * 1e30 = inf) before a zero later in the
+    # row (inf * -0 = nan), or underflow to 0 before a large factor: which happens depends on the
+    # order of the lanes alone, so eager's own answer changes with its vector width (fuzz seed
+    # 7110810: eager -0, kiln nan). kiln multiplies float32 rows in float64: the true product,
+    # rounded once to float32.
+    x = torch.ones(3, 36) + torch.rand(3, 36, generator=torch.Generator().manual_seed(0)) * 0.1
+    x[0, [3, 20]], x[0, 33] = 1e30, -0.0
+    x[1, [0, 17]], x[1, [5, 30]] = 1e-30, 1e30
+    x[2, [1, 2]] = 1e20
+    fn = lambda t: (t.prod(1), t.t().contiguous().prod(0), t[:, :4].prod(1), t.prod())  # noqa: E731
+    f = kiln.compile(fn)
+    f(x)  # the capturing call runs eagerly under the tracer: eager's answer
+    for got, ref in zip(f(x), fn(x.double())):
+        assert_same(got, ref.float())
+    assert kiln.counters()["eager_calls"] == 0
+    # without overflow it is eager's product
+    check(lambda t: t.prod(1), (torch.rand(5, 40) + 0.5,))
