@@ -1,6 +1,6 @@
 /// \file llvm_jit.cpp
 /// All of kiln's ORC use: one LLJIT for the process, a resource tracker per module, the LLVM 16
-/// new-pass-manager O3 pipeline with libmvec as the vector math library, and assembly printing.
+/// new-pass-manager O3 pipeline with libmvec's float32 functions as vector math, and assembly printing.
 #include "codegen_cpu/llvm_jit.h"
 
 #include <dlfcn.h>
@@ -57,7 +57,7 @@ Jit& jit() {
     llvm::InitializeNativeTarget();
     llvm::InitializeNativeTargetAsmPrinter();
     llvm::InitializeNativeTargetAsmParser();
-    // Vector math (sin, cos, pow, exp, log for float64) resolves to glibc's libmvec.
+    // Vector math (float32 sin, cos, pow) resolves to glibc's libmvec.
     dlopen("libmvec.so.1", RTLD_NOW | RTLD_GLOBAL);
     auto jtmb = unwrap(llvm::orc::JITTargetMachineBuilder::detectHost(), "detecting the host");
     // LLVM 16 may not know the CPU by name ("generic"); the feature string carries AVX2/AVX-512.
@@ -94,7 +94,26 @@ void optimize(llvm::Module& m, llvm::TargetMachine* tm, int level) {
   llvm::PassBuilder pb(tm, pto);
   llvm::Triple triple(m.getTargetTriple());
   llvm::TargetLibraryInfoImpl tlii(triple);
-  tlii.addVectorizableFunctionsFromVecLib(llvm::TargetLibraryInfoImpl::LIBMVEC_X86, triple);
+  // Only libmvec's float32 functions (sin, cos, pow; kiln emits exp, log and the rest itself):
+  // its float64 ones are up to 4 ulp off and differ from scalar libm, and LLVM picks a vector
+  // width per loop, so one value computed in two loops of a kernel came out apart. Softmax over
+  // exp(x) in float64 then saw x - max(x) = 1 ulp instead of 0 (a fuzzer finding). float64
+  // math calls scalar libm: at most 1 ulp and the same in every loop.
+  static const llvm::VecDesc kFloat32Libmvec[] = {
+      {"sinf", "_ZGVbN4v_sinf", llvm::ElementCount::getFixed(4)},
+      {"sinf", "_ZGVdN8v_sinf", llvm::ElementCount::getFixed(8)},
+      {"llvm.sin.f32", "_ZGVbN4v_sinf", llvm::ElementCount::getFixed(4)},
+      {"llvm.sin.f32", "_ZGVdN8v_sinf", llvm::ElementCount::getFixed(8)},
+      {"cosf", "_ZGVbN4v_cosf", llvm::ElementCount::getFixed(4)},
+      {"cosf", "_ZGVdN8v_cosf", llvm::ElementCount::getFixed(8)},
+      {"llvm.cos.f32", "_ZGVbN4v_cosf", llvm::ElementCount::getFixed(4)},
+      {"llvm.cos.f32", "_ZGVdN8v_cosf", llvm::ElementCount::getFixed(8)},
+      {"powf", "_ZGVbN4vv_powf", llvm::ElementCount::getFixed(4)},
+      {"powf", "_ZGVdN8vv_powf", llvm::ElementCount::getFixed(8)},
+      {"llvm.pow.f32", "_ZGVbN4vv_powf", llvm::ElementCount::getFixed(4)},
+      {"llvm.pow.f32", "_ZGVdN8vv_powf", llvm::ElementCount::getFixed(8)},
+  };
+  tlii.addVectorizableFunctions(kFloat32Libmvec);
   // Registered before the defaults so this TargetLibraryInfo (with libmvec) is the one used.
   fam.registerPass([&] { return llvm::TargetLibraryAnalysis(tlii); });
   pb.registerModuleAnalyses(mam);

@@ -128,7 +128,7 @@ class Decomposer {
       }
       case OpKind::LayerNorm: {
         std::vector<int64_t> last = trailing_dims(xs, n.attrs.ints.at(0));
-        int m = mean(x, last, true);
+        int m = exact_mean(x, last);
         int d = b(OpKind::Sub, x, m);
         int var = mean(b(OpKind::Mul, d, d), last, true);
         int y = b(OpKind::Mul, d, u(OpKind::Rsqrt, b(OpKind::Add, var, c(f.at(0)))));
@@ -148,7 +148,7 @@ class Decomposer {
         int64_t groups = n.attrs.ints.at(0);
         Sizes grouped = {xs[0], groups, numel(xs) / std::max<int64_t>(xs[0] * groups, 1)};
         int g = e_.reshape(x, grouped);
-        int m = mean(g, {2}, true);
+        int m = exact_mean(g, {2});
         int d = b(OpKind::Sub, g, m);
         int var = mean(b(OpKind::Mul, d, d), {2}, true);
         int rstd = u(OpKind::Rsqrt, b(OpKind::Add, var, c(f.at(0))));
@@ -195,6 +195,15 @@ class Decomposer {
     int s = e_.reduce(OpKind::Sum, x, dims, keep);
     double count = static_cast<double>(reduced_count(e_.node(x).sizes, dims));
     return b(OpKind::Div, s, e_.constant(count, e_.node(x).dtype));  // in x's dtype (var's float64 mean)
+  }
+  /// The mean a normalisation subtracts: float32 values are summed and divided in float64, so the
+  /// mean of a constant row is that constant exactly (as eager's Welford moments give it) and
+  /// x - mean is 0. A float32 sum left a residue that the row's tiny rstd scaled up: LayerNorm
+  /// of a row of 123.456s gave -0.012 instead of 0, and an infinite weight turned eager's
+  /// 0 * inf = nan into +-inf (found by the fuzzer).
+  int exact_mean(int x, const std::vector<int64_t>& dims) {
+    if (e_.node(x).dtype != DType::Float32) return mean(x, dims, true);
+    return e_.cast(mean(e_.cast(x, DType::Float64), dims, true), DType::Float32);
   }
   /// A per-channel vector [C] as [C, 1, ...] so it broadcasts against x of shape [N, C, ...].
   int channel_view(int v, const Sizes& xs) {

@@ -820,3 +820,19 @@ def test_float32_product_is_the_true_product_rounded_once():
     assert kiln.counters()["eager_calls"] == 0
     # without overflow it is eager's product
     check(lambda t: t.prod(1), (torch.rand(5, 40) + 0.5,))
+
+
+def test_layer_norm_and_group_norm_of_constant_rows_are_exact():
+    # The mean a normalisation subtracts is summed in float64: a constant row's mean is the
+    # constant, so x - mean is 0 and the output is the bias (a float32 sum left a residue that
+    # rstd ~ 1/sqrt(eps) scaled to -0.012 for a row of 123.456s), and an infinite weight gives
+    # eager's 0 * inf = nan (fuzz seed 7117275).
+    x = torch.full((5, 34), 1e6)
+    x[1], x[2], x[3] = 123.456, -7.77e5, 0.1
+    x[4] = torch.randn(34)
+    w = torch.randn(34)
+    w[3] = float("inf")
+    b = torch.randn(34)
+    check(lambda t, w, b: F.layer_norm(t, (34,), w, b), (x, w, b))
+    g = x.view(1, 5, 34).expand(2, 5, 34).reshape(2, 10, 17)
+    check(lambda t: F.group_norm(t, 5), (g,))
