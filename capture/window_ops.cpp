@@ -239,6 +239,13 @@ struct LinearTaps {
 };
 
 LinearTaps linear_taps(GraphEditor& e, int64_t in, int64_t out, double given, bool align_corners, DType t) {
+  if (in == out) {
+    // As ATen (compute_source_index_and_lambda), whatever the scale: both taps on the element
+    // itself, weights 1 and 0. The neighbour is not read (a NaN there stays out of the sum: a
+    // fuzzer finding), and an infinite element gives inf * 1 + inf * 0 = nan, as in eager.
+    int i = e.iota({out}, 0, DType::Int64);
+    return {i, i, e.expand(e.float_constant(1.0, t), {out}), e.expand(e.float_constant(0.0, t), {out})};
+  }
   double scale;
   if (align_corners) {
     scale = out > 1 ? (t == DType::Float32 ? static_cast<double>(static_cast<float>(in - 1) / static_cast<float>(out - 1))
@@ -271,10 +278,11 @@ LinearTaps linear_taps(GraphEditor& e, int64_t in, int64_t out, double given, bo
 /// dim first: out = sum_j interp(rest at i_j) * w_j.
 int linear_from(GraphEditor& e, int x, const std::vector<LinearTaps>& taps, size_t first, size_t d) {
   const LinearTaps& tp = taps[d - first];
+  bool last = d + 1 >= first + taps.size();
   size_t rank = e.node(x).sizes.size();
   auto branch = [&](int idx, int weight) {
     int v = gather_along(e, x, idx, d);
-    if (d + 1 < first + taps.size()) v = linear_from(e, v, taps, first, d + 1);
+    if (!last) v = linear_from(e, v, taps, first, d + 1);
     return e.binary(OpKind::Mul, v, along(e, weight, rank, d));
   };
   return e.binary(OpKind::Add, branch(tp.i0, tp.w0), branch(tp.i1, tp.w1));

@@ -551,4 +551,44 @@ std::string print_expr(Expr root, std::string* lets_out, const std::string& inde
   return body;
 }
 
+
+std::optional<int64_t> linear_coefficient(Expr e, Expr v) {
+  if (e == v) return 1;
+  switch (e->op) {
+    case ExprOp::Const:
+    case ExprOp::Var: return 0;
+    case ExprOp::Add:
+    case ExprOp::Sub: {
+      auto a = linear_coefficient(e->a, v), b = linear_coefficient(e->b, v);
+      if (!a || !b) return std::nullopt;
+      return e->op == ExprOp::Add ? *a + *b : *a - *b;
+    }
+    case ExprOp::Mul:
+      if (is_const(e->a) && !is_float(e->a->dtype)) {
+        auto b = linear_coefficient(e->b, v);
+        return b ? std::optional<int64_t>(*b * e->a->ival) : std::nullopt;
+      }
+      if (is_const(e->b) && !is_float(e->b->dtype)) {
+        auto a = linear_coefficient(e->a, v);
+        return a ? std::optional<int64_t>(*a * e->b->ival) : std::nullopt;
+      }
+      [[fallthrough]];
+    default: {
+      bool uses = false;
+      std::set<Expr> seen;
+      visit(e, seen, [&](Expr x) { uses = uses || x == v; });
+      return uses ? std::nullopt : std::optional<int64_t>(0);
+    }
+  }
+}
+
+std::vector<Expr> buffer_loads(Expr e) {
+  std::vector<Expr> out;
+  std::set<Expr> seen;
+  visit(e, seen, [&](Expr x) {
+    if (x->op == ExprOp::Load && x->ival >= 0) out.push_back(x);
+  });
+  return out;
+}
+
 }  // namespace kiln::ir

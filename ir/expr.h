@@ -12,6 +12,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -93,6 +94,14 @@ bool is_const_int(Expr e, int64_t v);
 /// Calls `f` once on every node of the DAG under `e` (expressions share subterms: a walk
 /// without the visited set can be exponential).
 void visit(Expr e, std::set<Expr>& seen, const std::function<void(Expr)>& f);
+
+/// The coefficient of variable `v` in index expression `e` when `e` is affine in `v`; nullopt
+/// when `v` appears under a div, mod, load or a product of variables.
+std::optional<int64_t> linear_coefficient(Expr e, Expr v);
+
+/// Every load of a buffer under `e` (not the placeholders through which kernels read their
+/// reductions), each once.
+std::vector<Expr> buffer_loads(Expr e);
 
 /// Prints an expression. Shared subexpressions print once, as `tN = ...` lines appended to
 /// `lets` (indented by `indent`) when it is given, else inline.

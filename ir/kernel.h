@@ -113,6 +113,11 @@ struct GemmCall {
   int out = -1;
   bool zero_start = false;  ///< K = 1: +0 where the single product is -0 (eager's bmm)
   std::string name;  ///< for logs and profiles: the graph node it computes
+  /// The kernel of the next step when it may run tile by tile right after each tile of the
+  /// product, while the tile is in cache (Note [Epilogues in cache]); -1: none. Iteration i of
+  /// its outer loop reads only elements [i * epilogue_span, (i + 1) * epilogue_span) of `out`.
+  int epilogue = -1;
+  int64_t epilogue_span = 0;
 };
 
 /// One step of a program: a kernel, an extern call or a matrix product, in dependency (and

@@ -26,54 +26,11 @@
 
 #include <cmath>
 #include <limits>
-#include <optional>
 
 namespace kiln::passes {
 namespace {
 
 using namespace ir;
-
-/// Coefficient of `v` in the index expression `e` when `e` is affine in `v` (nullopt when `v`
-/// appears under a div, mod, load or product of variables).
-std::optional<int64_t> coefficient(Expr e, Expr v) {
-  if (e == v) return 1;
-  switch (e->op) {
-    case ExprOp::Const:
-    case ExprOp::Var: return 0;
-    case ExprOp::Add:
-    case ExprOp::Sub: {
-      auto a = coefficient(e->a, v), b = coefficient(e->b, v);
-      if (!a || !b) return std::nullopt;
-      return e->op == ExprOp::Add ? *a + *b : *a - *b;
-    }
-    case ExprOp::Mul:
-      if (is_const(e->a) && !is_float(e->a->dtype)) {
-        auto b = coefficient(e->b, v);
-        return b ? std::optional<int64_t>(*b * e->a->ival) : std::nullopt;
-      }
-      if (is_const(e->b) && !is_float(e->b->dtype)) {
-        auto a = coefficient(e->a, v);
-        return a ? std::optional<int64_t>(*a * e->b->ival) : std::nullopt;
-      }
-      [[fallthrough]];
-    default: {
-      bool uses = false;
-      std::set<Expr> seen;
-      visit(e, seen, [&](Expr x) { uses = uses || x == v; });
-      return uses ? std::nullopt : std::optional<int64_t>(0);
-    }
-  }
-}
-
-/// Every load of a buffer (not a reduction placeholder) under `e`.
-std::vector<Expr> buffer_loads(Expr e) {
-  std::vector<Expr> out;
-  std::set<Expr> seen;
-  visit(e, seen, [&](Expr x) {
-    if (x->op == ExprOp::Load && x->ival >= 0) out.push_back(x);
-  });
-  return out;
-}
 
 /// Whether kernel `k` has the shape this rewrite handles and gains on: reductions it can fold
 /// column-wise, every access contiguous (or constant) along the innermost outer loop `c`, and
@@ -90,20 +47,20 @@ bool worth_rewriting(const Kernel& k) {
       if (!foldable || r.position || !is_float(r.acc_dtype) || ph.loops.empty()) return false;
       Expr inner = ph.loops.back().var;
       for (Expr ld : buffer_loads(r.value)) {
-        auto sc = coefficient(ld->a, c), si = coefficient(ld->a, inner);
+        auto sc = linear_coefficient(ld->a, c), si = linear_coefficient(ld->a, inner);
         if (!sc || !si) return false;
         if (*sc == 1 && *si != 1 && *si != 0) gains = true;
         if (*sc == 1 && *si == 1) return false;  // a contiguous row: the row form reads it best
       }
     }
     for (const Store& s : ph.stores) {
-      auto sc = coefficient(s.index, c);
+      auto sc = linear_coefficient(s.index, c);
       if (!sc || *sc != 1) return false;
     }
   }
   for (Expr e : k.exprs())
     for (Expr ld : buffer_loads(e)) {
-      auto sc = coefficient(ld->a, c);
+      auto sc = linear_coefficient(ld->a, c);
       if (!sc || (*sc != 0 && *sc != 1)) return false;
     }
   return has_reduction && gains;

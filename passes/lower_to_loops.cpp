@@ -1405,17 +1405,6 @@ class Lowering {
 
 }  // namespace
 
-KernelProgram run_lower_to_loops(const Graph& g, const PassOptions& opts) {
-  KernelProgram p = Lowering(g, opts).run();
-  if (opts.log_fusion)
-    for (const auto& line : p.fusion_log) fmt::print(stderr, "[kiln fusion] {}\n", line);
-  if (opts.dump) {
-    std::string text;
-    for (const auto& line : p.fusion_log) text += line + "\n";
-    opts.dump("fusion.txt", text);
-    opts.dump("loop_ir.txt", print(p));
-  }
-  return p;
-}
+KernelProgram run_lower_to_loops(const Graph& g, const PassOptions& opts) { return Lowering(g, opts).run(); }
 
 }  // namespace kiln::passes

@@ -25,6 +25,9 @@ struct PassOptions {
   /// (Note [Column reductions]). A CPU vector layout; the CUDA code generator maps outer loops
   /// to threads, so its pipeline turns it off.
   bool column_reductions = true;
+  /// Mark kernels that may run on each tile of the matrix product before them (Note
+  /// [Epilogues in cache]); the CUDA runner launches cuBLAS and kernels apart, so it turns it off.
+  bool gemm_epilogues = true;
   /// Write a slice assignment into an argument in place (CPU: the runtime stops at the first
   /// failing step, so no write lands after a failure that eager would have raised before it).
   bool inplace_argument_writes = true;

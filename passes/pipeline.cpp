@@ -2,8 +2,11 @@
 /// The pass pipeline, in order, with why each step is there.
 #include "passes/pipeline.h"
 
+#include <fmt/format.h>
+
 #include "passes/column_reductions.h"
 #include "passes/decompose.h"
+#include "passes/gemm_epilogues.h"
 #include "passes/layout.h"
 #include "passes/lower_to_loops.h"
 #include "passes/simplify.h"
@@ -23,6 +26,16 @@ ir::KernelProgram run_pipeline(const ir::Graph& captured, const PassOptions& opt
   ir::KernelProgram p = run_lower_to_loops(g, opts);
   // Reductions along a non-contiguous dim read contiguous columns instead of gathers.
   if (opts.column_reductions) run_column_reductions(p, opts);
+  // The kernel after a matrix product runs tile by tile while each tile is in cache.
+  if (opts.gemm_epilogues) run_gemm_epilogues(p, opts);
+  if (opts.log_fusion)
+    for (const auto& line : p.fusion_log) fmt::print(stderr, "[kiln fusion] {}\n", line);
+  if (opts.dump) {
+    std::string text;
+    for (const auto& line : p.fusion_log) text += line + "\n";
+    opts.dump("fusion.txt", text);
+    opts.dump("loop_ir.txt", ir::print(p));
+  }
   return p;
 }
 

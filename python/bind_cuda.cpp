@@ -31,6 +31,7 @@ passes::PassOptions pass_options() {
   opts.log_fusion = log_enabled("fusion");
   opts.reuse_reduced_values = false;  // recomputing beats a round trip through HBM
   opts.column_reductions = false;     // a CPU vector layout (Note [Column reductions])
+  opts.gemm_epilogues = false;        // cuBLAS calls and kernels are launched apart
   opts.inplace_argument_writes = false;  // CUDA flags failures only at the end of the program
   opts.output_views = false;             // the CUDA runner returns buffers and arguments only
   opts.inject_bug = knob("inject_bug");

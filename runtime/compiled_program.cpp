@@ -3,6 +3,7 @@
 #include "runtime/compiled_program.h"
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 
 #include "runtime/gemm.h"
@@ -64,6 +65,7 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
   ptrs.push_back(&status);
   ThreadPool& pool = ThreadPool::get();
   bool ok = true;
+  size_t skip_before_hook = SIZE_MAX;  // a step whose buffers were allocated early (an epilogue)
   // The hook sees the buffers' pointers without the status word kernels get appended.
   auto call_hook = [&](size_t si, bool before) {
     if (!hook) return;
@@ -73,7 +75,7 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
   };
   for (size_t si = 0; si < program_.steps.size(); ++si) {
     const ir::Step& step = program_.steps[si];
-    call_hook(si, true);
+    if (si != skip_before_hook) call_hook(si, true);
     if (step.kind == ir::Step::Kind::Extern) {
       KILN_CHECK(run_extern, "program has an extern step but no extern runner");
       ptrs.pop_back();
@@ -84,8 +86,20 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
       continue;
     }
     if (step.kind == ir::Step::Kind::Gemm) {
+      const ir::GemmCall& g = program_.gemms[step.index];
+      // Note [Epilogues in cache]: the next step's kernel may run on each tile as it is made;
+      // the buffers it writes first are allocated before the product starts.
+      bool has_epilogue = g.epilogue >= 0 && si + 1 < program_.steps.size() &&
+                          program_.steps[si + 1].kind == ir::Step::Kind::Kernel &&
+                          program_.steps[si + 1].index == g.epilogue;
+      Epilogue epi{};
+      if (has_epilogue) {
+        call_hook(si + 1, true);
+        epi = {code_.fns[static_cast<size_t>(g.epilogue)], ptrs.data(), g.epilogue_span};
+      }
       auto t0 = profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
-      if (!run_gemm(program_.gemms[step.index], program_.buffers, ptrs.data(), pool)) {
+      bool ran_epilogue = false;
+      if (!run_gemm(g, program_.buffers, ptrs.data(), pool, has_epilogue ? &epi : nullptr, &ran_epilogue)) {
         ok = false;
         break;
       }
@@ -93,6 +107,15 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
         gemm_ns_[step.index] +=
             std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
       call_hook(si, false);
+      if (has_epilogue) {
+        if (ran_epilogue) {
+          if (status != 0) break;  // the kernel failed (see below)
+          call_hook(si + 1, false);
+          ++si;  // its kernel has run
+        } else {
+          skip_before_hook = si + 1;  // allocated above
+        }
+      }
       continue;
     }
     size_t k = static_cast<size_t>(step.index);

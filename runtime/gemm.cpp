@@ -33,7 +33,8 @@ const T* pack(const T* src, int64_t rows, int64_t cols, int64_t sr, int64_t sc, 
 }
 
 template <typename T>
-bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const blas::Library& lib) {
+bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const blas::Library& lib,
+               const Epilogue* epi, bool* ran_epilogue) {
   const ir::Sizes& as = g.a.sizes;
   size_t r = as.size();
   ir::Sizes batch(as.begin(), as.end() - 2);
@@ -74,6 +75,11 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
       by_rows = false;
     }
   }
+  // The epilogue runs per tile when each tile is whole spans of the output (rows of C, or a
+  // batch's matrices), else after the product as its own step.
+  bool fused = epi && by_rows && epi->span > 0 && (M * N) % epi->span == 0;
+  for (int64_t p = 0; fused && p < parts; ++p) fused = (M * p / parts * N) % epi->span == 0;
+  if (ran_epilogue) *ran_epilogue = fused;
   int64_t items = nb * parts;
   int64_t work = (M / (by_rows ? parts : 1)) * (N / (by_rows ? 1 : parts)) * K;
   bool dnnl = std::is_same<T, float>::value && lib.dnnl_sgemm;
@@ -94,6 +100,12 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
       }
       int m = static_cast<int>(m1 - m0), n = static_cast<int>(n1 - n0), k = static_cast<int>(K);
       if (m == 0 || n == 0) continue;
+      // The tile's rows of C, handed to the epilogue while they are in this core's cache.
+      auto epilogue = [&] {
+        if (!fused) return;
+        int64_t e0 = bi * M * N + m0 * N, e1 = bi * M * N + m1 * N;
+        epi->fn(epi->buffers, e0 / epi->span, e1 / epi->span);
+      };
       const T* a = A + a_off[bi] + m0 * a_sr;
       const T* b = B + b_off[bi] + n0 * b_sc;
       T* c = C + bi * M * N + m0 * N + n0;
@@ -103,6 +115,7 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
             T p = a[i * a_sr] * b[j * b_sc];
             c[i * N + j] = g.zero_start ? T(0) + p : p;
           }
+        epilogue();
         continue;
       }
       Layout ta = la, tb = lb;
@@ -120,12 +133,14 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
       if constexpr (std::is_same<T, float>::value) {
         if (dnnl) {  // row-major: C (m x n) = op(A) (m x k) . op(B) (k x n)
           if (lib.dnnl_sgemm(*op_a, *op_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc) != 0) failed = true;
+          else epilogue();
           continue;
         }
       }
       // Column-major C^T (n x m) = op(B)^T (n x k) . op(A)^T (k x m).
       T one = 1, zero = 0;
       gemm_of(lib, a)(op_b, op_a, &n, &m, &k, &one, b, &ldb, a, &lda, &zero, c, &ldc);
+      epilogue();
     }
     if (lib.set_threads_local) lib.set_threads_local(previous);
   });
@@ -145,17 +160,19 @@ std::string describe_gemm(const ir::GemmCall& g) {
   return g.name + ": " + (batch.empty() ? "" : "batch " + batch.substr(0, batch.size() - 1) + " of ") + "[" +
          std::to_string(g.a.sizes[r - 2]) + "x" + std::to_string(g.a.sizes[r - 1]) + "] . [" +
          std::to_string(g.b.sizes[rb - 2]) + "x" + std::to_string(g.b.sizes[rb - 1]) + "] (a " + how(g.a) + ", b " +
-         how(g.b) + ")";
+         how(g.b) + ")" + (g.epilogue >= 0 ? ", kernel " + std::to_string(g.epilogue) + " on each tile" : "");
 }
 
 bool gemm_available() { return blas::library().ok(); }
 
-bool run_gemm(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers, void* const* ptrs, ThreadPool& pool) {
+bool run_gemm(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers, void* const* ptrs, ThreadPool& pool,
+              const Epilogue* epilogue, bool* ran_epilogue) {
+  if (ran_epilogue) *ran_epilogue = false;
   const blas::Library& lib = blas::library();
   if (!lib.ok()) return false;
   switch (buffers[call.out].dtype) {
-    case ir::DType::Float32: return run_typed<float>(call, ptrs, pool, lib);
-    case ir::DType::Float64: return run_typed<double>(call, ptrs, pool, lib);
+    case ir::DType::Float32: return run_typed<float>(call, ptrs, pool, lib, epilogue, ran_epilogue);
+    case ir::DType::Float64: return run_typed<double>(call, ptrs, pool, lib, epilogue, ran_epilogue);
     default: return false;
   }
 }

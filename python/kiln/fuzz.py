@@ -692,6 +692,8 @@ class Generator:
             return None
         r = self.rng.random()
         if a.t.dim() >= 2 and r < 0.4:
+            if a.t.numel() // max(a.shape[-1], 1) * a.shape[-2] > 400000:
+                return None  # a [70000, 1] value times its transpose would be 19.6 GB
             return f"{a.name} @ {a.name}.transpose(-1, -2)", True
         b = self.pick(lambda v: v.dtype == a.dtype and v.t.dim() >= 1 and v.shape[-2 if v.t.dim() >= 2 else 0]
                       == a.shape[-1] and v.name != a.name)

@@ -297,6 +297,40 @@ TEST(Lowering, LinearIsAGemmStepWithItsEpilogueInOneKernel) {
   EXPECT_EQ(g.b.sizes, (Sizes{32, 24}));
   EXPECT_EQ(g.b.strides, (Sizes{1, 32}));  // column-major: a BLAS transpose
   EXPECT_EQ(p.buffers[g.out].sizes, (Sizes{16, 24}));
+  // Note [Epilogues in cache]: the kernel runs on each tile of rows as the product makes it.
+  EXPECT_EQ(g.epilogue, p.steps[1].index);
+  EXPECT_EQ(g.epilogue_span % 24, 0);
+}
+
+TEST(GemmEpilogues, NotWhereAnIterationReadsAcrossTilesOrWritesAnOperand) {
+  // (x . w)^T + 1 stored row-major: iteration i reads a column of the product, across every
+  // row tile.
+  {
+    capture::GraphBuilder b;
+    int x = b.add_input(DType::Float32, {64, 32}, {32, 1}, 0);
+    int w = b.add_input(DType::Float32, {32, 48}, {48, 1}, 1);
+    int y = b.call("matmul", {V(x), V(w)}, {});
+    Attrs perm;
+    perm.ints = {1, 0};
+    int t = b.call("permute", {V(y)}, perm);
+    b.set_outputs({b.call("add", {V(t), F(1.0)}, {})});
+    KernelProgram p = lower(b);
+    ASSERT_EQ(p.gemms.size(), 1u) << print(p);
+    EXPECT_EQ(p.gemms[0].epilogue, -1) << print(p);
+  }
+  // A column sum of the product: one iteration reads every row.
+  {
+    capture::GraphBuilder b;
+    int x = b.add_input(DType::Float32, {64, 32}, {32, 1}, 0);
+    int w = b.add_input(DType::Float32, {32, 48}, {48, 1}, 1);
+    int y = b.call("matmul", {V(x), V(w)}, {});
+    Attrs a;
+    a.ints = {0};
+    b.set_outputs({b.call("sum", {V(y)}, a)});
+    KernelProgram p = lower(b);
+    ASSERT_EQ(p.gemms.size(), 1u) << print(p);
+    EXPECT_EQ(p.gemms[0].epilogue, -1) << print(p);
+  }
 }
 
 TEST(Lowering, ComputedOperandOfAProductIsMaterialisedOnce) {

@@ -308,3 +308,47 @@ def test_signed_zero_of_single_products_follows_eager(op):
     got, want = f(*args), fn(*args)
     assert torch.equal(torch.signbit(got), torch.signbit(want)), (got, want)
     assert_same(got, want)
+
+
+def epilogue_tiles(f):
+    """Products of f whose next kernel runs on each tile (Note [Epilogues in cache])."""
+    return [g for p in kiln._kernels._compiled_of(f).compiled_programs() for g in p.gemms if "on each tile" in g]
+
+
+@pytest.mark.parametrize("case", ["linear_gelu", "linear_layernorm", "attention_softmax", "baddbmm_relu",
+                                  "one_token", "odd_rows"])
+def test_epilogue_runs_on_each_tile_of_its_product(case):
+    # Note [Epilogues in cache]: row blocks, a batch's matrices, and the column split of a single
+    # row (where the kernel runs after the product instead), all against eager.
+    w, bias = make_input((96, 40)), make_input((96,))
+    ln = (make_input((96,)), make_input((96,)))
+    fn, inputs = {
+        "linear_gelu": (lambda x: F.gelu(F.linear(x, w, bias)), (make_input((4, 50, 40)),)),
+        "linear_layernorm": (lambda x: F.layer_norm(F.linear(x, w, bias) + 1, (96,), *ln), (make_input((130, 40)),)),
+        "attention_softmax": (lambda q, k: torch.softmax(q @ k.transpose(-1, -2) * 0.125, -1),
+                              (make_input((3, 4, 33, 16)), make_input((3, 4, 33, 16)))),
+        "baddbmm_relu": (lambda c, a, b: torch.relu(torch.baddbmm(c, a, b)),
+                         (make_input((5, 1, 24)), make_input((5, 37, 8)), make_input((5, 8, 24)))),
+        "one_token": (lambda x: torch.tanh(F.linear(x, w, bias)), (make_input((1, 40)),)),
+        "odd_rows": (lambda x: torch.sigmoid(x @ w.t()) * 2, (make_input((67, 40)),)),
+    }[case]
+    f = check(fn, inputs)
+    no_fallbacks(f)
+    assert epilogue_tiles(f), [p.gemms for p in kiln._kernels._compiled_of(f).compiled_programs()]
+
+
+def test_kernel_writing_an_operand_of_its_product_runs_after_it():
+    # x[:, :32] = tanh(x . x)[:, :32] writes (in place, or through the copy-back of a mutated
+    # argument) the tensor the product reads as both operands: never before the product is done.
+    def fn(x):
+        x[:, :32] = torch.tanh(x @ x)[:, :32]
+        return x
+
+    x = make_input((64, 64)) * 0.2
+    f = kiln.compile(fn)
+    for _ in range(3):  # capture, then compiled calls on fresh copies
+        mine, theirs = x.clone(), x.clone()
+        assert_same(f(mine), fn(theirs))
+        assert_same(mine, theirs)
+    no_fallbacks(f)
+    assert gemm_steps(f) == 1

@@ -172,3 +172,19 @@ def test_module_with_pooling_layers():
         assert_same(f(x), m(x))
         assert_same(f(x), m(x))
     no_fallbacks(f)
+
+
+@pytest.mark.parametrize("channels_last", LAYOUTS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_linear_upsample_along_a_dim_of_unchanged_size(channels_last, align_corners):
+    # A dim whose size does not change is read at the element itself with weights 1 and 0 (as
+    # ATen): a NaN neighbour stays out, an infinite element gives inf * 0 = nan (fuzz seed 7201243).
+    x = with_edges((2, 3, 5, 7), channels_last=channels_last)
+    x[0, 0, 0, :3] = torch.tensor([float("-inf"), float("nan"), 0.0])
+    check(lambda t: F.interpolate(t, size=(9, 7), mode="bilinear", align_corners=align_corners), (x,))
+    check(lambda t: F.interpolate(t, size=(5, 11), mode="bilinear", align_corners=align_corners), (x,))
+    if not align_corners:
+        check(lambda t: F.interpolate(t, scale_factor=(2.0, 1.1), mode="bilinear"), (x,))
+    check(lambda t: F.interpolate(t[:, :, 0], size=7, mode="linear", align_corners=align_corners), (x,))
+    x3 = with_edges((1, 2, 3, 4, 5))
+    check(lambda t: F.interpolate(t, size=(3, 8, 5), mode="trilinear", align_corners=align_corners), (x3,))
