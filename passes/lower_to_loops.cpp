@@ -1314,17 +1314,25 @@ class Lowering {
   /// an expensive reduction value of an earlier phase, that phase also stores the value into
   /// the output (same element, same dtype) and the store phase reads it back from L1, halving
   /// the transcendental work.
+  /// Later reduction phases read the kept value too (LayerNorm's variance phase reads the
+  /// element its mean phase computed), and a reduction that folds a widened value (LayerNorm's
+  /// float64 mean of float32 elements) keeps the element before the cast.
   void reuse_reduced_values(OpenKernel& ok) {
     for (auto& st : ok.full_stores.stores) {
       DType t = prog_.buffers[st.buffer].dtype;
-      for (auto& lvl : ok.levels)
-        for (const auto& r : lvl.reductions) {
+      for (size_t li = 0; li < ok.levels.size(); ++li)
+        for (const auto& r : ok.levels[li].reductions) {
+          Expr v = r.value;
+          if (v->op == ExprOp::Cast && v->a->dtype == t) v = v->a;
           std::set<Expr> s1, s2;
-          if (r.value->dtype != t || !expensive(r.value, s1) || !contains(st.value, r.value, s2)) continue;
-          if (st.value == r.value) continue;  // nothing left to compute: the store moves instead
-          lvl.stores.push_back({st.buffer, st.index, r.value});
-          st.value = replace(st.value, r.value, ctx().load(st.buffer, st.index, t));
-          log(fmt::format("kernel {}: buf{} keeps the reduced value of acc{} for the store phase", ok.index,
+          if (v->dtype != t || !expensive(v, s1) || !contains(st.value, v, s2)) continue;
+          if (st.value == v) continue;  // nothing left to compute: the store moves instead
+          Expr kept = ctx().load(st.buffer, st.index, t);
+          ok.levels[li].stores.push_back({st.buffer, st.index, v});
+          st.value = replace(st.value, v, kept);
+          for (size_t later = li + 1; later < ok.levels.size(); ++later)
+            for (auto& r2 : ok.levels[later].reductions) r2.value = replace(r2.value, v, kept);
+          log(fmt::format("kernel {}: buf{} keeps the reduced value of acc{} for the later phases", ok.index,
                           st.buffer, r.slot));
           goto next_store;
         }

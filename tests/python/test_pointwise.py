@@ -836,3 +836,14 @@ def test_layer_norm_and_group_norm_of_constant_rows_are_exact():
     check(lambda t, w, b: F.layer_norm(t, (34,), w, b), (x, w, b))
     g = x.view(1, 5, 34).expand(2, 5, 34).reshape(2, 10, 17)
     check(lambda t: F.group_norm(t, 5), (g,))
+
+
+def test_layer_norm_of_an_expensive_producer_computes_it_once():
+    # Note [Reusing a reduced value]: the mean phase keeps gelu(x) + p in the output (the mean
+    # folds it widened to float64), and the variance and store phases read it back: one erf per
+    # element, even when x is read across its layout (a permuted conv output, as in Whisper).
+    x = make_input((2, 48, 40)).permute(0, 2, 1)
+    p, w, b = make_input((40, 48)), make_input((48,)), make_input((48,))
+    f = check(lambda t: F.layer_norm(F.gelu(t) + p, (48,), w, b), (x,))
+    irs = [k.loop_ir for k in kiln.kernels(f)]
+    assert sum(ir.count("erf(") for ir in irs) == 1, irs
