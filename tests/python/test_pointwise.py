@@ -845,5 +845,7 @@ def test_layer_norm_of_an_expensive_producer_computes_it_once():
     x = make_input((2, 48, 40)).permute(0, 2, 1)
     p, w, b = make_input((40, 48)), make_input((48,)), make_input((48,))
     f = check(lambda t: F.layer_norm(F.gelu(t) + p, (48,), w, b), (x,))
-    irs = [k.loop_ir for k in kiln.kernels(f)]
-    assert sum(ir.count("erf(") for ir in irs) == 1, irs
+    (ir,) = [k.loop_ir for k in kiln.kernels(f)]
+    # the mean phase computes it (for its sum and the kept store); the variance phase (acc1)
+    # and the store phase after it read it back
+    assert "erf(" in ir.split("acc1")[0] and "erf(" not in ir.split("acc1", 1)[1], ir
