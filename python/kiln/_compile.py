@@ -472,7 +472,10 @@ class CompiledFunction:
             if out is False:
                 # A kernel met an integer division by zero, or a fallback op raised: eager redoes
                 # the call and raises torch's own error (if any).
-                _counters.record_eager(_failure(entry.native, "a compiled kernel or fallback op failed"))
+                why = _failure(entry.native, "a compiled kernel or fallback op failed")
+                _counters.record_eager(why)
+                if "data-dependent" in why:
+                    self._data_dependent_failure(entry, why)
                 return self._fn(*args, **kwargs)
             _counters._counts["cache_hits"] += 1
             if entry.single:
@@ -481,6 +484,20 @@ class CompiledFunction:
                 full[leaf].copy_(out[pos])  # in-place ops on arguments/buffers, as eager does
             return self._result(entry, out, full)
         return self._miss(args, kwargs, leaves, spec, grad, state)
+
+    _DATA_DEPENDENT_LIMIT = 3
+
+    def _data_dependent_failure(self, entry, why):
+        """A fallback op's result had another shape than at capture (x[mask] with another
+        count): the call ran the program up to it, then eagerly. After a few such calls this
+        specialisation runs eagerly at once instead of paying for both."""
+        entry.data_dependent_failures = getattr(entry, "data_dependent_failures", 0) + 1
+        if entry.data_dependent_failures < self._DATA_DEPENDENT_LIMIT:
+            return
+        entry.native = None
+        entry.reason = f"{why}; after {self._DATA_DEPENDENT_LIMIT} such calls it runs eagerly for these guards"
+        if hasattr(self._fast, "clear"):
+            self._fast.clear()  # the fast path holds the compiled entry
 
     @staticmethod
     def _result(entry, out, full):
