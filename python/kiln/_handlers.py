@@ -182,6 +182,16 @@ def _lift_fresh(tr, a, out):
         # number passed to any op is. (Larger tensors made from Python data may come from mutable
         # state such as numpy arrays, which no guard covers: those stop the capture.)
         return tr.call("full", [x.item()], ints=[], dtype=tr.dtype_name(x.dtype))
+    if not known and tr.literal_depth and x.device.type == "cpu":
+        # torch.tensor([1.0, 2.0]) of Python numbers (checked where torch.tensor was called):
+        # constants too, element by element.
+        dt = tr.dtype_name(x.dtype)
+        flat = x.reshape(-1).tolist()
+        if not flat:
+            return tr.call("full", [0], ints=list(x.shape), dtype=dt)
+        parts = [Value(tr.call("full", [v], ints=[1], dtype=dt)) for v in flat]
+        vec = parts[0].vid if len(parts) == 1 else tr.call("concat", parts, ints=[0])
+        return tr.call("reshape", [Value(vec)], ints=list(x.shape))
     return tr.call("identity", [x])
 
 

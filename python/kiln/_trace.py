@@ -210,7 +210,30 @@ class _EscapeWatch(TorchFunctionMode):
         if what is not None:
             self.tracer.fail(CaptureFailed(f"tensor data leaves torch through {what}", kind="break",
                                            location=user_location()))
+        if func in (torch.tensor, torch.as_tensor) and args and _python_literal(args[0]):
+            # torch.tensor([1.0, 2.0]): the fresh tensor's values come from Python numbers, which
+            # kiln bakes into the code wherever an op takes them (see _lift_fresh).
+            self.tracer.literal_depth += 1
+            try:
+                return func(*args, **(kwargs or {}))
+            finally:
+                self.tracer.literal_depth -= 1
         return func(*args, **(kwargs or {}))
+
+
+LITERAL_LIMIT = 64  # elements of a torch.tensor(list) baked into the code as constants
+
+
+def _python_literal(data, budget=None):
+    """Whether `data` is a Python number or bool, or a (nested) list/tuple of them, with at most
+    LITERAL_LIMIT of them (not a numpy array or anything else whose contents no guard covers)."""
+    budget = budget if budget is not None else [LITERAL_LIMIT]
+    if isinstance(data, (bool, int, float)):
+        budget[0] -= 1
+        return budget[0] >= 0
+    if isinstance(data, (list, tuple)):
+        return all(_python_literal(d, budget) for d in data)
+    return False
 
 
 class Tracer(TorchDispatchMode):
@@ -231,6 +254,7 @@ class Tracer(TorchDispatchMode):
         self.captured = []      # sources of captured tensors, in leaf order after the args
         self.failure = None
         self.current_op = None
+        self.literal_depth = 0  # inside torch.tensor(python numbers): see _EscapeWatch
         self.fallbacks = []     # _Fallback per fallback node, by table index
         self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
         for i, leaf in enumerate(leaves):

@@ -106,12 +106,12 @@ def test_op_without_lowering_falls_back(name, fn, op):
     assert any(op in k for k in counts), counts
 
 
-def test_tensor_constant_made_inside_function_falls_back():
-    """torch.tensor(...) in the body is made without an op the tracer sees: never a graph hole."""
+def test_tensor_constant_made_inside_function_compiles():
+    """torch.tensor([...]) of literals in the body is a constant of the code, never a graph hole."""
     def g(x):
         return x + torch.tensor([1.0, 2.0, 3.0])
-    check(g, (make_input((4, 3)),), expect_compiled=False)
-    assert kiln.counters()["fallback_ops"] >= 1
+    check(g, (make_input((4, 3)),))
+    assert kiln.counters()["fallback_ops"] == 0
 
 
 STATE = np.arange(3, dtype=np.float32)
@@ -368,3 +368,31 @@ def test_recurrence_through_fallbacks_does_not_recompute_earlier_steps():
         assert_same(f(*args), g(*args))
     counts = [k.loop_ir.count("sigmoid") + k.loop_ir.count("tanh") for k in kiln.kernels(f)]
     assert max(counts) <= 2 * min(c for c in counts if c), counts
+
+
+def test_torch_tensor_of_python_numbers_is_a_constant_of_the_code():
+    # torch.tensor([...]) of Python numbers (nested lists, ints, bools, empty) compiles: its
+    # values are baked in, as a number passed to any op is. One made from a numpy array (whose
+    # contents no guard covers) still stops the capture, and a change to the array is seen.
+    def f(x, n):
+        s = torch.tensor([1.5, -2.0, n * 0.5])
+        m = torch.tensor([[True, False, True]])
+        k = torch.tensor([[3], [4], [5], [-1]])
+        return (x * s).masked_fill(m, -1.0) + k + torch.tensor([], dtype=torch.float32).sum()
+
+    c = kiln.compile(f)
+    for n in (3, 3, 7):
+        x = torch.randn(4, 3)
+        torch.testing.assert_close(c(x, n), f(x, n), rtol=0, atol=0)
+    counts = kiln.counters()
+    assert counts["eager_calls"] == 0 and counts["fallback_ops"] == 0, counts
+    assert counts["captures"] == 2  # n is guarded: 7 is a new specialisation
+
+    arr = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    g = lambda x: x * torch.tensor(arr)  # noqa: E731
+    d = kiln.compile(g)
+    x = torch.randn(4, 3)
+    d(x)
+    arr[0] = 100.0
+    torch.testing.assert_close(d(x), g(x), rtol=0, atol=0)
+    assert any("lift_fresh" in r for r in kiln.counters()["reasons"])
