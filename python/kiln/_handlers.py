@@ -498,15 +498,52 @@ def _embedding(tr, a, out):
 
 @handles(aten.index)
 def _index(tr, a, out):
-    indices = a["indices"]
+    indices = list(a["indices"])
     x = a["self"]
-    if len(indices) != 1 or indices[0] is None or indices[0].dtype in (torch.bool, torch.uint8) or indices[0].dim() != 1:
-        raise NoLowering()
-    index = indices[0]
-    shape = [index.numel()] + [1] * (x.dim() - 1)
-    idx = tr.call("reshape", [index], ints=shape)
-    idx = tr.call_value("expand", [idx], ints=list(out.shape))
-    return tr.call("gather", [x, Value(idx)], ints=[0, 1])  # x[i] wraps negative indices
+    while indices and indices[-1] is None:
+        indices.pop()
+    first = next((d for d, i in enumerate(indices) if i is not None), None)
+    if first is None or any(i is None for i in indices[first:]):
+        raise NoLowering()  # indexed dims apart (x[i, :, j]): torch moves them to the front
+    if any(i.dtype not in (torch.int64, torch.int32) for i in indices[first:]):
+        raise NoLowering()  # boolean masks: a data-dependent shape
+    index_tensors = indices[first:]
+    if len(index_tensors) == 1 and index_tensors[0].dim() == 1:
+        # x[.., i]: a gather along that dim (it wraps negative indices, flags those out of range)
+        index = index_tensors[0]
+        shape = [1] * x.dim()
+        shape[first] = index.numel()
+        idx = tr.call("reshape", [index], ints=shape)
+        idx = tr.call_value("expand", [idx], ints=list(out.shape))
+        return tr.call("gather", [x, Value(idx)], ints=[first, 1])
+    return _advanced_index(tr, x, first, index_tensors, out)
+
+
+def _advanced_index(tr, x, first, index_tensors, out):
+    """x[.., i0, i1, ..] with adjacent integer index tensors (broadcast together): the indexed
+    dims of x become one, the indices one position into it (each wrapped if negative), and a
+    gather along that dim reads it. An index out of its own dim's range makes the position
+    invalid, so the gather flags it (and eager raises its IndexError), never another element."""
+    sizes = [x.shape[first + k] for k in range(len(index_tensors))]
+    bshape = list(torch.broadcast_shapes(*[t.shape for t in index_tensors]))
+    rest = list(x.shape[first + len(sizes):])
+    lead = list(x.shape[:first])
+    flat_n = math.prod(bshape)
+    position = None
+    bad = None
+    for t, n in zip(index_tensors, sizes):
+        i = tr.call("cast", [t], dtype="int64")
+        i = tr.call("where", [Value(tr.call("lt", [Value(i), 0])), Value(tr.call("add", [Value(i), n])), Value(i)])
+        out_of_range = tr.call("logical_or", [Value(tr.call("lt", [Value(i), 0])), Value(tr.call("ge", [Value(i), n]))])
+        bad = out_of_range if bad is None else tr.call("logical_or", [Value(bad), Value(out_of_range)])
+        position = i if position is None else tr.call("add", [Value(tr.call("mul", [Value(position), n])), Value(i)])
+    position = tr.call("where", [Value(bad), -(1 << 62), Value(position)])
+    position = tr.call_value("expand", [position], ints=bshape)
+    xr = tr.call("reshape", [x], ints=lead + [math.prod(sizes)] + rest)
+    idx = tr.call_value("reshape", [position], ints=[1] * len(lead) + [flat_n] + [1] * len(rest))
+    idx = tr.call_value("expand", [idx], ints=lead + [flat_n] + rest)
+    got = tr.call("gather", [Value(xr), Value(idx)], ints=[first, 0])
+    return tr.call_value("reshape", [got], ints=list(out.shape))
 
 
 @handles(aten.masked_fill)

@@ -67,12 +67,23 @@ def test_out_of_range_index_raises_like_eager(bad):
 
 
 def test_other_index_forms_run_as_fallbacks():
-    fn = lambda a, i: a[:, i] + 1  # noqa: E731
+    # index tensors on dims apart (torch moves their dims to the front): an eager op in the program
+    fn = lambda a, i: a[i, :, i] + 1  # noqa: E731
+    x = make_input((4, 3, 5))
     f = kiln.compile(fn)
-    for i in ([1, 2], [0, 7], [3, 3]):
-        torch.testing.assert_close(f(X, torch.tensor(i)), fn(X, torch.tensor(i)))
+    for i in ([1, 2], [0, 3], [3, 3]):
+        torch.testing.assert_close(f(x, torch.tensor(i)), fn(x, torch.tensor(i)))
     c = kiln.counters()
     assert c["fallback_op_counts"].get("aten.index.Tensor", 0) == 1 and c["cache_hits"] == 2
+
+
+def test_index_along_a_later_dim_is_a_gather():
+    fn = lambda a, i: a[:, i] + 1  # noqa: E731
+    f = kiln.compile(fn)
+    for i in ([1, 2], [0, 7], [3, -3]):
+        torch.testing.assert_close(f(X, torch.tensor(i)), fn(X, torch.tensor(i)))
+    c = kiln.counters()
+    assert not c["fallback_op_counts"] and c["cache_hits"] == 2
 
 
 def test_boolean_mask_has_a_data_dependent_shape_and_stays_right():
@@ -121,3 +132,41 @@ def test_concat_loops_are_cut_at_piece_boundaries(case):
     assert_same(f(*fresh), g(*fresh))
     if case != "viewed":  # viewed: fused into a row kernel (a reduction), which is not cut
         assert not any("select" in k.loop_ir for k in kiln.kernels(f)), [k.loop_ir for k in kiln.kernels(f)]
+
+
+@pytest.mark.parametrize("case", ["two_dims", "after_slice", "middle", "three", "int32", "transposed",
+                                  "empty_index", "broadcast_rows", "one_2d_index"])
+def test_advanced_indexing_with_several_index_tensors(case):
+    # x[i, j] (adjacent integer index tensors, broadcast together, negatives wrapped): one
+    # position into the indexed dims, read by a gather: no fallback.
+    x = make_input((4, 5, 6, 3))
+    i = torch.tensor([[0], [3], [-1]])
+    j = torch.tensor([1, -2, 4, 0])
+    fn, args = {
+        "two_dims": (lambda x, i, j: x[i, j] * 2, (x, i, j)),
+        "after_slice": (lambda x, i, j: x[:, i, j] + 1, (x, i, j)),
+        "middle": (lambda x, i: x[:, :, i] - 1, (x, i)),
+        "three": (lambda x, i, j: x[i, j, j % 3] * 3, (x, i, j)),
+        "int32": (lambda x, i, j: x[i.int(), j.int()], (x, i, j)),
+        "transposed": (lambda x, i, j: x.transpose(0, 2)[j, i] + 0.5, (x, i, j)),
+        "empty_index": (lambda x, i: x[i[:0], i[:0]] + 1, (x, i)),
+        "broadcast_rows": (lambda x, j: x[torch.arange(4).unsqueeze(1), j.clamp(0, 4)] * 2, (x, j)),
+        "one_2d_index": (lambda x, i: x[i] + 1, (x, i)),
+    }[case]
+    f = check(fn, args)
+    c = kiln.counters()
+    assert not c["fallback_op_counts"] and c["eager_calls"] == 0, c
+
+
+@pytest.mark.parametrize("bad", [[[0], [4], [1]], [[0], [-5], [1]]])
+def test_advanced_index_out_of_range_raises_like_eager(bad):
+    # j out of its own dim's range must not read another row's element (2 * 5 + 5 is element
+    # [3, 0] of the flattened dims): the position is invalid, the call is redone eagerly, which raises.
+    x = make_input((4, 5))
+    fn = lambda x, i, j: x[i, j] * 2  # noqa: E731
+    f = kiln.compile(fn)
+    f(x, torch.tensor([[0], [1], [2]]), torch.tensor([1, 2]))
+    with pytest.raises(IndexError):
+        f(x, torch.tensor(bad), torch.tensor([1, 2]))
+    with pytest.raises(IndexError):
+        f(x, torch.tensor([[0], [1], [2]]), torch.tensor([1, 5]))
