@@ -217,7 +217,7 @@ double scale_of(double given, int64_t in, int64_t out, DType t) {
 int gather_along(GraphEditor& e, int x, int idx, size_t d) {
   Sizes shape = e.node(x).sizes;
   shape[d] = e.node(idx).sizes.at(0);
-  return e.gather(x, e.expand(along(e, idx, shape.size(), d), shape), static_cast<int64_t>(d), false);
+  return e.gather(x, e.expand(along(e, idx, shape.size(), d), shape), static_cast<int64_t>(d), false, /*in_range=*/true);
 }
 
 /// The source positions of upsample_nearest (ATen's nearest_idx / nearest_neighbor_exact_idx).

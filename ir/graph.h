@@ -72,8 +72,9 @@ struct Graph {
 Sizes contiguous_strides(const Sizes& sizes);
 int64_t numel(const Sizes& sizes);
 
-/// True for an integer division or modulo whose divisor may be zero: eager raises
-/// ZeroDivisionError even when the result is unused, so such a node is never dead code.
+/// True for an integer division or modulo whose divisor may be zero, and for a gather of a
+/// user's index: eager raises (ZeroDivisionError, IndexError) even when the result is unused or
+/// read in part, so such a node is never dead code and is computed whole.
 bool may_raise(const Graph& g, const Node& n);
 
 /// A stable textual form, one node per line: `%3 = add(%1, %2) : float32[4, 5]`.

@@ -176,7 +176,7 @@ int GraphEditor::concat(const std::vector<int>& xs, int64_t dim) {
   return append(std::move(n));
 }
 
-int GraphEditor::gather(int x, int index, int64_t dim, bool wrap) {
+int GraphEditor::gather(int x, int index, int64_t dim, bool wrap, bool in_range) {
   const Node& xn = node(x);
   const Node& in = node(index);
   int64_t r = static_cast<int64_t>(xn.sizes.size());
@@ -185,7 +185,7 @@ int GraphEditor::gather(int x, int index, int64_t dim, bool wrap) {
                       "gather: index rank or dim");
   KILN_UNSUPPORTED_IF(!is_int(in.dtype), "gather: index of dtype {}", dtype_name(in.dtype));
   Node n{OpKind::Gather, {x, index}, {}, xn.dtype, in.sizes, {}};
-  n.attrs.ints = {dim, wrap ? 1 : 0};
+  n.attrs.ints = {dim, wrap ? 1 : 0, in_range ? 1 : 0};
   return append(std::move(n));
 }
 

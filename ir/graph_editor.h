@@ -45,7 +45,9 @@ class GraphEditor {
   /// Concatenation along `dim` (torch.cat's shape rules; all operands of one dtype).
   int concat(const std::vector<int>& xs, int64_t dim);
   /// torch.gather: out[i] = x[i with dim replaced by index[i]]; `wrap` admits negative indices.
-  int gather(int x, int index, int64_t dim, bool wrap);
+  /// `in_range`: the index is in range by construction (pooling's window taps), so the gather
+  /// cannot raise (see ir::may_raise).
+  int gather(int x, int index, int64_t dim, bool wrap, bool in_range = false);
   /// Constant padding: `pad` holds (low, high) per dim (non-negative), filled with `value`.
   int pad(int x, const std::vector<int64_t>& pad, double value);
   int flip(int x, std::vector<int64_t> dims);

@@ -418,7 +418,9 @@ class Lowering {
       // An integer division that may divide by zero is computed whole, into a buffer of its own:
       // inlined, only the elements a consumer reads would be divided (x // x then [-1]), or
       // none (an unused result, or one multiplied by 0 and folded away), and eager raises
-      // ZeroDivisionError when any element divides by zero.
+      // ZeroDivisionError when any element divides by zero. A gather of a user's index too:
+      // eager raises IndexError for any index out of range (x[idx][0] with idx = [0, 99]), and
+      // the kernel that checks them all runs before anything written in place reads it.
       bool may_divide_by_zero = may_raise(g_, node);
       bool scatter = node.op == OpKind::IndexCopy;  // stored from the source side: Note [index_copy]
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||

@@ -170,3 +170,38 @@ def test_advanced_index_out_of_range_raises_like_eager(bad):
         f(x, torch.tensor(bad), torch.tensor([1, 2]))
     with pytest.raises(IndexError):
         f(x, torch.tensor([[0], [1], [2]]), torch.tensor([1, 5]))
+
+
+@pytest.mark.parametrize("case", ["index_select", "getitem", "embedding", "gather", "advanced"])
+def test_an_index_out_of_range_raises_even_where_its_element_is_not_read(case):
+    # Only element 0 of the gathered value is used; eager still raises for the bad index.
+    fn, good, bad = {
+        "index_select": (lambda x, i: torch.index_select(x, 0, i)[0] * 2, torch.tensor([0, 1]), torch.tensor([0, 9])),
+        "getitem": (lambda x, i: x[i][0] + 1, torch.tensor([0, 1]), torch.tensor([0, -9])),
+        "embedding": (lambda x, i: F.embedding(i, x)[0] + 1, torch.tensor([0, 1]), torch.tensor([0, 5])),
+        "gather": (lambda x, i: torch.gather(x, 1, i)[:, 0] + 1, torch.tensor([[0, 1]] * 5), torch.tensor([[0, 7]] * 5)),
+        "advanced": (lambda x, i: x[i, i][0] + 1, torch.tensor([0, 1]), torch.tensor([0, 3])),
+    }[case]
+    x = make_input((5, 3))
+    f = kiln.compile(fn)
+    f(x, good)
+    assert_same(f(x, good), fn(x, good))
+    with pytest.raises((IndexError, RuntimeError)) as eager_error:
+        fn(x, bad)
+    with pytest.raises(eager_error.type):
+        f(x, bad)
+
+
+def test_no_argument_written_in_place_when_an_index_fails():
+    # The gather is checked whole in a kernel before the one writing the cache in place.
+    def g(cache, x, idx):
+        cache[:, 0:2] = x[idx]
+        return cache.sum()
+    f = kiln.compile(g)
+    cache, x = make_input((3, 4, 5)), make_input((6, 5))
+    f(cache.clone(), x, torch.tensor([0, 1]))
+    f(cache.clone(), x, torch.tensor([0, 1]))
+    written = cache.clone()
+    with pytest.raises(IndexError):
+        f(written, x, torch.tensor([0, 9]))
+    assert_same(written, cache)
