@@ -352,3 +352,15 @@ def test_kernel_writing_an_operand_of_its_product_runs_after_it():
         assert_same(mine, theirs)
     no_fallbacks(f)
     assert gemm_steps(f) == 1
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_scaled_dot_product_attention_with_grouped_query_heads(causal, masked):
+    # enable_gqa: 8 query heads over 2 key/value heads (query head h reads head h // 4), lowered
+    # with the key/value heads broadcast, never copied
+    q, k, v = make_input((2, 8, 7, 16)), make_input((2, 2, 7, 16)), make_input((2, 2, 7, 16))
+    mask = (make_input((7, 7)) > -0.5) if masked and not causal else None
+    f = check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                             enable_gqa=True), (q, k, v))
+    no_fallbacks(f)
