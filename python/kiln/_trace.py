@@ -210,9 +210,11 @@ class _EscapeWatch(TorchFunctionMode):
         if what is not None:
             self.tracer.fail(CaptureFailed(f"tensor data leaves torch through {what}", kind="break",
                                            location=user_location()))
-        if func in (torch.tensor, torch.as_tensor) and args and _python_literal(args[0]):
-            # torch.tensor([1.0, 2.0]): the fresh tensor's values come from Python numbers, which
-            # kiln bakes into the code wherever an op takes them (see _lift_fresh).
+        data = args[1] if func is torch.Tensor.new_tensor and len(args) > 1 else args[0] if args else None
+        if func in (torch.tensor, torch.as_tensor, torch.Tensor.new_tensor) and _python_literal(data):
+            # torch.tensor([1.0, 2.0]), x.new_tensor([...]): the fresh tensor's values come from
+            # Python numbers, which kiln bakes into the code wherever an op takes them (see
+            # _lift_fresh).
             self.tracer.literal_depth += 1
             try:
                 return func(*args, **(kwargs or {}))

@@ -378,7 +378,7 @@ def test_torch_tensor_of_python_numbers_is_a_constant_of_the_code():
         s = torch.tensor([1.5, -2.0, n * 0.5])
         m = torch.tensor([[True, False, True]])
         k = torch.tensor([[3], [4], [5], [-1]])
-        return (x * s).masked_fill(m, -1.0) + k + torch.tensor([], dtype=torch.float32).sum()
+        return (x * s).masked_fill(m, -1.0) + k + torch.tensor([], dtype=torch.float32).sum() + x.new_tensor([0.5])
 
     c = kiln.compile(f)
     for n in (3, 3, 7):
