@@ -114,7 +114,7 @@ class KernelEmitter {
   /// `body` inside the innermost. The loop vectoriser takes the innermost loops by itself (the
   /// alias scopes remove the need for runtime checks); forcing it would only add warnings.
   void emit_nest(const std::vector<Loop>& loops, size_t level, llvm::Value* begin, llvm::Value* end,
-                 const std::function<void()>& body) {
+                 const std::function<void()>& body, bool body_loops = false) {
     if (level == loops.size()) {
       body();
       return;
@@ -130,17 +130,37 @@ class KernelEmitter {
     auto* phi = b_.CreatePHI(b_.getInt64Ty(), 2, fmt_name("i", loop.var->var_id));
     phi->addIncoming(lo, pre);
     vars_[loop.var] = phi;
-    emit_nest(loops, level + 1, nullptr, nullptr, body);
+    emit_nest(loops, level + 1, nullptr, nullptr, body, body_loops);
     auto* next = b_.CreateAdd(phi, b_.getInt64(1), "", /*HasNUW=*/true, /*HasNSW=*/true);
-    b_.CreateCondBr(b_.CreateICmpSLT(next, hi), header, exit);
+    auto* latch = b_.CreateCondBr(b_.CreateICmpSLT(next, hi), header, exit);
+    // A loop with loops inside is never LLVM's to vectorise: once it had fully unrolled short
+    // inner loops, LLVM 16 vectorised such an outer loop with interleaved groups over a buffer
+    // each iteration stores and reloads (a column reduction's accumulators) and read stale
+    // values (amax over dim 0 of [2, 64]: a fuzzer finding).
+    if (level + 1 < loops.size() || body_loops) latch->setMetadata(llvm::LLVMContext::MD_loop, no_vectorize_md());
     phi->addIncoming(next, b_.GetInsertBlock());
     b_.SetInsertPoint(exit);
   }
 
+  llvm::MDNode* no_vectorize_md() {
+    llvm::Metadata* off[] = {llvm::MDString::get(c_, "llvm.loop.vectorize.enable"),
+                             llvm::ConstantAsMetadata::get(b_.getFalse())};
+    llvm::TempMDTuple self = llvm::MDNode::getTemporary(c_, {});
+    llvm::Metadata* ops[] = {self.get(), llvm::MDNode::get(c_, off)};
+    llvm::MDNode* loop = llvm::MDNode::get(c_, ops);
+    loop->replaceOperandWith(0, loop);
+    return loop;
+  }
+
   void emit_loops(size_t, llvm::Value* begin, llvm::Value* end) {
-    emit_nest(k_.loops, 0, begin, end, [&] {
-      for (const Phase& ph : k_.phases) emit_phase(ph);
-    });
+    bool phase_loops = false;
+    for (const Phase& ph : k_.phases) phase_loops |= !ph.loops.empty();
+    emit_nest(
+        k_.loops, 0, begin, end,
+        [&] {
+          for (const Phase& ph : k_.phases) emit_phase(ph);
+        },
+        phase_loops);
   }
 
   // ---- reductions -----------------------------------------------------------------------

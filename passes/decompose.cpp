@@ -130,8 +130,7 @@ class Decomposer {
         std::vector<int64_t> last = trailing_dims(xs, n.attrs.ints.at(0));
         int m = exact_mean(x, last);
         int d = b(OpKind::Sub, x, m);
-        int var = mean(b(OpKind::Mul, d, d), last, true);
-        int y = b(OpKind::Mul, d, u(OpKind::Rsqrt, b(OpKind::Add, var, c(f.at(0)))));
+        int y = b(OpKind::Mul, d, wide_rstd(d, last, f.at(0)));
         if (n.attrs.ints.at(1)) y = b(OpKind::Mul, y, in[1]);
         if (n.attrs.ints.at(2)) y = b(OpKind::Add, y, in[2]);
         return y;
@@ -150,8 +149,7 @@ class Decomposer {
         int g = e_.reshape(x, grouped);
         int m = exact_mean(g, {2});
         int d = b(OpKind::Sub, g, m);
-        int var = mean(b(OpKind::Mul, d, d), {2}, true);
-        int rstd = u(OpKind::Rsqrt, b(OpKind::Add, var, c(f.at(0))));
+        int rstd = wide_rstd(d, {2}, f.at(0));
         // As torch's kernels (CPU and CUDA): per (sample, channel) scale = rstd * w and
         // shift = b - mean * scale, then y = x * scale + shift. The grouping matters beyond
         // rounding: with an infinite weight, x * inf + (-mean * inf) is nan where
@@ -204,6 +202,18 @@ class Decomposer {
   int exact_mean(int x, const std::vector<int64_t>& dims) {
     if (e_.node(x).dtype != DType::Float32) return mean(x, dims, true);
     return e_.cast(mean(e_.cast(x, DType::Float64), dims, true), DType::Float32);
+  }
+  /// 1 / sqrt(mean(d * d) + eps) of a normalisation's deviations `d`: for float32, squared,
+  /// summed and rooted in float64 and rounded once. float32 squares overflow from |d| ~ 1.8e19
+  /// (the deviations of a row holding 1e30): the variance became inf, rstd 0 and the row 0,
+  /// where the true rows are +-1 (a fuzzer finding).
+  int wide_rstd(int d, const std::vector<int64_t>& dims, double eps) {
+    DType t = e_.node(d).dtype;
+    bool widen = t == DType::Float32;
+    int src = widen ? e_.cast(d, DType::Float64) : d;
+    int var = mean(b(OpKind::Mul, src, src), dims, true);
+    int rstd = u(OpKind::Rsqrt, b(OpKind::Add, var, e_.constant(eps, widen ? DType::Float64 : t)));
+    return widen ? e_.cast(rstd, t) : rstd;
   }
   /// A per-channel vector [C] as [C, 1, ...] so it broadcasts against x of shape [N, C, ...].
   int channel_view(int v, const Sizes& xs) {

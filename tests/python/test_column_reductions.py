@@ -41,13 +41,17 @@ def assert_columns(f):
     assert column_kernels(f), "\n\n".join(k.loop_ir for k in kiln.kernels(f))
 
 
-@pytest.mark.parametrize("shape", [(64, 48), (300, 37), (7, 1024), (1000, 16), (5, 17), (3, 2048)])
+@pytest.mark.parametrize("shape", [(64, 48), (300, 37), (7, 1024), (1000, 16), (5, 17), (3, 2048),
+                                   # short columns in blocks: LLVM must not vectorise the loop over
+                                   # blocks once it unrolled the short inner loops (fuzz seed 7430773)
+                                   (2, 64), (2, 128), (3, 256), (2, 24), (1, 64)])
 @pytest.mark.parametrize("op", ["sum", "mean", "amax", "amin"])
 def test_reduce_dim0_of_row_major(shape, op):
     fn = {"sum": lambda t: t.sum(0), "mean": lambda t: t.mean(0),
           "amax": lambda t: t.amax(0), "amin": lambda t: t.amin(0)}[op]
     f = check(lambda t: fn(t * 2 + 1), (random(shape),))
-    assert_columns(f)
+    if shape[0] > 1:  # a single row reduces nothing: a pointwise copy
+        assert_columns(f)
 
 
 @pytest.mark.parametrize("op", ["sum", "amax", "amin"])
