@@ -17,8 +17,8 @@
 /// at a time (a float sum is no longer split into vector partial sums: it rounds as a
 /// sequential sum does).
 ///
-/// When c is the kernel's only outer loop (x.sum(0)), it is cut into blocks of columns so the
-/// threads still share the work. Sum, max and min of floating-point values are rewritten;
+/// When the other outer loops leave the threads too little work (x.sum(0) has none), c is cut
+/// into blocks of columns so the threads still share it. Sum, max and min of floating-point values are rewritten;
 /// others (products, arg reductions, integer folds) keep the row form.
 #include "passes/column_reductions.h"
 

@@ -7,8 +7,8 @@
 ///   before: gemm buf3 = buf0 . buf1;  kernel k0: for i in 0..512 (parallel): for j in 0..1024:
 ///             buf4[i*1024 + j] = gelu(buf3[i*1024 + j] + buf2[j])
 ///   after:  the same, with gemm.epilogue = k0, epilogue_span = 1024 (one row per iteration)
-/// Tested by tests/cpp/passes_test.cpp (marking), tests/cpp/gemm_test.cpp (running tiles) and
-/// tests/python/test_matmul.py (values against eager).
+/// Tested by tests/cpp/passes_test.cpp (which kernels are marked) and tests/python/test_matmul.py
+/// (values against eager, run tile by tile).
 #pragma once
 
 #include "ir/kernel.h"
