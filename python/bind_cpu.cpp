@@ -153,6 +153,7 @@ class Entry {
   py::object call(const py::list& leaves, bool grad_enabled) {
     if (!guards_->check(leaves, grad_enabled)) return py::none();
     failure_.clear();
+    data_dependent_failure_ = false;
     const auto& p = program_.compiled->program();
     std::vector<void*> ptrs(p.buffers.size(), nullptr);
     std::vector<py::object> tensors(p.buffers.size());
@@ -218,6 +219,8 @@ class Entry {
   std::shared_ptr<py_bind::GuardSet> guards() const { return guards_; }
   /// Why the last call returned False, for kiln.counters() and kiln.explain.
   const std::string& last_failure() const { return failure_; }
+  /// Whether it returned False because a fallback op's result had another shape than at capture.
+  bool failed_on_data_dependent_shape() const { return data_dependent_failure_; }
   const Program& program() const { return program_; }
 
  private:
@@ -304,6 +307,7 @@ class Entry {
           failure_ = py::str("fallback op {} returned another shape or dtype than its {} {} at capture (a "
                              "data-dependent result): the call runs eagerly")
                          .format(fallbacks_[call.table_index], dtype_[buf], sizes_[buf]);
+          data_dependent_failure_ = true;
           return false;
         }
         if (!stride.equal(strides_[buf])) {
@@ -326,6 +330,7 @@ class Entry {
   std::shared_ptr<py_bind::GuardSet> guards_;
   Program program_;
   std::string failure_;  // why the last call returned False (kiln.counters()'s reason)
+  bool data_dependent_failure_ = false;  // ... because of a fallback op's data-dependent shape
   py::list fallbacks_;
   std::vector<py::object> sizes_, strides_, dtype_;  // per buffer
   std::vector<bool> allocate_upfront_;                // per buffer: call() allocates it before any step
@@ -500,6 +505,7 @@ void define_cpu(py::module_& m) {
            py::arg("fallbacks") = py::list())
       .def("__call__", &Entry::call)
       .def("last_failure", [](const Entry& e) { return e.last_failure(); })
+      .def("failed_on_data_dependent_shape", &Entry::failed_on_data_dependent_shape)
       .def_property_readonly("guards", &Entry::guards)
       .def_property_readonly("program", &Entry::program, py::return_value_policy::reference_internal);
 }

@@ -379,6 +379,7 @@ class _Entry:
         self.fallbacks = fallbacks or []
         self.tree = None  # set for a tree of segments (graph breaks)
         self.mutations = []  # (leaf index, output position): new values written back after a call
+        self.data_dependent_failures = 0  # calls whose fallback op returned another shape
         if program is None:
             self.native = None
         elif getattr(program, "target", "cpu") == "cuda":
@@ -474,7 +475,7 @@ class CompiledFunction:
                 # the call and raises torch's own error (if any).
                 why = _failure(entry.native, "a compiled kernel or fallback op failed")
                 _counters.record_eager(why)
-                if "data-dependent" in why:
+                if isinstance(entry.native, _C.Entry) and entry.native.failed_on_data_dependent_shape():
                     self._data_dependent_failure(entry, why)
                 return self._fn(*args, **kwargs)
             _counters._counts["cache_hits"] += 1
@@ -491,7 +492,7 @@ class CompiledFunction:
         """A fallback op's result had another shape than at capture (x[mask] with another
         count): the call ran the program up to it, then eagerly. After a few such calls this
         specialisation runs eagerly at once instead of paying for both."""
-        entry.data_dependent_failures = getattr(entry, "data_dependent_failures", 0) + 1
+        entry.data_dependent_failures += 1
         if entry.data_dependent_failures < self._DATA_DEPENDENT_LIMIT:
             return
         entry.native = None
