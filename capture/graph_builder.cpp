@@ -148,9 +148,15 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       }
       if (op == OpKind::Gather) return editor_.gather(tensor_arg(0), tensor_arg(1), attrs.ints[0], attrs.ints.at(1) != 0);
       if (op == OpKind::Pad) return editor_.pad(tensor_arg(0), attrs.ints, attrs.floats.at(0));
-      if (op == OpKind::IndexCopy) {
+      if (op == OpKind::IndexCopy || op == OpKind::Scatter) {
         int base = tensor_arg(0);
-        return editor_.index_copy(base, tensor_arg(1), value_of(args[2], node(base).dtype), attrs.ints[0]);
+        int64_t combine = attrs.ints.size() > 1 ? attrs.ints[1] : 0;
+        KILN_UNSUPPORTED_IF(combine < 0 || combine > static_cast<int64_t>(ScatterCombine::Min), "{} combine {}", name,
+                            combine);
+        int src = value_of(args[2], node(base).dtype);
+        auto how = static_cast<ScatterCombine>(combine);
+        return op == OpKind::IndexCopy ? editor_.index_copy(base, tensor_arg(1), src, attrs.ints[0], how)
+                                       : editor_.scatter(base, tensor_arg(1), src, attrs.ints[0], how);
       }
       if (op == OpKind::SliceScatter) {
         KILN_UNSUPPORTED_IF(attrs.ints.size() != 4, "slice_scatter takes dim, start, end, step");

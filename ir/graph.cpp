@@ -82,6 +82,7 @@ bool may_raise(const Graph& g, const Node& n) {
   // A gather of a user's index (x[i], index_select, embedding, gather): eager raises when any
   // index is out of range, also one whose element nothing reads.
   if (n.op == OpKind::Gather) return n.attrs.ints.size() < 3 || n.attrs.ints[2] == 0;
+  if (n.op == OpKind::IndexCopy || n.op == OpKind::Scatter) return true;  // the same for a scatter's index
   bool int_div = n.op == OpKind::FloorDiv || n.op == OpKind::TruncDiv || n.op == OpKind::Fmod || n.op == OpKind::Remainder;
   if (!int_div || !is_int(n.dtype) || n.inputs.size() < 2) return false;
   const Node& d = g.nodes[n.inputs[1]];

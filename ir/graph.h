@@ -55,6 +55,11 @@ struct Node {
   int64_t numel() const;
 };
 
+/// How a scatter's source element meets the element it lands on (attrs.ints[1] of IndexCopy
+/// and Scatter). Replace: with duplicate indices one of the sources lands, as eager documents;
+/// the others fold every source in, in index order.
+enum class ScatterCombine : int64_t { Replace = 0, Add = 1, Multiply = 2, Max = 3, Min = 4 };
+
 /// Fallback nodes: attrs.ints[0] holds these traits of the eager op (set by the builder from
 /// the ATen op's name, read by passes/layout).
 constexpr int64_t kFallbackPrefersChannelsLast = 1;  ///< a 2-D convolution (oneDNN: NHWC is native)

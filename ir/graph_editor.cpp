@@ -238,7 +238,7 @@ int GraphEditor::slice_scatter(int base, int src, int64_t dim, int64_t start, in
   return append(std::move(nd));
 }
 
-int GraphEditor::index_copy(int base, int index, int src, int64_t dim) {
+int GraphEditor::index_copy(int base, int index, int src, int64_t dim, ScatterCombine combine) {
   const Sizes& in = node(base).sizes;
   int64_t r = static_cast<int64_t>(in.size());
   if (dim < 0) dim += r;
@@ -249,7 +249,24 @@ int GraphEditor::index_copy(int base, int index, int src, int64_t dim) {
   KILN_UNSUPPORTED_IF(node(src).sizes != want || node(src).dtype != node(base).dtype,
                       "index_copy source does not fit");
   Node nd{OpKind::IndexCopy, {base, index, src}, {}, node(base).dtype, in, {}};
-  nd.attrs.ints = {dim};
+  nd.attrs.ints = {dim, static_cast<int64_t>(combine)};
+  return append(std::move(nd));
+}
+
+int GraphEditor::scatter(int base, int index, int src, int64_t dim, ScatterCombine combine) {
+  Sizes in = node(base).sizes, ix = node(index).sizes;  // copies: expand below appends nodes
+  int64_t r = static_cast<int64_t>(in.size());
+  if (dim < 0) dim += r;
+  KILN_UNSUPPORTED_IF(dim < 0 || dim >= r, "scatter dim");
+  KILN_UNSUPPORTED_IF(node(index).dtype != DType::Int64 || static_cast<int64_t>(ix.size()) != r, "scatter index");
+  KILN_UNSUPPORTED_IF(node(src).dtype != node(base).dtype, "scatter source dtype");
+  if (node(src).sizes.empty() && r > 0) src = expand(reshape(src, Sizes(r, 1)), ix);
+  const Sizes& sz = node(src).sizes;  // no node is appended while it is read
+  KILN_UNSUPPORTED_IF(static_cast<int64_t>(sz.size()) != r, "scatter source rank");
+  for (int64_t d = 0; d < r; ++d)
+    KILN_UNSUPPORTED_IF(ix[d] > sz[d] || (d != dim && ix[d] > in[d]), "scatter index larger than its operands");
+  Node nd{OpKind::Scatter, {base, index, src}, {}, node(base).dtype, in, {}};
+  nd.attrs.ints = {dim, static_cast<int64_t>(combine)};
   return append(std::move(nd));
 }
 

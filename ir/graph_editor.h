@@ -54,9 +54,14 @@ class GraphEditor {
   /// `base` with the slice [start:end:step] along `dim` replaced by `src` (a write through a view,
   /// made functional).
   int slice_scatter(int base, int src, int64_t dim, int64_t start, int64_t end, int64_t step);
-  /// torch.index_copy: `base` with base[.., index[i], ..] = src[.., i, ..] along `dim` (index: 1-D
-  /// int64; src: base's sizes with index's length at dim, base's dtype).
-  int index_copy(int base, int index, int src, int64_t dim);
+  /// torch.index_copy / index_add: `base` with base[.., index[i], ..] (combine)= src[.., i, ..]
+  /// along `dim` (index: 1-D int64; src: base's sizes with index's length at dim, base's dtype).
+  int index_copy(int base, int index, int src, int64_t dim, ScatterCombine combine = ScatterCombine::Replace);
+  /// torch.scatter / scatter_add / scatter_reduce(include_self): `base` with
+  /// base[i with dim replaced by index[i]] (combine)= src[i] for each i in index (index: int64 of
+  /// base's rank, no larger than src, nor than base off `dim`; src: base's rank and dtype, or a
+  /// 0-dim value used for every element).
+  int scatter(int base, int index, int src, int64_t dim, ScatterCombine combine);
   /// Matrix product of a [batch..., M, K] and b [batch..., K, N] (equal batch sizes, one float
   /// dtype): [batch..., M, N]. `zero_start`: a sum of one product is +0 where the product is
   /// -0 (eager's bmm adds to a zeroed accumulator; its mm does not), see ops.def.

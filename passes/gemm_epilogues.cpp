@@ -9,7 +9,7 @@
 /// the tile is in that core's cache.
 ///
 /// What makes that valid, checked here on the loop IR:
-///  - the kernel is the next step, and every load of the product's output in it has index
+///  - the kernel is the next step, its outer loop is parallel (iterations independent), and every load of the product's output in it has index
 ///    `span * i + r` with i its outer (parallel) loop variable and r in [0, span) over its other
 ///    loops: iteration i reads exactly the span elements starting at i * span;
 ///  - its outer loop covers the output once (extent * span = the output's elements);
@@ -31,7 +31,8 @@ using namespace ir;
 /// The span of output elements each outer iteration of `k` reads, or 0 when `k` cannot run
 /// tile by tile after product `g`.
 int64_t epilogue_span(KernelProgram& p, const GemmCall& g, const Kernel& k) {
-  if (k.loops.empty()) return 0;
+  // Its outer iterations must be independent: a loop the kernel itself splits across threads.
+  if (k.loops.empty() || k.loops[0].kind != LoopKind::Parallel) return 0;
   Expr outer = k.loops[0].var;
   int64_t total = 1;
   for (int64_t s : p.buffers[g.out].sizes) total *= s;

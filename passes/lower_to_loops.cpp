@@ -104,6 +104,9 @@ struct OpenKernel {
   int index = -1;                  ///< into KernelProgram::kernels
   bool row = false;
   bool closed = false;             ///< an extern step came after it: no value may join it
+  /// Its innermost loop is serial and, when it is the only loop, not split across threads
+  /// (a folding scatter's dim: Note [Scatters]).
+  bool serial_innermost = false;
   Sizes full;                      ///< row: the reduced input's sizes; pointwise: the domain
   std::vector<int64_t> rdims;      ///< row: reduced dims of `full`
   std::vector<int> order;          ///< pointwise: dims in loop order
@@ -177,7 +180,7 @@ class Lowering {
     for (size_t j = 0; j < g_.outputs.size(); ++j) {
       int leaf = g_.output_leaf[j], s = g_.outputs[j];
       const Node& n = g_.nodes[s];
-      bool scatter = n.op == OpKind::SliceScatter || n.op == OpKind::IndexCopy;
+      bool scatter = n.op == OpKind::SliceScatter || is_scatter(n.op);
       if (leaf < 0 || !scatter || n.numel() == 0) continue;
       int base = n.inputs[0];
       const Node& b = g_.nodes[base];
@@ -257,15 +260,17 @@ class Lowering {
     return v != value_strides_.end() ? v->second : prog_.buffers[buffer_of_.at(id)].strides;
   }
 
-  /// Lowers an in-place slice assignment or index_copy (see choose_inplace): a kernel over the
+  static bool is_scatter(OpKind op) { return op == OpKind::IndexCopy || op == OpKind::Scatter; }
+
+  /// Lowers an in-place slice assignment or scatter (see choose_inplace): a kernel over the
   /// source only.
   void lower_inplace_scatter(int id) {
     const Node& s = g_.nodes[id];
     auto [buf, leaf] = inplace_.at(id);
     (void)leaf;
     buffer_of_[id] = buf;
-    if (s.op == OpKind::IndexCopy) {
-      scatter_index_copy(id, buf, "writes kernel {} into its argument in place (an index_copy)");
+    if (is_scatter(s.op)) {
+      scatter_into(id, buf, "writes kernel {} into its argument in place (a scatter)");
       return;
     }
     const Node& src = g_.nodes[s.inputs[1]];
@@ -281,14 +286,20 @@ class Lowering {
     k.closed = true;  // later values read the argument from memory, after this kernel
   }
 
-  /// Note [index_copy]: base[.., index[i], ..] = src[.., i, ..] is computed from the source side:
-  /// one kernel checks the index into a buffer of its own (an index out of range flags the
-  /// call, which stops before anything is written and is redone eagerly, raising torch's
-  /// error), then a kernel over the source stores each element where its index sends it: into
-  /// the argument itself when the index_copy_ was on an argument read by nothing else
-  /// (choose_inplace, HF's StaticCache update), else into a copy of base that a kernel makes
-  /// first. Duplicate indices store in an unspecified order, as eager documents.
-  void lower_index_copy(int id) {
+  /// Note [Scatters]: index_copy/index_add (a 1-D index along dim) and scatter/scatter_add/
+  /// scatter_reduce (an index of base's rank) are computed from the source side. One kernel
+  /// checks the index into a buffer of its own (an index out of range flags the call, which
+  /// stops before anything is written and is redone eagerly, raising torch's error), then a
+  /// kernel over the source (index_copy) or the index (scatter) stores each element where its
+  /// index sends it: into the argument itself when the scatter was in place on an argument
+  /// read by nothing else (choose_inplace: HF's StaticCache update, `out.scatter_add_`), else
+  /// into a copy of base that a kernel makes first.
+  /// - Replace: duplicate indices store in an unspecified order, as eager documents.
+  /// - Add, multiply, max, min load the element they land on and store it combined. Two
+  ///   sources land on one element only from different positions along dim, so that loop runs
+  ///   innermost, in index order (eager's order: the same sum), and neither split across
+  ///   threads nor vectorised; the threads take the other dims.
+  void lower_scatter(int id) {
     const Node& n = g_.nodes[id];
     bool dense = false;
     std::vector<int> order = loop_order(n, &dense);
@@ -296,31 +307,54 @@ class Lowering {
     if (n.numel() == 0) return;
     OpenKernel& k = new_pointwise_kernel(n.sizes, order);
     store_in(k, buf, k.idx, value_in_new_kernel(k, n.inputs[0], k.idx));
-    note_store(k, id, buf, "copies its base in kernel {} (an index_copy)");
+    note_store(k, id, buf, "copies its base in kernel {} (a scatter)");
     k.closed = true;
-    scatter_index_copy(id, buf, "writes kernel {} into the copy (an index_copy)");
+    scatter_into(id, buf, "writes kernel {} into the copy (a scatter)");
   }
 
-  /// The checked index and the scatter of Note [index_copy], storing into `buf`.
-  void scatter_index_copy(int id, int buf, const char* why) {
+  /// The checked index and the scatter of Note [Scatters], storing into `buf`.
+  void scatter_into(int id, int buf, const char* why) {
     const Node& n = g_.nodes[id];
     const Node& index = g_.nodes[n.inputs[1]];
-    const Node& src = g_.nodes[n.inputs[2]];
     int64_t dim = n.attrs.ints[0];
-    if (src.numel() == 0) return;
-    int checked = add_buffer({BufferKind::Temp, -1, DType::Int64, index.sizes, {1}});
+    auto combine = static_cast<ScatterCombine>(n.attrs.ints.size() > 1 ? n.attrs.ints[1] : 0);
+    bool along = n.op == OpKind::IndexCopy;  // a 1-D index along dim
+    const Sizes& domain = along ? g_.nodes[n.inputs[2]].sizes : index.sizes;
+    if (numel(domain) == 0) return;
+    Sizes checked_strides = contiguous_strides(index.sizes);
+    int checked = add_buffer({BufferKind::Temp, -1, DType::Int64, index.sizes, checked_strides});
     {
-      OpenKernel& k = new_pointwise_kernel(index.sizes, {0});
+      std::vector<int> all(index.sizes.size());
+      std::iota(all.begin(), all.end(), 0);
+      OpenKernel& k = new_pointwise_kernel(index.sizes, all);
       Expr i = ctx().cast(value_in_new_kernel(k, n.inputs[1], k.idx), DType::Int64);
       store_in(k, checked, k.idx, ctx().binary(ExprOp::IndexCheck, i, ctx().int_const(n.sizes[dim])));
-      note_store(k, n.inputs[1], checked, "is checked by kernel {} (an index_copy's index)");
+      note_store(k, n.inputs[1], checked, "is checked by kernel {} (a scatter's index)");
+      names_[k.index].insert(names_[k.index].begin(), "index_check");
       k.closed = true;
     }
-    bool dense = false;
-    OpenKernel& k = new_pointwise_kernel(src.sizes, loop_order(src, &dense));
+    bool folds = combine != ScatterCombine::Replace && domain[dim] > 1;
+    std::vector<int> order(domain.size());
+    std::iota(order.begin(), order.end(), 0);
+    if (along) {
+      bool dense = false;
+      order = loop_order(g_.nodes[n.inputs[2]], &dense);
+    }
+    if (folds) {  // dim innermost: see the note
+      order.erase(std::find(order.begin(), order.end(), static_cast<int>(dim)));
+      order.push_back(static_cast<int>(dim));
+    }
+    OpenKernel& k = new_pointwise_kernel(domain, order);
+    k.serial_innermost = folds;
     Expr value = value_in_new_kernel(k, n.inputs[2], k.idx);
     std::vector<Expr> dst = k.idx;
-    dst[dim] = ctx().load(checked, k.idx[dim], DType::Int64);
+    Expr at = along ? k.idx[dim] : linear_index(ctx(), k.idx, checked_strides);
+    dst[dim] = ctx().load(checked, at, DType::Int64);
+    if (combine != ScatterCombine::Replace) {
+      static const ExprOp how[] = {ExprOp::Add, ExprOp::Add, ExprOp::Mul, ExprOp::Max, ExprOp::Min};
+      Expr old = ctx().load(buf, linear_index(ctx(), dst, prog_.buffers[buf].strides), n.dtype);
+      value = ctx().binary(how[static_cast<int>(combine)], old, value);
+    }
     store_in(k, buf, dst, value);
     note_store(k, id, buf, why);
     k.closed = true;  // later values read the result from memory, after this kernel
@@ -341,7 +375,7 @@ class Lowering {
         const Node& un = g_.nodes[u];
         // Concat and pad read each element of an operand once; reductions too.
         bool once = op_category(un.op) == OpCategory::Reduction || un.op == OpKind::Concat || un.op == OpKind::Pad ||
-                    un.op == OpKind::SliceScatter || un.op == OpKind::IndexCopy;
+                    un.op == OpKind::SliceScatter || is_scatter(un.op);
         int64_t d = op_category(un.op) == OpCategory::Movement ? std::max(un.numel(), demand[u])
                     : once                                     ? g_.nodes[i].numel()
                                                                : un.numel();
@@ -422,7 +456,7 @@ class Lowering {
       // eager raises IndexError for any index out of range (x[idx][0] with idx = [0, 99]), and
       // the kernel that checks them all runs before anything written in place reads it.
       bool may_divide_by_zero = may_raise(g_, node);
-      bool scatter = node.op == OpKind::IndexCopy;  // stored from the source side: Note [index_copy]
+      bool scatter = is_scatter(node.op);  // stored from the source side: Note [Scatters]
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
           gemm_operand || may_divide_by_zero || read_across_extern || scatter) {
         materialized_.insert(static_cast<int>(i));
@@ -710,7 +744,7 @@ class Lowering {
         sidx[dim] = clamp_index(pos, src.sizes[dim]);
         return c.select(inside, value_at(n.inputs[1], sidx, self), value_at(n.inputs[0], idx, self));
       }
-      default:  // IndexCopy is always materialised (lower_index_copy): never computed inline
+      default:  // scatters are always materialised (lower_scatter): never computed inline
         KILN_UNREACHABLE(std::string("not an assembly op computed inline: ") + op_name(n.op));
     }
   }
@@ -761,8 +795,8 @@ class Lowering {
       lower_gemm(id);
       return;
     }
-    if (n.op == OpKind::IndexCopy) {
-      lower_index_copy(id);
+    if (is_scatter(n.op)) {
+      lower_scatter(id);
       return;
     }
     if (op_category(n.op) == OpCategory::Reduction) {
@@ -1185,7 +1219,7 @@ class Lowering {
       for (auto& ph : k.phases)
         if (!ph.loops.empty()) ph.loops.back().kind = LoopKind::Vectorized;
     }
-    bool split = !ok.row && split_at_select_boundaries(k);
+    bool split = !ok.row && !ok.serial_innermost && split_at_select_boundaries(k);
     for (auto& l : k.loops) l.kind = LoopKind::Serial;
     if (split) {
       for (auto& ph : k.phases) {
@@ -1193,7 +1227,9 @@ class Lowering {
         if (!ph.loops.empty()) ph.loops.back().kind = LoopKind::Vectorized;
       }
     }
-    if (!k.loops.empty()) {
+    if (ok.serial_innermost) {
+      if (k.loops.size() > 1) k.loops.front().kind = LoopKind::Parallel;
+    } else if (!k.loops.empty()) {
       if (!ok.row && !split) k.loops.back().kind = LoopKind::Vectorized;
       k.loops.front().kind = LoopKind::Parallel;
     }

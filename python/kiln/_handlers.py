@@ -462,14 +462,55 @@ def _split(tr, a, out):
     return vids
 
 
+# How a scatter's source element meets the one it lands on (ir::ScatterCombine).
+_SCATTER_COMBINE = {None: 0, "add": 1, "sum": 1, "multiply": 2, "prod": 2, "amax": 3, "amin": 4}
+
+
+def _scatter_call(tr, op, x, index, src, dim, reduce=None):
+    """A scatter (Note [Scatters] in lower_to_loops.cpp), on the CPU: the lowering writes an
+    argument's update in place (a StaticCache, `out.scatter_add_`). CUDA programs keep it eager
+    (folding scatters there need atomics)."""
+    combine = _SCATTER_COMBINE.get(reduce)
+    if combine is None or x.device.type != "cpu" or x.dim() == 0 or index.dtype != torch.int64:
+        raise NoLowering()
+    if combine and x.dtype == torch.bool:
+        raise NoLowering()  # bool add/multiply are or/and: not the combines lowered
+    if isinstance(src, torch.Tensor) and (src.dim() != x.dim() or src.dtype != x.dtype):
+        raise NoLowering()
+    return tr.call(op, [x, index, src], ints=[dim % x.dim(), combine])
+
+
 @handles(aten.index_copy)
 def _index_copy(tr, a, out):
-    """index_copy(_): a scatter along one dim (Note [index_copy] in lower_to_loops.cpp); the CPU
-    lowering writes an argument's update in place (a StaticCache). CUDA programs keep it eager."""
-    x, index, src = a["self"], a["index"], a["source"]
-    if x.device.type != "cpu" or index.dim() != 1 or index.dtype != torch.int64 or x.dim() == 0 or src.dim() != x.dim():
+    if a["index"].dim() != 1:
         raise NoLowering()
-    return tr.call("index_copy", [x, index, src], ints=[a["dim"] % x.dim()])
+    return _scatter_call(tr, "index_copy", a["self"], a["index"], a["source"], a["dim"])
+
+
+@handles(aten.index_add)
+def _index_add(tr, a, out):
+    x, index, src, alpha = a["self"], a["index"], a["source"], a.get("alpha", 1)
+    if index.dim() != 1 or src.dim() != x.dim() or src.dtype != x.dtype or x.dtype == torch.bool:
+        raise NoLowering()
+    if alpha != 1:  # self + alpha * source, in self's dtype
+        src = Value(tr.call("cast", [Value(tr.call("mul", [src, alpha]))], dtype=tr.dtype_name(x.dtype)))
+    return _scatter_call(tr, "index_copy", x, index, src, a["dim"], "add")
+
+
+@handles(aten.scatter, aten.scatter_add)
+def _scatter(tr, a, out):
+    src = a["src"] if "src" in a else a["value"]
+    reduce = "add" if tr.current_op == "scatter_add" else a.get("reduce")
+    if reduce is not None and reduce not in ("add", "multiply"):
+        raise NoLowering()
+    return _scatter_call(tr, "scatter", a["self"], a["index"], src, a["dim"], reduce)
+
+
+@handles(aten.scatter_reduce)
+def _scatter_reduce(tr, a, out):
+    if not a.get("include_self", True) or a["reduce"] == "mean":
+        raise NoLowering()  # combines that need the count (mean) or ignore the old value
+    return _scatter_call(tr, "scatter", a["self"], a["index"], a["src"], a["dim"], a["reduce"])
 
 
 @handles(aten.index_select)

@@ -755,6 +755,15 @@ class Generator:
             n = a.shape[0]
             idx = self.choice((f"torch.arange({n}).flip(0)", f"torch.arange({n})", f"(torch.arange({n}) + 1) % {n}"))
             return f"{a.name}.index_copy_(0, {idx}, {a.name} * 2)", a.inexact
+        if r < 0.45 and a.t.dim() >= 1 and a.shape[0] >= 1 and a.dtype != torch.bool:
+            # folding scatters with duplicate indices (every other row lands twice)
+            n, half = a.shape[0], max(a.shape[0] // 2, 1)
+            view = ", ".join(["-1"] + ["1"] * (a.t.dim() - 1))
+            idx = f"(torch.arange({n}) % {half})"
+            return self.choice((f"{a.name}.scatter_add_(0, {idx}.view({view}).expand_as({a.name}), {a.name} * 2)",
+                                f"{a.name}.index_add_(0, {idx}, {a.name}, alpha=3)",
+                                f"{a.name}.scatter_reduce_(0, {idx}.view({view}).expand_as({a.name}), {a.name}.flip(0), 'amax')")), \
+                a.inexact
         return self.choice((f"{a.name}.add_({b})", f"{a.name}.mul_({b})", f"{a.name}.clamp_(min={self.scalar(a.dtype)})",
                             f"{a.name}.copy_({b})", f"{a.name}.zero_()", f"{a.name}.neg_()",
                             f"{a.name}.sub_({b}, alpha=2)")), a.inexact or b_inexact
