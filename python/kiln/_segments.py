@@ -1,6 +1,7 @@
 """Graph breaks as a tree of compiled segments.
 
-A value read into Python (`.item()`, `bool(t)`, `int(t)`, `.tolist()`) splits a trace into
+A value read into Python (`.item()`, `bool(t)`, `int(t)`, `.tolist()`), or a result whose
+shape is data (Note [Shape reads] in _trace.py: nonzero, `x[mask]`), splits a trace into
 segments: straight-line graphs, each ending with the reads that decide what Python does next.
 The segments of all traces of one guarded specialisation form a tree: a node is a compiled
 segment, its children are keyed by the values read at its end. A call runs the root, reads the
@@ -29,7 +30,7 @@ class SegNode:
         self.text = text
         self.needed = list(seg.needed)
         self.carried = list(seg.carried)
-        self.reads = [(fn, vids) for fn, vids, _ in seg.reads]
+        self.reads = [(fn, vids, out_vids) for fn, vids, _, out_vids in seg.reads]
         self.fallbacks = fallbacks
         self.children = {}
         self.result = None   # (out_specs, result_spec) where the function returns
@@ -77,7 +78,7 @@ class Tree:
                     node.needed += grown
                     dirty.append(node)
             if d < last:
-                key = tuple(k for _, _, k in seg.reads)
+                key = tuple(k for _, _, k, _ in seg.reads)
                 parent, node = node, node.children.get(key)
             else:
                 node.result = (out_specs, result_spec)
@@ -119,7 +120,13 @@ class Tree:
             if not node.reads:
                 return outs, node
             here = outs[-1]
-            key = tuple(_read_key(fn(*[here[v] for v in vids])) for fn, vids in node.reads)
+            key = []
+            for fn, vids, out_vids in node.reads:
+                value = fn(*[here[v] for v in vids])
+                if out_vids is not None:  # a shape read: later segments take its results
+                    here.update(zip(out_vids, value if isinstance(value, (tuple, list)) else (value,)))
+                key.append(_read_key(value))
+            key = tuple(key)
             child = node.children.get(key)
             if child is None or child.native is None:  # unseen, or still being compiled
                 return DEEP_MISS

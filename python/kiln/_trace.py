@@ -87,9 +87,13 @@ DATA_DEPENDENT = {
     aten.is_nonzero: "converts a tensor to a Python bool",
     aten.item: "reads a tensor's value into Python (.item())",
     aten.equal: "torch.equal returns a Python bool",
-    aten.nonzero: "nonzero has a data-dependent shape",
-    aten.masked_select: "masked_select has a data-dependent shape",
-    aten._unique2: "unique has a data-dependent shape",
+    aten.nonzero: "has a data-dependent shape",
+    aten.masked_select: "has a data-dependent shape",
+    aten._unique2: "has a data-dependent shape",
+    aten.unique_dim: "has a data-dependent shape",
+    aten.unique_consecutive: "has a data-dependent shape",
+    aten.index: "indexes with a boolean mask: a data-dependent shape",
+    aten.repeat_interleave: "repeats by a tensor of counts: a data-dependent shape",
 }
 
 
@@ -97,11 +101,38 @@ DATA_DEPENDENT = {
 # trace into segments; the value read becomes the key of the next segment (see _segments.py).
 READS = {aten._local_scalar_dense, aten.is_nonzero, aten.item, aten.equal}
 
+# Ops whose result's shape depends on tensor data (Note [Shape reads]).
+SHAPE_READS = {aten.nonzero, aten.masked_select, aten._unique2, aten.unique_dim, aten.unique_consecutive}
+
+
+def is_shape_read(func, args, kwargs):
+    """Note [Shape reads]: an op whose result's shape is data (nonzero, masked_select, unique,
+    `x[mask]`, repeat_interleave by a tensor) ends a segment, as a value read into Python does.
+    A compiled call runs it eagerly after the segment, and its result's sizes and strides are
+    the key of the next segment, which takes the result as an input: each size met compiles its
+    own continuation (up to the cache limit), and nothing is reused on a size not checked."""
+    packet = func.overloadpacket
+    if packet in SHAPE_READS:
+        return True
+    if func is aten.index.Tensor:
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices)
+    if func is aten.repeat_interleave.Tensor:
+        return (args[1] if len(args) > 1 else kwargs.get("output_size")) is None
+    if func is aten.repeat_interleave.self_Tensor:
+        return kwargs.get("output_size", args[3] if len(args) > 3 else None) is None
+    return False
+
 
 def read_key(value):
-    """Hashable key of a value read from a tensor (NaN equal to NaN; 1 and True apart)."""
+    """Hashable key of a value read from a tensor (NaN equal to NaN; 1 and True apart); of a
+    shape read's result, its tensors' dtypes, sizes and strides."""
     if isinstance(value, float) and value != value:
         return ("float", "nan")
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype), tuple(value.shape), tuple(value.stride()))
+    if isinstance(value, (tuple, list)) and value and all(isinstance(t, torch.Tensor) for t in value):
+        return tuple(read_key(t) for t in value)
     return (type(value).__name__, value)
 
 
@@ -116,12 +147,16 @@ class _Segment:
         self.input_vids = set()
         self.carried = []      # (segment index, value id there) per carried input, in order
         self.carried_vids = []  # this segment's value id of each carried input
-        self.reads = []        # (_Fallback-like callable, [value ids], key of the value read)
+        # (_Fallback-like callable, [value ids], key of the value read, value ids of its result
+        # tensors or None): a shape read's results get negative ids (Note [Shape reads]), taken
+        # from the read's result when the compiled segment has run, never graph outputs
+        self.reads = []
         self.needed = []       # value ids later segments or the result use (its outputs), ordered
+        self.shape_outputs = 0  # result tensors of its shape reads
         self.ops = 0
 
     def need(self, vid):
-        if vid not in self.needed:
+        if vid >= 0 and vid not in self.needed:
             self.needed.append(vid)
 
 
@@ -325,8 +360,9 @@ class Tracer(TorchDispatchMode):
         seg = self.seg
         self.segments[k].need(src)
         # The producing segment stores the value in its preferred layout when that is dense,
-        # else contiguously (lower_to_loops' loop_order): read it the same way.
-        strides = list(t.stride()) if _dense(t.shape, t.stride()) else _contiguous(t.shape)
+        # else contiguously (lower_to_loops' loop_order): read it the same way. A shape read's
+        # result comes as eager made it (its strides are part of the key).
+        strides = list(t.stride()) if src < 0 or _dense(t.shape, t.stride()) else _contiguous(t.shape)
         vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), strides, -1)
         seg.carried.append((k, src))
         seg.carried_vids.append(vid)
@@ -408,8 +444,9 @@ class Tracer(TorchDispatchMode):
         if packet in READS:
             self._record_read(func, args, kwargs, out)
             return
-        if packet in DATA_DEPENDENT:
-            raise CaptureFailed(f"graph break: {func} {DATA_DEPENDENT[packet]}", kind="break", op=str(func))
+        if packet in DATA_DEPENDENT and is_shape_read(func, args, kwargs):
+            self._record_read(func, args, kwargs, out, shape=True)
+            return
         if self.pending_cut:
             self.segments.append(_Segment(self.default_float))
             self.pending_cut = False
@@ -440,7 +477,7 @@ class Tracer(TorchDispatchMode):
         else:
             raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
 
-    def _record_read(self, func, args, kwargs, out):
+    def _record_read(self, func, args, kwargs, out, shape=False):
         """A value read into Python (`.item()`, `bool(t)`, ...): the segment ends here, and the
         value becomes the key under which the rest of the trace is stored. Consecutive reads
         with no op between them (`.tolist()`) belong to the same segment end."""
@@ -448,7 +485,18 @@ class Tracer(TorchDispatchMode):
         vids = [self.value_of(t) for t in tensors]
         for v in vids:
             self.seg.need(v)
-        self.seg.reads.append((_Fallback(func, targs, tkwargs), vids, read_key(out)))
+        out_vids = None
+        if shape:  # Note [Shape reads]: later segments take its results from the read
+            results = list(out) if isinstance(out, (tuple, list)) else [out]
+            if not all(isinstance(t, torch.Tensor) and t.layout == torch.strided for t in results):
+                raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
+            out_vids = []
+            for t in results:
+                self.seg.shape_outputs += 1
+                out_vids.append(-self.seg.shape_outputs)
+                self.seg.values[id(t)] = out_vids[-1]
+                self._watch(t)
+        self.seg.reads.append((_Fallback(func, targs, tkwargs), vids, read_key(out), out_vids))
         self.breaks.append((f"graph break: {func} {DATA_DEPENDENT.get(func.overloadpacket, 'reads a value')}",
                             user_location()))
         self.pending_cut = True
@@ -673,6 +721,8 @@ class Tracer(TorchDispatchMode):
     def output_value(self, k, vid, tensor):
         """Marks value `vid` of segment k as an output; returns its ('seg', k, vid) source."""
         seg = self.segments[k]
+        if vid < 0:  # a shape read's result, as the read returned it
+            return ("seg", k, vid)
         if vid in seg.input_vids:
             # A new tensor whose value is an input's (x.clone(), torch.floor of an int tensor,
             # x[:]): give the graph a computed value to output, since an input cannot be a graph

@@ -783,6 +783,15 @@ class Generator:
             if v is not None:
                 self.has_break = True
             return "done"
+        if r < 0.4 and a.t.dim() >= 1:
+            # a data-dependent shape (Note [Shape reads]) folded back to a fixed one
+            m = f"({a.name} > 0)" if a.dtype != torch.bool else a.name
+            expr = self.choice((f"{x.name} + {a.name}[{m}].{red}()", f"{x.name} * {m}.nonzero().shape[0]",
+                                f"{x.name} - torch.masked_select({a.name}, {m}).{red}()"))
+            v = self.try_stmt(expr, True)
+            if v is not None:
+                self.has_break = True
+            return "done"
         cond = (f"{a.name}.{red}().item() > {self.scalar(torch.float32)}" if r < 0.7
                 else f"({a.name} > 0).any()" if a.dtype != torch.bool else f"{a.name}.any()")
         e1, e2 = f"{x.name} + 1", f"{x.name} * 2" if x.dtype != torch.bool else f"~{x.name}"

@@ -86,31 +86,6 @@ def test_index_along_a_later_dim_is_a_gather():
     assert not c["fallback_op_counts"] and c["cache_hits"] == 2
 
 
-def test_boolean_mask_has_a_data_dependent_shape_and_stays_right():
-    fn = lambda a: a[a > 0].sum() * 2  # noqa: E731
-    f = kiln.compile(fn)
-    for lo in (-1.0, -0.5, 0.0, 0.5, -1.0):
-        x = make_input((6, 8), low=lo, high=lo + 1)
-        torch.testing.assert_close(f(x), fn(x))
-    # the calls whose mask count differed from the capture's ran eagerly, and say why
-    reasons = " ".join(kiln.counters()["reasons"])
-    assert "aten.index.Tensor returned another shape" in reasons and "data-dependent" in reasons, reasons
-
-
-def test_a_mask_count_that_keeps_changing_stops_running_the_program_first():
-    # Each call whose count differs runs the program up to the fallback, then eagerly; after 3
-    # such calls the specialisation runs eagerly at once (and still right).
-    fn = lambda a: (a[a > 0] * 2).sum()  # noqa: E731
-    f = kiln.compile(fn)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(8):
-        x = torch.randn(50, generator=g)
-        torch.testing.assert_close(f(x), fn(x))
-    reasons = kiln.counters()["reasons"]
-    assert any("runs eagerly for these guards" in r for r in reasons), reasons
-    assert kiln.counters()["captures"] == 1
-
-
 @pytest.mark.parametrize("case", ["last_dim", "viewed", "middle_dim", "uneven", "with_empty", "pad", "roll"])
 def test_concat_loops_are_cut_at_piece_boundaries(case):
     # Note [Splitting loops at select boundaries]: each element is loaded from its own piece,
