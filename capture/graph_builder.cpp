@@ -250,13 +250,17 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
 
 std::vector<int> GraphBuilder::add_fallback(int table_index, const std::vector<int>& inputs,
                                             const std::vector<DType>& dtypes, const std::vector<Sizes>& sizes,
-                                            const std::vector<Sizes>& strides, const std::string& aten_name) {
+                                            const std::vector<Sizes>& strides, const std::string& aten_name,
+                                            int64_t traits) {
   KILN_CHECK(!dtypes.empty() && dtypes.size() == sizes.size() && sizes.size() == strides.size(),
              "fallback result descriptions");
   std::vector<int> out;
   Node n{OpKind::Fallback, inputs, {}, dtypes[0], sizes[0], strides[0]};
   n.attrs.int_value = table_index;
-  int64_t traits = 0;
+  KILN_UNSUPPORTED_IF(traits & ~kFallbackConvolution, "fallback traits {}", traits);
+  bool conv = aten_name == "aten.convolution.default";
+  KILN_UNSUPPORTED_IF((traits & kFallbackConvolution) && (!conv || inputs.size() < 2 || dtypes.size() != 1),
+                      "only a convolution with one result is marked as one");
   if (aten_name == "aten.convolution.default" && sizes[0].size() == 4) traits |= kFallbackPrefersChannelsLast;
   n.attrs.ints = {traits};
   out.push_back(editor_.append(std::move(n)));

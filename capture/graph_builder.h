@@ -35,10 +35,12 @@ class GraphBuilder {
   /// An op run eagerly inside the program (entry `table_index` of the Python-side fallback
   /// table) on tensor operands `inputs`; its results have the given dtypes, sizes and strides.
   /// Returns one value id per result. `aten_name` ("aten.convolution.default") sets the op's
-  /// traits that passes act on (see kFallback* in ir/graph.h).
+  /// traits that passes act on (see kFallback* in ir/graph.h); `traits` adds those only the
+  /// caller can tell from the op's arguments (kFallbackConvolution: not transposed).
   std::vector<int> add_fallback(int table_index, const std::vector<int>& inputs,
                                 const std::vector<ir::DType>& dtypes, const std::vector<ir::Sizes>& sizes,
-                                const std::vector<ir::Sizes>& strides, const std::string& aten_name = "");
+                                const std::vector<ir::Sizes>& strides, const std::string& aten_name = "",
+                                int64_t traits = 0);
   /// Compares the inferred type of `id` with the real result's; throws Unsupported if they differ.
   void check(int id, ir::DType dtype, const ir::Sizes& sizes) const;
   /// Records the strides eager gave the value (followed when the value is an output).

@@ -63,6 +63,9 @@ enum class ScatterCombine : int64_t { Replace = 0, Add = 1, Multiply = 2, Max = 
 /// Fallback nodes: attrs.ints[0] holds these traits of the eager op (set by the builder from
 /// the ATen op's name, read by passes/layout).
 constexpr int64_t kFallbackPrefersChannelsLast = 1;  ///< a 2-D convolution (oneDNN: NHWC is native)
+/// A convolution that is not transposed: inputs are (input, weight[, bias]), and output channel
+/// c (dim 1) reads only weight[c] and bias[c] (passes/fold_batch_norm).
+constexpr int64_t kFallbackConvolution = 2;
 
 struct Graph {
   std::vector<Node> nodes;     ///< topological order; a node's id is its index

@@ -166,11 +166,7 @@ class Decomposer {
         return b(OpKind::Add, b(OpKind::Mul, x, scale), shift);
       }
       case OpKind::BatchNormEval: {
-        // As torch's CPU kernel: alpha = invstd * w, beta = b - mean * alpha, y = x * alpha + beta.
-        int alpha = u(OpKind::Rsqrt, b(OpKind::Add, in[4], c(f.at(0))));
-        if (n.attrs.ints.at(0)) alpha = b(OpKind::Mul, alpha, in[1]);
-        int beta = u(OpKind::Neg, b(OpKind::Mul, in[3], alpha));
-        if (n.attrs.ints.at(1)) beta = b(OpKind::Sub, in[2], b(OpKind::Mul, in[3], alpha));
+        auto [alpha, beta] = batch_norm_scale_shift(e_, n, in);
         return b(OpKind::Add, b(OpKind::Mul, x, channel_view(alpha, xs)), channel_view(beta, xs));
       }
       default:
@@ -233,6 +229,15 @@ class Decomposer {
   DType t_;
 };
 }  // namespace
+
+std::pair<int, int> batch_norm_scale_shift(GraphEditor& e, const Node& bn, const std::vector<int>& in) {
+  // As torch's CPU kernel: alpha = invstd * w, beta = b - mean * alpha (y = x * alpha + beta).
+  int alpha = e.unary(OpKind::Rsqrt, e.binary(OpKind::Add, in[4], e.constant(bn.attrs.floats.at(0), bn.dtype)));
+  if (bn.attrs.ints.at(0)) alpha = e.binary(OpKind::Mul, alpha, in[1]);
+  int shift = e.binary(OpKind::Mul, in[3], alpha);
+  int beta = bn.attrs.ints.at(1) ? e.binary(OpKind::Sub, in[2], shift) : e.unary(OpKind::Neg, shift);
+  return {alpha, beta};
+}
 
 Graph run_decompose(const Graph& g, const PassOptions&) {
   Graph out;

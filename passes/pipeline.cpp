@@ -6,6 +6,7 @@
 
 #include "passes/column_reductions.h"
 #include "passes/decompose.h"
+#include "passes/fold_batch_norm.h"
 #include "passes/gemm_epilogues.h"
 #include "passes/layout.h"
 #include "passes/lower_to_loops.h"
@@ -16,8 +17,11 @@ namespace kiln::passes {
 ir::KernelProgram run_pipeline(const ir::Graph& captured, const PassOptions& opts) {
   if (opts.verify) ir::verify(captured);
   if (opts.dump) opts.dump("graph.txt", ir::print(captured));
+  // An eval batch norm after an eager convolution folds into its weights (Note [Folding batch
+  // norm]); before decompose, which takes batch norm apart.
+  ir::Graph g = run_graph_pass("fold_batch_norm", run_fold_batch_norm, captured, opts);
   // Composite ops become primitives so that hand-written and library forms lower alike.
-  ir::Graph g = run_graph_pass("decompose", run_decompose, captured, opts);
+  g = run_graph_pass("decompose", run_decompose, g, opts);
   // Shared subexpressions and dead values go before lowering decides what to materialise.
   g = run_graph_pass("simplify", run_simplify, g, opts);
   // Stored values take the layouts the eager ops reading them run fastest on.

@@ -99,12 +99,13 @@ PYBIND11_MODULE(_C, m) {
       })
       .def("add_fallback", [](capture::GraphBuilder& b, int table_index, const std::vector<int>& inputs,
                               const std::vector<std::string>& dtypes, const std::vector<std::vector<int64_t>>& sizes,
-                              const std::vector<std::vector<int64_t>>& strides, const std::string& aten_name) {
+                              const std::vector<std::vector<int64_t>>& strides, const std::string& aten_name,
+                              int64_t traits) {
         std::vector<ir::DType> ds;
         for (const auto& d : dtypes) ds.push_back(ir::dtype_from_name(d));
-        return b.add_fallback(table_index, inputs, ds, sizes, strides, aten_name);
+        return b.add_fallback(table_index, inputs, ds, sizes, strides, aten_name, traits);
       }, py::arg("table_index"), py::arg("inputs"), py::arg("dtypes"), py::arg("sizes"), py::arg("strides"),
-         py::arg("aten_name") = "")
+         py::arg("aten_name") = "", py::arg("traits") = 0)
       .def("set_layout", &capture::GraphBuilder::set_layout)
       .def("set_outputs", &capture::GraphBuilder::set_outputs)
       .def("set_output_leaves", &capture::GraphBuilder::set_output_leaves)

@@ -5,6 +5,7 @@
 #include "capture/graph_builder.h"
 #include "ir/graph_editor.h"
 #include "passes/decompose.h"
+#include "passes/fold_batch_norm.h"
 #include "passes/lower_to_loops.h"
 #include "passes/pipeline.h"
 #include "passes/simplify.h"
@@ -366,4 +367,61 @@ TEST(Layouts, ConvolutionOperandsAreStoredChannelsLast) {
   EXPECT_EQ(p.buffers[p.externs[0].outputs[0]].strides, (Sizes{100, 1, 20, 4}));
   // ... and the output keeps eager's NCHW.
   EXPECT_EQ(p.buffers[p.outputs[0].index].strides, (Sizes{100, 25, 5, 1}));
+}
+
+namespace {
+/// conv(x, w[, bias]) -> batch_norm_eval -> relu, through the builder as the tracer records it.
+Graph conv_batch_norm(bool conv_bias, int64_t traits, int64_t hw = 6, bool conv_out_is_output = false) {
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {2, 3, hw, hw}, {3 * hw * hw, hw * hw, hw, 1}, 0);
+  int w = b.add_input(DType::Float32, {4, 3, 1, 1}, {3, 1, 1, 1}, 1);
+  std::vector<int> conv_in = {x, w};
+  if (conv_bias) conv_in.push_back(b.add_input(DType::Float32, {4}, {1}, 2));
+  auto conv = b.add_fallback(0, conv_in, {DType::Float32}, {{2, 4, hw, hw}}, {{4 * hw * hw, hw * hw, hw, 1}},
+                             "aten.convolution.default", traits);
+  std::vector<capture::Operand> bn = {V(conv[0])};
+  for (int k = 0; k < 4; ++k) bn.push_back(V(b.add_input(DType::Float32, {4}, {1}, 3 + k)));
+  Attrs a;
+  a.ints = {1, 1};
+  a.floats = {1e-5};
+  int y = b.call("batch_norm_eval", bn, a);
+  int r = b.call("relu", {V(y)}, {});
+  if (conv_out_is_output) b.set_outputs({r, conv[0]});
+  else b.set_outputs({r});
+  return b.graph();
+}
+int convolution_weight_is_scaled(const Graph& g) {
+  for (const Node& n : g.nodes)
+    if (n.op == OpKind::Fallback) return g.nodes[n.inputs[1]].op == OpKind::Mul;
+  return -1;
+}
+}  // namespace
+
+TEST(FoldBatchNorm, IntoTheConvolutionsWeightsAndBias) {
+  Graph with_bias = passes::run_fold_batch_norm(conv_batch_norm(true, kFallbackConvolution), verifying());
+  verify(with_bias);
+  EXPECT_EQ(count(with_bias, OpKind::BatchNormEval), 0);
+  EXPECT_EQ(convolution_weight_is_scaled(with_bias), 1);
+  // the folded convolution's output feeds relu directly: the shift went into its bias
+  const Node& relu = with_bias.nodes[with_bias.outputs[0]];
+  EXPECT_EQ(with_bias.nodes[relu.inputs[0]].op, OpKind::Fallback);
+  // no bias: the convolution keeps its two operands and the shift is one add after it
+  Graph no_bias = passes::run_fold_batch_norm(conv_batch_norm(false, kFallbackConvolution), verifying());
+  EXPECT_EQ(count(no_bias, OpKind::BatchNormEval), 0);
+  EXPECT_EQ(convolution_weight_is_scaled(no_bias), 1);
+  for (const Node& n : no_bias.nodes)
+    if (n.op == OpKind::Fallback) EXPECT_EQ(n.inputs.size(), 2u);
+}
+
+TEST(FoldBatchNorm, NotWhereInvalidOrCostly) {
+  // not marked as a convolution (transposed, or another op)
+  EXPECT_EQ(count(passes::run_fold_batch_norm(conv_batch_norm(true, 0), verifying()), OpKind::BatchNormEval), 1);
+  // the unnormalised output is needed too
+  EXPECT_EQ(count(passes::run_fold_batch_norm(conv_batch_norm(true, kFallbackConvolution, 6, true), verifying()),
+                  OpKind::BatchNormEval),
+            1);
+  // 12 weights for 2 * 4 * 1 * 1 outputs: scaling them costs more than the fold can save
+  EXPECT_EQ(count(passes::run_fold_batch_norm(conv_batch_norm(true, kFallbackConvolution, 1), verifying()),
+                  OpKind::BatchNormEval),
+            1);
 }
