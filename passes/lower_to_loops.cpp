@@ -170,7 +170,10 @@ class Lowering {
   /// Eager would have written the same elements; a call that fails before the write never makes
   /// it (the runtime stops at the first failing step), and one failing after it is redone
   /// eagerly from arguments whose written slice eager writes again with the same values (the
-  /// scatter's source cannot read the old value: the scatter is its only reader).
+  /// scatter's source cannot read the old value: the scatter is its only reader). A folding
+  /// scatter (scatter_add, index_add) is not idempotent: redone eagerly, it would add its
+  /// sources a second time. It writes in place only when no step after it can fail (no value
+  /// that may raise, no eager op); else into a copy, which the caller gets only after success.
   void choose_inplace() {
     if (g_.output_leaf.size() != g_.outputs.size()) return;
     std::vector<int> uses(g_.nodes.size(), 0);
@@ -186,6 +189,8 @@ class Lowering {
       const Node& b = g_.nodes[base];
       if (b.op != OpKind::Input || b.attrs.int_value != leaf || uses[base] != 1 || returned.count(base)) continue;
       if (g_.nodes[n.inputs.back()].dtype != n.dtype || (n.op == OpKind::SliceScatter && n.attrs.ints[3] < 1)) continue;
+      bool folds = is_scatter(n.op) && n.attrs.ints.size() > 1 && n.attrs.ints[1] != 0;
+      if (folds && may_fail_after(s)) continue;
       inplace_[s] = {input_buffer_.at(base), leaf};
       log(fmt::format("%{} ({}) writes its slice into argument {} in place", s, op_name(n.op), leaf));
     }
@@ -261,6 +266,16 @@ class Lowering {
   }
 
   static bool is_scatter(OpKind op) { return op == OpKind::IndexCopy || op == OpKind::Scatter; }
+
+  /// Whether a step computing a node after `id` may fail the call (Note [In-place argument
+  /// writes]): a value that may raise, or an eager op (any of which may raise).
+  bool may_fail_after(int id) const {
+    for (size_t i = id + 1; i < g_.nodes.size(); ++i) {
+      const Node& n = g_.nodes[i];
+      if (n.op == OpKind::Fallback || may_raise(g_, n)) return true;
+    }
+    return false;
+  }
 
   /// Lowers an in-place slice assignment or scatter (see choose_inplace): a kernel over the
   /// source only.

@@ -165,3 +165,25 @@ def test_out_of_range_index_raises_as_eager(bad):
     # eager writes the elements it met before the bad index; the compiled call checks every
     # index first and then redoes the call eagerly, so the argument ends as eager leaves it
     assert_same(arg, eager_arg, atol=0, rtol=0, what="the argument after the error")
+
+
+@pytest.mark.parametrize("later", ["division_by_zero", "index_out_of_range"])
+def test_a_call_failing_after_a_folding_scatter_into_an_argument_folds_once(later):
+    # eager raises after adding into `out`; the compiled call is redone eagerly, which adds
+    # again: so the scatter must not have been written into `out` in place (it was: `out`
+    # came back with every source added twice)
+    def f(out, idx, src, d):
+        out.scatter_add_(0, idx, src)
+        return out.sum() + (idx // d).sum() if later == "division_by_zero" else out.sum() + src[d].sum()
+    f_k = kiln.compile(f)
+    idx, src = torch.tensor([0, 1, 1, 4]), make_input((4,))
+    good = torch.tensor([1, 1, 2, 3])
+    for _ in range(2):
+        assert_same(f_k(torch.zeros(5), idx, src, good), f(torch.zeros(5), idx, src, good))
+    bad = torch.tensor([1, 0, 1, 1]) if later == "division_by_zero" else torch.tensor([1, 9, 0, 0])
+    eager_out, out = torch.zeros(5), torch.zeros(5)
+    with pytest.raises(Exception) as want:
+        f(eager_out, idx, src, bad)
+    with pytest.raises(type(want.value)):
+        f_k(out, idx, src, bad)
+    assert_same(out, eager_out, atol=0, rtol=0, what="the argument after the error")
