@@ -726,6 +726,15 @@ class Generator:
             forms += [f"F.interpolate({x}, size=({self.choice((1, 4, 2 * h))}, {self.choice((3, w + 1))}), "
                       f"mode='bilinear', align_corners={ac})",
                       f"F.adaptive_avg_pool2d({x}, ({self.choice((1, h))}, {self.choice((1, w))}))"]
+            # a convolution and an eval batch norm (Note [Folding batch norm]); weights and
+            # statistics made inside the function, deterministic
+            c, o, kk = a.shape[1], self.choice((1, 3, 8)), self.choice((1, 3))
+            dt = f"dtype={x}.dtype"
+            lin = lambda lo, hi, n: f"torch.linspace({lo}, {hi}, {n}, {dt})"  # noqa: E731
+            bias = self.choice(("None", lin(-0.5, 0.5, o)))
+            conv = f"F.conv2d({x}, {lin(-1, 1, o * c * kk * kk)}.view({o}, {c}, {kk}, {kk}), {bias}, padding={kk // 2})"
+            forms.append(f"F.batch_norm({conv}, {lin(-0.3, 0.3, o)}, {lin(0.5, 2, o)}, {lin(-2, 2, o)}, "
+                         f"{lin(-1, 1, o)}, False, 0.1, 1e-5)")
         # inexact: interpolation weights and some window sums round apart from eager's kernels
         return self.choice(forms), True
 
