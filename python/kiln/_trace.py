@@ -516,7 +516,8 @@ class Tracer(TorchDispatchMode):
         index = len(self.fallbacks)
         self.fallbacks.append(_Fallback(func, targs, tkwargs))
         # A convolution that is not transposed: passes may fold a batch norm into its weights
-        traits = 2 if func is aten.convolution.default and not _bind(func, args, kwargs)["transposed"] else 0
+        conv = func is aten.convolution.default and not _bind(func, args, kwargs)["transposed"]
+        traits = _C.FALLBACK_CONVOLUTION if conv else 0
         res = self.builder.add_fallback(index, vids, [self.dtype_name(t.dtype) for t in results],
                                         [list(t.shape) for t in results], [list(t.stride()) for t in results],
                                         str(func), traits)
