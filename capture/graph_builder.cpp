@@ -158,6 +158,10 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
         return op == OpKind::IndexCopy ? editor_.index_copy(base, tensor_arg(1), src, attrs.ints[0], how)
                                        : editor_.scatter(base, tensor_arg(1), src, attrs.ints[0], how);
       }
+      if (op == OpKind::Scan) {
+        KILN_UNSUPPORTED_IF(attrs.ints.size() != 2, "scan takes dim, combine");
+        return editor_.scan(tensor_arg(0), attrs.ints[0], static_cast<ScatterCombine>(attrs.ints[1]), attrs.dtype);
+      }
       if (op == OpKind::SliceScatter) {
         KILN_UNSUPPORTED_IF(attrs.ints.size() != 4, "slice_scatter takes dim, start, end, step");
         int base = tensor_arg(0);

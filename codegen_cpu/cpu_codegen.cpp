@@ -214,6 +214,8 @@ class KernelEmitter {
     emit_nest(ph.loops, 0, nullptr, nullptr, [&] {
       memo_.clear();
       for (size_t i = 0; i < ph.reductions.size(); ++i) accumulate(ph.reductions[i], accs[i]);
+      for (size_t i = 0; i < ph.reductions.size(); ++i)  // a scan's stores read the value so far
+        if (ph.reductions[i].running) placeholders_[ph.reductions[i].slot] = finish(ph.reductions[i], accs[i]);
       for (const Store& s : ph.stores) emit_store(s);
     });
     memo_.clear();

@@ -266,7 +266,11 @@ class KernelEmitter {
 
   std::string emit() {
     collect_buffers();
-    for (const Phase& ph : k_.phases) row_ |= !ph.loops.empty();
+    for (const Phase& ph : k_.phases) {
+      row_ |= !ph.loops.empty();
+      for (const Reduction& r : ph.reductions)  // scans are lowered for the CPU only
+        KILN_UNSUPPORTED_IF(r.running, "CUDA codegen: a running (scan) reduction in {}", k_.name);
+    }
     shape_ = LaunchShape{};
     shape_.row = row_;
     shape_.outer_extent = extent_product(k_.loops);

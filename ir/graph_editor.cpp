@@ -270,6 +270,18 @@ int GraphEditor::scatter(int base, int index, int src, int64_t dim, ScatterCombi
   return append(std::move(nd));
 }
 
+int GraphEditor::scan(int x, int64_t dim, ScatterCombine combine, DType dtype) {
+  Sizes in = node(x).sizes;
+  int64_t r = static_cast<int64_t>(in.size());
+  if (dim < 0) dim += r;
+  KILN_UNSUPPORTED_IF(dim < 0 || dim >= r, "scan dim");
+  KILN_UNSUPPORTED_IF(combine != ScatterCombine::Add && combine != ScatterCombine::Multiply, "scan combine");
+  KILN_UNSUPPORTED_IF(dtype == DType::Bool, "scan to bool");
+  Node nd{OpKind::Scan, {cast(x, dtype)}, {}, dtype, in, {}};
+  nd.attrs.ints = {dim, static_cast<int64_t>(combine)};
+  return append(std::move(nd));
+}
+
 int GraphEditor::flip(int x, std::vector<int64_t> dims) {
   int64_t r = static_cast<int64_t>(node(x).sizes.size());
   for (auto& d : dims) {

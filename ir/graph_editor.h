@@ -62,6 +62,8 @@ class GraphEditor {
   /// base's rank, no larger than src, nor than base off `dim`; src: base's rank and dtype, or a
   /// 0-dim value used for every element).
   int scatter(int base, int index, int src, int64_t dim, ScatterCombine combine);
+  /// torch.cumsum (combine Add) / cumprod (Multiply) of `x` along `dim`, with result `dtype`.
+  int scan(int x, int64_t dim, ScatterCombine combine, DType dtype);
   /// Matrix product of a [batch..., M, K] and b [batch..., K, N] (equal batch sizes, one float
   /// dtype): [batch..., M, N]. `zero_start`: a sum of one product is +0 where the product is
   /// -0 (eager's bmm adds to a zeroed accumulator; its mm does not), see ops.def.

@@ -76,8 +76,8 @@ std::string print(const Kernel& k) {
     for (const auto& r : ph.reductions) {
       std::string lets, v = print_expr(r.value, &lets, pi);
       if (r.position) v += ", at " + print_expr(r.position);
-      s += lets + fmt::format("{}acc{} = {}<{}>(acc{}, {})\n", pi, r.slot, reduce_op_name(r.op),
-                              dtype_name(r.acc_dtype), r.slot, v);
+      s += lets + fmt::format("{}acc{} = {}{}<{}>(acc{}, {})\n", pi, r.slot, r.running ? "running " : "",
+                              reduce_op_name(r.op), dtype_name(r.acc_dtype), r.slot, v);
     }
     for (const auto& st : ph.stores) {
       std::string lets, v = print_expr(st.value, &lets, pi);

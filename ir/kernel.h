@@ -56,6 +56,9 @@ struct Reduction {
   DType out_dtype;  ///< the placeholder's dtype
   int slot;
   Expr position = nullptr;  ///< argmax/argmin: the element's position in its row (row-major)
+  /// A scan (cumsum, cumprod): the stores of its own phase read the placeholder as the value
+  /// folded so far, this iteration's element included. Its phase loop is serial.
+  bool running = false;
 };
 
 /// One step inside an outer iteration: loops over an inner (reduction) domain, folding

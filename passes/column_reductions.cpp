@@ -44,7 +44,7 @@ bool worth_rewriting(const Kernel& k) {
     for (const Reduction& r : ph.reductions) {
       has_reduction = true;
       bool foldable = r.op == ReduceOp::Sum || r.op == ReduceOp::Max || r.op == ReduceOp::Min;
-      if (!foldable || r.position || !is_float(r.acc_dtype) || ph.loops.empty()) return false;
+      if (!foldable || r.running || r.position || !is_float(r.acc_dtype) || ph.loops.empty()) return false;
       Expr inner = ph.loops.back().var;
       for (Expr ld : buffer_loads(r.value)) {
         auto sc = linear_coefficient(ld->a, c), si = linear_coefficient(ld->a, inner);

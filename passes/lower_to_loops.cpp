@@ -107,6 +107,8 @@ struct OpenKernel {
   /// Its innermost loop is serial and, when it is the only loop, not split across threads
   /// (a folding scatter's dim: Note [Scatters]).
   bool serial_innermost = false;
+  /// A scan (Note [Scans]): its phase loop stays serial; the threads take its outer loops.
+  bool scan = false;
   Sizes full;                      ///< row: the reduced input's sizes; pointwise: the domain
   std::vector<int64_t> rdims;      ///< row: reduced dims of `full`
   std::vector<int> order;          ///< pointwise: dims in loop order
@@ -375,6 +377,38 @@ class Lowering {
     k.closed = true;  // later values read the result from memory, after this kernel
   }
 
+  /// Note [Scans]: cumsum/cumprod as one kernel over the value: the other dims are its outer
+  /// loops (split across threads), the scanned dim one serial phase loop folding a running
+  /// reduction (Reduction::running) whose stores read the value folded so far. It folds in
+  /// the accumulation dtype eager's CPU kernel uses (float64 for float32), rounding only what
+  /// it stores: the same sums as eager, bit for bit.
+  void lower_scan(int id) {
+    const Node& n = g_.nodes[id];
+    int64_t dim = n.attrs.ints[0];
+    bool dense = false;
+    std::vector<int> order = loop_order(n, &dense);
+    int buf = make_value_buffer(id, dense ? n.strides : contiguous_strides(n.sizes));
+    if (n.numel() == 0) return;
+    order.erase(std::find(order.begin(), order.end(), static_cast<int>(dim)));
+    order.push_back(static_cast<int>(dim));
+    OpenKernel& k = new_pointwise_kernel(n.sizes, order);
+    k.scan = true;
+    Kernel& kern = prog_.kernels[k.index];
+    if (n.sizes[dim] > 1) {  // its loop, created last, becomes the phase's
+      kern.phases[0].loops.push_back(kern.loops.back());
+      kern.loops.pop_back();
+    }
+    DType acc = n.dtype == DType::Float32 ? DType::Float64 : n.dtype;
+    ReduceOp op = static_cast<ScatterCombine>(n.attrs.ints[1]) == ScatterCombine::Multiply ? ReduceOp::Prod : ReduceOp::Sum;
+    Expr x = ctx().cast(value_in_new_kernel(k, n.inputs[0], k.idx), acc);
+    Reduction r{op, x, acc, n.dtype, next_slot_++};
+    r.running = true;
+    kern.phases[0].reductions.push_back(r);
+    store_in(k, buf, k.idx, ctx().load(-1 - r.slot, ctx().int_const(0), n.dtype));
+    note_store(k, id, buf, "scans in kernel {}");
+    k.closed = true;  // later values read the result from memory, after this kernel
+  }
+
   /// Decides which values get a buffer of their own: outputs, reductions, and values a
   /// broadcasting consumer would otherwise recompute many times at a high cost.
   void choose_materialized() {
@@ -390,7 +424,7 @@ class Lowering {
         const Node& un = g_.nodes[u];
         // Concat and pad read each element of an operand once; reductions too.
         bool once = op_category(un.op) == OpCategory::Reduction || un.op == OpKind::Concat || un.op == OpKind::Pad ||
-                    un.op == OpKind::SliceScatter || is_scatter(un.op);
+                    un.op == OpKind::SliceScatter || is_scatter(un.op) || un.op == OpKind::Scan;
         int64_t d = op_category(un.op) == OpCategory::Movement ? std::max(un.numel(), demand[u])
                     : once                                     ? g_.nodes[i].numel()
                                                                : un.numel();
@@ -471,7 +505,8 @@ class Lowering {
       // eager raises IndexError for any index out of range (x[idx][0] with idx = [0, 99]), and
       // the kernel that checks them all runs before anything written in place reads it.
       bool may_divide_by_zero = may_raise(g_, node);
-      bool scatter = is_scatter(node.op);  // stored from the source side: Note [Scatters]
+      // stored from the source side (Note [Scatters]), or element after element (Note [Scans])
+      bool scatter = is_scatter(node.op) || node.op == OpKind::Scan;
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
           gemm_operand || may_divide_by_zero || read_across_extern || scatter) {
         materialized_.insert(static_cast<int>(i));
@@ -759,7 +794,7 @@ class Lowering {
         sidx[dim] = clamp_index(pos, src.sizes[dim]);
         return c.select(inside, value_at(n.inputs[1], sidx, self), value_at(n.inputs[0], idx, self));
       }
-      default:  // scatters are always materialised (lower_scatter): never computed inline
+      default:  // scatters and scans are always materialised (lower_scatter, lower_scan): never inline
         KILN_UNREACHABLE(std::string("not an assembly op computed inline: ") + op_name(n.op));
     }
   }
@@ -812,6 +847,10 @@ class Lowering {
     }
     if (is_scatter(n.op)) {
       lower_scatter(id);
+      return;
+    }
+    if (n.op == OpKind::Scan) {
+      lower_scan(id);
       return;
     }
     if (op_category(n.op) == OpCategory::Reduction) {
@@ -1234,7 +1273,7 @@ class Lowering {
       for (auto& ph : k.phases)
         if (!ph.loops.empty()) ph.loops.back().kind = LoopKind::Vectorized;
     }
-    bool split = !ok.row && !ok.serial_innermost && split_at_select_boundaries(k);
+    bool split = !ok.row && !ok.serial_innermost && !ok.scan && split_at_select_boundaries(k);
     for (auto& l : k.loops) l.kind = LoopKind::Serial;
     if (split) {
       for (auto& ph : k.phases) {
@@ -1242,7 +1281,9 @@ class Lowering {
         if (!ph.loops.empty()) ph.loops.back().kind = LoopKind::Vectorized;
       }
     }
-    if (ok.serial_innermost) {
+    if (ok.scan) {
+      if (!k.loops.empty()) k.loops.front().kind = LoopKind::Parallel;
+    } else if (ok.serial_innermost) {
       if (k.loops.size() > 1) k.loops.front().kind = LoopKind::Parallel;
     } else if (!k.loops.empty()) {
       if (!ok.row && !split) k.loops.back().kind = LoopKind::Vectorized;

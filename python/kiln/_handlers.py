@@ -513,6 +513,16 @@ def _scatter_reduce(tr, a, out):
     return _scatter_call(tr, "scatter", a["self"], a["index"], a["src"], a["dim"], a["reduce"])
 
 
+@handles(aten.cumsum, aten.cumprod)
+def _scan(tr, a, out):
+    """cumsum/cumprod (Note [Scans] in lower_to_loops.cpp): a CPU kernel; CUDA keeps it eager."""
+    x = a["self"]
+    if x.device.type != "cpu" or x.dim() == 0:
+        raise NoLowering()
+    return tr.call("scan", [x], ints=[a["dim"] % x.dim(), 1 if tr.current_op == "cumsum" else 2],
+                   dtype=tr.dtype_name(out.dtype))
+
+
 @handles(aten.index_select)
 def _index_select(tr, a, out):
     x, dim, index = a["self"], a["dim"] % max(a["self"].dim(), 1), a["index"]

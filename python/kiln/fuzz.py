@@ -572,7 +572,7 @@ class Generator:
     def op_reduce(self):
         a = self.pick()
         kind = self.choice(("sum", "sum", "mean", "amax", "amin", "argmax", "argmin", "var", "std", "prod", "any",
-                            "all", "logsumexp", "max_dim", "min_dim", "sum_dtype", "norm"))
+                            "all", "logsumexp", "max_dim", "min_dim", "sum_dtype", "norm", "cumsum", "cumprod"))
         keep = self.rng.random() < 0.3
         kd = ", keepdim=True" if keep else ""
         dims = self._dims(a)
@@ -583,6 +583,11 @@ class Generator:
             if not dims_s:
                 return f"{a.name}.{kind}()", True
             return f"{a.name}.{kind}({dims_s}{kd})", kind in ("sum", "mean", "prod") or a.inexact
+        if kind in ("cumsum", "cumprod"):  # scans (Note [Scans]): eager's sums, bit for bit
+            d = self._dim(a)
+            if d is None:
+                return None
+            return f"{a.name}.{kind}({d})", a.inexact
         if kind == "sum_dtype":
             return f"{a.name}.sum({dims_s or 'None'}, dtype=torch.float64)", True
         if kind in ("argmax", "argmin"):
