@@ -123,8 +123,13 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
     cpu::KernelFn fn = code_.fns[k];
     void* const* bufs = ptrs.data();
     auto t0 = profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
-    pool.parallel_for(kernel.outer_extent(), kernel.inner_work(),
-                      [fn, bufs](int64_t begin, int64_t end) { fn(bufs, begin, end); });
+    // Only a parallel outer loop is split across threads: a serial one (a folding scatter's
+    // only loop, Note [Scatters]) runs in order on this thread.
+    if (!kernel.loops.empty() && kernel.loops[0].kind != ir::LoopKind::Parallel)
+      fn(bufs, 0, kernel.outer_extent());
+    else
+      pool.parallel_for(kernel.outer_extent(), kernel.inner_work(),
+                        [fn, bufs](int64_t begin, int64_t end) { fn(bufs, begin, end); });
     if (profiling_)
       kernel_ns_[k] += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     // A failed kernel (integer division by zero, an index out of range): eager redoes the call

@@ -523,6 +523,30 @@ def _scan(tr, a, out):
                    dtype=tr.dtype_name(out.dtype))
 
 
+@handles(aten.index_put)
+def _index_put(tr, a, out):
+    """x[mask] = v with one boolean mask over x's leading dims and a value that is the same for
+    every selected element (a number, a one-element tensor, or one row of x's trailing dims):
+    where(mask, v, x), with no data-dependent shape. Values per selected element (their order is
+    the mask's), accumulate=True and integer indices run eagerly."""
+    x, indices, v = a["self"], list(a["indices"]), a["values"]
+    if a.get("accumulate") or len(indices) != 1 or indices[0] is None or indices[0].dtype != torch.bool:
+        raise NoLowering()
+    m = indices[0]
+    k = m.dim()
+    trailing = list(x.shape[k:])
+    if k == 0 or tuple(m.shape) != tuple(x.shape[:k]) or v.dtype != x.dtype:
+        raise NoLowering()
+    if v.numel() == 1:
+        value = Value(tr.call("reshape", [v], ints=[]))
+    elif list(v.shape) == trailing or list(v.shape) == [1] + trailing:
+        value = Value(tr.call("reshape", [v], ints=trailing))
+    else:
+        raise NoLowering()
+    mask = Value(tr.call("reshape", [m], ints=list(m.shape) + [1] * len(trailing)))
+    return tr.call("where", [mask, value, x])
+
+
 @handles(aten.index_select)
 def _index_select(tr, a, out):
     x, dim, index = a["self"], a["dim"] % max(a["self"].dim(), 1), a["index"]

@@ -202,3 +202,35 @@ TEST(Codegen, KernelIsVectorised) {
   cpu::CpuCode code = cpu::compile_cpu(p, {});
   EXPECT_NE(code.text.module_ir.find("x float>"), std::string::npos) << code.text.module_ir;
 }
+
+TEST(Runtime, ASerialOuterLoopRunsInOrderOnOneThread) {
+  // The runtime splits a kernel's outer loop across threads only when it is parallel. A serial
+  // one (a folding scatter's only loop) must run in order: here each element reads the one
+  // before it, which a split would read before its thread had written it.
+  constexpr int64_t n = 1 << 20;
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Int64, {n}, {1}, 0);
+  b.set_outputs({b.call("add", {V(x), I(1)}, {})});
+  passes::PassOptions o;
+  KernelProgram p = passes::run_pipeline(b.graph(), o);
+  ASSERT_EQ(p.kernels.size(), 1u);
+  Kernel& k = p.kernels[0];
+  ASSERT_EQ(k.loops.size(), 1u);
+  k.loops[0].kind = LoopKind::Serial;
+  Context& c = *p.ctx;
+  Store& s = k.phases[0].stores.at(0);
+  Expr i = k.loops[0].var;
+  Expr prev = c.binary(ExprOp::Max, c.add(i, -1), c.int_const(0));
+  s.value = c.select(c.binary(ExprOp::Eq, i, c.int_const(0)), c.int_const(0),
+                     c.add(c.load(s.buffer, prev, DType::Int64), 1));
+  cpu::CpuCode code = cpu::compile_cpu(p, {});
+  runtime::CompiledProgram compiled(std::move(p), std::move(code));
+  const auto& q = compiled.program();
+  std::vector<int64_t> in(n, 0), out(n, -7);
+  std::vector<void*> ptrs(q.buffers.size());
+  for (size_t bi = 0; bi < q.buffers.size(); ++bi)
+    ptrs[bi] = q.buffers[bi].kind == BufferKind::Input ? static_cast<void*>(in.data()) : static_cast<void*>(out.data());
+  ASSERT_TRUE(compiled.run(ptrs));
+  for (int64_t j = 0; j < n; j += 4099) ASSERT_EQ(out[j], j) << "element " << j;
+  EXPECT_EQ(out[n - 1], n - 1);
+}

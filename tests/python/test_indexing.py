@@ -180,3 +180,52 @@ def test_no_argument_written_in_place_when_an_index_fails():
     with pytest.raises(IndexError):
         f(written, x, torch.tensor([0, 9]))
     assert_same(written, cache)
+
+
+@pytest.mark.parametrize("case", ["scalar", "zero_dim", "row", "leading_dims", "in_place_on_argument", "nan_inf"])
+def test_masked_assignment_of_one_value_is_a_where(case):
+    # x[mask] = v, v the same for every selected element: no data-dependent shape
+    x = make_input((6, 8))
+    if case == "scalar":
+        fn = lambda a: _assign(a.clone(), a > 0.3, 0.0) * 2  # noqa: E731
+    elif case == "zero_dim":
+        fn = lambda a: _assign(a.clone(), a < 0, a.sum()) + 1  # noqa: E731
+    elif case == "row":
+        fn = lambda a: _assign(a.clone(), a[:, 0] > 0, a[0] * 3)  # noqa: E731
+    elif case == "leading_dims":
+        x = make_input((4, 3, 5))
+        fn = lambda a: _assign(a.clone(), a.sum(-1) > 0, -1.5)  # noqa: E731
+    elif case == "nan_inf":
+        x = x.clone()
+        x[0, 0], x[1, 1], x[2, 2] = float("nan"), float("inf"), -0.0
+        fn = lambda a: _assign(a.clone(), a.isnan() | (a > 1), float("-inf"))  # noqa: E731
+    else:
+        def fn(a, m):
+            a[m] = 7.0
+            return a.sum()
+        f = kiln.compile(fn)
+        for s in range(2):
+            a, m = make_input((6, 8)), make_input((6, 8), torch.bool)
+            ae, ak = a.clone(), a.clone()
+            assert_same(f(ak, m), fn(ae, m))
+            assert_same(ak, ae, what="the argument after the call")
+        assert not kiln.counters()["fallback_op_counts"], kiln.counters()
+        return
+    check(fn, (x,))
+    assert not kiln.counters()["fallback_op_counts"], kiln.counters()
+
+
+def _assign(t, m, v):
+    t[m] = v
+    return t
+
+
+def test_masked_assignment_of_values_per_element_runs_eagerly_and_matches():
+    def fn(a):
+        y = a.clone()
+        m = y < 0
+        y[m] = torch.arange(int(m.sum()), dtype=y.dtype)  # one value per selected element, in order
+        return y
+    for s in range(3):
+        x = make_input((5, 6))
+        assert_same(kiln.compile(fn)(x), fn(x))

@@ -187,3 +187,19 @@ def test_a_call_failing_after_a_folding_scatter_into_an_argument_folds_once(late
     with pytest.raises(type(want.value)):
         f_k(out, idx, src, bad)
     assert_same(out, eager_out, atol=0, rtol=0, what="the argument after the error")
+
+
+def test_a_folding_scatter_with_one_loop_runs_on_one_thread():
+    # Its only loop is the scattered dim: split across threads, i and i + n/2 land on the same
+    # element at the same moment (the threads walk in step) and one update was lost, now and
+    # then (found by the fuzzer: a few hundred of 70000 elements). The runtime splits only
+    # loops marked parallel.
+    def f(x):
+        n = x.shape[0]
+        return x.scatter_reduce(0, (torch.arange(n) % (n // 2)).view(-1, 1).expand_as(x), x.flip(0) * 3, "sum")
+    x = torch.randint(-1000, 1000, (70000, 1))
+    g = kiln.compile(f)
+    for _ in range(10):
+        assert_same(g(x), f(x))
+    ir = [k.loop_ir for k in kiln.kernels(g) if "0..70000 (serial)" in k.loop_ir]
+    assert ir and "parallel" not in ir[0], [k.loop_ir for k in kiln.kernels(g)]
