@@ -71,10 +71,16 @@ struct Graph {
   std::vector<Node> nodes;     ///< topological order; a node's id is its index
   std::vector<int> outputs;    ///< node ids, in the order the function returns them
   /// Per output (or empty): the call leaf whose new value it is (an in-place write the caller
-  /// copies back), else -1. Lets lowering write such a value into the argument itself.
+  /// copies back), else -1, or kFreshOutput. Lets lowering write such a value into the argument
+  /// itself, and return a view of an argument only where eager's result is one.
   std::vector<int> output_leaf;
   std::vector<int> input_ids;  ///< node ids of Input nodes, in argument order
 };
+
+/// Graph::output_leaf of an output that eager made as a new tensor (x.floor() of an integer x,
+/// x + 0): even where kiln's value is a view of an argument, it is returned as a copy, since an
+/// alias would see later writes to the argument (and the argument writes to it).
+constexpr int kFreshOutput = -2;
 
 /// Contiguous (row-major) strides for `sizes`.
 Sizes contiguous_strides(const Sizes& sizes);

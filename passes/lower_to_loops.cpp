@@ -235,7 +235,8 @@ class Lowering {
     for (size_t j = 0; j < g_.outputs.size(); ++j) {
       int o = g_.outputs[j];
       const Node& n = g_.nodes[o];
-      if (j < g_.output_leaf.size() && g_.output_leaf[j] >= 0) continue;  // a new value written back
+      // a new value written back, or one eager made as a new tensor (kFreshOutput)
+      if (j < g_.output_leaf.size() && g_.output_leaf[j] != -1) continue;
       if (inplace_.count(o) || output_alias_.count(o) || aliased_outputs_.count(o) || n.strides.size() != n.sizes.size())
         continue;
       auto v = strided_view_of_input(o);

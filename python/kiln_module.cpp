@@ -58,6 +58,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("knob", [](const std::string& n) { return knob(n); });
   // Fallback traits the tracer tells from an op's arguments (add_fallback's `traits`).
   m.attr("FALLBACK_CONVOLUTION") = ir::kFallbackConvolution;
+  m.attr("FRESH_OUTPUT") = ir::kFreshOutput;
   m.def("set_knob", [](const std::string& n, const std::string& v) {
     set_knob(n, v);
     if (n == "num_threads" || n == "KILN_NUM_THREADS") {

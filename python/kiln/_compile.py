@@ -577,7 +577,7 @@ class CompiledFunction:
         mutations = [(leaf, seg.needed.index(src[2])) for leaf, src in mutations]
         # Lets lowering write a slice assignment into the argument itself (a KV cache update)
         # instead of producing a new tensor the size of the argument and copying it back.
-        out_leaf = [-1] * len(seg.needed)
+        out_leaf = [_C.FRESH_OUTPUT if v in seg.fresh else -1 for v in seg.needed]
         for leaf, pos in mutations:
             out_leaf[pos] = leaf
         seg.builder.set_output_leaves(out_leaf)

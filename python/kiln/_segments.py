@@ -31,6 +31,7 @@ class SegNode:
         self.needed = list(seg.needed)
         self.carried = list(seg.carried)
         self.reads = [(fn, vids, out_vids) for fn, vids, _, out_vids in seg.reads]
+        self.fresh = set(seg.fresh)  # outputs never returned as views of arguments
         self.fallbacks = fallbacks
         self.children = {}
         self.result = None   # (out_specs, result_spec) where the function returns
@@ -74,8 +75,9 @@ class Tree:
                 if node.text != text:
                     raise NondeterministicTrace(f"segment {d} differs from an earlier trace of the same path")
                 grown = [v for v in seg.needed if v not in node.needed]
-                if grown:
+                if grown or not seg.fresh <= node.fresh:
                     node.needed += grown
+                    node.fresh |= seg.fresh
                     dirty.append(node)
             if d < last:
                 key = tuple(k for _, _, k, _ in seg.reads)
@@ -88,6 +90,7 @@ class Tree:
     def compile(self, node, debug_dir=""):
         """(Re)compiles one node for its current outputs."""
         node.builder.set_outputs(node.needed)
+        node.builder.set_output_leaves([_C.FRESH_OUTPUT if v in node.fresh else -1 for v in node.needed])
         if self.device is not None and self.device.type == "cuda":
             from . import _cuda
             node.program = _cuda.compile_cuda_entry(node.builder, self.device, debug_dir)

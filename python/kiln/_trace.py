@@ -153,6 +153,7 @@ class _Segment:
         self.reads = []
         self.needed = []       # value ids later segments or the result use (its outputs), ordered
         self.shape_outputs = 0  # result tensors of its shape reads
+        self.fresh = set()  # outputs eager made as new tensors: never returned as argument views
         self.ops = 0
 
     def need(self, vid):
@@ -732,6 +733,11 @@ class Tracer(TorchDispatchMode):
             # output (and eager's result is not the input).
             vid = seg.builder.call("copy", [(0, vid)], [], [], "", 0)
             seg.builder.set_layout(vid, list(tensor.stride()))
+        ptr = tensor.untyped_storage().data_ptr()
+        if not ptr or all(not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() != ptr for t in self.leaves):
+            # eager's result shares no memory with an argument: kiln must not return an alias
+            # of one either, though its value may be a view (x.floor() of an integer x is x)
+            seg.fresh.add(vid)
         seg.need(vid)
         return ("seg", k, vid)
 
