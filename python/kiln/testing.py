@@ -17,7 +17,7 @@ from . import counters
 from . import compile as _kiln_compile
 from ._flatten import flatten
 
-__all__ = ["check", "make_input", "assert_same", "LAYOUTS", "default_tolerance"]
+__all__ = ["check", "check_mutating", "make_input", "assert_same", "LAYOUTS", "default_tolerance"]
 
 LAYOUTS = ("contiguous", "transposed", "sliced", "broadcast")
 
@@ -142,6 +142,19 @@ def check(fn, inputs, atol=None, rtol=None, expect_compiled=True):
         assert counters()["cache_hits"] == hits + 1, "a call on shuffled inputs was not a cache hit"
         assert_same(got, want, atol, rtol, what="call on shuffled inputs")
     return compiled
+
+
+def check_mutating(fn, make_args, calls=3):
+    """For a `fn` that mutates its arguments: eager and a fresh `kiln.compile(fn)` each get their
+    own copies of `make_args(call)`, every call, and must agree on the result and on the
+    arguments after it. Returns the compiled function."""
+    f = _kiln_compile(fn)
+    for s in range(calls):
+        args = make_args(s)
+        a_eager, a_kiln = [t.clone() for t in args], [t.clone() for t in args]
+        assert_same(f(*a_kiln), fn(*a_eager))
+        assert_same(a_kiln, a_eager, what="arguments after the call")
+    return f
 
 
 def _shuffled(inputs):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.testing import assert_same, check, make_input
+from kiln.testing import assert_same, check, check_mutating, make_input
 
 
 def run_both(fn, make_args, calls=3):
@@ -275,17 +275,6 @@ def test_in_place_op_on_a_full_slice_alias_writes_through():
     assert kiln.counters()["eager_calls"] == 0, kiln.counters()
 
 
-def _compare_mutating(fn, make_args, calls=3):
-    """fn mutates its arguments: eager and kiln each get their own copies, every call."""
-    f = kiln.compile(fn)
-    for s in range(calls):
-        args = make_args(s)
-        a_eager, a_kiln = [t.clone() for t in args], [t.clone() for t in args]
-        assert_same(f(*a_kiln), fn(*a_eager))
-        assert_same(a_kiln, a_eager, what="arguments after the call")
-    return f
-
-
 def _gen(s):
     return torch.Generator().manual_seed(s)
 
@@ -295,7 +284,7 @@ def test_index_copy_into_an_argument_is_written_in_place():
     def f(cache, pos, k):
         cache.index_copy_(2, pos, k * 2)
         return cache.amax(2)
-    f_k = _compare_mutating(f, lambda s: (make_input((2, 3, 16, 4), generator=_gen(s)), torch.tensor([3, 0, 7, 15, 9]),
+    f_k = check_mutating(f, lambda s: (make_input((2, 3, 16, 4), generator=_gen(s)), torch.tensor([3, 0, 7, 15, 9]),
                                           make_input((2, 3, 5, 4), generator=_gen(s + 9))))
     assert not kiln.counters()["fallback_op_counts"] and kiln.counters()["eager_calls"] == 0, kiln.counters()
     assert len(kiln.kernels(f_k)) == 3, [k.name for k in kiln.kernels(f_k)]  # check, scatter, amax
@@ -306,7 +295,7 @@ def test_index_copy_of_an_intermediate():
         y = base * 2
         z = y.index_copy(1, pos, k + 1)
         return z * 3, y, torch.index_copy(base, 0, pos[1:], k[:1, :1].expand(1, 6, 3))
-    _compare_mutating(g, lambda s: (make_input((4, 6, 3), generator=_gen(s)), torch.tensor([5, 1]),
+    check_mutating(g, lambda s: (make_input((4, 6, 3), generator=_gen(s)), torch.tensor([5, 1]),
                                     make_input((4, 2, 3), generator=_gen(s + 3))))
     assert kiln.counters()["eager_calls"] == 0, kiln.counters()
 

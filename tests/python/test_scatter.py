@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.testing import assert_same, check, make_input
+from kiln.testing import assert_same, check, check_mutating, make_input
 
 
 def _gen(s):
@@ -111,16 +111,6 @@ def test_index_add_matches(alpha):
     _no_fallbacks()
 
 
-def _compare_mutating(fn, make_args, calls=3):
-    f = kiln.compile(fn)
-    for s in range(calls):
-        args = make_args(s)
-        a_eager, a_kiln = [t.clone() for t in args], [t.clone() for t in args]
-        assert_same(f(*a_kiln), fn(*a_eager))
-        assert_same(a_kiln, a_eager, what="arguments after the call")
-    return f
-
-
 def test_scatter_add_into_an_argument_is_written_in_place():
     # a histogram / segment sum into a buffer the caller owns
     def f(out, idx, src):
@@ -132,8 +122,8 @@ def test_scatter_add_into_an_argument_is_written_in_place():
         return out * 2
     make = lambda s: (make_input((10,), generator=_gen(s)), _index((1000,), 10, s),  # noqa: E731
                       make_input((1000,), generator=_gen(s + 1)))
-    f_k = _compare_mutating(f, make)
-    _compare_mutating(g, make)
+    f_k = check_mutating(f, make)
+    check_mutating(g, make)
     _no_fallbacks()
     assert [k.name for k in kiln.kernels(f_k)] == ["k0_index_check", "k1_scatter"]  # no copy
 
