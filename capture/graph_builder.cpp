@@ -265,7 +265,7 @@ std::vector<int> GraphBuilder::add_fallback(int table_index, const std::vector<i
   bool conv = aten_name == "aten.convolution.default";
   KILN_UNSUPPORTED_IF((traits & kFallbackConvolution) && (!conv || inputs.size() < 2 || dtypes.size() != 1),
                       "only a convolution with one result is marked as one");
-  if (aten_name == "aten.convolution.default" && sizes[0].size() == 4) traits |= kFallbackPrefersChannelsLast;
+  if (conv && sizes[0].size() == 4) traits |= kFallbackPrefersChannelsLast;
   n.attrs.ints = {traits};
   out.push_back(editor_.append(std::move(n)));
   for (size_t k = 1; k < dtypes.size(); ++k) {

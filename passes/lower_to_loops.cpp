@@ -191,8 +191,7 @@ class Lowering {
       const Node& b = g_.nodes[base];
       if (b.op != OpKind::Input || b.attrs.int_value != leaf || uses[base] != 1 || returned.count(base)) continue;
       if (g_.nodes[n.inputs.back()].dtype != n.dtype || (n.op == OpKind::SliceScatter && n.attrs.ints[3] < 1)) continue;
-      bool folds = is_scatter(n.op) && n.attrs.ints.size() > 1 && n.attrs.ints[1] != 0;
-      if (folds && may_fail_after(s)) continue;
+      if (is_scatter(n.op) && scatter_combine(n) != ScatterCombine::Replace && may_fail_after(s)) continue;
       inplace_[s] = {input_buffer_.at(base), leaf};
       log(fmt::format("%{} ({}) writes its slice into argument {} in place", s, op_name(n.op), leaf));
     }
@@ -269,6 +268,10 @@ class Lowering {
   }
 
   static bool is_scatter(OpKind op) { return op == OpKind::IndexCopy || op == OpKind::Scatter; }
+  static ScatterCombine scatter_combine(const Node& n) { return static_cast<ScatterCombine>(n.attrs.ints.at(1)); }
+  /// Computed whole, never inline: scatters (stored from the source side, Note [Scatters]) and
+  /// scans (element after element, Note [Scans]).
+  static bool stored_whole(OpKind op) { return is_scatter(op) || op == OpKind::Scan; }
 
   /// Whether a step computing a node after `id` may fail the call (Note [In-place argument
   /// writes]): a value that may raise, or an eager op (any of which may raise).
@@ -335,7 +338,7 @@ class Lowering {
     const Node& n = g_.nodes[id];
     const Node& index = g_.nodes[n.inputs[1]];
     int64_t dim = n.attrs.ints[0];
-    auto combine = static_cast<ScatterCombine>(n.attrs.ints.size() > 1 ? n.attrs.ints[1] : 0);
+    ScatterCombine combine = scatter_combine(n);
     bool along = n.op == OpKind::IndexCopy;  // a 1-D index along dim
     const Sizes& domain = along ? g_.nodes[n.inputs[2]].sizes : index.sizes;
     if (numel(domain) == 0) return;
@@ -400,7 +403,7 @@ class Lowering {
       kern.loops.pop_back();
     }
     DType acc = n.dtype == DType::Float32 ? DType::Float64 : n.dtype;
-    ReduceOp op = static_cast<ScatterCombine>(n.attrs.ints[1]) == ScatterCombine::Multiply ? ReduceOp::Prod : ReduceOp::Sum;
+    ReduceOp op = scatter_combine(n) == ScatterCombine::Multiply ? ReduceOp::Prod : ReduceOp::Sum;
     Expr x = ctx().cast(value_in_new_kernel(k, n.inputs[0], k.idx), acc);
     Reduction r{op, x, acc, n.dtype, next_slot_++};
     r.running = true;
@@ -425,7 +428,7 @@ class Lowering {
         const Node& un = g_.nodes[u];
         // Concat and pad read each element of an operand once; reductions too.
         bool once = op_category(un.op) == OpCategory::Reduction || un.op == OpKind::Concat || un.op == OpKind::Pad ||
-                    un.op == OpKind::SliceScatter || is_scatter(un.op) || un.op == OpKind::Scan;
+                    un.op == OpKind::SliceScatter || stored_whole(un.op);
         int64_t d = op_category(un.op) == OpCategory::Movement ? std::max(un.numel(), demand[u])
                     : once                                     ? g_.nodes[i].numel()
                                                                : un.numel();
@@ -506,10 +509,8 @@ class Lowering {
       // eager raises IndexError for any index out of range (x[idx][0] with idx = [0, 99]), and
       // the kernel that checks them all runs before anything written in place reads it.
       bool may_divide_by_zero = may_raise(g_, node);
-      // stored from the source side (Note [Scatters]), or element after element (Note [Scans])
-      bool scatter = is_scatter(node.op) || node.op == OpKind::Scan;
       if (outputs.count(static_cast<int>(i)) || reduction || costly_broadcast || external || extern_operand ||
-          gemm_operand || may_divide_by_zero || read_across_extern || scatter) {
+          gemm_operand || may_divide_by_zero || read_across_extern || stored_whole(node.op)) {
         materialized_.insert(static_cast<int>(i));
         order_.push_back(static_cast<int>(i));
         cost[i] = 0;

@@ -519,8 +519,8 @@ def _scan(tr, a, out):
     x = a["self"]
     if x.device.type != "cpu" or x.dim() == 0:
         raise NoLowering()
-    return tr.call("scan", [x], ints=[a["dim"] % x.dim(), 1 if tr.current_op == "cumsum" else 2],
-                   dtype=tr.dtype_name(out.dtype))
+    combine = _SCATTER_COMBINE["sum" if tr.current_op == "cumsum" else "prod"]
+    return tr.call("scan", [x], ints=[a["dim"] % x.dim(), combine], dtype=tr.dtype_name(out.dtype))
 
 
 @handles(aten.index_put)
