@@ -126,6 +126,29 @@ def transformer_block():
     return "transformer_block[8x512x1024]", m, (x,), None
 
 
+def conv_block():
+    """A ResNet basic block in inference: cuDNN convolutions run as eager ops inside kiln's
+    program, batch norms folded or fused with the ReLUs and the residual add around them."""
+    import torch.nn as nn
+
+    class Basic(nn.Module):
+        def __init__(self, c=64):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+            self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + x)
+
+    m = Basic().cuda().eval()
+    with torch.no_grad():
+        for bn in (m.b1, m.b2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(32, 64, 56, 56, device="cuda")
+    return "resnet_basic_block[32x64x56x56]", m, (x,), None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-inductor", action="store_true")
@@ -143,10 +166,11 @@ def main():
     rows = []
     gen = torch.Generator().manual_seed(0)
     cases = [(w.name, w.fn, tuple(t.cuda() for t in w.make_inputs(gen)), w.bytes_moved) for w in ws]
-    try:
-        cases.append(transformer_block())
-    except Exception as e:  # noqa: BLE001
-        print(f"transformer block skipped: {e}")
+    for block in (transformer_block, conv_block):
+        try:
+            cases.append(block())
+        except Exception as e:  # noqa: BLE001
+            print(f"{block.__name__} skipped: {e}")
     with torch.no_grad():
         for name, fn, args, nbytes in cases:
             r = {"name": name, "bytes": nbytes}

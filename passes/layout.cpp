@@ -22,7 +22,7 @@ bool layout_matters(const Sizes& s) { return s.size() == 4 && s[1] > 1 && s[2] *
 }  // namespace
 
 Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
-  (void)opts;
+  if (!opts.channels_last_convolutions) return g;
   std::set<int> outputs(g.outputs.begin(), g.outputs.end());
   auto wants_channels_last = [&](size_t i) {
     const Node& n = g.nodes[i];

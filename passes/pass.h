@@ -34,6 +34,10 @@ struct PassOptions {
   /// Return an output that is a dense view of an argument as that view (an alias, as eager
   /// does) instead of a copy. The CUDA runner returns buffers only, so it turns this off.
   bool output_views = true;
+  /// Store the operands of eager 2-D convolutions channels-last (Note [Channels-last
+  /// convolutions]): measured on oneDNN only, so the CUDA pipeline keeps eager's layouts for
+  /// cuDNN.
+  bool channels_last_convolutions = true;
   /// Test only (KILN_INJECT_BUG): "relu" lowers maximum(x, 0) as x, a planted wrong answer.
   std::string inject_bug;
   /// Filled with one line per pass: "name: 0.12 ms".

@@ -34,6 +34,7 @@ passes::PassOptions pass_options() {
   opts.gemm_epilogues = false;        // cuBLAS calls and kernels are launched apart
   opts.inplace_argument_writes = false;  // CUDA flags failures only at the end of the program
   opts.output_views = false;             // the CUDA runner returns buffers and arguments only
+  opts.channels_last_convolutions = false;  // measured for oneDNN, not cuDNN
   opts.inject_bug = knob("inject_bug");
   return opts;
 }
@@ -104,6 +105,24 @@ py::list buffer_list(const runtime::CudaProgram& p) {
   return out;
 }
 
+/// The extern steps (eager ops): fallback table index, operand and result buffers, and per
+/// operand the strided view of its buffer to pass (None: the buffer's tensor as it is).
+py::list extern_list(const runtime::CudaProgram& p) {
+  py::list out;
+  for (const auto& e : p.program().externs) {
+    py::list views;
+    for (size_t k = 0; k < e.inputs.size(); ++k) {
+      if (k < e.views.size() && e.views[k].is_view)
+        views.append(py::make_tuple(e.views[k].sizes, e.views[k].strides, e.views[k].offset));
+      else
+        views.append(py::none());
+    }
+    out.append(py::dict(py::arg("table_index") = e.table_index, py::arg("inputs") = e.inputs,
+                        py::arg("outputs") = e.outputs, py::arg("views") = views, py::arg("name") = e.name));
+  }
+  return out;
+}
+
 py::list output_list(const runtime::CudaProgram& p) {
   py::list out;
   for (const auto& o : p.program().outputs)
@@ -167,13 +186,29 @@ void define_cuda(py::module_& m) {
            py::arg("builder"), py::arg("device") = 0, py::arg("arch") = 0, py::arg("debug_dir") = "")
       .def(
           "run",
-          [](runtime::CudaProgram& p, const std::vector<uint64_t>& ptrs, uint64_t stream, int device) {
+          [](runtime::CudaProgram& p, const std::vector<uint64_t>& ptrs, uint64_t stream, int device,
+             py::object on_extern) {
+            runtime::CudaProgram::ExternFn run_extern;
+            if (!on_extern.is_none())
+              run_extern = [&](size_t i, std::vector<uint64_t>& ps) {
+                py::gil_scoped_acquire gil;
+                py::object got = on_extern(i);
+                if (got.is_none() || py::isinstance<py::bool_>(got)) return false;
+                auto out = got.cast<std::vector<uint64_t>>();
+                const auto& bufs = p.program().externs[i].outputs;
+                KILN_CHECK(out.size() == bufs.size(), "extern {} gave {} pointers for {} results", i, out.size(),
+                           bufs.size());
+                for (size_t k = 0; k < bufs.size(); ++k) ps[bufs[k]] = out[k];
+                return true;
+              };
             py::gil_scoped_release release;
-            return p.run(ptrs, stream, device);
+            return p.run(ptrs, stream, device, run_extern);
           },
-          py::arg("ptrs"), py::arg("stream") = 0, py::arg("device") = 0,
+          py::arg("ptrs"), py::arg("stream") = 0, py::arg("device") = 0, py::arg("on_extern") = py::none(),
           "ptrs: one device pointer per buffer, then the status word (0 allowed when not may_fail). "
-          "Returns False when a kernel met an integer division by zero.")
+          "on_extern(i): runs externs()[i] (an eager op on the stream) and returns its results' data pointers, "
+          "or False when it failed. Returns False when a kernel met an integer division by zero or an index out "
+          "of range, or an extern failed.")
       .def("load", [](runtime::CudaProgram& p, int device) { p.load(device); }, py::arg("device") = 0)
       .def("steps",
            [](const runtime::CudaProgram& p) {
@@ -194,6 +229,7 @@ void define_cuda(py::module_& m) {
              }
              return out;
            })
+      .def("externs", &extern_list)
       .def("buffers", &buffer_list)
       .def("outputs", &output_list)
       .def("kernels", &kernel_list)

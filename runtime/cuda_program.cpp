@@ -14,10 +14,6 @@ namespace kiln::runtime {
 
 CudaProgram::CudaProgram(ir::KernelProgram program, int arch, bool want_cubin)
     : program_(std::move(program)), arch_(arch) {
-  // Extern (eager fallback) steps need the caller's callbacks between launches: not yet.
-  KILN_UNSUPPORTED_IF(want_cubin && !program_.externs.empty(),
-                      "the CUDA runtime does not run programs with eager fallback steps yet ({} of them)",
-                      program_.externs.size());
   for (const auto& g : program_.gemms) {
     std::string why = cublas_unsupported(g, program_.buffers);
     KILN_UNSUPPORTED_IF(want_cubin && !why.empty(), "kiln: cuBLAS cannot run {}", why);
@@ -41,6 +37,12 @@ CudaProgram::CudaProgram(ir::KernelProgram program, int arch, bool want_cubin)
 
 CudaProgram::~CudaProgram() = default;
 
+bool CudaProgram::status_ok(uint64_t status, CuStream stream) {
+  int32_t flag = 0;
+  cuda_read_sync(&flag, status, sizeof flag, stream, "reading kiln's status word");
+  return flag == 0;
+}
+
 const CudaProgram::Loaded& CudaProgram::loaded_for(int device) {
   CuContext ctx = cuda_current_context(device);
   std::lock_guard<std::mutex> lock(mu_);
@@ -61,7 +63,7 @@ void CudaProgram::load(int device) {
   loaded_for(device);
 }
 
-bool CudaProgram::run(const std::vector<uint64_t>& ptrs, uint64_t stream_handle, int device) {
+bool CudaProgram::run(std::vector<uint64_t> ptrs, uint64_t stream_handle, int device, const ExternFn& run_extern) {
   KILN_CHECK(ptrs.size() == program_.buffers.size() + 1, "CudaProgram::run with {} pointers for {} buffers + status",
              ptrs.size(), program_.buffers.size());
   const Loaded& l = loaded_for(device);
@@ -78,7 +80,12 @@ bool CudaProgram::run(const std::vector<uint64_t>& ptrs, uint64_t stream_handle,
       cublas_gemm(program_.gemms[step.index], program_.buffers, ptrs, stream);
       continue;
     }
-    KILN_CHECK(step.kind == ir::Step::Kind::Kernel, "an extern step in a CUDA program");
+    if (step.kind == ir::Step::Kind::Extern) {
+      KILN_CHECK(run_extern, "CudaProgram::run: the program has extern steps and no callback runs them");
+      if (may_fail_ && !status_ok(status, stream)) return false;
+      if (!run_extern(static_cast<size_t>(step.index), ptrs)) return false;
+      continue;
+    }
     size_t k = static_cast<size_t>(step.index);
     const CudaKernel& kern = kernels_[k];
     int64_t grid = kern.shape.grid();
@@ -92,9 +99,7 @@ bool CudaProgram::run(const std::vector<uint64_t>& ptrs, uint64_t stream_handle,
   }
   ++calls_;
   if (!may_fail_) return true;
-  int32_t flag = 0;
-  cuda_read_sync(&flag, status, sizeof flag, stream, "reading kiln's status word");
-  return flag == 0;
+  return status_ok(status, stream);
 }
 
 }  // namespace kiln::runtime

@@ -5,9 +5,12 @@
 ///
 /// Memory is the caller's: `run` takes one device pointer per buffer of the program (inputs,
 /// outputs and temporaries, all allocated by PyTorch) and then one to a 32-bit status word.
+/// Extern steps (ops kiln runs eagerly, a convolution) are the caller's too: `run` calls back
+/// for each, between launches on the same stream, and takes the pointers of its results.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,17 +36,25 @@ struct CudaKernel {
 
 class CudaProgram {
  public:
+  /// Runs extern step `externs[index]` (an eager op, enqueued on the program's stream) and
+  /// points `ptrs` at its results' buffers; false when the op failed (eager redoes the call).
+  using ExternFn = std::function<bool(size_t index, std::vector<uint64_t>& ptrs)>;
+
   /// Emits and compiles every kernel for compute capability `arch` (90: sm_90). With
-  /// `want_cubin`, machine code is compiled too (what run() loads), and the program must be
-  /// runnable: one with extern (eager fallback) steps throws Unsupported.
+  /// `want_cubin`, machine code is compiled too (what run() loads), and every matrix product
+  /// must be one cuBLAS can run (else Unsupported).
   CudaProgram(ir::KernelProgram program, int arch, bool want_cubin);
   ~CudaProgram();
 
-  /// Runs every step (kernels, cuBLAS products) in order on `stream` (a CUstream; 0 is the default stream). `ptrs`: one device
-  /// pointer per buffer, then the status word (may be 0 when !may_fail()). Returns false when
-  /// a kernel met an integer division by zero (the call must then be redone eagerly); only
-  /// such programs wait for the stream. `device` is the CUDA ordinal the buffers live on.
-  bool run(const std::vector<uint64_t>& ptrs, uint64_t stream, int device);
+  /// Runs every step (kernels, cuBLAS products, and extern steps through `run_extern`) in order
+  /// on `stream` (a CUstream; 0 is the default stream). `ptrs`: one device pointer per buffer,
+  /// then the status word (may be 0 when !may_fail()); an extern's result buffers may be 0
+  /// until it runs. Returns false when a kernel met an integer division by zero or an index out
+  /// of range, or an extern failed (the call must then be redone eagerly); only programs that
+  /// can fail wait for the stream: at the end, and before each extern step, so an eager op never
+  /// reads a failed kernel's output (a device-side assert would end the CUDA context). `device`
+  /// is the CUDA ordinal the buffers live on.
+  bool run(std::vector<uint64_t> ptrs, uint64_t stream, int device, const ExternFn& run_extern = nullptr);
 
   /// Loads the modules into the current context (run() does this on first use); throws
   /// Unsupported when the program has matrix products and cuBLAS cannot be opened.
@@ -63,6 +74,8 @@ class CudaProgram {
     std::vector<CuFunction> fns;
   };
   const Loaded& loaded_for(int device);
+  /// Waits for `stream` and reads the status word: true when no kernel flagged a failure.
+  static bool status_ok(uint64_t status, CuStream stream);
 
   ir::KernelProgram program_;
   std::vector<CudaKernel> kernels_;

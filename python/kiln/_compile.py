@@ -475,7 +475,7 @@ class CompiledFunction:
                 # the call and raises torch's own error (if any).
                 why = _failure(entry.native, "a compiled kernel or fallback op failed")
                 _counters.record_eager(why)
-                if isinstance(entry.native, _C.Entry) and entry.native.failed_on_data_dependent_shape():
+                if hasattr(entry.native, "failed_on_data_dependent_shape") and entry.native.failed_on_data_dependent_shape():
                     self._data_dependent_failure(entry, why)
                 return self._fn(*args, **kwargs)
             _counters._counts["cache_hits"] += 1
@@ -587,8 +587,9 @@ class CompiledFunction:
         debug_dir = self._debug_dir()
         try:
             if _cuda.is_cuda_trace(tracer):
-                # Tensors on a CUDA device compile for it (NVRTC); mixed devices, fallback ops
-                # or a missing driver raise Unsupported and run eagerly.
+                # Tensors on a CUDA device compile for it (NVRTC; fallback ops run eagerly
+                # between its kernels); mixed devices or a missing driver raise Unsupported and
+                # run eagerly.
                 program = _cuda.compile_cuda_entry(tracer, debug_dir=debug_dir)
             else:
                 if any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tracer.leaves):

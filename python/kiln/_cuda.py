@@ -34,7 +34,7 @@ from ._flatten import flatten
 from ._trace import NAME_DTYPES, trace
 
 __all__ = ["HAVE_CUDA_BACKEND", "cuda_status", "codegen_cuda", "compile_cuda_entry", "CudaEntry", "CudaKernel",
-           "CudaRunner", "is_cuda_trace", "nvrtc_search_paths", "trace_graph"]
+           "CudaRunner", "ExternSteps", "is_cuda_trace", "nvrtc_search_paths", "trace_graph"]
 
 #: kiln._C was built with the CUDA backend (KILN_CUDA) and registers it.
 HAVE_CUDA_BACKEND = hasattr(_C, "cuda_codegen")
@@ -131,7 +131,7 @@ def trace_graph(fn, args, kwargs=None):
     flatten((args, kwargs), leaves)
     arg_count = len(leaves)
     candidates = _captured_candidates(fn.forward if module is not None else fn, module)
-    result, tracer = trace(fn, args, kwargs, list(leaves), candidates)
+    result, tracer = trace(fn, args, kwargs, list(leaves), candidates, target="cuda")
     if tracer.failure is not None:
         f = tracer.failure
         raise _C.Unsupported(f"kiln.codegen: the function cannot be captured: {f.reason} (at {f.location})")
@@ -170,23 +170,82 @@ class _Buffer:
         self.numel = d["storage_numel"]
 
 
+class ExternSteps:
+    """Runs a program's extern steps: the ops kiln leaves to eager PyTorch (a convolution, topk)
+    called on the buffers' tensors between kiln's launches. The CUDA runner and the CPU
+    emulation of CUDA programs (tests) both use it.
+
+    `run(i, tensors)`: calls extern i's fallback on its operands (a strided view of a buffer
+    where the program says so), binds its results into `tensors` (by buffer id) and returns
+    them; None when the op raised or returned another shape or dtype than at capture (a
+    data-dependent result), with the reason in `failure`."""
+
+    def __init__(self, externs, buffers, fallbacks):
+        self.externs = externs
+        self.buffers = buffers
+        self.fallbacks = fallbacks
+        self.failure = ""
+        self.data_dependent = False
+        #: buffers that an extern's results become (not allocated up front)
+        self.results = {b for e in externs for b in e["outputs"]}
+
+    def run(self, i, tensors):
+        e = self.externs[i]
+        fb = self.fallbacks[e["table_index"]]
+        args = []
+        for b, view in zip(e["inputs"], e["views"]):
+            t = tensors[b]
+            if view is None:  # the buffer as the program lays it out (a temporary is flat storage)
+                want = self.buffers[b]
+                view = None if tuple(t.shape) == want.sizes and t.stride() == want.strides else \
+                    (want.sizes, want.strides, 0)
+            args.append(t if view is None else t.as_strided(view[0], view[1], t.storage_offset() + view[2]))
+        try:
+            got = fb(*args)
+        except Exception as err:  # eager redoes the call and raises it there
+            self.failure = f"fallback op {fb} raised ({str(err)[:200]}): eager redoes the call"
+            return None
+        got = list(got) if isinstance(got, (tuple, list)) else [got]
+        if len(got) < len(e["outputs"]):
+            self.failure = f"fallback op {fb} returned {len(got)} results, {len(e['outputs'])} at capture"
+            return None
+        out = []
+        for b, t in zip(e["outputs"], got):
+            want = self.buffers[b]
+            if t.dtype != want.dtype or tuple(t.shape) != want.sizes:
+                self.failure = (f"fallback op {fb} returned another shape or dtype than its {want.dtype} "
+                                f"{list(want.sizes)} at capture (a data-dependent result): the call runs eagerly")
+                self.data_dependent = True
+                return None
+            if t.stride() != want.strides:
+                fixed = torch.empty_strided(want.sizes, want.strides, dtype=want.dtype, device=t.device)
+                fixed.copy_(t)
+                t = fixed
+            tensors[b] = t
+            out.append(t)
+        return out
+
+
 class CudaRunner:
     """A compiled program bound to one CUDA device: `runner(full_leaves)` allocates outputs and
-    temporaries with PyTorch's allocator, launches every kernel on the current stream and returns
-    the outputs (False when a kernel flagged an integer division by zero).
+    temporaries with PyTorch's allocator, launches every kernel on the current stream (and the
+    eager ops kiln does not compile, on the same stream, between them) and returns the outputs
+    (False when a kernel flagged an integer division by zero or an eager op failed).
 
     It also answers what kiln.kernels and the debug paths ask a CPU Program: kernels(),
     kernel_asm(symbol), loop_ir, fusion_log, timings, dump_error, compile_ms, calls."""
 
     target = "cuda"
 
-    def __init__(self, builder, device, debug_dir=""):
+    def __init__(self, builder, device, debug_dir="", fallbacks=()):
         self.device = torch.device("cuda", device)
         self._index = device
         self._prog = _C.CudaProgram(builder, device, 0, debug_dir)
         self._prog.load(device)  # a module that does not load fails here, at capture time
         self._bufs = [_Buffer(b) for b in self._prog.buffers()]
         self._outputs = self._prog.outputs()
+        externs = self._prog.externs()
+        self._externs = ExternSteps(externs, self._bufs, list(fallbacks)) if externs else None
         self._may_fail = self._prog.may_fail
         self.poison_outputs = False  # tests: fill outputs with garbage first, so unwritten elements show
         self.graph = builder.print()
@@ -197,7 +256,11 @@ class CudaRunner:
         dev = self.device
         ptrs = []
         keep = {}
+        ext = self._externs
         for i, b in enumerate(self._bufs):
+            if ext is not None and i in ext.results:
+                ptrs.append(0)  # the extern's result tensor becomes this buffer when it runs
+                continue
             if b.kind == "input":
                 t = leaves[b.index]
                 if t.device != dev:
@@ -217,9 +280,27 @@ class CudaRunner:
             status = st.data_ptr()
         ptrs.append(status)
         stream = torch.cuda.current_stream(dev).cuda_stream
-        if not self._prog.run(ptrs, stream, self._index):
+        if ext is None:
+            ok = self._prog.run(ptrs, stream, self._index)
+        else:
+            ext.failure, ext.data_dependent = "", False
+
+            def on_extern(j):
+                got = ext.run(j, keep)
+                return False if got is None else [t.data_ptr() for t in got]
+
+            ok = self._prog.run(ptrs, stream, self._index, on_extern)
+        if not ok:
             return False
         return [keep[idx] if kind == "buffer" else leaves[idx] for kind, idx in self._outputs]
+
+    def last_failure(self):
+        """Why the last call returned False, when an eager op inside it failed (else "")."""
+        return self._externs.failure if self._externs is not None else ""
+
+    def failed_on_data_dependent_shape(self):
+        """Whether the last call returned False because an eager op's result had another shape."""
+        return self._externs is not None and self._externs.data_dependent
 
     # -- what kiln.kernels / _compile.py read from a Program ----------------------------------
     def kernels(self):
@@ -266,20 +347,23 @@ def _poison(t):
         t.fill_(torch.iinfo(t.dtype).max // 2 + 11)
 
 
-def compile_cuda_entry(source, device=None, debug_dir=""):
+def compile_cuda_entry(source, device=None, debug_dir="", fallbacks=None):
     """Compiles a captured graph for one CUDA device (emit, NVRTC for that device's
     architecture, module load) and returns a CudaRunner: runner(full_leaves) -> list of outputs,
     or False when a kernel met an integer division by zero (rerun eagerly).
 
     source: a finished single-segment Tracer (the device is its tensors' one CUDA device), or a
-    _C.GraphBuilder whose outputs are set (then pass `device`, a CUDA ordinal or torch.device).
+    _C.GraphBuilder whose outputs are set (then pass `device`, a CUDA ordinal or torch.device,
+    and `fallbacks`, the callables of its fallback nodes by table index).
     Raises kiln.Unsupported when the program cannot run on CUDA (NVRTC or the driver missing,
-    tensors on several devices, eager fallback steps), so the caller falls back with the reason."""
+    tensors on several devices), so the caller falls back with the reason."""
     _require_backend()
     if isinstance(source, _C.GraphBuilder):
         builder = source
     else:
         builder = source.builder
+        if fallbacks is None:
+            fallbacks = source.fallbacks
         devices = {t.device for t in source.leaves if isinstance(t, torch.Tensor)}
         if len(devices) != 1 or next(iter(devices)).type != "cuda":
             raise _C.Unsupported("kiln: a CUDA program needs every tensor on one CUDA device, got "
@@ -293,7 +377,7 @@ def compile_cuda_entry(source, device=None, debug_dir=""):
     if not _C.cuda_available():
         raise _C.Unsupported("kiln: CUDA is unavailable: " + _C.cuda_unavailable_reason())
     _prefer_torch_cublas()
-    return CudaRunner(builder, int(device), debug_dir)
+    return CudaRunner(builder, int(device), debug_dir, fallbacks or ())
 
 
 def _prefer_torch_cublas():
@@ -322,6 +406,12 @@ class CudaEntry:
         if not self.guards.check(full, grad):
             return None
         return self.program(full)
+
+    def last_failure(self):
+        return self.program.last_failure()
+
+    def failed_on_data_dependent_shape(self):
+        return self.program.failed_on_data_dependent_shape()
 
 
 def is_cuda_trace(tracer):

@@ -471,7 +471,7 @@ def _scatter_call(tr, op, x, index, src, dim, reduce=None):
     argument's update in place (a StaticCache, `out.scatter_add_`). CUDA programs keep it eager
     (folding scatters there need atomics)."""
     combine = _SCATTER_COMBINE.get(reduce)
-    if combine is None or x.device.type != "cpu" or x.dim() == 0 or index.dtype != torch.int64:
+    if combine is None or not tr.cpu_lowering(x) or x.dim() == 0 or index.dtype != torch.int64:
         raise NoLowering()
     if combine and x.dtype == torch.bool:
         raise NoLowering()  # bool add/multiply are or/and: not the combines lowered
@@ -517,7 +517,7 @@ def _scatter_reduce(tr, a, out):
 def _scan(tr, a, out):
     """cumsum/cumprod (Note [Scans] in lower_to_loops.cpp): a CPU kernel; CUDA keeps it eager."""
     x = a["self"]
-    if x.device.type != "cpu" or x.dim() == 0:
+    if not tr.cpu_lowering(x) or x.dim() == 0:
         raise NoLowering()
     combine = _SCATTER_COMBINE["sum" if tr.current_op == "cumsum" else "prod"]
     return tr.call("scan", [x], ints=[a["dim"] % x.dim(), combine], dtype=tr.dtype_name(out.dtype))

@@ -93,7 +93,7 @@ class Tree:
         node.builder.set_output_leaves([_C.FRESH_OUTPUT if v in node.fresh else -1 for v in node.needed])
         if self.device is not None and self.device.type == "cuda":
             from . import _cuda
-            node.program = _cuda.compile_cuda_entry(node.builder, self.device, debug_dir)
+            node.program = _cuda.compile_cuda_entry(node.builder, self.device, debug_dir, node.fallbacks)
         else:
             node.program = _C.compile_graph(node.builder, debug_dir)
         if node is self.root:

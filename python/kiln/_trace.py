@@ -277,8 +277,11 @@ def _python_literal(data, budget=None):
 class Tracer(TorchDispatchMode):
     """Records ATen ops into a GraphBuilder while they run for real."""
 
-    def __init__(self, leaves, captured_candidates):
+    def __init__(self, leaves, captured_candidates, target=None):
         super().__init__()
+        #: "cuda" when CPU example tensors are traced for the CUDA code generator
+        #: (kiln.codegen(target="cuda")): handlers then record what a CUDA capture would.
+        self.target = target
         self.default_float = DTYPE_NAMES[torch.get_default_dtype()]
         self.segments = [_Segment(self.default_float)]
         self.pending_cut = False  # a value was read: the next op starts a new segment
@@ -412,6 +415,11 @@ class Tracer(TorchDispatchMode):
     def call_value(self, op, value_ids, ints=(), floats=(), dtype=""):
         """Like call, on value ids already recorded."""
         return self.builder.call(op, [(0, v) for v in value_ids], list(ints), list(floats), dtype, 0)
+
+    def cpu_lowering(self, x):
+        """Whether tensor x gets the lowerings only the CPU backend has (scatters, scans): a
+        CPU tensor not traced for the CUDA code generator."""
+        return x.device.type == "cpu" and self.target != "cuda"
 
     def fail(self, err):
         if self.failure is None:
@@ -768,9 +776,10 @@ class Tracer(TorchDispatchMode):
         return specs
 
 
-def trace(fn, args, kwargs, leaves, candidates):
-    """Runs fn(*args, **kwargs) under the tracer. Returns (result, tracer)."""
-    tracer = Tracer(leaves, candidates)
+def trace(fn, args, kwargs, leaves, candidates, target=None):
+    """Runs fn(*args, **kwargs) under the tracer (for `target` "cuda": as a CUDA capture would
+    record it, whatever device the tensors are on). Returns (result, tracer)."""
+    tracer = Tracer(leaves, candidates, target)
     with _EscapeWatch(tracer), tracer:
         result = fn(*args, **kwargs)
     if tracer.pending_cut:

@@ -6,6 +6,8 @@ built-ins they use: every CUDA thread of a block is a std::thread, `__syncthread
 shuffles are barriers, `__shared__` is a static (blocks run one after another), and the grid is
 cut to a few blocks (the kernels are grid-stride, so any grid must give the same result). Device
 pointers are plain host pointers of CPU tensors. Half conversions (inline PTX) are not emulated.
+Extern steps (ops kiln leaves to eager PyTorch) run through the CUDA runner's own ExternSteps,
+on the CPU tensors.
 
     prog = emulate(fn, *cpu_args)   # -> outputs computed by the emulated kernels
 """
@@ -166,10 +168,13 @@ def emulate(fn, *args, max_grid=3):
     kernels = prog.kernels()
     lib, fns = _compile([k["source"] for k in kernels], [k["name"] for k in kernels])
     bufs = prog.buffers()
+    externs = _cuda.ExternSteps(prog.externs(), [_cuda._Buffer(b) for b in bufs], tracer.fallbacks)
     tensors = []
-    for b in bufs:
+    for i, b in enumerate(bufs):
         dt = NAME_DTYPES[b["dtype"]]
-        if b["kind"] == "input":
+        if i in externs.results:
+            tensors.append(None)  # bound when the extern runs, as the CUDA runner does
+        elif b["kind"] == "input":
             tensors.append(tracer.leaves[b["index"]])
         elif b["kind"] == "output":
             t = torch.empty_strided(b["sizes"], b["strides"], dtype=dt)
@@ -190,6 +195,9 @@ def emulate(fn, *args, max_grid=3):
             flat = lambda t: t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])  # noqa: E731
             prod = torch.matmul(flat(a), flat(b))
             out.view(-1)[:prod.numel()].copy_(prod.reshape(-1)) if out.dim() == 1 else out.copy_(prod.reshape(out.shape))
+            continue
+        if kind == "extern":  # eager PyTorch's part (on CPU tensors here), shared with the runner
+            assert externs.run(what, tensors) is not None, externs.failure
             continue
         assert kind == "kernel", kind
         k, f = kernels[what], fns[what]

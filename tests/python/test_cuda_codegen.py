@@ -117,6 +117,15 @@ CASES = {
                             F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=True)), [R(2, 3, 6, 4)]),
     "index_copy": (lambda b, i, k: (b * 2).index_copy(1, i, k + 1) * 3,
                    [R(4, 6, 3), lambda: torch.tensor([5, 1, 3]), R(4, 3, 3)]),
+    # -- ops kiln leaves to eager PyTorch (extern steps between the kernels, on the same stream)
+    "conv_bn_relu": (lambda x, w, m, v, g, b, w2: torch.sigmoid(F.conv2d(torch.relu(
+                         F.batch_norm(F.conv2d(x, w, padding=1), m, v, g, b, False, 0.1, EPS)) + 1, w2)) * 2,
+                     [R(2, 3, 9, 9), R(4, 3, 3, 3), R(4), R(4, low=0.5, high=2), R(4), R(4), R(5, 4, 1, 1)]),
+    "topk_cummax": (lambda x: (lambda v, i: (v + 1, i * 2, (x * 2).cummax(1).values - 1))(*(x * 3).topk(3, dim=1)),
+                    [R(7, 33)]),
+    "eager_result_returned": (lambda x: (lambda s: (s, s * 2, x.sum(-1)))(torch.sort(x + 1, -1).values), [R(5, 17)]),
+    "cumsum_scatter_add": (lambda x, i, s: ((x * 2).cumsum(1) + 1, (x + 1).scatter_add(0, i, s) * 2),
+                           [R(5, 4), lambda: torch.randint(0, 5, (3, 4)), R(3, 4)]),
     # -- matrix products (cuBLAS steps) with their epilogue kernels
     "linear_gelu": (lambda x, w, b: F.gelu(F.linear(x, w, b)), [R(33, 48), R(40, 48), R(40)]),
     "attention": (lambda q, k, v: F.softmax(q @ k.transpose(-2, -1) * 0.25, -1) @ v,
@@ -237,12 +246,13 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "whole_tensor_sum", "reduce_middle_dim", "long_rows", "extent_one_reduce", "softmax", "softmax_dim0",
              "log_softmax", "layer_norm", "rms_norm", "group_norm", "batch_norm_eval", "bias_relu_residual",
              "scalars_consts", "small_ints", "empty_reduce", "linear_gelu", "attention", "matmul_broadcast_batch",
-             "matmul_f64_addmm", "matmul_empty_k", "attention_fused_qkv"]
+             "matmul_f64_addmm", "matmul_empty_k", "attention_fused_qkv", "index_copy", "pooling", "conv_bn_relu",
+             "topk_cummax", "eager_result_returned", "cumsum_scatter_add"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
          "layer_norm": 1e-4, "rms_norm": 1e-4, "linear_gelu": 1e-4, "attention": 1e-4, "matmul_broadcast_batch": 1e-4,
-         "attention_fused_qkv": 1e-4}
+         "attention_fused_qkv": 1e-4, "conv_bn_relu": 1e-4}
 
 
 @pytest.mark.gpu
@@ -398,3 +408,75 @@ def test_emulated_integer_division_by_zero_sets_status():
     assert int(status.item()) == 1
     keep = [0, 1, 2, 4, 5, 6, 7]
     assert torch.equal(outs[0][keep], (a // nz)[keep]) and torch.equal(outs[1][keep], (a % nz)[keep])
+
+
+# ---- extern steps: the ops kiln leaves to eager PyTorch inside a CUDA program ------------------
+
+
+@needs_nvrtc
+def test_extern_steps_bind_results_and_report_failures():
+    """ExternSteps (the CUDA runner's, shared with the emulation) passes a temporary's flat
+    storage as the shaped operand, copies a result into the recorded layout, and turns a raising
+    op or a result of another shape into a failure with its reason."""
+    x = torch.randn(5, 17)
+    tracer = _cuda.trace_graph(lambda x: torch.sort(x + 1, -1).values * 2, (x,))
+    prog = _C.CudaProgram(tracer.builder, 0, 90)
+    (e,) = prog.externs()
+    assert e["table_index"] == 0 and len(e["outputs"]) == 1
+    bufs = [_cuda._Buffer(b) for b in prog.buffers()]
+    (src,), out = e["inputs"], e["outputs"][0]
+
+    def run(fallback):
+        steps = _cuda.ExternSteps(prog.externs(), bufs, [fallback])
+        tensors = [None] * len(bufs)
+        tensors[src] = (x + 1).reshape(-1).clone()  # a temporary: flat storage
+        return steps, steps.run(0, tensors), tensors
+
+    steps, got, tensors = run(tracer.fallbacks[0])
+    want = torch.sort(x + 1, -1).values
+    assert got is not None and torch.equal(tensors[out], want) and got[0] is tensors[out]
+
+    def transposed(t):
+        v = torch.sort(t, -1).values
+        return v.t().contiguous().t()  # same values, column-major
+    steps, got, tensors = run(transposed)
+    assert got is not None and torch.equal(tensors[out], want) and tensors[out].stride() == bufs[out].strides
+
+    steps, got, _ = run(lambda t: torch.sort(t, -1).values[:2])
+    assert got is None and steps.data_dependent and "data-dependent" in steps.failure
+
+    def raising(t):
+        raise RuntimeError("boom")
+    steps, got, _ = run(raising)
+    assert got is None and not steps.data_dependent and "raised (boom)" in steps.failure
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_eager_ops_run_inside_compiled_programs():
+    """A convolution block (eager cuDNN convolutions, kiln kernels between them), topk and a
+    cumsum compile for the GPU instead of making the whole function eager."""
+    conv = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 8, 1)).cuda().eval()
+    with torch.no_grad():
+        conv[1].running_mean.uniform_(-1, 1)
+        conv[1].running_var.uniform_(0.5, 2)
+
+    def block(x):
+        return torch.sigmoid(conv(x) + x) * 2
+
+    def routing(x):
+        v, i = (x * 3).topk(2, dim=-1)
+        return F.softmax(v, -1), i, (x * 2).cumsum(-1) + 1
+
+    for fn, x in [(block, torch.randn(4, 8, 17, 17, device="cuda")), (routing, torch.randn(64, 33, device="cuda"))]:
+        kiln.reset()
+        f = kiln.compile(fn)
+        with torch.no_grad():
+            f(x)
+            got = f(x)
+            want = fn(x)
+        c = kiln.counters()
+        assert c["eager_calls"] == 0 and c["cache_hits"] >= 1 and c["fallback_ops"] >= 1, c
+        assert getattr(kiln.kernels(f)[0], "target", "cpu") == "cuda"
+        assert_same(got, want, rtol=1e-4, atol=1e-4, what=fn.__name__)
