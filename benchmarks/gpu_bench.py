@@ -126,6 +126,27 @@ def transformer_block():
     return "transformer_block[8x512x1024]", m, (x,), None
 
 
+def transformer_block_bf16():
+    """The same block in bfloat16: its products run as eager cuBLAS ops inside kiln's program
+    (kiln's own cuBLAS steps are float32/float64), the rest as kiln kernels."""
+    name, m, (x,), nb = transformer_block()
+    return "transformer_block bf16 [8x512x1024]", m.to(torch.bfloat16), (x.to(torch.bfloat16),), nb
+
+
+def half_cases(scale):
+    """bfloat16 row kernels and pointwise work (kiln rounds each op as eager does; softmax and
+    layer norm compute in float32 inside), with their bytes for the floor."""
+    import torch.nn.functional as F
+    rows = 65536 // scale
+    x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
+    w, b = torch.randn(1024, device="cuda", dtype=torch.bfloat16), torch.randn(1024, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn((64 << 20) // scale, device="cuda", dtype=torch.bfloat16)
+    nb = x.numel() * 2
+    return [(f"softmax_F bf16 [{rows}x1024]", lambda x: F.softmax(x, -1), (x,), 2 * nb),
+            (f"layernorm_F bf16 [{rows}x1024]", lambda x, w, b: F.layer_norm(x, (1024,), w, b), (x, w, b), 2 * nb),
+            (f"gelu_tanh bf16 [{y.numel() >> 20}M]", lambda y: F.gelu(y, approximate="tanh"), (y,), 2 * y.numel() * 2)]
+
+
 def conv_block():
     """A ResNet basic block in inference: cuDNN convolutions run as eager ops inside kiln's
     program, batch norms folded or fused with the ReLUs and the residual add around them."""
@@ -166,7 +187,11 @@ def main():
     rows = []
     gen = torch.Generator().manual_seed(0)
     cases = [(w.name, w.fn, tuple(t.cuda() for t in w.make_inputs(gen)), w.bytes_moved) for w in ws]
-    for block in (transformer_block, conv_block):
+    try:
+        cases += half_cases(scale)
+    except Exception as e:  # noqa: BLE001
+        print(f"bfloat16 cases skipped: {e}")
+    for block in (transformer_block, transformer_block_bf16, conv_block):
         try:
             cases.append(block())
         except Exception as e:  # noqa: BLE001

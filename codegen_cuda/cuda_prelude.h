@@ -18,6 +18,19 @@ inline const char* cuda_prelude() {
 
 // float16 / bfloat16 live in memory as their 16 bits and in registers as float (the arithmetic
 // runs in float32, as PyTorch's own kernels do; a cast to them rounds).
+#ifdef KILN_HOST_EMULATION  // tests/python/cuda_emulation.py runs kernels on the CPU: the host's _Float16
+__device__ __forceinline__ float kiln_f16_to_f32(unsigned short h) {
+  _Float16 v;
+  __builtin_memcpy(&v, &h, 2);
+  return (float)v;
+}
+__device__ __forceinline__ unsigned short kiln_f32_to_f16(float f) {
+  _Float16 v = (_Float16)f;  // round to nearest even, as cvt.rn
+  unsigned short h;
+  __builtin_memcpy(&h, &v, 2);
+  return h;
+}
+#else
 __device__ __forceinline__ float kiln_f16_to_f32(unsigned short h) {
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -28,6 +41,7 @@ __device__ __forceinline__ unsigned short kiln_f32_to_f16(float f) {
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
   return h;
 }
+#endif
 __device__ __forceinline__ float kiln_bf16_to_f32(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
 __device__ __forceinline__ unsigned short kiln_f32_to_bf16(float f) {
   unsigned int u = __float_as_uint(f);

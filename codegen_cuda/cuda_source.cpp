@@ -29,7 +29,8 @@
 /// eager CUDA shares: NVRTC contracts a*b+c into FMAs, libdevice's exp/tanh/erf differ from the
 /// CPU polynomials in the last ulps, and an out-of-range float -> int conversion saturates. int32
 /// and int64 arithmetic is plain C (it wraps on the GPU); narrower types are cast back after each
-/// operation. float16/bfloat16 compute in float32 and round when cast or stored.
+/// operation. float16/bfloat16 compute in float32 and round after each op (eager's half tensor
+/// between ops), when cast and when stored.
 ///
 /// Every value is computed once where its variables are bound: an expression that does not
 /// depend on the inner loop's variables is emitted before that loop (per row: a norm's
@@ -462,8 +463,13 @@ class KernelEmitter {
       case ExprOp::Select: return fmt::format("({} ? {} : {})", emit(e->a), emit(e->b), emit(e->c));
       default: break;
     }
-    if (expr_op_arity(e->op) == 1) return unary_text(e);
-    return binary_text(e);
+    std::string text = expr_op_arity(e->op) == 1 ? unary_text(e) : binary_text(e);
+    // Eager stores every float16/bfloat16 op's result as a half tensor: round each one, so a
+    // fused chain gives eager's values, not float32's (composites that torch computes in
+    // float32 are decomposed in float32: Note [Half composites]).
+    if (e->dtype == DType::Float16) return fmt::format("kiln_round_f16({})", text);
+    if (e->dtype == DType::BFloat16) return fmt::format("kiln_round_bf16({})", text);
+    return text;
   }
 
   std::string unary_text(Expr e) {

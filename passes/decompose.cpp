@@ -248,8 +248,18 @@ Graph run_decompose(const Graph& g, const PassOptions&) {
     std::vector<int> in;
     for (int x : n.inputs) in.push_back(remap[x]);
     if (op_category(n.op) == OpCategory::Composite || op_category(n.op) == OpCategory::CompositeReduce) {
-      Decomposer d(e, n.dtype);
+      // Note [Half composites]: torch computes a float16/bfloat16 softmax, norm or activation
+      // in float32 and rounds its result once. Decomposed in the half type, each inner
+      // reduction (a softmax's sum, a layer norm's mean) would round to 8 or 11 bits before the
+      // rest reads it; so the decomposition runs on float32 copies of the half operands and
+      // casts its result back (the casts in are exact, and free in registers).
+      bool half = n.dtype == DType::Float16 || n.dtype == DType::BFloat16;
+      if (half)
+        for (int& x : in)
+          if (out.nodes[x].dtype == n.dtype) x = e.cast(x, DType::Float32);
+      Decomposer d(e, half ? DType::Float32 : n.dtype);
       remap[i] = d.run(n, in);
+      if (half) remap[i] = e.cast(remap[i], n.dtype);
       // Keep the layout eager chose for this value.
       if (!n.strides.empty() && out.nodes[remap[i]].op != OpKind::Input) out.nodes[remap[i]].strides = n.strides;
     } else {

@@ -5,7 +5,8 @@ The kernel sources are compiled by the host C++ compiler against a small shim of
 built-ins they use: every CUDA thread of a block is a std::thread, `__syncthreads` and the warp
 shuffles are barriers, `__shared__` is a static (blocks run one after another), and the grid is
 cut to a few blocks (the kernels are grid-stride, so any grid must give the same result). Device
-pointers are plain host pointers of CPU tensors. Half conversions (inline PTX) are not emulated.
+pointers are plain host pointers of CPU tensors. Half conversions (inline PTX on the GPU) use the
+host compiler's _Float16 (the prelude's KILN_HOST_EMULATION branch).
 Extern steps (ops kiln leaves to eager PyTorch) run through the CUDA runner's own ExternSteps,
 on the CPU tensors.
 
@@ -36,6 +37,7 @@ SHIM = r"""
 #include <utility>
 #include <vector>
 #define __CUDACC_RTC__ 1
+#define KILN_HOST_EMULATION 1  // the prelude's half conversions use the host's _Float16
 #define __global__
 #define __device__
 #define __forceinline__ inline

@@ -126,6 +126,17 @@ CASES = {
     "eager_result_returned": (lambda x: (lambda s: (s, s * 2, x.sum(-1)))(torch.sort(x + 1, -1).values), [R(5, 17)]),
     "cumsum_scatter_add": (lambda x, i, s: ((x * 2).cumsum(1) + 1, (x + 1).scatter_add(0, i, s) * 2),
                            [R(5, 4), lambda: torch.randint(0, 5, (3, 4)), R(3, 4)]),
+    # -- float16 / bfloat16: each op rounded as eager's half tensors are; softmax, norms and
+    #    activations computed in float32 and rounded once (Note [Half composites])
+    "half_chain_f16": (lambda x, y: ((torch.tanh(x * 2 + y) * x).exp() - 1, x.float() * 3, (x * 4).to(torch.int32)),
+                       [R(33, 65, dtype=torch.float16), R(65, dtype=torch.float16)]),
+    "half_rows_f16": (lambda x, w, b: (F.softmax(x, -1), F.layer_norm(x + 3, (96,), w, b), F.gelu(x) * F.silu(x),
+                                       x.sum(-1), x.amax(0), x.mean(-1)),
+                      [R(17, 96, dtype=torch.float16), R(96, dtype=torch.float16), R(96, dtype=torch.float16)]),
+    "half_rows_bf16": (lambda x, w: (F.log_softmax(x * 2, -1), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * w,
+                                     x.var(-1), x.sum(0), F.group_norm(x.view(3, 4, 32), 2)),
+                       [R(12, 32, dtype=torch.bfloat16), R(32, dtype=torch.bfloat16)]),
+    "half_topk_bf16": (lambda x: (lambda v, i: (v * 2, i))(*(x + 1).topk(4, dim=-1)), [R(9, 40, dtype=torch.bfloat16)]),
     # -- matrix products (cuBLAS steps) with their epilogue kernels
     "linear_gelu": (lambda x, w, b: F.gelu(F.linear(x, w, b)), [R(33, 48), R(40, 48), R(40)]),
     "attention": (lambda q, k, v: F.softmax(q @ k.transpose(-2, -1) * 0.25, -1) @ v,
@@ -247,12 +258,16 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "log_softmax", "layer_norm", "rms_norm", "group_norm", "batch_norm_eval", "bias_relu_residual",
              "scalars_consts", "small_ints", "empty_reduce", "linear_gelu", "attention", "matmul_broadcast_batch",
              "matmul_f64_addmm", "matmul_empty_k", "attention_fused_qkv", "index_copy", "pooling", "conv_bn_relu",
-             "topk_cummax", "eager_result_returned", "cumsum_scatter_add"]
+             "topk_cummax", "eager_result_returned", "cumsum_scatter_add", "half_chain_f16", "half_rows_f16",
+             "half_rows_bf16", "half_topk_bf16"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
          "layer_norm": 1e-4, "rms_norm": 1e-4, "linear_gelu": 1e-4, "attention": 1e-4, "matmul_broadcast_batch": 1e-4,
-         "attention_fused_qkv": 1e-4, "conv_bn_relu": 1e-4}
+         "attention_fused_qkv": 1e-4, "conv_bn_relu": 1e-4,
+         # one half ulp: exp/tanh/erf differ from eager's in their last float32 bits now and then,
+         # and a float32 difference can round to the neighbouring half
+         "half_chain_f16": 2e-3, "half_rows_f16": 2e-3, "half_rows_bf16": 1.6e-2, "half_topk_bf16": 1.6e-2}
 
 
 @pytest.mark.gpu
