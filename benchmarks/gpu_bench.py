@@ -147,6 +147,18 @@ def half_cases(scale):
             (f"gelu_tanh bf16 [{y.numel() >> 20}M]", lambda y: F.gelu(y, approximate="tanh"), (y,), 2 * y.numel() * 2)]
 
 
+def column_cases(scale):
+    """Reductions over the non-contiguous dim (Note [CUDA column kernels]), and the first one
+    again with column kernels off (KILN_CUDA_COLUMN_KERNELS=0: the row form), for the ratio."""
+    rows = 65536 // scale
+    x = torch.randn(rows, 1024, device="cuda")
+    act = torch.randn(64 // scale, 256, 28, 28, device="cuda").contiguous(memory_format=torch.channels_last)
+    nb = x.numel() * 4
+    return [(f"sum_dim0 [{rows}x1024]", lambda x: x.sum(0), (x,), nb),
+            (f"sum_dim0 row form [{rows}x1024]", lambda x: x.sum(0), (x,), nb, {"cuda_column_kernels": 0}),
+            (f"mean_hw NHWC [{act.shape[0]}x256x28x28]", lambda a: a.mean((2, 3)), (act,), act.numel() * 4)]
+
+
 def conv_block():
     """A ResNet basic block in inference: cuDNN convolutions run as eager ops inside kiln's
     program, batch norms folded or fused with the ReLUs and the residual add around them."""
@@ -187,17 +199,19 @@ def main():
     rows = []
     gen = torch.Generator().manual_seed(0)
     cases = [(w.name, w.fn, tuple(t.cuda() for t in w.make_inputs(gen)), w.bytes_moved) for w in ws]
-    try:
-        cases += half_cases(scale)
-    except Exception as e:  # noqa: BLE001
-        print(f"bfloat16 cases skipped: {e}")
+    for more in (half_cases, column_cases):
+        try:
+            cases += more(scale)
+        except Exception as e:  # noqa: BLE001
+            print(f"{more.__name__} skipped: {e}")
     for block in (transformer_block, transformer_block_bf16, conv_block):
         try:
             cases.append(block())
         except Exception as e:  # noqa: BLE001
             print(f"{block.__name__} skipped: {e}")
     with torch.no_grad():
-        for name, fn, args, nbytes in cases:
+        for name, fn, args, nbytes, *knobs in cases:
+            knobs = knobs[0] if knobs else {}
             r = {"name": name, "bytes": nbytes}
             try:
                 want = fn(*args)
@@ -214,7 +228,14 @@ def main():
                         r["inductor_error"] = f"{type(e).__name__}: {e}"[:200]
                 t0 = time.perf_counter()
                 try:
-                    kf, how, nk = kiln_callable(fn, args)
+                    saved = {k: kiln.config.get(k) for k in knobs}
+                    for k, v in knobs.items():
+                        kiln.config.set(k, v)
+                    try:
+                        kf, how, nk = kiln_callable(fn, args)
+                    finally:
+                        for k, v in saved.items():
+                            kiln.config.set(k, v)
                     torch.cuda.synchronize()
                     r["kiln_compile_s"] = time.perf_counter() - t0
                     r["kiln_path"], r["kiln_kernels"] = how, nk

@@ -188,6 +188,23 @@ __device__ __forceinline__ T kiln_block_reduce(T v, Op op, T identity, T* smem) 
   return smem[32];
 }
 
+// Column kernels: thread t folds column t % W of the block's tile (W divides 32), so column c's
+// partials are in threads c, c + W, c + 2W, ... Folds them (shuffles within each warp, then the
+// warps' values in order from `smem`, which holds blockDim.x / 32 * W) and gives every thread
+// its column's result.
+template <int W, class T, class Op>
+__device__ __forceinline__ T kiln_column_reduce(T v, Op op, T* smem) {
+#pragma unroll
+  for (int o = 16; o >= W; o >>= 1) v = op(v, kiln_shfl_down(v, o));
+  const int col = threadIdx.x % W;
+  if ((threadIdx.x & 31) < W) smem[(threadIdx.x >> 5) * W + col] = v;
+  __syncthreads();
+  T r = smem[col];
+  for (int w = 1; w < (int)(blockDim.x >> 5); ++w) r = op(r, smem[w * W + col]);
+  __syncthreads();
+  return r;
+}
+
 // N consecutive elements in one access of up to 16 bytes (the caller checked kiln_aligned).
 template <int N, class T> __device__ __forceinline__ bool kiln_aligned(const T* p) {
   constexpr unsigned long long bytes = N * sizeof(T) >= 16 ? 16 : N * sizeof(T);

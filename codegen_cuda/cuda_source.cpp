@@ -17,6 +17,9 @@
 ///       computed by every thread and stored by thread 0. When a row fits in 8 elements per
 ///       thread, the inner loop is unrolled over those slots and loads that several phases read
 ///       (softmax's and layer norm's x) stay in registers: the row is read from memory once.
+/// column  A row kernel whose kept innermost dim is the contiguous one (x.sum(0)): a block takes
+///       a tile of adjacent outer iterations, one per thread column, so warps read whole
+///       sectors (Note [CUDA column kernels]).
 ///
 /// Block size of row kernels: 256 threads when a row has at most 2048 elements (8 per thread,
 /// 8 resident blocks per SM), shrunk to the row's size (at least one warp) for short rows so
@@ -56,8 +59,10 @@ using namespace kiln::ir;
 
 namespace {
 
-/// Elements per thread and step in vectorised flat kernels (16 bytes of float32).
+/// Elements per thread and step in vectorised flat kernels: 16 bytes of float32, or of a
+/// 2-byte type (kVecNarrow) when every vector access is one (a float16/bfloat16 kernel).
 constexpr int kVec = 4;
+constexpr int kVecNarrow = 8;
 /// Rows of at most this many elements per thread are unrolled and kept in registers.
 constexpr int64_t kMaxItems = 8;
 
@@ -279,12 +284,15 @@ class KernelEmitter {
     std::string kind;
     if (row_) {
       emit_row_kernel();
-      kind = fmt::format("row kernel: one block of {} threads per row{}", shape_.block,
-                         cached_.empty() ? "" : ", the row kept in registers between phases");
+      kind = shape_.columns ? fmt::format("column kernel: blocks of {} threads, {} adjacent columns each{}",
+                                          shape_.block, shape_.columns,
+                                          cached_.empty() ? "" : ", each thread's elements kept in registers")
+                            : fmt::format("row kernel: one block of {} threads per row{}", shape_.block,
+                                          cached_.empty() ? "" : ", the row kept in registers between phases");
     } else if (vector_candidate()) {
       emit_vector_flat_kernel();
       kind = fmt::format("flat kernel: {} threads per block, {} elements per thread with 16-byte accesses",
-                         shape_.block, kVec);
+                         shape_.block, vec_);
     } else {
       emit_flat_kernel();
       kind = fmt::format("flat kernel: {} threads per block, grid-stride", shape_.block);
@@ -689,6 +697,8 @@ class KernelEmitter {
     std::string array;  ///< register array holding the kVec elements
   };
 
+  /// Whether the flat kernel can take vec_ consecutive elements per thread and step (and sets
+  /// vec_: kVecNarrow when every vector access is to 2-byte elements, so each is 16 bytes).
   bool vector_candidate() {
     if (k_.loops.empty() || k_.phases.size() != 1 || !k_.phases[0].reductions.empty()) return false;
     if (!self_read_.empty()) return false;  // the vector loads would run before the stores
@@ -696,30 +706,37 @@ class KernelEmitter {
     if (v->ival % kVec != 0) return false;
     std::set<Expr> loads;
     int vec = 0;
+    int widest = 0;  // bytes of the widest element accessed as a vector
     for (const Store& st : k_.phases[0].stores) {
       if (unit_coefficient(st.index, v) != 1) return false;
       collect_loads(st.value, loads);
       ++vec;
+      widest = std::max(widest, dtype_bytes(p_.buffers[st.buffer].dtype));
     }
     for (Expr l : loads) {
       std::set<Expr> nested;
       collect_loads(l->a, nested);
       if (!nested.empty()) return false;  // an index read from memory
       int64_t c = unit_coefficient(l->a, v);
-      if (c == 1) ++vec;
-      else if (c != 0) return false;
+      if (c == 1) {
+        ++vec;
+        widest = std::max(widest, dtype_bytes(p_.buffers[l->ival].dtype));
+      } else if (c != 0) {
+        return false;
+      }
     }
+    vec_ = widest <= 2 && v->ival % kVecNarrow == 0 ? kVecNarrow : kVec;
     return vec > 0;
   }
 
   void emit_vector_flat_kernel() {
     shape_.block = 256;
-    shape_.items_per_thread = kVec;
+    shape_.items_per_thread = vec_;
     const Phase& ph = k_.phases[0];
     Expr v = k_.loops.back().var;
     std::string v0 = var_name(v) + "_0";
     line(fmt::format("const long long n = {}LL;", shape_.outer_extent));
-    open_scope("    ");  // level 1: one chunk of kVec elements
+    open_scope("    ");  // level 1: one chunk of vec_ elements
     // The innermost variable is bound to the chunk's first element: addresses are computed there.
     decode(k_.loops, "base", "rem", v, v0);
     std::set<Expr> loads;
@@ -731,9 +748,9 @@ class KernelEmitter {
     std::vector<std::string> vload_addr, vstore_addr;
     for (auto& a : vloads) vload_addr.push_back(fmt::format("buf{} + {}", a.buffer, emit(a.index)));
     for (auto& a : vstores) vstore_addr.push_back(fmt::format("buf{} + {}", a.buffer, emit(a.index)));
-    std::string aligned = "base + " + std::to_string(kVec) + " <= n";
-    for (const auto& a : vload_addr) aligned += fmt::format(" && kiln_aligned<{}>({})", kVec, a);
-    for (const auto& a : vstore_addr) aligned += fmt::format(" && kiln_aligned<{}>({})", kVec, a);
+    std::string aligned = "base + " + std::to_string(vec_) + " <= n";
+    for (const auto& a : vload_addr) aligned += fmt::format(" && kiln_aligned<{}>({})", vec_, a);
+    for (const auto& a : vstore_addr) aligned += fmt::format(" && kiln_aligned<{}>({})", vec_, a);
     line("const bool vec = " + aligned + ";");
     // From here on v is the element's own variable, bound inside the per-element loops.
     level_memo_.clear();
@@ -742,11 +759,11 @@ class KernelEmitter {
     std::string vec_text;
     for (size_t i = 0; i < vloads.size(); ++i) {
       DType t = p_.buffers[vloads[i].buffer].dtype;
-      vec_text += fmt::format("      alignas(16) {} {}[{}];\n", mem_type(t), vloads[i].array, kVec);
-      vec_text += fmt::format("      kiln_vload<{}>({}, {});\n", kVec, vloads[i].array, vload_addr[i]);
+      vec_text += fmt::format("      alignas(16) {} {}[{}];\n", mem_type(t), vloads[i].array, vec_);
+      vec_text += fmt::format("      kiln_vload<{}>({}, {});\n", vec_, vloads[i].array, vload_addr[i]);
     }
     for (const auto& a : vstores)
-      vec_text += fmt::format("      alignas(16) {} {}[{}];\n", mem_type(p_.buffers[a.buffer].dtype), a.array, kVec);
+      vec_text += fmt::format("      alignas(16) {} {}[{}];\n", mem_type(p_.buffers[a.buffer].dtype), a.array, vec_);
     open_scope("        ");
     bind_var(v, var_name(v), level());
     for (const auto& a : vloads) overrides_[a.load] = a.array + "[j]";
@@ -756,9 +773,9 @@ class KernelEmitter {
     store_overrides_.clear();
     std::string vec_body = with_element_var(close_scope(), v, v0, "        ");
     vec_text += "#pragma unroll\n";
-    vec_text += fmt::format("      for (int j = 0; j < {}; ++j) {{\n{}      }}\n", kVec, vec_body);
+    vec_text += fmt::format("      for (int j = 0; j < {}; ++j) {{\n{}      }}\n", vec_, vec_body);
     for (size_t i = 0; i < vstores.size(); ++i)
-      vec_text += fmt::format("      kiln_vstore<{}>({}, {});\n", kVec, vstore_addr[i], vstores[i].array);
+      vec_text += fmt::format("      kiln_vstore<{}>({}, {});\n", vec_, vstore_addr[i], vstores[i].array);
 
     // Scalar path: the tail, or addresses a view left unaligned.
     open_scope("        ");
@@ -767,12 +784,12 @@ class KernelEmitter {
     std::string scalar_body = with_element_var(close_scope(), v, v0, "        ");
 
     scopes_[1].text += "    if (vec) {\n" + vec_text + "    } else {\n";
-    scopes_[1].text += fmt::format("      for (int j = 0; j < {} && base + j < n; ++j) {{\n{}      }}\n", kVec, scalar_body);
+    scopes_[1].text += fmt::format("      for (int j = 0; j < {} && base + j < n; ++j) {{\n{}      }}\n", vec_, scalar_body);
     scopes_[1].text += "    }\n";
     std::string chunk = prune_unused(close_scope(), k_.loops);
     line(fmt::format("for (long long base = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * {0}; base < n;"
                      " base += (long long)gridDim.x * blockDim.x * {0}) {{",
-                     kVec));
+                     vec_));
     scopes_[0].text += chunk;
     line("}");
   }
@@ -861,30 +878,85 @@ class KernelEmitter {
       if (n > 1) cached_[l] = fmt::format("c{}", cached_.size());
   }
 
+  /// Note [CUDA column kernels]: a row kernel gives each outer iteration a block whose threads
+  /// stride over the reduced elements. When the kept innermost dim c is the contiguous one
+  /// (x.sum(0) of a row-major matrix, a mean over H and W of a channels-last activation), a
+  /// warp's 32 loads then hit 32 different 32-byte sectors, 4 bytes used of each. A column
+  /// kernel instead gives a block a tile of W adjacent outer iterations (W elements fill one
+  /// sector: 8 float32s, 16 halves): thread t takes column t % W and reduced elements
+  /// t / W, t / W + lanes, ..., so each warp reads 32 / W whole sectors per step. Columns past
+  /// the end run a valid column's work without storing (every thread reaches each barrier).
+  /// Returns W, or 0 to keep the row form: when some reduced operand is contiguous along the
+  /// reduced dim (a row reads it best), when nothing gains, or when a phase's stores are not
+  /// contiguous along c.
+  int column_width() const {
+    if (k_.loops.empty() || !self_read_.empty() || !knob_bool("cuda_column_kernels")) return 0;
+    Expr c = k_.loops.back().var;
+    int widest = 1;
+    bool gains = false;
+    for (const Phase& ph : k_.phases) {
+      if (ph.loops.empty()) continue;
+      Expr inner = ph.loops.back().var;
+      std::set<Expr> loads;
+      for (const Reduction& r : ph.reductions) collect_loads(r.value, loads);
+      for (const Store& st : ph.stores) {
+        collect_loads(st.value, loads);
+        if (unit_coefficient(st.index, c) != 1) return 0;
+      }
+      for (Expr l : loads) {
+        int64_t sc = unit_coefficient(l->a, c), si = unit_coefficient(l->a, inner);
+        if (sc == 1 && si == 1) return 0;
+        if (sc != 1) continue;
+        gains |= si > 1;
+        widest = std::max(widest, dtype_bytes(p_.buffers[l->ival].dtype));
+      }
+    }
+    int w = 32 / widest;
+    return gains && c->ival >= w ? w : 0;
+  }
+
   void emit_row_kernel() {
     int64_t inner = 0;
     for (const Phase& ph : k_.phases)
       if (!ph.loops.empty()) inner = std::max(inner, extent_product(ph.loops));
-    choose_row_block(inner);
+    const int width = column_width();  // 0: one block per row; W: a tile of W columns per block
+    if (width) {
+      int64_t tiles = (shape_.outer_extent + width - 1) / width;
+      shape_.block = tiles < 256 ? 1024 : 256;  // few tiles: each block must keep many loads in flight
+      shape_.columns = width;
+    } else {
+      choose_row_block(inner);
+    }
     const int block = shape_.block;
-    int64_t items = (inner + block - 1) / block;
+    const int lanes = width ? block / width : block;  // threads per row (per column)
+    const std::string first_elem = width ? "lane" : "threadIdx.x";
+    int64_t items = (inner + lanes - 1) / lanes;
     bool unrolled = items <= kMaxItems;
     if (unrolled) choose_cached_loads(items);
     // Shared memory for the cross-warp step of each reduction that loops.
     for (const Phase& ph : k_.phases)
       if (!ph.loops.empty())
-        for (const Reduction& r : ph.reductions) line(fmt::format("__shared__ {} smem{}[33];", acc_type(r), r.slot));
-    open_scope("    ");  // level 1: one row
+        for (const Reduction& r : ph.reductions)
+          line(fmt::format("__shared__ {} smem{}[{}];", acc_type(r), r.slot, width ? block / 32 * width : 33));
+    if (width) line(fmt::format("const int lane = threadIdx.x / {};  // this thread's share of its column", width));
+    open_scope("    ");  // level 1: one row (one column of the tile)
+    if (width) {
+      line(fmt::format("const long long col = tile + threadIdx.x % {};", width));
+      line(fmt::format("const bool active = col < {}LL;  // past the end: a valid column's work, not stored",
+                       shape_.outer_extent));
+      line(fmt::format("const long long row = active ? col : {}LL;", shape_.outer_extent - 1));
+    }
     decode(k_.loops, "row", "rem");
     for (const auto& [load, array] : cached_)
       line(fmt::format("{} {}[{}];  // this thread's elements of the row, read once", reg_type(load->dtype), array, items));
+    const std::string store_guard = width ? "if (active) " : "";
     bool first = true;
     for (const Phase& ph : k_.phases) {
       // A phase may read what an earlier one stored (another thread's element, or thread 0's).
       if (!first && !self_read_.empty()) line("__syncthreads();  // earlier phases' stores are read below");
       first = false;
       if (ph.loops.empty()) {
-        emit_single_phase(ph, "if (threadIdx.x == 0) ");
+        emit_single_phase(ph, width ? "if (active && lane == 0) " : "if (threadIdx.x == 0) ");
         continue;
       }
       int64_t n = extent_product(ph.loops);
@@ -892,18 +964,18 @@ class KernelEmitter {
       open_scope(unrolled ? "        " : "      ");  // level 2: one element of the row
       decode(ph.loops, "r", "rrem");
       for (const Reduction& r : ph.reductions) accumulate(r);
-      for (const Store& st : ph.stores) emit_store(st);
+      for (const Store& st : ph.stores) emit_store(st, store_guard);
       std::string body = prune_unused(close_scope(), ph.loops);
       if (unrolled) {
         line("#pragma unroll");
         line(fmt::format("for (int it = 0; it < {}; ++it) {{", items));
-        line(fmt::format("  const long long r = threadIdx.x + (long long)it * {};", block));
+        line(fmt::format("  const long long r = {} + (long long)it * {};", first_elem, lanes));
         line(fmt::format("  if (r < {}LL) {{", n));
         scopes_[1].text += body;
         line("  }");
         line("}");
       } else {
-        line(fmt::format("for (long long r = threadIdx.x; r < {}LL; r += {}) {{", n, block));
+        line(fmt::format("for (long long r = {}; r < {}LL; r += {}) {{", first_elem, n, lanes));
         scopes_[1].text += body;
         line("}");
       }
@@ -911,13 +983,21 @@ class KernelEmitter {
       for (const Reduction& r : ph.reductions) mark_cached(r.value);
       for (const Store& st : ph.stores) mark_cached(st.value);
       for (const Reduction& r : ph.reductions) {
-        line(fmt::format("{0} = kiln_block_reduce({0}, {1}, {2}, smem{3});", acc_name(r), reduce_functor(r.op),
-                         reduce_identity(r), r.slot));
+        if (width)
+          line(fmt::format("{0} = kiln_column_reduce<{1}>({0}, {2}, smem{3});", acc_name(r), width,
+                           reduce_functor(r.op), r.slot));
+        else
+          line(fmt::format("{0} = kiln_block_reduce({0}, {1}, {2}, smem{3});", acc_name(r), reduce_functor(r.op),
+                           reduce_identity(r), r.slot));
         finish(r);
       }
     }
     std::string row = prune_unused(close_scope(), k_.loops);
-    line(fmt::format("for (long long row = blockIdx.x; row < {}LL; row += gridDim.x) {{", shape_.outer_extent));
+    if (width)
+      line(fmt::format("for (long long tile = (long long)blockIdx.x * {0}; tile < {1}LL; tile += (long long)gridDim.x * {0}) {{",
+                       width, shape_.outer_extent));
+    else
+      line(fmt::format("for (long long row = blockIdx.x; row < {}LL; row += gridDim.x) {{", shape_.outer_extent));
     scopes_[0].text += row;
     line("}");
   }
@@ -935,6 +1015,7 @@ class KernelEmitter {
   std::string symbol_;
   LaunchShape& shape_;
   bool row_ = false;
+  int vec_ = kVec;  ///< elements per thread and step of a vectorised flat kernel
   bool uses_status_ = false;  ///< a division by a value that may be zero: the kernel may fail
   bool uses_kst_ = false;     ///< a checked integer division (kst is declared)
   std::vector<int> buffers_;

@@ -17,7 +17,9 @@
 ///  - row: a phase has inner loops (reductions, softmax, norms). One block per outer iteration
 ///    (grid-stride over the rows), the block's threads strided over each phase's inner domain,
 ///    reductions combined per thread, then across the block (warp shuffles + shared memory) and
-///    broadcast to every thread before the next phase.
+///    broadcast to every thread before the next phase. When the contiguous dim is a kept one
+///    (x.sum(0)), a column kernel: a block takes a tile of adjacent outer iterations, one per
+///    thread column, so each warp's loads cover whole 32-byte sectors.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +39,9 @@ struct LaunchShape {
   /// >= 4096 elements or fewer than 256 rows of >= 1024 (one block must keep many loads in flight).
   int block = 256;
   int items_per_thread = 1;     ///< flat kernels: elements one thread handles per grid step
+  /// Column kernels (row kernels whose kept innermost dim is the contiguous one): outer
+  /// iterations one block takes at a time, one per thread column; 0 for a row kernel.
+  int columns = 0;
   int64_t max_grid = 1 << 20;   ///< cap on blocks: the kernels are grid-stride, any grid is correct
   int64_t outer_extent = 0;     ///< product of the kernel's outer loop extents
   bool may_fail = false;        ///< the kernel can set the status word (integer division)
@@ -45,7 +50,7 @@ struct LaunchShape {
   /// Blocks to launch for `outer` outer iterations (0 when there is nothing to do).
   int64_t grid(int64_t outer) const {
     if (outer <= 0) return 0;
-    int64_t per_block = row ? 1 : static_cast<int64_t>(block) * items_per_thread;
+    int64_t per_block = row ? (columns > 0 ? columns : 1) : static_cast<int64_t>(block) * items_per_thread;
     int64_t g = (outer + per_block - 1) / per_block;
     return g < max_grid ? g : max_grid;
   }

@@ -76,6 +76,7 @@ py::dict kernel_dict(const runtime::CudaProgram& p, size_t i) {
   d["block"] = k.shape.block;
   d["grid"] = k.shape.grid();
   d["items_per_thread"] = k.shape.items_per_thread;
+  d["columns"] = k.shape.columns;  // column kernels: adjacent outer iterations per block (else 0)
   d["params"] = k.shape.buffers;  // program buffer ids of the pointer parameters, then status
   d["may_fail"] = k.shape.may_fail;
   d["compile_ms"] = k.compile_ms;

@@ -29,6 +29,8 @@ namespace kiln {
   X(cuda_row_block, "KILN_CUDA_ROW_BLOCK", "0", "threads per block of CUDA row kernels with rows "  \
                                               "under 4096 elements (32-1024, a power of two); 0: "      \
                                               "kiln's choice")                                          \
+  X(cuda_column_kernels, "KILN_CUDA_COLUMN_KERNELS", "1", "1: CUDA reductions whose contiguous dim is "   \
+                                                    "kept run as column kernels; 0: as row kernels")        \
   X(check, "KILN_CHECK", "0", "1: compare every compiled call with eager and report divergence") \
   X(profile, "KILN_PROFILE", "0", "1: time every kernel of programs compiled from now on "           \
                                   "(kiln.kernels(f)[i].time_ns)")                                   \

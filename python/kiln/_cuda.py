@@ -100,7 +100,8 @@ def _default_arch(device=None):
 
 class CudaKernel:
     """One generated CUDA kernel: .name, .target ('cuda'), .source (CUDA C++), .asm / .ptx (PTX),
-    .loop_ir, .block / .grid / .row (launch shape), .time_ns (0: not profiled)."""
+    .loop_ir, .block / .grid / .row / .columns (launch shape; columns > 0: a column kernel),
+    .time_ns (0: not profiled)."""
 
     def __init__(self, info):
         self.name = info["name"]
@@ -113,6 +114,7 @@ class CudaKernel:
         self.block = info["block"]
         self.grid = info["grid"]
         self.row = info["row"]
+        self.columns = info.get("columns", 0)
         self.may_fail = info["may_fail"]
         self.compile_ms = info["compile_ms"]
         self.time_ns = info.get("time_ns", 0)

@@ -391,10 +391,12 @@ def test_emulated_inf_nan_and_odd_sizes():
 @needs_emulation
 def test_emulated_vector_path_with_misaligned_views():
     from cuda_emulation import emulate
-    base = torch.randn(4099)
-    for x, y in [(base[:4096], base[1:4097]), (base[3:4099], base[:4096]), (base[:4096], base[:4096])]:
-        got, ok = emulate(lambda a, b: a * b + 2, x, y)
-        assert_same(got, [x * y + 2])
+    for dtype in (torch.float32, torch.bfloat16):  # 4 or 8 elements per 16-byte access
+        base = torch.randn(4099).to(dtype)
+        for x, y in [(base[:4096], base[1:4097]), (base[3:4099], base[:4096]), (base[:4096], base[:4096]),
+                     (base[8:4096], base[:4088])]:
+            got, ok = emulate(lambda a, b: a * b + 2, x, y)
+            assert_same(got, [x * y + 2], what=str(dtype))
 
 
 @needs_emulation
@@ -495,3 +497,55 @@ def test_gpu_eager_ops_run_inside_compiled_programs():
         assert c["eager_calls"] == 0 and c["cache_hits"] >= 1 and c["fallback_ops"] >= 1, c
         assert getattr(kiln.kernels(f)[0], "target", "cpu") == "cuda"
         assert_same(got, want, rtol=1e-4, atol=1e-4, what=fn.__name__)
+
+
+# ---- column kernels (Note [CUDA column kernels]) ---------------------------------------------
+
+COLUMN_CASES = {
+    # name: (fn, inputs); each has a reduction whose contiguous dim is kept
+    "sum0_tail": (lambda x: (x.sum(0), x.amax(0) * 2), [R(37, 61)]),           # 61 columns: a ragged last tile
+    "long_columns": (lambda x: x.mean(0) + 1, [R(2500, 24)]),                 # > 8 elements per lane: a loop
+    "softmax_dim0": (lambda x: F.softmax(x, 0), [R(50, 40)]),                 # three phases, stores per element
+    "var_argmax0": (lambda x: (x.var(0), x.argmax(0), x.argmin(0)), [R(33, 16)]),
+    "nhwc_mean": (lambda x: x.mean((2, 3)),
+                  [lambda: make_input((2, 24, 5, 7), torch.float32).contiguous(memory_format=torch.channels_last)]),
+    "middle_dim": (lambda x: x.sum(1) * 3, [R(3, 29, 40)]),
+    "half_sum0": (lambda x: (x.sum(0), x.float().mean(0)), [R(45, 48, dtype=torch.float16)]),
+    "f64_bool_int": (lambda x, m, i: (x.sum(0), m.all(0), i.amax(0), i.sum(0)),
+                     [R(19, 12, dtype=torch.float64), R(19, 40, dtype=torch.bool), R(19, 32, dtype=torch.int32)]),
+}
+
+
+@needs_emulation
+@pytest.mark.parametrize("name", sorted(COLUMN_CASES))
+def test_column_kernels_match_eager(name):
+    from cuda_emulation import emulate
+    fn, makers = COLUMN_CASES[name]
+    gen = torch.Generator().manual_seed(11)
+    args = [_with_specials(m(), gen) if name != "var_argmax0" else m() for m in makers]
+    kernels = kiln.codegen(fn, *args, target="cuda")
+    assert any(k.columns > 0 and "kiln_column_reduce<" in k.source for k in kernels), name
+    want = fn(*args)
+    want = list(want) if isinstance(want, (tuple, list)) else [want]
+    got, ok = emulate(fn, *args)
+    assert ok
+    tol = 2e-3 if name == "half_sum0" else 2e-5
+    assert_same(got, want, rtol=tol, atol=tol, what=name)
+
+
+@needs_nvrtc
+def test_contiguous_rows_keep_the_row_form():
+    """A reduction along the contiguous dim is read best by a block per row."""
+    (k,) = kiln.codegen(lambda x: x.sum(-1), torch.randn(64, 256), target="cuda")
+    assert k.row and k.columns == 0
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(COLUMN_CASES))
+def test_gpu_column_kernels_match_eager(name):
+    fn, makers = COLUMN_CASES[name]
+    args = [_to_cuda(m()) for m in makers]
+    got, want = _poisoned_run(fn, args)
+    tol = 2e-3 if name == "half_sum0" else 1e-4
+    assert_same(got, want, rtol=tol, atol=tol, what=name)
