@@ -139,7 +139,7 @@ def trace_graph(fn, args, kwargs=None):
         raise _C.Unsupported(f"kiln.codegen: the function cannot be captured: {f.reason} (at {f.location})")
     res_leaves = []
     flatten(result, res_leaves)
-    tracer.outputs(res_leaves, arg_count)
+    tracer.result_specs = tracer.outputs(res_leaves, arg_count)  # per result leaf: its source
     segments = getattr(tracer, "segments", None)
     if segments is not None:  # a trace split by graph breaks: one graph per segment
         if len(segments) > 1:

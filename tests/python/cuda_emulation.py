@@ -162,9 +162,10 @@ def _poison(t):
         t.fill_(torch.iinfo(t.dtype).max // 2 + 11)
 
 
-def emulate(fn, *args, max_grid=3):
+def emulate(fn, *args, max_grid=3, per_result=False):
     """Traces fn on CPU tensors, generates its CUDA program and runs it in emulation. Returns
-    (outputs as a flat list, status_ok)."""
+    (outputs as a flat list, status_ok): the graph's outputs, or with per_result one entry per
+    tensor leaf of fn's result, in its order."""
     tracer = _cuda.trace_graph(fn, args, {})
     prog = _C.CudaProgram(tracer.builder, 0, 90)
     kernels = prog.kernels()
@@ -210,4 +211,8 @@ def emulate(fn, *args, max_grid=3):
         rc = lib.kiln_emulate(f, arr, len(ptrs), min(k["grid"], max_grid), k["block"])
         assert rc == 0, f"emulating {k['name']} failed"
     outs = [tensors[i] if kind == "buffer" else tracer.leaves[i] for kind, i in prog.outputs()]
+    if per_result:  # the graph's outputs in the order fn returned them (arguments, repeats)
+        needed = list(tracer.segments[0].needed)
+        outs = [outs[needed.index(spec[2])] if spec[0] == "seg" else
+                tracer.leaves[spec[1]] if spec[0] == "input" else spec[1] for spec in tracer.result_specs]
     return outs, int(status.item()) == 0
