@@ -518,7 +518,7 @@ COLUMN_CASES = {
 
 @needs_emulation
 @pytest.mark.parametrize("name", sorted(COLUMN_CASES))
-def test_column_kernels_match_eager(name):
+def test_emulated_column_kernels_match_eager(name):
     from cuda_emulation import emulate
     fn, makers = COLUMN_CASES[name]
     gen = torch.Generator().manual_seed(11)
