@@ -446,11 +446,14 @@ class KernelEmitter {
     auto& names = scopes_[lvl].names;
     auto it = names.find(e);
     if (it != names.end()) return it->second;
-    std::string text = expr_text(e);
+    // A value kept in registers (Note: choose_cached_values) is read back after the phase that
+    // computed it; that phase writes it.
+    auto kept = cached_.find(e);
+    bool filled = kept != cached_.end() && cache_filled_.count(e);
+    std::string text = filled ? kept->second + "[it]" : expr_text(e);
     std::string name = fmt::format("t{}", next_temp_++);
     line(lvl, fmt::format("const {} {} = {};", reg_type(e->dtype), name, text));
-    if (e->op == ExprOp::Load && cached_.count(e) && !cache_filled_.count(e))
-      line(lvl, fmt::format("{}[it] = {};", cached_.at(e), name));
+    if (kept != cached_.end() && !filled) line(lvl, fmt::format("{}[it] = {};", kept->second, name));
     scopes_[lvl].names[e] = name;
     return name;
   }
@@ -848,9 +851,13 @@ class KernelEmitter {
     }
   }
 
-  /// Loads read by more than one looping phase, when every such phase runs the same loops:
-  /// kept per thread in a register array between phases.
-  void choose_cached_loads(int64_t items) {
+  /// Values that several looping phases compute for the same element (softmax's x, and its
+  /// exp(x - max) that the sum and the store both use; layer norm's x - mean), when every such
+  /// phase runs the same loops: kept per thread in a register array, filled by the first phase
+  /// that computes them. The row is then read from memory once, and no exp is evaluated twice.
+  /// Kept: loads, and floating-point values (integer index arithmetic is cheaper to redo than
+  /// the registers it would hold). Not: values reading a buffer this kernel writes.
+  void choose_cached_values(int64_t items) {
     const std::vector<Loop>* loops = nullptr;
     for (const Phase& ph : k_.phases) {
       if (ph.loops.empty()) continue;
@@ -861,21 +868,53 @@ class KernelEmitter {
       loops = &ph.loops;
     }
     if (!loops || items == 0 || items > kMaxItems) return;
-    std::map<Expr, int> phases_reading;
+    std::map<Expr, bool> per_element;  // depends on the phases' loop variables
+    std::function<bool(Expr)> element = [&](Expr e) -> bool {
+      auto it = per_element.find(e);
+      if (it != per_element.end()) return it->second;
+      bool dep = false;
+      if (e->op == ExprOp::Var)
+        for (const Loop& lp : *loops) dep |= lp.var == e;
+      for (int i = 0; i < expr_op_arity(e->op); ++i) dep |= element(e->operand(i));
+      return per_element[e] = dep;
+    };
+    auto keepable = [&](Expr e) {
+      bool kind = e->op == ExprOp::Load ? e->ival >= 0
+                                        : e->op != ExprOp::Var && e->op != ExprOp::Const && is_float(e->dtype);
+      return kind && !contains_stale_load(e);
+    };
+    std::set<Expr> earlier;  // per-element values an earlier phase computes
     for (const Phase& ph : k_.phases) {
       if (ph.loops.empty()) continue;
-      std::set<Expr> loads;
-      for (const Reduction& r : ph.reductions) collect_loads(r.value, loads);
-      for (const Store& st : ph.stores) collect_loads(st.value, loads);
-      for (Expr l : loads) {
-        if (self_read_.count(static_cast<int>(l->ival))) continue;  // it changes between phases
-        bool inner = false;
-        for (const Loop& lp : *loops) inner |= contains(l->a, lp.var);
-        if (inner) ++phases_reading[l];
-      }
+      std::vector<Expr> roots;
+      for (const Reduction& r : ph.reductions) roots.push_back(r.value);
+      for (const Store& st : ph.stores) roots.push_back(st.value);
+      std::set<Expr> seen;
+      std::function<void(Expr)> find = [&](Expr e) {
+        if (!seen.insert(e).second) return;
+        if (keepable(e) && element(e) && earlier.count(e)) {
+          if (!cached_.count(e)) cached_[e] = fmt::format("c{}", cached_.size());
+          return;  // what it is made of is not recomputed here
+        }
+        for (int i = 0; i < expr_op_arity(e->op); ++i) find(e->operand(i));
+      };
+      for (Expr r : roots) find(r);
+      std::set<Expr> all;
+      for (Expr r : roots)
+        visit(r, all, [&](Expr x) {
+          if (element(x)) earlier.insert(x);
+        });
     }
-    for (auto& [l, n] : phases_reading)
-      if (n > 1) cached_[l] = fmt::format("c{}", cached_.size());
+  }
+
+  /// Whether `e` reads a buffer this kernel also writes.
+  bool contains_stale_load(Expr e) const {
+    std::set<Expr> seen;
+    bool stale = false;
+    visit(e, seen, [&](Expr x) {
+      stale |= x->op == ExprOp::Load && x->ival >= 0 && self_read_.count(static_cast<int>(x->ival));
+    });
+    return stale;
   }
 
   /// Note [CUDA column kernels]: a row kernel gives each outer iteration a block whose threads
@@ -932,7 +971,7 @@ class KernelEmitter {
     const std::string first_elem = width ? "lane" : "threadIdx.x";
     int64_t items = (inner + lanes - 1) / lanes;
     bool unrolled = items <= kMaxItems;
-    if (unrolled) choose_cached_loads(items);
+    if (unrolled) choose_cached_values(items);
     // Shared memory for the cross-warp step of each reduction that loops.
     for (const Phase& ph : k_.phases)
       if (!ph.loops.empty())
@@ -947,8 +986,11 @@ class KernelEmitter {
       line(fmt::format("const long long row = active ? col : {}LL;", shape_.outer_extent - 1));
     }
     decode(k_.loops, "row", "rem");
-    for (const auto& [load, array] : cached_)
-      line(fmt::format("{} {}[{}];  // this thread's elements of the row, read once", reg_type(load->dtype), array, items));
+    for (const auto& [value, array] : cached_)
+      line(fmt::format("{} {}[{}];  // {}", reg_type(value->dtype), array, items,
+                       value->op == ExprOp::Load ? "this thread's elements of the row, read once"
+                                                 : fmt::format("this thread's {} values, computed once",
+                                                               expr_op_name(value->op))));
     const std::string store_guard = width ? "if (active) " : "";
     bool first = true;
     for (const Phase& ph : k_.phases) {
@@ -1002,11 +1044,12 @@ class KernelEmitter {
     line("}");
   }
 
+  /// After a phase: the kept values it computed are in their register arrays.
   void mark_cached(Expr e) {
-    std::set<Expr> loads;
-    collect_loads(e, loads);
-    for (Expr l : loads)
-      if (cached_.count(l)) cache_filled_.insert(l);
+    std::set<Expr> seen;
+    visit(e, seen, [&](Expr x) {
+      if (cached_.count(x)) cache_filled_.insert(x);
+    });
   }
 
   const KernelProgram& p_;
@@ -1028,7 +1071,7 @@ class KernelEmitter {
   std::map<int, std::pair<std::string, int>> placeholders_;  ///< slot -> (name, level)
   std::unordered_map<Expr, std::string> overrides_;           ///< loads read from a vector array
   std::unordered_map<const Store*, std::string> store_overrides_;
-  std::map<Expr, std::string> cached_;                        ///< loads kept in a register array
+  std::map<Expr, std::string> cached_;                        ///< values kept in a register array
   std::set<Expr> cache_filled_;
   int next_temp_ = 0;
 };

@@ -182,6 +182,8 @@ def test_row_kernels_use_block_reductions():
     assert k.row and "kiln_block_reduce" in k.source and "__shfl_down_sync" in k.source
     assert k.source.count("kiln_block_reduce(") == 3  # the helper, the max and the sum
     assert "c0[it]" in k.source  # the row is read once and kept in registers
+    body = k.source[k.source.index("__global__"):]
+    assert body.count("expf(") == 1 and "c1[it] = " in body  # exp(x - max) computed once, for the sum and the store
 
 
 @needs_nvrtc
