@@ -205,6 +205,39 @@ TEST(Lowering, SoftmaxIsOneRowKernel) {
   EXPECT_FALSE(k.phases[2].stores.empty());
 }
 
+TEST(DropUnreadStores, SoftmaxStoresOnlyItsResult) {
+  // The row's max and sum live in accumulators; no other step reads them, so they are not
+  // stored into temporaries (they were, a write per row and a CUDA allocation per call).
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {64, 1000}, {1000, 1}, 0);
+  Attrs a;
+  a.ints = {I64(-1)};
+  b.set_outputs({b.call("softmax", {V(x)}, a)});
+  KernelProgram p = lower(b);
+  ASSERT_EQ(p.kernels.size(), 1u);
+  for (const Phase& ph : p.kernels[0].phases)
+    for (const Store& st : ph.stores) EXPECT_EQ(p.buffers.at(st.buffer).kind, BufferKind::Output) << print(p);
+}
+
+TEST(DropUnreadStores, KeepsAStoreWhoseDivisionMayFail) {
+  // x // y is used by nothing, but the division by a tensor may meet a zero, and its check
+  // must still run (eager raises): its store into a temporary nobody reads stays (the fuzzer
+  // found eager's ZeroDivisionError lost when it went).
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Int32, {8, 16}, {16, 1}, 0);
+  int y = b.add_input(DType::Int32, {8, 16}, {16, 1}, 1);
+  b.call("floor_divide", {V(x), V(y)}, {});
+  b.set_outputs({b.call("mul", {V(x), V(x)}, {})});
+  KernelProgram p = lower(b);
+  bool checked = false;
+  for (const Kernel& k : p.kernels)
+    for (Expr e : k.exprs()) {
+      std::set<Expr> seen;
+      visit(e, seen, [&](Expr z) { checked |= z->op == ExprOp::Div && !is_float(z->dtype); });
+    }
+  EXPECT_TRUE(checked) << print(p);
+}
+
 TEST(Lowering, LayerNormAndRmsNormAreOneKernel) {
   for (const char* op : {"layer_norm", "rms_norm"}) {
     capture::GraphBuilder b;
