@@ -32,8 +32,9 @@
 /// eager CUDA shares: NVRTC contracts a*b+c into FMAs, libdevice's exp/tanh/erf differ from the
 /// CPU polynomials in the last ulps, and an out-of-range float -> int conversion saturates. int32
 /// and int64 arithmetic is plain C (it wraps on the GPU); narrower types are cast back after each
-/// operation. float16/bfloat16 compute in float32 and round after each op (eager's half tensor
-/// between ops), when cast and when stored.
+/// operation. float16/bfloat16 values are float32 in registers and round when cast or stored;
+/// the lowering computes each half op in float32 and casts its result (Note [Half arithmetic]
+/// in passes/lower_pointwise.cpp), so what is rounded is what eager rounds.
 ///
 /// Every value is computed once where its variables are bound: an expression that does not
 /// depend on the inner loop's variables is emitted before that loop (per row: a norm's
@@ -66,7 +67,6 @@ constexpr int kVecNarrow = 8;
 /// Rows of at most this many elements per thread are unrolled and kept in registers.
 constexpr int64_t kMaxItems = 8;
 
-bool is_half(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
 
 /// C++ type of a value of dtype `t` in registers (float16/bfloat16 compute in float).
 std::string reg_type(DType t) {
@@ -474,13 +474,7 @@ class KernelEmitter {
       case ExprOp::Select: return fmt::format("({} ? {} : {})", emit(e->a), emit(e->b), emit(e->c));
       default: break;
     }
-    std::string text = expr_op_arity(e->op) == 1 ? unary_text(e) : binary_text(e);
-    // Eager stores every float16/bfloat16 op's result as a half tensor: round each one, so a
-    // fused chain gives eager's values, not float32's (composites that torch computes in
-    // float32 are decomposed in float32: Note [Half composites]).
-    if (e->dtype == DType::Float16) return fmt::format("kiln_round_f16({})", text);
-    if (e->dtype == DType::BFloat16) return fmt::format("kiln_round_bf16({})", text);
-    return text;
+    return expr_op_arity(e->op) == 1 ? unary_text(e) : binary_text(e);
   }
 
   std::string unary_text(Expr e) {

@@ -2,6 +2,9 @@
 /// Dtype facts and PyTorch's type promotion (c10::promoteTypes and at::native::result_type).
 #include "ir/dtype.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "support/error.h"
 
 namespace kiln::ir {
@@ -28,6 +31,21 @@ int dtype_bytes(DType t) { return info(t).bytes; }
 bool is_float(DType t) { return info(t).is_float; }
 bool is_int(DType t) { return info(t).is_int; }
 bool is_signed_int(DType t) { return is_int(t) && t != DType::UInt8; }
+
+double round_to_dtype(double v, DType t) {
+  if (t == DType::Float64 || !is_float(t)) return v;
+  double f = static_cast<float>(v);
+  if (t == DType::Float32 || !std::isfinite(f) || f == 0) return f;
+  // Half types: `bits` of precision; below the smallest normal, a fixed spacing (subnormals).
+  const int bits = t == DType::Float16 ? 11 : 8;
+  const int min_exp = t == DType::Float16 ? -13 : -125;  // frexp's exponent of the smallest normal
+  const double max = t == DType::Float16 ? 65504.0 : 3.3895313892515355e38;
+  int e = 0;
+  std::frexp(f, &e);
+  double q = std::ldexp(1.0, std::max(e, min_exp) - bits);
+  double r = std::nearbyint(f / q) * q;  // f / q is exact; nearbyint: ties to even
+  return std::fabs(r) > max ? std::copysign(INFINITY, f) : r;
+}
 
 DType dtype_from_name(const std::string& name) {
   for (int i = 0; i < static_cast<int>(sizeof kInfo / sizeof kInfo[0]); ++i)

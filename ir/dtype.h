@@ -36,6 +36,10 @@ bool is_float(DType t);
 bool is_int(DType t);  ///< integral, excluding bool
 inline bool is_bool(DType t) { return t == DType::Bool; }
 bool is_signed_int(DType t);
+inline bool is_half(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
+/// A number as a value of floating-point dtype `t` holds it: rounded to nearest even (through
+/// float32 for the half types, as c10::Half and c10::BFloat16 convert), +-inf past the range.
+double round_to_dtype(double v, DType t);
 
 /// How an operand takes part in type promotion (PyTorch's three priority classes).
 enum class OperandKind : uint8_t {

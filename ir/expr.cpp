@@ -109,7 +109,10 @@ Expr Context::unary(ExprOp op, Expr a) {
 Expr Context::cast(Expr a, DType t) {
   if (a->dtype == t) return a;
   if (is_const(a)) {
-    if (is_float(t)) return float_const(is_float(a->dtype) ? a->fval : static_cast<double>(a->ival), t);
+    if (is_float(t)) {
+      double v = is_float(a->dtype) ? a->fval : static_cast<double>(a->ival);
+      return float_const(is_half(t) ? round_to_dtype(v, t) : v, t);  // a cast to a half type rounds
+    }
     if (t == DType::Bool) return bool_const(is_float(a->dtype) ? a->fval != 0 : a->ival != 0);
     if (!is_float(a->dtype) && dtype_bytes(t) == 8) return int_const(a->ival, t);
   }

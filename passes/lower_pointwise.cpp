@@ -115,7 +115,48 @@ Expr linear_index(Context& c, const std::vector<Expr>& idx, const Sizes& strides
   return c.simplify_index(e);
 }
 
+namespace {
+Expr lower_pointwise_op(Context& c, const Node& n, const std::vector<Expr>& ops);
+
+/// Ops whose CUDA kernels take a Python number operand in the tensor's half type (rounded)
+/// rather than in float32 (add, sub, mul, div, floor division, maximum and minimum keep it exact).
+bool rounds_number_operand(OpKind op) {
+  switch (op) {
+    case OpKind::Fmod: case OpKind::Remainder: case OpKind::Pow:
+    case OpKind::Eq: case OpKind::Ne: case OpKind::Lt: case OpKind::Le: case OpKind::Gt: case OpKind::Ge:
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
+// Note [Half arithmetic]: PyTorch computes a float16/bfloat16 op in float32 (its "opmath" type)
+// and rounds the result to the half type once; the next op reads that rounded tensor. So each
+// half-typed graph node is lowered on float32 copies of its operands (exact, and free in
+// registers) and cast back: the code generator rounds at that cast. An op lowered as several
+// expressions (remainder, floor division, sigmoid) thus rounds once, as eager's kernel does,
+// and a chain of nodes rounds at every node, as eager's tensors do.
 Expr lower_pointwise(Context& c, const Node& n, const std::vector<Expr>& ops) {
+  bool half = is_half(n.dtype);
+  for (Expr x : ops) half |= is_half(x->dtype);
+  if (!half || op_category(n.op) == OpCategory::Cast) return lower_pointwise_op(c, n, ops);
+  std::vector<Expr> wide;
+  for (Expr x : ops) {
+    if (is_half(x->dtype)) {
+      if (is_const(x) && rounds_number_operand(n.op)) x = c.float_const(round_to_dtype(x->fval, x->dtype), x->dtype);
+      x = c.cast(x, DType::Float32);
+    }
+    wide.push_back(x);
+  }
+  Node n32 = n;
+  if (is_half(n.dtype)) n32.dtype = DType::Float32;
+  Expr r = lower_pointwise_op(c, n32, wide);
+  return is_half(n.dtype) ? c.cast(r, n.dtype) : r;
+}
+
+namespace {
+Expr lower_pointwise_op(Context& c, const Node& n, const std::vector<Expr>& ops) {
   switch (op_category(n.op)) {
 case OpCategory::Cast:
     return c.cast(ops[0], n.dtype);
@@ -172,6 +213,8 @@ case OpCategory::Cast:
       KILN_UNREACHABLE(std::string("not a pointwise primitive: ") + op_name(n.op));
   }
 }
+
+}  // namespace
 
   /// Index into a view's source for index `idx` of the view.
 std::vector<Expr> view_source_index(Context& c, const Node& n, const Sizes& src_sizes, const std::vector<Expr>& idx) {

@@ -2,6 +2,8 @@
 /// Graph IR: dtype promotion, the op table, printer stability, verifier and structural hash.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "ir/graph.h"
 #include "ir/graph_editor.h"
 #include "support/error.h"
@@ -16,6 +18,25 @@ TEST(DType, PromoteTypes) {
   EXPECT_EQ(promote_types(DType::Int64, DType::Float32), DType::Float32);
   EXPECT_EQ(promote_types(DType::Float16, DType::BFloat16), DType::Float32);
   EXPECT_EQ(promote_types(DType::Float32, DType::Float64), DType::Float64);
+}
+
+TEST(DType, RoundToHalfTypesAsTorchConverts) {
+  // Expected values: torch.tensor(v).half() / .bfloat16() on torch 2.13.
+  EXPECT_EQ(round_to_dtype(0.1, DType::Float16), 0.0999755859375);
+  EXPECT_EQ(round_to_dtype(0.1, DType::BFloat16), 0.10009765625);
+  EXPECT_EQ(round_to_dtype(1.0 / 3, DType::Float16), 0.333251953125);
+  EXPECT_EQ(round_to_dtype(1.0 / 3, DType::BFloat16), 0.333984375);
+  EXPECT_EQ(round_to_dtype(65519.0, DType::Float16), 65504.0);   // the largest float16
+  EXPECT_EQ(round_to_dtype(65520.0, DType::Float16), INFINITY);  // a tie past it: to even, inf
+  EXPECT_EQ(round_to_dtype(65520.0, DType::BFloat16), 65536.0);
+  EXPECT_EQ(round_to_dtype(1e-7, DType::Float16), 1.1920928955078125e-07);  // subnormal spacing 2^-24
+  EXPECT_EQ(round_to_dtype(3e-8, DType::Float16), 5.960464477539063e-08);
+  double nz = round_to_dtype(-2.5e-8, DType::Float16);
+  EXPECT_TRUE(nz == 0 && std::signbit(nz));  // underflows to -0
+  EXPECT_EQ(round_to_dtype(3.39e38, DType::BFloat16), 3.3895313892515355e+38);
+  EXPECT_EQ(round_to_dtype(0.1, DType::Float32), static_cast<double>(0.1f));
+  EXPECT_EQ(round_to_dtype(0.1, DType::Float64), 0.1);
+  EXPECT_TRUE(std::isnan(round_to_dtype(NAN, DType::BFloat16)));
 }
 
 TEST(DType, ResultTypeFollowsPriorityClasses) {

@@ -551,3 +551,24 @@ def test_gpu_column_kernels_match_eager(name):
     got, want = _poisoned_run(fn, args)
     tol = 2e-3 if name == "half_sum0" else 1e-4
     assert_same(got, want, rtol=tol, atol=tol, what=name)
+
+
+@needs_emulation
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_emulated_half_ops_round_as_eager(dtype):
+    """Each half op computes in float32 and rounds once (a remainder is one rounding, not one per
+    expression it lowers to); fmod, remainder, pow and comparisons take a Python number in the
+    half type, as eager does; mul and div keep it exact. Bit for bit against eager."""
+    from cuda_emulation import emulate
+    x = (torch.randn(2000, generator=torch.Generator().manual_seed(5)) * 3).to(dtype)
+
+    def fn(x):
+        return (torch.fmod(x, -0.1), torch.remainder(x, 0.3), x > 0.1, x <= -0.7, x.abs() ** 0.7, x * 0.1,
+                x / 0.3, torch.floor_divide(x, 0.7), torch.where(x > 0, x, x * 0.2) * 3)
+
+    got, ok = emulate(fn, x)
+    assert ok
+    for i, (g, w) in enumerate(zip(got, fn(x))):
+        g = g.view(w.shape)
+        assert torch.equal(g.nan_to_num(), w.nan_to_num()) and torch.equal(g.isnan(), w.isnan()), \
+            f"output {i}: {(g != w).sum()} elements differ"
