@@ -14,7 +14,10 @@ namespace {
 /// Emits primitive nodes for one composite; `x` is already remapped into the new graph.
 class Decomposer {
  public:
-  Decomposer(GraphEditor& e, DType t) : e_(e), t_(t) {}
+  /// `widen`: float32 moments (var, a norm's mean and rstd) accumulate in float64, as eager's
+  /// CPU kernels do; half composites computed in float32 (Note [Half composites]) do not,
+  /// as eager's kernels accumulate half values in float32.
+  Decomposer(GraphEditor& e, DType t, bool widen = true) : e_(e), t_(t), widen_(widen && t == DType::Float32) {}
   int c(double v) { return e_.constant(v, t_); }
   int u(OpKind op, int a) { return e_.unary(op, a); }
   int b(OpKind op, int a, int bb) { return e_.binary(op, a, bb); }
@@ -83,7 +86,7 @@ class Decomposer {
         // float64 and round once at the end. A float32 mean of equal values is not always that
         // value (7 * 0.7853982f / 7 is off by an ulp), and a std of 1e-8 where eager's is 0
         // turned a later 0 * inf = nan into inf.
-        bool widen = t_ == DType::Float32;
+        bool widen = widen_;
         double count = static_cast<double>(reduced_count(xs, dims));
         int src = widen ? e_.cast(x, DType::Float64) : x;
         int d = b(OpKind::Sub, src, mean(src, dims, true));
@@ -196,7 +199,7 @@ class Decomposer {
   /// of a row of 123.456s gave -0.012 instead of 0, and an infinite weight turned eager's
   /// 0 * inf = nan into +-inf (found by the fuzzer).
   int exact_mean(int x, const std::vector<int64_t>& dims) {
-    if (e_.node(x).dtype != DType::Float32) return mean(x, dims, true);
+    if (!widen_ || e_.node(x).dtype != DType::Float32) return mean(x, dims, true);
     return e_.cast(mean(e_.cast(x, DType::Float64), dims, true), DType::Float32);
   }
   /// 1 / sqrt(mean(d * d) + eps) of a normalisation's deviations `d`: for float32, squared,
@@ -205,7 +208,7 @@ class Decomposer {
   /// where the true rows are +-1 (a fuzzer finding).
   int wide_rstd(int d, const std::vector<int64_t>& dims, double eps) {
     DType t = e_.node(d).dtype;
-    bool widen = t == DType::Float32;
+    bool widen = widen_ && t == DType::Float32;
     int src = widen ? e_.cast(d, DType::Float64) : d;
     int var = mean(b(OpKind::Mul, src, src), dims, true);
     int rstd = u(OpKind::Rsqrt, b(OpKind::Add, var, e_.constant(eps, widen ? DType::Float64 : t)));
@@ -227,6 +230,7 @@ class Decomposer {
   }
   GraphEditor& e_;
   DType t_;
+  bool widen_;
 };
 }  // namespace
 
@@ -252,12 +256,14 @@ Graph run_decompose(const Graph& g, const PassOptions&) {
       // in float32 and rounds its result once. Decomposed in the half type, each inner
       // reduction (a softmax's sum, a layer norm's mean) would round to 8 or 11 bits before the
       // rest reads it; so the decomposition runs on float32 copies of the half operands and
-      // casts its result back (the casts in are exact, and free in registers).
+      // casts its result back (the casts in are exact, and free in registers). Its moments
+      // accumulate in float32, not float64, as eager's half kernels do (a row holding 1e30
+      // overflows its variance there, and eager returns zeros).
       bool half = n.dtype == DType::Float16 || n.dtype == DType::BFloat16;
       if (half)
         for (int& x : in)
           if (out.nodes[x].dtype == n.dtype) x = e.cast(x, DType::Float32);
-      Decomposer d(e, half ? DType::Float32 : n.dtype);
+      Decomposer d(e, half ? DType::Float32 : n.dtype, /*widen=*/!half);
       remap[i] = d.run(n, in);
       if (half) remap[i] = e.cast(remap[i], n.dtype);
       // Keep the layout eager chose for this value.

@@ -151,7 +151,15 @@ Expr lower_pointwise(Context& c, const Node& n, const std::vector<Expr>& ops) {
   }
   Node n32 = n;
   if (is_half(n.dtype)) n32.dtype = DType::Float32;
-  Expr r = lower_pointwise_op(c, n32, wide);
+  Expr r;
+  if (n.op == OpKind::TruncDiv && is_half(n.dtype)) {
+    // eager's kernel is trunc(a / b) on half values: the quotient rounds to the half type first
+    // (19.96 becomes 20, then trunc keeps 20).
+    Expr q = c.cast(c.cast(c.binary(ExprOp::Div, wide[0], wide[1]), n.dtype), DType::Float32);
+    r = c.unary(ExprOp::Trunc, q);
+  } else {
+    r = lower_pointwise_op(c, n32, wide);
+  }
   return is_half(n.dtype) ? c.cast(r, n.dtype) : r;
 }
 

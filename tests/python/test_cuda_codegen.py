@@ -564,7 +564,8 @@ def test_emulated_half_ops_round_as_eager(dtype):
 
     def fn(x):
         return (torch.fmod(x, -0.1), torch.remainder(x, 0.3), x > 0.1, x <= -0.7, x.abs() ** 0.7, x * 0.1,
-                x / 0.3, torch.floor_divide(x, 0.7), torch.where(x > 0, x, x * 0.2) * 3)
+                x / 0.3, torch.floor_divide(x, 0.7), torch.where(x > 0, x, x * 0.2) * 3,
+                torch.div(x * 7, x.flip(0) + 0.5, rounding_mode="trunc"))  # the quotient rounds before trunc
 
     got, ok = emulate(fn, x)
     assert ok
@@ -572,3 +573,17 @@ def test_emulated_half_ops_round_as_eager(dtype):
         g = g.view(w.shape)
         assert torch.equal(g.nan_to_num(), w.nan_to_num()) and torch.equal(g.isnan(), w.isnan()), \
             f"output {i}: {(g != w).sum()} elements differ"
+
+
+@needs_emulation
+def test_emulated_half_layer_norm_accumulates_as_eager():
+    """A bfloat16 layer norm accumulates in float32 as eager's does: a row holding 1e30 overflows
+    its variance there and eager returns zeros; a float64 accumulator gave the exact -0.177."""
+    from cuda_emulation import emulate
+    x = torch.randn(6, 33).bfloat16()
+    x[2, 7] = 1e30
+    fn = lambda t: F.layer_norm(t, (33,), eps=1e-3)  # noqa: E731
+    (got,), ok = emulate(fn, x)
+    want = fn(x)
+    assert ok and torch.equal(want[2], torch.zeros(33, dtype=torch.bfloat16))
+    assert_same(got.view(want.shape), want, rtol=1.6e-2, atol=1e-2)
