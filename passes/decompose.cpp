@@ -14,10 +14,9 @@ namespace {
 /// Emits primitive nodes for one composite; `x` is already remapped into the new graph.
 class Decomposer {
  public:
-  /// `widen`: float32 moments (var, a norm's mean and rstd) accumulate in float64, as eager's
-  /// CPU kernels do; half composites computed in float32 (Note [Half composites]) do not,
-  /// as eager's kernels accumulate half values in float32.
-  Decomposer(GraphEditor& e, DType t, bool widen = true) : e_(e), t_(t), widen_(widen && t == DType::Float32) {}
+  /// float32 moments (var, a norm's mean and rstd) accumulate in float64 (see exact_mean and
+  /// wide_rstd), half composites' too: they decompose in float32 (Note [Half composites]).
+  Decomposer(GraphEditor& e, DType t) : e_(e), t_(t), widen_(t == DType::Float32) {}
   int c(double v) { return e_.constant(v, t_); }
   int u(OpKind op, int a) { return e_.unary(op, a); }
   int b(OpKind op, int a, int bb) { return e_.binary(op, a, bb); }
@@ -236,7 +235,10 @@ class Decomposer {
 
 std::pair<int, int> batch_norm_scale_shift(GraphEditor& e, const Node& bn, const std::vector<int>& in) {
   // As torch's CPU kernel: alpha = invstd * w, beta = b - mean * alpha (y = x * alpha + beta).
-  int alpha = e.unary(OpKind::Rsqrt, e.binary(OpKind::Add, in[4], e.constant(bn.attrs.floats.at(0), bn.dtype)));
+  // eps in the variance's dtype: a half batch norm decomposes on float32 copies (Note [Half
+  // composites]), so it is not always bn.dtype.
+  int alpha =
+      e.unary(OpKind::Rsqrt, e.binary(OpKind::Add, in[4], e.constant(bn.attrs.floats.at(0), e.node(in[4]).dtype)));
   if (bn.attrs.ints.at(0)) alpha = e.binary(OpKind::Mul, alpha, in[1]);
   int shift = e.binary(OpKind::Mul, in[3], alpha);
   int beta = bn.attrs.ints.at(1) ? e.binary(OpKind::Sub, in[2], shift) : e.unary(OpKind::Neg, shift);
@@ -257,13 +259,13 @@ Graph run_decompose(const Graph& g, const PassOptions&) {
       // reduction (a softmax's sum, a layer norm's mean) would round to 8 or 11 bits before the
       // rest reads it; so the decomposition runs on float32 copies of the half operands and
       // casts its result back (the casts in are exact, and free in registers). Its moments
-      // accumulate in float32, not float64, as eager's half kernels do (a row holding 1e30
-      // overflows its variance there, and eager returns zeros).
+      // accumulate in float64 as float32's do: where eager's float32 accumulators overflow (a
+      // row holding 1e30), eager returns zeros or NaN and kiln the normalised row.
       bool half = n.dtype == DType::Float16 || n.dtype == DType::BFloat16;
       if (half)
         for (int& x : in)
           if (out.nodes[x].dtype == n.dtype) x = e.cast(x, DType::Float32);
-      Decomposer d(e, half ? DType::Float32 : n.dtype, /*widen=*/!half);
+      Decomposer d(e, half ? DType::Float32 : n.dtype);
       remap[i] = d.run(n, in);
       if (half) remap[i] = e.cast(remap[i], n.dtype);
       // Keep the layout eager chose for this value.
