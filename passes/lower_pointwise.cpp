@@ -152,9 +152,10 @@ Expr lower_pointwise(Context& c, const Node& n, const std::vector<Expr>& ops) {
   Node n32 = n;
   if (is_half(n.dtype)) n32.dtype = DType::Float32;
   Expr r;
-  if (n.op == OpKind::TruncDiv && is_half(n.dtype)) {
+  if (n.op == OpKind::TruncDiv && is_half(n.dtype) && !is_const(ops[1])) {
     // eager's kernel is trunc(a / b) on half values: the quotient rounds to the half type first
-    // (19.96 becomes 20, then trunc keeps 20).
+    // (19.96 becomes 20, then trunc keeps 20). By a Python number, eager's kernel divides in
+    // float32 and truncates that (the general path below).
     Expr q = c.cast(c.cast(c.binary(ExprOp::Div, wide[0], wide[1]), n.dtype), DType::Float32);
     r = c.unary(ExprOp::Trunc, q);
   } else {

@@ -570,7 +570,8 @@ def test_emulated_half_ops_round_as_eager(dtype):
     def fn(x):
         return (torch.fmod(x, -0.1), torch.remainder(x, 0.3), x > 0.1, x <= -0.7, x.abs() ** 0.7, x * 0.1,
                 x / 0.3, torch.floor_divide(x, 0.7), torch.where(x > 0, x, x * 0.2) * 3,
-                torch.div(x * 7, x.flip(0) + 0.5, rounding_mode="trunc"))  # the quotient rounds before trunc
+                torch.div(x * 7, x.flip(0) + 0.5, rounding_mode="trunc"),  # the quotient rounds before trunc
+                torch.div(x, 1e-3, rounding_mode="trunc"))  # by a number: divided in float32, not rounded
 
     got, ok = emulate(fn, x)
     assert ok
