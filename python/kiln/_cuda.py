@@ -249,7 +249,7 @@ class CudaRunner:
         externs = self._prog.externs()
         self._externs = ExternSteps(externs, self._bufs, list(fallbacks)) if externs else None
         # Buffers some step touches; the others (a temporary whose stores were dropped) are never allocated.
-        touched = {kind_idx for kind, kind_idx in self._outputs if kind == "buffer"}
+        touched = {idx for kind, idx in self._outputs if kind == "buffer"}
         for k in self._prog.kernels():
             touched.update(k["params"])
         for kind, what in self._prog.steps():
