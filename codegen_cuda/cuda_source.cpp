@@ -462,8 +462,6 @@ class KernelEmitter {
     int b = static_cast<int>(e->ival);
     auto ov = overrides_.find(e);
     if (ov != overrides_.end()) return from_memory(ov->second, e->dtype);
-    auto c = cached_.find(e);
-    if (c != cached_.end() && cache_filled_.count(e)) return c->second + "[it]";
     return from_memory(fmt::format("buf{}[{}]", b, emit(e->a)), e->dtype);
   }
 
@@ -903,12 +901,10 @@ class KernelEmitter {
 
   /// Whether `e` reads a buffer this kernel also writes.
   bool contains_stale_load(Expr e) const {
-    std::set<Expr> seen;
-    bool stale = false;
-    visit(e, seen, [&](Expr x) {
-      stale |= x->op == ExprOp::Load && x->ival >= 0 && self_read_.count(static_cast<int>(x->ival));
-    });
-    return stale;
+    std::set<Expr> loads;
+    collect_loads(e, loads);
+    return std::any_of(loads.begin(), loads.end(),
+                       [&](Expr l) { return self_read_.count(static_cast<int>(l->ival)) > 0; });
   }
 
   /// Note [CUDA column kernels]: a row kernel gives each outer iteration a block whose threads

@@ -14,9 +14,7 @@ namespace {
 /// Emits primitive nodes for one composite; `x` is already remapped into the new graph.
 class Decomposer {
  public:
-  /// float32 moments (var, a norm's mean and rstd) accumulate in float64 (see exact_mean and
-  /// wide_rstd), half composites' too: they decompose in float32 (Note [Half composites]).
-  Decomposer(GraphEditor& e, DType t) : e_(e), t_(t), widen_(t == DType::Float32) {}
+  Decomposer(GraphEditor& e, DType t) : e_(e), t_(t) {}
   int c(double v) { return e_.constant(v, t_); }
   int u(OpKind op, int a) { return e_.unary(op, a); }
   int b(OpKind op, int a, int bb) { return e_.binary(op, a, bb); }
@@ -85,7 +83,7 @@ class Decomposer {
         // float64 and round once at the end. A float32 mean of equal values is not always that
         // value (7 * 0.7853982f / 7 is off by an ulp), and a std of 1e-8 where eager's is 0
         // turned a later 0 * inf = nan into inf.
-        bool widen = widen_;
+        bool widen = t_ == DType::Float32;
         double count = static_cast<double>(reduced_count(xs, dims));
         int src = widen ? e_.cast(x, DType::Float64) : x;
         int d = b(OpKind::Sub, src, mean(src, dims, true));
@@ -198,7 +196,7 @@ class Decomposer {
   /// of a row of 123.456s gave -0.012 instead of 0, and an infinite weight turned eager's
   /// 0 * inf = nan into +-inf (found by the fuzzer).
   int exact_mean(int x, const std::vector<int64_t>& dims) {
-    if (!widen_ || e_.node(x).dtype != DType::Float32) return mean(x, dims, true);
+    if (e_.node(x).dtype != DType::Float32) return mean(x, dims, true);
     return e_.cast(mean(e_.cast(x, DType::Float64), dims, true), DType::Float32);
   }
   /// 1 / sqrt(mean(d * d) + eps) of a normalisation's deviations `d`: for float32, squared,
@@ -207,7 +205,7 @@ class Decomposer {
   /// where the true rows are +-1 (a fuzzer finding).
   int wide_rstd(int d, const std::vector<int64_t>& dims, double eps) {
     DType t = e_.node(d).dtype;
-    bool widen = widen_ && t == DType::Float32;
+    bool widen = t == DType::Float32;
     int src = widen ? e_.cast(d, DType::Float64) : d;
     int var = mean(b(OpKind::Mul, src, src), dims, true);
     int rstd = u(OpKind::Rsqrt, b(OpKind::Add, var, e_.constant(eps, widen ? DType::Float64 : t)));
@@ -229,7 +227,6 @@ class Decomposer {
   }
   GraphEditor& e_;
   DType t_;
-  bool widen_;
 };
 }  // namespace
 
@@ -261,7 +258,7 @@ Graph run_decompose(const Graph& g, const PassOptions&) {
       // casts its result back (the casts in are exact, and free in registers). Its moments
       // accumulate in float64 as float32's do: where eager's float32 accumulators overflow (a
       // row holding 1e30), eager returns zeros or NaN and kiln the normalised row.
-      bool half = n.dtype == DType::Float16 || n.dtype == DType::BFloat16;
+      bool half = is_half(n.dtype);
       if (half)
         for (int& x : in)
           if (out.nodes[x].dtype == n.dtype) x = e.cast(x, DType::Float32);

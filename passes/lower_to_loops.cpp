@@ -125,7 +125,7 @@ class Lowering {
 
   KernelProgram run() {
     for (const Node& n : g_.nodes)
-      KILN_UNSUPPORTED_IF(!opts_.half_types && (n.dtype == DType::Float16 || n.dtype == DType::BFloat16),
+      KILN_UNSUPPORTED_IF(!opts_.half_types && is_half(n.dtype),
                           "{} is not supported by the CPU code generator yet", dtype_name(n.dtype));
     make_input_buffers();
     if (opts_.inplace_argument_writes) choose_inplace();

@@ -185,15 +185,20 @@ TEST(Lowering, EmptyOutputsNeedNoKernel) {
 
 namespace {
 int64_t I64(int64_t v) { return v; }
-}  // namespace
 
-TEST(Lowering, SoftmaxIsOneRowKernel) {
+/// softmax over the last dim of a [64, 1000] float32 input, lowered.
+KernelProgram lowered_softmax() {
   capture::GraphBuilder b;
   int x = b.add_input(DType::Float32, {64, 1000}, {1000, 1}, 0);
   Attrs a;
   a.ints = {I64(-1)};
   b.set_outputs({b.call("softmax", {V(x)}, a)});
-  KernelProgram p = lower(b);
+  return lower(b);
+}
+}  // namespace
+
+TEST(Lowering, SoftmaxIsOneRowKernel) {
+  KernelProgram p = lowered_softmax();
   ASSERT_EQ(p.kernels.size(), 1u);
   const Kernel& k = p.kernels[0];
   ASSERT_EQ(k.loops.size(), 1u);
@@ -208,12 +213,7 @@ TEST(Lowering, SoftmaxIsOneRowKernel) {
 TEST(DropUnreadStores, SoftmaxStoresOnlyItsResult) {
   // The row's max and sum live in accumulators; no other step reads them, so they are not
   // stored into temporaries (they were, a write per row and a CUDA allocation per call).
-  capture::GraphBuilder b;
-  int x = b.add_input(DType::Float32, {64, 1000}, {1000, 1}, 0);
-  Attrs a;
-  a.ints = {I64(-1)};
-  b.set_outputs({b.call("softmax", {V(x)}, a)});
-  KernelProgram p = lower(b);
+  KernelProgram p = lowered_softmax();
   ASSERT_EQ(p.kernels.size(), 1u);
   for (const Phase& ph : p.kernels[0].phases)
     for (const Store& st : ph.stores) EXPECT_EQ(p.buffers.at(st.buffer).kind, BufferKind::Output) << print(p);
