@@ -475,7 +475,7 @@ class CompiledFunction:
                 # the call and raises torch's own error (if any).
                 why = _failure(entry.native, "a compiled kernel or fallback op failed")
                 _counters.record_eager(why)
-                if hasattr(entry.native, "failed_on_data_dependent_shape") and entry.native.failed_on_data_dependent_shape():
+                if entry.native.failed_on_data_dependent_shape():  # _C.Entry and CudaEntry both say
                     self._data_dependent_failure(entry, why)
                 return self._fn(*args, **kwargs)
             _counters._counts["cache_hits"] += 1

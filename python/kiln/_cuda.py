@@ -248,7 +248,8 @@ class CudaRunner:
         self._outputs = self._prog.outputs()
         externs = self._prog.externs()
         self._externs = ExternSteps(externs, self._bufs, list(fallbacks)) if externs else None
-        # Buffers some step touches; the others (a temporary whose stores were dropped) are never allocated.
+        # Buffers some step touches; the others (a temporary whose stores were dropped) are never
+        # allocated, and neither are an extern's results (the tensor it returns becomes the buffer).
         touched = {idx for kind, idx in self._outputs if kind == "buffer"}
         for k in self._prog.kernels():
             touched.update(k["params"])
@@ -257,8 +258,9 @@ class CudaRunner:
                 touched.update((what["a"][0], what["b"][0], what["out"]))
         for e in externs:
             touched.update(e["inputs"])
-            touched.update(e["outputs"])
-        self._untouched = {i for i in range(len(self._bufs)) if i not in touched}
+        self._unallocated = {i for i in range(len(self._bufs)) if i not in touched}
+        if self._externs is not None:
+            self._unallocated |= self._externs.results
         self._may_fail = self._prog.may_fail
         self.poison_outputs = False  # tests: fill outputs with garbage first, so unwritten elements show
         self.graph = builder.print()
@@ -271,8 +273,8 @@ class CudaRunner:
         keep = {}
         ext = self._externs
         for i, b in enumerate(self._bufs):
-            if (ext is not None and i in ext.results) or i in self._untouched:
-                ptrs.append(0)  # an extern's result becomes this buffer when it runs; or nothing uses it
+            if i in self._unallocated:
+                ptrs.append(0)  # nothing uses it, or an extern's result becomes it when it runs
                 continue
             if b.kind == "input":
                 t = leaves[b.index]

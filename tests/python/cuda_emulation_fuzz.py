@@ -15,6 +15,7 @@ float-to-int casts) can show up as mismatches; read them before calling one a bu
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -30,6 +31,22 @@ from kiln._flatten import flatten  # noqa: E402
 
 
 HALF_TOLERANCES = {torch.float16: (2e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2)}  # about two ulps
+
+
+@contextlib.contextmanager
+def half_tolerances(half):
+    """The fuzzer's comparison with tolerances for the half types, and with `half` (a dtype, or
+    None) its referees judging "eager is ill-conditioned here" at that type's precision."""
+    saved = dict(fuzz.TOLERANCES), fuzz._F32_TOL
+    fuzz.TOLERANCES.update(HALF_TOLERANCES)
+    if half:
+        fuzz._F32_TOL = HALF_TOLERANCES[half]
+    try:
+        yield
+    finally:
+        fuzz.TOLERANCES.clear()
+        fuzz.TOLERANCES.update(saved[0])
+        fuzz._F32_TOL = saved[1]
 
 
 def check(seed, half=None):
@@ -92,14 +109,12 @@ def main():
     ap.add_argument("--half", choices=["bfloat16", "float16"], default=None)
     opts = ap.parse_args()
     half = getattr(torch, opts.half) if opts.half else None
-    fuzz.TOLERANCES.update(HALF_TOLERANCES)
-    if half:  # the referees judge "eager is ill-conditioned here" at the half type's precision
-        fuzz._F32_TOL = HALF_TOLERANCES[half]
     counts = {}
     t0 = time.time()
     for seed in range(opts.seed, opts.seed + opts.count):
         try:
-            status, msg = check(seed, half)
+            with half_tolerances(half):
+                status, msg = check(seed, half)
         except Exception as e:  # noqa: BLE001 - a crash of the driver or the emulation is a finding too
             status, msg = "error", f"{type(e).__name__}: {e}"
         counts[status] = counts.get(status, 0) + 1

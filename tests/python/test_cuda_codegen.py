@@ -364,16 +364,22 @@ needs_emulation = pytest.mark.skipif(NVRTC_SKIP is not None or _host_compiler() 
                                      reason=NVRTC_SKIP or "no host C++ compiler (g++) for the CUDA emulation")
 
 
-@needs_emulation
-@pytest.mark.parametrize("name", EMULATED)
-def test_emulated_kernels_match_eager(name):
+def _emulated_run(fn, args):
+    """Runs fn's CUDA program on the CPU emulation (cuda_emulation.py); returns (emulated
+    outputs, eager outputs)."""
     from cuda_emulation import emulate
-    fn, makers = CASES[name]
-    args = [m() for m in makers]
     want = fn(*args)
     want = list(want) if isinstance(want, (tuple, list)) else [want]
     got, ok = emulate(fn, *args)
     assert ok, "a kernel flagged an integer division by zero"
+    return got, want
+
+
+@needs_emulation
+@pytest.mark.parametrize("name", EMULATED)
+def test_emulated_kernels_match_eager(name):
+    fn, makers = CASES[name]
+    got, want = _emulated_run(fn, [m() for m in makers])
     rtol = _RTOL.get(name)
     assert_same(got, want, rtol=rtol or 2e-5, atol=rtol or 2e-5, what=name)
 
@@ -526,16 +532,12 @@ COLUMN_CASES = {
 @needs_emulation
 @pytest.mark.parametrize("name", sorted(COLUMN_CASES))
 def test_emulated_column_kernels_match_eager(name):
-    from cuda_emulation import emulate
     fn, makers = COLUMN_CASES[name]
     gen = torch.Generator().manual_seed(11)
     args = [_with_specials(m(), gen) if name != "var_argmax0" else m() for m in makers]
     kernels = kiln.codegen(fn, *args, target="cuda")
     assert any(k.columns > 0 and "kiln_column_reduce<" in k.source for k in kernels), name
-    want = fn(*args)
-    want = list(want) if isinstance(want, (tuple, list)) else [want]
-    got, ok = emulate(fn, *args)
-    assert ok
+    got, want = _emulated_run(fn, args)
     tol = 2e-3 if name == "half_sum0" else 2e-5
     assert_same(got, want, rtol=tol, atol=tol, what=name)
 

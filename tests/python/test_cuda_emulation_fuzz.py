@@ -18,18 +18,9 @@ SEEDS = range(0, 24)
 @needs_emulation
 @pytest.mark.parametrize("half", [None, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_fuzz_programs_match_eager_in_emulation(half):
-    from kiln import fuzz
     import cuda_emulation_fuzz as emu
-    saved = dict(fuzz.TOLERANCES), fuzz._F32_TOL
-    fuzz.TOLERANCES.update(emu.HALF_TOLERANCES)
-    if half:
-        fuzz._F32_TOL = emu.HALF_TOLERANCES[half]
-    try:
+    with emu.half_tolerances(half):
         results = {s: emu.check(s, half) for s in SEEDS}
-    finally:
-        fuzz.TOLERANCES.clear()
-        fuzz.TOLERANCES.update(saved[0])
-        fuzz._F32_TOL = saved[1]
     bad = {s: r for s, r in results.items() if r[0] not in ("ok", "skip")}
     assert not bad, "\n".join(f"seed {s}: {st}: {msg}" for s, (st, msg) in bad.items())
     assert sum(r[0] == "ok" for r in results.values()) >= len(SEEDS) // 2  # most programs do run
