@@ -194,7 +194,9 @@ int GraphEditor::matmul(int a, int b, bool zero_start) {
   const Node& bn = node(b);
   size_t r = an.sizes.size();
   KILN_UNSUPPORTED_IF(r < 2 || bn.sizes.size() != r, "matmul of ranks {} and {}", r, bn.sizes.size());
-  KILN_UNSUPPORTED_IF(an.dtype != bn.dtype || (an.dtype != DType::Float32 && an.dtype != DType::Float64),
+  // Half products: cuBLASLt's (the CPU pipeline refuses half values at lowering).
+  KILN_UNSUPPORTED_IF(an.dtype != bn.dtype || (an.dtype != DType::Float32 && an.dtype != DType::Float64 &&
+                                               !is_half(an.dtype)),
                       "matmul of {} and {}", dtype_name(an.dtype), dtype_name(bn.dtype));
   KILN_UNSUPPORTED_IF(!std::equal(an.sizes.begin(), an.sizes.end() - 2, bn.sizes.begin()) ||
                           an.sizes[r - 1] != bn.sizes[r - 2],

@@ -105,7 +105,8 @@ std::string print(const KernelProgram& p) {
         return fmt::format("buf{}.view([{}], strides [{}], offset {})", o.buffer, fmt::join(o.sizes, ", "),
                            fmt::join(o.strides, ", "), o.offset);
       };
-      s += fmt::format("gemm {}: buf{} = {} . {}\n", g.name, g.out, operand(g.a), operand(g.b));
+      std::string bias = g.bias < 0 ? "" : fmt::format(" + buf{}[{} + col]", g.bias, g.bias_offset);
+      s += fmt::format("gemm {}: buf{} = {} . {}{}\n", g.name, g.out, operand(g.a), operand(g.b), bias);
     } else {
       const ExternCall& e = p.externs[st.index];
       std::string ins, outs;

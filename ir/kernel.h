@@ -121,6 +121,11 @@ struct GemmCall {
   /// its outer loop reads only elements [i * epilogue_span, (i + 1) * epilogue_span) of `out`.
   int epilogue = -1;
   int64_t epilogue_span = 0;
+  /// CUDA: a vector of N elements (buffer `bias` from element `bias_offset`, contiguous, of
+  /// the output's dtype) the product adds to every row of its result before the one rounding
+  /// to the output's dtype (Note [Bias in the product]); -1: none.
+  int bias = -1;
+  int64_t bias_offset = 0;
 };
 
 /// One step of a program: a kernel, an extern call or a matrix product, in dependency (and

@@ -28,6 +28,9 @@ struct PassOptions {
   /// Mark kernels that may run on each tile of the matrix product before them (Note
   /// [Epilogues in cache]); the CUDA runner launches cuBLAS and kernels apart, so it turns it off.
   bool gemm_epilogues = true;
+  /// Let a matrix product add the bias vector the kernel after it only adds (Note [Bias in the
+  /// product]): cuBLASLt's epilogue. CUDA only; the CPU's epilogues in cache cover it there.
+  bool gemm_bias = false;
   /// Write a slice assignment into an argument in place (CPU: the runtime stops at the first
   /// failing step, so no write lands after a failure that eager would have raised before it).
   bool inplace_argument_writes = true;

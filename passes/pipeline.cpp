@@ -8,6 +8,7 @@
 #include "passes/decompose.h"
 #include "passes/drop_unread_stores.h"
 #include "passes/fold_batch_norm.h"
+#include "passes/gemm_bias.h"
 #include "passes/gemm_epilogues.h"
 #include "passes/layout.h"
 #include "passes/lower_to_loops.h"
@@ -33,6 +34,8 @@ ir::KernelProgram run_pipeline(const ir::Graph& captured, const PassOptions& opt
   if (opts.column_reductions) run_column_reductions(p, opts);
   // The kernel after a matrix product runs tile by tile while each tile is in cache.
   if (opts.gemm_epilogues) run_gemm_epilogues(p, opts);
+  // CUDA: a bias added after a product is added by the product (cuBLASLt's epilogue).
+  if (opts.gemm_bias) run_gemm_bias(p, opts);
   // Reductions lowering stored for readers that never came (a softmax's max and sum).
   run_drop_unread_stores(p, opts);
   if (opts.log_fusion)

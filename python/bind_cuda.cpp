@@ -14,6 +14,7 @@
 #include "passes/pipeline.h"
 #include "python/bindings.h"
 #include "runtime/cublas.h"
+#include "runtime/cublaslt.h"
 #include "runtime/cuda_driver.h"
 #include "runtime/cuda_program.h"
 #include "support/config.h"
@@ -32,6 +33,7 @@ passes::PassOptions pass_options() {
   opts.reuse_reduced_values = false;  // recomputing beats a round trip through HBM
   opts.column_reductions = false;     // a CPU vector layout (Note [Column reductions])
   opts.gemm_epilogues = false;        // cuBLAS calls and kernels are launched apart
+  opts.gemm_bias = true;              // cuBLASLt adds a row bias in its epilogue
   opts.inplace_argument_writes = false;  // CUDA flags failures only at the end of the program
   opts.output_views = false;             // the CUDA runner returns buffers and arguments only
   opts.channels_last_convolutions = false;  // measured for oneDNN, not cuDNN
@@ -156,6 +158,13 @@ void define_cuda(py::module_& m) {
     bool ok = runtime::cublas_available(&why);
     return py::dict(py::arg("available") = ok, py::arg("why") = why);
   });
+  m.def("cublaslt_prefer", &runtime::cublaslt_prefer,
+        "a cuBLASLt library file (PyTorch's, or a wheel's) to use before searching; before its first use");
+  m.def("cublaslt_info", [] {
+    std::string why;
+    bool ok = runtime::cublaslt_available(&why);
+    return py::dict(py::arg("available") = ok, py::arg("why") = why);
+  });
   m.def("cuda_unavailable_reason", [] {
     std::string why;
     runtime::cuda_available(&why);
@@ -214,7 +223,8 @@ void define_cuda(py::module_& m) {
       .def("load", [](runtime::CudaProgram& p, int device) { p.load(device); }, py::arg("device") = 0)
       .def("steps",
            [](const runtime::CudaProgram& p) {
-             // ("kernel", index) or ("gemm", {a, b: (buffer, sizes, strides, offset), out: buffer}), in order
+             // ("kernel", index) or ("gemm", {a, b: (buffer, sizes, strides, offset), out: buffer,
+             // bias: (buffer, offset) or None}), in order
              py::list out;
              const auto& kp = p.program();
              for (const auto& st : kp.steps) {
@@ -223,12 +233,25 @@ void define_cuda(py::module_& m) {
                  auto operand = [](const ir::GemmOperand& o) {
                    return py::make_tuple(o.buffer, o.sizes, o.strides, o.offset);
                  };
+                 py::object bias = g.bias < 0 ? py::object(py::none()) : py::make_tuple(g.bias, g.bias_offset);
                  out.append(py::make_tuple("gemm", py::dict(py::arg("a") = operand(g.a), py::arg("b") = operand(g.b),
-                                                            py::arg("out") = g.out, py::arg("name") = g.name)));
+                                                            py::arg("out") = g.out, py::arg("bias") = bias,
+                                                            py::arg("name") = g.name)));
                } else {
                  out.append(py::make_tuple(st.kind == ir::Step::Kind::Kernel ? "kernel" : "extern", st.index));
                }
              }
+             return out;
+           })
+      .def("check_cublaslt",
+           [](const runtime::CudaProgram& p) {
+             // {product name: what cuBLASLt refused ("" when its descriptors build)} for the
+             // products that run on cuBLASLt; needs the library, not a GPU.
+             py::dict out;
+             const auto& kp = p.program();
+             for (const auto& g : kp.gemms)
+               if (runtime::needs_cublaslt(g))
+                 out[py::str(g.name)] = runtime::cublaslt_check_descriptors(g, kp.buffers);
              return out;
            })
       .def("externs", &extern_list)

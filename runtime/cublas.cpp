@@ -1,7 +1,8 @@
 /// \file cublas.cpp
 /// cuBLAS behind cublas.h. Row-major products go to column-major cuBLAS as C^T = B^T . A^T
 /// (see gemm.cpp), batches as one strided-batched call when each operand's matrices are evenly
-/// spaced (a broadcast operand: stride 0), else one call per matrix.
+/// spaced (a broadcast operand: stride 0), else one call per matrix. float16/bfloat16 go
+/// through cublasGemmStridedBatchedEx with float32 accumulation, as eager's do.
 #include "runtime/cublas.h"
 
 #include <dlfcn.h>
@@ -11,14 +12,16 @@
 #include <map>
 #include <mutex>
 
-#include "runtime/gemm_layout.h"
+#include "runtime/cublas_abi.h"
+#include "runtime/cublaslt.h"
+
 
 namespace kiln::runtime {
 namespace {
 
 using Status = int;  // cublasStatus_t; 0 = CUBLAS_STATUS_SUCCESS
 using Handle = void*;
-constexpr int kOpN = 0, kOpT = 1;
+namespace abi = cublas_abi;
 
 struct Cublas {
   std::string why;
@@ -28,6 +31,9 @@ struct Cublas {
                   long long, const float*, float*, int, long long, int) = nullptr;
   Status (*Dgemm)(Handle, int, int, int, int, int, const double*, const double*, int, long long, const double*, int,
                   long long, const double*, double*, int, long long, int) = nullptr;
+  // float16/bfloat16: float32 accumulation, the result rounded once (eager's call too)
+  Status (*GemmEx)(Handle, int, int, int, int, int, const void*, const void*, int, int, long long, const void*, int,
+                   int, long long, const void*, void*, int, int, long long, int, int, int) = nullptr;
   std::mutex mu;
   std::map<CuContext, Handle> handles;  // one per context (device)
 };
@@ -53,7 +59,9 @@ Cublas& table() {
     c->SetStream = reinterpret_cast<decltype(c->SetStream)>(dlsym(h, "cublasSetStream_v2"));
     c->Sgemm = reinterpret_cast<decltype(c->Sgemm)>(dlsym(h, "cublasSgemmStridedBatched"));
     c->Dgemm = reinterpret_cast<decltype(c->Dgemm)>(dlsym(h, "cublasDgemmStridedBatched"));
-    if (!c->Create || !c->SetStream || !c->Sgemm || !c->Dgemm) c->why = "cuBLAS lacks the functions kiln calls";
+    c->GemmEx = reinterpret_cast<decltype(c->GemmEx)>(dlsym(h, "cublasGemmStridedBatchedEx"));
+    if (!c->Create || !c->SetStream || !c->Sgemm || !c->Dgemm || !c->GemmEx)
+      c->why = "cuBLAS lacks the functions kiln calls";
     return c;
   }();
   return *c;
@@ -88,6 +96,34 @@ size_t run_length(const std::vector<int64_t>& ao, const std::vector<int64_t>& bo
 
 }  // namespace
 
+int64_t CublasProduct::a_stride(size_t first) const {
+  int64_t s = 0;
+  even(a_offsets, first, run, &s);
+  return s;
+}
+
+int64_t CublasProduct::b_stride(size_t first) const {
+  int64_t s = 0;
+  even(b_offsets, first, run, &s);
+  return s;
+}
+
+CublasProduct cublas_product(const ir::GemmCall& g) {
+  CublasProduct p;
+  const ir::Sizes& as = g.a.sizes;
+  size_t r = as.size();
+  p.M = as[r - 2];
+  p.K = as[r - 1];
+  p.N = g.b.sizes.back();
+  for (size_t d = 0; d + 2 < r; ++d) p.batch *= as[d];
+  p.a = operand_layout(g.a);
+  p.b = operand_layout(g.b);
+  p.a_offsets = batch_offsets(g.a);
+  p.b_offsets = batch_offsets(g.b);
+  p.run = run_length(p.a_offsets, p.b_offsets);
+  return p;
+}
+
 bool cublas_available(std::string* why) {
   Cublas& c = table();
   if (why) *why = c.why;
@@ -101,7 +137,12 @@ void cublas_prefer(const std::string& path) {
 
 std::string cublas_unsupported(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers) {
   ir::DType t = buffers[call.out].dtype;
-  if (t != ir::DType::Float32 && t != ir::DType::Float64) return fmt::format("{} matmul", ir::dtype_name(t));
+  if (t != ir::DType::Float32 && t != ir::DType::Float64 && !ir::is_half(t))
+    return fmt::format("{} matmul", ir::dtype_name(t));
+  // cuBLAS writes zeros for an empty sum (beta = 0); cuBLASLt's k must be positive (the bias
+  // pass never gives it such a product).
+  if (needs_cublaslt(call) && call.a.sizes.back() == 0)
+    return fmt::format("{}: a bias epilogue over an empty dim", call.name);
   for (const ir::GemmOperand* o : {&call.a, &call.b})
     if (!operand_layout(*o).direct)
       return fmt::format("{}: an operand layout cuBLAS cannot read without a copy", call.name);
@@ -114,15 +155,9 @@ void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, 
                  CuStream stream) {
   Cublas& c = table();
   if (!c.why.empty()) throw CudaError("kiln: " + c.why);
-  const ir::Sizes& as = g.a.sizes;
-  size_t r = as.size();
-  ir::Sizes batch(as.begin(), as.end() - 2);
-  int64_t M = as[r - 2], K = as[r - 1], N = g.b.sizes.back();
-  int64_t nb = 1;
-  for (int64_t s : batch) nb *= s;
-  if (nb == 0 || M == 0 || N == 0) return;
-  Layout la = operand_layout(g.a), lb = operand_layout(g.b);
-  if (!la.direct || !lb.direct) throw CudaError("kiln: " + cublas_unsupported(g, buffers));
+  CublasProduct p = cublas_product(g);
+  if (p.batch == 0 || p.M == 0 || p.N == 0) return;
+  if (!p.a.direct || !p.b.direct) throw CudaError("kiln: " + cublas_unsupported(g, buffers));
   Handle h = nullptr;
   {
     std::lock_guard<std::mutex> lock(c.mu);
@@ -136,11 +171,11 @@ void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, 
     }
   }
   check(c.SetStream(h, stream), "cublasSetStream");
-  std::vector<int64_t> ao = batch_offsets(g.a), bo = batch_offsets(g.b);
   size_t elem = ir::dtype_bytes(buffers[g.out].dtype);
-  int m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
-  int lda = static_cast<int>(la.ld), ldb = static_cast<int>(lb.ld), ldc = n;
-  int ta = la.col_major ? kOpT : kOpN, tb = lb.col_major ? kOpT : kOpN;
+  int m = static_cast<int>(p.M), n = static_cast<int>(p.N), k = static_cast<int>(p.K);
+  int lda = static_cast<int>(p.a.ld), ldb = static_cast<int>(p.b.ld), ldc = n;
+  int ta = p.a.col_major ? abi::kOpT : abi::kOpN, tb = p.b.col_major ? abi::kOpT : abi::kOpN;
+  ir::DType t = buffers[g.out].dtype;
   uint64_t A = ptrs[g.a.buffer], B = ptrs[g.b.buffer], C = ptrs[g.out];
   // K == 0: beta = 0 makes cuBLAS write zeros (alpha times an empty sum).
   auto call = [&](uint64_t a, uint64_t b, uint64_t cc, long long stride_a, long long stride_b, int count) {
@@ -149,17 +184,22 @@ void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, 
       using T = decltype(one);
       T zero = 0;
       return gemm(h, tb, ta, n, m, k, &one, reinterpret_cast<const T*>(b), ldb, stride_b, reinterpret_cast<const T*>(a),
-                  lda, stride_a, &zero, reinterpret_cast<T*>(cc), ldc, static_cast<long long>(M) * N, count);
+                  lda, stride_a, &zero, reinterpret_cast<T*>(cc), ldc, static_cast<long long>(p.M) * p.N, count);
     };
-    check(buffers[g.out].dtype == ir::DType::Float32 ? run(c.Sgemm, 1.0f) : run(c.Dgemm, 1.0), g.name);
+    if (ir::is_half(t)) {
+      float one = 1, zero = 0;
+      int dt = abi::data_type(t);
+      check(c.GemmEx(h, tb, ta, n, m, k, &one, reinterpret_cast<const void*>(b), dt, ldb, stride_b,
+                     reinterpret_cast<const void*>(a), dt, lda, stride_a, &zero, reinterpret_cast<void*>(cc), dt, ldc,
+                     static_cast<long long>(p.M) * p.N, count, abi::kComputeF32, abi::kGemmDefault),
+            g.name);
+      return;
+    }
+    check(t == ir::DType::Float32 ? run(c.Sgemm, 1.0f) : run(c.Dgemm, 1.0), g.name);
   };
-  size_t run = run_length(ao, bo);
-  for (size_t i = 0; i < static_cast<size_t>(nb); i += run) {
-    int64_t sa = 0, sb = 0;
-    even(ao, i, run, &sa);
-    even(bo, i, run, &sb);
-    call(A + ao[i] * elem, B + bo[i] * elem, C + i * M * N * elem, sa, sb, static_cast<int>(run));
-  }
+  for (size_t i = 0; i < static_cast<size_t>(p.batch); i += p.run)
+    call(A + p.a_offsets[i] * elem, B + p.b_offsets[i] * elem, C + i * p.M * p.N * elem, p.a_stride(i), p.b_stride(i),
+         static_cast<int>(p.run));
 }
 
 }  // namespace kiln::runtime

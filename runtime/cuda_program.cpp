@@ -8,6 +8,7 @@
 
 #include "codegen_cuda/nvrtc_compiler.h"
 #include "runtime/cublas.h"
+#include "runtime/cublaslt.h"
 #include "support/error.h"
 
 namespace kiln::runtime {
@@ -59,7 +60,10 @@ const CudaProgram::Loaded& CudaProgram::loaded_for(int device) {
 
 void CudaProgram::load(int device) {
   std::string why;
-  KILN_UNSUPPORTED_IF(!program_.gemms.empty() && !cublas_available(&why), "kiln: {}", why);
+  for (const auto& g : program_.gemms) {
+    bool lt = needs_cublaslt(g);
+    KILN_UNSUPPORTED_IF(lt ? !cublaslt_available(&why) : !cublas_available(&why), "kiln: {}", why);
+  }
   loaded_for(device);
 }
 
@@ -77,7 +81,11 @@ bool CudaProgram::run(std::vector<uint64_t> ptrs, uint64_t stream_handle, int de
   std::vector<void*> args;
   for (const ir::Step& step : program_.steps) {
     if (step.kind == ir::Step::Kind::Gemm) {
-      cublas_gemm(program_.gemms[step.index], program_.buffers, ptrs, stream);
+      const ir::GemmCall& g = program_.gemms[step.index];
+      if (needs_cublaslt(g))
+        cublaslt_gemm(g, program_.buffers, ptrs, stream);
+      else
+        cublas_gemm(g, program_.buffers, ptrs, stream);
       continue;
     }
     if (step.kind == ir::Step::Kind::Extern) {

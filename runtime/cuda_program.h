@@ -57,7 +57,8 @@ class CudaProgram {
   bool run(std::vector<uint64_t> ptrs, uint64_t stream, int device, const ExternFn& run_extern = nullptr);
 
   /// Loads the modules into the current context (run() does this on first use); throws
-  /// Unsupported when the program has matrix products and cuBLAS cannot be opened.
+  /// Unsupported when the program has matrix products and cuBLAS (or cuBLASLt, for half
+  /// products and bias epilogues) cannot be opened.
   void load(int device);
 
   const ir::KernelProgram& program() const { return program_; }

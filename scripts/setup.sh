@@ -29,11 +29,15 @@ VPY=.venv/bin/python
 # torch is pinned exactly: an unpinned torch pulls a multi-GB CUDA build. nvidia-cuda-nvrtc
 # (NVRTC alone, ~60 MB) lets kiln compile its CUDA kernels to PTX without a GPU; 13.0 matches the
 # CUDA 13.0 drivers (580) of the lent GPU machines, whose JIT loads that NVRTC's PTX.
-PIP_PACKAGES=(torch==2.13.0 numpy pytest pytest-timeout hypothesis pybind11 scikit-build-core matplotlib "nvidia-cuda-nvrtc==13.0.*")
+# nvidia-cublas (cuBLAS and cuBLASLt with their headers) is never linked: its headers check the
+# cuBLAS values kiln spells out (tests/cpp/cublas_abi_test.cpp) and its library checks the
+# descriptors kiln builds (tests/python/test_cublaslt.py), which needs no GPU.
+PIP_PACKAGES=(torch==2.13.0 numpy pytest pytest-timeout hypothesis pybind11 scikit-build-core matplotlib "nvidia-cuda-nvrtc==13.0.*"
+              "nvidia-cublas==13.0.*")
 if ! "$VPY" - <<'PYEOF' 2>/dev/null
 import importlib.metadata as md, sys
 need = {"torch": "2.13.0", "numpy": None, "pytest": None, "pytest-timeout": None, "hypothesis": None, "pybind11": None,
-        "scikit-build-core": None, "matplotlib": None, "nvidia-cuda-nvrtc": "13.0."}
+        "scikit-build-core": None, "matplotlib": None, "nvidia-cuda-nvrtc": "13.0.", "nvidia-cublas": "13.0."}
 for name, ver in need.items():
     v = md.version(name)
     if ver and not v.startswith(ver):

@@ -256,6 +256,8 @@ class CudaRunner:
         for kind, what in self._prog.steps():
             if kind == "gemm":
                 touched.update((what["a"][0], what["b"][0], what["out"]))
+                if what["bias"] is not None:
+                    touched.add(what["bias"][0])
         for e in externs:
             touched.update(e["inputs"])
         self._unallocated = {i for i in range(len(self._bufs)) if i not in touched}
@@ -396,14 +398,17 @@ def compile_cuda_entry(source, device=None, debug_dir="", fallbacks=None):
 
 
 def _prefer_torch_cublas():
-    """Points kiln's cuBLAS at the libcublas PyTorch loaded (found in /proc/self/maps), so both
-    use one copy of the library."""
+    """Points kiln's cuBLAS and cuBLASLt at the libraries PyTorch loaded (found in
+    /proc/self/maps), so both use one copy of each."""
+    prefer = {"libcublas.so": _C.cublas_prefer, "libcublasLt.so": _C.cublaslt_prefer}
     try:
         with open("/proc/self/maps") as f:
             for line in f:
                 path = line.split()[-1]
-                if os.path.basename(path).startswith("libcublas.so"):
-                    _C.cublas_prefer(path)
+                for prefix in list(prefer):
+                    if os.path.basename(path).startswith(prefix):
+                        prefer.pop(prefix)(path)
+                if not prefer:
                     return
     except OSError:
         pass

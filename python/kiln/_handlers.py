@@ -766,25 +766,32 @@ def _roll(tr, a, out):
 # -- matrix products -------------------------------------------------------------------------
 # mm / bmm / addmm / baddbmm (what matmul, linear and einsum reach at the ATen level) become
 # kiln matmul nodes: BLAS steps whose bias, scaling and activation are pointwise work fused
-# into the kernel after them. Other dtypes and devices, or KILN_MATMUL=eager, keep them as
-# fallback ops.
+# into the kernel after them (on CUDA, a row bias goes into the product: Note [Bias in the
+# product]). Other dtypes and devices, or KILN_MATMUL=eager, keep them as fallback ops.
 _BLAS_DTYPES = (torch.float32, torch.float64)
+# cuBLASLt runs half products (float32 accumulation, one rounding, as eager's).
+_CUBLAS_DTYPES = _BLAS_DTYPES + (torch.float16, torch.bfloat16)
 
 
-def _blas_ready(*tensors):
+def _for_cuda(tr, t):
+    """Whether tensor t's products run on cuBLAS: a CUDA tensor, or a CPU example traced for
+    the CUDA code generator."""
+    return t.device.type == "cuda" or (t.device.type == "cpu" and tr.target == "cuda")
+
+
+def _blas_ready(tr, *tensors):
     """CPU tensors need a BLAS kiln can open; CUDA ones go to cuBLAS (checked when the program
     loads: without it the function runs eagerly, with the reason recorded)."""
     from . import _C
-    if _C.knob("matmul") != "blas" or any(t.dtype not in _BLAS_DTYPES or t.dtype != tensors[0].dtype
-                                          or t.device != tensors[0].device for t in tensors):
+    t0 = tensors[0]
+    cuda = _for_cuda(tr, t0)
+    if _C.knob("matmul") != "blas" or any(t.dtype not in (_CUBLAS_DTYPES if cuda else _BLAS_DTYPES)
+                                          or t.dtype != t0.dtype or t.device != t0.device for t in tensors):
         return False
-    if tensors[0].device.type == "cuda":
-        return True
-    if not hasattr(_C, "blas_library"):
-        # No CPU backend (a KILN_CPU=OFF build): CPU tensors are traced only as examples for
-        # kiln.codegen(target="cuda"), whose programs run their products on cuBLAS.
-        return tensors[0].device.type == "cpu" and hasattr(_C, "cuda_codegen")
-    return tensors[0].device.type == "cpu" and bool(_C.blas_library())
+    if cuda:
+        return t0.device.type == "cuda" or hasattr(_C, "cuda_codegen")
+    # No CPU backend (a KILN_CPU=OFF build) runs no CPU product.
+    return t0.device.type == "cpu" and hasattr(_C, "blas_library") and bool(_C.blas_library())
 
 
 def _scaled(tr, x, factor):
@@ -793,7 +800,7 @@ def _scaled(tr, x, factor):
 
 @handles(aten.mm, aten.bmm)
 def _mm(tr, a, out):
-    if not _blas_ready(a["self"], a["mat2"], out):
+    if not _blas_ready(tr, a["self"], a["mat2"], out):
         raise NoLowering()
     return tr.call("matmul", [a["self"], a["mat2"]], int_value=int(tr.current_op == "bmm"))
 
@@ -802,7 +809,12 @@ def _mm(tr, a, out):
 def _addmm(tr, a, out):
     m1, m2 = (a["mat1"], a["mat2"]) if "mat1" in a else (a["batch1"], a["batch2"])
     beta, alpha = a.get("beta", 1), a.get("alpha", 1)
-    if not _blas_ready(m1, m2, out) or not isinstance(a["self"], torch.Tensor) or a["self"].dtype != out.dtype:
+    if not _blas_ready(tr, m1, m2, out) or not isinstance(a["self"], torch.Tensor) or a["self"].dtype != out.dtype:
+        raise NoLowering()
+    if out.dtype in (torch.float16, torch.bfloat16) and (
+            alpha != 1 or beta != 1 or a["self"].dim() != 1 or m1.dim() != 2):
+        # Eager rounds alpha * m1 @ m2 + beta * self once; kiln's half product rounds once only
+        # with a row bias the product itself adds (Note [Bias in the product]).
         raise NoLowering()
     product = _scaled(tr, Value(tr.call("matmul", [m1, m2], int_value=int(tr.current_op == "baddbmm"))), alpha)
     if beta == 0:  # torch ignores self then (nan and inf included)
@@ -813,7 +825,7 @@ def _addmm(tr, a, out):
 @handles(aten.mv, aten.dot)
 def _mv(tr, a, out):
     m, v = a["self"], a["vec"] if "vec" in a else a["tensor"]
-    if not _blas_ready(m, v, out):
+    if not _blas_ready(tr, m, v, out):
         raise NoLowering()
     lhs = m if m.dim() == 2 else Value(tr.call("reshape", [m], ints=[1, m.shape[0]]))
     col = Value(tr.call("reshape", [v], ints=[v.shape[0], 1]))
@@ -830,7 +842,7 @@ def _sdpa(tr, a, out):
     it stops the capture)."""
     q, k, v = a["query"], a["key"], a["value"]
     mask = a.get("attn_mask")
-    if (a.get("dropout_p", 0.0) != 0.0 or not _blas_ready(q, k, v, out[0])
+    if (a.get("dropout_p", 0.0) != 0.0 or not _blas_ready(tr, q, k, v, out[0])
             or q.dim() < 2 or 0 in q.shape or 0 in k.shape
             or (mask is not None and (mask.dtype not in (torch.bool, q.dtype) or a.get("is_causal")))):
         raise NoLowering()

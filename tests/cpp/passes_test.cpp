@@ -367,6 +367,72 @@ TEST(GemmEpilogues, NotWhereAnIterationReadsAcrossTilesOrWritesAnOperand) {
   }
 }
 
+namespace {
+/// x[8, 32] . w[32, 24] + bias (optionally under relu, optionally also returning the product)
+/// through the CUDA pipeline's bias pass.
+KernelProgram linear_for_cuda(DType t, Sizes bias_sizes, bool relu, bool return_product) {
+  capture::GraphBuilder b;
+  int x = b.add_input(t, {8, 32}, {32, 1}, 0);
+  int w = b.add_input(t, {32, 24}, {24, 1}, 1);
+  int bias = b.add_input(t, bias_sizes, contiguous_strides(bias_sizes), 2);
+  int y = b.call("matmul", {V(x), V(w)}, {});
+  int z = b.call("add", {V(y), V(bias)}, {});
+  if (relu) z = b.call("relu", {V(z)}, {});
+  b.set_outputs(return_product ? std::vector<int>{z, y} : std::vector<int>{z});
+  passes::PassOptions o = verifying();
+  o.gemm_epilogues = false;
+  o.gemm_bias = true;
+  o.half_types = true;
+  return passes::run_pipeline(b.graph(), o);
+}
+}  // namespace
+
+TEST(GemmBias, ALinearLayerIsOneProductThatAddsItsBias) {
+  for (DType t : {DType::Float32, DType::BFloat16, DType::Float16}) {
+    KernelProgram p = linear_for_cuda(t, {24}, false, false);
+    ASSERT_EQ(p.steps.size(), 1u) << print(p);
+    ASSERT_EQ(p.gemms.size(), 1u);
+    EXPECT_TRUE(p.kernels.empty());
+    const GemmCall& g = p.gemms[0];
+    EXPECT_EQ(g.bias, 2);
+    EXPECT_EQ(g.bias_offset, 0);
+    EXPECT_EQ(p.buffers[g.out].kind, BufferKind::Output) << print(p);
+  }
+}
+
+TEST(GemmBias, UnderAnActivationTheKernelStaysWithoutTheAdd) {
+  KernelProgram p = linear_for_cuda(DType::BFloat16, {1, 24}, true, false);
+  ASSERT_EQ(p.steps.size(), 2u) << print(p);
+  EXPECT_EQ(p.gemms[0].bias, 2);
+  std::string text = print(p.kernels[0]);
+  EXPECT_EQ(text.find("buf2"), std::string::npos) << text;  // the bias is the product's now
+}
+
+TEST(GemmBias, NotWhereTheProductIsReadElsewhereOrTheBiasIsNotARow) {
+  // The product is returned too: its buffer must keep the plain product.
+  KernelProgram p = linear_for_cuda(DType::Float32, {24}, false, true);
+  EXPECT_EQ(p.gemms[0].bias, -1) << print(p);
+  // A bias per row (8, 1) or per element (8, 24) is not a vector over the columns.
+  p = linear_for_cuda(DType::Float32, {8, 1}, false, false);
+  EXPECT_EQ(p.gemms[0].bias, -1) << print(p);
+  p = linear_for_cuda(DType::Float32, {8, 24}, false, false);
+  EXPECT_EQ(p.gemms[0].bias, -1) << print(p);
+  // float64: cuBLAS's classic API, no epilogue.
+  p = linear_for_cuda(DType::Float64, {24}, false, false);
+  EXPECT_EQ(p.gemms[0].bias, -1) << print(p);
+  // A batch of products (eager's F.linear flattens its batch; a bmm gets no epilogue).
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {2, 8, 32}, {256, 32, 1}, 0);
+  int w = b.add_input(DType::Float32, {2, 32, 24}, {768, 24, 1}, 1);
+  int bias = b.add_input(DType::Float32, {24}, {1}, 2);
+  b.set_outputs({b.call("add", {V(b.call("matmul", {V(x), V(w)}, {})), V(bias)}, {})});
+  passes::PassOptions o = verifying();
+  o.gemm_epilogues = false;
+  o.gemm_bias = true;
+  p = passes::run_pipeline(b.graph(), o);
+  EXPECT_EQ(p.gemms[0].bias, -1) << print(p);
+}
+
 TEST(Lowering, ComputedOperandOfAProductIsMaterialisedOnce) {
   // (x * 2) feeds a product directly and through a transpose: one buffer, read twice.
   capture::GraphBuilder b;

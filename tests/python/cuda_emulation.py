@@ -196,7 +196,13 @@ def emulate(fn, *args, max_grid=3, per_result=False):
             out = tensors[what["out"]]
             a, b = view(*what["a"]), view(*what["b"])  # each with its own batch dims, row-major
             flat = lambda t: t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])  # noqa: E731
-            prod = torch.matmul(flat(a), flat(b))
+            # cuBLASLt's half products accumulate in float32, add the bias, and round once
+            wide = torch.float32 if out.dtype in (torch.float16, torch.bfloat16) else out.dtype
+            prod = torch.matmul(flat(a).to(wide), flat(b).to(wide))
+            if what["bias"] is not None:
+                bias_buf, bias_offset = what["bias"]
+                prod = prod + view(bias_buf, [b.shape[-1]], [1], bias_offset).to(wide)
+            prod = prod.to(out.dtype)
             out.view(-1)[:prod.numel()].copy_(prod.reshape(-1)) if out.dim() == 1 else out.copy_(prod.reshape(out.shape))
             continue
         if kind == "extern":  # eager PyTorch's part (on CPU tensors here), shared with the runner

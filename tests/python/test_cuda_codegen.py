@@ -149,10 +149,27 @@ CASES = {
     "matmul_f64_addmm": (lambda s, a, b: torch.addmm(s, a, b, beta=0.5, alpha=2.0),
                          [R(5, dtype=torch.float64), R(9, 6, dtype=torch.float64), R(6, 5, dtype=torch.float64)]),
     "matmul_empty_k": (lambda a, b: a @ b - 1, [R(4, 0), R(0, 3)]),
+    # a row bias the product adds (cuBLASLt's epilogue, Note [Bias in the product]): alone (the
+    # kernel goes), under an activation and a residual (the kernel stays), from a slice's offset
+    "linear_bias": (lambda x, w, b: F.linear(x, w, b), [R(2, 9, 48), R(40, 48), R(40)]),
+    "linear_bias_relu_residual": (lambda x, w, b, r: (torch.relu(x @ w.t() + b[:40]) + r, F.linear(x, w, b[1:])[:, :7]),
+                                  [R(33, 48), R(40, 48), R(41), R(33, 40)]),
+    # half products on cuBLASLt: float32 accumulation, the bias added before the one rounding
+    "half_linear_bf16": (lambda x, w, b: (F.linear(x, w, b), torch.relu(F.linear(x, w, b)) * 2, x @ w.t(),
+                                          (x @ x.transpose(-1, -2)).sum(-1)),
+                         [R(2, 9, 48, dtype=torch.bfloat16), R(40, 48, dtype=torch.bfloat16),
+                          R(40, dtype=torch.bfloat16)]),
+    "half_attention_f16": (lambda q, k, v, w, b: F.linear(F.softmax(q @ k.transpose(-2, -1) * 0.25, -1) @ v, w, b),
+                           [R(2, 3, 17, 16, dtype=torch.float16), R(2, 3, 17, 16, dtype=torch.float16),
+                            R(2, 3, 17, 16, dtype=torch.float16), R(24, 16, dtype=torch.float16),
+                            R(24, dtype=torch.float16)]),
     # heads of a fused qkv projection: batch dims (B, H) that no single stride spans
     "attention_fused_qkv": (lambda x, w: (lambda qkv: F.softmax(qkv[0] @ qkv[1].transpose(-2, -1), -1) @ qkv[2])(
         (x @ w).view(2, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)), [R(2, 17, 32), R(32, 96)]),
 }
+
+
+PRODUCT_ONLY = {"linear_bias"}  # one cuBLASLt step, no kernel
 
 
 @needs_nvrtc
@@ -161,7 +178,7 @@ def test_every_kernel_compiles_to_ptx(name):
     fn, makers = CASES[name]
     args = [m() for m in makers]
     kernels = kiln.codegen(fn, *args, target="cuda")
-    assert kernels, f"{name}: no kernels"
+    assert kernels or name in PRODUCT_ONLY, f"{name}: no kernels"
     for k in kernels:
         assert k.target == "cuda"
         assert "__global__" in k.source and f" {k.name}(" in k.source, k.source
@@ -265,7 +282,8 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "scalars_consts", "small_ints", "empty_reduce", "linear_gelu", "attention", "matmul_broadcast_batch",
              "matmul_f64_addmm", "matmul_empty_k", "attention_fused_qkv", "index_copy", "pooling", "conv_bn_relu",
              "topk_cummax", "eager_result_returned", "cumsum_scatter_add", "half_chain_f16", "half_rows_f16",
-             "half_rows_bf16", "half_topk_bf16", "half_batch_norm_bf16"]
+             "half_rows_bf16", "half_topk_bf16", "half_batch_norm_bf16", "linear_bias", "linear_bias_relu_residual",
+             "half_linear_bf16", "half_attention_f16"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
@@ -274,7 +292,10 @@ _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "lon
          # one half ulp: exp/tanh/erf differ from eager's in their last float32 bits now and then,
          # and a float32 difference can round to the neighbouring half
          "half_chain_f16": 2e-3, "half_rows_f16": 2e-3, "half_rows_bf16": 1.6e-2, "half_topk_bf16": 1.6e-2,
-         "half_batch_norm_bf16": 1.6e-2}
+         "half_batch_norm_bf16": 1.6e-2,
+         # products: float32 sums in another order than eager's (then rounded to the half type)
+         "linear_bias": 1e-4, "linear_bias_relu_residual": 1e-4, "half_linear_bf16": 1.6e-2,
+         "half_attention_f16": 2e-3}
 
 
 @pytest.mark.gpu
@@ -598,3 +619,44 @@ def test_emulated_half_layer_norm_of_a_huge_row_is_exact():
     assert_same(got[2], exact[2].bfloat16(), rtol=1.6e-2, atol=1e-2)
     keep = [0, 1, 3, 4, 5]
     assert_same(got[keep], want[keep], rtol=1.6e-2, atol=1e-2)
+
+
+def _steps(fn, *args):
+    tracer = _cuda.trace_graph(fn, args)
+    prog = _C.CudaProgram(tracer.builder, 0, 90)
+    return prog.steps(), prog.buffers()
+
+
+@needs_nvrtc
+def test_bias_goes_into_the_product():
+    """Note [Bias in the product]: a linear layer is one product step that adds its bias and
+    writes the output (no kernel); under an activation the kernel stays without the add; a
+    product whose plain value is also returned keeps its bias kernel."""
+    x, w, b = torch.randn(9, 48), torch.randn(40, 48), torch.randn(40)
+    steps, bufs = _steps(lambda x, w, b: F.linear(x, w, b), x, w, b)
+    assert [k for k, _ in steps] == ["gemm"]
+    gemm = steps[0][1]
+    assert gemm["bias"] == (2, 0) and bufs[gemm["out"]]["kind"] == "output"
+    steps, _ = _steps(lambda x, w, b: F.linear(x, w, b[3:43]), x, w, torch.randn(50))
+    assert [k for k, _ in steps] == ["gemm"] and steps[0][1]["bias"][1] == 3
+    steps, _ = _steps(lambda x, w, b: torch.relu(F.linear(x, w, b)), x, w, b)
+    assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is not None
+    steps, _ = _steps(lambda x, w, b: (lambda y: (y, y + b))(x @ w.t()), x, w, b)
+    assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is None
+    steps, _ = _steps(lambda x, w, b: x @ w.t() + b.view(40, 1)[:9], x, torch.randn(9, 48), b)  # a column bias
+    assert steps[0][1]["bias"] is None
+    steps, _ = _steps(lambda x, w, b: F.linear(x, w, b), x.double(), w.double(), b.double())  # cuBLAS: no epilogue
+    assert steps[0][1]["bias"] is None
+
+
+@needs_nvrtc
+def test_half_products_run_on_cublaslt_only_where_they_round_once():
+    """A half product is a kiln step; a half addmm too when its bias is a row the product adds
+    (one rounding, as eager's); with alpha or beta, or a matrix bias, it stays eager's op."""
+    x, w, b = (torch.randn(9, 48).bfloat16(), torch.randn(48, 40).bfloat16(), torch.randn(40).bfloat16())
+    steps, _ = _steps(lambda x, w, b: torch.addmm(b, x, w), x, w, b)
+    assert [k for k, _ in steps] == ["gemm"] and steps[0][1]["bias"] is not None
+    for fn in (lambda x, w, b: torch.addmm(b, x, w, alpha=0.5), lambda x, w, b: torch.addmm(b, x, w, beta=2),
+               lambda x, w, b: torch.addmm(b.expand(9, 40), x, w)):
+        steps, _ = _steps(fn, x, w, b)
+        assert [k for k, _ in steps] == ["extern"]

@@ -1,0 +1,297 @@
+/// \file cublaslt.cpp
+/// cuBLASLt behind cublaslt.h. The product goes to column-major cuBLASLt as cuBLAS's does
+/// (cublas_product: out^T = b^T . a^T); a bias of N elements is then a vector over the rows of
+/// cuBLASLt's D, which is what its BIAS epilogue adds. The descriptors and the algorithm of a
+/// product depend only on its shape, dtype, epilogue and pointer alignments: they are built once
+/// per such key and context and kept for the process (a plan), as cuBLAS keeps its handles.
+#include "runtime/cublaslt.h"
+
+#include <dlfcn.h>
+#include <fmt/format.h>
+
+#include <climits>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "runtime/cublas.h"
+#include "runtime/cublas_abi.h"
+
+namespace kiln::runtime {
+namespace {
+
+namespace lt = cublas_abi;
+
+using Status = int;  // cublasStatus_t; 0 = CUBLAS_STATUS_SUCCESS
+using Handle = void*;
+using Desc = void*;
+using MatrixLayout = void*;
+using Preference = void*;
+
+struct CublasLt {
+  std::string why;
+  Status (*Create)(Handle*) = nullptr;
+  Status (*DescCreate)(Desc*, int, int) = nullptr;
+  Status (*DescDestroy)(Desc) = nullptr;
+  Status (*DescSet)(Desc, int, const void*, size_t) = nullptr;
+  Status (*LayoutCreate)(MatrixLayout*, int, uint64_t, uint64_t, int64_t) = nullptr;
+  Status (*LayoutDestroy)(MatrixLayout) = nullptr;
+  Status (*LayoutSet)(MatrixLayout, int, const void*, size_t) = nullptr;
+  Status (*PrefCreate)(Preference*) = nullptr;
+  Status (*PrefDestroy)(Preference) = nullptr;
+  Status (*PrefSet)(Preference, int, const void*, size_t) = nullptr;
+  Status (*Heuristic)(Handle, Desc, MatrixLayout, MatrixLayout, MatrixLayout, MatrixLayout, Preference, int,
+                      lt::HeuristicResult*, int*) = nullptr;
+  Status (*Matmul)(Handle, Desc, const void*, const void*, MatrixLayout, const void*, MatrixLayout, const void*,
+                   const void*, MatrixLayout, void*, MatrixLayout, const lt::Algo*, void*, size_t, void*) = nullptr;
+};
+
+std::mutex g_mu;
+std::string g_preferred;
+
+template <class F>
+void bind(void* lib, F*& f, const char* name) {
+  f = reinterpret_cast<F*>(dlsym(lib, name));
+}
+
+CublasLt& table() {
+  static CublasLt* c = [] {
+    auto* c = new CublasLt();  // never closed: plans live as long as the process
+    void* h = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      if (!g_preferred.empty()) h = dlopen(g_preferred.c_str(), RTLD_NOW | RTLD_LOCAL);
+    }
+    for (const char* so : {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"})
+      if (!h) h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      c->why = "cuBLASLt could not be opened (libcublasLt.so.13 / .12)";
+      return c;
+    }
+    bind(h, c->Create, "cublasLtCreate");
+    bind(h, c->DescCreate, "cublasLtMatmulDescCreate");
+    bind(h, c->DescDestroy, "cublasLtMatmulDescDestroy");
+    bind(h, c->DescSet, "cublasLtMatmulDescSetAttribute");
+    bind(h, c->LayoutCreate, "cublasLtMatrixLayoutCreate");
+    bind(h, c->LayoutDestroy, "cublasLtMatrixLayoutDestroy");
+    bind(h, c->LayoutSet, "cublasLtMatrixLayoutSetAttribute");
+    bind(h, c->PrefCreate, "cublasLtMatmulPreferenceCreate");
+    bind(h, c->PrefDestroy, "cublasLtMatmulPreferenceDestroy");
+    bind(h, c->PrefSet, "cublasLtMatmulPreferenceSetAttribute");
+    bind(h, c->Heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    bind(h, c->Matmul, "cublasLtMatmul");
+    if (!c->Create || !c->DescCreate || !c->DescDestroy || !c->DescSet || !c->LayoutCreate || !c->LayoutDestroy ||
+        !c->LayoutSet || !c->PrefCreate || !c->PrefDestroy || !c->PrefSet || !c->Heuristic || !c->Matmul)
+      c->why = "cuBLASLt lacks the functions kiln calls";
+    return c;
+  }();
+  return *c;
+}
+
+/// Everything the descriptors of one cuBLASLt call depend on (besides pointers' alignments).
+struct CallShape {
+  int dtype;                  // cudaDataType of every matrix (and of the bias)
+  int64_t m, n, k;            // cuBLASLt's: m = our N, n = our M
+  int32_t trans_first, trans_second;
+  int64_t ld_first, ld_second;
+  int32_t count;              // matrices in the strided batch
+  int64_t stride_first, stride_second, stride_out;
+  bool bias;
+};
+
+CallShape call_shape(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, const CublasProduct& p,
+                     size_t first) {
+  CallShape s;
+  s.dtype = lt::data_type(buffers[g.out].dtype);
+  s.m = p.N;
+  s.n = p.M;
+  s.k = p.K;
+  // cuBLASLt's first operand is our b, its second our a (out^T = b^T . a^T).
+  s.trans_first = p.b.col_major ? lt::kOpT : lt::kOpN;
+  s.trans_second = p.a.col_major ? lt::kOpT : lt::kOpN;
+  s.ld_first = p.b.ld;
+  s.ld_second = p.a.ld;
+  s.count = static_cast<int32_t>(p.run);
+  s.stride_first = p.b_stride(first);
+  s.stride_second = p.a_stride(first);
+  s.stride_out = p.M * p.N;
+  s.bias = g.bias >= 0;
+  return s;
+}
+
+/// The descriptors of one call; destroys what it created.
+struct Descriptors {
+  CublasLt* lt = nullptr;
+  Desc desc = nullptr;
+  MatrixLayout first = nullptr, second = nullptr, out = nullptr;
+  Descriptors() = default;
+  Descriptors(const Descriptors&) = delete;
+  Descriptors& operator=(const Descriptors&) = delete;
+  ~Descriptors() {
+    if (!lt) return;
+    if (desc) lt->DescDestroy(desc);
+    for (MatrixLayout l : {first, second, out})
+      if (l) lt->LayoutDestroy(l);
+  }
+};
+
+/// Fills `d` for `s`; returns "" or the first call cuBLASLt refused, with its status.
+std::string describe(CublasLt& c, const CallShape& s, uint64_t bias_ptr, Descriptors& d) {
+  d.lt = &c;
+  auto fail = [](Status st, const char* what) { return st == 0 ? std::string() : fmt::format("{} (status {})", what, st); };
+  bool f64 = s.dtype == lt::kF64;
+  std::string err = fail(c.DescCreate(&d.desc, f64 ? lt::kComputeF64 : lt::kComputeF32, f64 ? lt::kF64 : lt::kF32),
+                         "cublasLtMatmulDescCreate");
+  if (err.empty()) err = fail(c.DescSet(d.desc, lt::kDescTransA, &s.trans_first, sizeof s.trans_first), "TRANSA");
+  if (err.empty()) err = fail(c.DescSet(d.desc, lt::kDescTransB, &s.trans_second, sizeof s.trans_second), "TRANSB");
+  uint32_t epilogue = s.bias ? lt::kEpilogueBias : lt::kEpilogueDefault;
+  if (err.empty()) err = fail(c.DescSet(d.desc, lt::kDescEpilogue, &epilogue, sizeof epilogue), "EPILOGUE");
+  if (err.empty() && s.bias) {
+    const void* ptr = reinterpret_cast<const void*>(static_cast<uintptr_t>(bias_ptr));
+    err = fail(c.DescSet(d.desc, lt::kDescBiasPointer, &ptr, sizeof ptr), "BIAS_POINTER");
+  }
+  // A layout describes the matrix as stored (before its transpose flag applies).
+  auto layout = [&](MatrixLayout* l, int64_t rows, int64_t cols, int64_t ld, int64_t stride, const char* what) {
+    if (!err.empty()) return;
+    err = fail(c.LayoutCreate(l, s.dtype, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld), what);
+    if (err.empty() && s.count > 1) {
+      err = fail(c.LayoutSet(*l, lt::kLayoutBatchCount, &s.count, sizeof s.count), "BATCH_COUNT");
+      if (err.empty()) err = fail(c.LayoutSet(*l, lt::kLayoutBatchStride, &stride, sizeof stride), "BATCH_STRIDE");
+    }
+  };
+  bool first_t = s.trans_first == lt::kOpT, second_t = s.trans_second == lt::kOpT;
+  layout(&d.first, first_t ? s.k : s.m, first_t ? s.m : s.k, s.ld_first, s.stride_first, "layout of b");
+  layout(&d.second, second_t ? s.n : s.k, second_t ? s.k : s.n, s.ld_second, s.stride_second, "layout of a");
+  layout(&d.out, s.m, s.n, s.m, s.stride_out, "layout of the output");
+  return err;
+}
+
+/// The largest power of two (at most 256) dividing `ptr`: what cuBLASLt's algorithm choice
+/// may assume of it.
+uint32_t alignment(uint64_t ptr) {
+  uint32_t a = 256;
+  while (a > 1 && ptr % a) a /= 2;
+  return a;
+}
+
+/// The descriptors and algorithm of one call shape in one context.
+struct Plan {
+  Descriptors d;
+  lt::Algo algo{};
+  std::mutex mu;  // the bias pointer is an attribute of the shared descriptor
+};
+
+using PlanKey = std::vector<int64_t>;
+std::mutex g_plans_mu;
+std::map<PlanKey, std::unique_ptr<Plan>> g_plans;
+std::map<CuContext, Handle> g_handles;
+
+void check(Status s, const std::string& what) {
+  if (s != 0) throw CudaError(fmt::format("kiln: cuBLASLt error {} in {}", s, what));
+}
+
+Plan& plan_for(CublasLt& c, const ir::GemmCall& g, const CallShape& s, Handle h, CuContext ctx, uint64_t a,
+               uint64_t b, uint64_t out, uint64_t bias) {
+  uint32_t align_first = alignment(b), align_second = alignment(a), align_out = alignment(out),
+           align_bias = s.bias ? alignment(bias) : 256;
+  PlanKey key = {reinterpret_cast<int64_t>(ctx), s.dtype, s.m, s.n, s.k, s.trans_first, s.trans_second,
+                 s.ld_first, s.ld_second, s.count, s.stride_first, s.stride_second, s.stride_out, s.bias,
+                 align_first, align_second, align_out, align_bias};
+  std::lock_guard<std::mutex> lock(g_plans_mu);
+  auto it = g_plans.find(key);
+  if (it != g_plans.end()) return *it->second;
+  auto plan = std::make_unique<Plan>();
+  std::string err = describe(c, s, bias, plan->d);
+  if (!err.empty()) throw CudaError(fmt::format("kiln: cuBLASLt refused {}: {}", g.name, err));
+  Preference pref = nullptr;
+  check(c.PrefCreate(&pref), "cublasLtMatmulPreferenceCreate");
+  uint64_t workspace = 0;  // no workspace: kiln's memory is PyTorch's, and these algorithms need none
+  Status st = c.PrefSet(pref, lt::kPrefMaxWorkspace, &workspace, sizeof workspace);
+  // cuBLASLt assumes 256-byte aligned pointers unless told: a view's offset may break that.
+  if (st == 0) st = c.PrefSet(pref, lt::kPrefAlignA, &align_first, sizeof align_first);
+  if (st == 0) st = c.PrefSet(pref, lt::kPrefAlignB, &align_second, sizeof align_second);
+  if (st == 0) st = c.PrefSet(pref, lt::kPrefAlignC, &align_out, sizeof align_out);
+  if (st == 0) st = c.PrefSet(pref, lt::kPrefAlignD, &align_out, sizeof align_out);
+  lt::HeuristicResult result{};
+  int found = 0;
+  if (st == 0)
+    st = c.Heuristic(h, plan->d.desc, plan->d.first, plan->d.second, plan->d.out, plan->d.out, pref, 1, &result, &found);
+  c.PrefDestroy(pref);
+  check(st, "cublasLtMatmulAlgoGetHeuristic for " + g.name);
+  if (found == 0) throw CudaError(fmt::format("kiln: cuBLASLt has no algorithm for {}", g.name));
+  plan->algo = result.algo;
+  return *g_plans.emplace(std::move(key), std::move(plan)).first->second;
+}
+
+}  // namespace
+
+bool cublaslt_available(std::string* why) {
+  CublasLt& c = table();
+  if (why) *why = c.why;
+  return c.why.empty();
+}
+
+void cublaslt_prefer(const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_preferred = path;
+}
+
+bool needs_cublaslt(const ir::GemmCall& call) { return call.bias >= 0; }
+
+std::string cublaslt_check_descriptors(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers) {
+  CublasLt& c = table();
+  if (!c.why.empty()) return c.why;
+  CublasProduct p = cublas_product(g);
+  for (size_t i = 0; i < static_cast<size_t>(p.batch); i += p.run) {
+    Descriptors d;
+    std::string err = describe(c, call_shape(g, buffers, p, i), /*bias_ptr=*/0x1000, d);
+    if (!err.empty()) return err;
+  }
+  return "";
+}
+
+void cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, const std::vector<uint64_t>& ptrs,
+                   CuStream stream) {
+  CublasLt& c = table();
+  if (!c.why.empty()) throw CudaError("kiln: " + c.why);
+  CublasProduct p = cublas_product(g);
+  if (p.batch == 0 || p.M == 0 || p.N == 0) return;
+  if (!p.a.direct || !p.b.direct || p.K == 0) throw CudaError("kiln: " + cublas_unsupported(g, buffers));
+  CuContext ctx = cuda_current_context(0);
+  Handle h = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_plans_mu);
+    auto it = g_handles.find(ctx);
+    if (it == g_handles.end()) {
+      check(c.Create(&h), "cublasLtCreate");
+      g_handles.emplace(ctx, h);
+    } else {
+      h = it->second;
+    }
+  }
+  size_t elem = ir::dtype_bytes(buffers[g.out].dtype);
+  uint64_t A = ptrs[g.a.buffer], B = ptrs[g.b.buffer], D = ptrs[g.out];
+  uint64_t bias = g.bias >= 0 ? ptrs[g.bias] + static_cast<uint64_t>(g.bias_offset) * elem : 0;
+  bool f64 = buffers[g.out].dtype == ir::DType::Float64;
+  float one32 = 1, zero32 = 0;
+  double one64 = 1, zero64 = 0;
+  const void* alpha = f64 ? static_cast<const void*>(&one64) : &one32;
+  const void* beta = f64 ? static_cast<const void*>(&zero64) : &zero32;
+  for (size_t i = 0; i < static_cast<size_t>(p.batch); i += p.run) {
+    CallShape s = call_shape(g, buffers, p, i);
+    uint64_t a = A + p.a_offsets[i] * elem, b = B + p.b_offsets[i] * elem, out = D + i * p.M * p.N * elem;
+    Plan& plan = plan_for(c, g, s, h, ctx, a, b, out, bias);
+    std::lock_guard<std::mutex> lock(plan.mu);
+    if (s.bias) {
+      const void* ptr = reinterpret_cast<const void*>(static_cast<uintptr_t>(bias));
+      check(c.DescSet(plan.d.desc, lt::kDescBiasPointer, &ptr, sizeof ptr), "BIAS_POINTER of " + g.name);
+    }
+    auto dev = [](uint64_t x) { return reinterpret_cast<void*>(static_cast<uintptr_t>(x)); };
+    // beta = 0: C is not read (it is D, as PyTorch passes it).
+    check(c.Matmul(h, plan.d.desc, alpha, dev(b), plan.d.first, dev(a), plan.d.second, beta, dev(out), plan.d.out,
+                   dev(out), plan.d.out, &plan.algo, nullptr, 0, stream),
+          g.name);
+  }
+}
+
+}  // namespace kiln::runtime
