@@ -127,8 +127,8 @@ def transformer_block():
 
 
 def transformer_block_bf16():
-    """The same block in bfloat16: its products run as eager cuBLAS ops inside kiln's program
-    (kiln's own cuBLAS steps are float32/float64), the rest as kiln kernels."""
+    """The same block in bfloat16: its products are kiln's cuBLAS steps (float32 accumulation),
+    each linear layer's bias added by cuBLASLt in the product (Note [Bias in the product])."""
     name, m, (x,), nb = transformer_block()
     return "transformer_block bf16 [8x512x1024]", m.to(torch.bfloat16), (x.to(torch.bfloat16),), nb
 
@@ -145,6 +145,18 @@ def half_cases(scale):
     return [(f"softmax_F bf16 [{rows}x1024]", lambda x: F.softmax(x, -1), (x,), 2 * nb),
             (f"layernorm_F bf16 [{rows}x1024]", lambda x, w, b: F.layer_norm(x, (1024,), w, b), (x, w, b), 2 * nb),
             (f"gelu_tanh bf16 [{y.numel() >> 20}M]", lambda y: F.gelu(y, approximate="tanh"), (y,), 2 * y.numel() * 2)]
+
+
+def linear_cases(scale):
+    """Linear layers alone: kiln's product adds the bias in cuBLASLt's epilogue, as eager's
+    F.linear does (before: a cuBLAS call and a bias kernel). Compute-bound: no floor."""
+    import torch.nn.functional as F
+    x = torch.randn(16384 // scale, 1024, device="cuda")
+    w, b = torch.randn(1024, 1024, device="cuda") / 32, torch.randn(1024, device="cuda")
+    lin = lambda x, w, b: F.linear(x, w, b)  # noqa: E731
+    half = tuple(t.to(torch.bfloat16) for t in (x, w, b))
+    return [(f"linear+bias [{x.shape[0]}x1024x1024]", lin, (x, w, b), None),
+            (f"linear+bias bf16 [{x.shape[0]}x1024x1024]", lin, half, None)]
 
 
 def column_cases(scale):
@@ -199,7 +211,7 @@ def main():
     rows = []
     gen = torch.Generator().manual_seed(0)
     cases = [(w.name, w.fn, tuple(t.cuda() for t in w.make_inputs(gen)), w.bytes_moved) for w in ws]
-    for more in (half_cases, column_cases):
+    for more in (half_cases, column_cases, linear_cases):
         try:
             cases += more(scale)
         except Exception as e:  # noqa: BLE001

@@ -16,8 +16,8 @@
 ///    exactly N, and the bias index has their coefficients and no others, plus a constant offset;
 ///  - nothing else reads `out` (a temporary) and `dst` is dense with the product's dtype, so the
 ///    product may write dst directly; the bias has the output's dtype, as cuBLASLt requires;
-///  - float32, float16 and bfloat16 only, one matrix (no batch), K > 0, and no -0 fix-up
-///    (zero_start): the cases eager's F.linear gives cuBLASLt's epilogue too.
+///  - float32, float16 and bfloat16 only, one matrix (no batch), M, N and K in [2, 65535 * 32),
+///    and no -0 fix-up (zero_start): the cases eager's F.linear gives cuBLASLt's epilogue too.
 /// The sum rounds once: for a half product, eager's addmm (F.linear) rounds once too, while a
 /// written-out `x @ w.T + b` rounds the product first; the two differ by at most one rounding
 /// of the result.
@@ -27,9 +27,10 @@
 
 #include <algorithm>
 #include <functional>
-#include <numeric>
 #include <map>
+#include <numeric>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 
 namespace kiln::passes {
@@ -74,80 +75,111 @@ bool read_elsewhere(const KernelProgram& p, int buffer, size_t kernel) {
   return false;
 }
 
-/// What folds: the sum node the product takes over, the bias load and its constant offset.
+/// What folds: each bias sum the product takes over (-> its load of the product's output),
+/// the bias buffer and its constant offset.
 struct Fold {
-  Expr sum = nullptr, out_load = nullptr, bias = nullptr;
+  std::unordered_map<Expr, Expr> sums;
+  int bias = -1;
   int64_t offset = 0;
 };
 
-/// The bias sum of kernel `k` that product `g` may take over, or an empty Fold.
-Fold find_bias(KernelProgram& p, const GemmCall& g, size_t kernel) {
-  const Kernel& k = p.kernels[kernel];
-  DType t = p.buffers[g.out].dtype;
-  if (t != DType::Float32 && !is_half(t)) return {};
-  if (g.zero_start || g.bias >= 0 || g.a.sizes.back() == 0) return {};
-  // One matrix: eager's F.linear uses this epilogue only there, so that is where it is proven.
-  const Sizes& as = g.a.sizes;
-  if (std::accumulate(as.begin(), as.end() - 2, int64_t{1}, std::multiplies<int64_t>()) != 1) return {};
-  if (p.buffers[g.out].kind != BufferKind::Temp || read_elsewhere(p, g.out, kernel)) return {};
-  if (k.phases.size() != 1 || !k.phases[0].loops.empty() || !k.phases[0].reductions.empty()) return {};
-  // The product's output is read once per element, only as an operand of one bias sum.
-  Fold f;
-  std::set<Expr> seen, out_loads;
-  std::map<Expr, int> uses;  // node -> operand slots that read it
-  for (Expr e : k.exprs())
-    visit(e, seen, [&](Expr x) {
-      for (int i = 0; i < expr_op_arity(x->op); ++i)
-        if (x->operand(i)) ++uses[x->operand(i)];
-      if (x->op == ExprOp::Load && x->ival == g.out) out_loads.insert(x);
-      if (!f.sum) {
-        auto [out_load, bias] = summed_loads(x, t, g.out);
-        if (out_load) f = {x, out_load, bias, 0};
-      }
-    });
-  if (!f.sum || out_loads.size() != 1 || uses[f.out_load] != 1) return {};
-  for (const Store& st : k.phases[0].stores)
-    if (st.value == f.out_load) return {};
-  // A half sum reads the load through a cast, which nothing else may read.
-  if (is_half(t)) {
-    Expr add = f.sum->a;
-    Expr cast = add->a->a == f.out_load ? add->a : add->b;
-    if (uses[cast] != 1) return {};
-  }
-  if (f.bias->ival == g.a.buffer || f.bias->ival == g.b.buffer) return {};
-  for (const Store& st : k.phases[0].stores)
-    if (st.buffer == f.bias->ival || st.buffer == g.out) return {};
-  // The product's load visits every element once, in row-major order; the bias index follows
-  // its columns.
-  Expr idx = f.out_load->a, bidx = f.bias->a;
-  int64_t N = g.b.sizes.back(), total = numel(p.buffers[g.out].sizes);
+/// Whether `idx` (a load of the product's output) visits each of its `total` elements once in
+/// row-major order over `loops`, and `bidx` is the element's column (rows of N) plus a constant,
+/// returned in `offset`.
+bool row_bias_index(Context& ctx, const std::vector<Loop>& loops, Expr idx, Expr bidx, int64_t N, int64_t total,
+                    int64_t* offset) {
   std::unordered_map<Expr, Expr> zero;
   std::vector<std::pair<int64_t, int64_t>> dims;  // (coefficient in idx, extent)
   int64_t cols = 1;
-  for (const Loop& l : k.loops) {
-    zero[l.var] = p.ctx->int_const(0);
+  for (const Loop& l : loops) {
+    zero[l.var] = ctx.int_const(0);
     auto cs = linear_coefficient(idx, l.var), cb = linear_coefficient(bidx, l.var);
-    if (!cs || !cb) return {};
+    if (!cs || !cb) return false;
     if (l.var->ival == 1) continue;  // a loop of one iteration adds nothing
     dims.push_back({*cs, l.var->ival});
     if (*cs < N) {
       cols *= l.var->ival;
-      if (*cb != *cs) return {};
+      if (*cb != *cs) return false;
     } else if (*cb != 0) {
-      return {};
+      return false;
     }
   }
   std::sort(dims.begin(), dims.end());
   int64_t expect = 1;
   for (auto [coefficient, extent] : dims) {
-    if (coefficient != expect) return {};
+    if (coefficient != expect) return false;
     expect *= extent;
   }
-  if (expect != total || cols != N) return {};
-  Expr base = p.ctx->substitute(idx, zero), bias_base = p.ctx->substitute(bidx, zero);
-  if (!is_const_int(base, 0) || !is_const(bias_base)) return {};
-  f.offset = bias_base->ival;
-  const Buffer& b = p.buffers[f.bias->ival];
+  if (expect != total || cols != N) return false;
+  Expr base = ctx.substitute(idx, zero), bias_base = ctx.substitute(bidx, zero);
+  if (!is_const_int(base, 0) || !is_const(bias_base)) return false;
+  *offset = bias_base->ival;
+  return true;
+}
+
+/// The bias sums of kernel `k` that product `g` may take over, or an empty Fold.
+Fold find_bias(KernelProgram& p, const GemmCall& g, size_t kernel) {
+  const Kernel& k = p.kernels[kernel];
+  DType t = p.buffers[g.out].dtype;
+  if (t != DType::Float32 && !is_half(t)) return {};
+  if (g.zero_start || g.bias >= 0) return {};
+  // One matrix: eager's F.linear uses this epilogue only there, so that is where it is proven.
+  const Sizes& as = g.a.sizes;
+  if (std::accumulate(as.begin(), as.end() - 2, int64_t{1}, std::multiplies<int64_t>()) != 1) return {};
+  // Eager's bounds for the same epilogue (no dim of 1, none of 65535 * 32 or more).
+  for (int64_t d : {as[as.size() - 2], as.back(), g.b.sizes.back()})
+    if (d <= 1 || d >= 65535 * 32) return {};
+  if (p.buffers[g.out].kind != BufferKind::Temp || read_elsewhere(p, g.out, kernel)) return {};
+  int64_t N = g.b.sizes.back(), total = numel(p.buffers[g.out].sizes);
+  // Every read of the product's output is an operand of a bias sum, and nothing else reads it
+  // (nor, for a half sum, the cast it reads it through).
+  std::set<Expr> seen;
+  std::map<Expr, int> uses;  // node -> operand slots that read it
+  for (Expr e : k.exprs())
+    visit(e, seen, [&](Expr x) {
+      for (int i = 0; i < expr_op_arity(x->op); ++i)
+        if (x->operand(i)) ++uses[x->operand(i)];
+    });
+  Fold f;
+  for (const Phase& ph : k.phases) {
+    std::vector<Loop> loops = k.loops;
+    loops.insert(loops.end(), ph.loops.begin(), ph.loops.end());
+    std::vector<Expr> roots;
+    for (const Reduction& r : ph.reductions) roots.push_back(r.value);
+    for (const Store& st : ph.stores) roots.push_back(st.value);
+    for (Expr root : roots)
+      if (root->op == ExprOp::Load && root->ival == g.out) return {};  // the product itself, stored
+    std::set<Expr> phase_seen;
+    std::set<Expr> out_loads;
+    std::vector<std::tuple<Expr, Expr, Expr>> phase_sums;  // (sum, its load of the output, its bias load)
+    for (Expr root : roots)
+      visit(root, phase_seen, [&](Expr x) {
+        if (x->op == ExprOp::Load && x->ival == g.out) out_loads.insert(x);
+        auto [out_load, bias] = summed_loads(x, t, g.out);
+        if (out_load) phase_sums.push_back({x, out_load, bias});
+      });
+    std::set<Expr> summed;
+    for (auto [sum, out_load, bias] : phase_sums) {
+      Expr via = out_load;  // what the add reads: the load, or (half) the cast of it
+      if (is_half(t)) via = sum->a->a->a == out_load ? sum->a->a : sum->a->b;
+      if (uses[out_load] != 1 || uses[via] != 1) return {};
+      if (f.bias >= 0 && f.bias != bias->ival) return {};
+      int64_t offset = 0;
+      if (!row_bias_index(*p.ctx, loops, out_load->a, bias->a, N, total, &offset)) return {};
+      if (f.bias >= 0 && f.offset != offset) return {};
+      f.bias = static_cast<int>(bias->ival);
+      f.offset = offset;
+      f.sums[sum] = out_load;
+      summed.insert(out_load);
+    }
+    if (summed != out_loads) return {};  // a read of the product outside a bias sum
+  }
+  if (f.sums.empty()) return {};
+  if (f.bias == g.a.buffer || f.bias == g.b.buffer || f.bias == g.out) return {};
+  for (const Phase& ph : k.phases)
+    for (const Store& st : ph.stores)
+      if (st.buffer == f.bias || st.buffer == g.out) return {};
+  const Buffer& b = p.buffers[f.bias];
   if (f.offset < 0 || f.offset + N > b.storage_numel() || b.dtype != t) return {};
   return f;
 }
@@ -155,6 +187,7 @@ Fold find_bias(KernelProgram& p, const GemmCall& g, size_t kernel) {
 /// Whether kernel `k` now only copies the product's output `out` into a dense buffer of its
 /// dtype that the product may write instead.
 int copy_target(const KernelProgram& p, const GemmCall& g, const Kernel& k) {
+  if (k.phases.size() != 1 || !k.phases[0].loops.empty() || !k.phases[0].reductions.empty()) return -1;
   const auto& stores = k.phases[0].stores;
   if (stores.size() != 1) return -1;
   const Store& st = stores[0];
@@ -180,12 +213,14 @@ void run_gemm_bias(KernelProgram& p, const PassOptions&) {
     int kernel = next.index;
     Kernel& k = p.kernels[kernel];
     Fold f = find_bias(p, g, static_cast<size_t>(kernel));
-    if (!f.sum) continue;
-    g.bias = static_cast<int>(f.bias->ival);
+    if (f.sums.empty()) continue;
+    g.bias = f.bias;
     g.bias_offset = f.offset;
-    // The sum becomes a read of the product's output, which now holds it.
-    std::unordered_map<Expr, Expr> map = {{f.sum, f.out_load}};
-    for (Store& st : k.phases[0].stores) st.value = p.ctx->substitute(st.value, map);
+    // Each sum becomes a read of the product's output, which now holds it.
+    for (Phase& ph : k.phases) {
+      for (Reduction& r : ph.reductions) r.value = p.ctx->substitute(r.value, f.sums);
+      for (Store& st : ph.stores) st.value = p.ctx->substitute(st.value, f.sums);
+    }
     p.fusion_log.push_back(fmt::format("kernel {} adds buf{} to each row of product {}: the product adds it in "
                                        "its epilogue", k.name, g.bias, g.name));
     int dst = copy_target(p, g, k);

@@ -812,9 +812,11 @@ def _addmm(tr, a, out):
     if not _blas_ready(tr, m1, m2, out) or not isinstance(a["self"], torch.Tensor) or a["self"].dtype != out.dtype:
         raise NoLowering()
     if out.dtype in (torch.float16, torch.bfloat16) and (
-            alpha != 1 or beta != 1 or a["self"].dim() != 1 or m1.dim() != 2):
+            alpha != 1 or beta != 1 or a["self"].dim() != 1 or m1.dim() != 2
+            or not all(1 < d < 65535 * 32 for d in (*m1.shape, m2.shape[1]))):
         # Eager rounds alpha * m1 @ m2 + beta * self once; kiln's half product rounds once only
-        # with a row bias the product itself adds (Note [Bias in the product]).
+        # with a row bias the product itself adds, within the bounds of cuBLASLt's epilogue
+        # (Note [Bias in the product]).
         raise NoLowering()
     product = _scaled(tr, Value(tr.call("matmul", [m1, m2], int_value=int(tr.current_op == "baddbmm"))), alpha)
     if beta == 0:  # torch ignores self then (nan and inf included)

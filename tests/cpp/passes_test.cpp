@@ -408,6 +408,30 @@ TEST(GemmBias, UnderAnActivationTheKernelStaysWithoutTheAdd) {
   EXPECT_EQ(text.find("buf2"), std::string::npos) << text;  // the bias is the product's now
 }
 
+TEST(GemmBias, EveryReadOfTheProductInARowKernelTakesTheBias) {
+  // layer_norm(x . w + b): the row kernel reads the sum in each of its three phases.
+  for (DType t : {DType::Float32, DType::BFloat16}) {
+    capture::GraphBuilder b;
+    int x = b.add_input(t, {8, 32}, {32, 1}, 0);
+    int w = b.add_input(t, {32, 24}, {24, 1}, 1);
+    int bias = b.add_input(t, {24}, {1}, 2);
+    int y = b.call("add", {V(b.call("matmul", {V(x), V(w)}, {})), V(bias)}, {});
+    Attrs a;
+    a.ints = {1, 0, 0};  // over the last dim, no weight, no bias
+    a.floats = {1e-5};
+    b.set_outputs({b.call("layer_norm", {V(y), F(0), F(0)}, a)});
+    passes::PassOptions o = verifying();
+    o.gemm_epilogues = false;
+    o.gemm_bias = true;
+    o.half_types = true;
+    KernelProgram p = passes::run_pipeline(b.graph(), o);
+    ASSERT_EQ(p.kernels.size(), 1u) << print(p);
+    EXPECT_EQ(p.gemms[0].bias, 2) << print(p);
+    std::string text = print(p.kernels[0]);
+    EXPECT_EQ(text.find("buf2["), std::string::npos) << text;
+  }
+}
+
 TEST(GemmBias, NotWhereTheProductIsReadElsewhereOrTheBiasIsNotARow) {
   // The product is returned too: its buffer must keep the plain product.
   KernelProgram p = linear_for_cuda(DType::Float32, {24}, false, true);

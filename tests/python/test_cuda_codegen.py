@@ -154,7 +154,13 @@ CASES = {
     "linear_bias": (lambda x, w, b: F.linear(x, w, b), [R(2, 9, 48), R(40, 48), R(40)]),
     "linear_bias_relu_residual": (lambda x, w, b, r: (torch.relu(x @ w.t() + b[:40]) + r, F.linear(x, w, b[1:])[:, :7]),
                                   [R(33, 48), R(40, 48), R(41), R(33, 40)]),
-    # half products on cuBLASLt: float32 accumulation, the bias added before the one rounding
+    # every read of the product in a row kernel takes the bias (the layer norm after a residual)
+    "linear_residual_layer_norm": (lambda x, w, b, r: F.layer_norm(F.linear(x, w, b) + r, (40,)),
+                                   [R(33, 48), R(40, 48), R(40), R(33, 40)]),
+    "half_linear_layer_norm_bf16": (lambda x, w, b, r: F.layer_norm(F.linear(x, w, b) + r, (40,)),
+                                    [R(33, 48, dtype=torch.bfloat16), R(40, 48, dtype=torch.bfloat16),
+                                     R(40, dtype=torch.bfloat16), R(33, 40, dtype=torch.bfloat16)]),
+    # half products: float32 accumulation, the bias added before the one rounding
     "half_linear_bf16": (lambda x, w, b: (F.linear(x, w, b), torch.relu(F.linear(x, w, b)) * 2, x @ w.t(),
                                           (x @ x.transpose(-1, -2)).sum(-1)),
                          [R(2, 9, 48, dtype=torch.bfloat16), R(40, 48, dtype=torch.bfloat16),
@@ -283,7 +289,7 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "matmul_f64_addmm", "matmul_empty_k", "attention_fused_qkv", "index_copy", "pooling", "conv_bn_relu",
              "topk_cummax", "eager_result_returned", "cumsum_scatter_add", "half_chain_f16", "half_rows_f16",
              "half_rows_bf16", "half_topk_bf16", "half_batch_norm_bf16", "linear_bias", "linear_bias_relu_residual",
-             "half_linear_bf16", "half_attention_f16"]
+             "half_linear_bf16", "half_attention_f16", "linear_residual_layer_norm", "half_linear_layer_norm_bf16"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
@@ -295,7 +301,7 @@ _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "lon
          "half_batch_norm_bf16": 1.6e-2,
          # products: float32 sums in another order than eager's (then rounded to the half type)
          "linear_bias": 1e-4, "linear_bias_relu_residual": 1e-4, "half_linear_bf16": 1.6e-2,
-         "half_attention_f16": 2e-3}
+         "half_attention_f16": 2e-3, "linear_residual_layer_norm": 1e-4, "half_linear_layer_norm_bf16": 1.6e-2}
 
 
 @pytest.mark.gpu
@@ -641,6 +647,8 @@ def test_bias_goes_into_the_product():
     assert [k for k, _ in steps] == ["gemm"] and steps[0][1]["bias"][1] == 3
     steps, _ = _steps(lambda x, w, b: torch.relu(F.linear(x, w, b)), x, w, b)
     assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is not None
+    steps, _ = _steps(lambda x, w, b: F.layer_norm(F.linear(x, w, b), (40,)), x, w, b)  # a row kernel
+    assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is not None
     steps, _ = _steps(lambda x, w, b: (lambda y: (y, y + b))(x @ w.t()), x, w, b)
     assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is None
     steps, _ = _steps(lambda x, w, b: x @ w.t() + b.view(40, 1)[:9], x, torch.randn(9, 48), b)  # a column bias
@@ -652,11 +660,12 @@ def test_bias_goes_into_the_product():
 @needs_nvrtc
 def test_half_products_run_on_cublaslt_only_where_they_round_once():
     """A half product is a kiln step; a half addmm too when its bias is a row the product adds
-    (one rounding, as eager's); with alpha or beta, or a matrix bias, it stays eager's op."""
+    (one rounding, as eager's); with alpha or beta, a matrix bias, or one row (outside
+    cuBLASLt's epilogue's bounds), it stays eager's op."""
     x, w, b = (torch.randn(9, 48).bfloat16(), torch.randn(48, 40).bfloat16(), torch.randn(40).bfloat16())
     steps, _ = _steps(lambda x, w, b: torch.addmm(b, x, w), x, w, b)
     assert [k for k, _ in steps] == ["gemm"] and steps[0][1]["bias"] is not None
     for fn in (lambda x, w, b: torch.addmm(b, x, w, alpha=0.5), lambda x, w, b: torch.addmm(b, x, w, beta=2),
-               lambda x, w, b: torch.addmm(b.expand(9, 40), x, w)):
+               lambda x, w, b: torch.addmm(b.expand(9, 40), x, w), lambda x, w, b: torch.addmm(b, x[:1], w)):
         steps, _ = _steps(fn, x, w, b)
         assert [k for k, _ in steps] == ["extern"]
