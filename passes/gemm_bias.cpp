@@ -1,26 +1,29 @@
 /// \file gemm_bias.cpp
 /// Note [Bias in the product]
 /// A linear layer is a product and a bias: `x @ w.T + b`, or addmm, which the tracer records
-/// as the same two nodes. On CUDA the product is a cuBLAS call and the bias a kernel after it
-/// that reads the whole product back and writes it again. cuBLASLt adds a bias vector to every
-/// row in the product's epilogue, while the result is still in registers; eager's F.linear on
-/// CUDA does the same. This pass hands it the bias when the kernel after the product does
-/// nothing else, and drops the kernel: one pass over the output instead of three.
+/// as the same two nodes. On CUDA the product is a cuBLAS call, and the bias is added by the
+/// kernels after it, which read the product back. cuBLASLt adds a bias vector to every row in
+/// the product's epilogue, while the result is still in registers; eager's F.linear on CUDA
+/// does the same. This pass hands the product its bias when every read of the product's
+/// output is a sum with that bias, and those sums become plain reads. A kernel left copying
+/// the product (a linear layer alone) goes: the product writes the copy's buffer.
 ///
 /// What makes that valid, checked here on the loop IR:
-///  - the kernel's only work is one store `dst[idx] = out[idx] + bias[col]` (either order; for
-///    float16/bfloat16, the sum of the two float32 values rounded once), where `out` is the
-///    product's output and `idx` visits every element of it once, in row-major order: each loop
-///    variable's coefficient in idx is the product of the extents of the loops inside it;
-///  - `col` is the element's column: the loops with coefficients under N (the row length) cover
-///    exactly N, and the bias index has their coefficients and no others, plus a constant offset;
-///  - nothing else reads `out` (a temporary) and `dst` is dense with the product's dtype, so the
-///    product may write dst directly; the bias has the output's dtype, as cuBLASLt requires;
+///  - every read of the product's output `out` (a temporary no extern, product or output reads)
+///    is an operand of a sum `out[idx] + bias[bidx]` of one bias buffer and offset, and of
+///    nothing else (for float16/bfloat16: the sum of the two widened loads rounded once, and
+///    nothing else reads the widened load either);
+///  - bidx is the column of idx (rows of N): per loop variable, idx's coefficient is either a
+///    multiple of N (a row: bidx's is 0) or under N (a column: bidx's is the same), the columns
+///    reach at most N - 1, and idx's constant is a whole number of rows; bidx's constant is the
+///    offset. A broadcast, a transpose or a slice of rows of the product qualifies;
 ///  - float32, float16 and bfloat16 only, one matrix (no batch), M, N and K in [2, 65535 * 32),
-///    and no -0 fix-up (zero_start): the cases eager's F.linear gives cuBLASLt's epilogue too.
+///    and no -0 fix-up (zero_start): the cases eager's F.linear gives cuBLASLt's epilogue too;
+///    the bias has the output's dtype, as cuBLASLt requires.
 /// The sum rounds once: for a half product, eager's addmm (F.linear) rounds once too, while a
 /// written-out `x @ w.T + b` rounds the product first; the two differ by at most one rounding
-/// of the result.
+/// of the result. (The tracer records a half addmm as a kiln product only within the bounds
+/// above, so that it always rounds once.)
 #include "passes/gemm_bias.h"
 
 #include <fmt/format.h>
@@ -59,13 +62,8 @@ std::pair<Expr, Expr> summed_loads(Expr v, DType t, int out) {
   return {x, y};
 }
 
-bool read_elsewhere(const KernelProgram& p, int buffer, size_t kernel) {
-  for (size_t i = 0; i < p.kernels.size(); ++i) {
-    if (i == kernel) continue;
-    for (Expr e : p.kernels[i].exprs())
-      for (Expr l : buffer_loads(e))
-        if (l->ival == buffer) return true;
-  }
+/// Whether a step other than a kernel reads `buffer`, or the program returns it.
+bool read_outside_kernels(const KernelProgram& p, int buffer) {
   for (const GemmCall& g : p.gemms)
     if (g.a.buffer == buffer || g.b.buffer == buffer || g.bias == buffer) return true;
   for (const ExternCall& e : p.externs)
@@ -76,50 +74,39 @@ bool read_elsewhere(const KernelProgram& p, int buffer, size_t kernel) {
 }
 
 /// What folds: each bias sum the product takes over (-> its load of the product's output),
-/// the bias buffer and its constant offset.
+/// per kernel, the bias buffer and its constant offset.
 struct Fold {
-  std::unordered_map<Expr, Expr> sums;
+  std::map<size_t, std::unordered_map<Expr, Expr>> sums;  // kernel -> (sum -> load of the output)
   int bias = -1;
   int64_t offset = 0;
 };
 
-/// Whether `idx` (a load of the product's output) visits each of its `total` elements once in
-/// row-major order over `loops`, and `bidx` is the element's column (rows of N) plus a constant,
-/// returned in `offset`.
-bool row_bias_index(Context& ctx, const std::vector<Loop>& loops, Expr idx, Expr bidx, int64_t N, int64_t total,
-                    int64_t* offset) {
+/// Whether `bidx` reads the column of element `idx` of a row-major output with rows of N
+/// (see the Note), over `loops`; the bias offset (bidx's constant) in `offset`.
+bool column_of(Context& ctx, const std::vector<Loop>& loops, Expr idx, Expr bidx, int64_t N, int64_t* offset) {
   std::unordered_map<Expr, Expr> zero;
-  std::vector<std::pair<int64_t, int64_t>> dims;  // (coefficient in idx, extent)
-  int64_t cols = 1;
+  int64_t reach = 0;  // the largest column the column variables add up to
   for (const Loop& l : loops) {
     zero[l.var] = ctx.int_const(0);
     auto cs = linear_coefficient(idx, l.var), cb = linear_coefficient(bidx, l.var);
-    if (!cs || !cb) return false;
-    if (l.var->ival == 1) continue;  // a loop of one iteration adds nothing
-    dims.push_back({*cs, l.var->ival});
-    if (*cs < N) {
-      cols *= l.var->ival;
-      if (*cb != *cs) return false;
-    } else if (*cb != 0) {
+    if (!cs || !cb || *cs < 0) return false;
+    if (*cs % N == 0) {
+      if (*cb != 0) return false;  // a row (or a broadcast: 0)
+    } else if (*cs < N && *cb == *cs) {
+      reach += *cs * (l.var->ival - 1);
+    } else {
       return false;
     }
   }
-  std::sort(dims.begin(), dims.end());
-  int64_t expect = 1;
-  for (auto [coefficient, extent] : dims) {
-    if (coefficient != expect) return false;
-    expect *= extent;
-  }
-  if (expect != total || cols != N) return false;
   Expr base = ctx.substitute(idx, zero), bias_base = ctx.substitute(bidx, zero);
-  if (!is_const_int(base, 0) || !is_const(bias_base)) return false;
+  if (!is_const(base) || base->ival % N != 0 || !is_const(bias_base) || reach > N - 1) return false;
   *offset = bias_base->ival;
   return true;
 }
 
-/// The bias sums of kernel `k` that product `g` may take over, or an empty Fold.
-Fold find_bias(KernelProgram& p, const GemmCall& g, size_t kernel) {
-  const Kernel& k = p.kernels[kernel];
+/// The bias sums of every kernel reading product `g`'s output that it may take over, or an
+/// empty Fold.
+Fold find_bias(KernelProgram& p, const GemmCall& g) {
   DType t = p.buffers[g.out].dtype;
   if (t != DType::Float32 && !is_half(t)) return {};
   if (g.zero_start || g.bias >= 0) return {};
@@ -129,63 +116,68 @@ Fold find_bias(KernelProgram& p, const GemmCall& g, size_t kernel) {
   // Eager's bounds for the same epilogue (no dim of 1, none of 65535 * 32 or more).
   for (int64_t d : {as[as.size() - 2], as.back(), g.b.sizes.back()})
     if (d <= 1 || d >= 65535 * 32) return {};
-  if (p.buffers[g.out].kind != BufferKind::Temp || read_elsewhere(p, g.out, kernel)) return {};
-  int64_t N = g.b.sizes.back(), total = numel(p.buffers[g.out].sizes);
-  // Every read of the product's output is an operand of a bias sum, and nothing else reads it
-  // (nor, for a half sum, the cast it reads it through).
-  std::set<Expr> seen;
-  std::map<Expr, int> uses;  // node -> operand slots that read it
-  for (Expr e : k.exprs())
-    visit(e, seen, [&](Expr x) {
-      for (int i = 0; i < expr_op_arity(x->op); ++i)
-        if (x->operand(i)) ++uses[x->operand(i)];
-    });
+  if (p.buffers[g.out].kind != BufferKind::Temp || read_outside_kernels(p, g.out)) return {};
+  int64_t N = g.b.sizes.back();
   Fold f;
-  for (const Phase& ph : k.phases) {
-    std::vector<Loop> loops = k.loops;
-    loops.insert(loops.end(), ph.loops.begin(), ph.loops.end());
-    std::vector<Expr> roots;
-    for (const Reduction& r : ph.reductions) roots.push_back(r.value);
-    for (const Store& st : ph.stores) roots.push_back(st.value);
-    for (Expr root : roots)
-      if (root->op == ExprOp::Load && root->ival == g.out) return {};  // the product itself, stored
-    std::set<Expr> phase_seen;
-    std::set<Expr> out_loads;
-    std::vector<std::tuple<Expr, Expr, Expr>> phase_sums;  // (sum, its load of the output, its bias load)
-    for (Expr root : roots)
-      visit(root, phase_seen, [&](Expr x) {
-        if (x->op == ExprOp::Load && x->ival == g.out) out_loads.insert(x);
-        auto [out_load, bias] = summed_loads(x, t, g.out);
-        if (out_load) phase_sums.push_back({x, out_load, bias});
+  for (size_t ki = 0; ki < p.kernels.size(); ++ki) {
+    const Kernel& k = p.kernels[ki];
+    // Operand slots reading each node: the output's loads (and a half sum's casts of them)
+    // may be read by their sum only.
+    std::set<Expr> seen;
+    std::map<Expr, int> uses;
+    for (Expr e : k.exprs())
+      visit(e, seen, [&](Expr x) {
+        for (int i = 0; i < expr_op_arity(x->op); ++i)
+          if (x->operand(i)) ++uses[x->operand(i)];
       });
-    std::set<Expr> summed;
-    for (auto [sum, out_load, bias] : phase_sums) {
-      Expr via = out_load;  // what the add reads: the load, or (half) the cast of it
-      if (is_half(t)) via = sum->a->a->a == out_load ? sum->a->a : sum->a->b;
-      if (uses[out_load] != 1 || uses[via] != 1) return {};
-      if (f.bias >= 0 && f.bias != bias->ival) return {};
-      int64_t offset = 0;
-      if (!row_bias_index(*p.ctx, loops, out_load->a, bias->a, N, total, &offset)) return {};
-      if (f.bias >= 0 && f.offset != offset) return {};
-      f.bias = static_cast<int>(bias->ival);
-      f.offset = offset;
-      f.sums[sum] = out_load;
-      summed.insert(out_load);
+    for (const Phase& ph : k.phases) {
+      std::vector<Loop> loops = k.loops;
+      loops.insert(loops.end(), ph.loops.begin(), ph.loops.end());
+      std::vector<Expr> roots;
+      for (const Reduction& r : ph.reductions) roots.push_back(r.value);
+      for (const Store& st : ph.stores) {
+        if (st.buffer == g.out) return {};
+        roots.push_back(st.value);
+      }
+      for (Expr root : roots)
+        if (root->op == ExprOp::Load && root->ival == g.out) return {};  // the product itself, stored
+      std::set<Expr> phase_seen, out_loads, summed;
+      std::vector<std::tuple<Expr, Expr, Expr>> sums;  // (sum, its load of the output, its bias load)
+      for (Expr root : roots)
+        visit(root, phase_seen, [&](Expr x) {
+          if (x->op == ExprOp::Load && x->ival == g.out) out_loads.insert(x);
+          auto [out_load, bias] = summed_loads(x, t, g.out);
+          if (out_load) sums.push_back({x, out_load, bias});
+        });
+      for (auto [sum, out_load, bias] : sums) {
+        Expr via = out_load;  // what the add reads: the load, or (half) the cast of it
+        if (is_half(t)) via = sum->a->a->a == out_load ? sum->a->a : sum->a->b;
+        if (uses[out_load] != 1 || uses[via] != 1) return {};
+        int64_t offset = 0;
+        if (!column_of(*p.ctx, loops, out_load->a, bias->a, N, &offset)) return {};
+        if (f.bias >= 0 && (f.bias != bias->ival || f.offset != offset)) return {};
+        f.bias = static_cast<int>(bias->ival);
+        f.offset = offset;
+        f.sums[ki][sum] = out_load;
+        summed.insert(out_load);
+      }
+      if (summed != out_loads) return {};  // a read of the product outside a bias sum
     }
-    if (summed != out_loads) return {};  // a read of the product outside a bias sum
   }
   if (f.sums.empty()) return {};
   if (f.bias == g.a.buffer || f.bias == g.b.buffer || f.bias == g.out) return {};
-  for (const Phase& ph : k.phases)
-    for (const Store& st : ph.stores)
-      if (st.buffer == f.bias || st.buffer == g.out) return {};
+  for (const Kernel& k : p.kernels)
+    for (const Phase& ph : k.phases)
+      for (const Store& st : ph.stores)
+        if (st.buffer == f.bias) return {};  // computed: it must not change after the product
   const Buffer& b = p.buffers[f.bias];
   if (f.offset < 0 || f.offset + N > b.storage_numel() || b.dtype != t) return {};
   return f;
 }
 
-/// Whether kernel `k` now only copies the product's output `out` into a dense buffer of its
-/// dtype that the product may write instead.
+/// The buffer kernel `k` (now) only copies the product's output into, when the product may
+/// write it instead: dense, of the output's dtype, every element once in row-major order; -1
+/// otherwise.
 int copy_target(const KernelProgram& p, const GemmCall& g, const Kernel& k) {
   if (k.phases.size() != 1 || !k.phases[0].loops.empty() || !k.phases[0].reductions.empty()) return -1;
   const auto& stores = k.phases[0].stores;
@@ -198,36 +190,53 @@ int copy_target(const KernelProgram& p, const GemmCall& g, const Kernel& k) {
       st.value->a != st.index)
     return -1;
   if (st.buffer == g.a.buffer || st.buffer == g.b.buffer || st.buffer == g.bias) return -1;
-  if (dst.strides != contiguous_strides(dst.sizes) || numel(dst.sizes) != numel(out.sizes)) return -1;
-  return st.buffer;
+  int64_t total = numel(out.sizes);
+  if (dst.strides != contiguous_strides(dst.sizes) || numel(dst.sizes) != total) return -1;
+  // Each loop variable's coefficient is the product of the extents inside it, from 1.
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (coefficient, extent)
+  for (const Loop& l : k.loops) {
+    auto c = linear_coefficient(st.index, l.var);
+    if (!c) return -1;
+    if (l.var->ival > 1) dims.push_back({*c, l.var->ival});
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t expect = 1;
+  for (auto [coefficient, extent] : dims) {
+    if (coefficient != expect) return -1;
+    expect *= extent;
+  }
+  std::unordered_map<Expr, Expr> zero;
+  for (const Loop& l : k.loops) zero[l.var] = p.ctx->int_const(0);
+  return expect == total && is_const_int(p.ctx->substitute(st.index, zero), 0) ? st.buffer : -1;
 }
 
 }  // namespace
 
 void run_gemm_bias(KernelProgram& p, const PassOptions&) {
-  for (size_t si = 0; si + 1 < p.steps.size(); ++si) {
-    const Step& s = p.steps[si];
-    const Step& next = p.steps[si + 1];
-    if (s.kind != Step::Kind::Gemm || next.kind != Step::Kind::Kernel) continue;
-    GemmCall& g = p.gemms[s.index];
-    int kernel = next.index;
-    Kernel& k = p.kernels[kernel];
-    Fold f = find_bias(p, g, static_cast<size_t>(kernel));
+  for (size_t si = 0; si < p.steps.size(); ++si) {
+    if (p.steps[si].kind != Step::Kind::Gemm) continue;
+    GemmCall& g = p.gemms[p.steps[si].index];
+    Fold f = find_bias(p, g);
     if (f.sums.empty()) continue;
     g.bias = f.bias;
     g.bias_offset = f.offset;
     // Each sum becomes a read of the product's output, which now holds it.
-    for (Phase& ph : k.phases) {
-      for (Reduction& r : ph.reductions) r.value = p.ctx->substitute(r.value, f.sums);
-      for (Store& st : ph.stores) st.value = p.ctx->substitute(st.value, f.sums);
+    for (auto& [ki, sums] : f.sums) {
+      Kernel& k = p.kernels[ki];
+      for (Phase& ph : k.phases) {
+        for (Reduction& r : ph.reductions) r.value = p.ctx->substitute(r.value, sums);
+        for (Store& st : ph.stores) st.value = p.ctx->substitute(st.value, sums);
+      }
+      p.fusion_log.push_back(fmt::format("kernel {} adds buf{} to each row of product {}: the product adds it in "
+                                         "its epilogue", k.name, g.bias, g.name));
     }
-    p.fusion_log.push_back(fmt::format("kernel {} adds buf{} to each row of product {}: the product adds it in "
-                                       "its epilogue", k.name, g.bias, g.name));
-    int dst = copy_target(p, g, k);
-    if (dst < 0) continue;
+    if (si + 1 == p.steps.size() || p.steps[si + 1].kind != Step::Kind::Kernel) continue;
+    int kernel = p.steps[si + 1].index;
+    int dst = copy_target(p, g, p.kernels[kernel]);
+    if (dst < 0 || f.sums.size() != 1) continue;
     // Left a copy: the product writes its destination and the kernel goes.
     p.fusion_log.push_back(fmt::format("kernel {} is left a copy of product {}: the product writes buf{} and the "
-                                       "kernel goes", k.name, g.name, dst));
+                                       "kernel goes", p.kernels[kernel].name, g.name, dst));
     g.out = dst;
     p.kernels.erase(p.kernels.begin() + kernel);
     p.steps.erase(p.steps.begin() + static_cast<std::ptrdiff_t>(si) + 1);

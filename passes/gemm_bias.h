@@ -1,7 +1,7 @@
 /// \file gemm_bias.h
-/// Loop IR -> loop IR (CUDA): a kernel that only adds a bias vector to every row of the matrix
-/// product before it becomes that product's epilogue (cuBLASLt's BIAS epilogue), and the kernel
-/// goes (Note [Bias in the product]).
+/// Loop IR -> loop IR (CUDA): a bias vector that every read of a matrix product adds to its row
+/// is added by the product instead (cuBLASLt's BIAS epilogue); a kernel left copying the
+/// product goes (Note [Bias in the product]).
 ///   before: gemm %5: buf3 = buf0 . buf1;  kernel k0: for i in 0..64: for j in 0..256:
 ///             buf4[i*256 + j] = buf2[j] + buf3[i*256 + j]
 ///   after:  gemm %5: buf4 = buf0 . buf1 + buf2[0 + col]

@@ -636,8 +636,9 @@ def _steps(fn, *args):
 @needs_nvrtc
 def test_bias_goes_into_the_product():
     """Note [Bias in the product]: a linear layer is one product step that adds its bias and
-    writes the output (no kernel); under an activation the kernel stays without the add; a
-    product whose plain value is also returned keeps its bias kernel."""
+    writes the output (no kernel); under an activation, a layer norm, or read by two kernels or
+    an eager op, the product adds the bias and the kernels read it; a product whose plain value
+    is also returned, a column bias, or a float64 product keeps its bias kernel."""
     x, w, b = torch.randn(9, 48), torch.randn(40, 48), torch.randn(40)
     steps, bufs = _steps(lambda x, w, b: F.linear(x, w, b), x, w, b)
     assert [k for k, _ in steps] == ["gemm"]
@@ -649,6 +650,11 @@ def test_bias_goes_into_the_product():
     assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is not None
     steps, _ = _steps(lambda x, w, b: F.layer_norm(F.linear(x, w, b), (40,)), x, w, b)  # a row kernel
     assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is not None
+    # two kernels read the sum (each adds the bias: both read the product instead); an eager op
+    steps, _ = _steps(lambda x, w, b: (lambda y: (y.sum(-1), y.t() * 3))(F.linear(x, w, b)), x, w, b)
+    assert [k for k, _ in steps] == ["gemm", "kernel", "kernel"] and steps[0][1]["bias"] is not None
+    steps, _ = _steps(lambda x, w, b: F.linear(x, w, b).topk(3).values, x, w, b)
+    assert [k for k, _ in steps] == ["gemm", "extern"] and steps[0][1]["bias"] is not None
     steps, _ = _steps(lambda x, w, b: (lambda y: (y, y + b))(x @ w.t()), x, w, b)
     assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is None
     steps, _ = _steps(lambda x, w, b: x @ w.t() + b.view(40, 1)[:9], x, torch.randn(9, 48), b)  # a column bias
@@ -669,3 +675,34 @@ def test_half_products_run_on_cublaslt_only_where_they_round_once():
                lambda x, w, b: torch.addmm(b.expand(9, 40), x, w), lambda x, w, b: torch.addmm(b, x[:1], w)):
         steps, _ = _steps(fn, x, w, b)
         assert [k for k, _ in steps] == ["extern"]
+
+
+_EPILOGUES = [lambda y, r: y, lambda y, r: torch.relu(y), lambda y, r: F.gelu(y) + r, lambda y, r: (y + r) * 2,
+              lambda y, r: F.layer_norm(y + r, y.shape[-1:]), lambda y, r: F.softmax(y, -1),
+              lambda y, r: (y.sum(-1), y * 3), lambda y, r: y.transpose(0, 1) + 1,
+              lambda y, r: y.unsqueeze(-2) * r.unsqueeze(-1)[..., :1, :1], lambda y, r: (y[1:] * 2, F.silu(y))]
+
+
+@needs_emulation
+@pytest.mark.parametrize("seed", range(24))
+def test_emulated_random_linear_layers_match_eager(seed):
+    """Random linear layers (sizes, a batch of inputs, a bias sliced from a longer vector, a
+    weight stored either way) under random epilogues, float32 and half: wherever Note [Bias in
+    the product] folds the bias and wherever it does not, the values are eager's."""
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda n: int(torch.randint(0, n, (1,), generator=g))  # noqa: E731
+    dtype = [torch.float32, torch.bfloat16, torch.float16][pick(3)]
+    m, k, n = 2 + pick(40), 2 + pick(40), 2 + pick(40)
+    x = torch.randn(*((2, m) if pick(2) else (m,)), k, generator=g).to(dtype)
+    w = torch.randn(n, k, generator=g).to(dtype) if pick(2) else torch.randn(k, n, generator=g).to(dtype).t()
+    start = pick(3)
+    b = torch.randn(n + start + pick(3), generator=g).to(dtype)
+    r = torch.randn(*x.shape[:-1], n, generator=g).to(dtype)
+    epilogue = _EPILOGUES[pick(len(_EPILOGUES))]
+
+    def fn(x, w, b, r):
+        return epilogue(F.linear(x, w, b[start:start + n]), r)
+
+    got, want = _emulated_run(fn, [x, w, b, r])
+    tol = {torch.float32: 1e-4, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}[dtype]
+    assert_same(got, want, rtol=tol, atol=tol, what=f"seed {seed}: {dtype} m={m} k={k} n={n}")
