@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU machine (H100/H200 image: torch 2.11 + CUDA 13, Python
 # 3.12, pybind11, CMake, nvidia-cuda-nvrtc; no LLVM, no libfmt-dev, no network). It builds kiln
-# with the CUDA backend only (KILN_CPU=OFF), runs tests/python/test_cuda_codegen.py (its GPU tests
-# run there: eager CUDA vs kiln on random inputs with inf/nan, odd sizes, poisoned outputs), then
+# with the CUDA backend only (KILN_CPU=OFF), runs tests/python/test_cuda_codegen.py and
+# test_cuda_models.py (their GPU tests run there: eager CUDA vs kiln on random inputs with
+# inf/nan, odd sizes, poisoned outputs; the model blocks in float32 and bfloat16), then
 # benchmarks/gpu_bench.py (eager vs torch.compile vs kiln, >= 256 MB working sets, with the
 # device-to-device copy bandwidth measured in the same run as the floor). A short table is last.
 #
@@ -65,10 +66,11 @@ fi
 
 TESTS="skipped"
 if [ -z "${GPU_CHECK_SKIP_TESTS:-}" ]; then
-  say "tests (tests/python/test_cuda_codegen.py; CPU emulation deselected: the GPU runs the real thing)"
+  say "tests (test_cuda_codegen.py, test_cuda_models.py, test_cublaslt.py; CPU emulation deselected: the GPU runs the real thing)"
   t0=$SECONDS
   "$PY" -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning -k "not emulated" \
-    -o addopts="" tests/python/test_cuda_codegen.py 2>&1 | tee "$OUTDIR/tests.log" | tail -60
+    -o addopts="" tests/python/test_cuda_codegen.py tests/python/test_cuda_models.py tests/python/test_cublaslt.py \
+    2>&1 | tee "$OUTDIR/tests.log" | tail -60
   TESTS="$(tail -1 "$OUTDIR/tests.log") ($((SECONDS - t0)) s)"
 fi
 
