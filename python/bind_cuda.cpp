@@ -33,7 +33,7 @@ passes::PassOptions pass_options() {
   opts.reuse_reduced_values = false;  // recomputing beats a round trip through HBM
   opts.column_reductions = false;     // a CPU vector layout (Note [Column reductions])
   opts.gemm_epilogues = false;        // cuBLAS calls and kernels are launched apart
-  opts.gemm_bias = true;              // cuBLASLt adds a row bias in its epilogue
+  opts.gemm_bias = knob_bool("cuda_bias_epilogue");  // cuBLASLt adds a row bias in its epilogue
   opts.inplace_argument_writes = false;  // CUDA flags failures only at the end of the program
   opts.output_views = false;             // the CUDA runner returns buffers and arguments only
   opts.channels_last_convolutions = false;  // measured for oneDNN, not cuDNN

@@ -190,6 +190,16 @@ void check(Status s, const std::string& what) {
   if (s != 0) throw CudaError(fmt::format("kiln: cuBLASLt error {} in {}", s, what));
 }
 
+Handle handle_for(CublasLt& c, CuContext ctx) {
+  std::lock_guard<std::mutex> lock(g_plans_mu);
+  auto it = g_handles.find(ctx);
+  if (it != g_handles.end()) return it->second;
+  Handle h = nullptr;
+  check(c.Create(&h), "cublasLtCreate");
+  g_handles.emplace(ctx, h);
+  return h;
+}
+
 Plan& plan_for(CublasLt& c, const ir::GemmCall& g, const CallShape& s, Handle h, CuContext ctx, uint64_t a,
                uint64_t b, uint64_t out, uint64_t bias) {
   uint32_t align_first = alignment(b), align_second = alignment(a), align_out = alignment(out),
@@ -250,6 +260,24 @@ std::string cublaslt_check_descriptors(const ir::GemmCall& g, const std::vector<
   return "";
 }
 
+std::string cublaslt_prepare(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers) {
+  CublasLt& c = table();
+  if (!c.why.empty()) return c.why;
+  CublasProduct p = cublas_product(g);
+  if (p.batch == 0 || p.M == 0 || p.N == 0) return "";
+  if (!p.a.direct || !p.b.direct || p.K == 0) return cublas_unsupported(g, buffers);
+  try {
+    CuContext ctx = cuda_current_context(0);
+    Handle h = handle_for(c, ctx);
+    constexpr uint64_t kAligned = 1 << 20;  // only its alignment is read
+    for (size_t i = 0; i < static_cast<size_t>(p.batch); i += p.run)
+      plan_for(c, g, call_shape(g, buffers, p, i), h, ctx, kAligned, kAligned, kAligned, kAligned);
+  } catch (const CudaError& e) {
+    return e.what();
+  }
+  return "";
+}
+
 void cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, const std::vector<uint64_t>& ptrs,
                    CuStream stream) {
   CublasLt& c = table();
@@ -258,17 +286,7 @@ void cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers
   if (p.batch == 0 || p.M == 0 || p.N == 0) return;
   if (!p.a.direct || !p.b.direct || p.K == 0) throw CudaError("kiln: " + cublas_unsupported(g, buffers));
   CuContext ctx = cuda_current_context(0);
-  Handle h = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(g_plans_mu);
-    auto it = g_handles.find(ctx);
-    if (it == g_handles.end()) {
-      check(c.Create(&h), "cublasLtCreate");
-      g_handles.emplace(ctx, h);
-    } else {
-      h = it->second;
-    }
-  }
+  Handle h = handle_for(c, ctx);
   size_t elem = ir::dtype_bytes(buffers[g.out].dtype);
   uint64_t A = ptrs[g.a.buffer], B = ptrs[g.b.buffer], D = ptrs[g.out];
   uint64_t bias = g.bias >= 0 ? ptrs[g.bias] + static_cast<uint64_t>(g.bias_offset) * elem : 0;

@@ -23,6 +23,10 @@ bool needs_cublaslt(const ir::GemmCall& call);
 /// "" or what cuBLASLt refused. Host-only: it needs the library, not a device, so tests check
 /// the attributes kiln sets against the real library on machines without a GPU.
 std::string cublaslt_check_descriptors(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers);
+/// Plans `call` in the current context (descriptors and cuBLASLt's algorithm, for 256-byte
+/// aligned pointers) and returns "" or why cuBLASLt cannot run it: a program checks this when
+/// it loads, so that a product cuBLASLt refuses makes the capture eager instead of a call fail.
+std::string cublaslt_prepare(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers);
 /// Enqueues `call` on `stream` in the current context; throws CudaError naming the product.
 void cublaslt_gemm(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers, const std::vector<uint64_t>& ptrs,
                    CuStream stream);

@@ -64,7 +64,14 @@ void CudaProgram::load(int device) {
     bool lt = needs_cublaslt(g);
     KILN_UNSUPPORTED_IF(lt ? !cublaslt_available(&why) : !cublas_available(&why), "kiln: {}", why);
   }
-  loaded_for(device);
+  loaded_for(device);  // makes the device's context current
+  // A product cuBLASLt cannot plan makes the capture eager now, not a later call fail.
+  for (const auto& g : program_.gemms) {
+    if (!needs_cublaslt(g)) continue;
+    why = cublaslt_prepare(g, program_.buffers);
+    KILN_UNSUPPORTED_IF(!why.empty(), "kiln: cuBLASLt cannot run {} with its bias ({}); KILN_CUDA_BIAS_EPILOGUE=0 "
+                        "adds the bias in a kernel instead", g.name, why);
+  }
 }
 
 bool CudaProgram::run(std::vector<uint64_t> ptrs, uint64_t stream_handle, int device, const ExternFn& run_extern) {

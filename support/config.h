@@ -31,6 +31,9 @@ namespace kiln {
                                               "kiln's choice")                                          \
   X(cuda_column_kernels, "KILN_CUDA_COLUMN_KERNELS", "1", "1: CUDA reductions whose contiguous dim is "   \
                                                     "kept run as column kernels; 0: as row kernels")        \
+  X(cuda_bias_epilogue, "KILN_CUDA_BIAS_EPILOGUE", "1", "1: a row bias after a CUDA product is added "  \
+                                                      "by cuBLASLt in the product; 0: by the kernel "   \
+                                                      "after it")                                       \
   X(check, "KILN_CHECK", "0", "1: compare every compiled call with eager and report divergence") \
   X(profile, "KILN_PROFILE", "0", "1: time every kernel of programs compiled from now on "           \
                                   "(kiln.kernels(f)[i].time_ns)")                                   \

@@ -769,7 +769,7 @@ def _roll(tr, a, out):
 # into the kernel after them (on CUDA, a row bias goes into the product: Note [Bias in the
 # product]). Other dtypes and devices, or KILN_MATMUL=eager, keep them as fallback ops.
 _BLAS_DTYPES = (torch.float32, torch.float64)
-# cuBLASLt runs half products (float32 accumulation, one rounding, as eager's).
+# CUDA runs half products too (cuBLAS, float32 accumulation, one rounding, as eager's).
 _CUBLAS_DTYPES = _BLAS_DTYPES + (torch.float16, torch.bfloat16)
 
 

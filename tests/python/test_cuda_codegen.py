@@ -162,7 +162,8 @@ CASES = {
                                      R(40, dtype=torch.bfloat16), R(33, 40, dtype=torch.bfloat16)]),
     # half products: float32 accumulation, the bias added before the one rounding
     "half_linear_bf16": (lambda x, w, b: (F.linear(x, w, b), torch.relu(F.linear(x, w, b)) * 2, x @ w.t(),
-                                          (x @ x.transpose(-1, -2)).sum(-1)),
+                                          (x @ x.transpose(-1, -2)).sum(-1),
+                                          F.linear(x[0, :, 1:], w[:, 1:], b)),  # operands 2 bytes off alignment
                          [R(2, 9, 48, dtype=torch.bfloat16), R(40, 48, dtype=torch.bfloat16),
                           R(40, dtype=torch.bfloat16)]),
     "half_attention_f16": (lambda q, k, v, w, b: F.linear(F.softmax(q @ k.transpose(-2, -1) * 0.25, -1) @ v, w, b),
@@ -661,6 +662,13 @@ def test_bias_goes_into_the_product():
     assert steps[0][1]["bias"] is None
     steps, _ = _steps(lambda x, w, b: F.linear(x, w, b), x.double(), w.double(), b.double())  # cuBLAS: no epilogue
     assert steps[0][1]["bias"] is None
+    saved = kiln.config.get("cuda_bias_epilogue")
+    kiln.config.set("cuda_bias_epilogue", 0)  # the knob: the kernel adds it
+    try:
+        steps, _ = _steps(lambda x, w, b: F.linear(x, w, b), x, w, b)
+    finally:
+        kiln.config.set("cuda_bias_epilogue", saved)
+    assert [k for k, _ in steps] == ["gemm", "kernel"] and steps[0][1]["bias"] is None
 
 
 @needs_nvrtc
