@@ -159,6 +159,13 @@ def linear_cases(scale):
             (f"linear+bias bf16 [{x.shape[0]}x1024x1024]", lin, half, None)]
 
 
+def scan_cases(scale):
+    """cumsum over rows (Note [CUDA scans]: a chunk of the row per thread), which eager runs as
+    its own scan kernel; memory-bound: one read, one write."""
+    x = torch.randn(65536 // scale, 1024, device="cuda")
+    return [(f"cumsum(x*2) [{x.shape[0]}x1024]", lambda x: torch.cumsum(x * 2, -1), (x,), 2 * x.numel() * 4)]
+
+
 def column_cases(scale):
     """Reductions over the non-contiguous dim (Note [CUDA column kernels]), and the first one
     again with column kernels off (KILN_CUDA_COLUMN_KERNELS=0: the row form), for the ratio."""
@@ -211,7 +218,7 @@ def main():
     rows = []
     gen = torch.Generator().manual_seed(0)
     cases = [(w.name, w.fn, tuple(t.cuda() for t in w.make_inputs(gen)), w.bytes_moved) for w in ws]
-    for more in (half_cases, column_cases, linear_cases):
+    for more in (half_cases, column_cases, linear_cases, scan_cases):
         try:
             cases += more(scale)
         except Exception as e:  # noqa: BLE001

@@ -169,6 +169,43 @@ template <class T> __device__ __forceinline__ kiln_arg<T> kiln_shfl_down(kiln_ar
   return v;
 }
 
+__device__ __forceinline__ float kiln_shfl_up(float v, int o) { return __shfl_up_sync(KILN_FULL_MASK, v, o); }
+__device__ __forceinline__ double kiln_shfl_up(double v, int o) { return __shfl_up_sync(KILN_FULL_MASK, v, o); }
+__device__ __forceinline__ int kiln_shfl_up(int v, int o) { return __shfl_up_sync(KILN_FULL_MASK, v, o); }
+__device__ __forceinline__ long long kiln_shfl_up(long long v, int o) { return __shfl_up_sync(KILN_FULL_MASK, v, o); }
+
+// Scans (cumsum, cumprod): each thread's fold of its chunk of the row in, the fold of every
+// chunk before it out (`identity` for thread 0), in chunk order: an inclusive scan within each
+// warp (shuffles), the warps' totals scanned by warp 0 in `smem` (33 values), then each thread
+// combines its warp's prefix with its exclusive place in the warp.
+template <class T, class Op>
+__device__ __forceinline__ T kiln_block_exclusive_scan(T v, Op op, T identity, T* smem) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (int)(blockDim.x >> 5);
+  T x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    T y = kiln_shfl_up(x, o);
+    if (lane >= o) x = op(y, x);
+  }
+  if (lane == 31) smem[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    T w = lane < warps ? smem[lane] : identity;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      T y = kiln_shfl_up(w, o);
+      if (lane >= o) w = op(y, w);
+    }
+    if (lane < warps) smem[lane] = w;
+  }
+  __syncthreads();
+  T before = kiln_shfl_up(x, 1);  // this warp's fold up to the previous lane
+  T r = warp > 0 ? smem[warp - 1] : identity;
+  if (lane > 0) r = op(r, before);
+  __syncthreads();  // smem is reused by the next row
+  return r;
+}
+
 // Folds one value per thread into one per block and gives it to every thread. `smem` holds 33
 // values: one per warp, then the result. blockDim.x is a multiple of 32.
 template <class T, class Op>

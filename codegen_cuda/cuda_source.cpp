@@ -272,17 +272,27 @@ class KernelEmitter {
 
   std::string emit() {
     collect_buffers();
+    bool scan = false;
     for (const Phase& ph : k_.phases) {
       row_ |= !ph.loops.empty();
-      for (const Reduction& r : ph.reductions)  // scans are lowered for the CPU only
-        KILN_UNSUPPORTED_IF(r.running, "CUDA codegen: a running (scan) reduction in {}", k_.name);
+      for (const Reduction& r : ph.reductions) scan |= r.running && !ph.loops.empty();
     }
+    // Note [Scans] (lower_to_loops.cpp) gives a scan a kernel of its own: one phase looping
+    // over the scanned dim, folding running sums or products its stores read.
+    if (scan)
+      for (const Phase& ph : k_.phases)
+        for (const Reduction& r : ph.reductions)
+          KILN_UNSUPPORTED_IF(k_.phases.size() != 1 || !r.running || (r.op != ReduceOp::Sum && r.op != ReduceOp::Prod),
+                              "CUDA codegen: a scan fused with other reductions in {}", k_.name);
     shape_ = LaunchShape{};
     shape_.row = row_;
     shape_.outer_extent = extent_product(k_.loops);
     scopes_.push_back({"", {}, "  "});
     std::string kind;
-    if (row_) {
+    if (scan) {
+      emit_scan_kernel();
+      kind = fmt::format("scan kernel: one block of {} threads per row, a chunk of the row per thread", shape_.block);
+    } else if (row_) {
       emit_row_kernel();
       kind = shape_.columns ? fmt::format("column kernel: blocks of {} threads, {} adjacent columns each{}",
                                           shape_.block, shape_.columns,
@@ -653,7 +663,8 @@ class KernelEmitter {
     } else {
       value = cast_text(acc, is_half(r.acc_dtype) ? DType::Float32 : r.acc_dtype, r.out_dtype);
     }
-    line(fmt::format("const {} {} = {};  // {} of the row", reg_type(r.out_dtype), name, value, reduce_op_name(r.op)));
+    line(fmt::format("const {} {} = {};  // {} {}", reg_type(r.out_dtype), name, value,
+                     r.running ? "running" : "the row's", reduce_op_name(r.op)));
     placeholders_[r.slot] = {name, level()};
     level_memo_.clear();
   }
@@ -1030,6 +1041,54 @@ class KernelEmitter {
                        width, shape_.outer_extent));
     else
       line(fmt::format("for (long long row = blockIdx.x; row < {}LL; row += gridDim.x) {{", shape_.outer_extent));
+    scopes_[0].text += row;
+    line("}");
+  }
+
+  /// Note [CUDA scans]: one block per row (outer iteration) as in a row kernel, but thread t
+  /// takes a chunk of adjacent elements, [t * c, (t + 1) * c) with c = ceil(n / block), since a
+  /// scan combines elements in order. It folds its chunk, kiln_block_exclusive_scan gives it the
+  /// fold of every chunk before its own, and it walks its chunk again from there, storing each
+  /// running value (the element's value is computed twice rather than kept: chunks can be
+  /// long). The accumulator is the lowering's (float64 for float32, as the CPU kernel): the
+  /// folds differ from eager's sequential or tree order only in rounding.
+  void emit_scan_kernel() {
+    const Phase& ph = k_.phases[0];
+    int64_t n = extent_product(ph.loops);
+    choose_row_block(n);
+    const int block = shape_.block;
+    int64_t chunk = (n + block - 1) / block;
+    for (const Reduction& r : ph.reductions) line(fmt::format("__shared__ {} smem{}[33];", acc_type(r), r.slot));
+    open_scope("    ");  // level 1: one row
+    decode(k_.loops, "row", "rem");
+    line(fmt::format("const long long lo = (long long)threadIdx.x * {0}LL, hi = lo + {0}LL < {1}LL ? lo + {0}LL : {1}LL;",
+                     chunk, n));
+    for (const Reduction& r : ph.reductions) declare_acc(r);
+    // Pass 1: this thread's chunk, folded.
+    open_scope("      ");  // level 2: one element
+    decode(ph.loops, "r", "rrem");
+    for (const Reduction& r : ph.reductions) accumulate(r);
+    std::string body = prune_unused(close_scope(), ph.loops);
+    line("for (long long r = lo; r < hi; ++r) {");
+    scopes_[1].text += body;
+    line("}");
+    for (const Reduction& r : ph.reductions)
+      line(fmt::format("{0} = kiln_block_exclusive_scan({0}, {1}, {2}, smem{3});  // the chunks before this one",
+                       acc_name(r), reduce_functor(r.op), reduce_identity(r), r.slot));
+    // Pass 2: the chunk again from that prefix, each running value stored.
+    open_scope("      ");
+    decode(ph.loops, "r", "rrem");
+    for (const Reduction& r : ph.reductions) {
+      accumulate(r);
+      finish(r);
+    }
+    for (const Store& st : ph.stores) emit_store(st);
+    body = prune_unused(close_scope(), ph.loops);
+    line("for (long long r = lo; r < hi; ++r) {");
+    scopes_[1].text += body;
+    line("}");
+    std::string row = prune_unused(close_scope(), k_.loops);
+    line(fmt::format("for (long long row = blockIdx.x; row < {}LL; row += gridDim.x) {{", shape_.outer_extent));
     scopes_[0].text += row;
     line("}");
   }

@@ -515,9 +515,10 @@ def _scatter_reduce(tr, a, out):
 
 @handles(aten.cumsum, aten.cumprod)
 def _scan(tr, a, out):
-    """cumsum/cumprod (Note [Scans] in lower_to_loops.cpp): a CPU kernel; CUDA keeps it eager."""
+    """cumsum/cumprod (Note [Scans] in lower_to_loops.cpp; on CUDA, Note [CUDA scans] in
+    codegen_cuda/cuda_source.cpp)."""
     x = a["self"]
-    if not tr.cpu_lowering(x) or x.dim() == 0:
+    if not (tr.cpu_lowering(x) or _for_cuda(tr, x)) or x.dim() == 0:
         raise NoLowering()
     combine = _SCATTER_COMBINE["sum" if tr.current_op == "cumsum" else "prod"]
     return tr.call("scan", [x], ints=[a["dim"] % x.dim(), combine], dtype=tr.dtype_name(out.dtype))

@@ -70,16 +70,21 @@ inline EmuBarrier* g_block_barrier = nullptr;
 inline std::vector<EmuBarrier*> g_warp_barrier;
 inline std::vector<std::array<unsigned long long, 32>> g_warp_slot;
 inline void __syncthreads() { g_block_barrier->wait(); }
-template <class T> T __shfl_down_sync(unsigned, T v, int o) {
+template <class T> T kiln_emu_shfl(T v, int from) {  // every lane of the warp calls it
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   unsigned long long bits = 0;
   memcpy(&bits, &v, sizeof(T));
   g_warp_slot[w][lane] = bits;
   g_warp_barrier[w]->wait();
   T out = v;
-  if (lane + o < 32) memcpy(&out, &g_warp_slot[w][lane + o], sizeof(T));
+  if (from >= 0 && from < 32) memcpy(&out, &g_warp_slot[w][from], sizeof(T));
   g_warp_barrier[w]->wait();
   return out;
+}
+template <class T> T __shfl_up_sync(unsigned, T v, int o) { return kiln_emu_shfl(v, (threadIdx.x & 31) - o); }
+template <class T> T __shfl_down_sync(unsigned, T v, int o) {
+  const int from = (threadIdx.x & 31) + o;
+  return kiln_emu_shfl(v, from < 32 ? from : -1);
 }
 """
 

@@ -117,6 +117,13 @@ CASES = {
                             F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=True)), [R(2, 3, 6, 4)]),
     "index_copy": (lambda b, i, k: (b * 2).index_copy(1, i, k + 1) * 3,
                    [R(4, 6, 3), lambda: torch.tensor([5, 1, 3]), R(4, 3, 3)]),
+    # -- scans (Note [CUDA scans]): a chunk of the row per thread, rows short and long, along
+    #    the contiguous dim or another, fused with the pointwise work that feeds them
+    "scans": (lambda x, y, i: (torch.cumsum(x * 2, -1) + 1, torch.cumprod(x[:, :9] * 0.5 + 1, 1), y.cumsum(0),
+                               torch.cumsum(i, 1), torch.cumsum(x > 0, 1), torch.cumprod(y[:3] + 1, 1)),
+              [R(7, 1500), R(40, 3), lambda: torch.randint(-9, 9, (5, 33), dtype=torch.int32)]),
+    "half_scans_bf16": (lambda x: (torch.cumsum(x, -1), torch.cumsum(x, 0) * 2),
+                        [R(6, 300, dtype=torch.bfloat16)]),
     # -- ops kiln leaves to eager PyTorch (extern steps between the kernels, on the same stream)
     "conv_bn_relu": (lambda x, w, m, v, g, b, w2: torch.sigmoid(F.conv2d(torch.relu(
                          F.batch_norm(F.conv2d(x, w, padding=1), m, v, g, b, False, 0.1, EPS)) + 1, w2)) * 2,
@@ -290,7 +297,8 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "matmul_f64_addmm", "matmul_empty_k", "attention_fused_qkv", "index_copy", "pooling", "conv_bn_relu",
              "topk_cummax", "eager_result_returned", "cumsum_scatter_add", "half_chain_f16", "half_rows_f16",
              "half_rows_bf16", "half_topk_bf16", "half_batch_norm_bf16", "linear_bias", "linear_bias_relu_residual",
-             "half_linear_bf16", "half_attention_f16", "linear_residual_layer_norm", "half_linear_layer_norm_bf16"]
+             "half_linear_bf16", "half_attention_f16", "linear_residual_layer_norm", "half_linear_layer_norm_bf16",
+             "scans", "half_scans_bf16"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
@@ -302,7 +310,9 @@ _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "lon
          "half_batch_norm_bf16": 1.6e-2,
          # products: float32 sums in another order than eager's (then rounded to the half type)
          "linear_bias": 1e-4, "linear_bias_relu_residual": 1e-4, "half_linear_bf16": 1.6e-2,
-         "half_attention_f16": 2e-3, "linear_residual_layer_norm": 1e-4, "half_linear_layer_norm_bf16": 1.6e-2}
+         "half_attention_f16": 2e-3, "linear_residual_layer_norm": 1e-4, "half_linear_layer_norm_bf16": 1.6e-2,
+         # running sums in another order than eager's (kiln's in float64 for float32)
+         "scans": 1e-4, "half_scans_bf16": 1.6e-2}
 
 
 @pytest.mark.gpu
