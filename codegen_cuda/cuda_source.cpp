@@ -1050,8 +1050,10 @@ class KernelEmitter {
   /// scan combines elements in order. It folds its chunk, kiln_block_exclusive_scan gives it the
   /// fold of every chunk before its own, and it walks its chunk again from there, storing each
   /// running value (the element's value is computed twice rather than kept: chunks can be
-  /// long). The accumulator is the lowering's (float64 for float32, as the CPU kernel): the
-  /// folds differ from eager's sequential or tree order only in rounding.
+  /// long). The accumulator is the lowering's (float64 for float32, as eager's CPU kernel;
+  /// eager's CUDA kernel folds float32 in float32, in its own tree order): the results differ
+  /// from eager's CUDA ones in rounding, and where eager's float32 products overflow on the
+  /// way (1e30 * 1e30 * 0: eager CUDA gives nan or 0 by its order, kiln 0, as eager's CPU).
   void emit_scan_kernel() {
     const Phase& ph = k_.phases[0];
     int64_t n = extent_product(ph.loops);
