@@ -259,6 +259,8 @@ void define_cuda(py::module_& m) {
       .def("outputs", &output_list)
       .def("kernels", &kernel_list)
       .def_property_readonly("may_fail", &runtime::CudaProgram::may_fail)
+      .def_property_readonly("last_failure", &runtime::CudaProgram::last_failure,
+                             "why the last run returned False when neither a kernel nor an extern did")
       .def_property_readonly("arch", &runtime::CudaProgram::arch)
       .def_property_readonly("compile_ms", &runtime::CudaProgram::compile_ms)
       .def_property_readonly("calls", &runtime::CudaProgram::calls)

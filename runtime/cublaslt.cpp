@@ -186,6 +186,11 @@ std::mutex g_plans_mu;
 std::map<PlanKey, std::unique_ptr<Plan>> g_plans;
 std::map<CuContext, Handle> g_handles;
 
+/// cuBLASLt refused a product's descriptors or has no algorithm for it: not a failed call.
+struct NoPlan : CudaError {
+  using CudaError::CudaError;
+};
+
 void check(Status s, const std::string& what) {
   if (s != 0) throw CudaError(fmt::format("kiln: cuBLASLt error {} in {}", s, what));
 }
@@ -212,7 +217,7 @@ Plan& plan_for(CublasLt& c, const ir::GemmCall& g, const CallShape& s, Handle h,
   if (it != g_plans.end()) return *it->second;
   auto plan = std::make_unique<Plan>();
   std::string err = describe(c, s, bias, plan->d);
-  if (!err.empty()) throw CudaError(fmt::format("kiln: cuBLASLt refused {}: {}", g.name, err));
+  if (!err.empty()) throw NoPlan(fmt::format("kiln: cuBLASLt refused {}: {}", g.name, err));
   Preference pref = nullptr;
   check(c.PrefCreate(&pref), "cublasLtMatmulPreferenceCreate");
   uint64_t workspace = 0;  // no workspace: kiln's memory is PyTorch's, and these algorithms need none
@@ -227,8 +232,9 @@ Plan& plan_for(CublasLt& c, const ir::GemmCall& g, const CallShape& s, Handle h,
   if (st == 0)
     st = c.Heuristic(h, plan->d.desc, plan->d.first, plan->d.second, plan->d.out, plan->d.out, pref, 1, &result, &found);
   c.PrefDestroy(pref);
-  check(st, "cublasLtMatmulAlgoGetHeuristic for " + g.name);
-  if (found == 0) throw CudaError(fmt::format("kiln: cuBLASLt has no algorithm for {}", g.name));
+  if (st != 0 || found == 0)
+    throw NoPlan(fmt::format("kiln: cuBLASLt has no algorithm for {} (status {}, pointers aligned to {}/{}/{}/{} "
+                             "bytes)", g.name, st, align_first, align_second, align_out, align_bias));
   plan->algo = result.algo;
   return *g_plans.emplace(std::move(key), std::move(plan)).first->second;
 }
@@ -278,12 +284,12 @@ std::string cublaslt_prepare(const ir::GemmCall& g, const std::vector<ir::Buffer
   return "";
 }
 
-void cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, const std::vector<uint64_t>& ptrs,
-                   CuStream stream) {
+std::string cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers,
+                          const std::vector<uint64_t>& ptrs, CuStream stream) {
   CublasLt& c = table();
   if (!c.why.empty()) throw CudaError("kiln: " + c.why);
   CublasProduct p = cublas_product(g);
-  if (p.batch == 0 || p.M == 0 || p.N == 0) return;
+  if (p.batch == 0 || p.M == 0 || p.N == 0) return "";
   if (!p.a.direct || !p.b.direct || p.K == 0) throw CudaError("kiln: " + cublas_unsupported(g, buffers));
   CuContext ctx = cuda_current_context(0);
   Handle h = handle_for(c, ctx);
@@ -295,10 +301,20 @@ void cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers
   double one64 = 1, zero64 = 0;
   const void* alpha = f64 ? static_cast<const void*>(&one64) : &one32;
   const void* beta = f64 ? static_cast<const void*>(&zero64) : &zero32;
+  // Plans first (a plan for one alignment may not exist), then every call.
+  std::vector<Plan*> plans;
   for (size_t i = 0; i < static_cast<size_t>(p.batch); i += p.run) {
+    uint64_t a = A + p.a_offsets[i] * elem, b = B + p.b_offsets[i] * elem, out = D + i * p.M * p.N * elem;
+    try {
+      plans.push_back(&plan_for(c, g, call_shape(g, buffers, p, i), h, ctx, a, b, out, bias));
+    } catch (const NoPlan& e) {
+      return e.what();
+    }
+  }
+  for (size_t i = 0, j = 0; i < static_cast<size_t>(p.batch); i += p.run, ++j) {
     CallShape s = call_shape(g, buffers, p, i);
     uint64_t a = A + p.a_offsets[i] * elem, b = B + p.b_offsets[i] * elem, out = D + i * p.M * p.N * elem;
-    Plan& plan = plan_for(c, g, s, h, ctx, a, b, out, bias);
+    Plan& plan = *plans[j];
     std::lock_guard<std::mutex> lock(plan.mu);
     if (s.bias) {
       const void* ptr = reinterpret_cast<const void*>(static_cast<uintptr_t>(bias));
@@ -310,6 +326,7 @@ void cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers
                    dev(out), plan.d.out, &plan.algo, nullptr, 0, stream),
           g.name);
   }
+  return "";
 }
 
 }  // namespace kiln::runtime

@@ -27,8 +27,10 @@ std::string cublaslt_check_descriptors(const ir::GemmCall& call, const std::vect
 /// aligned pointers) and returns "" or why cuBLASLt cannot run it: a program checks this when
 /// it loads, so that a product cuBLASLt refuses makes the capture eager instead of a call fail.
 std::string cublaslt_prepare(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers);
-/// Enqueues `call` on `stream` in the current context; throws CudaError naming the product.
-void cublaslt_gemm(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers, const std::vector<uint64_t>& ptrs,
-                   CuStream stream);
+/// Enqueues `call` on `stream` in the current context. Returns "" or, enqueueing nothing, why
+/// cuBLASLt cannot run it on these pointers (no algorithm for their alignment: the caller
+/// redoes the call eagerly); throws CudaError naming the product when a call fails.
+std::string cublaslt_gemm(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers,
+                          const std::vector<uint64_t>& ptrs, CuStream stream);
 
 }  // namespace kiln::runtime

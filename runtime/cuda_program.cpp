@@ -80,6 +80,7 @@ bool CudaProgram::run(std::vector<uint64_t> ptrs, uint64_t stream_handle, int de
   const Loaded& l = loaded_for(device);
   CuStream stream = reinterpret_cast<CuStream>(static_cast<uintptr_t>(stream_handle));
   uint64_t status = ptrs.back();
+  last_failure_.clear();
   if (may_fail_) {
     KILN_CHECK(status != 0, "a program that can fail needs a status word");
     cuda_memset32(status, 0, 1, stream, "clearing kiln's status word");
@@ -89,10 +90,15 @@ bool CudaProgram::run(std::vector<uint64_t> ptrs, uint64_t stream_handle, int de
   for (const ir::Step& step : program_.steps) {
     if (step.kind == ir::Step::Kind::Gemm) {
       const ir::GemmCall& g = program_.gemms[step.index];
-      if (needs_cublaslt(g))
-        cublaslt_gemm(g, program_.buffers, ptrs, stream);
-      else
+      if (!needs_cublaslt(g)) {
         cublas_gemm(g, program_.buffers, ptrs, stream);
+        continue;
+      }
+      std::string why = cublaslt_gemm(g, program_.buffers, ptrs, stream);
+      if (!why.empty()) {
+        last_failure_ = why;  // eager redoes the call
+        return false;
+      }
       continue;
     }
     if (step.kind == ir::Step::Kind::Extern) {

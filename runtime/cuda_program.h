@@ -50,15 +50,15 @@ class CudaProgram {
   /// on `stream` (a CUstream; 0 is the default stream). `ptrs`: one device pointer per buffer,
   /// then the status word (may be 0 when !may_fail()); an extern's result buffers may be 0
   /// until it runs. Returns false when a kernel met an integer division by zero or an index out
-  /// of range, or an extern failed (the call must then be redone eagerly); only programs that
-  /// can fail wait for the stream: at the end, and before each extern step, so an eager op never
-  /// reads a failed kernel's output (a device-side assert would end the CUDA context). `device`
-  /// is the CUDA ordinal the buffers live on.
+  /// of range, an extern failed, or cuBLASLt had no algorithm (the call must then be redone
+  /// eagerly); only programs that can fail wait for the stream: at the end, and before each
+  /// extern step, so an eager op never reads a failed kernel's output (a device-side assert
+  /// would end the CUDA context). `device` is the CUDA ordinal the buffers live on.
   bool run(std::vector<uint64_t> ptrs, uint64_t stream, int device, const ExternFn& run_extern = nullptr);
 
   /// Loads the modules into the current context (run() does this on first use); throws
-  /// Unsupported when the program has matrix products and cuBLAS (or cuBLASLt, for half
-  /// products and bias epilogues) cannot be opened.
+  /// Unsupported when the program has matrix products and cuBLAS (or cuBLASLt, for bias
+  /// epilogues) cannot be opened, or cuBLASLt cannot plan one of its products.
   void load(int device);
 
   const ir::KernelProgram& program() const { return program_; }
@@ -68,6 +68,9 @@ class CudaProgram {
   bool may_fail() const { return may_fail_; }
   double compile_ms() const { return compile_ms_; }
   int64_t calls() const { return calls_; }
+  /// Why the last run() returned false when no kernel or extern did it (cuBLASLt had no
+  /// algorithm for its pointers); "" otherwise.
+  const std::string& last_failure() const { return last_failure_; }
 
  private:
   struct Loaded {
@@ -84,6 +87,7 @@ class CudaProgram {
   bool may_fail_ = false;
   double compile_ms_ = 0;
   int64_t calls_ = 0;
+  std::string last_failure_;
   std::mutex mu_;
   std::map<CuContext, std::unique_ptr<Loaded>> loaded_;  // per context (one per device)
 };

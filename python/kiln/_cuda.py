@@ -312,8 +312,11 @@ class CudaRunner:
         return [keep[idx] if kind == "buffer" else leaves[idx] for kind, idx in self._outputs]
 
     def last_failure(self):
-        """Why the last call returned False, when an eager op inside it failed (else "")."""
-        return self._externs.failure if self._externs is not None else ""
+        """Why the last call returned False, when an eager op inside it failed or cuBLASLt had
+        no algorithm (else "")."""
+        if self._externs is not None and self._externs.failure:
+            return self._externs.failure
+        return self._prog.last_failure
 
     def failed_on_data_dependent_shape(self):
         """Whether the last call returned False because an eager op's result had another shape."""
