@@ -13,6 +13,7 @@
 #include <fstream>
 #include <mutex>
 #include <sstream>
+#include <thread>
 #include <unordered_map>
 
 #include "support/error.h"
@@ -214,7 +215,9 @@ bool read_file(const std::string& path, std::string* out) {
 
 /// Writes through a temporary name and renames, so a reader never sees half a file.
 void write_file(const std::string& path, const std::string& data) {
-  std::string tmp = fmt::format("{}.tmp{}", path, static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  // Unique per thread and moment: kernels compile on several threads.
+  auto now = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  std::string tmp = fmt::format("{}.tmp{}.{}", path, now, std::hash<std::thread::id>()(std::this_thread::get_id()));
   {
     std::ofstream f(tmp, std::ios::binary);
     if (!f) return;

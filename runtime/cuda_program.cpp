@@ -4,7 +4,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <exception>
+#include <thread>
 
 #include "codegen_cuda/nvrtc_compiler.h"
 #include "runtime/cublas.h"
@@ -20,19 +24,40 @@ CudaProgram::CudaProgram(ir::KernelProgram program, int arch, bool want_cubin)
     KILN_UNSUPPORTED_IF(want_cubin && !why.empty(), "kiln: cuBLAS cannot run {}", why);
   }
   auto t0 = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < program_.kernels.size(); ++i) {
-    CudaKernel k;
+  // Emission reads the program's shared expression context: one kernel after another.
+  kernels_.resize(program_.kernels.size());
+  for (size_t i = 0; i < kernels_.size(); ++i) {
+    CudaKernel& k = kernels_[i];
     k.name = program_.kernels[i].name;
     k.source = cuda::emit_cuda_kernel(program_, i, k.name, &k.shape);
-    cuda::CompiledCuda c = cuda::compile_cuda(k.source, k.name, arch, want_cubin);
-    k.ptx = std::move(c.ptx);
-    k.cubin = std::move(c.cubin);
-    k.nvrtc_log = std::move(c.log);
-    k.compile_ms = c.compile_ms;
-    k.cached = c.cached;
     may_fail_ |= k.shape.may_fail;
-    kernels_.push_back(std::move(k));
   }
+  // NVRTC, most of a cold compile, runs on several threads (each kernel is its own program).
+  std::vector<std::exception_ptr> errors(kernels_.size());
+  auto compile = [&](size_t i) {
+    try {
+      CudaKernel& k = kernels_[i];
+      cuda::CompiledCuda c = cuda::compile_cuda(k.source, k.name, arch, want_cubin);
+      k.ptx = std::move(c.ptx);
+      k.cubin = std::move(c.cubin);
+      k.nvrtc_log = std::move(c.log);
+      k.compile_ms = c.compile_ms;
+      k.cached = c.cached;
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  };
+  size_t workers = std::min<size_t>(kernels_.size(), std::max(1u, std::thread::hardware_concurrency()));
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i = next++; i < kernels_.size(); i = next++) compile(i);
+  };
+  std::vector<std::thread> threads;
+  for (size_t w = 1; w < workers; ++w) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);  // the first kernel's error, as a serial compile gives
   compile_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
