@@ -147,18 +147,6 @@ def half_cases(scale):
             (f"gelu_tanh bf16 [{y.numel() >> 20}M]", lambda y: F.gelu(y, approximate="tanh"), (y,), 2 * y.numel() * 2)]
 
 
-def linear_cases(scale):
-    """Linear layers alone: kiln's product adds the bias in cuBLASLt's epilogue, as eager's
-    F.linear does (before: a cuBLAS call and a bias kernel). Compute-bound: no floor."""
-    import torch.nn.functional as F
-    x = torch.randn(16384 // scale, 1024, device="cuda")
-    w, b = torch.randn(1024, 1024, device="cuda") / 32, torch.randn(1024, device="cuda")
-    lin = lambda x, w, b: F.linear(x, w, b)  # noqa: E731
-    half = tuple(t.to(torch.bfloat16) for t in (x, w, b))
-    return [(f"linear+bias [{x.shape[0]}x1024x1024]", lin, (x, w, b), None),
-            (f"linear+bias bf16 [{x.shape[0]}x1024x1024]", lin, half, None)]
-
-
 def scan_cases(scale):
     """cumsum over rows (Note [CUDA scans]: a chunk of the row per thread), which eager runs as
     its own scan kernel; memory-bound: one read, one write."""
@@ -218,7 +206,7 @@ def main():
     rows = []
     gen = torch.Generator().manual_seed(0)
     cases = [(w.name, w.fn, tuple(t.cuda() for t in w.make_inputs(gen)), w.bytes_moved) for w in ws]
-    for more in (half_cases, column_cases, linear_cases, scan_cases):
+    for more in (half_cases, column_cases, scan_cases):
         try:
             cases += more(scale)
         except Exception as e:  # noqa: BLE001
