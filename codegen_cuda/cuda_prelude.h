@@ -174,6 +174,47 @@ __device__ __forceinline__ double kiln_shfl_up(double v, int o) { return __shfl_
 __device__ __forceinline__ int kiln_shfl_up(int v, int o) { return __shfl_up_sync(KILN_FULL_MASK, v, o); }
 __device__ __forceinline__ long long kiln_shfl_up(long long v, int o) { return __shfl_up_sync(KILN_FULL_MASK, v, o); }
 
+// Folding scatters (scatter_add, index_add, scatter_reduce): `*p = f(*p)` as one atomic step
+// (Note [CUDA folding scatters]). f maps the element's old memory value to its new one; the
+// compare-and-swap runs on the element's own 4- or 8-byte word, or on the aligned 4-byte word
+// holding a 1- or 2-byte element.
+template <class M, class W>
+__device__ __forceinline__ W kiln_bits_of(M v) {  // v's bytes in the low bytes of a W
+  union { M m; W w; } u;
+  u.w = 0;
+  u.m = v;
+  return u.w;
+}
+template <class M, class W>
+__device__ __forceinline__ M kiln_from_bits(W w) {
+  union { M m; W w; } u;
+  u.w = w;
+  return u.m;
+}
+template <class M, class F>
+__device__ __forceinline__ void kiln_atomic_update(M* p, F f) {
+  if (sizeof(M) == 8) {
+    unsigned long long* w = (unsigned long long*)p;
+    unsigned long long old = *w, seen;
+    do {
+      seen = old;
+      old = atomicCAS(w, seen, kiln_bits_of<M, unsigned long long>(f(kiln_from_bits<M, unsigned long long>(seen))));
+    } while (old != seen);
+  } else {
+    unsigned long long addr = (unsigned long long)p;
+    unsigned int* w = (unsigned int*)(addr & ~3ull);
+    const unsigned shift = (unsigned)(addr & 3ull) * 8u;
+    const unsigned mask = sizeof(M) == 4 ? 0xffffffffu : ((1u << (sizeof(M) * 8u)) - 1u) << shift;
+    unsigned int old = *w, seen;
+    do {
+      seen = old;
+      M v = kiln_from_bits<M, unsigned int>((seen & mask) >> shift);
+      unsigned int n = kiln_bits_of<M, unsigned int>(f(v));
+      old = atomicCAS(w, seen, (seen & ~mask) | (n << shift));
+    } while (old != seen);
+  }
+}
+
 // Scans (cumsum, cumprod): each thread's fold of its chunk of the row in, the fold of every
 // chunk before it out (`identity` for thread 0), in chunk order: an inclusive scan within each
 // warp (shuffles), the warps' totals scanned by warp 0 in `smem` (33 values), then each thread

@@ -601,8 +601,57 @@ class KernelEmitter {
 
   // ---- stores and reductions ------------------------------------------------------------------
 
+  /// The load of the element a store writes, when its value reads it: a folding scatter's
+  /// `buf[i] = combine(buf[i], v)`; nullptr otherwise.
+  Expr folded_load(const Store& st) const {
+    if (!self_read_.count(st.buffer)) return nullptr;
+    Expr found = nullptr;
+    std::set<Expr> seen;
+    visit(st.value, seen, [&](Expr x) {
+      if (x->op == ExprOp::Load && x->ival == st.buffer && x->a == st.index) found = x;
+    });
+    return found;
+  }
+
+  /// Note [CUDA folding scatters]: threads whose elements land on the same destination (a
+  /// scatter_add's repeated index) must not lose each other's updates, so the read-modify-write
+  /// of `buf[i] = combine(buf[i], v)` is one atomic step: atomicAdd for a plain sum of float32,
+  /// float64, int32 or int64 (eager's own kernels use it), else kiln_atomic_update's
+  /// compare-and-swap loop around the combine (products, max/min with NaN, half and narrow
+  /// types, each update rounded as eager rounds it). The order of the updates is the
+  /// hardware's, as in eager's CUDA kernels: float sums differ from eager's in rounding only.
+  void emit_folding_store(const Store& st, Expr old_load) {
+    DType t = p_.buffers[st.buffer].dtype;
+    std::string target = fmt::format("buf{}[{}]", st.buffer, emit(st.index));
+    Expr v = st.value->op == ExprOp::Add ? (st.value->a == old_load ? st.value->b : st.value->b == old_load ? st.value->a : nullptr)
+                                         : nullptr;
+    bool native = t == DType::Float32 || t == DType::Float64 || t == DType::Int32 || t == DType::Int64;
+    if (v && native && !contains(v, old_load)) {
+      std::string vt = emit(v);
+      if (t == DType::Int64)
+        line(fmt::format("atomicAdd((unsigned long long*)&{}, (unsigned long long){});", target, vt));
+      else
+        line(fmt::format("atomicAdd(&{}, {});", target, vt));
+      return;
+    }
+    // The body first: what does not read the old value is declared before the update.
+    open_scope(scopes_[level()].indent + "  ");
+    overrides_[old_load] = "old";
+    std::string nv = to_memory(emit(st.value), t);
+    line(fmt::format("return ({}){};", mem_type(t), nv));
+    overrides_.erase(old_load);
+    std::string body = close_scope();
+    line(fmt::format("kiln_atomic_update(&{}, [&]({} old) {{", target, mem_type(t)));
+    scopes_[level()].text += body;
+    line("});");
+  }
+
   /// `buf[idx] = v;` (or into a vector slot when the store is vectorised); `guard` prefixes it.
   void emit_store(const Store& st, const std::string& guard = "") {
+    if (Expr old = guard.empty() ? folded_load(st) : nullptr) {
+      emit_folding_store(st, old);
+      return;
+    }
     DType t = p_.buffers[st.buffer].dtype;
     std::string v = to_memory(emit(st.value), t);
     auto ov = store_overrides_.find(&st);

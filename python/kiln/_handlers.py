@@ -467,11 +467,11 @@ _SCATTER_COMBINE = {None: 0, "add": 1, "sum": 1, "multiply": 2, "prod": 2, "amax
 
 
 def _scatter_call(tr, op, x, index, src, dim, reduce=None):
-    """A scatter (Note [Scatters] in lower_to_loops.cpp), on the CPU: the lowering writes an
-    argument's update in place (a StaticCache, `out.scatter_add_`). CUDA programs keep it eager
-    (folding scatters there need atomics)."""
+    """A scatter (Note [Scatters] in lower_to_loops.cpp): on the CPU the lowering writes an
+    argument's update in place (a StaticCache, `out.scatter_add_`); on CUDA a folding scatter's
+    updates are atomic (Note [CUDA folding scatters] in codegen_cuda/cuda_source.cpp)."""
     combine = _SCATTER_COMBINE.get(reduce)
-    if combine is None or not tr.cpu_lowering(x) or x.dim() == 0 or index.dtype != torch.int64:
+    if combine is None or not (tr.cpu_lowering(x) or _for_cuda(tr, x)) or x.dim() == 0 or index.dtype != torch.int64:
         raise NoLowering()
     if combine and x.dtype == torch.bool:
         raise NoLowering()  # bool add/multiply are or/and: not the combines lowered

@@ -70,6 +70,25 @@ inline EmuBarrier* g_block_barrier = nullptr;
 inline std::vector<EmuBarrier*> g_warp_barrier;
 inline std::vector<std::array<unsigned long long, 32>> g_warp_slot;
 inline void __syncthreads() { g_block_barrier->wait(); }
+inline std::mutex g_atomic_mu;  // the emulation's atomics: one lock for every address
+inline unsigned int atomicCAS(unsigned int* p, unsigned int cmp, unsigned int v) {
+  std::lock_guard<std::mutex> l(g_atomic_mu);
+  unsigned int old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp, unsigned long long v) {
+  std::lock_guard<std::mutex> l(g_atomic_mu);
+  unsigned long long old = *p;
+  if (old == cmp) *p = v;
+  return old;
+}
+template <class T> T atomicAdd(T* p, T v) {
+  std::lock_guard<std::mutex> l(g_atomic_mu);
+  T old = *p;
+  *p = old + v;
+  return old;
+}
 template <class T> T kiln_emu_shfl(T v, int from) {  // every lane of the warp calls it
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   unsigned long long bits = 0;
@@ -167,11 +186,15 @@ def _poison(t):
         t.fill_(torch.iinfo(t.dtype).max // 2 + 11)
 
 
-def emulate(fn, *args, max_grid=3, per_result=False):
+def emulate(fn, *args, max_grid=3, per_result=False, run_args=None):
     """Traces fn on CPU tensors, generates its CUDA program and runs it in emulation. Returns
     (outputs as a flat list, status_ok): the graph's outputs, or with per_result one entry per
-    tensor leaf of fn's result, in its order."""
+    tensor leaf of fn's result, in its order. `run_args` (same shapes and dtypes as args) runs
+    the program on other values than it was traced on (one eager would reject, say)."""
     tracer = _cuda.trace_graph(fn, args, {})
+    if run_args is not None:
+        swap = {id(a): b for a, b in zip(args, run_args)}
+        tracer.leaves = [swap.get(id(t), t) for t in tracer.leaves]
     prog = _C.CudaProgram(tracer.builder, 0, 90)
     kernels = prog.kernels()
     lib, fns = _compile([k["source"] for k in kernels], [k["name"] for k in kernels])

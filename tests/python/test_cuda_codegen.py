@@ -124,6 +124,23 @@ CASES = {
               [R(7, 1500), R(40, 3), lambda: torch.randint(-9, 9, (5, 33), dtype=torch.int32)]),
     "half_scans_bf16": (lambda x: (torch.cumsum(x, -1), torch.cumsum(x, 0) * 2),
                         [R(6, 300, dtype=torch.bfloat16)]),
+    "cumsum_scatter_add": (lambda x, i, s: ((x * 2).cumsum(1) + 1, (x + 1).scatter_add(0, i, s) * 2),
+                           [R(5, 4), lambda: torch.randint(0, 5, (3, 4)), R(3, 4)]),
+    # -- scatters: folding ones update atomically (Note [CUDA folding scatters]), repeated
+    #    indices included; replacing ones with distinct indices (eager's winner is unspecified)
+    "scatters": (lambda x, s, i, j, k, l: ((x * 2).scatter_add(0, i, s) + 1, x.index_add(1, j, s[:4, :3], alpha=2),
+                                           x.scatter_reduce(0, i, s, "amax"), x.scatter_reduce(0, i, s, "amin"),
+                                           x.scatter_reduce(1, k, s[:4, :2] + 1, "prod"), x.index_copy(0, l, s[:2] * 3),
+                                           x.scatter(1, k, s[:4, :2])),
+                 [R(4, 37), R(9, 37), lambda: torch.randint(0, 4, (9, 37)), lambda: torch.randint(0, 37, (3,)),
+                  lambda: torch.stack([torch.randperm(37)[:2] for _ in range(4)]), lambda: torch.randperm(4)[:2]]),
+    "int_scatters": (lambda x, s, i: (x.scatter_add(0, i, s), x.scatter_reduce(0, i, s * 3, "amax"),
+                                      x.to(torch.int8).scatter_add(0, i, s.to(torch.int8))),
+                     [lambda: torch.randint(-50, 50, (5, 33), dtype=torch.int32),
+                      lambda: torch.randint(-9, 9, (7, 33), dtype=torch.int32), lambda: torch.randint(0, 5, (7, 33))]),
+    "half_scatters_bf16": (lambda x, s, i: (x.scatter_add(0, i, s), x.scatter_reduce(0, i, s, "amin") * 2),
+                           [R(4, 40, dtype=torch.bfloat16), R(9, 40, dtype=torch.bfloat16),
+                            lambda: torch.randint(0, 4, (9, 40))]),
     # -- ops kiln leaves to eager PyTorch (extern steps between the kernels, on the same stream)
     "conv_bn_relu": (lambda x, w, m, v, g, b, w2: torch.sigmoid(F.conv2d(torch.relu(
                          F.batch_norm(F.conv2d(x, w, padding=1), m, v, g, b, False, 0.1, EPS)) + 1, w2)) * 2,
@@ -131,8 +148,6 @@ CASES = {
     "topk_cummax": (lambda x: (lambda v, i: (v + 1, i * 2, (x * 2).cummax(1).values - 1))(*(x * 3).topk(3, dim=1)),
                     [R(7, 33)]),
     "eager_result_returned": (lambda x: (lambda s: (s, s * 2, x.sum(-1)))(torch.sort(x + 1, -1).values), [R(5, 17)]),
-    "cumsum_scatter_add": (lambda x, i, s: ((x * 2).cumsum(1) + 1, (x + 1).scatter_add(0, i, s) * 2),
-                           [R(5, 4), lambda: torch.randint(0, 5, (3, 4)), R(3, 4)]),
     # -- float16 / bfloat16: each op rounded as eager's half tensors are; softmax, norms and
     #    activations computed in float32 and rounded once (Note [Half composites])
     "half_chain_f16": (lambda x, y: ((torch.tanh(x * 2 + y) * x).exp() - 1, x.float() * 3, (x * 4).to(torch.int32)),
@@ -298,7 +313,7 @@ GPU_CASES = ["unary_f32", "unary_log_f32", "unary_f64", "activations", "binary_f
              "topk_cummax", "eager_result_returned", "cumsum_scatter_add", "half_chain_f16", "half_rows_f16",
              "half_rows_bf16", "half_topk_bf16", "half_batch_norm_bf16", "linear_bias", "linear_bias_relu_residual",
              "half_linear_bf16", "half_attention_f16", "linear_residual_layer_norm", "half_linear_layer_norm_bf16",
-             "scans", "half_scans_bf16"]
+             "scans", "half_scans_bf16", "scatters", "int_scatters", "half_scatters_bf16"]
 
 # Reductions whose eager CUDA result depends on summation order more than the default allows.
 _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "long_rows": 1e-4, "group_norm": 1e-4,
@@ -312,7 +327,9 @@ _RTOL = {"whole_tensor_sum": 1e-4, "var_std": 1e-4, "logsumexp_norm": 1e-4, "lon
          "linear_bias": 1e-4, "linear_bias_relu_residual": 1e-4, "half_linear_bf16": 1.6e-2,
          "half_attention_f16": 2e-3, "linear_residual_layer_norm": 1e-4, "half_linear_layer_norm_bf16": 1.6e-2,
          # running sums in another order than eager's (kiln's in float64 for float32)
-         "scans": 1e-4, "half_scans_bf16": 1.6e-2}
+         "scans": 1e-4, "half_scans_bf16": 1.6e-2,
+         # atomic updates in the hardware's order: float sums round differently from eager's
+         "scatters": 1e-5, "half_scatters_bf16": 1.6e-2}
 
 
 @pytest.mark.gpu
@@ -724,3 +741,22 @@ def test_emulated_random_linear_layers_match_eager(seed):
     got, want = _emulated_run(fn, [x, w, b, r])
     tol = {torch.float32: 1e-4, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}[dtype]
     assert_same(got, want, rtol=tol, atol=tol, what=f"seed {seed}: {dtype} m={m} k={k} n={n}")
+
+
+@needs_emulation
+def test_emulated_scatter_out_of_range_index_sets_status():
+    """An index out of range flags the status word (eager then redoes the call and raises
+    torch's error); the atomic update goes to element 0 instead of outside the buffer."""
+    from cuda_emulation import emulate
+    x, s = torch.randn(4, 5), torch.randn(3, 5)
+    i = torch.randint(0, 4, (3, 5))
+    bad = i.clone()
+    bad[1, 2] = 4
+    with pytest.raises(RuntimeError):
+        x.scatter_add(0, bad, s)
+    fn = lambda x, s, i: x.scatter_add(0, i, s) * 2  # noqa: E731
+    _, ok = emulate(fn, x, s, i, run_args=(x, s, bad))
+    assert not ok
+    got, ok = emulate(fn, x, s, i)
+    assert ok
+    assert_same(got, [fn(x, s, i)], rtol=1e-6, atol=1e-6)
