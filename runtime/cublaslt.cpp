@@ -205,6 +205,20 @@ Handle handle_for(CublasLt& c, CuContext ctx) {
   return h;
 }
 
+/// The algorithm search's preferences (host-only): no workspace, and the alignments of the
+/// operands (cuBLASLt assumes 256-byte aligned pointers unless told: a view's offset may break
+/// that). Returns the first failing status (0: all set); `*pref` is to be destroyed.
+Status preference(CublasLt& c, uint32_t align_first, uint32_t align_second, uint32_t align_out, Preference* pref) {
+  Status st = c.PrefCreate(pref);
+  uint64_t workspace = 0;  // kiln's memory is PyTorch's; the algorithms chosen need none
+  if (st == 0) st = c.PrefSet(*pref, lt::kPrefMaxWorkspace, &workspace, sizeof workspace);
+  if (st == 0) st = c.PrefSet(*pref, lt::kPrefAlignA, &align_first, sizeof align_first);
+  if (st == 0) st = c.PrefSet(*pref, lt::kPrefAlignB, &align_second, sizeof align_second);
+  if (st == 0) st = c.PrefSet(*pref, lt::kPrefAlignC, &align_out, sizeof align_out);
+  if (st == 0) st = c.PrefSet(*pref, lt::kPrefAlignD, &align_out, sizeof align_out);
+  return st;
+}
+
 Plan& plan_for(CublasLt& c, const ir::GemmCall& g, const CallShape& s, Handle h, CuContext ctx, uint64_t a,
                uint64_t b, uint64_t out, uint64_t bias) {
   uint32_t align_first = alignment(b), align_second = alignment(a), align_out = alignment(out),
@@ -219,19 +233,12 @@ Plan& plan_for(CublasLt& c, const ir::GemmCall& g, const CallShape& s, Handle h,
   std::string err = describe(c, s, bias, plan->d);
   if (!err.empty()) throw NoPlan(fmt::format("kiln: cuBLASLt refused {}: {}", g.name, err));
   Preference pref = nullptr;
-  check(c.PrefCreate(&pref), "cublasLtMatmulPreferenceCreate");
-  uint64_t workspace = 0;  // no workspace: kiln's memory is PyTorch's, and these algorithms need none
-  Status st = c.PrefSet(pref, lt::kPrefMaxWorkspace, &workspace, sizeof workspace);
-  // cuBLASLt assumes 256-byte aligned pointers unless told: a view's offset may break that.
-  if (st == 0) st = c.PrefSet(pref, lt::kPrefAlignA, &align_first, sizeof align_first);
-  if (st == 0) st = c.PrefSet(pref, lt::kPrefAlignB, &align_second, sizeof align_second);
-  if (st == 0) st = c.PrefSet(pref, lt::kPrefAlignC, &align_out, sizeof align_out);
-  if (st == 0) st = c.PrefSet(pref, lt::kPrefAlignD, &align_out, sizeof align_out);
+  Status st = preference(c, align_first, align_second, align_out, &pref);
   lt::HeuristicResult result{};
   int found = 0;
   if (st == 0)
     st = c.Heuristic(h, plan->d.desc, plan->d.first, plan->d.second, plan->d.out, plan->d.out, pref, 1, &result, &found);
-  c.PrefDestroy(pref);
+  if (pref) c.PrefDestroy(pref);
   if (st != 0 || found == 0)
     throw NoPlan(fmt::format("kiln: cuBLASLt has no algorithm for {} (status {}, pointers aligned to {}/{}/{}/{} "
                              "bytes)", g.name, st, align_first, align_second, align_out, align_bias));
@@ -263,7 +270,10 @@ std::string cublaslt_check_descriptors(const ir::GemmCall& g, const std::vector<
     std::string err = describe(c, call_shape(g, buffers, p, i), /*bias_ptr=*/0x1000, d);
     if (!err.empty()) return err;
   }
-  return "";
+  Preference pref = nullptr;
+  Status st = preference(c, 2, 16, 256, &pref);
+  if (pref) c.PrefDestroy(pref);
+  return st == 0 ? "" : fmt::format("the algorithm search's preferences (status {})", st);
 }
 
 std::string cublaslt_prepare(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers) {

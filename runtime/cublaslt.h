@@ -19,8 +19,8 @@ bool cublaslt_available(std::string* why = nullptr);
 void cublaslt_prefer(const std::string& path);
 /// Whether `call` runs on cuBLASLt (it has a bias epilogue) rather than cuBLAS.
 bool needs_cublaslt(const ir::GemmCall& call);
-/// Builds the operation and layout descriptors of every cuBLASLt call `call` makes and returns
-/// "" or what cuBLASLt refused. Host-only: it needs the library, not a device, so tests check
+/// Builds the operation and layout descriptors of every cuBLASLt call `call` makes, and the
+/// algorithm search's preferences, and returns "" or what cuBLASLt refused. Host-only: it needs the library, not a device, so tests check
 /// the attributes kiln sets against the real library on machines without a GPU.
 std::string cublaslt_check_descriptors(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers);
 /// Plans `call` in the current context (descriptors and cuBLASLt's algorithm, for 256-byte
