@@ -20,6 +20,9 @@
 /// column  A row kernel whose kept innermost dim is the contiguous one (x.sum(0)): a block takes
 ///       a tile of adjacent outer iterations, one per thread column, so warps read whole
 ///       sectors (Note [CUDA column kernels]).
+/// scan  cumsum/cumprod: a block per row, a chunk of the row per thread (Note [CUDA scans]).
+/// A folding scatter's stores are atomic updates in whichever shape (Note [CUDA folding
+/// scatters]).
 ///
 /// Block size of row kernels: 256 threads when a row has at most 2048 elements (8 per thread,
 /// 8 resident blocks per SM), shrunk to the row's size (at least one warp) for short rows so
@@ -623,8 +626,8 @@ class KernelEmitter {
   void emit_folding_store(const Store& st, Expr old_load) {
     DType t = p_.buffers[st.buffer].dtype;
     std::string target = fmt::format("buf{}[{}]", st.buffer, emit(st.index));
-    Expr v = st.value->op == ExprOp::Add ? (st.value->a == old_load ? st.value->b : st.value->b == old_load ? st.value->a : nullptr)
-                                         : nullptr;
+    Expr v = nullptr;  // the sum's other operand
+    if (st.value->op == ExprOp::Add) v = st.value->a == old_load ? st.value->b : st.value->b == old_load ? st.value->a : v;
     bool native = t == DType::Float32 || t == DType::Float64 || t == DType::Int32 || t == DType::Int64;
     if (v && native && !contains(v, old_load)) {
       std::string vt = emit(v);
