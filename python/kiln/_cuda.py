@@ -172,6 +172,43 @@ class _Buffer:
         self.numel = d["storage_numel"]
 
 
+_ALIGN = 256  # bytes: every temporary starts where a 16-byte vector access or cuBLAS wants it
+
+
+def allocate_buffers(bufs, leaves, device, skip=frozenset(), poison_outputs=False, poison_temps=False):
+    """Tensors for a program's buffers (None for those in `skip`): the arguments for inputs, a
+    fresh strided tensor for each output (the call returns it), and every temporary carved out
+    of one allocation, each 256-byte aligned: one allocator call per call instead of one per
+    temporary (the views keep it alive; PyTorch frees it, stream-ordered, after the call). The
+    CUDA runner and the CPU emulation of CUDA programs (tests) both use it."""
+    nbytes = [0] * len(bufs)
+    total = 0
+    for i, b in enumerate(bufs):
+        if i not in skip and b.kind not in ("input", "output"):
+            nbytes[i] = b.numel * b.dtype.itemsize
+            total += -(-nbytes[i] // _ALIGN) * _ALIGN
+    arena = torch.empty(total, dtype=torch.uint8, device=device) if total else None
+    out, offset = [], 0
+    for i, b in enumerate(bufs):
+        if i in skip:
+            out.append(None)
+            continue
+        if b.kind == "input":
+            t = leaves[b.index]
+        elif b.kind == "output":
+            t = torch.empty_strided(b.sizes, b.strides, dtype=b.dtype, device=device)
+            if poison_outputs:
+                _poison(t)
+        else:  # a temporary: flat storage
+            n = nbytes[i]
+            t = arena[offset:offset + n].view(b.dtype) if n else torch.empty(0, dtype=b.dtype, device=device)
+            offset += -(-n // _ALIGN) * _ALIGN
+            if poison_temps:
+                _poison(t)
+        out.append(t)
+    return out
+
+
 class ExternSteps:
     """Runs a program's extern steps: the ops kiln leaves to eager PyTorch (a convolution, topk)
     called on the buffers' tensors between kiln's launches. The CUDA runner and the CPU
@@ -261,6 +298,7 @@ class CudaRunner:
         for e in externs:
             touched.update(e["inputs"])
         self._unallocated = {i for i in range(len(self._bufs)) if i not in touched}
+        self._inputs = [b for i, b in enumerate(self._bufs) if b.kind == "input" and i not in self._unallocated]
         if self._externs is not None:
             self._unallocated |= self._externs.results
         self._may_fail = self._prog.may_fail
@@ -271,31 +309,17 @@ class CudaRunner:
 
     def __call__(self, leaves):
         dev = self.device
-        ptrs = []
-        keep = {}
         ext = self._externs
-        for i, b in enumerate(self._bufs):
-            if i in self._unallocated:
-                ptrs.append(0)  # nothing uses it, or an extern's result becomes it when it runs
-                continue
-            if b.kind == "input":
-                t = leaves[b.index]
-                if t.device != dev:
-                    raise _C.Unsupported(f"kiln: input {b.index} is on {t.device}, the program on {dev}")
-            elif b.kind == "output":
-                t = torch.empty_strided(b.sizes, b.strides, dtype=b.dtype, device=dev)
-                if self.poison_outputs:
-                    _poison(t)
-            else:  # a temporary: storage only (freed after the call, stream-ordered by PyTorch)
-                t = torch.empty(b.numel, dtype=b.dtype, device=dev)
-            keep[i] = t
-            ptrs.append(t.data_ptr())
-        status = 0
+        for b in self._inputs:
+            if leaves[b.index].device != dev:
+                raise _C.Unsupported(f"kiln: input {b.index} is on {leaves[b.index].device}, the program on {dev}")
+        # Buffers nothing uses, and extern results (bound when the extern runs), get no memory.
+        keep = allocate_buffers(self._bufs, leaves, dev, self._unallocated, poison_outputs=self.poison_outputs)
+        ptrs = [0 if t is None else t.data_ptr() for t in keep]
+        status = None
         if self._may_fail:
-            st = torch.empty(1, dtype=torch.int32, device=dev)
-            keep[-1] = st
-            status = st.data_ptr()
-        ptrs.append(status)
+            status = torch.empty(1, dtype=torch.int32, device=dev)
+        ptrs.append(0 if status is None else status.data_ptr())
         stream = torch.cuda.current_stream(dev).cuda_stream
         if ext is None:
             ok = self._prog.run(ptrs, stream, self._index)

@@ -23,7 +23,6 @@ import tempfile
 import torch
 
 from kiln import _C, _cuda
-from kiln._trace import NAME_DTYPES
 
 SHIM = r"""
 // ---- CPU emulation of the CUDA built-ins kiln's kernels use ------------------------------
@@ -177,15 +176,6 @@ def _compile(sources, names):
     return lib, fns
 
 
-def _poison(t):
-    if t.dtype.is_floating_point:
-        t.fill_(float("nan"))
-    elif t.dtype == torch.bool:
-        t.fill_(True)
-    else:
-        t.fill_(torch.iinfo(t.dtype).max // 2 + 11)
-
-
 def emulate(fn, *args, max_grid=3, per_result=False, run_args=None):
     """Traces fn on CPU tensors, generates its CUDA program and runs it in emulation. Returns
     (outputs as a flat list, status_ok): the graph's outputs, or with per_result one entry per
@@ -200,21 +190,11 @@ def emulate(fn, *args, max_grid=3, per_result=False, run_args=None):
     lib, fns = _compile([k["source"] for k in kernels], [k["name"] for k in kernels])
     bufs = prog.buffers()
     externs = _cuda.ExternSteps(prog.externs(), [_cuda._Buffer(b) for b in bufs], tracer.fallbacks)
-    tensors = []
-    for i, b in enumerate(bufs):
-        dt = NAME_DTYPES[b["dtype"]]
-        if i in externs.results:
-            tensors.append(None)  # bound when the extern runs, as the CUDA runner does
-        elif b["kind"] == "input":
-            tensors.append(tracer.leaves[b["index"]])
-        elif b["kind"] == "output":
-            t = torch.empty_strided(b["sizes"], b["strides"], dtype=dt)
-            _poison(t)
-            tensors.append(t)
-        else:
-            t = torch.empty(max(b["storage_numel"], 1), dtype=dt)
-            _poison(t)
-            tensors.append(t)
+    # The CUDA runner's allocation (temporaries carved from one block), on the CPU, every
+    # output and temporary poisoned so that an element no kernel writes shows; an extern's
+    # results are bound when it runs.
+    tensors = _cuda.allocate_buffers([_cuda._Buffer(b) for b in bufs], tracer.leaves, "cpu", externs.results,
+                                     poison_outputs=True, poison_temps=True)
     status = torch.zeros(1, dtype=torch.int32)
     for kind, what in prog.steps():
         if kind == "gemm":  # cuBLAS's part: the product of the two strided operand views

@@ -760,3 +760,25 @@ def test_emulated_scatter_out_of_range_index_sets_status():
     got, ok = emulate(fn, x, s, i)
     assert ok
     assert_same(got, [fn(x, s, i)], rtol=1e-6, atol=1e-6)
+
+
+def test_temporaries_share_one_allocation_without_overlap():
+    """allocate_buffers (the CUDA runner's, and the emulation's): the temporaries are 256-byte
+    aligned, disjoint views of one block; inputs are the arguments; skipped buffers get None."""
+    def buf(kind, dtype, n, index=-1):
+        return _cuda._Buffer({"kind": kind, "index": index, "dtype": {torch.float32: "float32",
+                              torch.bfloat16: "bfloat16", torch.bool: "bool"}[dtype], "sizes": [n],
+                              "strides": [1], "storage_numel": n})
+    x = torch.randn(5)
+    bufs = [buf("input", torch.float32, 5, 0), buf("temp", torch.float32, 7), buf("temp", torch.bfloat16, 3),
+            buf("output", torch.float32, 4, 0), buf("temp", torch.bool, 300), buf("temp", torch.float32, 0),
+            buf("extern", torch.float32, 9)]
+    got = _cuda.allocate_buffers(bufs, [x], "cpu", skip={6}, poison_temps=True)
+    assert got[0] is x and got[6] is None and got[3].shape == (4,)
+    temps = [got[i] for i in (1, 2, 4)]
+    base = temps[0].data_ptr()
+    spans = sorted((t.data_ptr() - base, t.data_ptr() - base + t.numel() * t.element_size()) for t in temps)
+    assert all((start % 256) == 0 for start, _ in spans)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert [t.dtype for t in temps] == [torch.float32, torch.bfloat16, torch.bool] and got[5].numel() == 0
+    assert torch.isnan(temps[0]).all()  # poisoned
