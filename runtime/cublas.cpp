@@ -5,7 +5,6 @@
 /// through cublasGemmStridedBatchedEx with float32 accumulation, as eager's do.
 #include "runtime/cublas.h"
 
-#include <dlfcn.h>
 #include <fmt/format.h>
 
 #include <climits>
@@ -14,6 +13,7 @@
 
 #include "runtime/cublas_abi.h"
 #include "runtime/cublaslt.h"
+#include "runtime/runtime_library.h"
 
 
 namespace kiln::runtime {
@@ -38,30 +38,21 @@ struct Cublas {
   std::map<CuContext, Handle> handles;  // one per context (device)
 };
 
-std::mutex g_mu;
-std::string g_preferred;
+RuntimeLibrary g_library(RTLD_NOLOAD);  // PyTorch's copy only when it is already loaded
 
 Cublas& table() {
   static Cublas* c = [] {
     auto* c = new Cublas();  // never closed: handles live as long as the process
-    void* h = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(g_mu);
-      if (!g_preferred.empty()) h = dlopen(g_preferred.c_str(), RTLD_NOW | RTLD_NOLOAD);
-    }
-    for (const char* so : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
-      if (!h) h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    void* h = g_library.open({"libcublas.so.13", "libcublas.so.12", "libcublas.so"});
     if (!h) {
       c->why = "cuBLAS could not be opened (libcublas.so.13 / .12)";
       return c;
     }
-    c->Create = reinterpret_cast<decltype(c->Create)>(dlsym(h, "cublasCreate_v2"));
-    c->SetStream = reinterpret_cast<decltype(c->SetStream)>(dlsym(h, "cublasSetStream_v2"));
-    c->Sgemm = reinterpret_cast<decltype(c->Sgemm)>(dlsym(h, "cublasSgemmStridedBatched"));
-    c->Dgemm = reinterpret_cast<decltype(c->Dgemm)>(dlsym(h, "cublasDgemmStridedBatched"));
-    c->GemmEx = reinterpret_cast<decltype(c->GemmEx)>(dlsym(h, "cublasGemmStridedBatchedEx"));
-    if (!c->Create || !c->SetStream || !c->Sgemm || !c->Dgemm || !c->GemmEx)
-      c->why = "cuBLAS lacks the functions kiln calls";
+    bool ok = bind_symbol(h, "cublasCreate_v2", &c->Create) && bind_symbol(h, "cublasSetStream_v2", &c->SetStream) &&
+              bind_symbol(h, "cublasSgemmStridedBatched", &c->Sgemm) &&
+              bind_symbol(h, "cublasDgemmStridedBatched", &c->Dgemm) &&
+              bind_symbol(h, "cublasGemmStridedBatchedEx", &c->GemmEx);
+    if (!ok) c->why = "cuBLAS lacks the functions kiln calls";
     return c;
   }();
   return *c;
@@ -130,10 +121,7 @@ bool cublas_available(std::string* why) {
   return c.why.empty();
 }
 
-void cublas_prefer(const std::string& path) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  g_preferred = path;
-}
+void cublas_prefer(const std::string& path) { g_library.prefer(path); }
 
 std::string cublas_unsupported(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers) {
   ir::DType t = buffers[call.out].dtype;

@@ -6,7 +6,6 @@
 /// per such key and context and kept for the process (a plan), as cuBLAS keeps its handles.
 #include "runtime/cublaslt.h"
 
-#include <dlfcn.h>
 #include <fmt/format.h>
 
 #include <climits>
@@ -16,6 +15,7 @@
 
 #include "runtime/cublas.h"
 #include "runtime/cublas_abi.h"
+#include "runtime/runtime_library.h"
 
 namespace kiln::runtime {
 namespace {
@@ -46,43 +46,29 @@ struct CublasLt {
                    const void*, MatrixLayout, void*, MatrixLayout, const lt::Algo*, void*, size_t, void*) = nullptr;
 };
 
-std::mutex g_mu;
-std::string g_preferred;
-
-template <class F>
-void bind(void* lib, F*& f, const char* name) {
-  f = reinterpret_cast<F*>(dlsym(lib, name));
-}
+RuntimeLibrary g_library(RTLD_LOCAL);
 
 CublasLt& table() {
   static CublasLt* c = [] {
     auto* c = new CublasLt();  // never closed: plans live as long as the process
-    void* h = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(g_mu);
-      if (!g_preferred.empty()) h = dlopen(g_preferred.c_str(), RTLD_NOW | RTLD_LOCAL);
-    }
-    for (const char* so : {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"})
-      if (!h) h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    void* h = g_library.open({"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"});
     if (!h) {
       c->why = "cuBLASLt could not be opened (libcublasLt.so.13 / .12)";
       return c;
     }
-    bind(h, c->Create, "cublasLtCreate");
-    bind(h, c->DescCreate, "cublasLtMatmulDescCreate");
-    bind(h, c->DescDestroy, "cublasLtMatmulDescDestroy");
-    bind(h, c->DescSet, "cublasLtMatmulDescSetAttribute");
-    bind(h, c->LayoutCreate, "cublasLtMatrixLayoutCreate");
-    bind(h, c->LayoutDestroy, "cublasLtMatrixLayoutDestroy");
-    bind(h, c->LayoutSet, "cublasLtMatrixLayoutSetAttribute");
-    bind(h, c->PrefCreate, "cublasLtMatmulPreferenceCreate");
-    bind(h, c->PrefDestroy, "cublasLtMatmulPreferenceDestroy");
-    bind(h, c->PrefSet, "cublasLtMatmulPreferenceSetAttribute");
-    bind(h, c->Heuristic, "cublasLtMatmulAlgoGetHeuristic");
-    bind(h, c->Matmul, "cublasLtMatmul");
-    if (!c->Create || !c->DescCreate || !c->DescDestroy || !c->DescSet || !c->LayoutCreate || !c->LayoutDestroy ||
-        !c->LayoutSet || !c->PrefCreate || !c->PrefDestroy || !c->PrefSet || !c->Heuristic || !c->Matmul)
-      c->why = "cuBLASLt lacks the functions kiln calls";
+    bool ok = bind_symbol(h, "cublasLtCreate", &c->Create) &&
+              bind_symbol(h, "cublasLtMatmulDescCreate", &c->DescCreate) &&
+              bind_symbol(h, "cublasLtMatmulDescDestroy", &c->DescDestroy) &&
+              bind_symbol(h, "cublasLtMatmulDescSetAttribute", &c->DescSet) &&
+              bind_symbol(h, "cublasLtMatrixLayoutCreate", &c->LayoutCreate) &&
+              bind_symbol(h, "cublasLtMatrixLayoutDestroy", &c->LayoutDestroy) &&
+              bind_symbol(h, "cublasLtMatrixLayoutSetAttribute", &c->LayoutSet) &&
+              bind_symbol(h, "cublasLtMatmulPreferenceCreate", &c->PrefCreate) &&
+              bind_symbol(h, "cublasLtMatmulPreferenceDestroy", &c->PrefDestroy) &&
+              bind_symbol(h, "cublasLtMatmulPreferenceSetAttribute", &c->PrefSet) &&
+              bind_symbol(h, "cublasLtMatmulAlgoGetHeuristic", &c->Heuristic) &&
+              bind_symbol(h, "cublasLtMatmul", &c->Matmul);
+    if (!ok) c->why = "cuBLASLt lacks the functions kiln calls";
     return c;
   }();
   return *c;
@@ -254,10 +240,7 @@ bool cublaslt_available(std::string* why) {
   return c.why.empty();
 }
 
-void cublaslt_prefer(const std::string& path) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  g_preferred = path;
-}
+void cublaslt_prefer(const std::string& path) { g_library.prefer(path); }
 
 bool needs_cublaslt(const ir::GemmCall& call) { return call.bias >= 0; }
 

@@ -8,6 +8,8 @@
 
 #include <mutex>
 
+#include "runtime/runtime_library.h"
+
 namespace kiln::runtime {
 
 namespace {
@@ -42,12 +44,6 @@ struct Driver {
   CUresult (*StreamSynchronize)(void*) = nullptr;
 };
 
-template <class F>
-bool bind(void* h, const char* name, F* fn) {
-  *fn = reinterpret_cast<F>(dlsym(h, name));
-  return *fn != nullptr;
-}
-
 Driver& driver_table() {
   static Driver* d = [] {
     auto* d = new Driver();  // never closed: modules may outlive any owner we could name
@@ -57,16 +53,21 @@ Driver& driver_table() {
       d->why = fmt::format("no CUDA driver (libcuda.so.1 could not be opened: {})", e ? e : "not found");
       return d;
     }
-    bool ok = bind(h, "cuInit", &d->Init) && bind(h, "cuDeviceGetCount", &d->DeviceGetCount) &&
-              bind(h, "cuDeviceGet", &d->DeviceGet) && bind(h, "cuDeviceGetAttribute", &d->DeviceGetAttribute) &&
-              bind(h, "cuCtxGetCurrent", &d->CtxGetCurrent) && bind(h, "cuCtxSetCurrent", &d->CtxSetCurrent) &&
-              bind(h, "cuDevicePrimaryCtxRetain", &d->DevicePrimaryCtxRetain) &&
-              bind(h, "cuModuleLoadData", &d->ModuleLoadData) &&
-              bind(h, "cuModuleGetFunction", &d->ModuleGetFunction) && bind(h, "cuModuleUnload", &d->ModuleUnload) &&
-              bind(h, "cuLaunchKernel", &d->LaunchKernel) && bind(h, "cuGetErrorString", &d->GetErrorString) &&
-              bind(h, "cuGetErrorName", &d->GetErrorName) && bind(h, "cuMemsetD32Async", &d->MemsetD32Async) &&
-              bind(h, "cuMemcpyDtoHAsync_v2", &d->MemcpyDtoHAsync) &&
-              bind(h, "cuStreamSynchronize", &d->StreamSynchronize);
+    bool ok = bind_symbol(h, "cuInit", &d->Init) && bind_symbol(h, "cuDeviceGetCount", &d->DeviceGetCount) &&
+              bind_symbol(h, "cuDeviceGet", &d->DeviceGet) &&
+              bind_symbol(h, "cuDeviceGetAttribute", &d->DeviceGetAttribute) &&
+              bind_symbol(h, "cuCtxGetCurrent", &d->CtxGetCurrent) &&
+              bind_symbol(h, "cuCtxSetCurrent", &d->CtxSetCurrent) &&
+              bind_symbol(h, "cuDevicePrimaryCtxRetain", &d->DevicePrimaryCtxRetain) &&
+              bind_symbol(h, "cuModuleLoadData", &d->ModuleLoadData) &&
+              bind_symbol(h, "cuModuleGetFunction", &d->ModuleGetFunction) &&
+              bind_symbol(h, "cuModuleUnload", &d->ModuleUnload) &&
+              bind_symbol(h, "cuLaunchKernel", &d->LaunchKernel) &&
+              bind_symbol(h, "cuGetErrorString", &d->GetErrorString) &&
+              bind_symbol(h, "cuGetErrorName", &d->GetErrorName) &&
+              bind_symbol(h, "cuMemsetD32Async", &d->MemsetD32Async) &&
+              bind_symbol(h, "cuMemcpyDtoHAsync_v2", &d->MemcpyDtoHAsync) &&
+              bind_symbol(h, "cuStreamSynchronize", &d->StreamSynchronize);
     if (!ok) {
       d->why = "the CUDA driver lacks an entry point kiln needs (driver too old?)";
       return d;
