@@ -44,6 +44,19 @@ std::vector<Expr> Kernel::exprs() const {
   return out;
 }
 
+std::vector<bool> read_outside_kernels(const KernelProgram& p) {
+  std::vector<bool> read(p.buffers.size(), false);
+  for (const GemmCall& g : p.gemms) {
+    read.at(g.a.buffer) = read.at(g.b.buffer) = true;
+    if (g.bias >= 0) read.at(g.bias) = true;
+  }
+  for (const ExternCall& e : p.externs)
+    for (int b : e.inputs) read.at(b) = true;
+  for (const OutputSpec& o : p.outputs)
+    if (o.kind == OutputSpec::Kind::Buffer) read.at(o.index) = true;
+  return read;
+}
+
 const char* reduce_op_name(ReduceOp r) {
   static const char* names[] = {"sum", "prod", "max", "min", "argmax", "argmin", "any", "all"};
   return names[static_cast<int>(r)];

@@ -156,6 +156,10 @@ struct KernelProgram {
   std::vector<std::string> fusion_log;  ///< every fusion decision with its reason
 };
 
+/// Per buffer: whether a step other than a kernel reads it (a product's operand or bias, an
+/// extern's input) or the program returns it.
+std::vector<bool> read_outside_kernels(const KernelProgram& p);
+
 std::string print(const Kernel& k);
 std::string print(const KernelProgram& p);
 

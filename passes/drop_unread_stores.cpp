@@ -25,15 +25,10 @@ bool may_fail(Expr e) {
 }  // namespace
 
 void run_drop_unread_stores(KernelProgram& p, const PassOptions&) {
-  std::vector<bool> read(p.buffers.size(), false);
+  std::vector<bool> read = read_outside_kernels(p);
   for (const Kernel& k : p.kernels)
     for (Expr e : k.exprs())
       for (Expr l : buffer_loads(e)) read.at(static_cast<size_t>(l->ival)) = true;
-  for (const GemmCall& g : p.gemms) read.at(g.a.buffer) = read.at(g.b.buffer) = true;
-  for (const ExternCall& e : p.externs)
-    for (int b : e.inputs) read.at(b) = true;
-  for (const OutputSpec& o : p.outputs)
-    if (o.kind == OutputSpec::Kind::Buffer) read.at(o.index) = true;
   auto dead = [&](const Store& s) {
     bool unread = p.buffers.at(s.buffer).kind == BufferKind::Temp && !read[s.buffer];
     return unread && !may_fail(s.value) && !may_fail(s.index);

@@ -62,17 +62,6 @@ std::pair<Expr, Expr> summed_loads(Expr v, DType t, int out) {
   return {x, y};
 }
 
-/// Whether a step other than a kernel reads `buffer`, or the program returns it.
-bool read_outside_kernels(const KernelProgram& p, int buffer) {
-  for (const GemmCall& g : p.gemms)
-    if (g.a.buffer == buffer || g.b.buffer == buffer || g.bias == buffer) return true;
-  for (const ExternCall& e : p.externs)
-    if (std::count(e.inputs.begin(), e.inputs.end(), buffer)) return true;
-  for (const OutputSpec& o : p.outputs)
-    if (o.kind == OutputSpec::Kind::Buffer && o.index == buffer) return true;
-  return false;
-}
-
 /// What folds: each bias sum the product takes over (-> its load of the product's output),
 /// per kernel, the bias buffer and its constant offset.
 struct Fold {
@@ -116,7 +105,7 @@ Fold find_bias(KernelProgram& p, const GemmCall& g) {
   // Eager's bounds for the same epilogue (no dim of 1, none of 65535 * 32 or more).
   for (int64_t d : {as[as.size() - 2], as.back(), g.b.sizes.back()})
     if (d <= 1 || d >= 65535 * 32) return {};
-  if (p.buffers[g.out].kind != BufferKind::Temp || read_outside_kernels(p, g.out)) return {};
+  if (p.buffers[g.out].kind != BufferKind::Temp || read_outside_kernels(p)[g.out]) return {};
   int64_t N = g.b.sizes.back();
   Fold f;
   for (size_t ki = 0; ki < p.kernels.size(); ++ki) {
