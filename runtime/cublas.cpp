@@ -127,10 +127,11 @@ std::string cublas_unsupported(const ir::GemmCall& call, const std::vector<ir::B
   ir::DType t = buffers[call.out].dtype;
   if (t != ir::DType::Float32 && t != ir::DType::Float64 && !ir::is_half(t))
     return fmt::format("{} matmul", ir::dtype_name(t));
-  // cuBLAS writes zeros for an empty sum (beta = 0); cuBLASLt's k must be positive (the bias
-  // pass never gives it such a product).
+  // cuBLAS writes zeros for an empty sum (beta = 0); cuBLASLt's k must be positive, and kiln
+  // plans it in float32 only (the bias pass gives it neither).
   if (needs_cublaslt(call) && call.a.sizes.back() == 0)
     return fmt::format("{}: a bias epilogue over an empty dim", call.name);
+  if (needs_cublaslt(call) && t == ir::DType::Float64) return fmt::format("{}: a float64 bias epilogue", call.name);
   for (const ir::GemmOperand* o : {&call.a, &call.b})
     if (!operand_layout(*o).direct)
       return fmt::format("{}: an operand layout cuBLAS cannot read without a copy", call.name);

@@ -14,7 +14,6 @@ namespace kiln::runtime::cublas_abi {
 
 // cublasComputeType_t
 constexpr int kComputeF32 = 68;  ///< CUBLAS_COMPUTE_32F: float accumulation, no TF32 (eager's default)
-constexpr int kComputeF64 = 70;  ///< CUBLAS_COMPUTE_64F
 // cudaDataType
 constexpr int kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 14;
 /// The cudaDataType of a kiln dtype cuBLAS multiplies; -1 for the others.

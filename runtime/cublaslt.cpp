@@ -124,10 +124,11 @@ struct Descriptors {
 /// Fills `d` for `s`; returns "" or the first call cuBLASLt refused, with its status.
 std::string describe(CublasLt& c, const CallShape& s, uint64_t bias_ptr, Descriptors& d) {
   d.lt = &c;
-  auto fail = [](Status st, const char* what) { return st == 0 ? std::string() : fmt::format("{} (status {})", what, st); };
-  bool f64 = s.dtype == lt::kF64;
-  std::string err = fail(c.DescCreate(&d.desc, f64 ? lt::kComputeF64 : lt::kComputeF32, f64 ? lt::kF64 : lt::kF32),
-                         "cublasLtMatmulDescCreate");
+  auto fail = [](Status st, const char* what) {
+    return st == 0 ? std::string() : fmt::format("{} (status {})", what, st);
+  };
+  // float32 accumulation and scale for every dtype cublas_unsupported lets through.
+  std::string err = fail(c.DescCreate(&d.desc, lt::kComputeF32, lt::kF32), "cublasLtMatmulDescCreate");
   if (err.empty()) err = fail(c.DescSet(d.desc, lt::kDescTransA, &s.trans_first, sizeof s.trans_first), "TRANSA");
   if (err.empty()) err = fail(c.DescSet(d.desc, lt::kDescTransB, &s.trans_second, sizeof s.trans_second), "TRANSB");
   uint32_t epilogue = s.bias ? lt::kEpilogueBias : lt::kEpilogueDefault;
@@ -223,7 +224,8 @@ Plan& plan_for(CublasLt& c, const ir::GemmCall& g, const CallShape& s, Handle h,
   lt::HeuristicResult result{};
   int found = 0;
   if (st == 0)
-    st = c.Heuristic(h, plan->d.desc, plan->d.first, plan->d.second, plan->d.out, plan->d.out, pref, 1, &result, &found);
+    st = c.Heuristic(h, plan->d.desc, plan->d.first, plan->d.second, plan->d.out, plan->d.out, pref, 1, &result,
+                     &found);
   if (pref) c.PrefDestroy(pref);
   if (st != 0 || found == 0)
     throw NoPlan(fmt::format("kiln: cuBLASLt has no algorithm for {} (status {}, pointers aligned to {}/{}/{}/{} "
@@ -289,34 +291,34 @@ std::string cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& 
   size_t elem = ir::dtype_bytes(buffers[g.out].dtype);
   uint64_t A = ptrs[g.a.buffer], B = ptrs[g.b.buffer], D = ptrs[g.out];
   uint64_t bias = g.bias >= 0 ? ptrs[g.bias] + static_cast<uint64_t>(g.bias_offset) * elem : 0;
-  bool f64 = buffers[g.out].dtype == ir::DType::Float64;
-  float one32 = 1, zero32 = 0;
-  double one64 = 1, zero64 = 0;
-  const void* alpha = f64 ? static_cast<const void*>(&one64) : &one32;
-  const void* beta = f64 ? static_cast<const void*>(&zero64) : &zero32;
-  // Plans first (a plan for one alignment may not exist), then every call.
-  std::vector<Plan*> plans;
+  const float one = 1, zero = 0;
+  // Every call planned first (a plan for one alignment may not exist: nothing is enqueued
+  // then), then enqueued.
+  struct Call {
+    Plan* plan;
+    uint64_t a, b, out;
+  };
+  std::vector<Call> calls;
   for (size_t i = 0; i < static_cast<size_t>(p.batch); i += p.run) {
-    uint64_t a = A + p.a_offsets[i] * elem, b = B + p.b_offsets[i] * elem, out = D + i * p.M * p.N * elem;
+    Call call{nullptr, A + p.a_offsets[i] * elem, B + p.b_offsets[i] * elem, D + i * p.M * p.N * elem};
     try {
-      plans.push_back(&plan_for(c, g, call_shape(g, buffers, p, i), h, ctx, a, b, out, bias));
+      call.plan = &plan_for(c, g, call_shape(g, buffers, p, i), h, ctx, call.a, call.b, call.out, bias);
     } catch (const NoPlan& e) {
       return e.what();
     }
+    calls.push_back(call);
   }
-  for (size_t i = 0, j = 0; i < static_cast<size_t>(p.batch); i += p.run, ++j) {
-    CallShape s = call_shape(g, buffers, p, i);
-    uint64_t a = A + p.a_offsets[i] * elem, b = B + p.b_offsets[i] * elem, out = D + i * p.M * p.N * elem;
-    Plan& plan = *plans[j];
+  auto dev = [](uint64_t x) { return reinterpret_cast<void*>(static_cast<uintptr_t>(x)); };
+  for (const Call& call : calls) {
+    Plan& plan = *call.plan;
     std::lock_guard<std::mutex> lock(plan.mu);
-    if (s.bias) {
-      const void* ptr = reinterpret_cast<const void*>(static_cast<uintptr_t>(bias));
+    if (g.bias >= 0) {
+      const void* ptr = dev(bias);
       check(c.DescSet(plan.d.desc, lt::kDescBiasPointer, &ptr, sizeof ptr), "BIAS_POINTER of " + g.name);
     }
-    auto dev = [](uint64_t x) { return reinterpret_cast<void*>(static_cast<uintptr_t>(x)); };
     // beta = 0: C is not read (it is D, as PyTorch passes it).
-    check(c.Matmul(h, plan.d.desc, alpha, dev(b), plan.d.first, dev(a), plan.d.second, beta, dev(out), plan.d.out,
-                   dev(out), plan.d.out, &plan.algo, nullptr, 0, stream),
+    check(c.Matmul(h, plan.d.desc, &one, dev(call.b), plan.d.first, dev(call.a), plan.d.second, &zero, dev(call.out),
+                   plan.d.out, dev(call.out), plan.d.out, &plan.algo, nullptr, 0, stream),
           g.name);
   }
   return "";
