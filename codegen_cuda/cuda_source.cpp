@@ -1117,30 +1117,32 @@ class KernelEmitter {
     decode(k_.loops, "row", "rem");
     line(fmt::format("const long long lo = (long long)threadIdx.x * {0}LL, hi = lo + {0}LL < {1}LL ? lo + {0}LL : {1}LL;",
                      chunk, n));
+    // A loop over this thread's chunk whose body (level 2: one element) `fill` emits.
+    auto chunk_loop = [&](const std::function<void()>& fill) {
+      open_scope("      ");
+      decode(ph.loops, "r", "rrem");
+      fill();
+      std::string body = prune_unused(close_scope(), ph.loops);
+      line("for (long long r = lo; r < hi; ++r) {");
+      scopes_[1].text += body;
+      line("}");
+    };
     for (const Reduction& r : ph.reductions) declare_acc(r);
     // Pass 1: this thread's chunk, folded.
-    open_scope("      ");  // level 2: one element
-    decode(ph.loops, "r", "rrem");
-    for (const Reduction& r : ph.reductions) accumulate(r);
-    std::string body = prune_unused(close_scope(), ph.loops);
-    line("for (long long r = lo; r < hi; ++r) {");
-    scopes_[1].text += body;
-    line("}");
+    chunk_loop([&] {
+      for (const Reduction& r : ph.reductions) accumulate(r);
+    });
     for (const Reduction& r : ph.reductions)
       line(fmt::format("{0} = kiln_block_exclusive_scan({0}, {1}, {2}, smem{3});  // the chunks before this one",
                        acc_name(r), reduce_functor(r.op), reduce_identity(r), r.slot));
     // Pass 2: the chunk again from that prefix, each running value stored.
-    open_scope("      ");
-    decode(ph.loops, "r", "rrem");
-    for (const Reduction& r : ph.reductions) {
-      accumulate(r);
-      finish(r);
-    }
-    for (const Store& st : ph.stores) emit_store(st);
-    body = prune_unused(close_scope(), ph.loops);
-    line("for (long long r = lo; r < hi; ++r) {");
-    scopes_[1].text += body;
-    line("}");
+    chunk_loop([&] {
+      for (const Reduction& r : ph.reductions) {
+        accumulate(r);
+        finish(r);
+      }
+      for (const Store& st : ph.stores) emit_store(st);
+    });
     std::string row = prune_unused(close_scope(), k_.loops);
     line(fmt::format("for (long long row = blockIdx.x; row < {}LL; row += gridDim.x) {{", shape_.outer_extent));
     scopes_[0].text += row;
