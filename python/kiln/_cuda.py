@@ -175,38 +175,47 @@ class _Buffer:
 _ALIGN = 256  # bytes: every temporary starts where a 16-byte vector access or cuBLAS wants it
 
 
-def allocate_buffers(bufs, leaves, device, skip=frozenset(), poison_outputs=False, poison_temps=False):
-    """Tensors for a program's buffers (None for those in `skip`): the arguments for inputs, a
-    fresh strided tensor for each output (the call returns it), and every temporary carved out
-    of one allocation, each 256-byte aligned: one allocator call per call instead of one per
-    temporary (the views keep it alive; PyTorch frees it, stream-ordered, after the call). The
-    CUDA runner and the CPU emulation of CUDA programs (tests) both use it."""
-    nbytes = [0] * len(bufs)
-    total = 0
-    for i, b in enumerate(bufs):
-        if i not in skip and b.kind not in ("input", "output"):
-            nbytes[i] = b.numel * b.dtype.itemsize
-            total += -(-nbytes[i] // _ALIGN) * _ALIGN
-    arena = torch.empty(total, dtype=torch.uint8, device=device) if total else None
-    out, offset = [], 0
-    for i, b in enumerate(bufs):
-        if i in skip:
-            out.append(None)
-            continue
-        if b.kind == "input":
-            t = leaves[b.index]
-        elif b.kind == "output":
-            t = torch.empty_strided(b.sizes, b.strides, dtype=b.dtype, device=device)
-            if poison_outputs:
-                _poison(t)
-        else:  # a temporary: flat storage
-            n = nbytes[i]
-            t = arena[offset:offset + n].view(b.dtype) if n else torch.empty(0, dtype=b.dtype, device=device)
-            offset += -(-n // _ALIGN) * _ALIGN
-            if poison_temps:
-                _poison(t)
-        out.append(t)
-    return out
+class BufferLayout:
+    """Where a program's buffers live on each call, laid out once per program: the arguments
+    for inputs, a fresh strided tensor for each output (the call returns it), and every
+    temporary carved out of one allocation, each 256-byte aligned: one allocator call per call
+    instead of one per temporary (the views keep it alive; PyTorch frees it, stream-ordered,
+    after the call). Buffers in `skip` get None. The CUDA runner and the CPU emulation of CUDA
+    programs (tests) both use it."""
+
+    def __init__(self, bufs, skip=frozenset()):
+        self.bufs = bufs
+        self.slots = []  # per buffer: None (skipped), "input", "output", or a temporary's (offset, bytes)
+        self.total = 0
+        for i, b in enumerate(bufs):
+            if i in skip:
+                self.slots.append(None)
+            elif b.kind in ("input", "output"):
+                self.slots.append(b.kind)
+            else:
+                n = b.numel * b.dtype.itemsize
+                self.slots.append((self.total, n))
+                self.total += -(-n // _ALIGN) * _ALIGN
+
+    def allocate(self, leaves, device, poison_outputs=False, poison_temps=False):
+        arena = torch.empty(self.total, dtype=torch.uint8, device=device) if self.total else None
+        out = []
+        for b, slot in zip(self.bufs, self.slots):
+            if slot is None:
+                t = None
+            elif slot == "input":
+                t = leaves[b.index]
+            elif slot == "output":
+                t = torch.empty_strided(b.sizes, b.strides, dtype=b.dtype, device=device)
+                if poison_outputs:
+                    _poison(t)
+            else:  # a temporary: flat storage
+                offset, n = slot
+                t = arena[offset:offset + n].view(b.dtype) if n else torch.empty(0, dtype=b.dtype, device=device)
+                if poison_temps:
+                    _poison(t)
+            out.append(t)
+        return out
 
 
 class ExternSteps:
@@ -297,10 +306,11 @@ class CudaRunner:
                     touched.add(what["bias"][0])
         for e in externs:
             touched.update(e["inputs"])
-        self._unallocated = {i for i in range(len(self._bufs)) if i not in touched}
-        self._inputs = [b for i, b in enumerate(self._bufs) if b.kind == "input" and i not in self._unallocated]
+        unallocated = {i for i in range(len(self._bufs)) if i not in touched}
         if self._externs is not None:
-            self._unallocated |= self._externs.results
+            unallocated |= self._externs.results
+        self._layout = BufferLayout(self._bufs, unallocated)
+        self._inputs = [b for b, slot in zip(self._bufs, self._layout.slots) if slot == "input"]
         self._may_fail = self._prog.may_fail
         self.poison_outputs = False  # tests: fill outputs with garbage first, so unwritten elements show
         self.graph = builder.print()
@@ -314,7 +324,7 @@ class CudaRunner:
             if leaves[b.index].device != dev:
                 raise _C.Unsupported(f"kiln: input {b.index} is on {leaves[b.index].device}, the program on {dev}")
         # Buffers nothing uses, and extern results (bound when the extern runs), get no memory.
-        keep = allocate_buffers(self._bufs, leaves, dev, self._unallocated, poison_outputs=self.poison_outputs)
+        keep = self._layout.allocate(leaves, dev, poison_outputs=self.poison_outputs)
         ptrs = [0 if t is None else t.data_ptr() for t in keep]
         status = None
         if self._may_fail:

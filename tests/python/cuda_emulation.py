@@ -193,8 +193,8 @@ def emulate(fn, *args, max_grid=3, per_result=False, run_args=None):
     # The CUDA runner's allocation (temporaries carved from one block), on the CPU, every
     # output and temporary poisoned so that an element no kernel writes shows; an extern's
     # results are bound when it runs.
-    tensors = _cuda.allocate_buffers([_cuda._Buffer(b) for b in bufs], tracer.leaves, "cpu", externs.results,
-                                     poison_outputs=True, poison_temps=True)
+    layout = _cuda.BufferLayout([_cuda._Buffer(b) for b in bufs], externs.results)
+    tensors = layout.allocate(tracer.leaves, "cpu", poison_outputs=True, poison_temps=True)
     status = torch.zeros(1, dtype=torch.int32)
     for kind, what in prog.steps():
         if kind == "gemm":  # cuBLAS's part: the product of the two strided operand views

@@ -763,7 +763,7 @@ def test_emulated_scatter_out_of_range_index_sets_status():
 
 
 def test_temporaries_share_one_allocation_without_overlap():
-    """allocate_buffers (the CUDA runner's, and the emulation's): the temporaries are 256-byte
+    """BufferLayout (the CUDA runner's, and the emulation's): the temporaries are 256-byte
     aligned, disjoint views of one block; inputs are the arguments; skipped buffers get None."""
     def buf(kind, dtype, n, index=-1):
         return _cuda._Buffer({"kind": kind, "index": index, "dtype": {torch.float32: "float32",
@@ -773,7 +773,7 @@ def test_temporaries_share_one_allocation_without_overlap():
     bufs = [buf("input", torch.float32, 5, 0), buf("temp", torch.float32, 7), buf("temp", torch.bfloat16, 3),
             buf("output", torch.float32, 4, 0), buf("temp", torch.bool, 300), buf("temp", torch.float32, 0),
             buf("extern", torch.float32, 9)]
-    got = _cuda.allocate_buffers(bufs, [x], "cpu", skip={6}, poison_temps=True)
+    got = _cuda.BufferLayout(bufs, skip={6}).allocate([x], "cpu", poison_temps=True)
     assert got[0] is x and got[6] is None and got[3].shape == (4,)
     temps = [got[i] for i in (1, 2, 4)]
     base = temps[0].data_ptr()
