@@ -462,6 +462,9 @@ def _split(tr, a, out):
     return vids
 
 
+# Devices with a backend that lowers scatters and scans (both code generators do).
+_DEVICES = ("cpu", "cuda")
+
 # How a scatter's source element meets the one it lands on (ir::ScatterCombine).
 _SCATTER_COMBINE = {None: 0, "add": 1, "sum": 1, "multiply": 2, "prod": 2, "amax": 3, "amin": 4}
 
@@ -471,7 +474,7 @@ def _scatter_call(tr, op, x, index, src, dim, reduce=None):
     argument's update in place (a StaticCache, `out.scatter_add_`); on CUDA a folding scatter's
     updates are atomic (Note [CUDA folding scatters] in codegen_cuda/cuda_source.cpp)."""
     combine = _SCATTER_COMBINE.get(reduce)
-    if combine is None or not (tr.cpu_lowering(x) or _for_cuda(tr, x)) or x.dim() == 0 or index.dtype != torch.int64:
+    if combine is None or x.device.type not in _DEVICES or x.dim() == 0 or index.dtype != torch.int64:
         raise NoLowering()
     if combine and x.dtype == torch.bool:
         raise NoLowering()  # bool add/multiply are or/and: not the combines lowered
@@ -518,7 +521,7 @@ def _scan(tr, a, out):
     """cumsum/cumprod (Note [Scans] in lower_to_loops.cpp; on CUDA, Note [CUDA scans] in
     codegen_cuda/cuda_source.cpp)."""
     x = a["self"]
-    if not (tr.cpu_lowering(x) or _for_cuda(tr, x)) or x.dim() == 0:
+    if x.device.type not in _DEVICES or x.dim() == 0:
         raise NoLowering()
     combine = _SCATTER_COMBINE["sum" if tr.current_op == "cumsum" else "prod"]
     return tr.call("scan", [x], ints=[a["dim"] % x.dim(), combine], dtype=tr.dtype_name(out.dtype))

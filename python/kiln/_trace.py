@@ -416,11 +416,6 @@ class Tracer(TorchDispatchMode):
         """Like call, on value ids already recorded."""
         return self.builder.call(op, [(0, v) for v in value_ids], list(ints), list(floats), dtype, 0)
 
-    def cpu_lowering(self, x):
-        """Whether tensor x gets the lowerings only the CPU backend has (scatters, scans): a
-        CPU tensor not traced for the CUDA code generator."""
-        return x.device.type == "cpu" and self.target != "cuda"
-
     def fail(self, err):
         if self.failure is None:
             if err.location is None:
