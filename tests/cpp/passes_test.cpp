@@ -368,6 +368,15 @@ TEST(GemmEpilogues, NotWhereAnIterationReadsAcrossTilesOrWritesAnOperand) {
 }
 
 namespace {
+/// The CUDA pipeline's choices that the bias pass depends on.
+KernelProgram lower_for_cuda(const capture::GraphBuilder& b) {
+  passes::PassOptions o = verifying();
+  o.gemm_epilogues = false;
+  o.gemm_bias = true;
+  o.half_types = true;
+  return passes::run_pipeline(b.graph(), o);
+}
+
 /// x[8, 32] . w[32, 24] + bias (optionally under relu, optionally also returning the product)
 /// through the CUDA pipeline's bias pass.
 KernelProgram linear_for_cuda(DType t, Sizes bias_sizes, bool relu, bool return_product) {
@@ -379,11 +388,7 @@ KernelProgram linear_for_cuda(DType t, Sizes bias_sizes, bool relu, bool return_
   int z = b.call("add", {V(y), V(bias)}, {});
   if (relu) z = b.call("relu", {V(z)}, {});
   b.set_outputs(return_product ? std::vector<int>{z, y} : std::vector<int>{z});
-  passes::PassOptions o = verifying();
-  o.gemm_epilogues = false;
-  o.gemm_bias = true;
-  o.half_types = true;
-  return passes::run_pipeline(b.graph(), o);
+  return lower_for_cuda(b);
 }
 }  // namespace
 
@@ -420,11 +425,7 @@ TEST(GemmBias, EveryReadOfTheProductInARowKernelTakesTheBias) {
     a.ints = {1, 0, 0};  // over the last dim, no weight, no bias
     a.floats = {1e-5};
     b.set_outputs({b.call("layer_norm", {V(y), F(0), F(0)}, a)});
-    passes::PassOptions o = verifying();
-    o.gemm_epilogues = false;
-    o.gemm_bias = true;
-    o.half_types = true;
-    KernelProgram p = passes::run_pipeline(b.graph(), o);
+    KernelProgram p = lower_for_cuda(b);
     ASSERT_EQ(p.kernels.size(), 1u) << print(p);
     EXPECT_EQ(p.gemms[0].bias, 2) << print(p);
     std::string text = print(p.kernels[0]);
@@ -450,10 +451,7 @@ TEST(GemmBias, NotWhereTheProductIsReadElsewhereOrTheBiasIsNotARow) {
   int w = b.add_input(DType::Float32, {2, 32, 24}, {768, 24, 1}, 1);
   int bias = b.add_input(DType::Float32, {24}, {1}, 2);
   b.set_outputs({b.call("add", {V(b.call("matmul", {V(x), V(w)}, {})), V(bias)}, {})});
-  passes::PassOptions o = verifying();
-  o.gemm_epilogues = false;
-  o.gemm_bias = true;
-  p = passes::run_pipeline(b.graph(), o);
+  p = lower_for_cuda(b);
   EXPECT_EQ(p.gemms[0].bias, -1) << print(p);
 }
 
