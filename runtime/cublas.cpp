@@ -140,11 +140,10 @@ std::string cublas_unsupported(const ir::GemmCall& call, const std::vector<ir::B
   return "";
 }
 
-void cublas_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers, const std::vector<uint64_t>& ptrs,
-                 CuStream stream) {
+void cublas_gemm(const ir::GemmCall& g, const CublasProduct& p, const std::vector<ir::Buffer>& buffers,
+                 const std::vector<uint64_t>& ptrs, CuStream stream) {
   Cublas& c = table();
   if (!c.why.empty()) throw CudaError("kiln: " + c.why);
-  CublasProduct p = cublas_product(g);
   if (p.batch == 0 || p.M == 0 || p.N == 0) return;
   if (!p.a.direct || !p.b.direct) throw CudaError("kiln: " + cublas_unsupported(g, buffers));
   Handle h = nullptr;

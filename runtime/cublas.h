@@ -34,8 +34,9 @@ void cublas_prefer(const std::string& path);
 /// Why cuBLAS (or cuBLASLt, see cublaslt.h) cannot run `call` as is ("" when it can): a dtype,
 /// an operand layout it cannot read.
 std::string cublas_unsupported(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers);
-/// Enqueues `call` on `stream` in the current context; throws CudaError naming the product.
-void cublas_gemm(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers, const std::vector<uint64_t>& ptrs,
-                 CuStream stream);
+/// Enqueues `call` (whose cublas_product is `p`, computed once by the caller) on `stream` in
+/// the current context; throws CudaError naming the product.
+void cublas_gemm(const ir::GemmCall& call, const CublasProduct& p, const std::vector<ir::Buffer>& buffers,
+                 const std::vector<uint64_t>& ptrs, CuStream stream);
 
 }  // namespace kiln::runtime

@@ -279,11 +279,10 @@ std::string cublaslt_prepare(const ir::GemmCall& g, const std::vector<ir::Buffer
   return "";
 }
 
-std::string cublaslt_gemm(const ir::GemmCall& g, const std::vector<ir::Buffer>& buffers,
+std::string cublaslt_gemm(const ir::GemmCall& g, const CublasProduct& p, const std::vector<ir::Buffer>& buffers,
                           const std::vector<uint64_t>& ptrs, CuStream stream) {
   CublasLt& c = table();
   if (!c.why.empty()) throw CudaError("kiln: " + c.why);
-  CublasProduct p = cublas_product(g);
   if (p.batch == 0 || p.M == 0 || p.N == 0) return "";
   if (!p.a.direct || !p.b.direct || p.K == 0) throw CudaError("kiln: " + cublas_unsupported(g, buffers));
   CuContext ctx = cuda_current_context(0);

@@ -22,6 +22,7 @@ CudaProgram::CudaProgram(ir::KernelProgram program, int arch, bool want_cubin)
   for (const auto& g : program_.gemms) {
     std::string why = cublas_unsupported(g, program_.buffers);
     KILN_UNSUPPORTED_IF(want_cubin && !why.empty(), "kiln: cuBLAS cannot run {}", why);
+    products_.push_back(cublas_product(g));
   }
   auto t0 = std::chrono::steady_clock::now();
   // Emission reads the program's shared expression context: one kernel after another.
@@ -116,10 +117,10 @@ bool CudaProgram::run(std::vector<uint64_t> ptrs, uint64_t stream_handle, int de
     if (step.kind == ir::Step::Kind::Gemm) {
       const ir::GemmCall& g = program_.gemms[step.index];
       if (!needs_cublaslt(g)) {
-        cublas_gemm(g, program_.buffers, ptrs, stream);
+        cublas_gemm(g, products_[step.index], program_.buffers, ptrs, stream);
         continue;
       }
-      std::string why = cublaslt_gemm(g, program_.buffers, ptrs, stream);
+      std::string why = cublaslt_gemm(g, products_[step.index], program_.buffers, ptrs, stream);
       if (!why.empty()) {
         last_failure_ = why;  // eager redoes the call
         return false;

@@ -19,6 +19,7 @@
 
 #include "codegen_cuda/cuda_source.h"
 #include "ir/kernel.h"
+#include "runtime/cublas.h"
 #include "runtime/cuda_driver.h"
 
 namespace kiln::runtime {
@@ -83,6 +84,7 @@ class CudaProgram {
 
   ir::KernelProgram program_;
   std::vector<CudaKernel> kernels_;
+  std::vector<CublasProduct> products_;  ///< per matrix product: its cuBLAS shape, computed once
   int arch_;
   bool may_fail_ = false;
   double compile_ms_ = 0;
