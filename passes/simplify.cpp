@@ -31,6 +31,32 @@ int identity_of(const Graph& g, const Node& n) {
   if (n.op == OpKind::Add && !is_float(n.dtype) && is_const_value(g, b, 0.0)) return a;
   return -1;
 }
+
+/// permute(permute(x, p), q) is permute(x, p[q[k]]), and x itself when that is the identity
+/// and keeps the layout the outer one was asked to have. Autograd's backward of a linear layer
+/// transposes its weight gradient twice (t() of the weight, then of the gradient): folded, the
+/// product writes the gradient's own buffer instead of a copy of it. Rewrites `n` in place;
+/// returns the value it is equal to, or -1.
+int fold_permutes(const Graph& g, Node& n) {
+  if (n.op != OpKind::Permute || n.inputs.size() != 1) return -1;
+  const Node& inner = g.nodes[n.inputs[0]];
+  if (inner.op != OpKind::Permute) return -1;
+  std::vector<int64_t> composed(n.attrs.ints.size());
+  bool identity = true;
+  for (size_t k = 0; k < composed.size(); ++k) {
+    composed[k] = inner.attrs.ints[n.attrs.ints[k]];
+    identity = identity && composed[k] == static_cast<int64_t>(k);
+  }
+  int x = inner.inputs[0];
+  const Node& base = g.nodes[x];
+  if (identity) {
+    Sizes layout = base.strides.empty() ? contiguous_strides(base.sizes) : base.strides;
+    if (n.strides.empty() || n.strides == layout) return x;
+  }
+  n.inputs[0] = x;
+  n.attrs.ints = composed;
+  return -1;
+}
 }  // namespace
 
 Graph run_simplify(const Graph& g, const PassOptions&) {
@@ -51,6 +77,10 @@ Graph run_simplify(const Graph& g, const PassOptions&) {
       // two equal-looking ones are not the same value.
       remap[i] = e.append(n);
       if (n.op == OpKind::Input) mid.input_ids.push_back(remap[i]);
+      continue;
+    }
+    if (int folded = fold_permutes(mid, n); folded >= 0) {
+      remap[i] = folded;
       continue;
     }
     int same = identity_of(mid, n);

@@ -4,19 +4,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <set>
 
 #include "capture/graph_builder.h"
 #include "codegen_cpu/cpu_codegen.h"
-#include "passes/pipeline.h"
+#include "passes/partition_joint.h"
 #include "python/bindings.h"
 #include "python/guard_set.h"
 #include "runtime/blas.h"
-#include "runtime/compiled_program.h"
+#include "runtime/compile_cpu.h"
+#include "runtime/compile_training.h"
 #include "runtime/gemm.h"
 #include "support/config.h"
 #include "support/error.h"
@@ -24,77 +22,53 @@
 namespace kiln::py_bind {
 namespace {
 
-/// Writes one artifact into the compile's debug folder; records the first failure.
-struct DebugDump {
-  std::string dir;
-  std::string error;
-  void write(const std::string& name, const std::string& text) {
-    if (dir.empty() || !error.empty()) return;
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    std::ofstream f(dir + "/" + name);
-    if (ec || !f) {
-      error = "kiln: cannot write KILN_DEBUG_DIR artifacts to '" + dir + "'";
-      return;
-    }
-    f << text;
-  }
-};
-
 /// Programs touching at least this many elements release the GIL while they run.
 constexpr int64_t kReleaseGilWork = 16384;
 
-/// A compiled program plus what Python needs to inspect it.
-struct Program {
+/// A compiled graph (runtime/compile_cpu.h) plus the work estimate the bindings schedule by.
+struct Program : runtime::CompiledCpuGraph {
+  Program() = default;
+  explicit Program(runtime::CompiledCpuGraph g) : runtime::CompiledCpuGraph(std::move(g)) {}
   /// Elements the program's kernels touch per call (a size estimate for scheduling decisions).
   int64_t work() const {
     if (work_ < 0) {
       work_ = 0;
-      for (const auto& k : compiled->program().kernels) work_ += k.outer_extent() * k.inner_work();
-      for (const auto& g : compiled->program().gemms) work_ += compiled->program().buffers[g.out].storage_numel();
-      if (!compiled->program().externs.empty()) work_ = INT64_MAX;  // fallbacks run Python
+      const auto& p = program->program();
+      for (const auto& k : p.kernels) work_ += k.outer_extent() * k.inner_work();
+      for (const auto& g : p.gemms) work_ += p.buffers[g.out].storage_numel();
+      if (!p.externs.empty()) work_ = INT64_MAX;  // fallbacks run Python
     }
     return work_;
   }
   mutable int64_t work_ = -1;
-  std::shared_ptr<runtime::CompiledProgram> compiled;
-  std::vector<std::string> timings;
-  std::string graph_text;
-  double compile_ms = 0;
-  std::string dump_error;
 };
 
 Program compile_graph(const capture::GraphBuilder& builder, const std::string& debug_dir) {
-  auto t0 = std::chrono::steady_clock::now();
-  Program out;
-  DebugDump dump{debug_dir, ""};
-  passes::PassOptions opts;
-  opts.verify = knob_bool("verify");
-  opts.log_ir = log_enabled("ir");
-  opts.log_fusion = log_enabled("fusion");
-  if (!debug_dir.empty()) opts.dump = [&](const std::string& n, const std::string& t) { dump.write(n, t); };
-  opts.timings = &out.timings;
-  opts.inject_bug = knob("inject_bug");
-  out.graph_text = ir::print(builder.graph());
-  ir::KernelProgram kp = passes::run_pipeline(builder.graph(), opts);
-  cpu::CodegenOptions copts;
-  copts.opt_level = static_cast<int>(knob_int("opt_level"));
-  if (copts.opt_level < 0 || copts.opt_level > 3)
-    throw UserError(fmt::format("kiln: KILN_OPT_LEVEL={} is out of range (0-3)", copts.opt_level));
-  const std::string& inject = knob("inject_failure");
-  if (!inject.empty() && inject != "llvm")
-    throw UserError("kiln: KILN_INJECT_FAILURE='" + inject + "' is not a known stage (llvm)");
-  copts.inject_llvm_failure = inject == "llvm";
-  cpu::CpuCode code = cpu::compile_cpu(kp, copts);
-  out.timings.push_back(fmt::format("llvm (codegen + O{} + jit): {:.3f} ms", copts.opt_level, code.compile_ms));
-  if (opts.dump) {
-    dump.write("llvm_ir.ll", code.text.module_ir);
-    dump.write("assembly.s", cpu::ir_to_asm(code.text.module_ir));
-  }
-  out.compiled = std::make_shared<runtime::CompiledProgram>(std::move(kp), std::move(code));
-  out.compiled->set_profiling(knob_bool("profile"));
-  out.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  out.dump_error = dump.error;
+  return Program(runtime::compile_cpu_graph(builder.graph(), runtime::cpu_options_from_knobs(debug_dir)));
+}
+
+/// A joint graph compiled for training: the forward and backward programs and the partition
+/// that links them (which forward outputs are saved values, which leaves the backward reads).
+struct TrainingProgram {
+  Program forward, backward;
+  passes::Partition partition;
+  std::string joint_text, partition_text;
+};
+
+TrainingProgram compile_training(const capture::GraphBuilder& builder, int forward_outputs,
+                                 const std::vector<int>& tangents, int backward_start, bool recompute,
+                                 const std::string& debug_dir) {
+  passes::JointSpec spec{forward_outputs, tangents, backward_start};
+  passes::PartitionOptions popts;
+  popts.recompute = recompute;
+  runtime::CompiledCpuTraining t =
+      runtime::compile_cpu_training(builder.graph(), spec, popts, runtime::cpu_options_from_knobs(debug_dir));
+  TrainingProgram out;
+  out.partition_text = passes::describe(builder.graph(), t.partition);
+  out.forward = Program(std::move(t.forward));
+  out.backward = Program(std::move(t.backward));
+  out.partition = std::move(t.partition);
+  out.joint_text = std::move(t.joint_text);
   return out;
 }
 
@@ -105,14 +79,13 @@ void* data_ptr(PyObject* t) {
   return PyLong_AsVoidPtr(p.ptr());
 }
 
-/// One cache entry of a compiled function: guards, program and the output allocation recipe.
 /// One cache entry of a compiled function: guards, program, the output allocation recipe, and
 /// the fallback table (Python callables running the ops kiln runs eagerly inside the program).
 class Entry {
  public:
   Entry(std::shared_ptr<py_bind::GuardSet> guards, Program program, py::list fallbacks)
       : guards_(std::move(guards)), program_(std::move(program)), fallbacks_(std::move(fallbacks)) {
-    const auto& p = program_.compiled->program();
+    const auto& p = program_.program->program();
     py::dict& dtypes = torch_handles().dtypes;
     for (const auto& b : p.buffers) {
       py::tuple sizes(b.sizes.size()), strides(b.strides.size());
@@ -152,9 +125,16 @@ class Entry {
   /// and eager must redo the call.
   py::object call(const py::list& leaves, bool grad_enabled) {
     if (!guards_->check(leaves, grad_enabled)) return py::none();
+    return run(leaves);
+  }
+
+  /// Runs on `leaves` without checking guards: the caller knows they hold (a training
+  /// backward's leaves are what its forward saved plus gradients of the forward's outputs).
+  /// Returns the output list, or False as call() does.
+  py::object run(const py::list& leaves) {
     failure_.clear();
     data_dependent_failure_ = false;
-    const auto& p = program_.compiled->program();
+    const auto& p = program_.program->program();
     std::vector<void*> ptrs(p.buffers.size(), nullptr);
     std::vector<py::object> tensors(p.buffers.size());
     for (size_t i = 0; i < p.buffers.size(); ++i) {
@@ -195,9 +175,9 @@ class Entry {
       // Other Python threads run while the kernels do; for tiny programs the release and
       // re-acquire would cost more than the kernels.
       py::gil_scoped_release release;
-      ok = program_.compiled->run(ptrs, p.externs.empty() ? nullptr : run_extern, h ? *h : nullptr);
+      ok = program_.program->run(ptrs, p.externs.empty() ? nullptr : run_extern, h ? *h : nullptr);
     } else {
-      ok = program_.compiled->run(ptrs, p.externs.empty() ? nullptr : run_extern, h ? *h : nullptr);
+      ok = program_.program->run(ptrs, p.externs.empty() ? nullptr : run_extern, h ? *h : nullptr);
     }
     if (!ok) {
       if (failure_.empty())
@@ -284,7 +264,7 @@ class Entry {
   bool run_fallback(const ir::ExternCall& call, std::vector<py::object>& tensors, std::vector<void*>& ptrs) {
     try {
       py::tuple args(call.inputs.size());
-      const auto& va = view_args_[&call - program_.compiled->program().externs.data()];
+      const auto& va = view_args_[&call - program_.program->program().externs.data()];
       for (size_t i = 0; i < call.inputs.size(); ++i) {
         const py::object& t = tensors[call.inputs[i]];
         args[i] = i < va.size() && va[i].used ? va[i].of(t) : t;
@@ -417,8 +397,8 @@ class FastPath {
 
 py::list kernel_info(const Program& prog) {
   py::list out;
-  const auto& p = prog.compiled->program();
-  const auto& code = prog.compiled->code();
+  const auto& p = prog.program->program();
+  const auto& code = prog.program->code();
   for (size_t k = 0; k < p.kernels.size(); ++k) {
     py::dict d;
     d["name"] = p.kernels[k].name;
@@ -428,7 +408,7 @@ py::list kernel_info(const Program& prog) {
     for (const auto& [name, text] : code.text.function_ir)
       if (name == code.symbols[k]) src = text;
     d["source"] = src;
-    d["time_ns"] = prog.compiled->kernel_ns()[k];
+    d["time_ns"] = prog.program->kernel_ns()[k];
     out.append(d);
   }
   return out;
@@ -436,7 +416,7 @@ py::list kernel_info(const Program& prog) {
 
 /// The assembly of one kernel, cut from the module's assembly.
 std::string kernel_asm(const Program& prog, const std::string& symbol) {
-  std::string all = cpu::ir_to_asm(prog.compiled->code().text.module_ir);
+  std::string all = cpu::ir_to_asm(prog.program->code().text.module_ir);
   size_t start = all.find("\n" + symbol + ":");
   if (start == std::string::npos) return all;
   size_t end = all.find(".Lfunc_end", start);
@@ -457,22 +437,22 @@ void define_cpu(py::module_& m) {
       .def_readonly("compile_ms", &Program::compile_ms)
       .def_readonly("timings", &Program::timings)
       .def_readonly("dump_error", &Program::dump_error)
-      .def_property_readonly("fusion_log", [](const Program& p) { return p.compiled->program().fusion_log; })
-      .def_property_readonly("loop_ir", [](const Program& p) { return ir::print(p.compiled->program()); })
-      .def_property_readonly("llvm_ir", [](const Program& p) { return p.compiled->code().text.module_ir; })
-      .def_property_readonly("calls", [](const Program& p) { return p.compiled->calls(); })
+      .def_property_readonly("fusion_log", [](const Program& p) { return p.program->program().fusion_log; })
+      .def_property_readonly("loop_ir", [](const Program& p) { return ir::print(p.program->program()); })
+      .def_property_readonly("llvm_ir", [](const Program& p) { return p.program->code().text.module_ir; })
+      .def_property_readonly("calls", [](const Program& p) { return p.program->calls(); })
       .def_property_readonly("gemms",
                              [](const Program& p) {
                                std::vector<std::string> out;
-                               for (const auto& g : p.compiled->program().gemms) out.push_back(runtime::describe_gemm(g));
+                               for (const auto& g : p.program->program().gemms) out.push_back(runtime::describe_gemm(g));
                                return out;
                              })
-      .def_property_readonly("gemm_time_ns", [](const Program& p) { return p.compiled->gemm_ns(); })
+      .def_property_readonly("gemm_time_ns", [](const Program& p) { return p.program->gemm_ns(); })
       .def("kernels", &kernel_info)
       .def("kernel_asm", &kernel_asm)
       .def("output_kernel", [](const Program& prog, int j) -> std::string {
         // The kernel (or fallback) that writes output j: where a divergence shows first.
-        const auto& p = prog.compiled->program();
+        const auto& p = prog.program->program();
         const auto& o = p.outputs.at(j);
         if (o.kind != ir::OutputSpec::Kind::Buffer) return "(an argument)";
         for (const auto& k : p.kernels)
@@ -486,9 +466,24 @@ void define_cpu(py::module_& m) {
           if (g.out == o.index) return g.name;
         return "(no kernel: empty)";
       })
-      .def("set_profiling", [](Program& p, bool on) { p.compiled->set_profiling(on); });
+      .def("set_profiling", [](Program& p, bool on) { p.program->set_profiling(on); });
 
   m.def("compile_graph", &compile_graph, py::arg("builder"), py::arg("debug_dir") = "");
+
+  py::class_<TrainingProgram>(m, "TrainingProgram")
+      .def_readonly("forward", &TrainingProgram::forward)
+      .def_readonly("backward", &TrainingProgram::backward)
+      .def_readonly("joint_graph", &TrainingProgram::joint_text)
+      .def_readonly("partition", &TrainingProgram::partition_text)
+      .def_property_readonly("saved_positions", [](const TrainingProgram& t) { return t.partition.saved_positions; })
+      .def_property_readonly("saved_inputs", [](const TrainingProgram& t) { return t.partition.saved_inputs; })
+      .def_property_readonly("gradient_positions",
+                             [](const TrainingProgram& t) { return t.partition.gradient_positions; })
+      .def_property_readonly("recomputed", [](const TrainingProgram& t) { return t.partition.recomputed.size(); })
+      .def_property_readonly("saved_bytes", [](const TrainingProgram& t) { return t.partition.saved_bytes; });
+  m.def("compile_training", &compile_training, py::arg("builder"), py::arg("forward_outputs"), py::arg("tangents"),
+        py::arg("backward_start"), py::arg("recompute") = true, py::arg("debug_dir") = "",
+        "Partitions the builder's joint forward+backward graph and compiles both programs.");
   m.def("blas_prefer", &runtime::blas::prefer, "a loaded library (torch's MKL) that KILN_BLAS=auto should use");
   m.def("blas_library", [] { return runtime::blas::library().name; }, "the BLAS matrix products run on ('': none)");
   m.def("fast_hits", [] { return FastPath::hits(); });
@@ -504,6 +499,7 @@ void define_cpu(py::module_& m) {
       .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program, py::list>(), py::arg("guards"), py::arg("program"),
            py::arg("fallbacks") = py::list())
       .def("__call__", &Entry::call)
+      .def("run", &Entry::run, "runs without checking the guards (a training backward)")
       .def("last_failure", [](const Entry& e) { return e.last_failure(); })
       .def("failed_on_data_dependent_shape", &Entry::failed_on_data_dependent_shape)
       .def_property_readonly("guards", &Entry::guards)

@@ -6,13 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <filesystem>
-#include <fstream>
-
 #include "capture/graph_builder.h"
 #include "codegen_cuda/nvrtc_compiler.h"
-#include "passes/pipeline.h"
 #include "python/bindings.h"
+#include "runtime/compile_cuda.h"
 #include "runtime/cublas.h"
 #include "runtime/cublaslt.h"
 #include "runtime/cuda_driver.h"
@@ -24,46 +21,6 @@ namespace py = pybind11;
 using namespace kiln;
 
 namespace {
-
-passes::PassOptions pass_options() {
-  passes::PassOptions opts;
-  opts.verify = knob_bool("verify");
-  opts.log_ir = log_enabled("ir");
-  opts.log_fusion = log_enabled("fusion");
-  opts.reuse_reduced_values = false;  // recomputing beats a round trip through HBM
-  opts.column_reductions = false;     // a CPU vector layout (Note [Column reductions])
-  opts.gemm_epilogues = false;        // cuBLAS calls and kernels are launched apart
-  opts.gemm_bias = knob_bool("cuda_bias_epilogue");  // cuBLASLt adds a row bias in its epilogue
-  opts.inplace_argument_writes = false;  // CUDA flags failures only at the end of the program
-  opts.output_views = false;             // the CUDA runner returns buffers and arguments only
-  opts.channels_last_convolutions = false;  // measured for oneDNN, not cuDNN
-  opts.half_types = true;                   // float32 registers, each op rounded as eager rounds it
-  opts.inject_bug = knob("inject_bug");
-  return opts;
-}
-
-/// Compute capability to compile for: the device's when there is one, else 90 (sm_90).
-int default_arch(int device) {
-  if (device >= 0 && runtime::cuda_available() && device < runtime::cuda_device_count())
-    return runtime::cuda_compute_capability(device);
-  return 90;
-}
-
-std::shared_ptr<runtime::CudaProgram> build(const capture::GraphBuilder& b, int arch, bool want_cubin,
-                                            const std::string& debug_dir) {
-  ir::KernelProgram kp = passes::run_pipeline(b.graph(), pass_options());
-  auto prog = std::make_shared<runtime::CudaProgram>(std::move(kp), arch, want_cubin);
-  if (!debug_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(debug_dir, ec);
-    for (const auto& k : prog->kernels()) {
-      std::ofstream(debug_dir + "/" + k.name + ".cu") << k.source;
-      std::ofstream(debug_dir + "/" + k.name + ".ptx") << k.ptx;
-    }
-    std::ofstream(debug_dir + "/loop_ir.txt") << ir::print(prog->program());
-  }
-  return prog;
-}
 
 py::dict kernel_dict(const runtime::CudaProgram& p, size_t i) {
   const auto& k = p.kernels()[i];
@@ -180,7 +137,8 @@ void define_cuda(py::module_& m) {
         std::shared_ptr<runtime::CudaProgram> prog;
         {
           py::gil_scoped_release release;
-          prog = build(b, arch > 0 ? arch : default_arch(-1), /*want_cubin=*/false, debug_dir);
+          prog = runtime::compile_cuda_graph(b.graph(), arch > 0 ? arch : runtime::cuda_default_arch(-1), /*want_cubin=*/false,
+                                              debug_dir);
         }
         return kernel_list(*prog);
       },
@@ -190,9 +148,9 @@ void define_cuda(py::module_& m) {
 
   py::class_<runtime::CudaProgram, std::shared_ptr<runtime::CudaProgram>>(m, "CudaProgram")
       .def(py::init([](const capture::GraphBuilder& b, int device, int arch, const std::string& debug_dir) {
-             int a = arch > 0 ? arch : default_arch(device);
+             int a = arch > 0 ? arch : runtime::cuda_default_arch(device);
              py::gil_scoped_release release;
-             return build(b, a, /*want_cubin=*/true, debug_dir);
+             return runtime::compile_cuda_graph(b.graph(), a, /*want_cubin=*/true, debug_dir);
            }),
            py::arg("builder"), py::arg("device") = 0, py::arg("arch") = 0, py::arg("debug_dir") = "")
       .def(

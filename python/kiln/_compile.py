@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from . import _C, _accuracy, _counters, _cuda, _segments
+from . import _C, _accuracy, _autograd, _backward_capture, _counters, _cuda, _segments
 from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._snapshot import MAX_DEPTH as _MAX_DEPTH
@@ -378,6 +378,7 @@ class _Entry:
         self.program = program
         self.fallbacks = fallbacks or []
         self.tree = None  # set for a tree of segments (graph breaks)
+        self.training = None  # the _C.TrainingProgram of a compiled training step (native runs it)
         self.mutations = []  # (leaf index, output position): new values written back after a call
         self.data_dependent_failures = 0  # calls whose fallback op returned another shape
         if program is None:
@@ -522,9 +523,6 @@ class CompiledFunction:
             _counters.bump("recompiles")
             _log("recompiles", f"{self.__name__}: new variant #{self._entry_count + 1}")
         arg_count = len(leaves)
-        if grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in leaves):
-            return self._eager_entry(args, kwargs, leaves + state, spec, grad, [],
-                                     "autograd: an input requires grad (training is not supported yet)")
         candidates = _captured_candidates(self._fn, self._module)
         # Plain values read besides the arguments, read before the function runs (the values
         # the trace bakes in), guarded after the captured tensors.
@@ -544,9 +542,12 @@ class CompiledFunction:
         if failure is None:
             failure = _python_side_effects(value_sources, values,
                                            _plain_value_sources(self._fn, self._module))
-        if failure is None and grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in trace_leaves):
-            failure = CaptureFailed("autograd: a parameter or captured tensor requires grad "
-                                    "(training is not supported yet)")
+        training = grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in trace_leaves)
+        if failure is None and training and len(tracer.segments) > 1:
+            failure = CaptureFailed("autograd: a training step with graph breaks is not compiled yet",
+                                    location=tracer.breaks[0][1] if tracer.breaks else None)
+        if failure is None and training and _cuda.is_cuda_trace(tracer):
+            failure = CaptureFailed("autograd: training on CUDA tensors is not compiled yet")
         if failure is None and any(not isinstance(x, torch.Tensor) and type(x) not in _SIMPLE_VALUE_TYPES
                                    for x in leaves):
             bad = next(type(x).__name__ for x in leaves
@@ -581,6 +582,16 @@ class CompiledFunction:
         for leaf, pos in mutations:
             out_leaf[pos] = leaf
         seg.builder.set_output_leaves(out_leaf)
+        if training:
+            joint = self._capture_backward(tracer, seg, res_leaves, out_specs, mutations, len(full))
+            if isinstance(joint, CaptureFailed):
+                _counters.record_failure(joint)
+                _log("breaks", f"{self.__name__}: {joint.reason} at {joint.location}")
+                self._add_entry(spec, _Entry(_build_guards(full, grad), getters, reason=joint.reason, failure=joint))
+                return result
+            if joint is not None:
+                return self._compile_training(spec, tracer, seg, joint, full, grad, getters, out_specs, mutations,
+                                              result_spec, result)
         _log("graph", f"{self.__name__}:\n{tracer.builder.print()}")
         # One directory per compiled variant, named before _compiles counts it: the extras
         # written after compiling used to go to the next variant's (missing) directory.
@@ -619,6 +630,76 @@ class CompiledFunction:
         self._add_entry(spec, entry)
         _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
         _log("kernels", f"{self.__name__}:\n{program.loop_ir}")
+        self._write_debug_extras(entry, debug_dir)
+        return result
+
+    # -- training (Note [Training capture] in _backward_capture.py) --------------------------
+    @staticmethod
+    def _capture_backward(tracer, seg, res_leaves, out_specs, mutations, first_tangent):
+        """Records autograd's backward of the traced forward into the segment. Returns a dict
+        describing the joint graph, None when no output has a gradient (the call compiles as
+        inference does), or a CaptureFailed."""
+        tensor_of = {}
+        for t, s in zip(res_leaves, out_specs):
+            if s[0] == "graph":
+                tensor_of.setdefault(seg.needed[s[1]], t)
+        differentiable = [j for j, vid in enumerate(seg.needed) if _backward_capture.differentiable(tensor_of.get(vid))]
+        if not differentiable:
+            return None
+        grad_inputs = [(i, t) for i, t in enumerate(tracer.leaves) if _backward_capture.differentiable(t)]
+        outputs = [tensor_of[seg.needed[j]] for j in differentiable]
+        try:
+            tangents, grads, backward_start = _backward_capture.capture_backward(
+                tracer, outputs, [t for _, t in grad_inputs], first_tangent)
+        except CaptureFailed as e:
+            if e.location is None:
+                e.location = "(backward)"
+            return e
+        grad_leaves, grad_vids = [], []
+        for (leaf, _), vid in zip(grad_inputs, grads):
+            if vid is not None:
+                grad_leaves.append((leaf, len(grad_vids)))
+                grad_vids.append(vid)
+        meta = [(tuple(t.shape), t.dtype, t.device) if t is not None else None
+                for t in (tensor_of.get(v) for v in seg.needed)]
+        return {"differentiable": differentiable, "tangents": tangents, "grad_vids": grad_vids,
+                "grad_leaves": grad_leaves, "backward_start": backward_start, "output_meta": meta}
+
+    def _compile_training(self, spec, tracer, seg, joint, full, grad, getters, out_specs, mutations, result_spec,
+                          result):
+        """Partitions and compiles the joint graph; the entry runs it inside autograd."""
+        seg.builder.set_outputs(seg.needed + joint["grad_vids"])
+        _log("graph", f"{self.__name__} (joint forward + backward):\n{seg.builder.print()}")
+        debug_dir = self._debug_dir()
+        guards = _build_guards(full, grad, set(tracer.mutations))
+        try:
+            if not hasattr(_C, "compile_training"):
+                raise _C.Unsupported("kiln was built without the CPU backend (KILN_CPU=OFF)")
+            tp = _C.compile_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"],
+                                     debug_dir=debug_dir)
+        except _C.Unsupported as e:
+            err = CaptureFailed(str(e), location="(lowering)")
+            _counters.record_failure(err)
+            self._add_entry(spec, _Entry(guards, getters, reason=str(e), failure=err))
+            return result
+        except (_C.InternalError, RuntimeError) as e:
+            warnings.warn(f"kiln: compiling the training step of {self.__name__} failed; it runs eagerly for these "
+                          f"inputs: {e}")
+            _counters.record_failure(CaptureFailed(f"kiln internal error: {e}"))
+            self._add_entry(spec, _Entry(guards, getters, reason=f"internal error: {e}"))
+            return result
+        self._compiles += 1
+        entry = _Entry(guards, getters, tp.forward, out_specs, result_spec, fallbacks=tracer.fallbacks)
+        entry.training = tp
+        entry.native = _autograd.TrainingRunner(guards, tp, tracer.fallbacks, joint["differentiable"],
+                                                joint["grad_leaves"], joint["output_meta"])
+        entry.mutations = mutations
+        entry.single = entry.single and not mutations
+        for fb in tracer.fallbacks:
+            _counters.record_fallback_op(str(fb))
+        self._add_entry(spec, entry)
+        _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
+        _log("kernels", f"{self.__name__} forward:\n{tp.forward.loop_ir}\nbackward:\n{tp.backward.loop_ir}")
         self._write_debug_extras(entry, debug_dir)
         return result
 
@@ -698,13 +779,20 @@ class CompiledFunction:
 
     # -- inspection -------------------------------------------------------------------------
     def compiled_programs(self):
+        return [p for p, _ in self.compiled_programs_with_phase()]
+
+    def compiled_programs_with_phase(self):
+        """(program, "forward" | "backward") of every compiled variant, oldest first: a training
+        step's backward program follows its forward."""
         out = []
         for es in self._entries.values():
             for e in es:
                 if e.program is not None:
-                    out.append(e.program)
+                    out.append((e.program, "forward"))
+                    if e.training is not None:
+                        out.append((e.training.backward, "backward"))
                 elif e.tree is not None:
-                    out.extend(e.tree.programs())
+                    out.extend((p, "forward") for p in e.tree.programs())
         return out
 
     def entries(self):

@@ -4,12 +4,14 @@ from . import _C
 
 
 class Kernel:
-    """One generated kernel: .name, .target ('cpu' | 'cuda'), .source (LLVM IR of the kernel),
+    """One generated kernel: .name, .target ('cpu' | 'cuda'), .phase ('forward' | 'backward': of a
+    compiled training step), .source (LLVM IR of the kernel),
     .asm (assembly, produced on first access), .loop_ir (kiln's loop IR), .time_ns (total time
     spent in it while profiling was on)."""
 
-    def __init__(self, program, info, target="cpu"):
+    def __init__(self, program, info, target="cpu", phase="forward"):
         self._program = program
+        self.phase = phase  # "forward" (also every inference kernel) or "backward" (a training step's)
         self.name = info["name"]
         self.symbol = info["symbol"]
         self.target = target
@@ -25,7 +27,7 @@ class Kernel:
         return self._asm
 
     def __repr__(self):
-        return f"<kiln.Kernel {self.name} ({self.target})>"
+        return f"<kiln.Kernel {self.name} ({self.target}, {self.phase})>"
 
 
 def _compiled_of(f):
@@ -41,8 +43,9 @@ def _compiled_of(f):
 def kernels(f):
     """Kernels of every compiled variant of `f` (a kiln.compile result), oldest first."""
     out = []
-    for program in _compiled_of(f).compiled_programs():
-        out.extend(Kernel(program, info, target=getattr(program, "target", "cpu")) for info in program.kernels())
+    for program, phase in _compiled_of(f).compiled_programs_with_phase():
+        out.extend(Kernel(program, info, target=getattr(program, "target", "cpu"), phase=phase)
+                   for info in program.kernels())
     return out
 
 

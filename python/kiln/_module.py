@@ -24,6 +24,16 @@ class CompiledModule(torch.nn.Module):
         except AttributeError:
             return getattr(self._orig_mod, name)
 
+    # Containers (nn.Sequential, nn.ModuleList) stay indexable: model[0] is the original's.
+    def __getitem__(self, index):
+        return self._orig_mod[index]
+
+    def __len__(self):
+        return len(self._orig_mod)
+
+    def __iter__(self):
+        return iter(self._orig_mod)
+
     def state_dict(self, *args, **kwargs):
         return self._orig_mod.state_dict(*args, **kwargs)
 

@@ -236,6 +236,9 @@ class _EscapeWatch(TorchFunctionMode):
     """Catches ways tensor data reaches Python without an ATen op."""
 
     ESCAPES = {torch.Tensor.numpy: ".numpy()", torch.Tensor.__array__: "__array__ (numpy conversion)"}
+    # Autograd hooks run Python during a backward that a compiled backward would not run.
+    HOOKS = {torch.Tensor.register_hook: "register_hook", torch.Tensor.retain_grad: "retain_grad",
+             torch.Tensor.register_post_accumulate_grad_hook: "register_post_accumulate_grad_hook"}
 
     def __init__(self, tracer):
         super().__init__()
@@ -246,6 +249,10 @@ class _EscapeWatch(TorchFunctionMode):
         if what is not None:
             self.tracer.fail(CaptureFailed(f"tensor data leaves torch through {what}", kind="break",
                                            location=user_location()))
+        hook = self.HOOKS.get(func)
+        if hook is not None:
+            self.tracer.fail(CaptureFailed(f"autograd: the function calls {hook} (a hook kiln's compiled backward "
+                                           "would not run)", location=user_location()))
         data = args[1] if func is torch.Tensor.new_tensor and len(args) > 1 else args[0] if args else None
         if func in (torch.tensor, torch.as_tensor, torch.Tensor.new_tensor) and _python_literal(data):
             # torch.tensor([1.0, 2.0]), x.new_tensor([...]): the fresh tensor's values come from
@@ -258,6 +265,11 @@ class _EscapeWatch(TorchFunctionMode):
                 self.tracer.literal_depth -= 1
         return func(*args, **(kwargs or {}))
 
+
+# In-place overloads whose functional form has another overload name. bernoulli_(p) is how
+# F.dropout draws its mask on the CPU; bernoulli.p fills a new tensor from the same generator in
+# the same order (ATen's bernoulli(self, p) is empty_like(self).bernoulli_(p)).
+_FUNCTIONAL_OVERLOADS = {("bernoulli_", "float"): "p"}
 
 LITERAL_LIMIT = 64  # elements of a torch.tensor(list) baked into the code as constants
 
@@ -298,6 +310,7 @@ class Tracer(TorchDispatchMode):
         self.literal_depth = 0  # inside torch.tensor(python numbers): see _EscapeWatch
         self.fallbacks = []     # _Fallback per fallback node, by table index
         self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
+        self.in_backward = False  # recording autograd's backward of the traced forward (_backward_capture)
         for i, leaf in enumerate(leaves):
             if isinstance(leaf, torch.Tensor):
                 self._add_leaf_input(leaf, i)
@@ -325,6 +338,16 @@ class Tracer(TorchDispatchMode):
             raise CaptureFailed(f"{t.device.type} tensors are not supported")
         vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), index)
         self.leaf_index[id(t)] = index
+        self.input_vids.add(vid)
+        self.layouts[vid] = list(t.stride())
+        self.values[id(t)] = vid
+        self._watch(t)
+        return vid
+
+    def add_tangent(self, t, index):
+        """A gradient of a forward output (autograd's grad_output), as graph input `index`: what
+        the recorded backward starts from."""
+        vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), index)
         self.input_vids.add(vid)
         self.layouts[vid] = list(t.stride())
         self.values[id(t)] = vid
@@ -485,6 +508,9 @@ class Tracer(TorchDispatchMode):
         """A value read into Python (`.item()`, `bool(t)`, ...): the segment ends here, and the
         value becomes the key under which the rest of the trace is stored. Consecutive reads
         with no op between them (`.tolist()`) belong to the same segment end."""
+        if self.in_backward:
+            raise CaptureFailed(f"autograd: the backward of the function reads a value into Python ({func})",
+                                op=str(func))
         targs, tkwargs, tensors = _template(args, kwargs)
         vids = [self.value_of(t) for t in tensors]
         for v in vids:
@@ -701,13 +727,17 @@ class Tracer(TorchDispatchMode):
         """Remembers the new value of a mutated argument/parameter/buffer: it is written back
         into the caller's tensor after each compiled call, as eager's in-place op would."""
         if leaf is not None:
+            if self.in_backward:
+                raise CaptureFailed("autograd: the backward of the function writes an argument, parameter or "
+                                    "buffer in place")
             self.mutations[leaf] = (len(self.segments) - 1, self.values[id(target)], target)
 
     def _functional_fallback(self, func, functional, a, written, target):
         """An in-place op kiln has no lowering for: its functional form runs eagerly inside the
         program (index_put_ -> index_put, scatter_ -> scatter, ...), and its result becomes the
         tensor's new value."""
-        overload = getattr(functional, func._overloadname, None) if functional is not None else None
+        name = _FUNCTIONAL_OVERLOADS.get((func.overloadpacket.__name__, func._overloadname), func._overloadname)
+        overload = getattr(functional, name, None) if functional is not None else None
         if overload is None and written != "self":
             overload = getattr(functional, "default", None)
         if overload is None or overload._schema.is_mutable:

@@ -1,0 +1,318 @@
+"""Compiled training steps inside PyTorch's autograd: gradients, optimizers, hooks, and what
+must run eagerly (custom autograd.Functions, hooks inside the function, double backward)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kiln
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    kiln.reset()
+    yield
+    kiln.reset()
+
+
+def rel_err(a, b):
+    if a is None or b is None:
+        assert a is None and b is None
+        return 0.0
+    scale = max(float(b.abs().max()), 1e-6) if b.numel() else 1.0
+    return float((a - b).abs().max()) / scale if a.numel() else 0.0
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(13, 37), nn.GELU(), nn.Linear(37, 29), nn.ReLU(), nn.Linear(29, 5))
+
+
+def train_both(model, batches, loss_fn, opt_fn=None, steps=3):
+    """Runs `steps` training steps on an eager copy and a kiln-compiled copy of `model`; returns
+    (max relative loss error, max relative gradient error, max relative parameter error)."""
+    me, mk = copy.deepcopy(model), copy.deepcopy(model)
+    ck = kiln.compile(mk)
+    oe = (opt_fn or (lambda p: torch.optim.SGD(p, lr=0.1)))(me.parameters())
+    ok = (opt_fn or (lambda p: torch.optim.SGD(p, lr=0.1)))(mk.parameters())
+    errs = [0.0, 0.0, 0.0]
+    for i in range(steps):
+        batch = batches(i)
+        torch.manual_seed(100 + i)
+        le = loss_fn(me, *batch)
+        le.backward()
+        torch.manual_seed(100 + i)
+        lk = loss_fn(ck, *batch)
+        lk.backward()
+        errs[0] = max(errs[0], rel_err(lk.detach(), le.detach()))
+        for a, b in zip(mk.parameters(), me.parameters()):
+            errs[1] = max(errs[1], rel_err(a.grad, b.grad))
+        oe.step()
+        ok.step()
+        oe.zero_grad()
+        ok.zero_grad()
+        for a, b in zip(mk.parameters(), me.parameters()):
+            errs[2] = max(errs[2], rel_err(a.detach(), b.detach()))
+        for a, b in zip(mk.buffers(), me.buffers()):
+            errs[2] = max(errs[2], rel_err(a.double(), b.double()))
+    return errs
+
+
+def compiled_everything(steps):
+    c = kiln.counters()
+    assert c["eager_calls"] == 0, c["reasons"]
+    assert c["compiled_forward_calls"] == steps - 1
+    assert c["compiled_backward_calls"] == steps - 1
+
+
+def test_mlp_matches_eager_over_steps():
+    errs = train_both(mlp(), lambda i: (torch.randn(8, 13), torch.randint(0, 5, (8,))),
+                      lambda m, x, y: F.cross_entropy(m(x), y), steps=4)
+    assert max(errs) < 5e-5, errs
+    compiled_everything(4)
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam", "adamw", "rmsprop", "adagrad"])
+def test_optimizers_see_compiled_gradients(opt):
+    make = {
+        "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+        "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+        "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+        "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3),
+        "adagrad": lambda p: torch.optim.Adagrad(p, lr=1e-2),
+    }[opt]
+    errs = train_both(mlp(), lambda i: (torch.randn(6, 13),), lambda m, x: m(x).square().mean(), make)
+    assert max(errs) < 5e-4, errs
+    compiled_everything(3)
+
+
+def test_loss_inside_the_compiled_function_and_input_gradients():
+    torch.manual_seed(1)
+    w = torch.randn(11, 7, requires_grad=True)
+    b = torch.randn(7, requires_grad=True)
+
+    def f(x, t):
+        return F.mse_loss(torch.tanh(x @ w + b) * 2.0, t)
+
+    fk = kiln.compile(f)
+    for i in range(3):
+        x = torch.randn(9, 11, requires_grad=True)
+        t = torch.randn(9, 7)
+        ge = torch.autograd.grad(f(x, t), [x, w, b])
+        gk = torch.autograd.grad(fk(x, t), [x, w, b])
+        for a, e in zip(gk, ge):
+            assert rel_err(a, e) < 1e-5
+    compiled_everything(3)
+
+
+def test_gradient_accumulation_and_retain_graph():
+    m = mlp()
+    mk = kiln.compile(copy.deepcopy(m))
+    x = torch.randn(4, 13)
+    for model in (m, mk):
+        model(x).sum().backward()  # capture (kiln) / plain
+        out = model(x).sum()
+        out.backward(retain_graph=True)
+        out.backward()  # the same graph again: gradients accumulate
+    for a, b in zip(mk.parameters(), m.parameters()):
+        assert rel_err(a.grad, b.grad) < 1e-5
+    assert kiln.counters()["compiled_backward_calls"] == 2
+
+
+def test_frozen_parameters_get_no_gradient_and_change_the_guards():
+    m = mlp()
+    for p in m[0].parameters():
+        p.requires_grad_(False)
+    mk = kiln.compile(copy.deepcopy(m))
+    x = torch.randn(5, 13)
+    for _ in range(2):
+        m(x).sum().backward()
+        mk(x).sum().backward()
+    assert all(p.grad is None for p in mk[0].parameters())
+    for a, b in zip(mk.parameters(), m.parameters()):
+        assert rel_err(a.grad, b.grad) < 1e-5
+    for p in mk[0].parameters():
+        p.requires_grad_(True)
+    mk(x).sum().backward()  # requires_grad is guarded: a new capture
+    assert kiln.counters()["captures"] == 2
+
+
+def test_partial_backward_of_several_outputs_and_non_differentiable_ones():
+    def f(x, w):
+        h = x @ w
+        return h.relu(), torch.sigmoid(h), h.argmax(-1)
+
+    fk = kiln.compile(f)
+    w = torch.randn(6, 4, requires_grad=True)
+    for _ in range(3):
+        x = torch.randn(3, 6, requires_grad=True)
+        a, _, idx = fk(x, w)
+        ae, _, idxe = f(x, w)
+        assert not idx.requires_grad and torch.equal(idx, idxe)
+        gk = torch.autograd.grad(a.sum(), [x, w])  # the sigmoid output gets no gradient
+        ge = torch.autograd.grad(ae.sum(), [x, w])
+        for p, q in zip(gk, ge):
+            assert rel_err(p, q) < 1e-5
+    compiled_everything(3)
+
+
+def test_parameter_hooks_run_once_per_backward():
+    calls = {"eager": 0, "kiln": 0}
+    m = mlp()
+    mk = kiln.compile(copy.deepcopy(m))
+    for model, key in ((m, "eager"), (mk, "kiln")):
+        model[0].weight.register_hook(lambda g, key=key: calls.__setitem__(key, calls[key] + 1) or g * 3)
+    x = torch.randn(4, 13)
+    for _ in range(3):
+        m(x).sum().backward()
+        mk(x).sum().backward()
+    assert calls["kiln"] == calls["eager"] == 3  # the capture's traced backward ran none
+    for a, b in zip(mk.parameters(), m.parameters()):
+        assert rel_err(a.grad, b.grad) < 1e-5
+
+
+def test_hooks_inside_the_function_run_eagerly():
+    seen = []
+
+    def f(x):
+        y = x * 2
+        y.register_hook(lambda g: seen.append(1))
+        return y.sum()
+
+    fk = kiln.compile(f)
+    for _ in range(2):
+        fk(torch.randn(3, requires_grad=True)).backward()
+    assert len(seen) == 2
+    c = kiln.counters()
+    assert c["compiled_backward_calls"] == 0
+    assert any("register_hook" in r for r in c["reasons"])
+
+
+class _Double(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 5  # deliberately not the true derivative: kiln must keep it
+
+
+def test_custom_autograd_function_runs_eagerly():
+    fk = kiln.compile(lambda x: _Double.apply(x).sum())
+    for _ in range(2):
+        x = torch.randn(4, requires_grad=True)
+        fk(x).backward()
+        assert torch.equal(x.grad, torch.full((4,), 5.0))
+    assert any("custom autograd.Function" in r for r in kiln.counters()["reasons"])
+
+
+def test_module_full_backward_hooks_run_eagerly():
+    calls = []
+    m = mlp()
+    m[2].register_full_backward_hook(lambda *a: calls.append(1))
+    mk = kiln.compile(m)
+    for _ in range(2):
+        mk(torch.randn(3, 13)).sum().backward()
+    assert len(calls) == 2
+
+
+def test_tensor_requiring_grad_made_inside_runs_eagerly():
+    store = []
+
+    def f(x):
+        w = torch.ones(3, requires_grad=True)
+        store.append(w)
+        return (x * w).sum()
+
+    fk = kiln.compile(f)
+    for _ in range(2):
+        fk(torch.randn(3, requires_grad=True)).backward()
+    assert all(w.grad is not None for w in store)
+
+
+def test_double_backward_is_a_clear_error():
+    w = torch.randn(5, requires_grad=True)
+    fk = kiln.compile(lambda x: (torch.tanh(x * w)).sum())
+    x = torch.randn(5)
+    g, = torch.autograd.grad(fk(x), [w], create_graph=True)  # capture: eager, differentiable
+    g.sum().backward()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(fk(x), [w], create_graph=True)
+
+
+def test_inplace_change_of_a_saved_parameter_raises_as_eager():
+    lin = nn.Linear(4, 4)
+    mk = kiln.compile(lin)
+    x = torch.randn(2, 4, requires_grad=True)
+    mk(x).sum().backward()
+    out = mk(x).sum()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
+def test_dropout_draws_eagers_mask_with_the_same_seed():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.Dropout(0.5), nn.Linear(32, 3)).train()
+    errs = train_both(m, lambda i: (torch.randn(7, 16),), lambda mod, x: mod(x).square().mean(), steps=3)
+    assert max(errs) < 1e-5, errs
+    compiled_everything(3)
+
+
+def test_no_grad_calls_use_an_inference_program():
+    m = mlp()
+    mk = kiln.compile(m)
+    x = torch.randn(3, 13)
+    mk(x).sum().backward()
+    mk(x).sum().backward()
+    with torch.no_grad():
+        y = mk(x)
+        y = mk(x)
+    assert not y.requires_grad
+    torch.testing.assert_close(y, m(x).detach())
+
+
+def test_kernels_are_marked_forward_and_backward():
+    mk = kiln.compile(mlp())
+    mk(torch.randn(3, 13)).sum().backward()
+    phases = {k.phase for k in kiln.kernels(mk)}
+    assert phases == {"forward", "backward"}
+
+
+SHAPES = [(1, 13), (7, 13), (0, 13)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_edge_batch_sizes(shape):
+    m = mlp()
+    mk = kiln.compile(copy.deepcopy(m))
+    for _ in range(2):
+        x = torch.randn(*shape, requires_grad=True)
+        xk = x.detach().clone().requires_grad_()
+        m(x).sum().backward()
+        mk(xk).sum().backward()
+        assert rel_err(xk.grad, x.grad) < 1e-5
+    for a, b in zip(mk.parameters(), m.parameters()):
+        assert rel_err(a.grad, b.grad) < 1e-5
+
+
+def test_non_contiguous_inputs_and_expanded_gradients():
+    w = torch.randn(6, 6, requires_grad=True)
+
+    def f(x):
+        return torch.sigmoid(x.t() @ w) * 3
+
+    fk = kiln.compile(f)
+    base = torch.randn(6, 9)
+    for _ in range(2):
+        x = base.clone().requires_grad_()
+        xk = base.clone().requires_grad_()
+        # a sum's gradient reaches the output expanded (stride 0)
+        f(x).sum().backward()
+        fk(xk).sum().backward()
+        assert rel_err(xk.grad, x.grad) < 1e-5
