@@ -6,7 +6,9 @@ from ._compile import CompiledFunction
 class Explanation:
     """Result of kiln.explain: .graph_count, .graph_breaks [(reason, location)], .fallback_ops
     [(op, reason)], .guards [text], .graphs [text], .kernels [name], .matmuls [text: the BLAS
-    steps, with how BLAS reads each operand]; str() reads well."""
+    steps, with how BLAS reads each operand], .training [one dict per compiled training step:
+    joint_graph, partition (what the forward saves and the backward recomputes), saved_bytes,
+    recomputed, forward_kernels, backward_kernels]; str() reads well."""
 
     def __init__(self, entries):
         self.graphs = [e.program.graph for e in entries if e.program is not None]
@@ -26,6 +28,19 @@ class Explanation:
         programs += [p for e in entries if getattr(e, "tree", None) is not None for p in e.tree.programs()]
         self.kernels = [k["name"] for p in programs for k in p.kernels()]
         self.matmuls = [g for p in programs for g in getattr(p, "gemms", [])]
+        self.training = []
+        for e in entries:
+            t = getattr(e, "training", None)
+            if t is None:
+                continue
+            self.training.append({"joint_graph": t.joint_graph, "partition": t.partition,
+                                  "saved_bytes": t.saved_bytes, "recomputed": t.recomputed,
+                                  "forward_kernels": [k["name"] for k in t.forward.kernels()],
+                                  "backward_kernels": [k["name"] for k in t.backward.kernels()]})
+            self.graphs.append(t.backward.graph)
+            self.kernels += [k["name"] for k in t.backward.kernels()]
+            self.matmuls += t.backward.gemms
+        self.graph_count = len(self.graphs)
 
     def __str__(self):
         lines = [f"graphs: {self.graph_count}", f"graph breaks: {len(self.graph_breaks)}"]
@@ -39,6 +54,13 @@ class Explanation:
             lines += [f"  - {g}" for g in self.matmuls]
         lines.append("guards:")
         lines += [f"  {g}" for g in self.guards]
+        for i, t in enumerate(self.training):
+            lines.append(f"training step {i}: forward kernels {', '.join(t['forward_kernels']) or '(none)'}; "
+                         f"backward kernels {', '.join(t['backward_kernels']) or '(none)'}")
+            lines.append(f"  saved for the backward ({t['saved_bytes']} bytes), recomputed ({t['recomputed']}):")
+            lines += ["  " + l for l in t["partition"].splitlines()]
+            lines.append("  joint graph (forward, then autograd's backward from the tangents):")
+            lines += ["    " + l for l in t["joint_graph"].splitlines()]
         for i, g in enumerate(self.graphs):
             lines.append(f"graph {i}:")
             lines += ["  " + l for l in g.splitlines()]

@@ -11,7 +11,13 @@ from ._compile import CompiledFunction
 
 
 def kiln_backend(gm, example_inputs):
-    """Dynamo backend entry: returns a callable equivalent to `gm`."""
+    """Dynamo backend entry: returns a callable equivalent to `gm`. Training works the same way
+    as through kiln.compile: a call that needs gradients (Dynamo passes parameters as inputs
+    that require grad) compiles its forward and its backward (Note [Training capture])."""
+    # A lazily recompiled GraphModule writes its code attributes on its first call; kiln would
+    # take that for a Python side effect of every call and run eagerly.
+    if hasattr(gm, "real_recompile"):
+        gm.real_recompile()
     return CompiledFunction(gm.forward, module=gm)
 
 
