@@ -2,8 +2,10 @@
 /// Scaled dot-product attention forward and backward as primitive nodes (see attention_ops.h).
 #include "capture/attention_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <utility>
 
 #include "support/error.h"
 

@@ -15,6 +15,7 @@
 #include "capture/batch_norm_ops.h"
 
 #include <cmath>
+#include <utility>
 
 #include "support/error.h"
 
@@ -103,8 +104,10 @@ BatchNormTrain batch_norm_train(GraphEditor& e, const BatchNorm& bn) {
   r.save_mean = k.vector(mean);
   r.save_invstd = k.vector(invstd);
   auto [m, keep] = k.momentum();
-  if (bn.running_mean >= 0)
-    r.running_mean = k.b(OpKind::Add, k.b(OpKind::Mul, k.c(m), r.save_mean), k.b(OpKind::Mul, k.c(keep), bn.running_mean));
+  if (bn.running_mean >= 0) {
+    int old = k.b(OpKind::Mul, k.c(keep), bn.running_mean);
+    r.running_mean = k.b(OpKind::Add, k.b(OpKind::Mul, k.c(m), r.save_mean), old);
+  }
   if (bn.running_var >= 0) {
     // n == 1 divides by 0, as eager does (inf, or nan for a zero sum).
     int unbiased = k.widen(k.b(OpKind::Div, var_sum, k.c(static_cast<double>(k.n_ - 1))));

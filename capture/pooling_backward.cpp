@@ -2,6 +2,8 @@
 /// Pooling backward as primitive nodes (see pooling_backward.h).
 #include "capture/pooling_backward.h"
 
+#include <algorithm>
+
 #include "support/error.h"
 
 namespace kiln::capture {
@@ -95,7 +97,8 @@ int avg_pool_backward(GraphEditor& e, int grad_output, int x, const PoolWindow& 
 
 int adaptive_avg_pool_backward(GraphEditor& e, int grad_output, int x, size_t n) {
   const Sizes xs = e.node(x).sizes, gs = e.node(grad_output).sizes;
-  KILN_UNSUPPORTED_IF(n == 0 || gs.size() < n || xs.size() != gs.size(), "adaptive_avg_pool backward of the wrong rank");
+  KILN_UNSUPPORTED_IF(n == 0 || gs.size() < n || xs.size() != gs.size(),
+                      "adaptive_avg_pool backward of the wrong rank");
   size_t rank = xs.size(), lead = rank - n;
   std::vector<int64_t> out(gs.begin() + static_cast<int64_t>(lead), gs.end());
   check_grad(e, grad_output, x, n, out);

@@ -50,13 +50,14 @@ int64_t result(const std::string& name, const Attrs& attrs, size_t at, int64_t c
 
 Attention attention_of(const GraphEditor& e, const std::string& name, const std::vector<Operand>& args,
                        const Attrs& attrs, size_t first) {
-  KILN_UNSUPPORTED_IF(args.size() != first + 4, "{} takes {} operands", name, first + 4);
+  KILN_UNSUPPORTED_IF(args.size() != first + 4 || attrs.ints.size() != 2, "{} takes {} operands and 2 ints", name,
+                      first + 4);
   Attention a;
   a.q = tensor(name, args, first);
   a.k = tensor(name, args, first + 1);
   a.v = tensor(name, args, first + 2);
   a.mask = optional(args, first + 3);
-  a.causal = attrs.ints.at(0) != 0;
+  a.causal = attrs.ints[0] != 0;
   const Sizes& qs = e.node(a.q).sizes;
   a.scale = attrs.floats.empty() ? 1.0 / std::sqrt(static_cast<double>(qs.empty() ? 1 : qs.back())) : attrs.floats[0];
   return a;
@@ -105,11 +106,12 @@ int training_op(GraphEditor& e, const std::string& name, const std::vector<Opera
     return results[r];
   }
   if (name == "batch_norm_backward") {
-    KILN_UNSUPPORTED_IF(args.size() != 7 || attrs.floats.size() != 1, "{} takes 7 operands and eps", name);
+    KILN_UNSUPPORTED_IF(args.size() != 7 || attrs.ints.size() != 2 || attrs.floats.size() != 1,
+                        "{} takes 7 operands, 2 ints and eps", name);
     BatchNorm bn{tensor(name, args, 1), optional(args, 2), -1, optional(args, 3), optional(args, 4), 0.0,
                  attrs.floats[0]};
     BatchNormGrads g = batch_norm_backward(e, bn, tensor(name, args, 0), optional(args, 5), optional(args, 6),
-                                           attrs.ints.at(0) != 0);
+                                           attrs.ints[0] != 0);
     int64_t r = result(name, attrs, 1, 3);
     return r == 0 ? g.input : r == 1 ? g.weight : g.bias;
   }
