@@ -3,11 +3,13 @@
 ///
 /// Besides the names of ops.def, `call` accepts: "full" (a scalar broadcast to attrs.ints
 /// sizes in attrs.dtype), "identity" (returns its operand), "copy" (a new value equal to its
-/// operand), and the pooling and upsampling ops of window_op below.
+/// operand), the pooling and upsampling ops of window_op below, and the training ops of
+/// capture/training_ops.cpp (attention, batch norm training, pooling backward).
 #include "capture/graph_builder.h"
 
 #include <fmt/format.h>
 
+#include "capture/training_ops.h"
 #include "capture/window_ops.h"
 #include "support/error.h"
 
@@ -112,6 +114,7 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
     return editor_.append(std::move(n));
   }
   if (int v = window_op(name, args, attrs); v >= 0) return v;
+  if (int v = training_op(editor_, name, args, attrs); v >= 0) return v;
   if (name == "full") {
     KILN_UNSUPPORTED_IF(args.size() != 1, "full takes one scalar");
     int c = value_of(args[0], attrs.dtype);

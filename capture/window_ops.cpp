@@ -28,9 +28,8 @@ struct Pooled {
   size_t dim(size_t i) const { return rank - n + i; }
 };
 
-Pooled pooled(const GraphEditor& e, int x, const PoolWindow& w) {
+Pooled pooled(const Sizes& xs, const PoolWindow& w) {
   Pooled p;
-  const Sizes& xs = e.node(x).sizes;
   p.rank = xs.size();
   p.n = w.kernel.size();
   KILN_UNSUPPORTED_IF(p.n == 0 || p.n > p.rank || w.stride.size() != p.n || w.padding.size() != p.n ||
@@ -94,7 +93,7 @@ int int_const(GraphEditor& e, int64_t v) { return e.int_constant(v, DType::Int64
 int max_pool(GraphEditor& e, int x, const PoolWindow& w) {
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "max_pool of {} is not lowered", dtype_name(t));
-  Pooled p = pooled(e, x, w);
+  Pooled p = pooled(e.node(x).sizes, w);
   int xp = padded(e, x, w, p, -std::numeric_limits<double>::infinity());
   int best = -1;
   // Maximum(a, b) takes a when a is NaN or a > b: eager's `val > max || isnan(val)`, with the
@@ -108,7 +107,7 @@ int max_pool(GraphEditor& e, int x, const PoolWindow& w) {
 int max_pool_indices(GraphEditor& e, int x, const PoolWindow& w) {
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "max_pool of {} is not lowered", dtype_name(t));
-  Pooled p = pooled(e, x, w);
+  Pooled p = pooled(e.node(x).sizes, w);
   int xp = padded(e, x, w, p, -std::numeric_limits<double>::infinity());
   // Per pooled dim: the window's first input position o*s - pad, and the plane stride.
   std::vector<int> start(p.n);
@@ -152,33 +151,38 @@ int max_pool_indices(GraphEditor& e, int x, const PoolWindow& w) {
 int avg_pool(GraphEditor& e, int x, const PoolWindow& w, bool count_include_pad, int64_t divisor_override) {
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "avg_pool of {} is not lowered", dtype_name(t));
-  Pooled p = pooled(e, x, w);
+  Pooled p = pooled(e.node(x).sizes, w);
   int xp = padded(e, x, w, p, 0.0);
   // Eager sums from 0 in scan order; the padding's zeros it skips add nothing here (s + 0 == s,
   // and the running sum is never -0 after starting from +0).
   int sum = e.constant(0.0, t);
   for_each_tap(e, xp, w, p, [&](int v, const std::vector<int64_t>&) { sum = e.binary(OpKind::Add, sum, v); });
-  int divisor;
-  if (divisor_override != 0) {
-    divisor = int_const(e, divisor_override);
-  } else {
-    // Per pooled dim, ATen's window: [o*s - pad, min(o*s - pad + k, in + pad)), its size counted
-    // with the padding, or clipped to [0, in) without it; the divisor is their product.
-    divisor = -1;
-    for (size_t i = 0; i < p.n; ++i) {
-      int o = e.iota({p.out[i]}, 0, DType::Int64);
-      int start = e.binary(OpKind::Sub, e.binary(OpKind::Mul, o, int_const(e, w.stride[i])), int_const(e, w.padding[i]));
-      int end = e.binary(OpKind::Minimum, int_const(e, p.in[i] + w.padding[i]),
-                         e.binary(OpKind::Add, start, int_const(e, w.kernel[i])));
-      if (!count_include_pad) {
-        start = e.binary(OpKind::Maximum, int_const(e, 0), start);
-        end = e.binary(OpKind::Minimum, int_const(e, p.in[i]), end);
-      }
-      int size = along(e, e.binary(OpKind::Sub, end, start), p.rank, p.dim(i));
-      divisor = divisor < 0 ? size : e.binary(OpKind::Mul, divisor, size);
-    }
-  }
+  int divisor = avg_pool_divisor(e, e.node(x).sizes, w, count_include_pad, divisor_override);
   return e.binary(OpKind::Div, sum, e.cast(divisor, t));
+}
+
+std::vector<int64_t> pooled_sizes(const Sizes& in, const PoolWindow& w) { return pooled(in, w).out; }
+
+int avg_pool_divisor(GraphEditor& e, const Sizes& in, const PoolWindow& w, bool count_include_pad,
+                     int64_t divisor_override) {
+  Pooled p = pooled(in, w);  // first: `in` may be a node's sizes, which appending nodes moves
+  if (divisor_override != 0) return int_const(e, divisor_override);
+  // Per pooled dim, ATen's window: [o*s - pad, min(o*s - pad + k, in + pad)), its size counted
+  // with the padding, or clipped to [0, in) without it; the divisor is their product.
+  int divisor = -1;
+  for (size_t i = 0; i < p.n; ++i) {
+    int o = e.iota({p.out[i]}, 0, DType::Int64);
+    int start = e.binary(OpKind::Sub, e.binary(OpKind::Mul, o, int_const(e, w.stride[i])), int_const(e, w.padding[i]));
+    int end = e.binary(OpKind::Minimum, int_const(e, p.in[i] + w.padding[i]),
+                       e.binary(OpKind::Add, start, int_const(e, w.kernel[i])));
+    if (!count_include_pad) {
+      start = e.binary(OpKind::Maximum, int_const(e, 0), start);
+      end = e.binary(OpKind::Minimum, int_const(e, p.in[i]), end);
+    }
+    int size = along(e, e.binary(OpKind::Sub, end, start), p.rank, p.dim(i));
+    divisor = divisor < 0 ? size : e.binary(OpKind::Mul, divisor, size);
+  }
+  return divisor;
 }
 
 int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_sizes) {
@@ -197,7 +201,7 @@ int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_siz
     w.padding.push_back(0);
     w.dilation.push_back(1);
   }
-  Pooled p = pooled(e, x, w);
+  Pooled p = pooled(e.node(x).sizes, w);
   int sum = e.constant(0.0, t);
   for_each_tap(e, x, w, p, [&](int v, const std::vector<int64_t>&) { sum = e.binary(OpKind::Add, sum, v); });
   for (int64_t k : w.kernel) sum = e.binary(OpKind::Div, sum, e.cast(int_const(e, k), t));

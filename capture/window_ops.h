@@ -33,6 +33,16 @@ int max_pool_indices(ir::GraphEditor& e, int x, const PoolWindow& w);
 /// when `count_include_pad`), or by `divisor_override` when it is non-zero.
 int avg_pool(ir::GraphEditor& e, int x, const PoolWindow& w, bool count_include_pad, int64_t divisor_override);
 
+/// The output sizes of pooling the trailing `w.kernel.size()` dims of sizes `in` (ATen's
+/// pooling_output_shape); throws Unsupported for a window kiln does not lower.
+std::vector<int64_t> pooled_sizes(const ir::Sizes& in, const PoolWindow& w);
+
+/// avg_pool's divisor at each output position, int64 and broadcasting against the output:
+/// `divisor_override` when non-zero, else the window's size (padding counted when
+/// `count_include_pad`), as ATen's kernels compute it.
+int avg_pool_divisor(ir::GraphEditor& e, const ir::Sizes& in, const PoolWindow& w, bool count_include_pad,
+                     int64_t divisor_override);
+
 /// adaptive_avg_pool where every output window has the same size (input size a multiple of
 /// the output size in each pooled dim): the window sum divided by each window dim in turn, as
 /// eager's kernel does (its channels-last kernel divides once by the window size in its

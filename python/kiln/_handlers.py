@@ -838,65 +838,6 @@ def _mv(tr, a, out):
     return tr.call("reshape", [Value(tr.call("matmul", [lhs, col]))], ints=list(out.shape) or [])
 
 
-@handles(aten._scaled_dot_product_flash_attention_for_cpu)
-def _sdpa(tr, a, out):
-    """F.scaled_dot_product_attention in eval (no dropout), causal or with a mask (torch turns a
-    boolean mask into a 0 / -inf one before this op): softmax(q k^T * scale + mask) v as two
-    products and a row kernel (13% faster than eager's fused CPU kernel at 8x8x128x64). A row
-    the mask hides entirely is 0, as eager's fused kernel gives it (the math path's softmax
-    would be nan). Dropout stays eager. The logsumexp result is not recorded (a later read of
-    it stops the capture)."""
-    q, k, v = a["query"], a["key"], a["value"]
-    mask = a.get("attn_mask")
-    if (a.get("dropout_p", 0.0) != 0.0 or not _blas_ready(tr, q, k, v, out[0])
-            or q.dim() < 2 or 0 in q.shape or 0 in k.shape
-            or (mask is not None and (mask.dtype not in (torch.bool, q.dtype) or a.get("is_causal")))):
-        raise NoLowering()
-    k_shape, v_shape = list(k.shape), list(v.shape)
-    if q.dim() >= 3 and q.shape[:-3] == k.shape[:-3] == v.shape[:-3] \
-            and k.shape[-3] == v.shape[-3] and q.shape[-3] != k.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
-        # Grouped-query attention (enable_gqa: the op sees fewer key/value heads): query head h
-        # reads key/value head h // (Hq / Hkv), as eager's repeat_interleave; here a broadcast
-        # view, not a copy.
-        k, k_shape = _repeat_heads(tr, k, q.shape[-3]), k_shape[:-3] + [q.shape[-3]] + k_shape[-2:]
-        v, v_shape = _repeat_heads(tr, v, q.shape[-3]), v_shape[:-3] + [q.shape[-3]] + v_shape[-2:]
-    if not (list(q.shape[:-2]) == k_shape[:-2] == v_shape[:-2]):
-        raise NoLowering()
-    scale = a.get("scale")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    perm = list(range(q.dim() - 2)) + [q.dim() - 1, q.dim() - 2]
-    k_len = k_shape[-2]
-    kt = Value(tr.call("permute", [k], ints=perm))
-    s = Value(tr.call("mul", [Value(tr.call("matmul", [q, kt])), scale]))
-    last = q.dim() - 1
-    if a.get("is_causal"):
-        shape = list(q.shape[:-1]) + [k_len]
-        row = Value(tr.call("iota", [], ints=shape + [q.dim() - 2], dtype="int64"))
-        col = Value(tr.call("iota", [], ints=shape + [last], dtype="int64"))
-        s = Value(tr.call("where", [Value(tr.call("gt", [col, row])), float("-inf"), s]))
-    if mask is None:
-        p = Value(tr.call("softmax", [s], ints=[last]))
-    else:
-        if mask.dtype == torch.bool:
-            s = Value(tr.call("where", [mask, s, float("-inf")]))
-        else:
-            s = Value(tr.call("add", [s, mask]))
-        p = Value(tr.call("softmax", [s], ints=[last]))
-        dead = Value(tr.call("eq", [Value(tr.call("amax", [s], ints=[last], int_value=1)), float("-inf")]))
-        p = Value(tr.call("where", [dead, 0.0, p]))
-    return [tr.call("matmul", [p, v]), None]
-
-
-def _repeat_heads(tr, t, heads):
-    """[.., Hkv, S, D] as [.., heads, S, D], head h reading head h // (heads / Hkv): a view."""
-    shape = list(t.shape)
-    group = heads // shape[-3]
-    grouped = shape[:-2] + [1] + shape[-2:]
-    x = tr.call("reshape", [t], ints=grouped)
-    x = tr.call_value("expand", [x], ints=shape[:-2] + [group] + shape[-2:])
-    return Value(tr.call_value("reshape", [x], ints=shape[:-3] + [heads] + shape[-2:]))
-
-
 @handles(aten._safe_softmax)
 def _safe_softmax(tr, a, out):
     """softmax that gives 0, not nan, on rows that are all -inf (SDPA's math path masks with it):

@@ -494,12 +494,13 @@ class Tracer(TorchDispatchMode):
     def _record_handled(self, func, args, kwargs, out, handler):
         if isinstance(out, torch.Tensor):
             self._bind_result(out, handler(self, _bind(func, args, kwargs), out))
-        elif isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
+        elif isinstance(out, (tuple, list)) and all(t is None or isinstance(t, torch.Tensor) for t in out):
+            # (a backward op's results that output_mask did not ask for are None)
             vids = handler(self, _bind(func, args, kwargs), out)
             if not isinstance(vids, list) or len(vids) != len(out):
                 raise CaptureFailed(f"{func} returns {len(out)} tensors; kiln records one", op=str(func))
             for t, vid in zip(out, vids):
-                if vid is not None:
+                if vid is not None and t is not None:
                     self._bind_result(t, vid)
         else:
             raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
@@ -818,3 +819,4 @@ def trace(fn, args, kwargs, leaves, candidates, target=None):
 
 # The handlers import this module's names; importing them last breaks the cycle.
 from ._handlers import HANDLERS, NoLowering, Value  # noqa: E402
+from . import _training_handlers  # noqa: E402,F401  (registers its handlers into HANDLERS)
