@@ -222,11 +222,15 @@ def _fill_slots(x, tensors):
 class _Fallback:
     """Re-runs one recorded ATen op on new tensor operands (a fallback node's callable)."""
 
-    def __init__(self, func, args, kwargs):
+    def __init__(self, func, args, kwargs, keep=None):
         self.func, self.args, self.kwargs = func, args, kwargs
+        # Positions of the tensor results when some are None (convolution_backward without the
+        # input's gradient): the program binds only those, in order.
+        self.keep = keep
 
     def __call__(self, *tensors):
-        return self.func(*_fill_slots(self.args, tensors), **_fill_slots(self.kwargs, tensors))
+        out = self.func(*_fill_slots(self.args, tensors), **_fill_slots(self.kwargs, tensors))
+        return out if self.keep is None else tuple(out[i] for i in self.keep)
 
     def __repr__(self):
         return str(self.func)
@@ -538,6 +542,10 @@ class Tracer(TorchDispatchMode):
         values derive from guarded arguments, shapes, or constants)."""
         targs, tkwargs, tensors = _template(args, kwargs)
         results = list(out) if isinstance(out, (tuple, list)) else [out]
+        keep = None
+        if isinstance(out, (tuple, list)) and any(t is None for t in results):
+            keep = [i for i, t in enumerate(results) if t is not None]
+            results = [results[i] for i in keep]
         if not results or not all(isinstance(t, torch.Tensor) for t in results):
             raise CaptureFailed(f"kiln has no lowering for {func}, and it returns {type(out).__name__}", op=str(func))
         for t in results:
@@ -545,7 +553,7 @@ class Tracer(TorchDispatchMode):
                 raise CaptureFailed(f"{func} returns a {t.layout} tensor", op=str(func))
         vids = [self.value_of(t) for t in tensors]
         index = len(self.fallbacks)
-        self.fallbacks.append(_Fallback(func, targs, tkwargs))
+        self.fallbacks.append(_Fallback(func, targs, tkwargs, keep))
         # A convolution that is not transposed: passes may fold a batch norm into its weights
         conv = func is aten.convolution.default and not _bind(func, args, kwargs)["transposed"]
         traits = _C.FALLBACK_CONVOLUTION if conv else 0
