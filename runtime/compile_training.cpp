@@ -2,6 +2,7 @@
 /// The training compile driver (see compile_training.h).
 #include "runtime/compile_training.h"
 
+#include "ir/graph_editor.h"
 #include "runtime/debug_dump.h"
 #include "support/error.h"
 
@@ -18,6 +19,17 @@ void adopt_saved_layouts(const ir::KernelProgram& forward, passes::Partition& p)
   }
 }
 
+namespace {
+/// KILN_INJECT_BUG=gradient (tests only): the first gradient comes out doubled, a planted wrong
+/// backward that KILN_CHECK and the fuzzer's training mode must catch.
+void plant_gradient_bug(ir::Graph& backward) {
+  if (backward.outputs.empty()) return;
+  ir::GraphEditor e(backward);
+  int g = backward.outputs[0];
+  backward.outputs[0] = e.binary(ir::OpKind::Mul, g, e.constant(2.0, backward.nodes[g].dtype));
+}
+}  // namespace
+
 CompiledCpuTraining compile_cpu_training(const ir::Graph& joint, const passes::JointSpec& spec,
                                          const passes::PartitionOptions& popts, const CpuCompileOptions& opts) {
   CompiledCpuTraining out;
@@ -31,6 +43,7 @@ CompiledCpuTraining compile_cpu_training(const ir::Graph& joint, const passes::J
   if (!opts.debug_dir.empty()) half.debug_dir = opts.debug_dir + "/forward";
   out.forward = compile_cpu_graph(out.partition.forward, half);
   adopt_saved_layouts(out.forward.program->program(), out.partition);
+  if (opts.passes.inject_bug == "gradient") plant_gradient_bug(out.partition.backward);
   if (!opts.debug_dir.empty()) half.debug_dir = opts.debug_dir + "/backward";
   out.backward = compile_cpu_graph(out.partition.backward, half);
   if (out.forward.dump_error.empty()) out.forward.dump_error = dump.error;

@@ -37,7 +37,8 @@ namespace kiln {
   X(check, "KILN_CHECK", "0", "1: compare every compiled call with eager and report divergence") \
   X(profile, "KILN_PROFILE", "0", "1: time every kernel of programs compiled from now on "           \
                                   "(kiln.kernels(f)[i].time_ns)")                                   \
-  X(inject_bug, "KILN_INJECT_BUG", "", "test only: plant a wrong lowering (relu) to prove "         \
+  X(inject_bug, "KILN_INJECT_BUG", "", "test only: plant a wrong lowering (relu; gradient: the "    \
+                                       "first gradient of a training step doubled) to prove "        \
                                        "KILN_CHECK and the fuzzer catch it")                           \
   X(inject_failure, "KILN_INJECT_FAILURE", "", "test only: make a compile stage fail (llvm) to "      \
                                                "prove the eager fallback and its recorded reason")

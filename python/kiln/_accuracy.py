@@ -79,11 +79,52 @@ def reproducer(fn, args, kwargs):
     return "\n".join(lines) + "\n"
 
 
-def checked_call(compiled, args, kwargs):
-    ref_args, ref_kwargs = _clone(args), _clone(kwargs)
-    compiled._last_entry = None
-    got = compiled._call(*args, **kwargs)
+def _clone_keeping_grad(obj):
+    """_clone, but a tensor that requires grad stays one (a leaf of the reference's autograd)."""
+    if isinstance(obj, torch.Tensor):
+        c = obj.detach().clone()
+        return c.requires_grad_() if obj.requires_grad else c
+    if isinstance(obj, (list, tuple)) and not hasattr(type(obj), "_fields"):
+        return type(obj)(_clone_keeping_grad(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _clone_keeping_grad(v) for k, v in obj.items()}
+    return obj
+
+
+def _training_reference(compiled, args, kwargs):
+    """For a call that needs gradients: runs eager first, on clones of the arguments that keep
+    requires_grad, with the RNG and the module's buffers restored afterwards so the compiled call
+    sees what eager saw. Hands the reference to the compiled training step (GradientCheck), whose
+    backward compares its gradients with eager's for the same output gradients."""
+    from . import _autograd
+    ref_args, ref_kwargs = _clone_keeping_grad(args), _clone_keeping_grad(kwargs)
+    module = compiled._module
+    buffers = [(b, b.detach().clone()) for b in module.buffers()] if module is not None else []
+    rng = torch.random.get_rng_state()
     want = compiled._fn(*ref_args, **ref_kwargs)
+    torch.random.set_rng_state(rng)
+    for b, v in buffers:
+        b.data.copy_(v)  # no version bump: the reference's autograd graph may have saved b
+    want_leaves, ref_leaves = [], []
+    flatten(want, want_leaves)
+    flatten((ref_args, ref_kwargs), ref_leaves)
+    _autograd.GradientCheck.pending = _autograd.GradientCheck(compiled, want_leaves, ref_leaves, args, kwargs)
+    return want
+
+
+def checked_call(compiled, args, kwargs):
+    compiled._last_entry = None
+    if torch.is_grad_enabled():
+        want = _training_reference(compiled, args, kwargs)
+        try:
+            got = compiled._call(*args, **kwargs)
+        finally:
+            from . import _autograd
+            _autograd.GradientCheck.pending = None
+    else:
+        ref_args, ref_kwargs = _clone(args), _clone(kwargs)
+        got = compiled._call(*args, **kwargs)
+        want = compiled._fn(*ref_args, **ref_kwargs)
     diff = _first_difference(got, want)
     if diff is None:
         return got

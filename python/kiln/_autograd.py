@@ -32,6 +32,8 @@ class TrainingRunner:
         self.saved_inputs = list(program.saved_inputs)
         self.gradient_positions = list(program.gradient_positions)
         self.failure = ""
+        self.out_specs = []  # the entry's result specs: which result leaf each output is (KILN_CHECK)
+        self.check = None    # the GradientCheck of the call being run (KILN_CHECK=1)
 
     def __call__(self, full, grad):
         """The forward outputs (attached to autograd), None when the guards miss, or False when
@@ -39,6 +41,7 @@ class TrainingRunner:
         if not self.guards.check(full, grad):
             return None
         inputs = [full[i] for i, _ in self.grad_leaves]
+        self.check, GradientCheck.pending = GradientCheck.pending, None  # KILN_CHECK=1 only
         out = SegmentFunction.apply(self, full, *inputs)
         if out is _FAILED:
             return False
@@ -67,6 +70,7 @@ class SegmentFunction(torch.autograd.Function):
         if out is False:
             return _FAILED
         ctx.runner = runner
+        ctx.check = runner.check.bind(runner, full) if runner.check is not None else None
         ctx.set_materialize_grads(False)
         saved = [out[p] for p in runner.saved_positions] + [full[i] for i in runner.saved_inputs]
         ctx.save_for_backward(*saved)
@@ -101,4 +105,50 @@ class SegmentFunction(torch.autograd.Function):
         result = [None, None]
         for _, pos in runner.grad_leaves:
             result.append(out[runner.gradient_positions[pos]])
+        if ctx.check is not None:
+            ctx.check(grads, result[2:])
         return tuple(result)
+
+
+class GradientCheck:
+    """KILN_CHECK=1 for a call that needs gradients: eager's outputs and autograd graph for the
+    same inputs (_accuracy._training_reference), compared in the compiled backward with eager's
+    gradients for the same output gradients. `pending`: the reference of the call about to run."""
+
+    pending = None
+
+    def __init__(self, compiled, want_leaves, ref_arg_leaves, args, kwargs):
+        self.compiled, self.want_leaves, self.ref_arg_leaves = compiled, want_leaves, ref_arg_leaves
+        self.args, self.kwargs = args, kwargs
+
+    def bind(self, runner, full):
+        """The check of one call: which eager output each differentiable output is, and which
+        eager leaf each gradient is for."""
+        outputs = {}
+        for k, spec in enumerate(runner.out_specs):
+            if spec[0] == "graph" and spec[1] not in outputs:
+                outputs[spec[1]] = self.want_leaves[k]
+        n = len(self.ref_arg_leaves)
+        inputs = [self.ref_arg_leaves[i] if i < n else full[i] for i, _ in runner.grad_leaves]
+        return lambda grads, got: self.compare(runner, outputs, inputs, grads, got)
+
+    def compare(self, runner, outputs, inputs, grads, got):
+        from ._accuracy import AccuracyError, _first_difference, reproducer
+        pairs = [(outputs[p], grads[p]) for p in runner.differentiable
+                 if grads[p] is not None and p in outputs and outputs[p].requires_grad]
+        if not pairs:
+            return
+        want = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True,
+                                   retain_graph=True)
+        want = [torch.zeros_like(x) if w is None else w for w, x in zip(want, inputs)]
+        got = [torch.zeros_like(x) if g is None else g for g, x in zip(got, inputs)]
+        diff = _first_difference(tuple(got), tuple(want))
+        if diff is None:
+            return
+        index, what = diff
+        leaf = runner.grad_leaves[index][0]
+        raise AccuracyError(
+            f"kiln: the compiled backward of {getattr(self.compiled, '__name__', 'fn')} diverges from eager's "
+            f"gradient (KILN_CHECK=1): gradient of leaf {leaf}: {what.replace('output', 'gradient', 1)}\n"
+            f"backward graph:\n{runner.program.backward.graph}\n"
+            f"reproducer of the forward:\n{reproducer(self.compiled._fn, self.args, self.kwargs)}")

@@ -380,6 +380,7 @@ class _Entry:
         self.tree = None  # set for a tree of segments (graph breaks)
         self.training = None  # the _C.TrainingProgram of a compiled training step (native runs it)
         self.mutations = []  # (leaf index, output position): new values written back after a call
+        self.silent = set()  # leaves among them written without a version bump (Tracer.silent_updates)
         self.data_dependent_failures = 0  # calls whose fallback op returned another shape
         if program is None:
             self.native = None
@@ -483,7 +484,9 @@ class CompiledFunction:
             if entry.single:
                 return out[0]
             for leaf, pos in entry.mutations:
-                full[leaf].copy_(out[pos])  # in-place ops on arguments/buffers, as eager does
+                # in-place ops on arguments/buffers, as eager does (batch norm's running
+                # statistics without a version bump, as eager's kernel writes them)
+                (full[leaf].data if leaf in entry.silent else full[leaf]).copy_(out[pos])
             return self._result(entry, out, full)
         return self._miss(args, kwargs, leaves, spec, grad, state)
 
@@ -623,6 +626,7 @@ class CompiledFunction:
         entry = _Entry(_build_guards(full, grad, set(tracer.mutations)), getters, program, out_specs, result_spec,
                        fallbacks=tracer.fallbacks)
         entry.mutations = mutations
+        entry.silent = set(tracer.silent_updates)
         entry.single = entry.single and not mutations
         self._maybe_fast(spec, entry, len(leaves))
         for fb in tracer.fallbacks:
@@ -693,7 +697,9 @@ class CompiledFunction:
         entry.training = tp
         entry.native = _autograd.TrainingRunner(guards, tp, tracer.fallbacks, joint["differentiable"],
                                                 joint["grad_leaves"], joint["output_meta"])
+        entry.native.out_specs = out_specs
         entry.mutations = mutations
+        entry.silent = set(tracer.silent_updates)
         entry.single = entry.single and not mutations
         for fb in tracer.fallbacks:
             _counters.record_fallback_op(str(fb))

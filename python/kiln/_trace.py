@@ -303,6 +303,7 @@ class Tracer(TorchDispatchMode):
         self.pending_cut = False  # a value was read: the next op starts a new segment
         self.breaks = []          # (reason, location) of each value read
         self.mutations = {}       # leaf index -> (segment, value id, tensor): its value after the call
+        self.silent_updates = set()  # leaves among them eager writes without a version bump
         self.views = {}           # id(view) -> (base, dim, start, end, step, shape before squeeze or None)
         self.leaf_index = {}    # id(leaf tensor) -> leaf position
         self.live = {}          # id(tensor) -> weak reference, for every tensor the maps mention
@@ -732,10 +733,16 @@ class Tracer(TorchDispatchMode):
         if chain:
             self._refresh_views(chain[-1][0], view)
 
-    def _note_mutation(self, target, leaf):
+    def _note_mutation(self, target, leaf, silent=False):
         """Remembers the new value of a mutated argument/parameter/buffer: it is written back
-        into the caller's tensor after each compiled call, as eager's in-place op would."""
+        into the caller's tensor after each compiled call, as eager's in-place op would.
+        `silent`: eager's op writes it without bumping its version counter (batch norm's running
+        statistics), so the write-back does not either (a saved tensor stays valid)."""
         if leaf is not None:
+            if silent:
+                self.silent_updates.add(leaf)
+            else:
+                self.silent_updates.discard(leaf)
             if self.in_backward:
                 raise CaptureFailed("autograd: the backward of the function writes an argument, parameter or "
                                     "buffer in place")

@@ -97,7 +97,7 @@ def _record_update(tr, target, vid):
         raise CaptureFailed("batch_norm updates running statistics that share memory with another tensor",
                             op="aten.native_batch_norm")
     tr._bind_result(target, vid)
-    tr._note_mutation(target, leaf)
+    tr._note_mutation(target, leaf, silent=True)  # eager's kernel writes without a version bump
 
 
 @handles(aten.native_batch_norm)

@@ -316,3 +316,29 @@ def test_non_contiguous_inputs_and_expanded_gradients():
         f(x).sum().backward()
         fk(xk).sum().backward()
         assert rel_err(xk.grad, x.grad) < 1e-5
+
+
+def test_check_mode_compares_gradients_with_eager():
+    m = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 2)).train()
+    ref = copy.deepcopy(m)
+    mk = kiln.compile(m)
+    with kiln.config.patch(check=1):
+        for i in range(3):
+            x = torch.randn(5, 6)
+            torch.manual_seed(i)
+            mk(x).square().sum().backward()
+            torch.manual_seed(i)
+            ref(x).square().sum().backward()
+    assert kiln.counters()["compiled_backward_calls"] == 2
+    # the reference run inside check mode must not update the batch norm's buffers a second time
+    for a, b in zip(m.buffers(), ref.buffers()):
+        torch.testing.assert_close(a, b)
+
+
+def test_check_mode_catches_a_wrong_gradient():
+    w = torch.randn(3, 3, requires_grad=True)
+    f = kiln.compile(lambda x: torch.tanh(x @ w).sum())
+    with kiln.config.patch(check=1, inject_bug="gradient"):
+        f(torch.randn(2, 3)).backward()  # capture: eager
+        with pytest.raises(kiln.AccuracyError, match="compiled backward"):
+            f(torch.randn(2, 3)).backward()
