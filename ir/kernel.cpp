@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <set>
 
 namespace kiln::ir {
 
@@ -55,6 +56,44 @@ std::vector<bool> read_outside_kernels(const KernelProgram& p) {
   for (const OutputSpec& o : p.outputs)
     if (o.kind == OutputSpec::Kind::Buffer) read.at(o.index) = true;
   return read;
+}
+
+std::vector<BufferLifetime> buffer_lifetimes(const KernelProgram& p, bool epilogues_at_product) {
+  std::vector<BufferLifetime> out(p.buffers.size());
+  auto touch = [&](int b, int step) {
+    BufferLifetime& l = out.at(b);
+    if (l.first < 0 || step < l.first) l.first = step;
+    l.last = std::max(l.last, step);
+  };
+  for (size_t s = 0; s < p.steps.size(); ++s) {
+    const Step& st = p.steps[s];
+    int si = static_cast<int>(s);
+    if (st.kind == Step::Kind::Extern) {
+      for (int b : p.externs[st.index].inputs) touch(b, si);
+      for (int b : p.externs[st.index].outputs) touch(b, si);
+      continue;
+    }
+    if (st.kind == Step::Kind::Gemm) {
+      const GemmCall& g = p.gemms[st.index];
+      touch(g.a.buffer, si);
+      touch(g.b.buffer, si);
+      touch(g.out, si);
+      if (g.bias >= 0) touch(g.bias, si);
+      continue;
+    }
+    if (epilogues_at_product && s > 0 && p.steps[s - 1].kind == Step::Kind::Gemm &&
+        p.gemms[p.steps[s - 1].index].epilogue == st.index)
+      --si;  // it may run inside the product's step, on each tile
+    const Kernel& k = p.kernels[st.index];
+    std::set<Expr> seen;
+    for (Expr e : k.exprs())
+      visit(e, seen, [&](Expr x) {
+        if (x->op == ExprOp::Load && x->ival >= 0) touch(static_cast<int>(x->ival), si);
+      });
+    for (const auto& ph : k.phases)
+      for (const auto& store : ph.stores) touch(store.buffer, si);
+  }
+  return out;
 }
 
 const char* reduce_op_name(ReduceOp r) {

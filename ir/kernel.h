@@ -160,6 +160,16 @@ struct KernelProgram {
 /// extern's input) or the program returns it.
 std::vector<bool> read_outside_kernels(const KernelProgram& p);
 
+/// The steps between which a buffer is in use: `first` is the first step that reads or writes
+/// it, `last` the last one (-1, -1: no step touches it). A kernel a matrix product runs on each
+/// tile (GemmCall::epilogue, always the next step) touches its buffers during the product's
+/// step, which is where `at_product` (the runtime's arena planner) counts it; the bindings'
+/// allocation hook counts it at its own step, whose hook runs before the product.
+struct BufferLifetime {
+  int first = -1, last = -1;
+};
+std::vector<BufferLifetime> buffer_lifetimes(const KernelProgram& p, bool epilogues_at_product);
+
 std::string print(const Kernel& k);
 std::string print(const KernelProgram& p);
 

@@ -5,7 +5,6 @@
 #include <pybind11/stl.h>
 
 #include <functional>
-#include <set>
 
 #include "capture/graph_builder.h"
 #include "codegen_cpu/cpu_codegen.h"
@@ -212,48 +211,22 @@ class Entry {
     alloc_at_.assign(ns, {});
     release_at_.assign(ns, {});
     if (p.externs.empty()) return;
-    std::vector<int> first_write(nb, -1), last_read(nb, -1);
-    for (size_t s = 0; s < ns; ++s) {
-      const ir::Step& st = p.steps[s];
-      int si = static_cast<int>(s);
-      if (st.kind == ir::Step::Kind::Extern) {
-        for (int b : p.externs[st.index].inputs) last_read[b] = si;
-        for (int b : p.externs[st.index].outputs)
-          if (first_write[b] < 0) first_write[b] = si;
-        continue;
-      }
-      if (st.kind == ir::Step::Kind::Gemm) {
-        const ir::GemmCall& g = p.gemms[st.index];
-        last_read[g.a.buffer] = last_read[g.b.buffer] = si;
-        if (first_write[g.out] < 0) first_write[g.out] = si;
-        continue;
-      }
-      const ir::Kernel& k = p.kernels[st.index];
-      std::set<ir::Expr> seen;
-      for (ir::Expr e : k.exprs())
-        ir::visit(e, seen, [&](ir::Expr x) {
-          if (x->op == ir::ExprOp::Load && x->ival >= 0) last_read[x->ival] = si;
-        });
-      for (const auto& ph : k.phases)
-        for (const auto& store : ph.stores)
-          if (first_write[store.buffer] < 0) first_write[store.buffer] = si;
-    }
+    std::vector<ir::BufferLifetime> life = ir::buffer_lifetimes(p, /*epilogues_at_product=*/false);
     std::vector<bool> returned(nb, false);  // a fallback's result can be an output (kind Extern)
     for (const auto& o : p.outputs)
       if (o.kind == ir::OutputSpec::Kind::Buffer) returned[o.index] = true;
     for (size_t b = 0; b < nb; ++b) {
       auto kind = p.buffers[b].kind;
-      if (allocate_upfront_[b] && first_write[b] >= 0) {  // allocated by the step hook instead
-        alloc_at_[first_write[b]].push_back(static_cast<int>(b));
+      if (allocate_upfront_[b] && life[b].first >= 0) {  // allocated by the step hook instead
+        alloc_at_[life[b].first].push_back(static_cast<int>(b));
         allocate_upfront_[b] = false;
         has_lifetimes_ = true;
       }
       // Intermediates only (never an output or an argument): dropped after their last reader,
       // or right after they are made when nothing reads them.
       bool intermediate = (kind == ir::BufferKind::Shared || kind == ir::BufferKind::Extern) && !returned[b];
-      int last = std::max(last_read[b], first_write[b]);
-      if (intermediate && last >= 0) {
-        release_at_[last].push_back(static_cast<int>(b));
+      if (intermediate && life[b].last >= 0) {
+        release_at_[life[b].last].push_back(static_cast<int>(b));
         has_lifetimes_ = true;
       }
     }

@@ -46,6 +46,10 @@ CompiledCpuTraining compile_cpu_training(const ir::Graph& joint, const passes::J
   if (opts.passes.inject_bug == "gradient") plant_gradient_bug(out.partition.backward);
   if (!opts.debug_dir.empty()) half.debug_dir = opts.debug_dir + "/backward";
   out.backward = compile_cpu_graph(out.partition.backward, half);
+  // Intermediates are freed after each half, as eager frees them: the forward's must not stay
+  // held through the backward (peak memory), nor the backward's until the next step.
+  out.forward.program->set_keep_arenas(false);
+  out.backward.program->set_keep_arenas(false);
   if (out.forward.dump_error.empty()) out.forward.dump_error = dump.error;
   return out;
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "runtime/arena_plan.h"
 #include "runtime/gemm.h"
 #include "runtime/thread_pool.h"
 #include "support/error.h"
@@ -14,18 +15,13 @@ namespace kiln::runtime {
 
 namespace {
 constexpr size_t kAlign = 64;
-size_t round_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 }  // namespace
 
 CompiledProgram::CompiledProgram(ir::KernelProgram program, cpu::CpuCode code)
     : program_(std::move(program)), code_(std::move(code)) {
-  temp_offset_.assign(program_.buffers.size(), 0);
-  for (size_t i = 0; i < program_.buffers.size(); ++i) {
-    const auto& b = program_.buffers[i];
-    if (b.kind != ir::BufferKind::Temp) continue;
-    temp_offset_[i] = arena_bytes_;
-    arena_bytes_ += round_up(static_cast<size_t>(b.storage_numel()) * ir::dtype_bytes(b.dtype));
-  }
+  ArenaPlan plan = plan_arena(program_, kAlign);
+  temp_offset_ = std::move(plan.offset);
+  arena_bytes_ = plan.bytes;
   kernel_ns_.assign(program_.kernels.size(), 0);
   gemm_ns_.assign(program_.gemms.size(), 0);
 }
@@ -51,6 +47,10 @@ char* CompiledProgram::acquire_arena() {
 
 void CompiledProgram::release_arena(char* arena) {
   if (!arena) return;
+  if (!keep_arenas_) {
+    std::free(arena);
+    return;
+  }
   std::lock_guard<std::mutex> lock(pool_mu_);
   free_arenas_.push_back(arena);
 }

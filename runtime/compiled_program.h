@@ -41,6 +41,12 @@ class CompiledProgram {
   const std::vector<int64_t>& gemm_ns() const { return gemm_ns_; }
   int64_t calls() const { return calls_; }
   void set_profiling(bool on) { profiling_ = on; }
+  /// Whether a call's temporaries stay allocated for the next call (the default: no allocation,
+  /// no page faults per call) or are freed when it returns. A training step's forward frees
+  /// them, as eager frees its intermediates: they would otherwise stay held through the
+  /// backward and raise the step's peak memory.
+  void set_keep_arenas(bool keep) { keep_arenas_ = keep; }
+  size_t arena_bytes() const { return arena_bytes_; }
 
  private:
   char* acquire_arena();
@@ -56,6 +62,7 @@ class CompiledProgram {
   std::vector<int64_t> gemm_ns_;
   int64_t calls_ = 0;
   bool profiling_ = false;
+  bool keep_arenas_ = true;
 };
 
 }  // namespace kiln::runtime
