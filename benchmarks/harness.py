@@ -28,6 +28,13 @@ MALLOC_ENV = {
 _INDUCTOR_CACHE_NOTE = None
 
 
+def python_argv():
+    """The interpreter with the options this process was started with (e.g. `python -S`, as a
+    worktree's `py` wrapper runs it to keep the editable install's kiln out), for starting
+    this script again or a worker of it with the same kiln."""
+    return [sys.executable] + sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]
+
+
 def ensure_env(script_path):
     """Re-execs the current script with MALLOC_ENV set when any of it is missing. Also points
     Inductor at a fresh, empty cache folder for this run (unless the user chose one), so its
@@ -39,7 +46,7 @@ def ensure_env(script_path):
         env["KILN_BENCH_REEXEC"] = "1"
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, os.path.abspath(script_path)] + sys.argv[1:], env)
+        os.execve(sys.executable, python_argv() + [os.path.abspath(script_path)] + sys.argv[1:], env)
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         _INDUCTOR_CACHE_NOTE = f"user-set {os.environ['TORCHINDUCTOR_CACHE_DIR']} (may be warm)"
     else:
