@@ -235,6 +235,40 @@ def geomean(xs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Memory: resident set size (RSS) of this process, which also counts memory allocated outside
+# torch's allocator (kiln's temporaries). MALLOC_ENV keeps freed memory resident, so RSS does
+# not fall when tensors are freed; trimmed_rss() hands free heap pages back first.
+
+def _proc_status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def trimmed_rss():
+    """RSS in bytes after garbage collection and glibc's malloc_trim(0), which returns every
+    free page of the heap to the system (memory still in use stays)."""
+    import ctypes
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return _proc_status_kib("VmRSS") * 1024
+
+
+def reset_peak_rss():
+    """Makes peak_rss() count from now: writing 5 to clear_refs resets VmHWM to the current
+    RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss():
+    """The highest RSS in bytes since process start or the last reset_peak_rss()."""
+    return _proc_status_kib("VmHWM") * 1024
+
+
+# ---------------------------------------------------------------------------------------------
 # Compilers
 
 def warm_up_compilers(use_inductor):
