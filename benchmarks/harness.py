@@ -28,6 +28,13 @@ MALLOC_ENV = {
 _INDUCTOR_CACHE_NOTE = None
 
 
+def python_argv():
+    """The interpreter with the options this process was started with (e.g. `python -S`, as a
+    worktree's `py` wrapper runs it to keep the editable install's kiln out), for starting
+    this script again or a worker of it with the same kiln."""
+    return [sys.executable] + sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]
+
+
 def ensure_env(script_path):
     """Re-execs the current script with MALLOC_ENV set when any of it is missing. Also points
     Inductor at a fresh, empty cache folder for this run (unless the user chose one), so its
@@ -39,7 +46,7 @@ def ensure_env(script_path):
         env["KILN_BENCH_REEXEC"] = "1"
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, os.path.abspath(script_path)] + sys.argv[1:], env)
+        os.execve(sys.executable, python_argv() + [os.path.abspath(script_path)] + sys.argv[1:], env)
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         _INDUCTOR_CACHE_NOTE = f"user-set {os.environ['TORCHINDUCTOR_CACHE_DIR']} (may be warm)"
     else:
@@ -225,6 +232,40 @@ def geomean(xs):
     if not xs:
         return None
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: resident set size (RSS) of this process, which also counts memory allocated outside
+# torch's allocator (kiln's temporaries). MALLOC_ENV keeps freed memory resident, so RSS does
+# not fall when tensors are freed; trimmed_rss() hands free heap pages back first.
+
+def _proc_status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def trimmed_rss():
+    """RSS in bytes after garbage collection and glibc's malloc_trim(0), which returns every
+    free page of the heap to the system (memory still in use stays)."""
+    import ctypes
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return _proc_status_kib("VmRSS") * 1024
+
+
+def reset_peak_rss():
+    """Makes peak_rss() count from now: writing 5 to clear_refs resets VmHWM to the current
+    RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss():
+    """The highest RSS in bytes since process start or the last reset_peak_rss()."""
+    return _proc_status_kib("VmHWM") * 1024
 
 
 # ---------------------------------------------------------------------------------------------
