@@ -372,6 +372,8 @@ class _Entry:
     def __init__(self, guards, getters, program=None, out_specs=None, result_spec=None, reason=None,
                  failure=None, fallbacks=None):
         self.failure = failure
+        if failure is not None:  # see Tracer.fail: its traceback would hold the call's tensors
+            failure.__traceback__ = failure.__context__ = failure.__cause__ = None
         self.guards = guards
         self.getters = getters
         self.read_getters = _leaf_reader(getters)

@@ -445,6 +445,9 @@ class Tracer(TorchDispatchMode):
         return self.builder.call(op, [(0, v) for v in value_ids], list(ints), list(floats), dtype, 0)
 
     def fail(self, err):
+        # Kept for counters and explain: without its traceback, whose frames hold the traced
+        # call's tensors (activations, the caller's batch) for as long as the entry lives.
+        err.__traceback__ = err.__context__ = err.__cause__ = None
         if self.failure is None:
             if err.location is None:
                 err.location = user_location()
