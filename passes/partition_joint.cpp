@@ -261,6 +261,24 @@ Partition partition_joint_graph(const Graph& joint, const JointSpec& spec, const
   return Partitioner(joint, spec, opts).run();
 }
 
+void adopt_saved_layouts(const KernelProgram& forward, Partition& p) {
+  for (size_t k = 0; k < p.saved.size(); ++k) {
+    const OutputSpec& o = forward.outputs.at(p.saved_positions[k]);
+    KILN_CHECK(o.kind == OutputSpec::Kind::Buffer, "saved value {} is not a buffer of the forward", k);
+    Node& in = p.backward.nodes.at(k);
+    KILN_CHECK(in.op == OpKind::Input && in.attrs.int_value == static_cast<int64_t>(k),
+               "backward input {} is not saved value {}", k, k);
+    in.strides = forward.buffers.at(o.index).strides;
+  }
+}
+
+void plant_gradient_bug(Graph& backward) {
+  if (backward.outputs.empty()) return;
+  GraphEditor e(backward);
+  int g = backward.outputs[0];
+  backward.outputs[0] = e.binary(OpKind::Mul, g, e.constant(2.0, backward.nodes[g].dtype));
+}
+
 std::string describe(const Graph& joint, const Partition& p) {
   std::string out;
   auto line = [&](const char* what, int id) {

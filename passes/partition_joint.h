@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ir/graph.h"
+#include "ir/kernel.h"
 
 namespace kiln::passes {
 
@@ -52,6 +53,14 @@ struct Partition {
 /// Partitions `joint`; throws Unsupported when the backward would have to recompute a value
 /// that cannot be recomputed (it never does for a graph the tracer recorded).
 Partition partition_joint_graph(const ir::Graph& joint, const JointSpec& spec, const PartitionOptions& opts);
+
+/// Gives backward input k (the k-th saved value) the strides the compiled forward stores its
+/// output with; throws InternalError if that output is not a buffer of its own.
+void adopt_saved_layouts(const ir::KernelProgram& forward, Partition& p);
+
+/// KILN_INJECT_BUG=gradient (tests only): the first gradient comes out doubled, a planted wrong
+/// backward that KILN_CHECK and the fuzzer's training mode must catch.
+void plant_gradient_bug(ir::Graph& backward);
 
 /// One line per saved or recomputed value, for kiln.explain.
 std::string describe(const ir::Graph& joint, const Partition& p);

@@ -443,17 +443,12 @@ void define_cpu(py::module_& m) {
 
   m.def("compile_graph", &compile_graph, py::arg("builder"), py::arg("debug_dir") = "");
 
-  py::class_<TrainingProgram>(m, "TrainingProgram")
-      .def_readonly("forward", &TrainingProgram::forward)
+  py::class_<TrainingProgram> training(m, "TrainingProgram");
+  training.def_readonly("forward", &TrainingProgram::forward)
       .def_readonly("backward", &TrainingProgram::backward)
       .def_readonly("joint_graph", &TrainingProgram::joint_text)
-      .def_readonly("partition", &TrainingProgram::partition_text)
-      .def_property_readonly("saved_positions", [](const TrainingProgram& t) { return t.partition.saved_positions; })
-      .def_property_readonly("saved_inputs", [](const TrainingProgram& t) { return t.partition.saved_inputs; })
-      .def_property_readonly("gradient_positions",
-                             [](const TrainingProgram& t) { return t.partition.gradient_positions; })
-      .def_property_readonly("recomputed", [](const TrainingProgram& t) { return t.partition.recomputed.size(); })
-      .def_property_readonly("saved_bytes", [](const TrainingProgram& t) { return t.partition.saved_bytes; });
+      .def_readonly("partition", &TrainingProgram::partition_text);
+  def_partition_fields<TrainingProgram>(training);
   m.def("compile_training", &compile_training, py::arg("builder"), py::arg("forward_outputs"), py::arg("tangents"),
         py::arg("backward_start"), py::arg("recompute") = true, py::arg("debug_dir") = "",
         "Partitions the builder's joint forward+backward graph and compiles both programs.");

@@ -95,6 +95,13 @@ py::list output_list(const runtime::CudaProgram& p) {
 
 namespace kiln::py_bind {
 
+/// A joint graph compiled for CUDA training (runtime/compile_cuda.h) with its texts.
+struct CudaTraining {
+  std::shared_ptr<runtime::CudaProgram> forward, backward;
+  passes::Partition partition;
+  std::string joint_text, partition_text;
+};
+
 /// Registers the CUDA backend: nvrtc_info, cuda_available, cuda_codegen, CudaProgram, CudaError.
 void define_cuda(py::module_& m) {
   // A failed driver call (module load, launch) names the kernel; Python sees kiln._C.CudaError.
@@ -145,6 +152,35 @@ void define_cuda(py::module_& m) {
       py::arg("builder"), py::arg("arch") = 0, py::arg("debug_dir") = "",
       "Runs the pass pipeline on the builder's graph, emits and NVRTC-compiles every kernel (no GPU needed). "
       "arch: compute capability (90 for sm_90; 0: 90). Returns one dict per kernel: name, source, ptx, ...");
+
+  py::class_<CudaTraining> training(m, "CudaTraining");
+  training.def_readonly("forward", &CudaTraining::forward)
+      .def_readonly("backward", &CudaTraining::backward)
+      .def_readonly("joint_graph", &CudaTraining::joint_text)
+      .def_readonly("partition", &CudaTraining::partition_text);
+  def_partition_fields<CudaTraining>(training);
+  m.def(
+      "cuda_training",
+      [](const capture::GraphBuilder& b, int forward_outputs, const std::vector<int>& tangents, int backward_start,
+         int device, int arch, bool want_cubin, bool recompute, const std::string& debug_dir) {
+        passes::JointSpec spec{forward_outputs, tangents, backward_start};
+        passes::PartitionOptions popts;
+        popts.recompute = recompute;
+        int a = arch > 0 ? arch : runtime::cuda_default_arch(device);
+        runtime::CompiledCudaTraining t;
+        {
+          py::gil_scoped_release release;
+          t = runtime::compile_cuda_training(b.graph(), spec, popts, a, want_cubin, debug_dir);
+        }
+        CudaTraining out{t.forward, t.backward, std::move(t.partition), std::move(t.joint_text), ""};
+        out.partition_text = passes::describe(b.graph(), out.partition);
+        return out;
+      },
+      py::arg("builder"), py::arg("forward_outputs"), py::arg("tangents"), py::arg("backward_start"),
+      py::arg("device") = -1, py::arg("arch") = 0, py::arg("want_cubin") = false, py::arg("recompute") = true,
+      py::arg("debug_dir") = "",
+      "Partitions the builder's joint forward+backward graph and compiles both programs for CUDA (PTX; "
+      "cubins too with want_cubin, which needs the driver).");
 
   py::class_<runtime::CudaProgram, std::shared_ptr<runtime::CudaProgram>>(m, "CudaProgram")
       .def(py::init([](const capture::GraphBuilder& b, int device, int arch, const std::string& debug_dir) {

@@ -44,4 +44,21 @@ std::shared_ptr<CudaProgram> compile_cuda_graph(const ir::Graph& g, int arch, bo
   return prog;
 }
 
+CompiledCudaTraining compile_cuda_training(const ir::Graph& joint, const passes::JointSpec& spec,
+                                           const passes::PartitionOptions& popts, int arch, bool want_cubin,
+                                           const std::string& debug_dir) {
+  CompiledCudaTraining out;
+  out.joint_text = ir::print(joint);
+  out.partition = passes::partition_joint_graph(joint, spec, popts);
+  DebugDump dump{debug_dir, ""};
+  dump.write("joint_graph.txt", out.joint_text);
+  dump.write("partition.txt", passes::describe(joint, out.partition));
+  out.forward = compile_cuda_graph(out.partition.forward, arch, want_cubin, debug_dir.empty() ? "" : debug_dir + "/forward");
+  passes::adopt_saved_layouts(out.forward->program(), out.partition);
+  if (knob("inject_bug") == "gradient") passes::plant_gradient_bug(out.partition.backward);
+  out.backward =
+      compile_cuda_graph(out.partition.backward, arch, want_cubin, debug_dir.empty() ? "" : debug_dir + "/backward");
+  return out;
+}
+
 }  // namespace kiln::runtime

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "ir/graph.h"
+#include "passes/partition_joint.h"
 #include "passes/pass.h"
 #include "runtime/cuda_program.h"
 
@@ -23,5 +24,16 @@ int cuda_default_arch(int device);
 /// the driver). Writes each kernel's .cu and .ptx and the loop IR into `debug_dir` when set.
 std::shared_ptr<CudaProgram> compile_cuda_graph(const ir::Graph& g, int arch, bool want_cubin,
                                                 const std::string& debug_dir);
+
+/// A joint forward+backward graph partitioned (passes/partition_joint.h) and compiled for CUDA:
+/// the backward reads saved values in the layouts the compiled forward stores them in.
+struct CompiledCudaTraining {
+  passes::Partition partition;
+  std::shared_ptr<CudaProgram> forward, backward;
+  std::string joint_text;
+};
+CompiledCudaTraining compile_cuda_training(const ir::Graph& joint, const passes::JointSpec& spec,
+                                           const passes::PartitionOptions& popts, int arch, bool want_cubin,
+                                           const std::string& debug_dir);
 
 }  // namespace kiln::runtime

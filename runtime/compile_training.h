@@ -20,8 +20,4 @@ struct CompiledCpuTraining {
 CompiledCpuTraining compile_cpu_training(const ir::Graph& joint, const passes::JointSpec& spec,
                                          const passes::PartitionOptions& popts, const CpuCompileOptions& opts);
 
-/// Gives backward input k (the k-th saved value) the strides the forward stores output
-/// `forward_position` with; throws InternalError if that output is not a buffer of its own.
-void adopt_saved_layouts(const ir::KernelProgram& forward, passes::Partition& p);
-
 }  // namespace kiln::runtime

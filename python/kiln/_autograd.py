@@ -10,21 +10,37 @@ hooks, optimizers, DistributedDataParallel's gradient hooks.
 
 import torch
 
-from . import _C, _counters
+from . import _counters
+
+
+class TrainingPrograms:
+    """What inspection reads of a compiled training step (kiln.kernels, kiln.explain): the two
+    programs (CPU Programs or CUDA runners) and the partition between them."""
+
+    def __init__(self, compiled, forward, backward):
+        self.forward, self.backward = forward, backward
+        self.joint_graph = compiled.joint_graph
+        self.partition = compiled.partition
+        self.saved_bytes = compiled.saved_bytes
+        self.recomputed = compiled.recomputed
 
 
 class TrainingRunner:
     """What a training entry calls: guards, then the compiled forward inside autograd.
 
-    `program`: a _C.TrainingProgram. `fallbacks`: the trace's eager-op table (shared by both
-    programs). `differentiable`: forward-output positions that have a tangent, in tangent order.
-    `grad_leaves`: (leaf index, gradient position) of each input that receives a gradient."""
+    `program`: a _C.TrainingProgram or _C.CudaTraining (the partition: saved positions, saved
+    inputs, gradient positions). `forward`, `backward`: their runners, each with run(leaves) ->
+    outputs or False and last_failure(). `differentiable`: forward-output positions that have a
+    tangent, in tangent order. `grad_leaves`: (leaf index, gradient position) of each input that
+    receives a gradient. `backward_graph`: the backward graph's text (KILN_CHECK's report)."""
 
-    def __init__(self, guards, program, fallbacks, differentiable, grad_leaves, output_meta):
+    def __init__(self, guards, program, forward, backward, differentiable, grad_leaves, output_meta,
+                 backward_graph=""):
         self.guards = guards
         self.program = program
-        self.forward = _C.Entry(guards, program.forward, list(fallbacks))
-        self.backward = _C.Entry(_C.GuardSet(), program.backward, list(fallbacks))
+        self.forward = forward
+        self.backward = backward
+        self.backward_graph = backward_graph
         self.differentiable = list(differentiable)
         self.grad_leaves = list(grad_leaves)
         self.output_meta = output_meta  # per forward output: (shape, dtype, device)
@@ -150,5 +166,5 @@ class GradientCheck:
         raise AccuracyError(
             f"kiln: the compiled backward of {getattr(self.compiled, '__name__', 'fn')} diverges from eager's "
             f"gradient (KILN_CHECK=1): gradient of leaf {leaf}: {what.replace('output', 'gradient', 1)}\n"
-            f"backward graph:\n{runner.program.backward.graph}\n"
+            f"backward graph:\n{runner.backward_graph}\n"
             f"reproducer of the forward:\n{reproducer(self.compiled._fn, self.args, self.kwargs)}")

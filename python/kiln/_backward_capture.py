@@ -96,3 +96,36 @@ def capture_backward(tracer, outputs, inputs, first_index):
         raise tracer.failure
     grad_vids = [None if g is None else tracer.value_of(g) for g in grads]
     return tangent_vids, grad_vids, backward_start
+
+
+def capture_joint(tracer, seg, tensor_of, first_tangent):
+    """Records autograd's backward of the traced forward into segment `seg` (the trace's only
+    one). `tensor_of`: the traced tensor of each of seg.needed's value ids (the forward outputs).
+    Returns a dict describing the joint graph, None when no output has a gradient (the call then
+    compiles as inference does), or a CaptureFailed:
+      differentiable  positions in seg.needed with a tangent, in tangent order
+      tangents        the tangents' value ids;  grad_vids: the gradients' value ids
+      grad_leaves     (leaf index, position in grad_vids) of each input that gets a gradient
+      backward_start  the first node recorded while autograd ran
+      output_meta     (shape, dtype, device) of each forward output (zeros for a missing grad)"""
+    positions = [j for j, vid in enumerate(seg.needed) if differentiable(tensor_of.get(vid))]
+    if not positions:
+        return None
+    grad_inputs = [(i, t) for i, t in enumerate(tracer.leaves) if differentiable(t)]
+    outputs = [tensor_of[seg.needed[j]] for j in positions]
+    try:
+        tangents, grads, backward_start = capture_backward(tracer, outputs, [t for _, t in grad_inputs],
+                                                           first_tangent)
+    except CaptureFailed as e:
+        if e.location is None:
+            e.location = "(backward)"
+        return e
+    grad_leaves, grad_vids = [], []
+    for (leaf, _), vid in zip(grad_inputs, grads):
+        if vid is not None:
+            grad_leaves.append((leaf, len(grad_vids)))
+            grad_vids.append(vid)
+    meta = [(tuple(t.shape), t.dtype, t.device) if t is not None else None
+            for t in (tensor_of.get(v) for v in seg.needed)]
+    return {"differentiable": positions, "tangents": tangents, "grad_vids": grad_vids,
+            "grad_leaves": grad_leaves, "backward_start": backward_start, "output_meta": meta}

@@ -551,8 +551,6 @@ class CompiledFunction:
         if failure is None and training and len(tracer.segments) > 1:
             failure = CaptureFailed("autograd: a training step with graph breaks is not compiled yet",
                                     location=tracer.breaks[0][1] if tracer.breaks else None)
-        if failure is None and training and _cuda.is_cuda_trace(tracer):
-            failure = CaptureFailed("autograd: training on CUDA tensors is not compiled yet")
         if failure is None and any(not isinstance(x, torch.Tensor) and type(x) not in _SIMPLE_VALUE_TYPES
                                    for x in leaves):
             bad = next(type(x).__name__ for x in leaves
@@ -588,7 +586,11 @@ class CompiledFunction:
             out_leaf[pos] = leaf
         seg.builder.set_output_leaves(out_leaf)
         if training:
-            joint = self._capture_backward(tracer, seg, res_leaves, out_specs, mutations, len(full))
+            tensor_of = {}
+            for t, s in zip(res_leaves, out_specs):
+                if s[0] == "graph":
+                    tensor_of.setdefault(seg.needed[s[1]], t)
+            joint = _backward_capture.capture_joint(tracer, seg, tensor_of, len(full))
             if isinstance(joint, CaptureFailed):
                 _counters.record_failure(joint)
                 _log("breaks", f"{self.__name__}: {joint.reason} at {joint.location}")
@@ -640,37 +642,6 @@ class CompiledFunction:
         return result
 
     # -- training (Note [Training capture] in _backward_capture.py) --------------------------
-    @staticmethod
-    def _capture_backward(tracer, seg, res_leaves, out_specs, mutations, first_tangent):
-        """Records autograd's backward of the traced forward into the segment. Returns a dict
-        describing the joint graph, None when no output has a gradient (the call compiles as
-        inference does), or a CaptureFailed."""
-        tensor_of = {}
-        for t, s in zip(res_leaves, out_specs):
-            if s[0] == "graph":
-                tensor_of.setdefault(seg.needed[s[1]], t)
-        differentiable = [j for j, vid in enumerate(seg.needed) if _backward_capture.differentiable(tensor_of.get(vid))]
-        if not differentiable:
-            return None
-        grad_inputs = [(i, t) for i, t in enumerate(tracer.leaves) if _backward_capture.differentiable(t)]
-        outputs = [tensor_of[seg.needed[j]] for j in differentiable]
-        try:
-            tangents, grads, backward_start = _backward_capture.capture_backward(
-                tracer, outputs, [t for _, t in grad_inputs], first_tangent)
-        except CaptureFailed as e:
-            if e.location is None:
-                e.location = "(backward)"
-            return e
-        grad_leaves, grad_vids = [], []
-        for (leaf, _), vid in zip(grad_inputs, grads):
-            if vid is not None:
-                grad_leaves.append((leaf, len(grad_vids)))
-                grad_vids.append(vid)
-        meta = [(tuple(t.shape), t.dtype, t.device) if t is not None else None
-                for t in (tensor_of.get(v) for v in seg.needed)]
-        return {"differentiable": differentiable, "tangents": tangents, "grad_vids": grad_vids,
-                "grad_leaves": grad_leaves, "backward_start": backward_start, "output_meta": meta}
-
     def _compile_training(self, spec, tracer, seg, joint, full, grad, getters, out_specs, mutations, result_spec,
                           result):
         """Partitions and compiles the joint graph; the entry runs it inside autograd."""
@@ -679,10 +650,15 @@ class CompiledFunction:
         debug_dir = self._debug_dir()
         guards = _build_guards(full, grad, set(tracer.mutations))
         try:
-            if not hasattr(_C, "compile_training"):
-                raise _C.Unsupported("kiln was built without the CPU backend (KILN_CPU=OFF)")
-            tp = _C.compile_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"],
-                                     debug_dir=debug_dir)
+            if _cuda.is_cuda_trace(tracer):
+                tp, forward, backward = _cuda.compile_cuda_training(tracer, joint, debug_dir=debug_dir)
+            else:
+                if not hasattr(_C, "compile_training"):
+                    raise _C.Unsupported("kiln was built without the CPU backend (KILN_CPU=OFF)")
+                tp = _C.compile_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"],
+                                         debug_dir=debug_dir)
+                forward = _C.Entry(guards, tp.forward, list(tracer.fallbacks))
+                backward = _C.Entry(_C.GuardSet(), tp.backward, list(tracer.fallbacks))
         except _C.Unsupported as e:
             err = CaptureFailed(str(e), location="(lowering)")
             _counters.record_failure(err)
@@ -695,10 +671,13 @@ class CompiledFunction:
             self._add_entry(spec, _Entry(guards, getters, reason=f"internal error: {e}"))
             return result
         self._compiles += 1
-        entry = _Entry(guards, getters, tp.forward, out_specs, result_spec, fallbacks=tracer.fallbacks)
-        entry.training = tp
-        entry.native = _autograd.TrainingRunner(guards, tp, tracer.fallbacks, joint["differentiable"],
-                                                joint["grad_leaves"], joint["output_meta"])
+        entry = _Entry(guards, getters, None, out_specs, result_spec, fallbacks=tracer.fallbacks)
+        entry.program = forward.program if isinstance(forward, _C.Entry) else forward
+        entry.training = _autograd.TrainingPrograms(tp, entry.program,
+                                                    backward.program if isinstance(backward, _C.Entry) else backward)
+        entry.native = _autograd.TrainingRunner(guards, tp, forward, backward, joint["differentiable"],
+                                                joint["grad_leaves"], joint["output_meta"],
+                                                entry.training.backward.graph)
         entry.native.out_specs = out_specs
         entry.mutations = mutations
         entry.silent = set(tracer.silent_updates)

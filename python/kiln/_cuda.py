@@ -285,10 +285,12 @@ class CudaRunner:
 
     target = "cuda"
 
-    def __init__(self, builder, device, debug_dir="", fallbacks=()):
+    def __init__(self, builder, device, debug_dir="", fallbacks=(), program=None, graph=""):
+        """`builder`: the captured graph to compile; or None with `program`, a _C.CudaProgram
+        compiled already (a training step's forward or backward), and `graph`, its text."""
         self.device = torch.device("cuda", device)
         self._index = device
-        self._prog = _C.CudaProgram(builder, device, 0, debug_dir)
+        self._prog = program if program is not None else _C.CudaProgram(builder, device, 0, debug_dir)
         self._prog.load(device)  # a module that does not load fails here, at capture time
         self._bufs = [_Buffer(b) for b in self._prog.buffers()]
         self._outputs = self._prog.outputs()
@@ -313,7 +315,7 @@ class CudaRunner:
         self._inputs = [b for b, slot in zip(self._bufs, self._layout.slots) if slot == "input"]
         self._may_fail = self._prog.may_fail
         self.poison_outputs = False  # tests: fill outputs with garbage first, so unwritten elements show
-        self.graph = builder.print()
+        self.graph = builder.print() if builder is not None else graph
         self.dump_error = ""
         self.timings = [f"cuda (emit + nvrtc, {len(self._prog.kernels())} kernels): {self._prog.compile_ms:.3f} ms"]
 
@@ -344,6 +346,8 @@ class CudaRunner:
         if not ok:
             return False
         return [keep[idx] if kind == "buffer" else leaves[idx] for kind, idx in self._outputs]
+
+    run = __call__  # the protocol a training step's runner uses (_autograd.TrainingRunner)
 
     def last_failure(self):
         """Why the last call returned False, when an eager op inside it failed or cuBLASLt had
@@ -432,6 +436,28 @@ def compile_cuda_entry(source, device=None, debug_dir="", fallbacks=None):
         raise _C.Unsupported("kiln: CUDA is unavailable: " + _C.cuda_unavailable_reason())
     _prefer_torch_cublas()
     return CudaRunner(builder, int(device), debug_dir, fallbacks or ())
+
+
+def compile_cuda_training(tracer, joint, debug_dir=""):
+    """Partitions a training capture's joint graph (_backward_capture.capture_joint) and compiles
+    both halves for the tracer's CUDA device. Returns (the _C.CudaTraining, forward runner,
+    backward runner); raises kiln.Unsupported as compile_cuda_entry does."""
+    _require_backend()
+    devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        raise _C.Unsupported("kiln: a CUDA program needs every tensor on one CUDA device, got "
+                             f"{sorted(map(str, devices))}")
+    if not _C.cuda_available():
+        raise _C.Unsupported("kiln: CUDA is unavailable: " + _C.cuda_unavailable_reason())
+    _prefer_torch_cublas()
+    device = next(iter(devices))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    seg = tracer.seg
+    tp = _C.cuda_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"],
+                          device=index, want_cubin=True, debug_dir=debug_dir)
+    forward = CudaRunner(None, index, fallbacks=tracer.fallbacks, program=tp.forward, graph=tp.forward_graph)
+    backward = CudaRunner(None, index, fallbacks=tracer.fallbacks, program=tp.backward, graph=tp.backward_graph)
+    return tp, forward, backward
 
 
 def _prefer_torch_cublas():
