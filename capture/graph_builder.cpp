@@ -3,11 +3,13 @@
 ///
 /// Besides the names of ops.def, `call` accepts: "full" (a scalar broadcast to attrs.ints
 /// sizes in attrs.dtype), "identity" (returns its operand), "copy" (a new value equal to its
-/// operand), and the pooling and upsampling ops of window_op below.
+/// operand), the pooling and upsampling ops of window_op below, and the derivatives and losses
+/// of capture/backward_ops.h.
 #include "capture/graph_builder.h"
 
 #include <fmt/format.h>
 
+#include "capture/backward_ops.h"
 #include "capture/window_ops.h"
 #include "support/error.h"
 
@@ -112,6 +114,14 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
     return editor_.append(std::move(n));
   }
   if (int v = window_op(name, args, attrs); v >= 0) return v;
+  if (is_backward_op(name)) {
+    std::vector<int> xs;
+    for (const auto& a : args) {
+      KILN_UNSUPPORTED_IF(a.kind != Operand::Kind::Value, "{} takes tensors only", name);
+      xs.push_back(a.value);
+    }
+    return backward_op(editor_, name, xs, attrs);
+  }
   if (name == "full") {
     KILN_UNSUPPORTED_IF(args.size() != 1, "full takes one scalar");
     int c = value_of(args[0], attrs.dtype);
@@ -216,8 +226,8 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       int x = tensor_arg(0);
       DType t = node(x).dtype;
       if (!attrs.floats.empty() && op != OpKind::Var && op != OpKind::Std && op != OpKind::Norm &&
-          op != OpKind::LayerNorm && op != OpKind::RmsNorm && op != OpKind::GroupNorm &&
-          op != OpKind::BatchNormEval) {
+          op != OpKind::LayerNorm && op != OpKind::LayerNormRstd && op != OpKind::RmsNorm &&
+          op != OpKind::GroupNorm && op != OpKind::BatchNormEval) {
         // mean(x, dtype=...) / softmax(x, dtype=...): compute in the requested dtype.
         x = editor_.cast(x, attrs.dtype);
         t = attrs.dtype;

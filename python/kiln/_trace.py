@@ -471,11 +471,15 @@ class Tracer(TorchDispatchMode):
     def _record_handled(self, func, args, kwargs, out, handler):
         if isinstance(out, torch.Tensor):
             self._bind_result(out, handler(self, _bind(func, args, kwargs), out))
-        elif isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
+        elif isinstance(out, (tuple, list)) and all(t is None or isinstance(t, torch.Tensor) for t in out):
+            # None: a result the op was asked not to compute (native_layer_norm_backward's
+            # output_mask); its handler returns None there too.
             vids = handler(self, _bind(func, args, kwargs), out)
             if not isinstance(vids, list) or len(vids) != len(out):
                 raise CaptureFailed(f"{func} returns {len(out)} tensors; kiln records one", op=str(func))
             for t, vid in zip(out, vids):
+                if t is None and vid is not None:
+                    raise CaptureFailed(f"{func}'s handler records a result eager did not compute", op=str(func))
                 if vid is not None:
                     self._bind_result(t, vid)
         else:
