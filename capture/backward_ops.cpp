@@ -50,8 +50,9 @@ double held(double v, DType t) { return round_to_dtype(v, t); }
 
 // ---- pointwise derivatives: grad and the forward's input (or result), of one float dtype -----
 /// The derivative of activation `name` at `x` times `g` (both in the compute dtype), written as
-/// ATen's vectorised CPU kernel evaluates it (its blends are the wheres below: where a NaN
-/// input takes another branch in its scalar tail loop, the vector body's choice is kept).
+/// ATen's vectorised CPU kernel evaluates it (its blends are the wheres below; hardtanh's is
+/// the one whose scalar tail loop takes the other branch for a NaN x: the vector body's 0 is
+/// kept).
 int activation_derivative(Rule& r, const std::string& name, int g, int x, const Attrs& a) {
   const auto& f = a.floats;
   if (name == "gelu_backward" && a.int_value == 0) {
@@ -82,11 +83,15 @@ int activation_derivative(Rule& r, const std::string& name, int g, int x, const 
     int tsp = r.u(OpKind::Tanh, r.u(OpKind::Log1p, r.u(OpKind::Exp, x)));
     return r.mul(g, r.add(tsp, r.mul(r.mul(x, s), r.sub(r.c(1), r.mul(tsp, tsp)))));
   }
+  // x <= threshold gives 0, else the grad (NaN x included); a half x is compared in float32
+  // with the threshold as a float, as eager's CPU and CUDA kernels compare.
+  if (name == "threshold_backward") return r.where(r.le(x, r.c(f.at(0))), r.c(0), g);
   if (name == "sigmoid_backward") return r.mul(r.mul(g, r.sub(r.c(1), x)), x);  // x: sigmoid's result
   if (name == "tanh_backward") return r.mul(g, r.sub(r.c(1), r.mul(x, x)));     // x: tanh's result
   if (name == "hardswish_backward") {
+    // 0 up to -3 (included), g from 3 (and for NaN), g * (x / 3 + 1/2) between.
     int mid = r.mul(g, r.add(r.div(x, r.c(3)), r.c(0.5)));
-    return r.where(r.lt(x, r.c(-3)), r.c(0), r.where(r.ge(x, r.c(3)), g, mid));
+    return r.where(r.le(x, r.c(-3)), r.c(0), r.where(r.lt(x, r.c(3)), mid, g));
   }
   if (name == "hardsigmoid_backward") {
     // ATen's 1/6 is a float literal (1.0f / 6.0f), also for double tensors.
@@ -107,7 +112,7 @@ int activation_derivative(Rule& r, const std::string& name, int g, int x, const 
     int neg = a.int_value != 0 ? r.mul(r.mul(g, r.c(negiptcoef)), r.add(x, r.c(negcoef)))  // x: elu's result
                                : r.mul(r.mul(r.mul(g, r.c(negiptcoef)), r.c(negcoef)),
                                        r.u(OpKind::Exp, r.mul(x, r.c(negiptcoef))));
-    return r.where(r.gt(x, r.c(0)), r.mul(g, r.c(poscoef)), neg);
+    return r.where(r.le(x, r.c(0)), neg, r.mul(g, r.c(poscoef)));
   }
   throw Unsupported("no derivative rule named " + name);
 }
@@ -117,12 +122,6 @@ int pointwise_backward(GraphEditor& e, const std::string& name, const std::vecto
   DType out = e.node(xs[0]).dtype;
   KILN_UNSUPPORTED_IF(!is_float(out) || e.node(xs[1]).dtype != out, "{} of {} and {}", name, dtype_name(out),
                       dtype_name(e.node(xs[1]).dtype));
-  if (name == "threshold_backward") {
-    // In the tensor's own dtype (ATen's threshold kernel converts the threshold to it):
-    // x <= threshold gives 0, else the grad, NaN x included.
-    Rule r(e, out);
-    return r.where(r.le(xs[1], r.c(a.floats.at(0))), r.c(0), xs[0]);
-  }
   Rule r(e, compute_dtype(out));
   return e.cast(activation_derivative(r, name, r.in(xs[0]), r.in(xs[1]), a), out);
 }
@@ -161,11 +160,13 @@ std::vector<int64_t> dim_range(int64_t begin, int64_t end) {
   return d;
 }
 
-/// native_layer_norm_backward's three results, from the saved mean and rstd:
-/// x_hat = (x - mean) * rstd, g = grad * weight;
-/// grad_input = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) over the normalised dims (ATen's
-/// kernel computes the same as a * g + b * x + c per row); grad_weight = sum of grad * x_hat and
-/// grad_bias = sum of grad over the leading dims.
+/// native_layer_norm_backward's three results from the saved mean and rstd, as ATen's CPU kernel
+/// computes them per row of N elements (it is x_hat = (x - mean) * rstd, g = grad * weight,
+/// grad_input = rstd * (g - mean(g) - x_hat * mean(g * x_hat)), grouped as eager groups it, so
+/// rounding, infinities and NaN come out as eager's):
+///   ds = sum(grad * x * w), db = sum(grad * w), b = (db * mean - ds) * rstd^3 / N,
+///   c = -b * mean - db * rstd / N, grad_input = rstd * grad * w + b * x + c;
+///   grad_weight = sum over rows of grad * (rstd * x - rstd * mean); grad_bias = sum of grad.
 int layer_norm_backward(GraphEditor& e, const std::string& name, const std::vector<int>& xs, const Attrs& a) {
   int64_t k = a.ints.at(0);
   int grad = xs.at(0);
@@ -178,25 +179,34 @@ int layer_norm_backward(GraphEditor& e, const std::string& name, const std::vect
   std::vector<int64_t> lead = dim_range(0, rank - k), last = dim_range(rank - k, rank);
   // A sum over the leading dims; with none, the value itself (an empty list reduces all dims).
   auto over_rows = [&](int v) { return lead.empty() ? v : r.sum(v, lead, false); };
-  int g = r.in(grad);
-  if (name == "layer_norm_backward_bias") return e.cast(over_rows(g), out);
+  int dy = r.in(grad);
+  if (name == "layer_norm_backward_bias") return e.cast(over_rows(dy), out);
   KILN_UNSUPPORTED_IF(xs.size() < 4, "{} takes grad, input, mean, rstd", name);
   KILN_UNSUPPORTED_IF(e.node(xs[1]).dtype != out || e.node(xs[1]).sizes != gs, "{}: input and grad differ", name);
   Sizes ss = stats_shape(gs, k);
   int x = r.in(xs[1]);
   int mean = r.in(e.reshape(xs[2], ss)), rstd = r.in(e.reshape(xs[3], ss));
-  int x_hat = r.mul(r.sub(x, mean), rstd);
-  if (name == "layer_norm_backward_weight") return e.cast(over_rows(r.mul(g, x_hat)), out);
+  if (name == "layer_norm_backward_weight") {
+    int neg_shift = r.mul(r.u(OpKind::Neg, rstd), mean);
+    return e.cast(over_rows(r.mul(dy, r.add(r.mul(rstd, x), neg_shift))), out);
+  }
   KILN_UNSUPPORTED_IF(name != "layer_norm_backward_input", "no layer norm rule named {}", name);
+  int w = -1;
   if (a.ints.at(1) != 0) {
     KILN_UNSUPPORTED_IF(xs.size() != 5 || e.node(xs[4]).dtype != out, "{}: weight", name);
-    g = r.mul(g, r.in(xs[4]));
+    w = r.in(xs[4]);
   }
-  double n = 1;
-  for (int64_t d : last) n *= static_cast<double>(gs[d]);
-  int mean_g = r.div(r.sum(g, last, true), r.c(n));
-  int mean_gx = r.div(r.sum(r.mul(g, x_hat), last, true), r.c(n));
-  return e.cast(r.mul(rstd, r.sub(r.sub(g, mean_g), r.mul(x_hat, mean_gx))), out);
+  auto times_w = [&](int v) { return w < 0 ? v : r.mul(v, w); };
+  int64_t n = 1;
+  for (int64_t d : last) n *= gs[d];
+  // ATen's scale, 1 / N, divided in its accumulation type.
+  double scale = r.t() == DType::Float32 ? static_cast<double>(1.0f / static_cast<float>(n))
+                                         : 1.0 / static_cast<double>(n);
+  int ds = r.sum(times_w(r.mul(dy, x)), last, true);
+  int db = r.sum(times_w(dy), last, true);
+  int b = r.mul(r.mul(r.mul(r.mul(r.sub(r.mul(db, mean), ds), rstd), rstd), rstd), r.c(scale));
+  int c = r.sub(r.mul(r.u(OpKind::Neg, b), mean), r.mul(r.mul(db, rstd), r.c(scale)));
+  return e.cast(r.add(r.add(times_w(r.mul(rstd, dy)), r.mul(b, x)), c), out);
 }
 
 // ---- losses ---------------------------------------------------------------------------------
