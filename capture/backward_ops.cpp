@@ -295,7 +295,8 @@ int nll_loss(GraphEditor& e, const std::string& name, const std::vector<int>& xs
 /// embedding_dense_backward: zeros [num_weights, D] with each grad row added to the row of its
 /// index, in order. As ATen's CPU kernel, indices equal to padding_idx or outside
 /// [0, num_weights) add nothing: here they add a zero row to row 0 (x + 0 is x for every x a
-/// row can hold: it starts at +0, so it is never -0).
+/// row can hold: it starts at +0, so it is never -0). scale_grad_by_freq scales each row by
+/// 1 / (the number of times its index occurs), rounded to the dtype (ATen's add_ alpha).
 int embedding_dense_backward(GraphEditor& e, const std::vector<int>& xs, const Attrs& a) {
   KILN_UNSUPPORTED_IF(xs.size() != 2, "embedding_dense_backward takes grad and indices");
   int grad = xs[0], indices = xs[1];
@@ -304,6 +305,7 @@ int embedding_dense_backward(GraphEditor& e, const std::vector<int>& xs, const A
                       dtype_name(out));
   KILN_UNSUPPORTED_IF(!is_int(e.node(indices).dtype), "embedding indices of {}", dtype_name(e.node(indices).dtype));
   int64_t rows = a.ints.at(0), padding = a.ints.at(1);
+  bool by_frequency = a.ints.size() > 2 && a.ints[2] != 0;
   const Sizes gs = e.node(grad).sizes;
   int64_t n = e.node(indices).numel();
   KILN_UNSUPPORTED_IF(rows < 1 || gs.empty(), "embedding_dense_backward shapes");
@@ -312,10 +314,20 @@ int embedding_dense_backward(GraphEditor& e, const std::vector<int>& xs, const A
   Rule r(e, out);
   auto i64 = [&](int64_t v) { return e.int_constant(v, DType::Int64); };
   int idx = e.reshape(e.cast(indices, DType::Int64), {n});
-  int valid = r.both(e.binary(OpKind::Ne, idx, i64(padding)),
-                     r.both(e.binary(OpKind::Ge, idx, i64(0)), e.binary(OpKind::Lt, idx, i64(rows))));
+  int in_range = r.both(e.binary(OpKind::Ge, idx, i64(0)), e.binary(OpKind::Lt, idx, i64(rows)));
+  int valid = r.both(e.binary(OpKind::Ne, idx, i64(padding)), in_range);
   int safe = e.where(valid, idx, i64(0));
-  int src = r.where(e.reshape(valid, {n, 1}), e.reshape(grad, {n, width}), r.c(0));
+  int src = e.reshape(grad, {n, width});
+  if (by_frequency) {
+    // Occurrences counted in float64 (exact), 1 / count divided there and rounded once.
+    auto f64 = [&](double v) { return e.constant(v, DType::Float64); };
+    int counted = e.where(in_range, idx, i64(0));
+    int ones = e.where(in_range, f64(1), f64(0));
+    int counts = e.index_copy(e.expand(f64(0), {rows}), counted, e.expand(ones, {n}), 0, ScatterCombine::Add);
+    int scale = e.cast(e.binary(OpKind::Div, f64(1), e.gather(counts, safe, 0, false, true)), out);
+    src = r.mul(src, e.reshape(scale, {n, 1}));
+  }
+  src = r.where(e.reshape(valid, {n, 1}), src, r.c(0));
   int zeros = e.expand(r.c(0), {rows, width});
   return e.index_copy(zeros, safe, src, 0, ScatterCombine::Add);
 }

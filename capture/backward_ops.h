@@ -25,7 +25,8 @@
 ///   nll_loss / nll_loss_total_weight  x, target[, weight]; ints = reduction (0 none,
 ///                           1 mean, 2 sum), ignore_index, has_weight
 ///   nll_loss_backward       grad, x, target, total_weight[, weight]; ints as nll_loss
-///   embedding_dense_backward  grad, indices; ints = num_weights, padding_idx
+///   embedding_dense_backward  grad, indices; ints = num_weights, padding_idx,
+///                           scale_grad_by_freq
 /// Tested by tests/python/test_backward_ops.py.
 #pragma once
 

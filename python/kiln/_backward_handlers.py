@@ -114,10 +114,10 @@ def _nll_loss_backward(tr, a, out):
 @handles(aten.embedding_dense_backward)
 def _embedding_backward(tr, a, out):
     g, indices, rows = a["grad_output"], a["indices"], a["num_weights"]
-    if (a["scale_grad_by_freq"] or g.dtype not in _FLOAT_LOSS_DTYPES
-            or indices.dtype not in (torch.int32, torch.int64) or rows < 1 or g.dim() == 0):
+    if g.dtype not in _FLOAT_LOSS_DTYPES or indices.dtype not in (torch.int32, torch.int64) or rows < 1 or g.dim() == 0:
         raise NoLowering()
-    return tr.call("embedding_dense_backward", [g, indices], ints=[rows, a["padding_idx"]])
+    return tr.call("embedding_dense_backward", [g, indices],
+                   ints=[rows, a["padding_idx"], int(bool(a["scale_grad_by_freq"]))])
 
 
 def _zeros_with(tr, g, dtype, sizes, dim, start, end, step):

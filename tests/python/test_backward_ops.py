@@ -428,20 +428,22 @@ def test_embedding_dense_backward_drops_indices_out_of_range_as_eager():
     no_fallbacks()
 
 
-def test_embedding_scaled_by_frequency_runs_eagerly():
-    g, idx = make_input((4, 3)), torch.tensor([1, 1, 0, 2])
-    f = kiln.compile(no_grad(lambda g, i: aten.embedding_dense_backward(g, i, 3, -1, True) * 2))
-    assert_same(f(g, idx), aten.embedding_dense_backward(g, idx, 3, -1, True) * 2)
-    assert "aten.embedding_dense_backward.default" in kiln.counters()["fallback_op_counts"]
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_backward_scaled_by_frequency(dtype):
+    g, idx = make_input((3, 5, 4), dtype), torch.tensor([[1, 1, 0, 2, 1], [3, 3, 0, 1, 4], [4, 1, 2, 2, 0]])
+    fn = no_grad(lambda g, i: (aten.embedding_dense_backward(g, i, 6, 0, True),
+                               aten.embedding_dense_backward(g, i, 5, -1, True)))
+    check(fn, (g, idx), **TOL[dtype])
+    no_fallbacks()
 
 
 def test_embedding_backward_is_autograds_gradient():
     weight, idx = make_input((11, 6), torch.float64), torch.randint(0, 11, (4, 5))
     wr = weight.clone().requires_grad_()
-    y = F.embedding(idx, wr, padding_idx=2)
-    g = make_input(y.shape, torch.float64)
-    (want,) = torch.autograd.grad(y, wr, g)
-    f = kiln.compile(no_grad(lambda g, i: aten.embedding_dense_backward(g, i, 11, 2, False)))
+    g = make_input((4, 5, 6), torch.float64)
+    want = [torch.autograd.grad(F.embedding(idx, wr, padding_idx=2, scale_grad_by_freq=s), wr, g)[0]
+            for s in (False, True)]
+    f = kiln.compile(no_grad(lambda g, i: [aten.embedding_dense_backward(g, i, 11, 2, s) for s in (False, True)]))
     assert_same(f(g, idx), want, **TOL[torch.float64])
     no_fallbacks()
 
