@@ -528,3 +528,30 @@ def test_empty_tensors():
         return tuple(res)
     check(no_grad(fn), (e, w, t, mean, rstd))
     no_fallbacks()
+
+
+def test_every_backward_kernel_compiles_to_ptx():
+    """NVRTC compiles each kernel of every rule, float32 and float64 (no GPU needed)."""
+    if not _cuda.HAVE_CUDA_BACKEND or not _cuda.cuda_status()["nvrtc"]:
+        pytest.skip("needs kiln's CUDA backend and NVRTC")
+    for dtype in DTYPES:
+        g, x = make_input((6, 37), dtype), make_input((6, 37), dtype) * 3
+        w = make_input((37,), dtype)
+        lp, t, cw = nll_inputs((6, 37), dtype, True)
+        idx = torch.randint(0, 9, (6,))
+
+        def fn(g, x, w, lp, t, cw, idx):
+            res = [op(g, x) for op, _ in POINTWISE.values()]
+            res += [aten._softmax_backward_data(g, x, 1, dtype), aten._log_softmax_backward_data(g, x, 0, dtype)]
+            _, mean, rstd = aten.native_layer_norm(x, [37], w, w, 1e-5)
+            res += list(aten.native_layer_norm_backward(g, x, [37], mean, rstd, w, w, [True, True, True]))
+            out, total = aten.nll_loss_forward(lp, t, cw, 1, -100)
+            res += [out, aten.nll_loss_backward(torch.ones_like(out), lp, t, cw, 1, -100, total)]
+            res += [aten.embedding_dense_backward(g, idx, 9, 0, True), aten.select_backward(g, [6, 2, 37], 1, 1)]
+            return tuple(res)
+        args = (g, x, w, lp, t, cw, idx)
+        assert not _cuda.trace_graph(no_grad(fn), args).fallbacks  # traced for the CUDA target
+        kernels = kiln.codegen(no_grad(fn), *args, target="cuda")
+        assert kernels
+        for k in kernels:
+            assert k.target == "cuda" and k.asm and ".entry" in k.asm, k.name
