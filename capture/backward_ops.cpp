@@ -50,9 +50,11 @@ double held(double v, DType t) { return round_to_dtype(v, t); }
 
 // ---- pointwise derivatives: grad and the forward's input (or result), of one float dtype -----
 /// The derivative of activation `name` at `x` times `g` (both in the compute dtype), written as
-/// ATen's vectorised CPU kernel evaluates it (its blends are the wheres below; hardtanh's is
-/// the one whose scalar tail loop takes the other branch for a NaN x: the vector body's 0 is
-/// kept).
+/// ATen's vectorised CPU kernel evaluates it: the same operations in the same order, its blends
+/// as the wheres below. For a NaN x, eager itself is not consistent in three of them (its scalar
+/// tail loop takes the other branch than the vector body in hardtanh's kernel, and in the
+/// float64 bodies of hardswish and elu): kiln follows the scalar loop for hardswish and elu
+/// (grad, grad * scale) and the vector body for hardtanh (0), as eager's float32 kernels do.
 int activation_derivative(Rule& r, const std::string& name, int g, int x, const Attrs& a) {
   const auto& f = a.floats;
   if (name == "gelu_backward" && a.int_value == 0) {
@@ -108,7 +110,8 @@ int activation_derivative(Rule& r, const std::string& name, int g, int x, const 
   }
   if (name == "elu_backward") {
     // floats = alpha, scale, input_scale; ATen multiplies alpha * scale in the dtype first.
-    double negcoef = held(held(f.at(0), r.t()) * held(f.at(1), r.t()), r.t()), poscoef = f.at(1), negiptcoef = f.at(2);
+    double negcoef = held(held(f.at(0), r.t()) * held(f.at(1), r.t()), r.t());
+    double poscoef = f.at(1), negiptcoef = f.at(2);
     int neg = a.int_value != 0 ? r.mul(r.mul(g, r.c(negiptcoef)), r.add(x, r.c(negcoef)))  // x: elu's result
                                : r.mul(r.mul(r.mul(g, r.c(negiptcoef)), r.c(negcoef)),
                                        r.u(OpKind::Exp, r.mul(x, r.c(negiptcoef))));

@@ -130,7 +130,8 @@ def test_mixed_dtypes_run_eagerly():
 AUTOGRAD = {
     "relu": (torch.relu, lambda g, x, y: aten.threshold_backward(g, y, 0)),
     "gelu": (F.gelu, lambda g, x, y: aten.gelu_backward(g, x)),
-    "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), lambda g, x, y: aten.gelu_backward(g, x, approximate="tanh")),
+    "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"),
+                  lambda g, x, y: aten.gelu_backward(g, x, approximate="tanh")),
     "silu": (F.silu, lambda g, x, y: aten.silu_backward(g, x)),
     "mish": (F.mish, lambda g, x, y: aten.mish_backward(g, x)),
     "sigmoid": (torch.sigmoid, lambda g, x, y: aten.sigmoid_backward(g, y)),
@@ -153,7 +154,8 @@ def test_pointwise_derivatives_are_autograds_gradients():
         y = forward(xr)
         want += torch.autograd.grad(y, xr, g)
         outputs.append(y.detach())
-    f = kiln.compile(no_grad(lambda g, x, ys: tuple(lowered(g, x, y) for (_, lowered), y in zip(AUTOGRAD.values(), ys))))
+    rules = [lowered for _, lowered in AUTOGRAD.values()]
+    f = kiln.compile(no_grad(lambda g, x, ys: tuple(rule(g, x, y) for rule, y in zip(rules, ys))))
     for _ in range(2):
         for name, got, w in zip(AUTOGRAD, f(g, x, outputs), want):
             assert_same(got, w, what=name, **TOL[torch.float64])
