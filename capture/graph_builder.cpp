@@ -3,12 +3,14 @@
 ///
 /// Besides the names of ops.def, `call` accepts: "full" (a scalar broadcast to attrs.ints
 /// sizes in attrs.dtype), "identity" (returns its operand), "copy" (a new value equal to its
-/// operand), the pooling and upsampling ops of window_op below, and the training ops of
-/// capture/training_ops.cpp (attention, batch norm training, pooling backward).
+/// operand), the pooling and upsampling ops of window_op below, the derivatives and losses of
+/// capture/backward_ops.h, and the training ops of capture/training_ops.cpp (attention, batch
+/// norm training, pooling backward).
 #include "capture/graph_builder.h"
 
 #include <fmt/format.h>
 
+#include "capture/backward_ops.h"
 #include "capture/training_ops.h"
 #include "capture/window_ops.h"
 #include "support/error.h"
@@ -115,6 +117,14 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
   }
   if (int v = window_op(name, args, attrs); v >= 0) return v;
   if (int v = training_op(editor_, name, args, attrs); v >= 0) return v;
+  if (is_backward_op(name)) {
+    std::vector<int> xs;
+    for (const auto& a : args) {
+      KILN_UNSUPPORTED_IF(a.kind != Operand::Kind::Value, "{} takes tensors only", name);
+      xs.push_back(a.value);
+    }
+    return backward_op(editor_, name, xs, attrs);
+  }
   if (name == "full") {
     KILN_UNSUPPORTED_IF(args.size() != 1, "full takes one scalar");
     int c = value_of(args[0], attrs.dtype);
@@ -219,8 +229,8 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       int x = tensor_arg(0);
       DType t = node(x).dtype;
       if (!attrs.floats.empty() && op != OpKind::Var && op != OpKind::Std && op != OpKind::Norm &&
-          op != OpKind::LayerNorm && op != OpKind::RmsNorm && op != OpKind::GroupNorm &&
-          op != OpKind::BatchNormEval) {
+          op != OpKind::LayerNorm && op != OpKind::LayerNormRstd && op != OpKind::RmsNorm &&
+          op != OpKind::GroupNorm && op != OpKind::BatchNormEval) {
         // mean(x, dtype=...) / softmax(x, dtype=...): compute in the requested dtype.
         x = editor_.cast(x, attrs.dtype);
         t = attrs.dtype;

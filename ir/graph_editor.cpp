@@ -344,9 +344,11 @@ int GraphEditor::composite_reduce(OpKind op, const std::vector<int>& xs, Attrs a
       attrs.ints = {d};
       break;
     }
-    case OpKind::LayerNorm: case OpKind::RmsNorm:
+    case OpKind::LayerNorm: case OpKind::RmsNorm: case OpKind::LayerNormMean: case OpKind::LayerNormRstd:
       KILN_UNSUPPORTED_IF(attrs.ints.at(0) < 1 || attrs.ints.at(0) > static_cast<int64_t>(x.sizes.size()),
                           "{} over {} trailing dims of a rank-{} tensor", op_name(op), attrs.ints.at(0), x.sizes.size());
+      if (op == OpKind::LayerNormMean || op == OpKind::LayerNormRstd)
+        for (size_t i = x.sizes.size() - static_cast<size_t>(attrs.ints[0]); i < x.sizes.size(); ++i) out[i] = 1;
       break;
     case OpKind::GroupNorm:
       KILN_UNSUPPORTED_IF(x.sizes.size() < 2 || attrs.ints.at(0) <= 0 || x.sizes[1] % attrs.ints.at(0) != 0,

@@ -135,6 +135,13 @@ class Decomposer {
         if (n.attrs.ints.at(2)) y = b(OpKind::Add, y, in[2]);
         return y;
       }
+      case OpKind::LayerNormMean:
+        return exact_mean(x, trailing_dims(xs, n.attrs.ints.at(0)));
+      case OpKind::LayerNormRstd: {
+        // The same nodes as LayerNorm's rstd above (CSE merges them when both are recorded).
+        std::vector<int64_t> last = trailing_dims(xs, n.attrs.ints.at(0));
+        return wide_rstd(b(OpKind::Sub, x, exact_mean(x, last)), last, f.at(0));
+      }
       case OpKind::RmsNorm: {
         std::vector<int64_t> last = trailing_dims(xs, n.attrs.ints.at(0));
         double eps = f.at(0) >= 0 ? f.at(0) : (t_ == DType::Float64 ? 2.220446049250313e-16 : 1.1920928955078125e-07);

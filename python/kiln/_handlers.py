@@ -371,10 +371,17 @@ def _optional(x):
 
 @handles(aten.native_layer_norm)
 def _layer_norm(tr, a, out):
+    """y, and the mean and rstd a backward reads (unread, they are dead code and never computed;
+    read, they share y's pass over each row: ops.def's layer_norm_mean)."""
+    x, k, eps = a["input"], len(a["normalized_shape"]), float(a["eps"])
     w, hw = _optional(a["weight"])
     b, hb = _optional(a["bias"])
-    y = tr.call("layer_norm", [a["input"], w, b], ints=[len(a["normalized_shape"]), hw, hb], floats=[float(a["eps"])])
-    return [y, None, None]  # the saved mean/rstd are not recorded: reading them stops the capture
+    y = tr.call("layer_norm", [x, w, b], ints=[k, hw, hb], floats=[eps])
+    if math.prod(a["normalized_shape"]) == 0:
+        return [y, None, None]  # eager's statistics of empty rows (mean 0, rstd nan): not recorded
+    # CUDA keeps a half input's statistics in float32 (the CPU in the input's dtype).
+    xs = x if out[1].dtype == x.dtype else Value(tr.call("cast", [x], dtype=tr.dtype_name(out[1].dtype)))
+    return [y, tr.call("layer_norm_mean", [xs], ints=[k]), tr.call("layer_norm_rstd", [xs], ints=[k], floats=[eps])]
 
 
 @handles(aten.native_group_norm)
@@ -850,3 +857,8 @@ def _safe_softmax(tr, a, out):
     dead = Value(tr.call("eq", [Value(tr.call("amax", [x], ints=[dim % max(x.dim(), 1)], int_value=1)),
                                 float("-inf")]))
     return tr.call("where", [dead, 0.0, sm])
+
+
+# The derivative and loss handlers register themselves into HANDLERS; imported last, when every
+# name they import from this module exists.
+from . import _backward_handlers  # noqa: E402,F401

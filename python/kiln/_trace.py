@@ -503,12 +503,13 @@ class Tracer(TorchDispatchMode):
         if isinstance(out, torch.Tensor):
             self._bind_result(out, handler(self, _bind(func, args, kwargs), out))
         elif isinstance(out, (tuple, list)) and all(t is None or isinstance(t, torch.Tensor) for t in out):
-            # (a backward op's results that output_mask did not ask for are None)
+            # None: a result the op was asked not to compute (native_layer_norm_backward's
+            # output_mask); its handler returns None there too.
             vids = handler(self, _bind(func, args, kwargs), out)
             if not isinstance(vids, list) or len(vids) != len(out):
                 raise CaptureFailed(f"{func} returns {len(out)} tensors; kiln records one", op=str(func))
             for t, vid in zip(out, vids):
-                if vid is not None and t is not None:
+                if vid is not None and t is not None:  # a value recorded for a None result is dead
                     self._bind_result(t, vid)
         else:
             raise CaptureFailed(f"{func} returns {type(out).__name__}", op=str(func))
