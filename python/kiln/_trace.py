@@ -236,6 +236,24 @@ class _Fallback:
         return str(self.func)
 
 
+class _FreshFill(_Fallback):
+    """Runs an in-place random fill (`bernoulli_`, `uniform_`, `normal_`, ...) on a new tensor
+    with the layout eager's tensor had. These ops overwrite every element without reading it,
+    but which random number lands on which element follows the tensor's memory order (ATen's
+    CPU kernels draw serially along it): the functional forms (bernoulli.p) fill a contiguous
+    tensor, so a dropout mask on a transposed activation came out permuted against eager's."""
+
+    def __init__(self, func, args, kwargs, shape, stride, dtype, device):
+        super().__init__(func, args, kwargs)
+        self.shape, self.stride, self.dtype, self.device = list(shape), list(stride), dtype, device
+
+    def __call__(self, *tensors):
+        t = torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=self.device)
+        args = _fill_slots(self.args, tensors)
+        self.func(t, *args[1:], **_fill_slots(self.kwargs, tensors))
+        return t
+
+
 class _EscapeWatch(TorchFunctionMode):
     """Catches ways tensor data reaches Python without an ATen op."""
 
@@ -270,10 +288,9 @@ class _EscapeWatch(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-# In-place overloads whose functional form has another overload name. bernoulli_(p) is how
-# F.dropout draws its mask on the CPU; bernoulli.p fills a new tensor from the same generator in
-# the same order (ATen's bernoulli(self, p) is empty_like(self).bernoulli_(p)).
-_FUNCTIONAL_OVERLOADS = {("bernoulli_", "float"): "p"}
+# In-place random fills: they overwrite their tensor without reading it (see _FreshFill).
+_RANDOM_FILLS = {aten.bernoulli_, aten.uniform_, aten.normal_, aten.random_, aten.exponential_,
+                 aten.geometric_, aten.cauchy_, aten.log_normal_}
 
 LITERAL_LIMIT = 64  # elements of a torch.tensor(list) baked into the code as constants
 
@@ -541,10 +558,11 @@ class Tracer(TorchDispatchMode):
                             user_location()))
         self.pending_cut = True
 
-    def _record_fallback(self, func, args, kwargs, out):
+    def _record_fallback(self, func, args, kwargs, out, callable_=None):
         """An op kiln has no lowering for runs eagerly inside the compiled program: its tensor
         operands become graph values, everything else in its arguments is kept as recorded (those
-        values derive from guarded arguments, shapes, or constants)."""
+        values derive from guarded arguments, shapes, or constants). `callable_`: what runs it
+        (default: func on the recorded arguments), taking the same tensor operands."""
         targs, tkwargs, tensors = _template(args, kwargs)
         results = list(out) if isinstance(out, (tuple, list)) else [out]
         keep = None
@@ -558,7 +576,7 @@ class Tracer(TorchDispatchMode):
                 raise CaptureFailed(f"{func} returns a {t.layout} tensor", op=str(func))
         vids = [self.value_of(t) for t in tensors]
         index = len(self.fallbacks)
-        self.fallbacks.append(_Fallback(func, targs, tkwargs, keep))
+        self.fallbacks.append(callable_ or _Fallback(func, targs, tkwargs, keep))
         # A convolution that is not transposed: passes may fold a batch norm into its weights
         conv = func is aten.convolution.default and not _bind(func, args, kwargs)["transposed"]
         traits = _C.FALLBACK_CONVOLUTION if conv else 0
@@ -756,8 +774,14 @@ class Tracer(TorchDispatchMode):
         """An in-place op kiln has no lowering for: its functional form runs eagerly inside the
         program (index_put_ -> index_put, scatter_ -> scatter, ...), and its result becomes the
         tensor's new value."""
-        name = _FUNCTIONAL_OVERLOADS.get((func.overloadpacket.__name__, func._overloadname), func._overloadname)
-        overload = getattr(functional, name, None) if functional is not None else None
+        if func.overloadpacket in _RANDOM_FILLS and written == "self":
+            rest = [a[arg.name] for arg in func._schema.arguments[1:] if not arg.kwarg_only]
+            kw = {arg.name: a[arg.name] for arg in func._schema.arguments if arg.kwarg_only and arg.name in a}
+            targs, tkwargs, tensors = _template([None] + rest, kw)
+            fill = _FreshFill(func, targs, tkwargs, target.shape, target.stride(), target.dtype, target.device)
+            self._record_fallback(func, tuple(rest), kw, target, callable_=fill)
+            return self.values[id(target)]
+        overload = getattr(functional, func._overloadname, None) if functional is not None else None
         if overload is None and written != "self":
             overload = getattr(functional, "default", None)
         if overload is None or overload._schema.is_mutable:

@@ -342,3 +342,21 @@ def test_check_mode_catches_a_wrong_gradient():
         f(torch.randn(2, 3)).backward()  # capture: eager
         with pytest.raises(kiln.AccuracyError, match="compiled backward"):
             f(torch.randn(2, 3)).backward()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_dropout_on_transposed_activations_draws_eagers_masks(grad):
+    # ATen's CPU bernoulli_ draws along the tensor's memory order: kiln's fallback must fill a
+    # tensor with eager's layout (an attention block's dropouts act on permuted activations).
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.5, batch_first=True).train()
+    lk = kiln.compile(layer)
+    x = torch.randn(2, 5, 16)
+    with torch.set_grad_enabled(grad):
+        for i in range(3):
+            torch.manual_seed(i)
+            got = lk(x)
+            torch.manual_seed(i)
+            want = layer(x)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert kiln.counters()["eager_calls"] == 0
