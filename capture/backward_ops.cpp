@@ -295,6 +295,33 @@ int nll_loss(GraphEditor& e, const std::string& name, const std::vector<int>& xs
   return r.div(loss, r.sum(r.where(t.valid, t.weight_at, r.c(0)), {}, false));
 }
 
+/// mse_loss (x, target) and mse_loss_backward (grad, x, target); ints[0] = reduction (0 none,
+/// 1 mean, 2 sum). As ATen's CPU kernels: the loss is (x - t) * (x - t) per element, then a
+/// mean or sum; the gradient is norm * (x - t) * grad with norm = 2 / numel for a mean (2
+/// otherwise) held in the dtype.
+int mse_loss(GraphEditor& e, const std::string& name, const std::vector<int>& xs, const Attrs& a) {
+  bool backward = name == "mse_loss_backward";
+  KILN_UNSUPPORTED_IF(xs.size() != (backward ? 3u : 2u), "{} operands", name);
+  int x = xs[backward ? 1 : 0], target = xs[backward ? 2 : 1];
+  DType out = e.node(x).dtype;
+  KILN_UNSUPPORTED_IF(out != DType::Float32 && out != DType::Float64, "{} of {}", name, dtype_name(out));
+  for (int v : xs) KILN_UNSUPPORTED_IF(e.node(v).dtype != out, "{}: operands of different dtypes", name);
+  int64_t reduction = a.ints.at(0);
+  Rule r(e, out);
+  int diff = r.sub(x, target);
+  if (backward) {
+    Sizes shape = broadcast_shapes(e.node(x).sizes, e.node(target).sizes);
+    int64_t n = 1;
+    for (int64_t s : e.node(x).sizes) n *= s;
+    double norm = reduction == 1 ? 2.0 / static_cast<double>(n) : 2.0;
+    return e.expand(r.mul(r.mul(r.c(held(norm, out)), diff), xs[0]), shape);
+  }
+  int sq = r.mul(diff, diff);
+  if (reduction == 0) return sq;
+  return reduction == 1 ? e.composite_reduce(OpKind::Mean, {sq}, Attrs{{}, {}, out, 0, 0})
+                        : r.sum(sq, {}, false);
+}
+
 /// embedding_dense_backward: zeros [num_weights, D] with each grad row added to the row of its
 /// index, in order. As ATen's CPU kernel, indices equal to padding_idx or outside
 /// [0, num_weights) add nothing: here they add a zero row to row 0 (x + 0 is x for every x a
@@ -349,7 +376,7 @@ bool is_backward_op(const std::string& name) {
   static const std::set<std::string> others = {
       "softmax_backward", "log_softmax_backward", "layer_norm_backward_input", "layer_norm_backward_weight",
       "layer_norm_backward_bias", "nll_loss", "nll_loss_total_weight", "nll_loss_backward",
-      "embedding_dense_backward"};
+      "embedding_dense_backward", "mse_loss", "mse_loss_backward"};
   return pointwise_names().count(name) != 0 || others.count(name) != 0;
 }
 
@@ -359,6 +386,7 @@ int backward_op(GraphEditor& e, const std::string& name, const std::vector<int>&
   if (name.rfind("layer_norm_backward", 0) == 0) return layer_norm_backward(e, name, xs, attrs);
   if (name.rfind("nll_loss", 0) == 0) return nll_loss(e, name, xs, attrs);
   if (name == "embedding_dense_backward") return embedding_dense_backward(e, xs, attrs);
+  if (name.rfind("mse_loss", 0) == 0) return mse_loss(e, name, xs, attrs);
   throw Unsupported("kiln has no backward op '" + name + "'");
 }
 

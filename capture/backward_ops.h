@@ -25,6 +25,8 @@
 ///   nll_loss / nll_loss_total_weight  x, target[, weight]; ints = reduction (0 none,
 ///                           1 mean, 2 sum), ignore_index, has_weight
 ///   nll_loss_backward       grad, x, target, total_weight[, weight]; ints as nll_loss
+///   mse_loss                x, target; ints[0] = reduction (0 none, 1 mean, 2 sum)
+///   mse_loss_backward       grad, x, target; ints[0] = reduction
 ///   embedding_dense_backward  grad, indices; ints = num_weights, padding_idx,
 ///                           scale_grad_by_freq
 /// Tested by tests/python/test_backward_ops.py.

@@ -145,3 +145,19 @@ def _select_backward(tr, a, out):
     row = list(sizes)
     row[dim] = 1
     return _zeros_with(tr, Value(tr.call("reshape", [g], ints=row)), g.dtype, sizes, dim, index, index + 1, 1)
+
+
+@handles(aten.mse_loss)
+def _mse_loss(tr, a, out):
+    x, t = a["self"], a["target"]
+    if x.dtype not in _FLOAT_LOSS_DTYPES or t.dtype != x.dtype or x.shape != t.shape:
+        raise NoLowering()
+    return tr.call("mse_loss", [x, t], ints=[a["reduction"]])
+
+
+@handles(aten.mse_loss_backward)
+def _mse_loss_backward(tr, a, out):
+    g, x, t = a["grad_output"], a["self"], a["target"]
+    if x.dtype not in _FLOAT_LOSS_DTYPES or t.dtype != x.dtype or g.dtype != x.dtype or x.shape != t.shape:
+        raise NoLowering()
+    return tr.call("mse_loss_backward", [g, x, t], ints=[a["reduction"]])

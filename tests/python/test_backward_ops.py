@@ -337,6 +337,38 @@ def test_nll_loss_forward_and_backward_match_eager(reduction, weighted, dtype):
     no_fallbacks()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+def test_mse_loss_forward_and_backward_match_eager(reduction, dtype):
+    shapes = [(37,), (45, 65), (1, 3, 1)]
+    inputs = []
+    for shape in shapes:
+        x, t = make_input(shape, dtype), with_edges(make_input(shape, dtype), [0.0, -0.0, 1e30])
+        out = aten.mse_loss(x, t, reduction)
+        inputs += [x, t, make_input(out.shape, dtype)]
+
+    def fn(*ts):
+        res = []
+        for k in range(len(shapes)):
+            x, t, g = ts[3 * k:3 * k + 3]
+            res += [aten.mse_loss(x, t, reduction), aten.mse_loss_backward(g, x, t, reduction)]
+        return tuple(res)
+    tol = dict(TOL[dtype], rtol=1e-4) if dtype == torch.float32 else TOL[dtype]  # float32 sums round
+    check(no_grad(fn), inputs, **tol)
+    no_fallbacks()
+
+
+def test_mse_loss_gives_autograds_gradient():
+    x = make_input((9, 17), torch.float64).requires_grad_()
+    t = make_input((9, 17), torch.float64)
+    fk = kiln.compile(lambda x, t: F.mse_loss(x, t))
+    for _ in range(2):
+        want, = torch.autograd.grad(F.mse_loss(x, t), [x])
+        got, = torch.autograd.grad(fk(x, t), [x])
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+    no_fallbacks()
+
+
 def test_nll_loss_with_an_ignore_index_in_range_and_all_targets_ignored():
     lp, t, w = nll_inputs((8, 4), torch.float64, True, ignore=2)
     t[::3] = 2
