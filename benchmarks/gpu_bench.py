@@ -189,6 +189,57 @@ def conv_block():
     return "resnet_basic_block[32x64x56x56]", m, (x,), None
 
 
+def training_rows(opts):
+    """Training steps (forward + loss + backward, train mode) of the transformer block in float32
+    and bfloat16: eager, torch.compile(model) and kiln.compile(model), the model compiled and the
+    step around it eager. kiln's forward and backward are its compiled CUDA programs (Note
+    [Training capture]); the gradients are checked against eager's."""
+    rows = []
+    for block in (transformer_block, transformer_block_bf16):
+        name, model, (x,), _ = block()
+        model.train()
+        x = x[:2].contiguous()  # a training step holds activations for the backward
+        r = {"name": "train " + name.replace("[8x", "[2x")}
+        try:
+            def step(m):
+                for p in model.parameters():
+                    p.grad = None
+                loss = m(x).float().square().mean()
+                loss.backward()
+                return [p.grad for p in model.parameters()]
+            want = [g.clone() for g in step(model)]
+            r["eager_ms"] = cuda_time_ms(lambda: step(model), opts.reps)
+            if not opts.no_inductor:
+                try:
+                    t0 = time.perf_counter()
+                    tm = torch.compile(model)
+                    step(tm)
+                    torch.cuda.synchronize()
+                    r["inductor_compile_s"] = time.perf_counter() - t0
+                    r["inductor_ms"] = cuda_time_ms(lambda: step(tm), opts.reps)
+                except Exception as e:  # noqa: BLE001
+                    r["inductor_error"] = f"{type(e).__name__}: {e}"[:200]
+            t0 = time.perf_counter()
+            km = kiln.compile(model)
+            step(km)
+            torch.cuda.synchronize()
+            r["kiln_compile_s"] = time.perf_counter() - t0
+            got = step(km)
+            torch.cuda.synchronize()
+            c = kiln.counters()
+            r["kiln_path"] = (f"compiled fwd+bwd ({c['compiled_backward_calls']} backward calls)"
+                              if c["compiled_backward_calls"] else f"eager: {list(c['reasons'])[:1]}")
+            r["kiln_err"] = max(max_rel_err(g, w) for g, w in zip(got, want))
+            r["kiln_ms"] = cuda_time_ms(lambda: step(km), opts.reps)
+        except Exception:  # noqa: BLE001
+            r["error"] = traceback.format_exc()[-500:]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        del model, x
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-inductor", action="store_true")
@@ -260,6 +311,10 @@ def main():
             print(json.dumps(r), flush=True)
             del args
             torch.cuda.empty_cache()
+    try:
+        rows += training_rows(opts)
+    except Exception as e:  # noqa: BLE001
+        print(f"training rows skipped: {e}")
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"device": dev, "copy_bw": bw, "rows": rows}, f, indent=1)

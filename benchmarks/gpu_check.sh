@@ -66,10 +66,11 @@ fi
 
 TESTS="skipped"
 if [ -z "${GPU_CHECK_SKIP_TESTS:-}" ]; then
-  say "tests (test_cuda_codegen.py, test_cuda_models.py, test_cublaslt.py; CPU emulation deselected: the GPU runs the real thing)"
+  say "tests (test_cuda_codegen.py, test_cuda_models.py, test_cublaslt.py, test_cuda_training.py; CPU emulation deselected: the GPU runs the real thing)"
   t0=$SECONDS
   "$PY" -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning -k "not emulated" \
     -o addopts="" tests/python/test_cuda_codegen.py tests/python/test_cuda_models.py tests/python/test_cublaslt.py \
+    tests/python/test_cuda_training.py \
     2>&1 | tee "$OUTDIR/tests.log" | tail -60
   TESTS="$(tail -1 "$OUTDIR/tests.log") ($((SECONDS - t0)) s)"
 fi

@@ -176,25 +176,18 @@ def _compile(sources, names):
     return lib, fns
 
 
-def emulate(fn, *args, max_grid=3, per_result=False, run_args=None):
-    """Traces fn on CPU tensors, generates its CUDA program and runs it in emulation. Returns
-    (outputs as a flat list, status_ok): the graph's outputs, or with per_result one entry per
-    tensor leaf of fn's result, in its order. `run_args` (same shapes and dtypes as args) runs
-    the program on other values than it was traced on (one eager would reject, say)."""
-    tracer = _cuda.trace_graph(fn, args, {})
-    if run_args is not None:
-        swap = {id(a): b for a, b in zip(args, run_args)}
-        tracer.leaves = [swap.get(id(t), t) for t in tracer.leaves]
-    prog = _C.CudaProgram(tracer.builder, 0, 90)
+def run_program(prog, leaves, fallbacks, max_grid=3):
+    """Runs a compiled _C.CudaProgram in emulation on CPU tensors `leaves` (by leaf index);
+    returns (its outputs, status_ok)."""
     kernels = prog.kernels()
     lib, fns = _compile([k["source"] for k in kernels], [k["name"] for k in kernels])
     bufs = prog.buffers()
-    externs = _cuda.ExternSteps(prog.externs(), [_cuda._Buffer(b) for b in bufs], tracer.fallbacks)
+    externs = _cuda.ExternSteps(prog.externs(), [_cuda._Buffer(b) for b in bufs], fallbacks)
     # The CUDA runner's allocation (temporaries carved from one block), on the CPU, every
     # output and temporary poisoned so that an element no kernel writes shows; an extern's
     # results are bound when it runs.
     layout = _cuda.BufferLayout([_cuda._Buffer(b) for b in bufs], externs.results)
-    tensors = layout.allocate(tracer.leaves, "cpu", poison_outputs=True, poison_temps=True)
+    tensors = layout.allocate(leaves, "cpu", poison_outputs=True, poison_temps=True)
     status = torch.zeros(1, dtype=torch.int32)
     for kind, what in prog.steps():
         if kind == "gemm":  # cuBLAS's part: the product of the two strided operand views
@@ -224,9 +217,63 @@ def emulate(fn, *args, max_grid=3, per_result=False, run_args=None):
         arr = (ctypes.c_void_p * len(ptrs))(*ptrs)
         rc = lib.kiln_emulate(f, arr, len(ptrs), min(k["grid"], max_grid), k["block"])
         assert rc == 0, f"emulating {k['name']} failed"
-    outs = [tensors[i] if kind == "buffer" else tracer.leaves[i] for kind, i in prog.outputs()]
+    outs = [tensors[i] if kind == "buffer" else leaves[i] for kind, i in prog.outputs()]
+    return outs, int(status.item()) == 0
+
+
+def emulate(fn, *args, max_grid=3, per_result=False, run_args=None):
+    """Traces fn on CPU tensors, generates its CUDA program and runs it in emulation. Returns
+    (outputs as a flat list, status_ok): the graph's outputs, or with per_result one entry per
+    tensor leaf of fn's result, in its order. `run_args` (same shapes and dtypes as args) runs
+    the program on other values than it was traced on (one eager would reject, say)."""
+    tracer = _cuda.trace_graph(fn, args, {})
+    if run_args is not None:
+        swap = {id(a): b for a, b in zip(args, run_args)}
+        tracer.leaves = [swap.get(id(t), t) for t in tracer.leaves]
+    prog = _C.CudaProgram(tracer.builder, 0, 90)
+    outs, ok = run_program(prog, tracer.leaves, tracer.fallbacks, max_grid=max_grid)
     if per_result:  # the graph's outputs in the order fn returned them (arguments, repeats)
         needed = list(tracer.segments[0].needed)
         outs = [outs[needed.index(spec[2])] if spec[0] == "seg" else
                 tracer.leaves[spec[1]] if spec[0] == "input" else spec[1] for spec in tracer.result_specs]
-    return outs, int(status.item()) == 0
+    return outs, ok
+
+
+def emulate_training(fn, *args, seed=0, max_grid=3):
+    """A training step of fn for the CUDA target, in emulation: traces fn on CPU tensors (the
+    floating ones that require grad are its inputs with gradients) as a CUDA capture records
+    it, records autograd's backward (Note [Training capture]), partitions and compiles both
+    programs (_C.cuda_training), runs the forward, then the backward on the saved values and
+    seeded random output gradients. Returns (forward outputs in the order fn returned them,
+    {leaf index: gradient}, the output gradients used, the _C.CudaTraining)."""
+    from kiln._backward_capture import capture_joint
+    from kiln._compile import _captured_candidates
+    from kiln._flatten import flatten
+    from kiln._trace import trace
+    leaves = []
+    flatten((args, {}), leaves)
+    result, tracer = trace(fn, args, {}, list(leaves), _captured_candidates(fn, None), target="cuda")
+    assert tracer.failure is None, tracer.failure
+    assert len(tracer.segments) == 1
+    res_leaves = []
+    flatten(result, res_leaves)
+    specs = tracer.outputs(res_leaves, len(leaves))
+    seg = tracer.segments[0]
+    tensor_of = {s[2]: t for t, s in zip(res_leaves, specs) if s[0] == "seg"}
+    joint = capture_joint(tracer, seg, tensor_of, len(tracer.leaves))
+    assert joint is not None and not isinstance(joint, Exception), joint
+    seg.builder.set_outputs(list(seg.needed) + joint["grad_vids"])
+    tp = _C.cuda_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"], arch=90)
+    fwd, ok = run_program(tp.forward, tracer.leaves, tracer.fallbacks, max_grid=max_grid)
+    assert ok, "the emulated forward flagged an error"
+    g = torch.Generator().manual_seed(seed)
+    tangents = [torch.randn(joint["output_meta"][p][0], generator=g).to(joint["output_meta"][p][1])
+                for p in joint["differentiable"]]
+    saved = [fwd[p] for p in tp.saved_positions] + [tracer.leaves[i] for i in tp.saved_inputs]
+    bwd, ok = run_program(tp.backward, saved + tangents, tracer.fallbacks, max_grid=max_grid)
+    assert ok, "the emulated backward flagged an error"
+    grads = {leaf: bwd[tp.gradient_positions[j]] for leaf, j in joint["grad_leaves"]}
+    outs = [fwd[seg.needed.index(s[2])] if s[0] == "seg" else tracer.leaves[s[1]] for s in specs]
+    cotangents = {seg.needed[p]: t for p, t in zip(joint["differentiable"], tangents)}
+    out_grads = [cotangents.get(s[2]) if s[0] == "seg" else None for s in specs]
+    return outs, grads, out_grads, tp
