@@ -98,7 +98,32 @@ def capture_backward(tracer, outputs, inputs, first_index):
     return tangent_vids, grad_vids, backward_start
 
 
-def capture_joint(tracer, seg, tensor_of, first_tangent):
+def check_segment_independence(inputs, carried):
+    """A segment's backward is traced as autograd.grad(its outputs, its inputs), which gives the
+    total derivative: where one of its inputs also reaches its outputs through a carried input
+    (a weight used before and after a graph break, a carried value computed from another), the
+    gradient would count that path twice (once here, once in the earlier segment's backward).
+    Raises CaptureFailed in that case."""
+    watched = {}
+    for t in inputs:
+        key = t.grad_fn if t.grad_fn is not None else id(t)
+        watched[key] = t
+    seen = set()
+    stack = [fn for c in carried if c.grad_fn is not None for fn, _ in c.grad_fn.next_functions]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if node in watched or (variable is not None and id(variable) in watched):
+            raise CaptureFailed("autograd: a tensor reaches a segment both directly and through a value carried "
+                                "across a graph break (a weight used on both sides of it): that training step runs "
+                                "eagerly")
+        stack.extend(fn for fn, _ in node.next_functions)
+
+
+def capture_joint(tracer, seg, tensor_of, first_tangent, grad_inputs=None):
     """Records autograd's backward of the traced forward into segment `seg` (the trace's only
     one). `tensor_of`: the traced tensor of each of seg.needed's value ids (the forward outputs).
     Returns a dict describing the joint graph, None when no output has a gradient (the call then
@@ -107,11 +132,15 @@ def capture_joint(tracer, seg, tensor_of, first_tangent):
       tangents        the tangents' value ids;  grad_vids: the gradients' value ids
       grad_leaves     (leaf index, position in grad_vids) of each input that gets a gradient
       backward_start  the first node recorded while autograd ran
-      output_meta     (shape, dtype, device) of each forward output (zeros for a missing grad)"""
+      output_meta     (shape, dtype, device) of each forward output (zeros for a missing grad)
+    `grad_inputs`: (leaf index, tensor) of the inputs to differentiate for (default: every
+    differentiable leaf of the trace)."""
     positions = [j for j, vid in enumerate(seg.needed) if differentiable(tensor_of.get(vid))]
     if not positions:
         return None
-    grad_inputs = [(i, t) for i, t in enumerate(tracer.leaves) if differentiable(t)]
+    if grad_inputs is None:
+        grad_inputs = [(i, t) for i, t in enumerate(tracer.leaves) if differentiable(t)]
+    grad_inputs = [(i, t) for i, t in grad_inputs if differentiable(t)]
     outputs = [tensor_of[seg.needed[j]] for j in positions]
     try:
         tangents, grads, backward_start = capture_backward(tracer, outputs, [t for _, t in grad_inputs],

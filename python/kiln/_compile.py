@@ -548,9 +548,6 @@ class CompiledFunction:
             failure = _python_side_effects(value_sources, values,
                                            _plain_value_sources(self._fn, self._module))
         training = grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in trace_leaves)
-        if failure is None and training and len(tracer.segments) > 1:
-            failure = CaptureFailed("autograd: a training step with graph breaks is not compiled yet",
-                                    location=tracer.breaks[0][1] if tracer.breaks else None)
         if failure is None and any(not isinstance(x, torch.Tensor) and type(x) not in _SIMPLE_VALUE_TYPES
                                    for x in leaves):
             bad = next(type(x).__name__ for x in leaves
@@ -573,7 +570,7 @@ class CompiledFunction:
             return result
         if len(tracer.segments) > 1:
             return self._add_path(spec, tracer, full, grad, getters, (out_specs, mutations), result_spec, result,
-                                  tree_entry)
+                                  tree_entry, training)
         # One segment: its outputs are the result's tensors and the mutated leaves' new values.
         seg = tracer.segments[0]
         seg.builder.set_outputs(seg.needed)
@@ -651,7 +648,12 @@ class CompiledFunction:
         guards = _build_guards(full, grad, set(tracer.mutations))
         try:
             if _cuda.is_cuda_trace(tracer):
-                tp, forward, backward = _cuda.compile_cuda_training(tracer, joint, debug_dir=debug_dir)
+                devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
+                if len(devices) != 1:
+                    raise _C.Unsupported("kiln: a CUDA program needs every tensor on one CUDA device, got "
+                                         f"{sorted(map(str, devices))}")
+                tp, forward, backward = _cuda.compile_cuda_training(seg.builder, len(seg.needed), joint,
+                                                                    next(iter(devices)), tracer.fallbacks, debug_dir)
             else:
                 if not hasattr(_C, "compile_training"):
                     raise _C.Unsupported("kiln was built without the CPU backend (KILN_CPU=OFF)")
@@ -690,7 +692,8 @@ class CompiledFunction:
         self._write_debug_extras(entry, debug_dir)
         return result
 
-    def _add_path(self, spec, tracer, full, grad, getters, out_specs, result_spec, result, tree_entry):
+    def _add_path(self, spec, tracer, full, grad, getters, out_specs, result_spec, result, tree_entry,
+                  training=False):
         """Merges a trace with graph breaks into the tree of its specialisation (a new tree when
         none matches) and compiles the segments that changed."""
         breaks = sum(len(seg.reads) for seg in tracer.segments)
@@ -701,7 +704,7 @@ class CompiledFunction:
             entry = _Entry(_build_guards(full, grad, set(tracer.mutations)), getters)
             devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
             device = next(iter(devices)) if len(devices) == 1 and next(iter(devices)).type == "cuda" else None
-            entry.tree = _segments.Tree(entry.guards, len(full), grad, device)
+            entry.tree = _segments.Tree(entry.guards, len(full), grad, device, training)
             self._add_entry(spec, entry)
         else:
             self._entry_count += 1  # a new path counts as a variant for the cache limit
@@ -780,6 +783,7 @@ class CompiledFunction:
                         out.append((e.training.backward, "backward"))
                 elif e.tree is not None:
                     out.extend((p, "forward") for p in e.tree.programs())
+                    out.extend((p, "backward") for p in e.tree.backward_programs())
         return out
 
     def entries(self):

@@ -438,25 +438,21 @@ def compile_cuda_entry(source, device=None, debug_dir="", fallbacks=None):
     return CudaRunner(builder, int(device), debug_dir, fallbacks or ())
 
 
-def compile_cuda_training(tracer, joint, debug_dir=""):
-    """Partitions a training capture's joint graph (_backward_capture.capture_joint) and compiles
-    both halves for the tracer's CUDA device. Returns (the _C.CudaTraining, forward runner,
-    backward runner); raises kiln.Unsupported as compile_cuda_entry does."""
+def compile_cuda_training(builder, forward_outputs, joint, device, fallbacks, debug_dir=""):
+    """Partitions a training capture's joint graph (the builder's; _backward_capture.capture_joint
+    described it) and compiles both halves for CUDA device `device` (an ordinal or a
+    torch.device). Returns (the _C.CudaTraining, forward runner, backward runner); raises
+    kiln.Unsupported as compile_cuda_entry does."""
     _require_backend()
-    devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
-    if len(devices) != 1 or next(iter(devices)).type != "cuda":
-        raise _C.Unsupported("kiln: a CUDA program needs every tensor on one CUDA device, got "
-                             f"{sorted(map(str, devices))}")
+    if isinstance(device, torch.device):
+        device = device.index if device.index is not None else torch.cuda.current_device()
     if not _C.cuda_available():
         raise _C.Unsupported("kiln: CUDA is unavailable: " + _C.cuda_unavailable_reason())
     _prefer_torch_cublas()
-    device = next(iter(devices))
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    seg = tracer.seg
-    tp = _C.cuda_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"],
-                          device=index, want_cubin=True, debug_dir=debug_dir)
-    forward = CudaRunner(None, index, fallbacks=tracer.fallbacks, program=tp.forward, graph=tp.forward_graph)
-    backward = CudaRunner(None, index, fallbacks=tracer.fallbacks, program=tp.backward, graph=tp.backward_graph)
+    tp = _C.cuda_training(builder, forward_outputs, joint["tangents"], joint["backward_start"], device=int(device),
+                          want_cubin=True, debug_dir=debug_dir)
+    forward = CudaRunner(None, int(device), fallbacks=fallbacks, program=tp.forward, graph=tp.forward_graph)
+    backward = CudaRunner(None, int(device), fallbacks=fallbacks, program=tp.backward, graph=tp.backward_graph)
     return tp, forward, backward
 
 

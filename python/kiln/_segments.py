@@ -37,13 +37,18 @@ class SegNode:
         self.result = None   # (out_specs, result_spec) where the function returns
         self.program = None
         self.native = None
+        self.joint = None     # training: the segment's joint graph (see Tree.training)
+        self.training = None  # training: the _autograd.TrainingPrograms once compiled
 
 
 class Tree:
     """The compiled segments of one guarded specialisation."""
 
-    def __init__(self, guards, leaf_count, grad, device=None):
+    def __init__(self, guards, leaf_count, grad, device=None, training=False):
         self.device = device  # the CUDA device the segments compile for, or None (CPU)
+        # A training step: each segment is its own autograd node, its backward recorded from the
+        # trace that (re)made it (Note [Training across graph breaks]).
+        self.training = training
         self.guards = guards
         self.leaf_count = leaf_count
         self.grad = grad
@@ -79,6 +84,8 @@ class Tree:
                     node.needed += grown
                     node.fresh |= seg.fresh
                     dirty.append(node)
+            if self.training and node in dirty:
+                self._capture_segment_backward(tracer, d, node)
             if d < last:
                 key = tuple(k for _, _, k, _ in seg.reads)
                 parent, node = node, node.children.get(key)
@@ -87,26 +94,86 @@ class Tree:
         self.paths += 1
         return dirty
 
+    def _capture_segment_backward(self, tracer, d, node):
+        """Note [Training across graph breaks]
+        Segment d of this trace becomes node's graph with its backward recorded into it: the
+        backward of the node's outputs (every value later segments or the result need, over all
+        traces) with respect to the segment's inputs, the leaves it reads and the values carried
+        in from earlier segments. Each compiled segment is then one autograd node whose inputs
+        are the outputs of the nodes before it, so gradients flow across the breaks as through
+        eager's graph. What autograd.grad cannot give per segment (a tensor reaching a segment
+        directly and through a carried value, whose gradient it would count twice; an output
+        another path needed whose tensor this trace no longer holds) raises Unsupported, and the
+        specialisation runs eagerly with the reason."""
+        from ._backward_capture import capture_joint, check_segment_independence, differentiable
+        from ._trace import CaptureFailed
+        seg = tracer.segments[d]
+        missing = [v for v in node.needed if v not in seg.out_tensors]
+        if missing:
+            raise _C.Unsupported("autograd: a segment's output needed by another path of the trace tree is not "
+                                 "available to record its backward")
+        seg.needed = list(node.needed)
+        grad_inputs = [(i, tracer.leaves[i]) for i in sorted(seg.leaf_vids)]
+        grad_inputs += [(self.leaf_count + j, t) for j, t in enumerate(seg.carried_tensors)]
+        try:
+            check_segment_independence([t for _, t in grad_inputs if differentiable(t)],
+                                       [t for t in seg.carried_tensors if differentiable(t)])
+            tracer.current = d
+            joint = capture_joint(tracer, seg, {v: seg.out_tensors[v] for v in node.needed},
+                                  self.leaf_count + len(seg.carried) + 1, grad_inputs)
+        except CaptureFailed as e:
+            raise _C.Unsupported(e.reason) from None
+        finally:
+            tracer.current = None
+        if isinstance(joint, CaptureFailed):
+            raise _C.Unsupported(joint.reason)
+        node.builder = seg.builder
+        node.joint = joint
+
     def compile(self, node, debug_dir=""):
         """(Re)compiles one node for its current outputs."""
-        node.builder.set_outputs(node.needed)
+        node.builder.set_outputs(node.needed + (node.joint["grad_vids"] if node.joint is not None else []))
         node.builder.set_output_leaves([_C.FRESH_OUTPUT if v in node.fresh else -1 for v in node.needed])
+        if node.joint is not None:
+            self._compile_training(node, debug_dir)
+            return
         if self.device is not None and self.device.type == "cuda":
             from . import _cuda
             node.program = _cuda.compile_cuda_entry(node.builder, self.device, debug_dir, node.fallbacks)
         else:
             node.program = _C.compile_graph(node.builder, debug_dir)
-        if node is self.root:
-            guards = self.guards
-        else:
-            guards = _C.GuardSet()  # inputs are the root's (checked) and this tree's own outputs
-            guards.set_leaf_count(self.leaf_count + len(node.carried))
-            guards.set_grad_mode(self.grad)
+        guards = self._guards(node)
         if getattr(node.program, "target", "cpu") == "cuda":
             from . import _cuda
             node.native = _cuda.CudaEntry(guards, node.program)
         else:
             node.native = _C.Entry(guards, node.program, list(node.fallbacks))
+
+    def _guards(self, node):
+        if node is self.root:
+            return self.guards
+        guards = _C.GuardSet()  # inputs are the root's (checked) and this tree's own outputs
+        guards.set_leaf_count(self.leaf_count + len(node.carried))
+        guards.set_grad_mode(self.grad)
+        return guards
+
+    def _compile_training(self, node, debug_dir):
+        from . import _autograd
+        joint, guards = node.joint, self._guards(node)
+        if self.device is not None and self.device.type == "cuda":
+            from . import _cuda
+            tp, forward, backward = _cuda.compile_cuda_training(node.builder, len(node.needed), joint, self.device,
+                                                                node.fallbacks, debug_dir)
+            node.program, backward_program = forward, backward
+        else:
+            tp = _C.compile_training(node.builder, len(node.needed), joint["tangents"], joint["backward_start"],
+                                     debug_dir=debug_dir)
+            forward = _C.Entry(guards, tp.forward, list(node.fallbacks))
+            backward = _C.Entry(_C.GuardSet(), tp.backward, list(node.fallbacks))
+            node.program, backward_program = tp.forward, tp.backward
+        node.training = _autograd.TrainingPrograms(tp, node.program, backward_program)
+        node.native = _autograd.TrainingRunner(guards, tp, forward, backward, joint["differentiable"],
+                                               joint["grad_leaves"], joint["output_meta"], tp.backward_graph)
 
     def run(self, full, grad):
         """(outputs per segment, leaf node), or None (the root's guards fail), False (redo the
@@ -147,6 +214,10 @@ class Tree:
 
     def programs(self):
         return [n.program for n in self.nodes() if n.program is not None]
+
+    def backward_programs(self):
+        """The backward programs of a training tree's segments."""
+        return [n.training.backward for n in self.nodes() if n.training is not None]
 
     def fallbacks(self):
         """The eager ops of every path traced, once each (the segments of one trace share its

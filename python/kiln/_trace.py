@@ -155,10 +155,19 @@ class _Segment:
         self.shape_outputs = 0  # result tensors of its shape reads
         self.fresh = set()  # outputs eager made as new tensors: never returned as argument views
         self.ops = 0
+        # A training capture records each segment's backward from these (_segments.Tree): the
+        # traced tensor of each needed value (held, so that it outlives the trace), the tensor of
+        # each carried input, and the value id of each call leaf the segment reads.
+        self.out_tensors = {}
+        self.carried_tensors = []
+        self.leaf_vids = {}
 
-    def need(self, vid):
+    def need(self, vid, tensor=None):
         if vid >= 0 and vid not in self.needed:
             self.needed.append(vid)
+        if vid >= 0 and tensor is not None:
+            self.out_tensors.setdefault(vid, tensor)
+
 
 
 class _Slot:
@@ -333,17 +342,19 @@ class Tracer(TorchDispatchMode):
         self.fallbacks = []     # _Fallback per fallback node, by table index
         self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
         self.in_backward = False  # recording autograd's backward of the traced forward (_backward_capture)
+        self.current = None       # the segment whose backward is recorded (None: the last one)
         for i, leaf in enumerate(leaves):
             if isinstance(leaf, torch.Tensor):
                 self._add_leaf_input(leaf, i)
 
     # -- bookkeeping ------------------------------------------------------------------------
-    # The segment being recorded: its builder, value map, layouts and inputs.
-    seg = property(lambda self: self.segments[-1])
-    builder = property(lambda self: self.segments[-1].builder)
-    values = property(lambda self: self.segments[-1].values)
-    layouts = property(lambda self: self.segments[-1].layouts)
-    input_vids = property(lambda self: self.segments[-1].input_vids)
+    # The segment being recorded: its builder, value map, layouts and inputs. (`current`: the
+    # segment whose backward is being recorded, else the last one.)
+    seg = property(lambda self: self.segments[-1 if self.current is None else self.current])
+    builder = property(lambda self: self.seg.builder)
+    values = property(lambda self: self.seg.values)
+    layouts = property(lambda self: self.seg.layouts)
+    input_vids = property(lambda self: self.seg.input_vids)
 
     def dtype_name(self, dtype):
         name = DTYPE_NAMES.get(dtype)
@@ -360,6 +371,7 @@ class Tracer(TorchDispatchMode):
             raise CaptureFailed(f"{t.device.type} tensors are not supported")
         vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), list(t.stride()), index)
         self.leaf_index[id(t)] = index
+        self.seg.leaf_vids[index] = vid
         self.input_vids.add(vid)
         self.layouts[vid] = list(t.stride())
         self.values[id(t)] = vid
@@ -388,6 +400,10 @@ class Tracer(TorchDispatchMode):
             return self._carry(t, k, src)
         if index is not None:  # a leaf first used in a later segment
             return self._add_leaf_input(t, index)
+        if self.in_backward:
+            # A segment's backward reads what its forward made or took in, nothing else.
+            raise CaptureFailed(f"autograd: the backward of a segment reads a tensor its forward did not "
+                                f"see ({self.func})", op=str(self.func))
         for k in range(len(self.segments) - 2, -1, -1):
             src = self.segments[k].values.get(id(t))
             if src is not None:  # made by an earlier segment: carried in
@@ -407,7 +423,7 @@ class Tracer(TorchDispatchMode):
         """Makes tensor `t` (value `src` of segment k) an input of the current segment. Its
         leaf index is fixed once the trace is complete (after every call leaf)."""
         seg = self.seg
-        self.segments[k].need(src)
+        self.segments[k].need(src, t)
         # The producing segment stores the value in its preferred layout when that is dense,
         # else contiguously (lower_to_loops' loop_order): read it the same way. A shape read's
         # result comes as eager made it (its strides are part of the key).
@@ -415,6 +431,7 @@ class Tracer(TorchDispatchMode):
         vid = self.builder.add_input(self.dtype_name(t.dtype), list(t.shape), strides, -1)
         seg.carried.append((k, src))
         seg.carried_vids.append(vid)
+        seg.carried_tensors.append(t)
         seg.input_vids.add(vid)
         seg.layouts[vid] = strides
         seg.values[id(t)] = vid
@@ -540,8 +557,8 @@ class Tracer(TorchDispatchMode):
                                 op=str(func))
         targs, tkwargs, tensors = _template(args, kwargs)
         vids = [self.value_of(t) for t in tensors]
-        for v in vids:
-            self.seg.need(v)
+        for v, t in zip(vids, tensors):
+            self.seg.need(v, t)
         out_vids = None
         if shape:  # Note [Shape reads]: later segments take its results from the read
             results = list(out) if isinstance(out, (tuple, list)) else [out]
@@ -815,7 +832,7 @@ class Tracer(TorchDispatchMode):
             # eager's result shares no memory with an argument: kiln must not return an alias
             # of one either, though its value may be a view (x.floor() of an integer x is x)
             seg.fresh.add(vid)
-        seg.need(vid)
+        seg.need(vid, tensor)
         return ("seg", k, vid)
 
     def mutation_outputs(self):
