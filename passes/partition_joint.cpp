@@ -65,12 +65,17 @@ class Partitioner {
   }
 
  private:
-  /// Backward nodes: the tangents and everything computed from them.
+  /// Backward nodes: the tangents and everything computed from them, and the cheap work
+  /// autograd did that does not depend on them (a weight's transpose, exp of a saved log-softmax):
+  /// it stays in the backward rather than lengthening the forward, whatever the cut's ties.
   void mark_backward() {
     backward_.assign(n_, false);
     for (int t : spec_.tangents) backward_.at(t) = true;
-    for (int i = 0; i < n_; ++i)
-      for (int x : g_.nodes[i].inputs) backward_[i] = backward_[i] || backward_[x];
+    for (int i = 0; i < n_; ++i) {
+      const Node& n = g_.nodes[i];
+      backward_[i] = backward_[i] || (i >= spec_.backward_start && n.op != OpKind::Input && recomputable(g_, n));
+      for (int x : n.inputs) backward_[i] = backward_[i] || backward_[x];
+    }
     for (int i = 0; i < spec_.forward_outputs; ++i)
       KILN_CHECK(!backward_[g_.outputs[i]], "forward output %{} depends on a tangent", g_.outputs[i]);
   }

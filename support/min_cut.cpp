@@ -8,7 +8,7 @@
 
 namespace kiln {
 
-MinCut::MinCut(int nodes) : out_(nodes), level_(nodes), next_(nodes), reach_(nodes, false) {}
+MinCut::MinCut(int nodes) : out_(nodes), level_(nodes), next_(nodes), reaches_sink_(nodes, false) {}
 
 void MinCut::add_edge(int u, int v, int64_t cap) {
   out_[u].push_back(static_cast<int>(edges_.size()));
@@ -61,18 +61,22 @@ int64_t MinCut::solve(int source, int sink) {
       if (flow >= kInfinite) break;
     }
   }
-  // The source side: reachable through edges with residual capacity left.
-  std::fill(reach_.begin(), reach_.end(), false);
-  std::deque<int> queue{source};
-  reach_[source] = true;
+  // The sink side: nodes that still reach the sink through edges with residual capacity left
+  // (edge e = u -> v leaves u; its residual capacity is edges_[e].cap).
+  std::fill(reaches_sink_.begin(), reaches_sink_.end(), false);
+  std::deque<int> queue{sink};
+  reaches_sink_[sink] = true;
   while (!queue.empty()) {
-    int u = queue.front();
+    int v = queue.front();
     queue.pop_front();
-    for (int e : out_[u])
-      if (edges_[e].cap > 0 && !reach_[edges_[e].to]) {
-        reach_[edges_[e].to] = true;
-        queue.push_back(edges_[e].to);
+    for (int e : out_[v]) {
+      // e ^ 1 is an edge u -> v for each edge e = v -> u stored at v
+      int u = edges_[e].to;
+      if (edges_[e ^ 1].cap > 0 && !reaches_sink_[u]) {
+        reaches_sink_[u] = true;
+        queue.push_back(u);
       }
+    }
   }
   return flow;
 }

@@ -20,9 +20,11 @@ class MinCut {
   /// Computes the maximum flow from `source` to `sink` (saturating at kInfinite: a result of
   /// kInfinite means every cut crosses an infinite edge), then the source side of a minimum cut.
   int64_t solve(int source, int sink);
-  /// After solve(): whether `node` is reachable from the source in the residual graph (the
-  /// source side of the minimum cut).
-  bool source_side(int node) const { return reach_[node]; }
+  /// After solve(): whether `node` is on the source side of the minimum cut closest to the sink
+  /// (it cannot reach the sink in the residual graph). Of several minimum cuts, that one puts
+  /// the most nodes on the source side: the training partitioner then saves later values and
+  /// recomputes fewer (a ReLU's output rather than its input, for the same bytes).
+  bool source_side(int node) const { return !reaches_sink_[node]; }
 
  private:
   struct Edge {
@@ -35,7 +37,7 @@ class MinCut {
   std::vector<Edge> edges_;             // edge 2k is forward, 2k+1 its reverse
   std::vector<std::vector<int>> out_;   // per node: its edge indices
   std::vector<int> level_, next_;
-  std::vector<bool> reach_;
+  std::vector<bool> reaches_sink_;
 };
 
 }  // namespace kiln
