@@ -216,15 +216,30 @@ class Partitioner {
     }
     b.input_ids.clear();
     for (int k = 0; k < arg; ++k) b.input_ids.push_back(k);
-    for (int i = 0; i < n_; ++i) {
-      if (remap[i] >= 0 || (need_[i] != Need::Recompute && need_[i] != Need::Backward)) continue;
-      Node n = g_.nodes[i];
-      for (int& x : n.inputs) {
-        KILN_CHECK(remap[x] >= 0, "partition: backward node %{} reads %{}, which the backward lacks", i, x);
-        x = remap[x];
+    // Backward nodes in their recorded order; a recomputed forward value just before the first
+    // one that reads it (placed by its id, it would be computed at the start and held through
+    // most of the backward: a GELU recomputed for the last layer's weight gradient).
+    auto emit = [&](int root) {
+      std::vector<std::pair<int, bool>> stack{{root, false}};
+      while (!stack.empty()) {
+        auto [i, expanded] = stack.back();
+        stack.pop_back();
+        if (remap[i] >= 0) continue;
+        if (!expanded) {
+          stack.push_back({i, true});
+          for (int x : g_.nodes[i].inputs)
+            if (remap[x] < 0) stack.push_back({x, false});
+          continue;
+        }
+        KILN_CHECK(need_[i] == Need::Recompute || need_[i] == Need::Backward,
+                   "partition: backward node %{} reads %{}, which the backward lacks", root, i);
+        Node n = g_.nodes[i];
+        for (int& x : n.inputs) x = remap[x];
+        remap[i] = e.append(std::move(n));
       }
-      remap[i] = e.append(std::move(n));
-    }
+    };
+    for (int i = 0; i < n_; ++i)
+      if (need_[i] == Need::Backward) emit(i);
     std::vector<int> copy_of(b.nodes.size(), -1);
     for (size_t j = spec_.forward_outputs; j < g_.outputs.size(); ++j) {
       int src = g_.outputs[j];

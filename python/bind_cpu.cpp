@@ -414,6 +414,8 @@ void define_cpu(py::module_& m) {
       .def_property_readonly("loop_ir", [](const Program& p) { return ir::print(p.program->program()); })
       .def_property_readonly("llvm_ir", [](const Program& p) { return p.program->code().text.module_ir; })
       .def_property_readonly("calls", [](const Program& p) { return p.program->calls(); })
+      .def_property_readonly("arena_bytes", [](const Program& p) { return p.program->arena_bytes(); },
+                             "bytes of the temporaries one call holds at most (Note: runtime/arena_plan.h)")
       .def_property_readonly("gemms",
                              [](const Program& p) {
                                std::vector<std::string> out;
