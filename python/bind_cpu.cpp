@@ -82,8 +82,14 @@ void* data_ptr(PyObject* t) {
 /// the fallback table (Python callables running the ops kiln runs eagerly inside the program).
 class Entry {
  public:
-  Entry(std::shared_ptr<py_bind::GuardSet> guards, Program program, py::list fallbacks)
-      : guards_(std::move(guards)), program_(std::move(program)), fallbacks_(std::move(fallbacks)) {
+  /// `lazy_outputs`: allocate each output just before the step that first writes it, as
+  /// programs with fallback steps allocate every buffer (a training step's: its backward's
+  /// gradients then do not all sit in memory from its first step on, as eager's do not).
+  Entry(std::shared_ptr<py_bind::GuardSet> guards, Program program, py::list fallbacks, bool lazy_outputs = false)
+      : guards_(std::move(guards)),
+        program_(std::move(program)),
+        fallbacks_(std::move(fallbacks)),
+        lazy_outputs_(lazy_outputs) {
     const auto& p = program_.program->program();
     py::dict& dtypes = torch_handles().dtypes;
     for (const auto& b : p.buffers) {
@@ -210,7 +216,7 @@ class Entry {
     size_t nb = p.buffers.size(), ns = p.steps.size();
     alloc_at_.assign(ns, {});
     release_at_.assign(ns, {});
-    if (p.externs.empty()) return;
+    if (p.externs.empty() && !lazy_outputs_) return;
     std::vector<ir::BufferLifetime> life = ir::buffer_lifetimes(p, /*epilogues_at_product=*/false);
     std::vector<bool> returned(nb, false);  // a fallback's result can be an output (kind Extern)
     for (const auto& o : p.outputs)
@@ -289,6 +295,7 @@ class Entry {
   std::vector<bool> allocate_upfront_;                // per buffer: call() allocates it before any step
   std::vector<std::vector<int>> alloc_at_, release_at_;  // per step
   bool has_lifetimes_ = false;
+  bool lazy_outputs_ = false;
   /// A strided view of an argument (an extern operand, an output), its as_strided arguments
   /// built once.
   struct ViewArgs {
@@ -466,8 +473,8 @@ void define_cpu(py::module_& m) {
       .def("__call__", &FastPath::call);
 
   py::class_<Entry, std::shared_ptr<Entry>>(m, "Entry")
-      .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program, py::list>(), py::arg("guards"), py::arg("program"),
-           py::arg("fallbacks") = py::list())
+      .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program, py::list, bool>(), py::arg("guards"),
+           py::arg("program"), py::arg("fallbacks") = py::list(), py::arg("lazy_outputs") = false)
       .def("__call__", &Entry::call)
       .def("run", &Entry::run, "runs without checking the guards (a training backward)")
       .def("last_failure", [](const Entry& e) { return e.last_failure(); })

@@ -659,8 +659,8 @@ class CompiledFunction:
                     raise _C.Unsupported("kiln was built without the CPU backend (KILN_CPU=OFF)")
                 tp = _C.compile_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"],
                                          debug_dir=debug_dir)
-                forward = _C.Entry(guards, tp.forward, list(tracer.fallbacks))
-                backward = _C.Entry(_C.GuardSet(), tp.backward, list(tracer.fallbacks))
+                forward = _C.Entry(guards, tp.forward, list(tracer.fallbacks), lazy_outputs=True)
+                backward = _C.Entry(_C.GuardSet(), tp.backward, list(tracer.fallbacks), lazy_outputs=True)
         except _C.Unsupported as e:
             err = CaptureFailed(str(e), location="(lowering)")
             _counters.record_failure(err)

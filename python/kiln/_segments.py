@@ -168,8 +168,8 @@ class Tree:
         else:
             tp = _C.compile_training(node.builder, len(node.needed), joint["tangents"], joint["backward_start"],
                                      debug_dir=debug_dir)
-            forward = _C.Entry(guards, tp.forward, list(node.fallbacks))
-            backward = _C.Entry(_C.GuardSet(), tp.backward, list(node.fallbacks))
+            forward = _C.Entry(guards, tp.forward, list(node.fallbacks), lazy_outputs=True)
+            backward = _C.Entry(_C.GuardSet(), tp.backward, list(node.fallbacks), lazy_outputs=True)
             node.program, backward_program = tp.forward, tp.backward
         node.training = _autograd.TrainingPrograms(tp, node.program, backward_program)
         node.native = _autograd.TrainingRunner(guards, tp, forward, backward, joint["differentiable"],
