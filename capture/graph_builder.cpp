@@ -279,6 +279,8 @@ std::vector<int> GraphBuilder::add_fallback(int table_index, const std::vector<i
   KILN_UNSUPPORTED_IF((traits & kFallbackConvolution) && (!conv || inputs.size() < 2 || dtypes.size() != 1),
                       "only a convolution with one result is marked as one");
   if (conv && sizes[0].size() == 4) traits |= kFallbackPrefersChannelsLast;
+  if (aten_name == "aten.convolution_backward.default" && sizes[0].size() == 4 && inputs.size() >= 3)
+    traits |= kFallbackPrefersChannelsLast | kFallbackConvolutionBackward;
   n.attrs.ints = {traits};
   out.push_back(editor_.append(std::move(n)));
   for (size_t k = 1; k < dtypes.size(); ++k) {

@@ -66,6 +66,9 @@ constexpr int64_t kFallbackPrefersChannelsLast = 1;  ///< a 2-D convolution (one
 /// A convolution that is not transposed: inputs are (input, weight[, bias]), and output channel
 /// c (dim 1) reads only weight[c] and bias[c] (passes/fold_batch_norm).
 constexpr int64_t kFallbackConvolution = 2;
+/// A 2-D convolution's backward (aten.convolution_backward): inputs are (grad_output, input,
+/// weight); with the first two channels-last, oneDNN runs it NHWC and returns NHWC results.
+constexpr int64_t kFallbackConvolutionBackward = 4;
 
 struct Graph {
   std::vector<Node> nodes;     ///< topological order; a node's id is its index
@@ -81,6 +84,11 @@ struct Graph {
 /// x + 0): even where kiln's value is a view of an argument, it is returned as a copy, since an
 /// alias would see later writes to the argument (and the argument writes to it).
 constexpr int kFreshOutput = -2;
+
+/// Graph::output_leaf of a value a training step's forward saves for its backward
+/// (passes/partition_joint): a buffer of its own, as kFreshOutput, whose layout nobody but the
+/// backward sees (the backward reads it in whatever layout the forward stores it).
+constexpr int kSavedValue = -3;
 
 /// Contiguous (row-major) strides for `sizes`.
 Sizes contiguous_strides(const Sizes& sizes);

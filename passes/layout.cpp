@@ -23,21 +23,35 @@ bool layout_matters(const Sizes& s) { return s.size() == 4 && s[1] > 1 && s[2] *
 
 Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
   if (!opts.channels_last_convolutions) return g;
-  std::set<int> outputs(g.outputs.begin(), g.outputs.end());
+  // Values the caller sees keep eager's layout; a value only a training step's backward reads
+  // (kSavedValue) may take any.
+  std::set<int> outputs;
+  for (size_t j = 0; j < g.outputs.size(); ++j)
+    if (j >= g.output_leaf.size() || g.output_leaf[j] != kSavedValue) outputs.insert(g.outputs[j]);
+  auto is_channels_last = [&](const Node& n) { return n.strides == channels_last(n.sizes); };
+  // The operands a fallback wants channels-last: a convolution's input; a convolution
+  // backward's gradient and input (both, or oneDNN reorders them).
+  auto activation_operands = [&](const Node& n) -> std::vector<int> {
+    if (n.op != OpKind::Fallback || n.attrs.ints.empty() || !(n.attrs.ints[0] & kFallbackPrefersChannelsLast)) return {};
+    if (n.attrs.ints[0] & kFallbackConvolutionBackward) return {0, 1};
+    return {0};
+  };
   auto wants_channels_last = [&](size_t i) {
     const Node& n = g.nodes[i];
-    if (n.op != OpKind::Fallback || n.attrs.ints.empty() || !(n.attrs.ints[0] & kFallbackPrefersChannelsLast))
-      return false;
-    int x = n.inputs.at(0);
-    const Node& xn = g.nodes[x];
-    // Lowering stores pointwise values, views and assembled values in their preferred layout
-    // (reductions and matrix products always row-major; a result of another eager op has the
-    // layout that op gives it); leaves are copied. The caller sees outputs in eager's layout.
-    OpCategory c = op_category(xn.op);
-    bool stored_as_asked = is_pointwise(xn.op) || c == OpCategory::Movement || c == OpCategory::Assemble ||
-                           c == OpCategory::Leaf;
-    return stored_as_asked && is_float(xn.dtype) && layout_matters(xn.sizes) && layout_matters(n.sizes) &&
-           !outputs.count(x) && !outputs.count(static_cast<int>(i));
+    std::vector<int> ops = activation_operands(n);
+    if (ops.empty() || !layout_matters(n.sizes) || outputs.count(static_cast<int>(i))) return false;
+    for (int k : ops) {
+      int x = n.inputs.at(k);
+      const Node& xn = g.nodes[x];
+      // Lowering stores pointwise values, views and assembled values in their preferred layout
+      // (reductions and matrix products always row-major; a result of another eager op has the
+      // layout that op gives it); leaves are copied. The caller sees outputs in eager's layout.
+      OpCategory c = op_category(xn.op);
+      bool stored_as_asked = is_pointwise(xn.op) || c == OpCategory::Movement || c == OpCategory::Assemble ||
+                             c == OpCategory::Leaf;
+      if (!stored_as_asked || !is_float(xn.dtype) || !layout_matters(xn.sizes) || outputs.count(x)) return false;
+    }
+    return true;
   };
   Graph out;
   GraphEditor e(out);
@@ -46,9 +60,20 @@ Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
   std::vector<bool> conv_cl(g.nodes.size(), false);
   for (size_t i = 0; i < g.nodes.size(); ++i)
     if ((conv_cl[i] = wants_channels_last(i))) {
-      layout[g.nodes[i].inputs[0]] = channels_last(g.nodes[g.nodes[i].inputs[0]].sizes);
+      for (int k : activation_operands(g.nodes[i])) {
+        int x = g.nodes[i].inputs[k];
+        layout[x] = channels_last(g.nodes[x].sizes);
+      }
       layout[i] = channels_last(g.nodes[i].sizes);
     }
+  // The other results of such a fallback (a convolution backward's weight gradient): torch
+  // returns them channels-last too.
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (n.op == OpKind::FallbackOutput && conv_cl[n.inputs[0]] && layout_matters(n.sizes) &&
+        !outputs.count(static_cast<int>(i)))
+      layout[i] = channels_last(n.sizes);
+  }
   // Forward: a pointwise value computed from a channels-last value of its shape is stored
   // channels-last too (batch norm + activation after a convolution, feeding the next one), so
   // its kernel reads and writes in one order instead of transposing.
@@ -63,17 +88,19 @@ Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     Node n = g.nodes[i];
     for (int& x : n.inputs) x = remap[x];
-    int x = n.inputs.empty() ? -1 : g.nodes[i].inputs[0];
-    if (conv_cl[i] && op_category(g.nodes[x].op) == OpCategory::Leaf) {
-      // An argument keeps its memory: the convolution reads a channels-last copy.
+    for (int k : conv_cl[i] ? activation_operands(g.nodes[i]) : std::vector<int>{}) {
+      int x = g.nodes[i].inputs[k];
+      const Node& src = g.nodes[x];
+      if (op_category(src.op) != OpCategory::Leaf || (src.op == OpKind::Input && is_channels_last(src))) continue;
+      // An argument keeps its memory: the convolution reads a channels-last copy (an argument
+      // stored channels-last already, a saved value the forward wrote so, is read as it is).
       auto it = copy_of.find(x);
       if (it == copy_of.end()) {
-        const Node& src = g.nodes[x];
         Node copy{OpKind::Cast, {remap[x]}, {}, src.dtype, src.sizes, channels_last(src.sizes)};
         copy.attrs.dtype = src.dtype;
         it = copy_of.emplace(x, e.append(std::move(copy))).first;
       }
-      n.inputs[0] = it->second;
+      n.inputs[k] = it->second;
     }
     if (!layout[i].empty() && op_category(n.op) != OpCategory::Leaf) n.strides = layout[i];
     remap[i] = e.append(std::move(n));

@@ -191,7 +191,7 @@ class Partitioner {
       }
       p.saved_positions.push_back(static_cast<int>(f.outputs.size()));
       f.outputs.push_back(remap[s]);
-      f.output_leaf.push_back(kFreshOutput);  // a buffer of its own, never a view of an argument
+      f.output_leaf.push_back(kSavedValue);  // a buffer of its own, in any layout
     }
   }
 
