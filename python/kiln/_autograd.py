@@ -50,6 +50,10 @@ class TrainingRunner:
         self.failure = ""
         self.out_specs = []  # the entry's result specs: which result leaf each output is (KILN_CHECK)
         self.check = None    # the GradientCheck of the call being run (KILN_CHECK=1)
+        # (function, args, kwargs) of the call being run, kept for a double backward, which
+        # replays it eagerly (see _eager_double_backward); None in a tree's segments.
+        self.replay = None
+        self.has_mutations = False  # the call writes arguments or buffers: a replay would again
 
     def __call__(self, full, grad):
         """The forward outputs (attached to autograd), None when the guards miss, or False when
@@ -82,11 +86,17 @@ class SegmentFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, runner, full, *grad_inputs):
+        rng = torch.random.get_rng_state() if runner.replay is not None else None  # before the program draws
         out = runner.forward.run(full)
         if out is False:
             return _FAILED
         ctx.runner = runner
         ctx.check = runner.check.bind(runner, full) if runner.check is not None else None
+        ctx.replay, runner.replay = runner.replay, None
+        if ctx.replay is not None:
+            ctx.full = full
+            ctx.versions = [t._version if isinstance(t, torch.Tensor) else None for t in full]
+            ctx.rng = rng
         ctx.set_materialize_grads(False)
         saved = [out[p] for p in runner.saved_positions] + [full[i] for i in runner.saved_inputs]
         ctx.save_for_backward(*saved)
@@ -100,10 +110,7 @@ class SegmentFunction(torch.autograd.Function):
         runner = ctx.runner
         if torch.is_grad_enabled():
             # create_graph=True: the compiled backward is not differentiable itself.
-            _counters.record_eager("autograd: double backward (create_graph=True) through a kiln-compiled function")
-            raise RuntimeError("kiln: double backward (create_graph=True) through a compiled function is not "
-                               "supported; compile it with backend='eager' (or call it with KILN_DISABLE=1) "
-                               "where higher-order gradients are needed")
+            return _eager_double_backward(ctx, grads)
         tangents = []
         for p in runner.differentiable:
             g = grads[p]
@@ -124,6 +131,46 @@ class SegmentFunction(torch.autograd.Function):
         if ctx.check is not None:
             ctx.check(grads, result[2:])
         return tuple(result)
+
+
+def _eager_double_backward(ctx, grads):
+    """A backward with create_graph=True (double backward): the compiled backward is not itself
+    differentiable, so the call is replayed eagerly (the function on the same arguments, the RNG
+    as it was before the compiled forward drew from it) and autograd differentiates that, with
+    create_graph. Not possible, and a clear error, where the replay would differ from the call:
+    it wrote arguments or buffers (batch norm's running statistics would move twice), an
+    argument changed in place since, or it is a segment of a trace with graph breaks."""
+    from ._flatten import flatten
+    runner = ctx.runner
+    what = "double backward (create_graph=True) through a kiln-compiled function"
+    if ctx.replay is None or runner.has_mutations:
+        why = "it writes arguments or buffers" if runner.has_mutations else "it has graph breaks"
+        raise RuntimeError(f"kiln: {what} cannot replay the call eagerly ({why}); compile it with backend='eager' "
+                           "where higher-order gradients are needed")
+    if any(v is not None and t._version != v for t, v in zip(ctx.full, ctx.versions)):
+        raise RuntimeError(f"kiln: {what}: an argument or parameter was modified in place since the call, so it "
+                           "cannot be replayed eagerly")
+    _counters.record_eager(f"autograd: {what}: its gradient was computed by replaying the call eagerly")
+    fn, args, kwargs = ctx.replay
+    state = torch.random.get_rng_state()
+    torch.random.set_rng_state(ctx.rng)
+    try:
+        with torch.enable_grad():
+            result = fn(*args, **kwargs)
+    finally:
+        torch.random.set_rng_state(state)
+    leaves = []
+    flatten(result, leaves)
+    outputs = {}
+    for k, spec in enumerate(runner.out_specs):
+        if spec[0] == "graph":
+            outputs.setdefault(spec[1], leaves[k])
+    pairs = [(outputs[p], grads[p]) for p in runner.differentiable
+             if grads[p] is not None and p in outputs and outputs[p].requires_grad]
+    inputs = [ctx.full[i] for i, _ in runner.grad_leaves]
+    got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
+                              allow_unused=True) if pairs else [None] * len(inputs)
+    return (None, None, *got)
 
 
 class GradientCheck:

@@ -470,6 +470,8 @@ class CompiledFunction:
                     _counters.record_eager(entry.reason)
                     return self._fn(*args, **kwargs)
                 continue
+            if entry.training is not None:
+                entry.native.replay = (self._fn, args, kwargs)  # for a double backward, if one comes
             out = entry.native(full, grad)
             if out is None:
                 continue
@@ -681,6 +683,7 @@ class CompiledFunction:
                                                 joint["grad_leaves"], joint["output_meta"],
                                                 entry.training.backward.graph)
         entry.native.out_specs = out_specs
+        entry.native.has_mutations = bool(mutations)
         entry.mutations = mutations
         entry.silent = set(tracer.silent_updates)
         entry.single = entry.single and not mutations

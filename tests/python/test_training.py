@@ -234,14 +234,31 @@ def test_tensor_requiring_grad_made_inside_runs_eagerly():
     assert all(w.grad is not None for w in store)
 
 
-def test_double_backward_is_a_clear_error():
+def test_double_backward_replays_the_call_eagerly():
     w = torch.randn(5, requires_grad=True)
-    fk = kiln.compile(lambda x: (torch.tanh(x * w)).sum())
-    x = torch.randn(5)
-    g, = torch.autograd.grad(fk(x), [w], create_graph=True)  # capture: eager, differentiable
-    g.sum().backward()
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(fk(x), [w], create_graph=True)
+    fk = kiln.compile(lambda x: (torch.tanh(x * w) * F.dropout(x, 0.3)).sum())
+    f = lambda x: (torch.tanh(x * w) * F.dropout(x, 0.3)).sum()  # noqa: E731
+    for i in range(3):
+        x = torch.randn(5, requires_grad=True)
+        torch.manual_seed(i)
+        g, gx = torch.autograd.grad(fk(x), [w, x], create_graph=True)
+        hk = torch.autograd.grad((g * g).sum() + gx.sum(), [w, x])
+        torch.manual_seed(i)
+        g, gx = torch.autograd.grad(f(x), [w, x], create_graph=True)
+        he = torch.autograd.grad((g * g).sum() + gx.sum(), [w, x])
+        for a, b in zip(hk, he):
+            assert rel_err(a, b) < 1e-6
+    assert any("double backward" in r for r in kiln.counters()["reasons"])
+    assert kiln.counters()["compiled_forward_calls"] == 2  # the forward ran compiled
+
+
+def test_double_backward_of_a_call_that_writes_buffers_is_a_clear_error():
+    m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    mk = kiln.compile(m)
+    x = torch.randn(6, 4)
+    torch.autograd.grad(mk(x).square().sum(), list(m.parameters()), create_graph=True)  # capture: eager
+    with pytest.raises(RuntimeError, match="cannot replay the call eagerly"):
+        torch.autograd.grad(mk(x).square().sum(), list(m.parameters()), create_graph=True)
 
 
 def test_inplace_change_of_a_saved_parameter_raises_as_eager():
