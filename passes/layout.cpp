@@ -39,7 +39,11 @@ Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
   auto wants_channels_last = [&](size_t i) {
     const Node& n = g.nodes[i];
     std::vector<int> ops = activation_operands(n);
-    if (ops.empty() || !layout_matters(n.sizes) || outputs.count(static_cast<int>(i))) return false;
+    if (ops.empty() || !layout_matters(n.sizes)) return false;
+    // A forward convolution returned to the caller keeps eager's layout by staying NCHW; a
+    // backward's result (a weight gradient) is copied into eager's layout instead, since the
+    // operands, not the result, decide how fast it runs.
+    if (outputs.count(static_cast<int>(i)) && !(n.attrs.ints[0] & kFallbackConvolutionBackward)) return false;
     for (int k : ops) {
       int x = n.inputs.at(k);
       const Node& xn = g.nodes[x];
@@ -64,7 +68,7 @@ Graph run_choose_layouts(const Graph& g, const PassOptions& opts) {
         int x = g.nodes[i].inputs[k];
         layout[x] = channels_last(g.nodes[x].sizes);
       }
-      layout[i] = channels_last(g.nodes[i].sizes);
+      if (!outputs.count(static_cast<int>(i))) layout[i] = channels_last(g.nodes[i].sizes);
     }
   // The other results of such a fallback (a convolution backward's weight gradient): torch
   // returns them channels-last too.
