@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <functional>
+#include <set>
 
 #include "capture/graph_builder.h"
 #include "codegen_cpu/cpu_codegen.h"
@@ -130,23 +132,31 @@ class Entry {
   /// and eager must redo the call.
   py::object call(const py::list& leaves, bool grad_enabled) {
     if (!guards_->check(leaves, grad_enabled)) return py::none();
-    return run(leaves);
+    return run(leaves, {});
   }
 
   /// Runs on `leaves` without checking guards: the caller knows they hold (a training
   /// backward's leaves are what its forward saved plus gradients of the forward's outputs).
-  /// Returns the output list, or False as call() does.
-  py::object run(const py::list& leaves) {
+  /// Returns the output list, or False as call() does. `consumable`: leaf indices the call may
+  /// drop after their last use (their list items become None): a backward frees each saved
+  /// activation once it has read it, as eager's backward frees saved tensors node by node.
+  py::object run(const py::list& leaves, const std::vector<int>& consumable) {
     failure_.clear();
     data_dependent_failure_ = false;
     const auto& p = program_.program->program();
     std::vector<void*> ptrs(p.buffers.size(), nullptr);
     std::vector<py::object> tensors(p.buffers.size());
+    std::vector<bool> drop(p.buffers.size(), false);
     for (size_t i = 0; i < p.buffers.size(); ++i) {
       const auto& b = p.buffers[i];
       if (b.kind == ir::BufferKind::Input) {
         tensors[i] = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(leaves.ptr(), b.index));
         ptrs[i] = data_ptr(tensors[i].ptr());
+        if (releasable_input_[i] && std::find(consumable.begin(), consumable.end(), b.index) != consumable.end()) {
+          drop[i] = true;
+          Py_INCREF(Py_None);
+          PyList_SetItem(leaves.ptr(), b.index, Py_None);  // the call holds the only reference now
+        }
       } else if (allocate_upfront_[i]) {
         tensors[i] = torch_handles().empty_strided(sizes_[i], strides_[i], py::arg("dtype") = dtype_[i]);
         ptrs[i] = data_ptr(tensors[i].ptr());
@@ -160,9 +170,11 @@ class Entry {
     // last step that reads them, as eager allocates and frees: memory freed a moment ago is
     // reused while it is still in cache (allocating everything up front made matmul outputs
     // land in cold memory, +10-15% on each addmm of a block).
+    bool dropping = std::find(drop.begin(), drop.end(), true) != drop.end();
     runtime::CompiledProgram::StepHook hook = [&](size_t si, bool before, std::vector<void*>& ps) {
       const auto& list = before ? alloc_at_[si] : release_at_[si];
-      if (list.empty()) return;
+      bool inputs = !before && dropping && !input_release_at_[si].empty();
+      if (list.empty() && !inputs) return;
       py::gil_scoped_acquire gil;
       for (int b : list) {
         if (before) {
@@ -173,8 +185,14 @@ class Entry {
           ps[b] = nullptr;
         }
       }
+      if (inputs)
+        for (int b : input_release_at_[si])
+          if (drop[b]) {
+            tensors[b] = py::none();
+            ps[b] = nullptr;
+          }
     };
-    const runtime::CompiledProgram::StepHook* h = has_lifetimes_ ? &hook : nullptr;
+    const runtime::CompiledProgram::StepHook* h = has_lifetimes_ || dropping ? &hook : nullptr;
     bool ok;
     if (program_.work() >= kReleaseGilWork) {
       // Other Python threads run while the kernels do; for tiny programs the release and
@@ -216,11 +234,23 @@ class Entry {
     size_t nb = p.buffers.size(), ns = p.steps.size();
     alloc_at_.assign(ns, {});
     release_at_.assign(ns, {});
+    input_release_at_.assign(ns, {});
+    releasable_input_.assign(nb, false);
     if (p.externs.empty() && !lazy_outputs_) return;
     std::vector<ir::BufferLifetime> life = ir::buffer_lifetimes(p, /*epilogues_at_product=*/false);
     std::vector<bool> returned(nb, false);  // a fallback's result can be an output (kind Extern)
     for (const auto& o : p.outputs)
       if (o.kind == ir::OutputSpec::Kind::Buffer) returned[o.index] = true;
+    // Inputs a call may drop after their last reader (run's `consumable`): never one an output
+    // returns or views.
+    std::set<int> returned_leaves;
+    for (const auto& o : p.outputs)
+      if (o.kind != ir::OutputSpec::Kind::Buffer) returned_leaves.insert(o.index);
+    for (size_t b = 0; b < nb && lazy_outputs_; ++b)
+      if (p.buffers[b].kind == ir::BufferKind::Input && life[b].last >= 0 && !returned_leaves.count(p.buffers[b].index)) {
+        input_release_at_[life[b].last].push_back(static_cast<int>(b));
+        releasable_input_[b] = true;
+      }
     for (size_t b = 0; b < nb; ++b) {
       auto kind = p.buffers[b].kind;
       if (allocate_upfront_[b] && life[b].first >= 0) {  // allocated by the step hook instead
@@ -296,6 +326,8 @@ class Entry {
   std::vector<std::vector<int>> alloc_at_, release_at_;  // per step
   bool has_lifetimes_ = false;
   bool lazy_outputs_ = false;
+  std::vector<std::vector<int>> input_release_at_;  // per step: input buffers last read there
+  std::vector<bool> releasable_input_;               // per buffer
   /// A strided view of an argument (an extern operand, an output), its as_strided arguments
   /// built once.
   struct ViewArgs {
@@ -476,7 +508,9 @@ void define_cpu(py::module_& m) {
       .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program, py::list, bool>(), py::arg("guards"),
            py::arg("program"), py::arg("fallbacks") = py::list(), py::arg("lazy_outputs") = false)
       .def("__call__", &Entry::call)
-      .def("run", &Entry::run, "runs without checking the guards (a training backward)")
+      .def("run", &Entry::run, py::arg("leaves"), py::arg("consumable") = std::vector<int>(),
+           "runs without checking the guards (a training step); drops the `consumable` leaves after their "
+           "last use (their list items become None)")
       .def("last_failure", [](const Entry& e) { return e.last_failure(); })
       .def("failed_on_data_dependent_shape", &Entry::failed_on_data_dependent_shape)
       .def_property_readonly("guards", &Entry::guards)

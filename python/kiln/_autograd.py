@@ -44,6 +44,7 @@ class TrainingRunner:
         self.differentiable = list(differentiable)
         self.grad_leaves = list(grad_leaves)
         self.output_meta = output_meta  # per forward output: (shape, dtype, device)
+        self.n_outputs = len(output_meta)  # forward outputs the call returns (saved-only values follow)
         self.saved_positions = list(program.saved_positions)
         self.saved_inputs = list(program.saved_inputs)
         self.gradient_positions = list(program.gradient_positions)
@@ -98,12 +99,18 @@ class SegmentFunction(torch.autograd.Function):
             ctx.versions = [t._version if isinstance(t, torch.Tensor) else None for t in full]
             ctx.rng = rng
         ctx.set_materialize_grads(False)
-        saved = [out[p] for p in runner.saved_positions] + [full[i] for i in runner.saved_inputs]
-        ctx.save_for_backward(*saved)
+        # Saved values that are outputs, and saved inputs, go through save_for_backward (autograd
+        # then checks they were not changed in place before the backward); the others exist only
+        # for the backward, which drops each one after its last use (see backward).
+        n = runner.n_outputs
+        ctx.save_for_backward(*[out[p] for p in runner.saved_positions if p < n],
+                              *[full[i] for i in runner.saved_inputs])
+        ctx.intermediates = [out[p] for p in runner.saved_positions if p >= n]
+        outputs = out[:n]
         differentiable = set(runner.differentiable)
-        ctx.mark_non_differentiable(*[t for j, t in enumerate(out) if j not in differentiable])
+        ctx.mark_non_differentiable(*[t for j, t in enumerate(outputs) if j not in differentiable])
         _counters.bump("compiled_forward_calls")
-        return tuple(out)
+        return tuple(outputs)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -120,8 +127,20 @@ class SegmentFunction(torch.autograd.Function):
             elif not g.is_contiguous():
                 g = g.contiguous()  # the backward was compiled for contiguous tangents
             tangents.append(g)
-        leaves = list(ctx.saved_tensors) + tangents
-        out = runner.backward.run(leaves)
+        n = runner.n_outputs
+        kept = iter(ctx.saved_tensors)
+        intermediates = iter(ctx.intermediates)
+        saved = [next(intermediates) if p >= n else next(kept) for p in runner.saved_positions]
+        leaves = saved + list(kept) + tangents
+        consumable = []
+        if not torch._C._autograd._get_current_graph_task_keep_graph():
+            # Without retain_graph nothing reads them again: the backward frees each one after
+            # its last reader, as eager's backward frees saved tensors node by node.
+            ctx.intermediates = None
+            del intermediates
+            consumable = [k for k, p in enumerate(runner.saved_positions) if p >= n]
+            saved = None
+        out = runner.backward.run(leaves, consumable) if consumable else runner.backward.run(leaves)
         if out is False:
             raise RuntimeError(f"kiln: the compiled backward failed: {runner.backward.last_failure()}")
         _counters.bump("compiled_backward_calls")

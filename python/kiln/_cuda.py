@@ -347,7 +347,10 @@ class CudaRunner:
             return False
         return [keep[idx] if kind == "buffer" else leaves[idx] for kind, idx in self._outputs]
 
-    run = __call__  # the protocol a training step's runner uses (_autograd.TrainingRunner)
+    def run(self, leaves, consumable=()):
+        """The protocol a training step's runner uses (_autograd.TrainingRunner); `consumable`
+        (leaves the CPU runner may drop early) is not used here."""
+        return self(leaves)
 
     def last_failure(self):
         """Why the last call returned False, when an eager op inside it failed or cuBLASLt had
