@@ -588,9 +588,13 @@ def reproducer_source(case, message="", expect_compiled=None):
         names.append(inp.name)
     lines.append(f"    return [{', '.join(names)}]")
     parts.append("\n".join(lines) + "\n")
+    train = bool(getattr(case, "train", False))
+    if train:  # float inputs require grad; gradients are compared too
+        parts += [fz.REPRO_SOURCES["requiring_grad"], fz.REPRO_SOURCES["cotangents"]]
     parts.append(fz.REPRO_SOURCES["repro_check"])
-    parts.append(f'if __name__ == "__main__":\n    repro_check({fname}, make_inputs, expect_compiled={expect_compiled})\n'
-                 f'    print("OK: kiln matches eager")\n')
+    args = f"expect_compiled={expect_compiled}" + (", train=True" if train else "")
+    parts.append(f'if __name__ == "__main__":\n    repro_check({fname}, make_inputs, {args})\n'
+                 f'    print("OK: kiln matches eager{" (results and gradients)" if train else ""}")\n')
     return "\n\n".join(p.rstrip("\n") + "\n" for p in parts)
 
 
@@ -674,7 +678,8 @@ def _default_predicate(case):
 
     def differs(fn, inputs):
         return fz.check_function(fn, inputs, [fz.fresh_like(t, 4321) for t in inputs],
-                                 expect_compiled=not getattr(case, "has_break", False)) is not None
+                                 expect_compiled=not getattr(case, "has_break", False),
+                                 train=bool(getattr(case, "train", False))) is not None
     return differs
 
 
@@ -684,7 +689,8 @@ def _message(case, predicate):
         fresh = case.make_inputs(True)
         f = fz.check_function(case.function(), case.make_inputs(), fresh,
                               expect_compiled=not getattr(case, "has_break", False),
-                              program=case if isinstance(case, fz.Program) else None)
+                              program=case if isinstance(case, fz.Program) else None,
+                              train=bool(getattr(case, "train", False)))
     except Exception as e:  # noqa: BLE001
         return f"kiln reproducer (checking it raised {e!r})"
     if f is None:
