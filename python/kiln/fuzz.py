@@ -1601,7 +1601,7 @@ def _crash_predicate(timeout=120):
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
             fh.write(src)
         try:
-            p = subprocess.run([sys.executable, fh.name], capture_output=True, timeout=timeout,
+            p = subprocess.run([*python_command(), fh.name], capture_output=True, timeout=timeout,
                                env=_child_env())
             return p.returncode < 0
         except subprocess.TimeoutExpired:
@@ -1611,6 +1611,12 @@ def _crash_predicate(timeout=120):
     pred.wants_program = True
     pred.isolated = True
     return pred
+
+
+def python_command():
+    """This interpreter, with the flag that decides where kiln is imported from (-S: no site
+    packages, so no editable-install finder, when the parent runs that way)."""
+    return [sys.executable] + (["-S"] if sys.flags.no_site else [])
 
 
 def _child_env():
@@ -1635,7 +1641,7 @@ def _supervise(args):
             break
         with tempfile.NamedTemporaryFile("w+", suffix=".progress", delete=False) as prog:
             path = prog.name
-        cmd = [sys.executable, "-m", "kiln.fuzz", "--worker", path, "--seed", str(seed)]
+        cmd = [*python_command(), "-m", "kiln.fuzz", "--worker", path, "--seed", str(seed)]
         if left_count is not None:
             cmd += ["--count", str(left_count)]
         if left_s is not None:
