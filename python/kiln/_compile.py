@@ -650,7 +650,13 @@ class CompiledFunction:
         differentiable = [j for j, vid in enumerate(seg.needed) if _backward_capture.differentiable(tensor_of.get(vid))]
         if not differentiable:
             return None
-        grad_inputs = [(i, t) for i, t in enumerate(tracer.leaves) if _backward_capture.differentiable(t)]
+        # The same tensor passed twice is one leaf to autograd: autograd.grad gives its whole
+        # gradient at each position, so only the first position receives it (else it doubles).
+        grad_inputs, seen = [], set()
+        for i, t in enumerate(tracer.leaves):
+            if _backward_capture.differentiable(t) and id(t) not in seen:
+                seen.add(id(t))
+                grad_inputs.append((i, t))
         outputs = [tensor_of[seg.needed[j]] for j in differentiable]
         try:
             tangents, grads, backward_start = _backward_capture.capture_backward(

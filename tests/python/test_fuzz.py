@@ -14,7 +14,6 @@ Longer runs: `python -m kiln.fuzz --seconds 600 --seed N` (see kiln/fuzz.py).
 import inspect
 import os
 import subprocess
-import sys
 import textwrap
 import threading
 import warnings
@@ -35,13 +34,18 @@ KNOWN_FAILING_SEEDS = {}  # seed -> the bug (a test below) that makes it fail
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "python"))
+    # this checkout's kiln first; what the interpreter was given after it (site packages under -S)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.join(REPO, "python")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     env.update(extra)
     return env
 
 
+PYTHON = fz.python_command()
+
+
 def _run_script(src, timeout=300, **env):
-    return subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([*PYTHON, "-c", src], capture_output=True, text=True, timeout=timeout,
                           env=_env(**env))
 
 
@@ -232,11 +236,11 @@ def test_reproducer_of_aliased_and_literal_inputs():
 
 
 def test_cli_runs_and_reports():
-    p = subprocess.run([sys.executable, "-m", "kiln.fuzz", "--seed", "0", "--count", "15"], capture_output=True,
+    p = subprocess.run([*PYTHON, "-m", "kiln.fuzz", "--seed", "0", "--count", "15"], capture_output=True,
                        text=True, timeout=600, env=_env())
     assert p.returncode == 0, p.stdout + p.stderr
     assert "15 programs from seed 0" in p.stdout and "0 failures" in p.stdout, p.stdout
-    p = subprocess.run([sys.executable, "-m", "kiln.fuzz", "--seed", "5", "--count", "3", "--in-process",
+    p = subprocess.run([*PYTHON, "-m", "kiln.fuzz", "--seed", "5", "--count", "3", "--in-process",
                         "--verbose"], capture_output=True, text=True, timeout=600, env=_env())
     assert p.returncode == 0 and "def f(" in p.stdout, p.stdout + p.stderr
 
@@ -260,7 +264,7 @@ def test_cli_reports_a_crash_with_its_seed(tmp_path):
     """))
     env = _env(KILN_FUZZ_TEST_CRASH="2")
     env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
-    p = subprocess.run([sys.executable, "-m", "kiln.fuzz", "--seed", "0", "--count", "4", "--no-minify"],
+    p = subprocess.run([*PYTHON, "-m", "kiln.fuzz", "--seed", "0", "--count", "4", "--no-minify"],
                        capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "CRASH at seed 2" in p.stdout and "4 programs from seed 0" in p.stdout, p.stdout
@@ -608,3 +612,19 @@ def test_bug_partly_read_integer_division_by_zero_still_raises(case):
         g(bad)
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         f(bad)
+
+
+def test_bug_same_tensor_twice_gets_its_gradient_once():
+    # Training fuzzer seed 87: the same leaf passed as two arguments got autograd's whole
+    # gradient at both positions of the compiled backward, so it doubled.
+    def g(a, b, c):
+        return a * b.sin() + c
+    f = kiln.compile(g)
+    before = kiln.counters()["compiled_backward_calls"]
+    for args in ("xxy", "xxy", "xxy", "xyy", "xyy"):
+        x = torch.linspace(-1, 2, 37, requires_grad=True)
+        y = torch.linspace(0.5, 1, 37, requires_grad=True)
+        ins = [{"x": x, "y": y}[a] for a in args]
+        cot = fz.make_input((37,), torch.float32, seed=3)
+        assert_same(torch.autograd.grad(f(*ins), [x, y], cot), torch.autograd.grad(g(*ins), [x, y], cot))
+    assert kiln.counters()["compiled_backward_calls"] - before == 3
