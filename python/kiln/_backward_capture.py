@@ -90,6 +90,14 @@ def capture_backward(tracer, outputs, inputs, first_index):
     try:
         with hooks_switched_off(inputs), _EscapeWatch(tracer), tracer:
             grads = torch.autograd.grad(outputs, inputs, tangents, retain_graph=True, allow_unused=True)
+    except CaptureFailed:
+        raise
+    except Exception as e:  # noqa: BLE001 - eager's own backward fails here
+        # (an op without a derivative, such as floor_divide): the call runs eagerly, so that the
+        # error comes from the caller's backward, as eager's does
+        if tracer.failure is not None:
+            raise tracer.failure from e
+        raise CaptureFailed(f"autograd: the backward raises ({str(e).splitlines()[0]})") from e
     finally:
         tracer.in_backward = False
     if tracer.failure is not None:

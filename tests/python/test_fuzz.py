@@ -628,3 +628,19 @@ def test_bug_same_tensor_twice_gets_its_gradient_once():
         cot = fz.make_input((37,), torch.float32, seed=3)
         assert_same(torch.autograd.grad(f(*ins), [x, y], cot), torch.autograd.grad(g(*ins), [x, y], cot))
     assert kiln.counters()["compiled_backward_calls"] - before == 3
+
+
+def test_bug_backward_without_derivative_raises_in_the_backward():
+    # Training fuzzer seed 115: floor_divide has no derivative; eager's forward works and its
+    # backward raises, but kiln's capture traced the backward inside the forward call and raised
+    # there. Now the call runs eagerly, and the error comes from the caller's backward.
+    g = lambda x: x // 1e-3  # noqa: E731
+    f = kiln.compile(g)
+    for _ in range(3):
+        x = fz.make_input((3, 5), torch.float32, "transposed", seed=1).requires_grad_()
+        y, z = f(x), g(x)
+        assert_same(y.detach(), z.detach())
+        for out in (y, z):
+            with pytest.raises(RuntimeError, match="derivative for aten::floor_divide is not implemented"):
+                out.sum().backward()
+    assert any("the backward raises" in r for r in kiln.counters()["reasons"])
