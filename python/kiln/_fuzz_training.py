@@ -20,6 +20,9 @@ import torch
 
 from . import fuzz as fz
 
+# calls whose gradients were compared, and of those the ones that ran kiln's compiled backward
+STATS = {"gradient_calls": 0, "compiled_backward_calls": 0}
+
 
 def differentiable(out):
     """The tensors of a result (any nesting) that get gradients: floats that require grad."""
@@ -114,24 +117,27 @@ def _float64_inputs(ins):
 
 
 def _distance(x, r):
-    """|x - r| elementwise in float64: 0 where they are equal (infinities of one sign, NaN and
-    NaN), inf where one is NaN or infinite and the other is not."""
+    """|x - r| elementwise in float64 where both are finite; 0 where they are equal (infinities
+    of one sign, NaN and NaN); inf where they differ otherwise."""
     x, r = x.double(), r.double()
     d = (x - r).abs()
     same = (x == r) | (x.isnan() & r.isnan())
-    return torch.where(same, torch.zeros_like(d), torch.where(d.isnan(), torch.full_like(d, float("inf")), d))
+    return torch.where(same, torch.zeros_like(d), torch.where(x.isfinite() & r.isfinite(), d,
+                                                              torch.full_like(d, float("inf"))))
 
 
 def _gradient_excused(e, g, refs, bad):
     """Whether every bad element (kiln `g` differs from eager `e`) is excused by the referees
     `refs` [(name, value)] (see Note [Gradient referees]). At a bad element:
-      * kiln is about as close to the float64 gradient as eager is: within twice eager's
-        distance plus the gradient's tolerance (eager's distance is infinite where it gives
-        NaN or inf and float64 does not);
+      * kiln is about as close to the float64 gradient r as eager is: |g - r| is within twice
+        |e - r| plus the gradient's tolerance (|e - r| is infinite where eager gives NaN or inf
+        and r is finite: eager overflowed; where r is not finite it excuses nothing);
       * eager agrees with the float64 gradient only to float32 precision (the program computes
-        in float32 somewhere) and kiln agrees with eager or it to float32 tolerance;
-      * the rounding-noise referees move eager's gradient there, and kiln's difference is within
-        4x the largest of those moves at that element (a sum of large terms that cancel)."""
+        in float32 somewhere) and kiln agrees with eager or r to float32 tolerance;
+      * the rounding-noise referees move eager's finite gradient there (to finite values: an
+        infinity moved by noise may become NaN, which says nothing), and kiln's difference is
+        within 4x the largest of those moves at that element (a sum of large terms that
+        cancel)."""
     if not e.dtype.is_floating_point:
         return False
     eb, gb = e[bad].double(), g[bad].double()
@@ -143,11 +149,14 @@ def _gradient_excused(e, g, refs, bad):
             continue
         rb = r[bad].double()
         if name == "float64":
-            ok |= _distance(gb, rb) <= 2 * _distance(eb, rb) + atol + rtol * rb.abs().nan_to_num(0.0, 0.0, 0.0)
+            de = torch.where(rb.isfinite() | (eb == rb) | (eb.isnan() & rb.isnan()), _distance(eb, rb),
+                             torch.zeros_like(eb))
+            ok |= _distance(gb, rb) <= 2 * de + atol + rtol * rb.abs().nan_to_num(0.0, 0.0, 0.0)
             f32ish = ~fz._close(eb, rb, (1e-12, 1e-14)) & fz._close(eb, rb, fz._F32_TOL)
             ok |= f32ish & (fz._close(gb, rb, fz._F32_TOL) | fz._close(gb, eb, fz._F32_TOL))
         else:
-            move = torch.maximum(move, _distance(rb, eb))
+            both = eb.isfinite() & rb.isfinite()
+            move = torch.maximum(move, torch.where(both, (rb - eb).abs(), torch.zeros_like(eb)))
     ok |= (move > 0) & (_distance(gb, eb) <= 4 * move)
     return bool(ok.all())
 
@@ -179,6 +188,8 @@ def check_gradients(fn, program, what, names, ins, e_ins, k_ins, eout, kout, fre
         return None, False, ran
     # an argument returned as it is needs no backward: only other results must reach kiln's
     needs = any(all(t is not x for x in k_ins) for t in differentiable(kout))
+    STATS["gradient_calls"] += 1
+    STATS["compiled_backward_calls"] += ran > 0
     cots = fz.cotangents(differentiable(eout), fresh)
     refs = _referees(fn, program, ins, wrt, fresh, cots)
     with torch.no_grad():
