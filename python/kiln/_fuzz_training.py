@@ -8,10 +8,12 @@ terms of opposite signs, a gradient through `1 / x` near 0, a reduction whose ro
 value across a kink. Referees compute the same gradients another legitimate way -- the program
 in float64, and eager with every rounding-dependent op's result (forward and backward) moved by
 a few ulps -- and a bad element is excused only when kiln is about as close to a referee as
-eager is there (`_gradient_excused`). That is stricter than the results' `_excused`, which lets
-kiln differ by up to 4x the largest referee move anywhere in an output: a gradient through an
-input with 1e30 in it moves by 1e23 at that element, which must not excuse a doubled gradient
-elsewhere.
+eager is there, or within a few times the rounding-noise moves of eager's gradient at that very
+element (`_gradient_excused`). That is stricter than the results' `_excused`, which lets kiln
+differ by up to 4x the largest referee move among all the differing elements of an output: one
+ill-conditioned element of a gradient (a column through `tan` of a large sum) would then excuse
+a doubled gradient everywhere else. Referees' infinities and NaNs excuse nothing: noise turns
+-inf into NaN, and float64 overflows elsewhere than float32.
 """
 
 import contextlib
