@@ -12,8 +12,11 @@ eager is there, or within a few times the rounding-noise moves of eager's gradie
 element (`_gradient_excused`). That is stricter than the results' `_excused`, which lets kiln
 differ by up to 4x the largest referee move among all the differing elements of an output: one
 ill-conditioned element of a gradient (a column through `tan` of a large sum) would then excuse
-a doubled gradient everywhere else. Referees' infinities and NaNs excuse nothing: noise turns
--inf into NaN, and float64 overflows elsewhere than float32.
+a doubled gradient everywhere else. Referees' infinities and NaNs excuse nothing (float64
+overflows elsewhere than float32). Under any dispatch mode -- kiln's tracer, the noise referee --
+some autograd formulas take their tensor-subclass form (prod's backward: no data-dependent zero
+check, other values than eager's where a row holds NaN or inf), so the noise moves are measured
+from a noise-free run under a mode, and a formula difference never counts as a move.
 """
 
 import contextlib
@@ -63,8 +66,9 @@ def gradients(out, inputs, wrt, fresh, cots=None):
 
 
 def _referees(fn, program, ins, wrt, fresh, cots):
-    """(name, thunk -> [gradient or None per wrt input] or None): the program in float64, and
-    eager under kiln.fuzz's rounding-noise mode (both directions, three seeds). Each runs once."""
+    """(name, thunk -> [gradient or None per wrt input] or None): the program in float64,
+    eager under a dispatch mode that changes nothing ("moded"), and eager under kiln.fuzz's
+    rounding-noise mode (both directions, three seeds). Each runs once."""
     def once(run):
         memo = []
 
@@ -96,12 +100,26 @@ def _referees(fn, program, ins, wrt, fresh, cots):
             return eager(fn64, lambda: _float64_inputs(ins))
         finally:
             torch.set_default_dtype(old)
-    refs = [("float64", once(run64))]
+    refs = [("float64", once(run64)),
+            ("moded", once(lambda: eager(fn, lambda: fz.clone_inputs(ins), _passthrough_mode)))]
     for seed in (1, 2, 3):
         for d in (1.0, -1.0):
             refs.append(("noisy", once(lambda seed=seed, d=d: eager(
                 fn, lambda: fz.clone_inputs(ins), lambda: fz._RoundingNoise(seed, d)))))
     return refs
+
+
+def _passthrough_mode():
+    """A TorchDispatchMode that runs every op as it is. Under any dispatch mode, some of
+    autograd's formulas take their tensor-subclass form (isTensorSubclassLike: prod's backward
+    without its data-dependent zero check, which differs from eager's where a row holds NaN or
+    inf), so the noise referees' moves are measured from this run, not from eager's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+    return Passthrough()
 
 
 def _float64_inputs(ins):
@@ -136,16 +154,19 @@ def _gradient_excused(e, g, refs, bad):
         and r is finite: eager overflowed; where r is not finite it excuses nothing);
       * eager agrees with the float64 gradient only to float32 precision (the program computes
         in float32 somewhere) and kiln agrees with eager or r to float32 tolerance;
-      * the rounding-noise referees move eager's finite gradient there (to finite values: an
-        infinity moved by noise may become NaN, which says nothing), and kiln's difference is
-        within 4x the largest of those moves at that element (a sum of large terms that
-        cancel)."""
+      * the rounding-noise referees move the finite gradient of eager under a dispatch mode
+        ("moded", see _passthrough_mode) there, to finite values, and kiln's difference from
+        eager is within 4x the largest of those moves at that element (a sum of large terms
+        that cancel)."""
     if not e.dtype.is_floating_point:
         return False
     eb, gb = e[bad].double(), g[bad].double()
     ok = torch.zeros_like(eb, dtype=torch.bool)
     move = torch.zeros_like(eb)
     rtol, atol = fz.TOLERANCES.get(e.dtype, fz._F32_TOL)
+    # the noise moves are measured from eager under a dispatch mode (see _passthrough_mode); with
+    # no such run, they say nothing
+    base = next((r[bad].double() for name, r in refs if name == "moded" and r.dtype == e.dtype), None)
     for name, r in refs:
         if not r.dtype.is_floating_point:
             continue
@@ -156,9 +177,9 @@ def _gradient_excused(e, g, refs, bad):
             ok |= _distance(gb, rb) <= 2 * de + atol + rtol * rb.abs().nan_to_num(0.0, 0.0, 0.0)
             f32ish = ~fz._close(eb, rb, (1e-12, 1e-14)) & fz._close(eb, rb, fz._F32_TOL)
             ok |= f32ish & (fz._close(gb, rb, fz._F32_TOL) | fz._close(gb, eb, fz._F32_TOL))
-        else:
-            both = eb.isfinite() & rb.isfinite()
-            move = torch.maximum(move, torch.where(both, (rb - eb).abs(), torch.zeros_like(eb)))
+        elif name == "noisy" and base is not None:
+            both = base.isfinite() & rb.isfinite()
+            move = torch.maximum(move, torch.where(both, (rb - base).abs(), torch.zeros_like(eb)))
     ok |= (move > 0) & (_distance(gb, eb) <= 4 * move)
     return bool(ok.all())
 
