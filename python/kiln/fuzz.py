@@ -924,7 +924,7 @@ def generate(seed, train=False):
 
 # ---- running and comparing ------------------------------------------------------------------------
 class Failure:
-    """What went wrong with a program: kind (mismatch, exception, eager, mutation, crash), a
+    """What went wrong with a program: kind (mismatch, exception, eager, mutation, crash, gradient), a
     message, and the program (with its minified form and reproducer once minified)."""
 
     def __init__(self, kind, message, program=None, reasons=None):

@@ -27,7 +27,9 @@ What it shrinks, trying each change and keeping it only while `predicate` still 
 predicate(fn, inputs) -> bool: True while the failure persists. `fn` is the candidate function
 (freshly built from the candidate source), `inputs` the candidate inputs. It should be cheap
 and deterministic; an exception inside it counts as False. The default predicate is "kiln's
-result differs from eager's" (kiln.fuzz.check_function: capture, cached call, fresh inputs).
+result differs from eager's" (kiln.fuzz.check_function: capture, cached call, fresh inputs;
+for a Program with .train set, as `python -m kiln.fuzz --train` makes them, gradients too, and
+its reproducer calls repro_check(..., train=True)).
 """
 
 import ast
