@@ -90,6 +90,14 @@ def capture_backward(tracer, outputs, inputs, first_index):
     try:
         with hooks_switched_off(inputs), _EscapeWatch(tracer), tracer:
             grads = torch.autograd.grad(outputs, inputs, tangents, retain_graph=True, allow_unused=True)
+    except CaptureFailed:
+        raise
+    except Exception as e:  # noqa: BLE001 - eager's own backward fails here
+        # (an op without a derivative, such as floor_divide): the call runs eagerly, so that the
+        # error comes from the caller's backward, as eager's does
+        if tracer.failure is not None:
+            raise tracer.failure from e
+        raise CaptureFailed(f"autograd: the backward raises ({str(e).splitlines()[0]})") from e
     finally:
         tracer.in_backward = False
     if tracer.failure is not None:
@@ -139,8 +147,15 @@ def capture_joint(tracer, seg, tensor_of, first_tangent, grad_inputs=None):
     if not positions:
         return None
     if grad_inputs is None:
-        grad_inputs = [(i, t) for i, t in enumerate(tracer.leaves) if differentiable(t)]
-    grad_inputs = [(i, t) for i, t in grad_inputs if differentiable(t)]
+        grad_inputs = list(enumerate(tracer.leaves))
+    # The same tensor passed twice is one leaf to autograd: autograd.grad gives its whole
+    # gradient at each position, so only the first position receives it (else it doubles).
+    firsts, seen = [], set()
+    for i, t in grad_inputs:
+        if differentiable(t) and id(t) not in seen:
+            seen.add(id(t))
+            firsts.append((i, t))
+    grad_inputs = firsts
     outputs = [tensor_of[seg.needed[j]] for j in positions]
     try:
         tangents, grads, backward_start = capture_backward(tracer, outputs, [t for _, t in grad_inputs],

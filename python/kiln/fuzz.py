@@ -1,7 +1,7 @@
 """Differential fuzzer: random PyTorch programs, run eagerly and through kiln, must agree.
 
     python -m kiln.fuzz [--seed S] [--count N | --seconds T] [--verbose] [--out DIR]
-                        [--no-minify] [--max-failures K] [--report-known] [--in-process]
+                        [--no-minify] [--max-failures K] [--report-known] [--in-process] [--train]
 
 Program k of a run is generated from seed S + k alone, so `--seed S+k --count 1` replays it
 (and minifies it). A program is Python source (statements in a `def f(x0, x1, ...)`) over
@@ -33,11 +33,26 @@ failure is any of:
              kiln redoes eagerly on purpose), or the cached / fresh call was not a cache hit;
   mutation   an argument differs after the call (kiln wrote it, or wrote it wrongly);
   crash      the process died (a signal): found by running the programs in a worker process,
-             which the parent restarts after the crashing seed.
+             which the parent restarts after the crashing seed;
+  gradient   (--train) a gradient differs, or an output requires grad on one side only.
+
+--train checks the same programs as training steps (Program.train): every float input is a leaf
+that requires grad (same sizes and strides; eager refuses in-place writes to it, and kiln must
+raise the same exception type). After each of the three calls, the gradients of the float
+inputs are computed on both sides with torch.autograd.grad from the float outputs that require
+grad, for the same seeded random output gradients (`cotangents`), and compared as results are
+(None on both sides is equal; a backward that raises must raise the same type on both sides).
+Ill-conditioned float gradients are excused only where kiln is about as close to the float64
+gradient as eager is, or within the moves of eager's gradient under rounding noise
+(Note [Gradient referees] in kiln/_fuzz_training.py). The eager kind then also requires that
+the cached and fresh calls run kiln's compiled backward (compiled_backward_calls grows) when the
+program has no graph break and an output other than an argument itself requires grad; training
+steps with graph breaks run eagerly on purpose for now.
 
 Failures matching KNOWN_ISSUES (known bugs and limitations, each pinned by an xfail test) are
 counted apart; --report-known reports them too. Every other failure is shrunk by
-`kiln.minify` and printed as a standalone reproducer (--out DIR also writes it to a file).
+`kiln.minify` and printed as a standalone reproducer (--out DIR also writes it to a file); a
+training failure's reproducer checks gradients too (`repro_check(..., train=True)`).
 """
 
 import argparse
@@ -74,7 +89,10 @@ EXPECTED_EAGER_REASONS = ("integer division by zero",
                           "writes an expanded (stride-0) tensor",
                           # an in-place op reading another view of what it writes: eager's result
                           # depends on its iteration order, so kiln runs it eagerly on purpose
-                          "reads another view of the tensor it writes")
+                          "reads another view of the tensor it writes",
+                          # training: eager's own backward raises (an op without a derivative), so
+                          # kiln runs the call eagerly and the error comes from the caller's backward
+                          "autograd: the backward raises")
 
 # Known issues: failures matching one of these (kind, text in the message -- for "eager", every
 # reason must match) are counted as "known" rather than failed, so a fuzz run reports what is
@@ -250,12 +268,33 @@ def fresh_like(t, seed):
     return base.as_strided(t.shape, t.stride(), t.storage_offset()).to(t.device)
 
 
+# ---- training mode (these two functions are copied verbatim into training reproducers) ----------
+def requiring_grad(inputs):
+    """`inputs` with every float tensor made a leaf that requires grad, with its sizes, strides
+    and storage (a detached alias); the same tensor passed twice stays one leaf."""
+    leaves, out = {}, []
+    for t in inputs:
+        if isinstance(t, torch.Tensor) and t.dtype.is_floating_point:
+            if id(t) not in leaves:
+                leaves[id(t)] = t.detach().requires_grad_()
+            out.append(leaves[id(t)])
+        else:
+            out.append(t)
+    return out
+
+
+def cotangents(outputs, fresh=False):
+    """Seeded random output gradients, one per tensor of `outputs` (contiguous, its shape and
+    dtype, uniform in [-2, 2]): eager's and kiln's backward get the same ones."""
+    return [make_input(o.shape, o.dtype, seed=7000 + k + (1000 if fresh else 0)) for k, o in enumerate(outputs)]
+
+
 # ---- programs -----------------------------------------------------------------------------
 class Program:
     """A function as source: input names (the parameters), top-level statements (each one
     complete, possibly multi-line, at indent 0) and returned expressions."""
 
-    def __init__(self, inputs, body, outputs, seed=None, has_break=False, name="f", preamble=""):
+    def __init__(self, inputs, body, outputs, seed=None, has_break=False, name="f", preamble="", train=False):
         self.inputs = list(inputs)
         self.body = list(body)
         self.outputs = list(outputs)
@@ -263,10 +302,11 @@ class Program:
         self.has_break = has_break
         self.name = name
         self.preamble = preamble  # extra module-level source the function needs (user source)
+        self.train = train  # checked in training mode: float inputs require grad, gradients compared
 
     def copy(self, **kw):
         d = dict(inputs=self.inputs, body=self.body, outputs=self.outputs, seed=self.seed,
-                 has_break=self.has_break, name=self.name, preamble=self.preamble)
+                 has_break=self.has_break, name=self.name, preamble=self.preamble, train=self.train)
         d.update(kw)
         return Program(**d)
 
@@ -296,11 +336,13 @@ class Program:
                 made[i.name] = made[i.alias]
             else:
                 made[i.name] = i.make(fresh)
-        return [made[i.name] for i in self.inputs]
+        out = [made[i.name] for i in self.inputs]
+        return requiring_grad(out) if self.train else out
 
     def __str__(self):
         ins = "\n".join(f"# {i!r}" for i in self.inputs)
-        return f"{ins}\n{self.source()}"
+        mode = "# training: float inputs require grad; gradients compared\n" if self.train else ""
+        return f"{mode}{ins}\n{self.source()}"
 
 
 _source_count = [0]
@@ -870,16 +912,19 @@ def _broadcastable(s, t):
     return True
 
 
-def generate(seed):
-    """The random program of `seed` (deterministic)."""
+def generate(seed, train=False):
+    """The random program of `seed` (deterministic); `train` only marks it to be checked in
+    training mode (the program is the same)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Generator(seed).generate()
+        program = Generator(seed).generate()
+    program.train = train
+    return program
 
 
 # ---- running and comparing ------------------------------------------------------------------------
 class Failure:
-    """What went wrong with a program: kind (mismatch, exception, eager, mutation, crash), a
+    """What went wrong with a program: kind (mismatch, exception, eager, mutation, crash, gradient), a
     message, and the program (with its minified form and reproducer once minified)."""
 
     def __init__(self, kind, message, program=None, reasons=None):
@@ -935,12 +980,13 @@ def _same_tensor_values(a, b):
     return torch.equal(a, b)
 
 
-def compare(expected, got, refs=(), what="result", inexact=None):
+def compare(expected, got, refs=(), what="result", inexact=None, excused=None):
     """None when `got` matches `expected` (structure, dtype, shape exactly; values within
     TOLERANCES, NaN == NaN); else a message. refs: thunks computing the same result another
     legitimate way (float64; eager on other layouts), used to excuse differences where eager
-    itself is ill-conditioned (see _excused). inexact: per returned value, whether it may
-    depend on rounding (the perturbation referee only judges those); None: all may."""
+    itself is ill-conditioned (see _excused; `excused(e, g, [(name, referee's value)], bad)`
+    replaces that judge). inexact: per returned value, whether it may depend on rounding (the
+    perturbation referee only judges those); None: all may."""
     le, lg = _leaves(expected, []), _leaves(got, [])
     if inexact is not None:  # per leaf: a tuple result has its "(" marker first
         inexact = inexact if len(inexact) == 1 and len(le) == 1 else [False] + list(inexact)
@@ -977,7 +1023,7 @@ def compare(expected, got, refs=(), what="result", inexact=None):
                  and isinstance(rl[i], torch.Tensor) and tuple(rl[i].shape) == tuple(e.shape)
                  and (loose or name != "perturbed")]
         rs = [r for _, r in named]
-        if rs and _excused(e, g, rs, bad):
+        if rs and (excused(e, g, named, bad) if excused is not None else _excused(e, g, rs, bad)):
             continue
         idx = bad.nonzero()[:5].tolist()
         ev = [e[tuple(j)].item() for j in idx]
@@ -1177,6 +1223,9 @@ def _rounding_noise_mode():
                 mag = torch.maximum(mag, scale.to(t.dtype).expand_as(t) if scale.dim() <= t.dim() else mag)
                 ulps = 16
             out = t + mag * u * (ulps * torch.finfo(t.dtype).eps)
+            # an infinity or NaN stays as it is (-inf moved by inf * u would become NaN, and
+            # excuse whatever kiln gives there)
+            out = torch.where(t.isfinite(), out, t)
             # an implementation may give either sign to a zero it computes
             return torch.where(out == 0, out * torch.where(u > 0, 1.0, -1.0).to(t.dtype), out)
     return RoundingNoise
@@ -1257,8 +1306,9 @@ def _float64_ref(program, inputs):
 
 def clone_inputs(inputs):
     """Copies of `inputs` with the same sizes, strides and storage offsets, each storage copied
-    once so inputs that shared memory (the same tensor twice, views of one tensor) still do."""
-    storages, out = {}, []
+    once so inputs that shared memory (the same tensor twice, views of one tensor) still do. A
+    tensor that requires grad is copied as a leaf that does (the same tensor twice: one leaf)."""
+    storages, leaves, out = {}, {}, []
     for t in inputs:
         if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type == "meta":
             out.append(t)
@@ -1268,18 +1318,31 @@ def clone_inputs(inputs):
             n = t.untyped_storage().nbytes() // t.element_size()
             flat = torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), 0, (n,), (1,))
             storages[key] = flat.clone()
-        out.append(torch.as_strided(storages[key], t.shape, t.stride(), t.storage_offset()))
+        c = torch.as_strided(storages[key], t.shape, t.stride(), t.storage_offset())
+        if t.requires_grad:
+            if id(t) not in leaves:
+                leaves[id(t)] = c.requires_grad_()
+            c = leaves[id(t)]
+        out.append(c)
     return out
 
 
-def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=None):
+def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=None, train=False):
     """Runs fn eagerly and through a fresh kiln.compile(fn): the capturing call and the cached
     call on `inputs`, then a call on `fresh_inputs` (same shapes and layouts, new values). Each
     call gets its own copies of the inputs (clone_inputs), for eager and for kiln, so a program
     that writes to its arguments is compared on what it wrote too. Returns None, or a Failure.
     expect_compiled: the program has no graph break, so no call may run wholly eagerly (but for
-    integer division by zero) and the cached call must hit."""
+    integer division by zero) and the cached call must hit.
+    train: float inputs require grad (requiring_grad), and after each call the gradients of
+    the float outputs that require grad, for the same seeded output gradients (cotangents), are
+    compared too (kiln.fuzz._fuzz_training); with expect_compiled, the cached and fresh calls
+    must run kiln's compiled backward."""
     import kiln
+    if train:
+        from ._fuzz_training import check_gradients
+        inputs = requiring_grad(inputs)
+        fresh_inputs = None if fresh_inputs is None else requiring_grad(fresh_inputs)
     cf = kiln.compile(fn)
     before = kiln.counters()
     calls = [("capturing call", list(inputs)), ("cached call", list(inputs))]
@@ -1287,7 +1350,7 @@ def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=
         calls.append(("call on fresh inputs", list(fresh_inputs)))
     names = [i.name for i in program.inputs] if isinstance(program, Program) else \
         [f"input {k}" for k in range(len(calls[0][1]))]
-    hits, kinds = [], []
+    hits, kinds, backward = [], [], []
     for what, ins in calls:
         e_ins, k_ins = clone_inputs(ins), clone_inputs(ins)
         ekind, eout = _run(fn, e_ins)
@@ -1316,6 +1379,12 @@ def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=
                 msg = compare(e, k, _argument_refs(refs, i), f"{what}: argument {name} after the call")
                 if msg is not None:
                     return Failure("mutation", msg)
+        if train:
+            failure, needs, ran = check_gradients(fn, program, what, names, ins, e_ins, k_ins, eout, kout,
+                                                  fresh=what == "call on fresh inputs")
+            if failure is not None:
+                return failure
+            backward.append((what, needs, ran))
     expected = (kinds[0], None)
     after = kiln.counters()
     if expect_compiled and expected[0] == "ok":
@@ -1337,12 +1406,18 @@ def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=
         if not allowed and not alias_changes and len(hits) > 2 and kinds[2] == "ok" and hits[2] != 1:
             return Failure("eager", f"the call on fresh inputs (same shapes and layouts) was not a cache hit: "
                            f"counters {_delta(before, after)}, reasons {new}", reasons=new)
+        # (a call that captured again -- inputs that alias in some calls only -- runs eager's backward)
+        for (what, needs, ran), hit in zip(backward[1:], hits[1:]):
+            if not allowed and needs and hit and not ran:
+                return Failure("eager", f"{what}: the gradients did not run kiln's compiled backward: counters "
+                               f"{_delta(before, after)}, reasons {new}", reasons=new)
     return None
 
 
 def _delta(a, b):
     return {k: b[k] - a[k] for k in ("captures", "cache_hits", "recompiles", "graph_breaks", "fallback_ops",
-                                      "eager_calls") if b[k] != a[k]}
+                                      "eager_calls", "compiled_forward_calls", "compiled_backward_calls")
+            if b.get(k) != a.get(k)}
 
 
 def check_program(program):
@@ -1353,7 +1428,8 @@ def check_program(program):
         return Failure("invalid", f"the program does not compile as Python: {e}", program)
     inputs = program.make_inputs()
     expect = not program.has_break and not reads_data(fn, clone_inputs(inputs))
-    f = check_function(fn, inputs, program.make_inputs(fresh=True), expect_compiled=expect, program=program)
+    f = check_function(fn, inputs, program.make_inputs(fresh=True), expect_compiled=expect, program=program,
+                       train=program.train)
     if f is not None:
         f.program = program
         f.known = known_issue(f)
@@ -1364,23 +1440,27 @@ def same_failure(failure):
     """The predicate the fuzzer minifies with: the program still fails the same way (the same
     Failure.signature: kind, and the eager reasons or exception types)."""
     sig = failure.signature if isinstance(failure, Failure) else (failure,)
+    train = bool(getattr(getattr(failure, "program", None), "train", False))
 
     def pred(fn, inputs, program=None):
         if program is not None:
             f = check_program(program)
         else:
-            f = check_function(fn, inputs, [fresh_like(t, 4321) for t in inputs])
+            f = check_function(fn, inputs, [fresh_like(t, 4321) for t in inputs], train=train)
         return f is not None and (f.signature == sig if len(sig) > 1 else f.kind == sig[0])
     pred.wants_program = True
     return pred
 
 
 # ---- the reproducer's check (copied verbatim into reproducers) ---------------------------------
-def repro_check(fn, make_inputs, expect_compiled=True, tolerances=None):
+def repro_check(fn, make_inputs, expect_compiled=True, tolerances=None, train=False):
     """Runs fn eagerly and through kiln.compile: capturing call, cached call, and a call on fresh
     inputs, each on its own inputs from make_inputs (deterministic); raises AssertionError on any
     difference (results, arguments after the call, dtypes, shapes, exception types, or, with
-    expect_compiled, a call that ran wholly eagerly)."""
+    expect_compiled, a call that ran wholly eagerly). train: float inputs require grad
+    (requiring_grad), and the gradients of the float results that require grad for the same
+    output gradients (cotangents) must match too; with expect_compiled, the cached and fresh
+    calls must run kiln's compiled backward."""
     import warnings
     import kiln
     tol = tolerances or {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9)}
@@ -1399,11 +1479,13 @@ def repro_check(fn, make_inputs, expect_compiled=True, tolerances=None):
     def same(what, e, k):
         assert len(flat(e)) == len(flat(k)), f"{what}: eager gave {e}, kiln {k}"
         for i, (a, b) in enumerate(zip(flat(e), flat(k))):
-            if not isinstance(a, torch.Tensor):
-                assert a == b, f"{what} {i}: eager {a!r}, kiln {b!r}"
+            if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+                assert not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a == b, \
+                    f"{what} {i}: eager {a!r}, kiln {b!r}"
                 continue
             assert (a.dtype, a.shape) == (b.dtype, b.shape), \
                 f"{what} {i}: eager {a.dtype} {tuple(a.shape)}, kiln {b.dtype} {tuple(b.shape)}"
+            a, b = a.detach(), b.detach()
             rtol, atol = tol.get(a.dtype, (0.0, 0.0))
             ok = torch.isclose(b, a, rtol=rtol, atol=atol, equal_nan=True) if a.dtype.is_floating_point else a == b
             if not bool(ok.all()):
@@ -1412,40 +1494,81 @@ def repro_check(fn, make_inputs, expect_compiled=True, tolerances=None):
                                      f"{idx}: eager {[a[tuple(j)].item() for j in idx]}, kiln "
                                      f"{[b[tuple(j)].item() for j in idx]}")
 
+    def grads(out, ins, fresh):
+        outs = [t for t in flat(out) if isinstance(t, torch.Tensor) and t.requires_grad and t.dtype.is_floating_point]
+        wrt = [t for i, t in enumerate(ins) if isinstance(t, torch.Tensor) and t.requires_grad
+               and all(t is not u for u in ins[:i])]
+        if not outs or not wrt:
+            return "none", None, False
+        needs = any(all(t is not x for x in ins) for t in outs)  # an argument returned as is needs none
+        try:
+            return "ok", list(torch.autograd.grad(outs, wrt, cotangents(outs, fresh), allow_unused=True)), needs
+        except Exception as e:  # noqa: BLE001
+            return "raise", e, False
+
     cf = kiln.compile(fn)
+    first = None
     for what, fresh in (("capturing call", False), ("cached call", False), ("call on fresh inputs", True)):
         e_ins, k_ins = make_inputs(fresh), make_inputs(fresh)
+        if train:
+            e_ins, k_ins = requiring_grad(e_ins), requiring_grad(k_ins)
         ek, e = run(fn, e_ins)
+        h0 = kiln.counters()["cache_hits"]
         kk, k = run(cf, k_ins)
+        hit = kiln.counters()["cache_hits"] > h0  # else it captured again: eager's backward
+        first = first or ek
         if ek == "raise" or kk == "raise":
             assert ek == kk and type(e) is type(k), f"{what}: eager {ek} {e!r}, kiln {kk} {k!r}"
             continue
         same(f"{what}: output", e, k)
         same(f"{what}: argument after the call", [t for t in e_ins if isinstance(t, torch.Tensor)],
              [t for t in k_ins if isinstance(t, torch.Tensor)])
+        if not train:
+            continue
+        for i, (a, b) in enumerate(zip(flat(e), flat(k))):
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                assert a.requires_grad == b.requires_grad, \
+                    f"{what}: output {i} requires grad: eager {a.requires_grad}, kiln {b.requires_grad}"
+        egk, eg, _ = grads(e, e_ins, fresh)
+        b0 = kiln.counters()["compiled_backward_calls"]
+        kgk, kg, needs = grads(k, k_ins, fresh)
+        ran = kiln.counters()["compiled_backward_calls"] - b0
+        assert egk == kgk and (egk != "raise" or type(eg) is type(kg)), \
+            f"{what}: backward: eager {egk} {eg!r}, kiln {kgk} {kg!r}"
+        if egk == "ok":
+            same(f"{what}: gradient of the input", eg, kg)
+        if expect_compiled and first == "ok" and hit and needs:
+            assert ran > 0, f"{what}: the gradients did not run kiln's compiled backward: {kiln.counters()['reasons']}"
     c = kiln.counters()
-    if expect_compiled:
-        eager = c["eager_calls"] - sum(n for r, n in c["reasons"].items() if "integer division by zero" in r)
+    if expect_compiled and first == "ok":
+        # eager runs kiln makes on purpose (kiln.fuzz.EXPECTED_EAGER_REASONS)
+        expected = ("integer division by zero", "writes an expanded (stride-0) tensor",
+                    "reads another view of the tensor it writes", "autograd: the backward raises")
+        eager = c["eager_calls"] - sum(n for r, n in c["reasons"].items() if any(x in r for x in expected))
         assert eager <= 0, f"a call ran wholly eagerly: {c['reasons']}"
 
 
 # Sources copied into reproducers, read once at import: the file may change on disk while a
 # long run goes on (inspect.getsource would then return the wrong lines).
-REPRO_SOURCES = {f.__name__: inspect.getsource(f) for f in (make_input, fresh_like, repro_check)}
+REPRO_SOURCES = {f.__name__: inspect.getsource(f) for f in (make_input, fresh_like, requiring_grad, cotangents,
+                                                              repro_check)}
 
 
 # ---- the fuzz loop ------------------------------------------------------------------------------
 def fuzz(seed=0, count=None, seconds=None, verbose=False, minify=True, out_dir=None, progress=None,
-         max_failures=None, log=print):
+         max_failures=None, log=print, train=False):
     """Runs programs seed, seed+1, ... until `count` programs or `seconds` have passed.
     Returns (programs run, [Failure]). progress: a file object that gets 'seed N' before each
-    program (the parent of a worker process reads it to find a crashing seed)."""
+    program (the parent of a worker process reads it to find a crashing seed). train: check
+    the programs in training mode (Program.train: gradients too)."""
     import kiln
     from .minify import minify as do_minify
     failures = []
     n = 0
     t0 = time.time()
-    stats = {"breaks": 0, "fallback_ops": {}, "shrink_s": 0.0, "known": {}}
+    stats = {"breaks": 0, "fallback_ops": {}, "shrink_s": 0.0, "known": {}, "with_gradients": 0}
+    if train:
+        from ._fuzz_training import STATS as grad_stats
     while True:
         if count is not None and n >= count:
             break
@@ -1457,14 +1580,17 @@ def fuzz(seed=0, count=None, seconds=None, verbose=False, minify=True, out_dir=N
         if progress is not None:
             progress.write(f"seed {s}\n")
             progress.flush()
-        program = generate(s)
+        program = generate(s, train)
         n += 1
         if verbose:
             log(f"--- seed {s}\n{program}")
         if program.has_break:
             stats["breaks"] += 1
         before = kiln.counters()["fallback_op_counts"]
+        compared = grad_stats["gradient_calls"] if train else 0
         failure = check_program(program)
+        if train and grad_stats["gradient_calls"] > compared:
+            stats["with_gradients"] += 1
         for op, c in kiln.counters()["fallback_op_counts"].items():
             d = c - before.get(op, 0)
             if d:
@@ -1507,7 +1633,7 @@ def _crash_predicate(timeout=120):
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
             fh.write(src)
         try:
-            p = subprocess.run([sys.executable, fh.name], capture_output=True, timeout=timeout,
+            p = subprocess.run([*python_command(), fh.name], capture_output=True, timeout=timeout,
                                env=_child_env())
             return p.returncode < 0
         except subprocess.TimeoutExpired:
@@ -1517,6 +1643,12 @@ def _crash_predicate(timeout=120):
     pred.wants_program = True
     pred.isolated = True
     return pred
+
+
+def python_command():
+    """This interpreter, with the flag that decides where kiln is imported from (-S: no site
+    packages, so no editable-install finder, when the parent runs that way)."""
+    return [sys.executable] + (["-S"] if sys.flags.no_site else [])
 
 
 def _child_env():
@@ -1541,12 +1673,12 @@ def _supervise(args):
             break
         with tempfile.NamedTemporaryFile("w+", suffix=".progress", delete=False) as prog:
             path = prog.name
-        cmd = [sys.executable, "-m", "kiln.fuzz", "--worker", path, "--seed", str(seed)]
+        cmd = [*python_command(), "-m", "kiln.fuzz", "--worker", path, "--seed", str(seed)]
         if left_count is not None:
             cmd += ["--count", str(left_count)]
         if left_s is not None:
             cmd += ["--seconds", str(left_s)]
-        for flag in ("verbose", "no_minify", "report_known"):
+        for flag in ("verbose", "no_minify", "report_known", "train"):
             if getattr(args, flag):
                 cmd.append("--" + flag.replace("_", "-"))
         if args.out:
@@ -1578,7 +1710,7 @@ def _supervise(args):
         crashes.append(bad)
         what = f"made no progress for {HANG_S}s (a hang)" if hung else f"died (exit status {p.returncode})"
         print(f"\n=== CRASH at seed {bad}: the process {what}")
-        program = generate(bad)
+        program = generate(bad, args.train)
         print(program)
         if not args.no_minify and not hung:
             from .minify import minify as do_minify
@@ -1613,6 +1745,9 @@ def main(argv=None):
     ap.add_argument("--max-failures", type=int, default=None, help="stop after this many failures")
     ap.add_argument("--report-known", action="store_true",
                     help="report failures matching KNOWN_ISSUES too (to check which are fixed)")
+    ap.add_argument("--train", action="store_true",
+                    help="training mode: float inputs require grad, and the gradients of the float results "
+                         "(for the same seeded output gradients) are compared too")
     ap.add_argument("--in-process", action="store_true",
                     help="no worker process (faster start; a crash then ends the run)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -1626,16 +1761,19 @@ def main(argv=None):
     progress = open(args.worker, "a") if args.worker else None  # noqa: SIM115
     t0 = time.time()
     n, failures = fuzz(args.seed, args.count, args.seconds, args.verbose, not args.no_minify, args.out, progress,
-                       args.max_failures)
+                       args.max_failures, train=args.train)
     stats = getattr(fuzz, "last_stats", {})
     if args.verbose or args.worker is None:
-        print(f"fallback ops met: {stats.get('fallback_ops')}; programs with a graph break: {stats.get('breaks')}; "
+        print(f"{'programs with gradients compared: ' + str(stats.get('with_gradients')) + '; ' if args.train else ''}"
+              f"fallback ops met: {stats.get('fallback_ops')}; programs with a graph break: {stats.get('breaks')}; "
               f"known issues met: {stats.get('known')}")
     if progress is not None:
         progress.write("done " + json.dumps({"programs": n, "failures": len(failures)}) + "\n")
         progress.close()
         print(f"kiln.fuzz worker: {n} programs (seeds {args.seed}..{args.seed + n - 1}) in {time.time() - t0:.1f}s, "
-              f"{len(failures)} failures; fallback ops {stats.get('fallback_ops')}; "
+              f"{len(failures)} failures; "
+              f"{str(stats.get('with_gradients')) + ' with gradients compared; ' if args.train else ''}"
+              f"fallback ops {stats.get('fallback_ops')}; "
               f"{stats.get('breaks')} with graph breaks; known issues met {stats.get('known')}; "
               f"{stats.get('shrink_s', 0):.0f}s minifying")
         return 1 if failures else 0

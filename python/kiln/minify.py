@@ -27,7 +27,9 @@ What it shrinks, trying each change and keeping it only while `predicate` still 
 predicate(fn, inputs) -> bool: True while the failure persists. `fn` is the candidate function
 (freshly built from the candidate source), `inputs` the candidate inputs. It should be cheap
 and deterministic; an exception inside it counts as False. The default predicate is "kiln's
-result differs from eager's" (kiln.fuzz.check_function: capture, cached call, fresh inputs).
+result differs from eager's" (kiln.fuzz.check_function: capture, cached call, fresh inputs;
+for a Program with .train set, as `python -m kiln.fuzz --train` makes them, gradients too, and
+its reproducer calls repro_check(..., train=True)).
 """
 
 import ast
@@ -588,9 +590,13 @@ def reproducer_source(case, message="", expect_compiled=None):
         names.append(inp.name)
     lines.append(f"    return [{', '.join(names)}]")
     parts.append("\n".join(lines) + "\n")
+    train = bool(getattr(case, "train", False))
+    if train:  # float inputs require grad; gradients are compared too
+        parts += [fz.REPRO_SOURCES["requiring_grad"], fz.REPRO_SOURCES["cotangents"]]
     parts.append(fz.REPRO_SOURCES["repro_check"])
-    parts.append(f'if __name__ == "__main__":\n    repro_check({fname}, make_inputs, expect_compiled={expect_compiled})\n'
-                 f'    print("OK: kiln matches eager")\n')
+    args = f"expect_compiled={expect_compiled}" + (", train=True" if train else "")
+    parts.append(f'if __name__ == "__main__":\n    repro_check({fname}, make_inputs, {args})\n'
+                 f'    print("OK: kiln matches eager{" (results and gradients)" if train else ""}")\n')
     return "\n\n".join(p.rstrip("\n") + "\n" for p in parts)
 
 
@@ -674,7 +680,8 @@ def _default_predicate(case):
 
     def differs(fn, inputs):
         return fz.check_function(fn, inputs, [fz.fresh_like(t, 4321) for t in inputs],
-                                 expect_compiled=not getattr(case, "has_break", False)) is not None
+                                 expect_compiled=not getattr(case, "has_break", False),
+                                 train=bool(getattr(case, "train", False))) is not None
     return differs
 
 
@@ -684,7 +691,8 @@ def _message(case, predicate):
         fresh = case.make_inputs(True)
         f = fz.check_function(case.function(), case.make_inputs(), fresh,
                               expect_compiled=not getattr(case, "has_break", False),
-                              program=case if isinstance(case, fz.Program) else None)
+                              program=case if isinstance(case, fz.Program) else None,
+                              train=bool(getattr(case, "train", False)))
     except Exception as e:  # noqa: BLE001
         return f"kiln reproducer (checking it raised {e!r})"
     if f is None:
