@@ -403,7 +403,11 @@ def _batch_norm(tr, a, out):
     b, hb = _optional(a["bias"])
     y = tr.call("batch_norm_eval", [a["input"], w, b, a["running_mean"], a["running_var"]], ints=[hw, hb],
                 floats=[float(a["eps"])])
-    return [y, None, None]
+    # Eval mode saves no statistics: eager returns two empty tensors, which a training step's
+    # backward (fine-tuning with frozen batch norm) is handed; recorded so that it can read them.
+    dt = tr.dtype_name(out[1].dtype)
+    return [y] + [tr.call("full", [0.0], ints=[0], dtype=dt) if t.numel() == 0 and t.dim() == 1 else None
+                  for t in out[1:]]
 
 
 @handles(aten.cudnn_batch_norm, aten.miopen_batch_norm)

@@ -128,6 +128,8 @@ def _native_batch_norm_backward(tr, a, out):
     rm, rv, sm, si = a["running_mean"], a["running_var"], a["save_mean"], a["save_invstd"]
     train = bool(a["train"])
     stats = (sm, si) if train else (rm, rv)
+    if not train:
+        sm = si = None  # eval mode reads the running statistics; eager's saved ones are empty
     if (x.dtype not in _FLOATS or x.dim() < 2 or x.numel() == 0 or g.dtype != x.dtype or g.shape != x.shape
             or any(t is None for t in stats) or not _per_channel(x, w, rm, rv, sm, si)):
         raise NoLowering()

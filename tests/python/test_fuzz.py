@@ -132,10 +132,7 @@ def test_referees_excuse_ill_conditioned_results_only():
 # ---- training mode (--train): gradients too --------------------------------------------------------
 TRAIN_SEEDS = range(0, 40)
 # seed -> why it fails (it must keep failing until kiln is fixed; then remove it here)
-TRAIN_KNOWN_FAILING_SEEDS = {
-    19: "layer norm's backward runs eagerly: native_layer_norm_backward reads the saved mean and rstd, "
-        "which kiln's native_layer_norm handler does not record",
-}
+TRAIN_KNOWN_FAILING_SEEDS = {}
 
 
 def test_train_fuzz_seed_range():

@@ -428,3 +428,16 @@ def test_a_weight_used_on_both_sides_of_a_break_runs_eagerly():
         gk, = torch.autograd.grad(fk(x), [w])
         assert rel_err(gk, ge) < 1e-5
     assert any("both directly and through a value carried" in r for r in kiln.counters()["reasons"])
+
+
+def test_fine_tuning_with_frozen_batch_norm_compiles():
+    # eval() batch norm with parameters that require grad: its backward reads the running
+    # statistics, and eager's (empty) saved statistics are recorded so the backward can take them
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        m[1].running_var.uniform_(0.5, 2.0)
+        m[1].running_mean.normal_()
+    errs = train_both(m, lambda i: (torch.randn(2, 3, 9, 7),), lambda mod, x: mod(x).square().mean())
+    assert max(errs) < 1e-4, errs
+    compiled_everything(3)
