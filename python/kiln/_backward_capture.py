@@ -35,10 +35,18 @@ def differentiable(t):
     return isinstance(t, torch.Tensor) and t.requires_grad and (t.is_floating_point() or t.is_complex())
 
 
+# Backward formulas autograd evaluates differently while a dispatch mode is active (the tracer
+# is one): PyTorch then takes the tensor-subclass branch of prod's and cumprod's backward, which
+# avoids eager's data-dependent zero check and differs from eager's gradient where the input
+# holds NaN or inf (found by the training fuzzer). A traced backward would bake that branch in.
+_MODE_SENSITIVE_BACKWARDS = {"ProdBackward0", "ProdBackward1", "CumprodBackward0"}
+
+
 def check_autograd_graph(outputs, inputs):
     """Walks autograd's graph from `outputs` back to `inputs` and raises CaptureFailed for what a
     compiled backward cannot reproduce: a custom autograd.Function (incl. backward hooks of
-    modules), or a leaf tensor that is not one of `inputs`."""
+    modules), a formula that differs under tracing (_MODE_SENSITIVE_BACKWARDS), or a leaf tensor
+    that is not one of `inputs`."""
     stop = {t.grad_fn for t in inputs if t.grad_fn is not None}
     leaf_ids = {id(t) for t in inputs if t.grad_fn is None}
     seen, stack = set(), [t.grad_fn for t in outputs if t.grad_fn is not None]
@@ -50,6 +58,9 @@ def check_autograd_graph(outputs, inputs):
         if isinstance(node, torch.autograd.function.BackwardCFunction):
             raise CaptureFailed(f"autograd: the function uses a custom autograd.Function "
                                 f"({type(node).__name__}); its backward runs eagerly")
+        if type(node).__name__ in _MODE_SENSITIVE_BACKWARDS:
+            raise CaptureFailed(f"autograd: {type(node).__name__}'s formula differs from eager's under tracing "
+                                "(for NaN and inf inputs); the training step runs eagerly")
         variable = getattr(node, "variable", None)
         if type(node).__name__ == "AccumulateGrad" and variable is not None and id(variable) not in leaf_ids:
             raise CaptureFailed("autograd: the function makes a tensor that requires grad (a leaf its compiled "

@@ -441,3 +441,15 @@ def test_fine_tuning_with_frozen_batch_norm_compiles():
     errs = train_both(m, lambda i: (torch.randn(2, 3, 9, 7),), lambda mod, x: mod(x).square().mean())
     assert max(errs) < 1e-4, errs
     compiled_everything(3)
+
+
+def test_prod_in_a_training_step_runs_eagerly_with_eagers_gradient():
+    # Under a dispatch mode autograd takes prod's tensor-subclass formula, which differs from
+    # eager's for NaN and inf: kiln keeps such a step eager rather than bake that formula in.
+    fk = kiln.compile(lambda x: x.prod(1).sum())
+    x = torch.tensor([[float("nan"), 2.0], [float("inf"), 3.0], [1.0, 0.0]], requires_grad=True)
+    for _ in range(2):
+        got, = torch.autograd.grad(fk(x), [x])
+        want, = torch.autograd.grad(x.prod(1).sum(), [x])
+        torch.testing.assert_close(got, want, equal_nan=True)
+    assert any("ProdBackward" in r for r in kiln.counters()["reasons"])
