@@ -58,6 +58,7 @@ class Partitioner {
     mark_backward();
     cut();
     Partition p;
+    gradient_dependencies(p);
     classify_backward_needs(p);
     build_forward(p);
     build_backward(p);
@@ -112,6 +113,26 @@ class Partitioner {
     for (int i = 0; i < n_; ++i) {
       in_source_[i] = mc.source_side(2 * i);
       out_source_[i] = mc.source_side(2 * i + 1);
+    }
+  }
+
+  /// Which tangents each gradient is computed from (a walk back through its inputs).
+  void gradient_dependencies(Partition& p) {
+    std::vector<int> tangent_index(n_, -1);
+    for (size_t k = 0; k < spec_.tangents.size(); ++k) tangent_index.at(spec_.tangents[k]) = static_cast<int>(k);
+    for (size_t j = spec_.forward_outputs; j < g_.outputs.size(); ++j) {
+      std::vector<bool> seen(n_, false);
+      std::vector<int> stack{g_.outputs[j]}, deps;
+      while (!stack.empty()) {
+        int i = stack.back();
+        stack.pop_back();
+        if (seen[i] || !backward_[i]) continue;
+        seen[i] = true;
+        if (tangent_index[i] >= 0) deps.push_back(tangent_index[i]);
+        for (int x : g_.nodes[i].inputs) stack.push_back(x);
+      }
+      std::sort(deps.begin(), deps.end());
+      p.gradient_tangents.push_back(std::move(deps));
     }
   }
 

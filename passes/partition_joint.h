@@ -47,6 +47,10 @@ struct Partition {
   std::vector<int> recomputed;
   /// Per gradient (joint.outputs[forward_outputs + j]): its position among backward's outputs.
   std::vector<int> gradient_positions;
+  /// Per gradient: the tangents it depends on (indices into JointSpec::tangents). When autograd
+  /// gives none of them (the outputs they belong to were not used), eager's gradient is None,
+  /// not zeros.
+  std::vector<std::vector<int>> gradient_tangents;
   int64_t saved_bytes = 0;  ///< bytes of the saved values (saved primal inputs not counted)
 };
 

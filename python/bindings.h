@@ -25,6 +25,7 @@ void def_partition_fields(Cls& cls) {
   cls.def_property_readonly("saved_positions", [](const T& t) { return t.partition.saved_positions; })
       .def_property_readonly("saved_inputs", [](const T& t) { return t.partition.saved_inputs; })
       .def_property_readonly("gradient_positions", [](const T& t) { return t.partition.gradient_positions; })
+      .def_property_readonly("gradient_tangents", [](const T& t) { return t.partition.gradient_tangents; })
       .def_property_readonly("recomputed", [](const T& t) { return t.partition.recomputed.size(); })
       .def_property_readonly("saved_bytes", [](const T& t) { return t.partition.saved_bytes; })
       .def_property_readonly("forward_graph", [](const T& t) { return ir::print(t.partition.forward); })

@@ -48,6 +48,7 @@ class TrainingRunner:
         self.saved_positions = list(program.saved_positions)
         self.saved_inputs = list(program.saved_inputs)
         self.gradient_positions = list(program.gradient_positions)
+        self.gradient_tangents = [list(d) for d in program.gradient_tangents]
         self.failure = ""
         self.out_specs = []  # the entry's result specs: which result leaf each output is (KILN_CHECK)
         self.check = None    # the GradientCheck of the call being run (KILN_CHECK=1)
@@ -145,8 +146,13 @@ class SegmentFunction(torch.autograd.Function):
             raise RuntimeError(f"kiln: the compiled backward failed: {runner.backward.last_failure()}")
         _counters.bump("compiled_backward_calls")
         result = [None, None]
+        given = [grads[p] is not None for p in runner.differentiable]
         for _, pos in runner.grad_leaves:
-            result.append(out[runner.gradient_positions[pos]])
+            # an input reached only through outputs autograd gave no gradient gets None, as in
+            # eager (a gradient made from no tangent at all, zeros_like(grad), is kept)
+            deps = runner.gradient_tangents[pos]
+            used = not deps or any(given[t] for t in deps)
+            result.append(out[runner.gradient_positions[pos]] if used else None)
         if ctx.check is not None:
             ctx.check(grads, result[2:])
         return tuple(result)

@@ -378,7 +378,10 @@ def _layer_norm(tr, a, out):
     b, hb = _optional(a["bias"])
     y = tr.call("layer_norm", [x, w, b], ints=[k, hw, hb], floats=[eps])
     if math.prod(a["normalized_shape"]) == 0:
-        return [y, None, None]  # eager's statistics of empty rows (mean 0, rstd nan): not recorded
+        # eager's statistics of empty rows: mean 0, rstd nan (a training step's backward reads them)
+        dt = tr.dtype_name(out[1].dtype)
+        return [y, tr.call("full", [0.0], ints=list(out[1].shape), dtype=dt),
+                tr.call("full", [float("nan")], ints=list(out[2].shape), dtype=dt)]
     # CUDA keeps a half input's statistics in float32 (the CPU in the input's dtype).
     xs = x if out[1].dtype == x.dtype else Value(tr.call("cast", [x], dtype=tr.dtype_name(out[1].dtype)))
     return [y, tr.call("layer_norm_mean", [xs], ints=[k]), tr.call("layer_norm_rstd", [xs], ints=[k], floats=[eps])]

@@ -453,3 +453,18 @@ def test_prod_in_a_training_step_runs_eagerly_with_eagers_gradient():
         want, = torch.autograd.grad(x.prod(1).sum(), [x])
         torch.testing.assert_close(got, want, equal_nan=True)
     assert any("ProdBackward" in r for r in kiln.counters()["reasons"])
+
+
+def test_inputs_reached_only_through_unused_outputs_get_no_gradient():
+    w = torch.randn(4, requires_grad=True)
+
+    def f(x, y):
+        return (x * w).tanh(), y * 3
+
+    fk = kiln.compile(f)
+    for _ in range(3):
+        x, y = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+        a, _ = fk(x, y)
+        a.sum().backward()
+        assert y.grad is None and x.grad is not None  # eager leaves y.grad None, not zeros
+    assert kiln.counters()["compiled_backward_calls"] == 2
