@@ -51,10 +51,11 @@ double held(double v, DType t) { return round_to_dtype(v, t); }
 // ---- pointwise derivatives: grad and the forward's input (or result), of one float dtype -----
 /// The derivative of activation `name` at `x` times `g` (both in the compute dtype), written as
 /// ATen's vectorised CPU kernel evaluates it: the same operations in the same order, its blends
-/// as the wheres below. For a NaN x, eager itself is not consistent in three of them (its scalar
-/// tail loop takes the other branch than the vector body in hardtanh's kernel, and in the
-/// float64 bodies of hardswish and elu): kiln follows the scalar loop for hardswish and elu
-/// (grad, grad * scale) and the vector body for hardtanh (0), as eager's float32 kernels do.
+/// as the wheres below. For a NaN x, eager itself is not consistent in three of them: its scalar
+/// loop (tensors under 2 vectors, and the tail of longer ones) takes another branch than its
+/// vector body in hardtanh's, hardswish's and elu's kernels. kiln follows the vector body, which
+/// computes all but the last few elements of any sizeable tensor (NaN for hardswish and elu, 0
+/// for hardtanh; found by the training fuzzer on a 32-element elu).
 int activation_derivative(Rule& r, const std::string& name, int g, int x, const Attrs& a) {
   const auto& f = a.floats;
   if (name == "gelu_backward" && a.int_value == 0) {
@@ -91,9 +92,9 @@ int activation_derivative(Rule& r, const std::string& name, int g, int x, const 
   if (name == "sigmoid_backward") return r.mul(r.mul(g, r.sub(r.c(1), x)), x);  // x: sigmoid's result
   if (name == "tanh_backward") return r.mul(g, r.sub(r.c(1), r.mul(x, x)));     // x: tanh's result
   if (name == "hardswish_backward") {
-    // 0 up to -3 (included), g from 3 (and for NaN), g * (x / 3 + 1/2) between.
+    // 0 up to -3 (included), g from 3, g * (x / 3 + 1/2) between (and for NaN: NaN).
     int mid = r.mul(g, r.add(r.div(x, r.c(3)), r.c(0.5)));
-    return r.where(r.le(x, r.c(-3)), r.c(0), r.where(r.lt(x, r.c(3)), mid, g));
+    return r.where(r.le(x, r.c(-3)), r.c(0), r.where(r.ge(x, r.c(3)), g, mid));
   }
   if (name == "hardsigmoid_backward") {
     // ATen's 1/6 is a float literal (1.0f / 6.0f), also for double tensors.
@@ -115,7 +116,7 @@ int activation_derivative(Rule& r, const std::string& name, int g, int x, const 
     int neg = a.int_value != 0 ? r.mul(r.mul(g, r.c(negiptcoef)), r.add(x, r.c(negcoef)))  // x: elu's result
                                : r.mul(r.mul(r.mul(g, r.c(negiptcoef)), r.c(negcoef)),
                                        r.u(OpKind::Exp, r.mul(x, r.c(negiptcoef))));
-    return r.where(r.le(x, r.c(0)), neg, r.mul(g, r.c(poscoef)));
+    return r.where(r.gt(x, r.c(0)), r.mul(g, r.c(poscoef)), neg);  // NaN: the vector body's choice
   }
   throw Unsupported("no derivative rule named " + name);
 }
