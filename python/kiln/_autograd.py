@@ -153,12 +153,18 @@ class SegmentFunction(torch.autograd.Function):
             deps = runner.gradient_tangents[pos]
             used = not deps or any(given[t] for t in deps)
             result.append(out[runner.gradient_positions[pos]] if used else None)
+        if not all(given) and ctx.replay is not None and not runner.has_mutations and \
+                any(g is not None and not bool(torch.isfinite(g).all()) for g in result[2:]):
+            # Outputs without a gradient took zeros: exact, unless the backward of such an output
+            # meets inf or NaN (0 * inf), which eager never computes (it skips that path). Such
+            # a call gets eager's gradients from an eager replay, as a double backward does.
+            return _eager_double_backward(ctx, grads, create_graph=False)
         if ctx.check is not None:
             ctx.check(grads, result[2:])
         return tuple(result)
 
 
-def _eager_double_backward(ctx, grads):
+def _eager_double_backward(ctx, grads, create_graph=True):
     """A backward with create_graph=True (double backward): the compiled backward is not itself
     differentiable, so the call is replayed eagerly (the function on the same arguments, the RNG
     as it was before the compiled forward drew from it) and autograd differentiates that, with
@@ -167,7 +173,8 @@ def _eager_double_backward(ctx, grads):
     argument changed in place since, or it is a segment of a trace with graph breaks."""
     from ._flatten import flatten
     runner = ctx.runner
-    what = "double backward (create_graph=True) through a kiln-compiled function"
+    what = ("double backward (create_graph=True) through a kiln-compiled function" if create_graph else
+            "a backward with outputs that got no gradient met inf or NaN")
     if ctx.replay is None or runner.has_mutations:
         why = "it writes arguments or buffers" if runner.has_mutations else "it has graph breaks"
         raise RuntimeError(f"kiln: {what} cannot replay the call eagerly ({why}); compile it with backend='eager' "
@@ -193,7 +200,7 @@ def _eager_double_backward(ctx, grads):
     pairs = [(outputs[p], grads[p]) for p in runner.differentiable
              if grads[p] is not None and p in outputs and outputs[p].requires_grad]
     inputs = [ctx.full[i] for i, _ in runner.grad_leaves]
-    got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
+    got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=create_graph,
                               allow_unused=True) if pairs else [None] * len(inputs)
     return (None, None, *got)
 

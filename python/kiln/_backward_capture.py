@@ -142,7 +142,7 @@ def check_segment_independence(inputs, carried):
         stack.extend(fn for fn, _ in node.next_functions)
 
 
-def capture_joint(tracer, seg, tensor_of, first_tangent, grad_inputs=None):
+def capture_joint(tracer, seg, tensor_of, first_tangent, grad_inputs=None, flows=None):
     """Records autograd's backward of the traced forward into segment `seg` (the trace's only
     one). `tensor_of`: the traced tensor of each of seg.needed's value ids (the forward outputs).
     Returns a dict describing the joint graph, None when no output has a gradient (the call then
@@ -153,8 +153,12 @@ def capture_joint(tracer, seg, tensor_of, first_tangent, grad_inputs=None):
       backward_start  the first node recorded while autograd ran
       output_meta     (shape, dtype, device) of each forward output (zeros for a missing grad)
     `grad_inputs`: (leaf index, tensor) of the inputs to differentiate for (default: every
-    differentiable leaf of the trace)."""
-    positions = [j for j, vid in enumerate(seg.needed) if differentiable(tensor_of.get(vid))]
+    differentiable leaf of the trace). `flows`: the needed values later segments or the result
+    compute with (default: all); one only read into Python (`if t.sum() > 0`) gets no gradient,
+    as in eager, where nothing differentiates it (a zero tangent would turn a NaN of its
+    backward into the gradients: 0 * nan)."""
+    positions = [j for j, vid in enumerate(seg.needed)
+                 if differentiable(tensor_of.get(vid)) and (flows is None or vid in flows)]
     if not positions:
         return None
     if grad_inputs is None:

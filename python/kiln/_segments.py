@@ -38,6 +38,7 @@ class SegNode:
         self.program = None
         self.native = None
         self.joint = None     # training: the segment's joint graph (see Tree.training)
+        self.flows = set(seg.flows)  # needed values that are computed with, not only read
         self.training = None  # training: the _autograd.TrainingPrograms once compiled
 
 
@@ -80,9 +81,10 @@ class Tree:
                 if node.text != text:
                     raise NondeterministicTrace(f"segment {d} differs from an earlier trace of the same path")
                 grown = [v for v in seg.needed if v not in node.needed]
-                if grown or not seg.fresh <= node.fresh:
+                if grown or not seg.fresh <= node.fresh or not seg.flows <= node.flows:
                     node.needed += grown
                     node.fresh |= seg.fresh
+                    node.flows |= seg.flows
                     dirty.append(node)
             if self.training and node in dirty:
                 self._capture_segment_backward(tracer, d, node)
@@ -120,7 +122,7 @@ class Tree:
                                        [t for t in seg.carried_tensors if differentiable(t)])
             tracer.current = d
             joint = capture_joint(tracer, seg, {v: seg.out_tensors[v] for v in node.needed},
-                                  self.leaf_count + len(seg.carried) + 1, grad_inputs)
+                                  self.leaf_count + len(seg.carried) + 1, grad_inputs, node.flows | seg.flows)
         except CaptureFailed as e:
             raise _C.Unsupported(e.reason) from None
         finally:

@@ -161,6 +161,9 @@ class _Segment:
         self.out_tensors = {}
         self.carried_tensors = []
         self.leaf_vids = {}
+        # Needed values a later segment computes with or the result returns (not only read into
+        # Python): the ones a segment's backward differentiates.
+        self.flows = set()
 
     def need(self, vid, tensor=None):
         if vid >= 0 and vid not in self.needed:
@@ -424,6 +427,7 @@ class Tracer(TorchDispatchMode):
         leaf index is fixed once the trace is complete (after every call leaf)."""
         seg = self.seg
         self.segments[k].need(src, t)
+        self.segments[k].flows.add(src)
         # The producing segment stores the value in its preferred layout when that is dense,
         # else contiguously (lower_to_loops' loop_order): read it the same way. A shape read's
         # result comes as eager made it (its strides are part of the key).
@@ -833,6 +837,7 @@ class Tracer(TorchDispatchMode):
             # of one either, though its value may be a view (x.floor() of an integer x is x)
             seg.fresh.add(vid)
         seg.need(vid, tensor)
+        seg.flows.add(vid)
         return ("seg", k, vid)
 
     def mutation_outputs(self):

@@ -468,3 +468,32 @@ def test_inputs_reached_only_through_unused_outputs_get_no_gradient():
         a.sum().backward()
         assert y.grad is None and x.grad is not None  # eager leaves y.grad None, not zeros
     assert kiln.counters()["compiled_backward_calls"] == 2
+
+
+def test_an_unused_output_whose_backward_meets_inf_does_not_poison_the_gradients():
+    z = torch.tensor([0.0, 1.0, 2.0])
+
+    def f(x, w):
+        return (x * w).sum(), (w / z).sum()  # the second's backward has 1 / 0 = inf
+
+    fk = kiln.compile(f)
+    for _ in range(3):
+        x, w = torch.randn(3), torch.randn(3, requires_grad=True)
+        gk, = torch.autograd.grad(fk(x, w)[0], [w])  # the second output gets no gradient
+        ge, = torch.autograd.grad(f(x, w)[0], [w])
+        torch.testing.assert_close(gk, ge)  # eager: x; zeros for the unused output give 0 * inf
+
+
+def test_a_value_only_read_into_python_gets_no_gradient():
+    def f(x):
+        v = x.var(None, correction=2)  # a 0-dim x: var divides by -1; its backward would be nan
+        if torch.where(v.ceil() >= 1.0, v, 3.5).amax().item() > 2.0:
+            return F.softplus(x) + 1
+        return F.softplus(x) * 2
+
+    fk = kiln.compile(f)
+    for i in range(3):
+        x = torch.tensor(0.3 * i - 0.5, requires_grad=True)
+        gk, = torch.autograd.grad(fk(x), [x])
+        ge, = torch.autograd.grad(f(x), [x])
+        torch.testing.assert_close(gk, ge)
