@@ -20,10 +20,14 @@ environment everywhere):
   * time per step, median of N repeats, the sides interleaved (one repeat of each per round):
     `fb` = zero_grad + forward + loss + backward, `step` = the same + optimizer.step() (the
     optimizer of each workload is printed: SGD or AdamW).
-  * memory, by resident set size (RSS) of the side's process, because kiln allocates its
-    temporaries outside torch's allocator (which torch.profiler's memory events would miss).
-    The malloc environment keeps freed memory resident, so RSS alone would not fall between
-    steps: the script calls glibc's malloc_trim(0) between steps, which returns free heap pages.
+  * memory, two ways. live MB: the peak of live bytes during one train step, counted from its
+    start: torch's CPU allocations from torch.profiler's memory events (exact and repeatable),
+    plus, for kiln, the largest arena of temporaries it allocates outside torch (its forward's
+    and backward's arenas are never held at once, so this bounds kiln's extra). And by resident
+    set size (RSS) of the side's process, which sees everything but is blurred by malloc's reuse
+    of freed pages (repeat runs differ by a few MB). The malloc environment keeps freed memory
+    resident, so RSS alone would not fall between steps: the script calls glibc's
+    malloc_trim(0) between steps, which returns free heap pages.
       step MB = peak RSS during 3 training steps over the RSS between steps (activations,
                 saved tensors, temporaries: what one step needs on top of what is held);
       held MB = RSS between steps over the RSS before the first step (after the model,
@@ -200,9 +204,13 @@ def worker(side, name, threads):
             for _ in range(MEM_STEPS):
                 train_models.train_step(cm, opt, batch)
             peak = harness.peak_rss()
+            live = harness.live_peak_bytes(lambda: train_models.train_step(cm, opt, batch))
+            if side == "kiln":  # its temporaries (one program's arena at a time), outside torch
+                live += max([p.arena_bytes for p in cm._kiln.compiled_programs() if hasattr(p, "arena_bytes")],
+                            default=0)
             out = {**times, "bg_cores": sum(bg) / len(bg) if bg else None,
                    "step_mb": (peak - between) / MIB, "held_mb": (between - rss_start) / MIB,
-                   "rss_start_mb": rss_start / MIB}
+                   "live_mb": live / MIB, "rss_start_mb": rss_start / MIB}
             if side == "kiln":
                 out["counters"] = kiln.counters()
                 out["path"] = harness.kiln_status(cm)["label"]
@@ -303,8 +311,8 @@ def _f(v, fmt="{:.2f}"):
     return "-" if v is None else fmt.format(v)
 
 
-def _mb(r, key, sides):
-    return "/".join(_f(_get(r, s, key), "{:.0f}") for s in sides)
+def _mb(r, key, sides, fmt="{:.0f}"):
+    return "/".join(_f(_get(r, s, key), fmt) for s in sides)
 
 
 def columns(sides):
@@ -325,6 +333,7 @@ def columns(sides):
         cols.append(("tc cold", 7, lambda r: _f(_get(r, "tc", "cold_s"))))
     cols += [
         ("k cold", 6, lambda r: _f(_get(r, "kiln", "cold_s"))),
+        ("live MB " + "/".join(sides), 18 if tc else 13, lambda r: _mb(r, "live_mb", sides, "{:.1f}")),
         ("step MB " + "/".join(sides), 18 if tc else 13, lambda r: _mb(r, "step_mb", sides)),
         ("held MB " + "/".join(sides), 18 if tc else 13, lambda r: _mb(r, "held_mb", sides)),
         ("bg", 5, lambda r: _bg(r)),
@@ -361,11 +370,12 @@ def summary(results, sides):
         out[f"{s}_cold_s_geomean"] = harness.geomean([_get(r, s, "cold_s") for r in results])
     lines.append("cold compile (first step) geomean: "
                  + ", ".join(f"{s} {_f(out[f'{s}_cold_s_geomean'])} s" for s in compilers))
-    for s in compilers:
-        out[f"{s}_step_mb_over_eager"] = harness.geomean(
-            [_ratio(_get(r, s, "step_mb"), _get(r, "eager", "step_mb")) for r in results])
-    lines.append("step MB over eager's, geomean: " + ", ".join(
-        f"{s} {_f(out[f'{s}_step_mb_over_eager'])}x" for s in compilers))
+    for key in ("live_mb", "step_mb"):
+        for s in compilers:
+            out[f"{s}_{key}_over_eager"] = harness.geomean(
+                [_ratio(_get(r, s, key), _get(r, "eager", key)) for r in results])
+        lines.append(f"{key.replace('_mb', ' MB')} over eager's, geomean: " + ", ".join(
+            f"{s} {_f(out[f'{s}_{key}_over_eager'])}x" for s in compilers))
     return lines, out
 
 
@@ -418,7 +428,8 @@ def main():
     print("columns: check = kiln vs eager (loss, grads, params and buffers after 3 steps; rel err = worst "
           f"max|a-b|/max|b|, FAIL above {TOLERANCE:g}); kiln = EAGER / partial / fused; '<side> fb' = "
           "ms of zero_grad+fwd+loss+bwd, '<side> step' = the same + optimizer.step; x eager, x tc = kiln's "
-          "speedup on the column before; cold = first step of a fresh compile (s); step MB = peak RSS "
+          "speedup on the column before; cold = first step of a fresh compile (s); live MB = peak live "
+          "bytes of one step (torch's allocations + kiln's arena); step MB = peak RSS "
           "during a step over RSS between steps; held MB = RSS between steps over RSS before the first "
           "step; bg = other processes' CPU use while timing (cores, '!' = unreliable)")
     print(flush=True)
