@@ -392,7 +392,15 @@ def _group_norm(tr, a, out):
     w, hw = _optional(a["weight"])
     b, hb = _optional(a["bias"])
     y = tr.call("group_norm", [a["input"], w, b], ints=[a["group"], hw, hb], floats=[float(a["eps"])])
-    return [y, None, None]
+    # The per-group mean and rstd ([N, group]) a training step's backward reads: a layer norm's
+    # statistics over each group's elements (dead code, never computed, when nothing reads them).
+    x, n, g = a["input"], a["N"], a["group"]
+    if x.numel() == 0 or out[1].dtype != x.dtype:
+        return [y, None, None]
+    rows = Value(tr.call("reshape", [x], ints=[n, g, x.numel() // max(n * g, 1)]))
+    mean = tr.call("layer_norm_mean", [rows], ints=[1])
+    rstd = tr.call("layer_norm_rstd", [rows], ints=[1], floats=[float(a["eps"])])
+    return [y, tr.call_value("reshape", [mean], ints=[n, g]), tr.call_value("reshape", [rstd], ints=[n, g])]
 
 
 @handles(aten.native_batch_norm, aten._native_batch_norm_legit_no_training)

@@ -239,8 +239,19 @@ class _Fallback:
         # Positions of the tensor results when some are None (convolution_backward without the
         # input's gradient): the program binds only those, in order.
         self.keep = keep
+        # Whether grad mode was on when the op was traced. Some ops answer differently without
+        # it (mkldnn_rnn_layer returns no workspace, which its backward needs), and a training
+        # step's forward runs inside autograd.Function.forward, where it is off: such an op runs
+        # with grad mode on again, on detached operands (so nothing is recorded for autograd).
+        self.grad = torch.is_grad_enabled()
 
     def __call__(self, *tensors):
+        if self.grad and not torch.is_grad_enabled():
+            with torch.enable_grad():
+                return self._run(tuple(t.detach() for t in tensors))
+        return self._run(tensors)
+
+    def _run(self, tensors):
         out = self.func(*_fill_slots(self.args, tensors), **_fill_slots(self.kwargs, tensors))
         return out if self.keep is None else tuple(out[i] for i in self.keep)
 
@@ -259,7 +270,7 @@ class _FreshFill(_Fallback):
         super().__init__(func, args, kwargs)
         self.shape, self.stride, self.dtype, self.device = list(shape), list(stride), dtype, device
 
-    def __call__(self, *tensors):
+    def _run(self, tensors):
         t = torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=self.device)
         args = _fill_slots(self.args, tensors)
         self.func(t, *args[1:], **_fill_slots(self.kwargs, tensors))

@@ -497,3 +497,19 @@ def test_a_value_only_read_into_python_gets_no_gradient():
         gk, = torch.autograd.grad(fk(x), [x])
         ge, = torch.autograd.grad(f(x), [x])
         torch.testing.assert_close(gk, ge)
+
+
+def test_lstm_and_group_norm_training_steps_compile():
+    # nn.LSTM runs mkldnn_rnn_layer, which returns its workspace only with grad mode on (a
+    # fallback op re-enables it inside the compiled forward); group norm's backward reads the
+    # per-group statistics its forward records.
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 12, num_layers=2, batch_first=True)
+    errs = train_both(lstm, lambda i: (torch.randn(3, 5, 8),), lambda m, x: m(x)[0].square().mean())
+    assert max(errs) < 1e-4, errs
+    compiled_everything(3)
+    kiln.reset()
+    gn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU(), nn.Conv2d(16, 2, 1))
+    errs = train_both(gn, lambda i: (torch.randn(2, 3, 7, 9),), lambda m, x: m(x).square().mean())
+    assert max(errs) < 1e-4, errs
+    compiled_everything(3)
