@@ -628,16 +628,7 @@ class CompiledFunction:
         self._compiles += 1
         entry = _Entry(_build_guards(full, grad, set(tracer.mutations)), getters, program, out_specs, result_spec,
                        fallbacks=tracer.fallbacks)
-        entry.mutations = mutations
-        entry.silent = set(tracer.silent_updates)
-        entry.single = entry.single and not mutations
-        self._maybe_fast(spec, entry, len(leaves))
-        for fb in tracer.fallbacks:
-            _counters.record_fallback_op(str(fb))
-        self._add_entry(spec, entry)
-        _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
-        _log("kernels", f"{self.__name__}:\n{program.loop_ir}")
-        self._write_debug_extras(entry, debug_dir)
+        self._finish_entry(spec, entry, tracer, mutations, debug_dir, program.loop_ir, len(leaves))
         return result
 
     # -- training (Note [Training capture] in _backward_capture.py) --------------------------
@@ -684,16 +675,24 @@ class CompiledFunction:
                                                 entry.training.backward.graph)
         entry.native.out_specs = out_specs
         entry.native.has_mutations = bool(mutations)
+        self._finish_entry(spec, entry, tracer, mutations, debug_dir,
+                           f"forward:\n{tp.forward.loop_ir}\nbackward:\n{tp.backward.loop_ir}")
+        return result
+
+    def _finish_entry(self, spec, entry, tracer, mutations, debug_dir, loop_ir, nargs=None):
+        """Adds a compiled entry: its write-backs, counters, logs and debug artifacts; with
+        `nargs`, registers it with the C++ fast path where its calls allow."""
         entry.mutations = mutations
         entry.silent = set(tracer.silent_updates)
         entry.single = entry.single and not mutations
+        if nargs is not None:
+            self._maybe_fast(spec, entry, nargs)
         for fb in tracer.fallbacks:
             _counters.record_fallback_op(str(fb))
         self._add_entry(spec, entry)
         _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
-        _log("kernels", f"{self.__name__} forward:\n{tp.forward.loop_ir}\nbackward:\n{tp.backward.loop_ir}")
+        _log("kernels", f"{self.__name__}:\n{loop_ir}")
         self._write_debug_extras(entry, debug_dir)
-        return result
 
     def _add_path(self, spec, tracer, full, grad, getters, out_specs, result_spec, result, tree_entry,
                   training=False):

@@ -144,6 +144,14 @@ def check(fn, inputs, atol=None, rtol=None, expect_compiled=True):
     return compiled
 
 
+def assert_no_fallbacks():
+    """Every call since the last kiln.reset() ran compiled, without an eager op inside (what a
+    test of a lowering asserts after comparing with eager)."""
+    from . import counters
+    c = counters()
+    assert not c["fallback_op_counts"] and c["eager_calls"] == 0, c
+
+
 def check_mutating(fn, make_args, calls=3):
     """For a `fn` that mutates its arguments: eager and a fresh `kiln.compile(fn)` each get their
     own copies of `make_args(call)`, every call, and must agree on the result and on the

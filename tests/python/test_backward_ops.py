@@ -15,16 +15,14 @@ import torch.nn.functional as F
 
 import kiln
 from kiln import _cuda
-from kiln.testing import assert_same, check, make_input
+from kiln.testing import assert_same, check, make_input, assert_no_fallbacks
 
 aten = torch.ops.aten
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
-def no_fallbacks():
-    assert not kiln.counters()["fallback_op_counts"], kiln.counters()["fallback_op_counts"]
-    assert kiln.counters()["eager_calls"] == 0, kiln.counters()
+no_fallbacks = assert_no_fallbacks
 
 
 def with_edges(t, values):

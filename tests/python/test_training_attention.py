@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.testing import check, make_input
+from kiln.testing import check, make_input, assert_no_fallbacks
 
 pytestmark = pytest.mark.skipif(not kiln._C.blas_library(), reason="no BLAS could be opened")
 
@@ -27,9 +27,7 @@ def _no_grad():
         yield
 
 
-def no_fallbacks():
-    c = kiln.counters()
-    assert not c["fallback_op_counts"] and c["eager_calls"] == 0, c
+no_fallbacks = assert_no_fallbacks
 
 
 def check_compiled(fn, inputs, **tol):

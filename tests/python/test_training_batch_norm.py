@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kiln
-from kiln.testing import assert_same, check, check_mutating, make_input
+from kiln.testing import assert_same, check, check_mutating, make_input, assert_no_fallbacks
 
 aten = torch.ops.aten
 
@@ -22,9 +22,7 @@ def _no_grad():
         yield
 
 
-def no_fallbacks():
-    c = kiln.counters()
-    assert not c["fallback_op_counts"] and c["eager_calls"] == 0, c
+no_fallbacks = assert_no_fallbacks
 
 
 def batch(shape, dtype=torch.float32, channels_last=False, seed=0):

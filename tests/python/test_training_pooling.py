@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import kiln
-from kiln.testing import check, make_input
+from kiln.testing import assert_no_fallbacks, check, make_input
 
 aten = torch.ops.aten
 
@@ -21,9 +21,7 @@ def _no_grad():
         yield
 
 
-def no_fallbacks():
-    c = kiln.counters()
-    assert not c["fallback_op_counts"] and c["eager_calls"] == 0, c
+no_fallbacks = assert_no_fallbacks
 
 
 def image(shape, dtype=torch.float32, channels_last=False):
