@@ -73,7 +73,10 @@ int GraphBuilder::value_of(const Operand& o, DType t) {
 
 int GraphBuilder::window_op(const std::string& name, const std::vector<Operand>& args, const Attrs& attrs) {
   bool pool = name == "max_pool" || name == "max_pool_indices" || name == "avg_pool";
-  bool resample = name == "upsample_nearest" || name == "upsample_nearest_exact" || name == "upsample_linear";
+  bool backward = name.size() > 9 && name.compare(name.size() - 9, 9, "_backward") == 0;
+  std::string base = backward ? name.substr(0, name.size() - 9) : name;
+  bool resample = base == "upsample_nearest" || base == "upsample_nearest_exact" || base == "upsample_linear";
+  if (backward && !resample) return -1;
   if (!pool && !resample && name != "adaptive_avg_pool") return -1;
   KILN_UNSUPPORTED_IF(args.size() != 1 || args[0].kind != Operand::Kind::Value, "{} takes one tensor", name);
   int x = args[0].value;
@@ -92,9 +95,11 @@ int GraphBuilder::window_op(const std::string& name, const std::vector<Operand>&
   if (name == "adaptive_avg_pool") return adaptive_avg_pool(editor_, x, a);
   // ints = output sizes of the trailing dims; floats = their scales (<= 0: none);
   // int_value = align_corners
-  Upsample mode = name == "upsample_nearest" ? Upsample::Nearest
-                  : name == "upsample_nearest_exact" ? Upsample::NearestExact
+  Upsample mode = base == "upsample_nearest" ? Upsample::Nearest
+                  : base == "upsample_nearest_exact" ? Upsample::NearestExact
                                                      : Upsample::Linear;
+  // backward: ints = the input's trailing sizes (the gradient is the operand)
+  if (backward) return upsample_backward(editor_, x, mode, a, attrs.floats, attrs.int_value != 0);
   return upsample(editor_, x, mode, a, attrs.floats, attrs.int_value != 0);
 }
 

@@ -314,4 +314,34 @@ int upsample(GraphEditor& e, int x, Upsample mode, const std::vector<int64_t>& o
   return linear_from(e, x, taps, rank - n, rank - n);
 }
 
+int upsample_backward(GraphEditor& e, int grad, Upsample mode, const std::vector<int64_t>& in_sizes,
+                      const std::vector<double>& scales, bool align_corners) {
+  const Sizes gs = e.node(grad).sizes;
+  DType t = e.node(grad).dtype;
+  size_t n = in_sizes.size(), rank = gs.size();
+  KILN_UNSUPPORTED_IF(n == 0 || n + 2 != rank || scales.size() != n, "upsample backward of the wrong rank");
+  KILN_UNSUPPORTED_IF(!is_float(t), "upsample backward of {}", dtype_name(t));
+  for (size_t i = 0; i < n; ++i)
+    KILN_UNSUPPORTED_IF(in_sizes[i] < 1 || gs[rank - n + i] < 1, "upsample backward to or from an empty size");
+  int g = grad;
+  for (size_t k = n; k-- > 0;) {  // the forward gathered the outermost dim first
+    size_t d = rank - n + k;
+    int64_t in = in_sizes[k], out = gs[d];
+    Sizes shape = e.node(g).sizes;
+    shape[d] = in;
+    int zeros = e.expand(e.constant(0.0, t), shape);
+    if (mode != Upsample::Linear) {
+      g = e.index_copy(zeros, nearest_index(e, mode, in, out, scales[k]), g, static_cast<int64_t>(d), ScatterCombine::Add);
+      continue;
+    }
+    LinearTaps tp = linear_taps(e, in, out, scales[k], align_corners, t);
+    size_t r = e.node(g).sizes.size();
+    int a = e.index_copy(zeros, tp.i0, e.binary(OpKind::Mul, g, along(e, tp.w0, r, d)), static_cast<int64_t>(d),
+                         ScatterCombine::Add);
+    g = e.index_copy(a, tp.i1, e.binary(OpKind::Mul, g, along(e, tp.w1, r, d)), static_cast<int64_t>(d),
+                     ScatterCombine::Add);
+  }
+  return g;
+}
+
 }  // namespace kiln::capture

@@ -57,4 +57,11 @@ enum class Upsample { Nearest, NearestExact, Linear };
 int upsample(ir::GraphEditor& e, int x, Upsample mode, const std::vector<int64_t>& out_sizes,
              const std::vector<double>& scales, bool align_corners);
 
+/// The backward of upsample: the gradient of its input (trailing sizes `in_sizes`) from the
+/// gradient `grad` of its output. Each pooled dim's gather becomes an index_add into zeros (a
+/// linear dim's two taps each weighted), innermost dim first: the exact adjoint, summed in
+/// another order than ATen's kernel (one float rounding apart).
+int upsample_backward(ir::GraphEditor& e, int grad, Upsample mode, const std::vector<int64_t>& in_sizes,
+                      const std::vector<double>& scales, bool align_corners);
+
 }  // namespace kiln::capture

@@ -101,6 +101,14 @@ def _pow(tr, a, out):
     return tr.call("pow", [a["self"], a["exponent"]])
 
 
+@handles(aten.sgn)
+def _sgn(tr, a, out):
+    """sgn is sign for real tensors (abs's backward reads it)."""
+    if a["self"].is_complex():
+        raise NoLowering()
+    return tr.call("sign", [a["self"]])
+
+
 @handles(aten.round)
 def _round(tr, a, out):
     if a.get("decimals", 0) not in (0, None):
@@ -740,6 +748,19 @@ def _upsample(tr, a, out):
     names = ["scales"] if n == 1 else ["scales_d", "scales_h", "scales_w"][3 - n:]
     scales = [float(a.get(s) or -1.0) for s in names]
     return tr.call(op, [x], ints=list(out.shape[-n:]), floats=scales, int_value=int(bool(a.get("align_corners"))))
+
+
+@handles(*[getattr(aten, name + "_backward") for name in _UPSAMPLE])
+def _upsample_backward(tr, a, out):
+    """The gradient of an upsample's input (capture/window_ops.h, upsample_backward)."""
+    op, n = _UPSAMPLE[tr.current_op[:-len("_backward")]]
+    g = a["grad_output"]
+    if tr.func._overloadname != "default" or g.dim() != n + 2 or g.numel() == 0 or not g.dtype.is_floating_point:
+        raise NoLowering()
+    names = ["scales"] if n == 1 else ["scales_d", "scales_h", "scales_w"][3 - n:]
+    scales = [float(a.get(s) or -1.0) for s in names]
+    return tr.call(op + "_backward", [g], ints=list(a["input_size"])[-n:], floats=scales,
+                   int_value=int(bool(a.get("align_corners"))))
 
 
 @handles(aten.flip)
