@@ -111,12 +111,19 @@ def contents(v):
     return None
 
 
+_EXACT_TYPES = (int, bool, str, type(None))  # == is identity of value for these (not float)
+
+
 def snapshot(v, depth=0):
     t = type(v)
     if t is float:
         return (t, v.hex())  # 0.0 and -0.0 differ (== calls them equal); every NaN is 'nan'
     if t in SIMPLE_VALUE_TYPES:
         return (t, v)
+    if (t is tuple or t is list) and len(v) <= MAX_ITEMS and all(type(x) in _EXACT_TYPES for x in v):
+        # A module's kernel_size, stride or padding: compared as it is (a tuple of its items),
+        # without a snapshot per element (this runs for every guarded attribute on every call).
+        return (t, tuple(v))
     if isinstance(v, torch.Tensor):
         # Not a baked-in value (a trace reads it as an input each call), but which tensor it is:
         # a function that stores a new one there (OBJ.last = y) has a side effect.

@@ -231,11 +231,28 @@ def _fill_slots(x, tensors):
     return x
 
 
+def _has_slot(x):
+    if isinstance(x, _Slot):
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(_has_slot(y) for y in x)
+    if isinstance(x, dict):
+        return any(_has_slot(y) for y in x.values())
+    return False
+
+
 class _Fallback:
     """Re-runs one recorded ATen op on new tensor operands (a fallback node's callable)."""
 
     def __init__(self, func, args, kwargs, keep=None):
         self.func, self.args, self.kwargs = func, args, kwargs
+        # Where the tensor operands go when every one is a top-level argument (a convolution's
+        # input, weight and bias; its stride and padding lists hold numbers only): filled by
+        # position on each call instead of a walk of the whole template.
+        self._flat = None
+        if not kwargs or all(not _has_slot(v) for v in kwargs.values()):
+            if all(isinstance(a, _Slot) or not _has_slot(a) for a in args):
+                self._flat = [(i, a.index) for i, a in enumerate(args) if isinstance(a, _Slot)]
         # Positions of the tensor results when some are None (convolution_backward without the
         # input's gradient): the program binds only those, in order.
         self.keep = keep
@@ -252,7 +269,13 @@ class _Fallback:
         return self._run(tensors)
 
     def _run(self, tensors):
-        out = self.func(*_fill_slots(self.args, tensors), **_fill_slots(self.kwargs, tensors))
+        if self._flat is not None:
+            args = list(self.args)
+            for i, k in self._flat:
+                args[i] = tensors[k]
+            out = self.func(*args, **self.kwargs)
+        else:
+            out = self.func(*_fill_slots(self.args, tensors), **_fill_slots(self.kwargs, tensors))
         return out if self.keep is None else tuple(out[i] for i in self.keep)
 
     def __repr__(self):
