@@ -66,15 +66,17 @@ class Partitioner {
   }
 
  private:
-  /// Backward nodes: the tangents and everything computed from them, and the cheap work
-  /// autograd did that does not depend on them (a weight's transpose, exp of a saved log-softmax):
-  /// it stays in the backward rather than lengthening the forward, whatever the cut's ties.
+  /// Backward nodes: everything recorded while autograd ran (the tangents, what is computed
+  /// from them, and autograd's work that needs none: a weight's transpose, exp of a saved
+  /// log-softmax, attention's scores recomputed from saved q and k). It stays in the backward,
+  /// as in eager: moved into the forward it would lengthen it and, where it is a product, be
+  /// saved (attention's scores: memory quadratic in the sequence).
   void mark_backward() {
     backward_.assign(n_, false);
     for (int t : spec_.tangents) backward_.at(t) = true;
     for (int i = 0; i < n_; ++i) {
       const Node& n = g_.nodes[i];
-      backward_[i] = backward_[i] || (i >= spec_.backward_start && n.op != OpKind::Input && recomputable(g_, n));
+      backward_[i] = backward_[i] || (i >= spec_.backward_start && n.op != OpKind::Input);
       for (int x : n.inputs) backward_[i] = backward_[i] || backward_[x];
     }
     for (int i = 0; i < spec_.forward_outputs; ++i)
