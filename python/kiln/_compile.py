@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from . import _C, _accuracy, _autograd, _backward_capture, _counters, _cuda, _segments
+from . import _C, _accuracy, _argument_changes, _autograd, _backward_capture, _counters, _cuda, _segments
 from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._snapshot import MAX_DEPTH as _MAX_DEPTH
@@ -384,6 +384,8 @@ class _Entry:
         self.mutations = []  # (leaf index, output position): new values written back after a call
         self.silent = set()  # leaves among them written without a version bump (Tracer.silent_updates)
         self.data_dependent_failures = 0  # calls whose fallback op returned another shape
+        self.replay = None  # _argument_changes.Replay: container changes written after each call
+        self.replay_start = 0  # where its values start among the outputs (after the result's)
         if program is None:
             self.native = None
         elif getattr(program, "target", "cpu") == "cuda":
@@ -491,6 +493,10 @@ class CompiledFunction:
                 # in-place ops on arguments/buffers, as eager does (batch norm's running
                 # statistics without a version bump, as eager's kernel writes them)
                 (full[leaf].data if leaf in entry.silent else full[leaf]).copy_(out[pos])
+            if entry.replay is not None:
+                vals = self._values(entry, out, full)
+                entry.replay.apply(args, kwargs, vals[entry.replay_start:])
+                return unflatten(entry.result_spec, vals)[0]
             return self._result(entry, out, full)
         return self._miss(args, kwargs, leaves, spec, grad, state)
 
@@ -509,11 +515,12 @@ class CompiledFunction:
             self._fast.clear()  # the fast path holds the compiled entry
 
     @staticmethod
+    def _values(entry, out, full):
+        return [out[v] if kind == "graph" else full[v] if kind == "input" else v for kind, v in entry.out_specs]
+
+    @staticmethod
     def _result(entry, out, full):
-        vals = []
-        for kind, v in entry.out_specs:
-            vals.append(out[v] if kind == "graph" else full[v] if kind == "input" else v)
-        return unflatten(entry.result_spec, vals)[0]
+        return unflatten(entry.result_spec, CompiledFunction._values(entry, out, full))[0]
 
     # -- capture ----------------------------------------------------------------------------
     def _miss(self, args, kwargs, leaves, spec, grad, state, tree_entry=None):
@@ -536,6 +543,8 @@ class CompiledFunction:
         value_sources = _plain_value_sources(self._fn, self._module)
         values = [get() for get in value_sources]
         trace_leaves = list(leaves)
+        # The argument containers as the call finds them (Note [Argument containers]).
+        before = _argument_changes.ContainerSnapshot(args, kwargs)
         _counters.bump("captures")
         try:
             result, tracer = trace(self._fn, args, kwargs, trace_leaves, candidates)
@@ -555,12 +564,22 @@ class CompiledFunction:
             bad = next(type(x).__name__ for x in leaves
                        if not isinstance(x, torch.Tensor) and type(x) not in _SIMPLE_VALUE_TYPES)
             failure = CaptureFailed(f"an argument of type {bad} cannot be guarded")
+        replay = None
+        if failure is None:
+            replay = _argument_changes.plan(before, args, kwargs)
+            if isinstance(replay, CaptureFailed):
+                failure, replay = replay, None
+            elif replay is not None and (training or len(tracer.segments) > 1):
+                failure = CaptureFailed(
+                    f"the function changes its argument {replay.describe()}; kiln replays such changes only after "
+                    f"a single compiled graph without gradients, and this call "
+                    f"{'needs gradients' if training else 'has graph breaks'}")
         out_specs = result_spec = None
         if failure is None:
             res_leaves = []
             result_spec = flatten(result, res_leaves)
             try:
-                out_specs = tracer.outputs(res_leaves, arg_count)
+                out_specs = tracer.outputs(res_leaves + (replay.leaves if replay else []), arg_count)
                 mutations = tracer.mutation_outputs()
             except CaptureFailed as e:
                 failure = e
@@ -628,6 +647,9 @@ class CompiledFunction:
         self._compiles += 1
         entry = _Entry(_build_guards(full, grad, set(tracer.mutations)), getters, program, out_specs, result_spec,
                        fallbacks=tracer.fallbacks)
+        if replay is not None:
+            entry.replay, entry.replay_start, entry.single = replay, len(res_leaves), False
+            _log("guards", f"{self.__name__}: replays changes to {replay.describe()} after each call")
         self._finish_entry(spec, entry, tracer, mutations, debug_dir, program.loop_ir, len(leaves))
         return result
 
