@@ -5,7 +5,8 @@ from ._compile import CompiledFunction
 
 class Explanation:
     """Result of kiln.explain: .graph_count, .graph_breaks [(reason, location)], .fallback_ops
-    [(op, reason)], .guards [text], .graphs [text], .kernels [name], .matmuls [text: the BLAS
+    [(op, reason)], .guards [text], .replays [the argument containers each entry writes after a
+    call], .graphs [text], .kernels [name], .matmuls [text: the BLAS
     steps, with how BLAS reads each operand], .training [one dict per compiled training step:
     joint_graph, partition (what the forward saves and the backward recomputes), saved_bytes,
     recomputed, forward_kernels, backward_kernels]; str() reads well."""
@@ -24,6 +25,8 @@ class Explanation:
         self.fallback_ops += [(str(fb), "no lowering: runs eagerly inside a compiled segment")
                               for e in entries if getattr(e, "tree", None) is not None for fb in e.tree.fallbacks()]
         self.guards = [g for e in entries for g in e.guards.describe()]
+        # Argument containers written after each compiled call (Note [Argument containers]).
+        self.replays = [e.replay.describe() for e in entries if getattr(e, "replay", None) is not None]
         programs = [e.program for e in entries if e.program is not None]
         programs += [p for e in entries if getattr(e, "tree", None) is not None for p in e.tree.programs()]
         self.kernels = [k["name"] for p in programs for k in p.kernels()]
@@ -52,6 +55,7 @@ class Explanation:
             from . import _C
             lines.append(f"matrix products (BLAS: {_C.blas_library()}):")
             lines += [f"  - {g}" for g in self.matmuls]
+        lines += [f"after each call, replays the changes to its arguments {r}" for r in self.replays]
         lines.append("guards:")
         lines += [f"  {g}" for g in self.guards]
         for i, t in enumerate(self.training):

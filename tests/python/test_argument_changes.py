@@ -196,3 +196,8 @@ def test_unchanged_containers_cost_nothing():
         compiled(torch.randn(4), d)
     entry = next(iter(compiled._entries.values()))[0]
     assert entry.replay is None and kiln.counters()["cache_hits"] == 2
+
+
+def test_explain_names_the_replayed_containers():
+    text = str(kiln.explain(_window, torch.randn(3), [torch.zeros(3), torch.ones(3)]))
+    assert "replays the changes to its arguments arg1" in text, text
