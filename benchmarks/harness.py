@@ -37,8 +37,9 @@ def python_argv():
 
 def ensure_env(script_path):
     """Re-execs the current script with MALLOC_ENV set when any of it is missing. Also points
-    Inductor at a fresh, empty cache folder for this run (unless the user chose one), so its
-    cold compile times are really cold. Call before importing torch."""
+    Inductor at a fresh, empty cache folder for this run (unless the user chose one) and turns
+    kiln's disk cache off (unless KILN_CACHE is set), so cold compile times are really cold.
+    Call before importing torch."""
     global _INDUCTOR_CACHE_NOTE
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
         env = dict(os.environ)
@@ -54,6 +55,8 @@ def ensure_env(script_path):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = d
         atexit.register(shutil.rmtree, d, True)
         _INDUCTOR_CACHE_NOTE = f"fresh per run ({d}, removed at exit)"
+    # kiln's disk cache of compiled kernels is off, so its cold compile times are cold too.
+    os.environ.setdefault("KILN_CACHE", "0")
 
 
 def env_lines():
@@ -62,6 +65,8 @@ def env_lines():
            " ".join(f"{k}={os.environ.get(k)}" for k in MALLOC_ENV)]
     if _INDUCTOR_CACHE_NOTE:
         out.append("inductor cache: " + _INDUCTOR_CACHE_NOTE)
+    out.append("kiln disk cache: " + ("off (KILN_CACHE=0)" if os.environ.get("KILN_CACHE") == "0"
+                                      else "on (" + os.environ.get("KILN_CACHE_DIR", "default dir") + ", may be warm)"))
     return out
 
 

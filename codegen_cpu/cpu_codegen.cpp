@@ -12,7 +12,6 @@
 #include <llvm/IR/Verifier.h>
 #include <llvm/Support/raw_ostream.h>
 
-#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -25,8 +24,6 @@ namespace kiln::cpu {
 using namespace kiln::ir;
 
 namespace {
-
-std::atomic<uint64_t> g_module_counter{0};
 
 class KernelEmitter {
  public:
@@ -566,13 +563,14 @@ class KernelEmitter {
 namespace {
 /// Emits, verifies, optimises at `opt_level` and loads the program's kernels into `code`.
 void emit_and_load(const KernelProgram& p, int opt_level, CpuCode& code) {
-  uint64_t id = g_module_counter++;
+  // Names depend on nothing but the program (each module has a JITDylib of its own), so the
+  // same program emits the same IR in every process and its object comes from the disk cache.
   auto ctx = std::make_unique<llvm::LLVMContext>();
-  auto m = std::make_unique<llvm::Module>("kiln_program_" + std::to_string(id), *ctx);
+  auto m = std::make_unique<llvm::Module>("kiln_program", *ctx);
   code.symbols.clear();
   code.text = ModuleText{};
   for (const Kernel& k : p.kernels) {
-    std::string symbol = "kiln_" + std::to_string(id) + "_" + k.name;
+    std::string symbol = "kiln_" + k.name;
     KernelEmitter(*m, p, k, symbol).emit();
     code.symbols.push_back(symbol);
   }

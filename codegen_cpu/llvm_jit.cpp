@@ -1,5 +1,6 @@
 /// \file llvm_jit.cpp
-/// All of kiln's ORC use: one LLJIT for the process, a resource tracker per module, the LLVM 16
+/// All of kiln's ORC use: one LLJIT for the process, a JITDylib per module, object files kept in
+/// the disk cache (support/disk_cache.h) between processes, the LLVM 16
 /// new-pass-manager O3 pipeline with libmvec's float32 functions as vector math, and assembly printing.
 #include "codegen_cpu/llvm_jit.h"
 
@@ -8,6 +9,7 @@
 #include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
 #include <llvm/ExecutionEngine/Orc/LLJIT.h>
+#include <llvm/Config/llvm-config.h>
 #include <llvm/ExecutionEngine/Orc/ThreadSafeModule.h>
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/LegacyPassManager.h>
@@ -22,8 +24,11 @@
 #include <llvm/Target/TargetMachine.h>
 #include <llvm/TargetParser/Host.h>
 
+#include <atomic>
+#include <cstring>
 #include <mutex>
 
+#include "support/disk_cache.h"
 #include "support/error.h"
 
 namespace kiln::cpu {
@@ -130,20 +135,73 @@ void optimize(llvm::Module& m, llvm::TargetMachine* tm, int level) {
   mpm.run(m, mam);
 }
 
+/// One module's machine code, in a JITDylib of its own: modules reuse symbol names (they are
+/// named by the program alone, so that the disk cache finds them in another process).
 class JitModuleImpl : public JitModule {
  public:
-  explicit JitModuleImpl(llvm::orc::ResourceTrackerSP rt) : rt_(std::move(rt)) {}
+  explicit JitModuleImpl(llvm::orc::JITDylib& jd) : jd_(jd) {}
   ~JitModuleImpl() override {
-    if (auto err = rt_->remove()) llvm::consumeError(std::move(err));
+    if (auto err = jit().lljit->getExecutionSession().removeJITDylib(jd_)) llvm::consumeError(std::move(err));
   }
   void* lookup(const std::string& name) override {
-    auto addr = unwrap(jit().lljit->lookup(name), "symbol lookup");
+    auto addr = unwrap(jit().lljit->lookup(jd_, name), "symbol lookup");
     return addr.toPtr<void*>();
   }
 
  private:
-  llvm::orc::ResourceTrackerSP rt_;
+  llvm::orc::JITDylib& jd_;
 };
+
+std::unique_ptr<JitModule> load_object(Jit& j, const llvm::SmallVectorImpl<char>& obj) {
+  static std::atomic<uint64_t> serial{0};
+  std::string name = "kiln_module_" + std::to_string(serial++);
+  auto jd = j.lljit->createJITDylib(name);
+  if (!jd) throw InternalError("kiln: LLVM creating a JITDylib: " + to_string(jd.takeError()));
+  jd->addToLinkOrder(j.lljit->getMainJITDylib());  // libm, libmvec and the process's symbols
+  auto buf = llvm::MemoryBuffer::getMemBufferCopy(llvm::StringRef(obj.data(), obj.size()), name);
+  if (auto err = j.lljit->addObjectFile(*jd, std::move(buf)))
+    throw InternalError("kiln: LLVM rejected a module: " + to_string(std::move(err)));
+  return std::make_unique<JitModuleImpl>(*jd);
+}
+
+// ---- the disk cache of object files (Note [Disk cache] in support/disk_cache.h) ----------
+
+/// Everything that decides the object code: the unoptimised IR, the optimisation level, the
+/// target, LLVM's version and this file's build (its pipeline: O3 with libmvec).
+std::string cache_key(const llvm::Module& m, int opt_level, const HostTarget& host) {
+  std::string key = "kiln cpu object\nllvm " LLVM_VERSION_STRING "\nbuild " __DATE__ " " __TIME__ "\n";
+  key += host.triple + "\n" + host.cpu + "\n" + host.features + "\nO" + std::to_string(opt_level) + "\n";
+  llvm::raw_string_ostream os(key);
+  m.print(os, nullptr);
+  return os.str();
+}
+
+/// object | module IR | (function name, IR)...
+std::string encode_entry(const llvm::SmallVectorImpl<char>& obj, const ModuleText& text) {
+  std::string out;
+  append_field(out, std::string(obj.data(), obj.size()));
+  append_field(out, text.module_ir);
+  for (const auto& [name, ir] : text.function_ir) {
+    append_field(out, name);
+    append_field(out, ir);
+  }
+  return out;
+}
+
+bool decode_entry(const std::string& in, llvm::SmallVectorImpl<char>* obj, ModuleText* text) {
+  size_t pos = 0;
+  std::string o;
+  ModuleText t;
+  if (!read_field(in, pos, &o) || !read_field(in, pos, &t.module_ir)) return false;
+  while (pos < in.size()) {
+    std::string name, ir;
+    if (!read_field(in, pos, &name) || !read_field(in, pos, &ir)) return false;
+    t.function_ir.emplace_back(std::move(name), std::move(ir));
+  }
+  obj->assign(o.begin(), o.end());
+  if (text) *text = std::move(t);
+  return true;
+}
 
 }  // namespace
 
@@ -154,6 +212,19 @@ std::unique_ptr<JitModule> jit_add_module(std::unique_ptr<llvm::LLVMContext> ctx
   Jit& j = jit();
   m->setDataLayout(j.lljit->getDataLayout());
   m->setTargetTriple(j.host.triple);
+  const DiskCache cache("cpu");
+  std::string key;
+  if (cache.enabled()) {
+    key = cache_key(*m, opt_level, j.host);
+    if (auto hit = cache.get(key)) {
+      llvm::SmallVector<char, 0> obj;
+      if (decode_entry(*hit, &obj, text)) {
+        m.reset();
+        ctx.reset();
+        return load_object(j, obj);
+      }
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(j.opt_mutex);
     optimize(*m, j.tm.get(), opt_level);
@@ -210,14 +281,12 @@ std::unique_ptr<JitModule> jit_add_module(std::unique_ptr<llvm::LLVMContext> ctx
     delete pm;
     leak.ok = true;
   }
-  auto rt = j.lljit->getMainJITDylib().createResourceTracker();
-  auto buf = llvm::MemoryBuffer::getMemBufferCopy(llvm::StringRef(obj.data(), obj.size()), m->getName());
-  if (auto err = j.lljit->addObjectFile(rt, std::move(buf)))
-    throw InternalError("kiln: LLVM rejected a module: " + to_string(std::move(err)));
   // The IR is no longer needed once the object exists; the module must go before its context.
   m.reset();
   ctx.reset();
-  return std::make_unique<JitModuleImpl>(std::move(rt));
+  auto module = load_object(j, obj);
+  if (cache.enabled()) cache.put(key, encode_entry(obj, text ? *text : ModuleText{}));
+  return module;
 }
 
 std::string ir_to_asm(const std::string& ir_text) {

@@ -10,12 +10,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
-#include <thread>
 #include <unordered_map>
 
+#include "support/disk_cache.h"
 #include "support/error.h"
 #include "support/hash.h"
 
@@ -197,53 +197,7 @@ void run_nvrtc(Nvrtc& n, const std::string& source, const std::string& name, con
   n.DestroyProgram(&prog);
 }
 
-// ---- disk cache (KILN_CACHE_DIR) ---------------------------------------------------------
-
-std::string cache_dir() {
-  const char* d = std::getenv("KILN_CACHE_DIR");
-  return d && *d ? std::string(d) + "/cuda" : "";
-}
-
-bool read_file(const std::string& path, std::string* out) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return false;
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  *out = ss.str();
-  return true;
-}
-
-/// Writes through a temporary name and renames, so a reader never sees half a file.
-void write_file(const std::string& path, const std::string& data) {
-  // Unique per thread and moment: kernels compile on several threads.
-  auto now = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  std::string tmp = fmt::format("{}.tmp{}.{}", path, now, std::hash<std::thread::id>()(std::this_thread::get_id()));
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    if (!f) return;
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-    if (!f) return;
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) std::filesystem::remove(tmp, ec);
-}
-
-bool load_from_disk(const std::string& dir, uint64_t key, bool want_cubin, CompiledCuda* out) {
-  std::string base = fmt::format("{}/{:016x}", dir, key);
-  if (!read_file(base + ".ptx", &out->ptx)) return false;
-  if (want_cubin && !read_file(base + ".cubin", &out->cubin)) return false;
-  return true;
-}
-
-void save_to_disk(const std::string& dir, uint64_t key, const CompiledCuda& c) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return;  // an unwritable cache only costs recompilation
-  std::string base = fmt::format("{}/{:016x}", dir, key);
-  if (!c.cubin.empty()) write_file(base + ".cubin", c.cubin);
-  write_file(base + ".ptx", c.ptx);  // last: its presence marks a complete entry
-}
+// ---- disk cache (Note [Disk cache] in support/disk_cache.h) -------------------------------
 
 }  // namespace
 
@@ -287,8 +241,14 @@ CompiledCuda compile_cuda(const std::string& source, const std::string& name, in
   }
   auto t0 = std::chrono::steady_clock::now();
   CompiledCuda out;
-  std::string dir = cache_dir();
-  if (!dir.empty() && load_from_disk(dir, key, want_cubin, &out)) {
+  const DiskCache disk("cuda");
+  std::string disk_key;
+  if (disk.enabled())
+    disk_key = fmt::format("kiln cuda kernel\nkiln {}\nnvrtc {}\nsm_{} cubin {}\n{}", KILN_VERSION, n.version, arch,
+                           want_cubin ? 1 : 0, source);
+  size_t pos = 0;
+  std::optional<std::string> hit = disk.enabled() ? disk.get(disk_key) : std::nullopt;
+  if (hit && read_field(*hit, pos, &out.ptx) && read_field(*hit, pos, &out.cubin) && !out.ptx.empty()) {
     out.cached = true;
   } else {
     out = CompiledCuda{};
@@ -296,7 +256,12 @@ CompiledCuda compile_cuda(const std::string& source, const std::string& name, in
     // PTX comes from the virtual architecture (NVRTC gives none for a real one).
     if (out.ptx.empty()) run_nvrtc(n, source, name, fmt::format("compute_{}", arch), &out);
     if (out.ptx.empty()) throw Unsupported(fmt::format("kiln: NVRTC produced no PTX for kernel {}", name));
-    if (!dir.empty()) save_to_disk(dir, key, out);
+    if (disk.enabled()) {
+      std::string payload;
+      append_field(payload, out.ptx);
+      append_field(payload, out.cubin);
+      disk.put(disk_key, payload);
+    }
   }
   out.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   std::lock_guard<std::mutex> lock(g_mu);

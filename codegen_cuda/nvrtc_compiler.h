@@ -1,8 +1,8 @@
 /// \file nvrtc_compiler.h
 /// CUDA C++ -> PTX / cubin through NVRTC, opened with dlopen at first use (kiln never links
 /// it, so a machine without CUDA builds and imports kiln). Compiled kernels are cached in memory
-/// and, when KILN_CACHE_DIR is set, on disk, keyed by a hash of the source, the target
-/// architecture, kiln's version and NVRTC's version.
+/// and on disk (support/disk_cache.h: KILN_CACHE, KILN_CACHE_DIR), keyed by the source, the
+/// target architecture, kiln's version and NVRTC's version.
 ///
 /// Where libnvrtc is looked for, in order: the file named by KILN_NVRTC; the paths given to
 /// set_nvrtc_search_paths (Python passes the PyPI wheel's libnvrtc, found on sys.path:

@@ -10,6 +10,7 @@
 #include "python/guard_set.h"
 #include "runtime/thread_pool.h"
 #include "support/config.h"
+#include "support/disk_cache.h"
 #include "support/error.h"
 
 namespace py = pybind11;
@@ -56,6 +57,14 @@ PYBIND11_MODULE(_C, m) {
     return out;
   });
   m.def("knob", [](const std::string& n) { return knob(n); });
+  // The disk cache of compiled kernels, per kind ("cpu", "cuda"): kiln.cache_info / clear_cache.
+  m.def("disk_cache_usage", [](const std::string& kind) {
+    DiskCache c(kind);
+    auto [entries, bytes] = c.usage();
+    DiskCache::Stats st = DiskCache::stats(kind);
+    return py::make_tuple(c.dir(), entries, bytes, st.hits, st.misses, st.writes);
+  });
+  m.def("disk_cache_clear", [](const std::string& kind) { return DiskCache(kind).clear(); });
   // Fallback traits the tracer tells from an op's arguments (add_fallback's `traits`).
   m.attr("FALLBACK_CONVOLUTION") = ir::kFallbackConvolution;
   m.attr("FRESH_OUTPUT") = ir::kFreshOutput;

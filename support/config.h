@@ -20,6 +20,11 @@ namespace kiln {
   X(debug_dir, "KILN_DEBUG_DIR", "", "folder that receives every artifact of every compile")   \
   X(cache_limit, "KILN_CACHE_LIMIT", "8", "compiled variants per function before it runs "     \
                                           "eagerly")                                           \
+  X(cache, "KILN_CACHE", "1", "0: no disk cache of compiled kernels (support/disk_cache.h)")   \
+  X(cache_dir, "KILN_CACHE_DIR", "", "disk cache root; empty: $XDG_CACHE_HOME/kiln or "          \
+                                     "~/.cache/kiln")                                           \
+  X(cache_size_mb, "KILN_CACHE_SIZE_MB", "1024", "disk cache limit per kind (cpu, cuda); least " \
+                                                 "recently used entries go first")              \
   X(verify, "KILN_VERIFY", "0", "1: run the IR verifier after every pass")                     \
   X(opt_level, "KILN_OPT_LEVEL", "3", "LLVM optimisation level for CPU kernels (0-3)")            \
   X(matmul, "KILN_MATMUL", "blas", "matrix products: blas (kiln's BLAS steps with fused "          \

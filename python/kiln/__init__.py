@@ -24,7 +24,8 @@ from ._cuda import cuda_status
 from .minify import minify
 
 __version__ = "0.1.0"
-__all__ = ["compile", "explain", "counters", "reset", "kernels", "codegen", "config", "Unsupported"]
+__all__ = ["compile", "explain", "counters", "reset", "kernels", "codegen", "config", "Unsupported", "cache_info",
+           "clear_cache"]
 
 Unsupported = _C.Unsupported
 from ._accuracy import AccuracyError  # noqa: E402
@@ -67,6 +68,24 @@ def counters():
     if hasattr(_C, "fast_hits"):
         out["cache_hits"] += _C.fast_hits()
     return out
+
+
+def cache_info():
+    """The disk cache of compiled kernels (object files of CPU programs, NVRTC's PTX and cubins):
+    {"enabled", "cpu": {"dir", "entries", "bytes", "hits", "misses", "writes"}, "cuda": {...}},
+    the last three counted in this process. KILN_CACHE=0 turns it off, KILN_CACHE_DIR moves it,
+    KILN_CACHE_SIZE_MB bounds each kind (Note [Disk cache] in support/disk_cache.h)."""
+    out = {"enabled": bool(_C.disk_cache_usage("cpu")[0])}
+    for kind in ("cpu", "cuda"):
+        d, n, b, hits, misses, writes = _C.disk_cache_usage(kind)
+        out[kind] = {"dir": d, "entries": n, "bytes": b, "hits": hits, "misses": misses, "writes": writes}
+    return out
+
+
+def clear_cache():
+    """Deletes every entry of the disk cache; returns how many files went. Compiled programs
+    in this process stay (kiln.reset() forgets those)."""
+    return _C.disk_cache_clear("cpu") + _C.disk_cache_clear("cuda")
 
 
 def reset():
