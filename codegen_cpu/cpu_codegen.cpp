@@ -563,6 +563,7 @@ class KernelEmitter {
 namespace {
 /// Emits, verifies, optimises at `opt_level` and loads the program's kernels into `code`.
 void emit_and_load(const KernelProgram& p, int opt_level, CpuCode& code) {
+  auto t0 = std::chrono::steady_clock::now();
   // Names depend on nothing but the program (each module has a JITDylib of its own), so the
   // same program emits the same IR in every process and its object comes from the disk cache.
   auto ctx = std::make_unique<llvm::LLVMContext>();
@@ -577,7 +578,9 @@ void emit_and_load(const KernelProgram& p, int opt_level, CpuCode& code) {
   std::string err;
   llvm::raw_string_ostream es(err);
   if (llvm::verifyModule(*m, &es)) throw InternalError("kiln: generated LLVM IR is invalid: " + es.str());
-  code.module = jit_add_module(std::move(ctx), std::move(m), opt_level, &code.text);
+  code.emit_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  code.jit = JitTimes{};
+  code.module = jit_add_module(std::move(ctx), std::move(m), opt_level, &code.text, &code.jit);
 }
 }  // namespace
 

@@ -34,6 +34,8 @@ struct CpuCode {
   ModuleText text;                       ///< optimised LLVM IR
   std::unique_ptr<JitModule> module;
   double compile_ms = 0;
+  double emit_ms = 0;  ///< building and verifying the LLVM IR
+  JitTimes jit;        ///< the rest of compile_ms (optimisation, machine code, disk cache, load)
 };
 
 CpuCode compile_cpu(const ir::KernelProgram& p, const CodegenOptions& opts);

@@ -25,6 +25,7 @@
 #include <llvm/TargetParser/Host.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 
@@ -208,11 +209,21 @@ bool decode_entry(const std::string& in, llvm::SmallVectorImpl<char>* obj, Modul
 const HostTarget& host_target() { return jit().host; }
 
 std::unique_ptr<JitModule> jit_add_module(std::unique_ptr<llvm::LLVMContext> ctx, std::unique_ptr<llvm::Module> m,
-                                          int opt_level, ModuleText* text) {
+                                          int opt_level, ModuleText* text, JitTimes* times) {
+  JitTimes local;
+  JitTimes& t = times ? *times : local;
+  auto clock = std::chrono::steady_clock::now();
+  auto lap = [&clock] {
+    auto now = std::chrono::steady_clock::now();
+    double ms = std::chrono::duration<double, std::milli>(now - clock).count();
+    clock = now;
+    return ms;
+  };
   Jit& j = jit();
   m->setDataLayout(j.lljit->getDataLayout());
   m->setTargetTriple(j.host.triple);
   const DiskCache cache("cpu");
+  t.disk_enabled = cache.enabled();
   std::string key;
   if (cache.enabled()) {
     key = cache_key(*m, opt_level, j.host);
@@ -221,14 +232,20 @@ std::unique_ptr<JitModule> jit_add_module(std::unique_ptr<llvm::LLVMContext> ctx
       if (decode_entry(*hit, &obj, text)) {
         m.reset();
         ctx.reset();
-        return load_object(j, obj);
+        t.disk_hit = true;
+        t.cache_ms += lap();
+        auto module = load_object(j, obj);
+        t.load_ms = lap();
+        return module;
       }
     }
   }
+  t.cache_ms += lap();
   {
     std::lock_guard<std::mutex> lock(j.opt_mutex);
     optimize(*m, j.tm.get(), opt_level);
   }
+  t.optimize_ms = lap();
   if (text) {
     llvm::raw_string_ostream os(text->module_ir);
     m->print(os, nullptr);
@@ -284,8 +301,11 @@ std::unique_ptr<JitModule> jit_add_module(std::unique_ptr<llvm::LLVMContext> ctx
   // The IR is no longer needed once the object exists; the module must go before its context.
   m.reset();
   ctx.reset();
+  t.machine_code_ms = lap();
   auto module = load_object(j, obj);
+  t.load_ms = lap();
   if (cache.enabled()) cache.put(key, encode_entry(obj, text ? *text : ModuleText{}));
+  t.cache_ms += lap();
   return module;
 }
 

@@ -38,11 +38,22 @@ struct ModuleText {
   std::vector<std::pair<std::string, std::string>> function_ir;  ///< (name, IR) per definition
 };
 
+/// Where one module's compile time went (KILN_LOG=perf, Program.timings).
+struct JitTimes {
+  double cache_ms = 0;         ///< keying the module and looking it up in the disk cache
+  double optimize_ms = 0;      ///< LLVM's O-level pipeline (0 on a disk cache hit)
+  double machine_code_ms = 0;  ///< instruction selection to object file (0 on a hit)
+  double load_ms = 0;          ///< linking the object into the JIT
+  bool disk_hit = false;
+  bool disk_enabled = false;
+};
+
 /// Optimises `m` at `opt_level` for the host (with glibc's libmvec as the vector math library)
-/// and adds it to the JIT. Consumes the module and its context. Fills `text` when non-null.
+/// and adds it to the JIT, or loads its object from the disk cache. Consumes the module and its
+/// context. Fills `text` and `times` when non-null.
 std::unique_ptr<JitModule> jit_add_module(std::unique_ptr<llvm::LLVMContext> ctx,
                                           std::unique_ptr<llvm::Module> m, int opt_level,
-                                          ModuleText* text);
+                                          ModuleText* text, JitTimes* times = nullptr);
 /// Assembly text for LLVM IR text, for inspection (kiln.kernels(f)[i].asm).
 std::string ir_to_asm(const std::string& ir_text);
 

@@ -9,6 +9,13 @@
 
 namespace kiln::passes {
 
+void time_step(const char* name, const PassOptions& opts, const std::function<void()>& step) {
+  auto t0 = std::chrono::steady_clock::now();
+  step();
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  if (opts.timings) opts.timings->push_back(fmt::format("{}: {:.3f} ms", name, ms));
+}
+
 ir::Graph run_graph_pass(const char* name, ir::Graph (*pass)(const ir::Graph&, const PassOptions&),
                          const ir::Graph& g, const PassOptions& opts) {
   auto t0 = std::chrono::steady_clock::now();

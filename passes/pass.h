@@ -50,6 +50,9 @@ struct PassOptions {
   std::vector<std::string>* timings = nullptr;
 };
 
+/// Runs `step` and adds "name: ms" to opts.timings (loop-IR passes, which edit in place).
+void time_step(const char* name, const PassOptions& opts, const std::function<void()>& step);
+
 /// Runs one graph-to-graph pass with logging, timing and verification around it.
 ir::Graph run_graph_pass(const char* name, ir::Graph (*pass)(const ir::Graph&, const PassOptions&),
                          const ir::Graph& g, const PassOptions& opts);

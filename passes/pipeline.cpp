@@ -29,15 +29,16 @@ ir::KernelProgram run_pipeline(const ir::Graph& captured, const PassOptions& opt
   // Stored values take the layouts the eager ops reading them run fastest on.
   g = run_graph_pass("choose_layouts", run_choose_layouts, g, opts);
   // Loop IR: views become index math, pointwise chains fuse into their consumers' loops.
-  ir::KernelProgram p = run_lower_to_loops(g, opts);
+  ir::KernelProgram p;
+  time_step("lower_to_loops", opts, [&] { p = run_lower_to_loops(g, opts); });
   // Reductions along a non-contiguous dim read contiguous columns instead of gathers.
-  if (opts.column_reductions) run_column_reductions(p, opts);
+  if (opts.column_reductions) time_step("column_reductions", opts, [&] { run_column_reductions(p, opts); });
   // The kernel after a matrix product runs tile by tile while each tile is in cache.
-  if (opts.gemm_epilogues) run_gemm_epilogues(p, opts);
+  if (opts.gemm_epilogues) time_step("gemm_epilogues", opts, [&] { run_gemm_epilogues(p, opts); });
   // CUDA: a bias added after a product is added by the product (cuBLASLt's epilogue).
-  if (opts.gemm_bias) run_gemm_bias(p, opts);
+  if (opts.gemm_bias) time_step("gemm_bias", opts, [&] { run_gemm_bias(p, opts); });
   // Reductions lowering stored for readers that never came (a softmax's max and sum).
-  run_drop_unread_stores(p, opts);
+  time_step("drop_unread_stores", opts, [&] { run_drop_unread_stores(p, opts); });
   if (opts.log_fusion)
     for (const auto& line : p.fusion_log) fmt::print(stderr, "[kiln fusion] {}\n", line);
   if (opts.dump) {

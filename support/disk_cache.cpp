@@ -166,7 +166,31 @@ void DiskCache::put(const std::string& key, const std::string& payload) const {
     return;
   }
   count(kind_, &Stats::writes);
-  trim();
+  if (grew(dir_, data.size(), limit_bytes_)) trim();
+}
+
+/// Whether a store may now be over its limit. The directory is scanned once per process, then
+/// each write adds its bytes (an overwritten entry is counted twice: at worst an early trim),
+/// so a write does not scan thousands of entries.
+bool DiskCache::grew(const std::string& dir, uint64_t bytes, uint64_t limit) {
+  static std::mutex mu;
+  static auto* sizes = new std::map<std::string, uint64_t>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = sizes->find(dir);
+  if (it == sizes->end()) {
+    uint64_t total = 0;
+    std::error_code ec;
+    for (auto e = fs::directory_iterator(dir, ec); !ec && e != fs::directory_iterator(); e.increment(ec)) {
+      std::error_code e1;
+      if (e->path().extension() == kSuffix) total += e->file_size(e1);
+    }
+    it = sizes->emplace(dir, total).first;
+  } else {
+    it->second += bytes;
+  }
+  if (it->second <= limit) return false;
+  sizes->erase(it);  // trimmed next: the next write scans again
+  return true;
 }
 
 void DiskCache::trim() const {

@@ -55,6 +55,7 @@ class DiskCache {
   std::string path_for(const std::string& key) const;
   std::optional<std::string> lookup(const std::string& key) const;
   void trim() const;
+  static bool grew(const std::string& dir, uint64_t bytes, uint64_t limit);
   std::string kind_;
   std::string dir_;
   uint64_t limit_bytes_ = 0;

@@ -85,6 +85,17 @@ def hooks_switched_off(tensors):
             hooks.update(items)
 
 
+def _gradients(outputs, inputs, tangents):
+    """torch.autograd.grad(outputs, inputs, tangents, retain_graph=True, allow_unused=True)
+    straight through autograd's engine: autograd.grad's checks of given output gradients import
+    torch.fx's symbolic shapes (sympy) on first use, ~0.4 s of a process's first training
+    capture, and kiln's tangents are made here with their outputs' shapes and dtypes."""
+    run = getattr(torch.autograd.graph, "_engine_run_backward", None)
+    if run is None:  # another torch
+        return torch.autograd.grad(outputs, inputs, tangents, retain_graph=True, allow_unused=True)
+    return run(tuple(outputs), tuple(tangents), True, False, tuple(inputs), True, False)
+
+
 def capture_backward(tracer, outputs, inputs, first_index):
     """Records the backward of `outputs` (differentiable traced tensors, one tangent each) with
     respect to `inputs` (traced leaves that require grad) into the tracer's current segment.
@@ -100,7 +111,7 @@ def capture_backward(tracer, outputs, inputs, first_index):
     tracer.in_backward = True
     try:
         with hooks_switched_off(inputs), _EscapeWatch(tracer), tracer:
-            grads = torch.autograd.grad(outputs, inputs, tangents, retain_graph=True, allow_unused=True)
+            grads = _gradients(outputs, inputs, tangents)
     except CaptureFailed:
         raise
     except Exception as e:  # noqa: BLE001 - eager's own backward fails here

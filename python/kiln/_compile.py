@@ -4,6 +4,7 @@ import functools
 import os
 import re
 import sys
+import time
 import types
 import warnings
 
@@ -543,6 +544,7 @@ class CompiledFunction:
         value_sources = _plain_value_sources(self._fn, self._module)
         values = [get() for get in value_sources]
         trace_leaves = list(leaves)
+        self._capture_started = time.perf_counter()  # KILN_LOG=perf
         # The argument containers as the call finds them (Note [Argument containers]).
         before = _argument_changes.ContainerSnapshot(args, kwargs)
         _counters.bump("captures")
@@ -618,6 +620,7 @@ class CompiledFunction:
                 return self._compile_training(spec, tracer, seg, joint, full, grad, getters, out_specs, mutations,
                                               result_spec, result)
         _log("graph", f"{self.__name__}:\n{tracer.builder.print()}")
+        self._compile_started = time.perf_counter()
         # One directory per compiled variant, named before _compiles counts it: the extras
         # written after compiling used to go to the next variant's (missing) directory.
         debug_dir = self._debug_dir()
@@ -657,6 +660,7 @@ class CompiledFunction:
     def _compile_training(self, spec, tracer, seg, joint, full, grad, getters, out_specs, mutations, result_spec,
                           result):
         """Partitions and compiles the joint graph; the entry runs it inside autograd."""
+        self._compile_started = time.perf_counter()
         seg.builder.set_outputs(seg.needed + joint["grad_vids"])
         _log("graph", f"{self.__name__} (joint forward + backward):\n{seg.builder.print()}")
         debug_dir = self._debug_dir()
@@ -713,6 +717,8 @@ class CompiledFunction:
             _counters.record_fallback_op(str(fb))
         self._add_entry(spec, entry)
         _log("guards", f"{self.__name__}:\n  " + "\n  ".join(entry.guards.describe()))
+        if _C.log_enabled("perf"):
+            _log("perf", self._perf_report(entry))
         _log("kernels", f"{self.__name__}:\n{loop_ir}")
         self._write_debug_extras(entry, debug_dir)
 
@@ -749,6 +755,21 @@ class CompiledFunction:
         for fb in tracer.fallbacks:
             _counters.record_fallback_op(str(fb))
         return result
+
+    def _perf_report(self, entry):
+        """Where this compile's time went: the capturing call (the function run eagerly under
+        the tracer, and autograd's backward for a training step), then each program's passes
+        and LLVM stages (Program.timings)."""
+        now = time.perf_counter()
+        capture = (self._compile_started - self._capture_started) * 1e3
+        compile_ms = (now - self._compile_started) * 1e3
+        lines = [f"{self.__name__}: capture {capture:.1f} ms (the call run under the tracer), "
+                 f"compile {compile_ms:.1f} ms"]
+        programs = [("", entry.program)] if entry.training is None else \
+            [("forward ", entry.training.forward), ("backward ", entry.training.backward)]
+        for label, program in programs:
+            lines += [f"  {label}{t}" for t in getattr(program, "timings", [])]
+        return "\n".join(lines)
 
     def _maybe_fast(self, spec, entry, nargs):
         """Registers `entry` with the C++ fast path when the call is positional tensors only and

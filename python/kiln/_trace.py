@@ -916,6 +916,32 @@ def trace(fn, args, kwargs, leaves, candidates, target=None):
     return result, tracer
 
 
+def _dynamo_only_when_loaded(cls):
+    """TorchDispatchMode wraps a subclass's __torch_dispatch__ in torch._disable_dynamo, whose
+    first call imports torch._dynamo (~1 s: it would be most of a process's first capture)
+    only to keep Dynamo from compiling frames inside the handler. Without Dynamo loaded no frame
+    can be compiled, so the handler runs as it is until Dynamo is imported, and disabled for
+    Dynamo from then on, as torch would have it."""
+    wrapper = cls.__dict__["__torch_dispatch__"]
+    raw = getattr(wrapper, "__wrapped__", None)
+    if raw is None:  # another torch: nothing to adjust
+        return cls
+    disabled = []
+
+    def handler(*args, **kwargs):
+        if not disabled:
+            if "torch._dynamo" not in sys.modules:
+                return raw(*args, **kwargs)
+            import torch._dynamo
+            disabled.append(torch._dynamo.disable(raw, recursive=True, wrapping=False))
+        return disabled[0](*args, **kwargs)
+
+    raw.__dynamo_disable = handler  # what torch's wrapper calls (torch/_compile.py)
+    return cls
+
+
+_dynamo_only_when_loaded(Tracer)
+
 # The handlers import this module's names; importing them last breaks the cycle.
 from ._handlers import HANDLERS, NoLowering, Value  # noqa: E402
 from . import _training_handlers  # noqa: E402,F401  (registers its handlers into HANDLERS)

@@ -4,12 +4,11 @@ results and kernels; corrupt entries are recompiled; KILN_CACHE=0 writes nothing
 
 import json
 import os
-import subprocess
-import sys
 
 import torch
 
 import kiln
+from fresh_python import run_python
 
 # Several kernels (pointwise, a row reduction, a product with an epilogue); results saved bitwise.
 _PROGRAM = r"""
@@ -27,11 +26,8 @@ print(json.dumps({"hits": info["hits"], "misses": info["misses"], "writes": info
 
 
 def _run(tmp_path, name, **env):
-    flags = ["-S"] if sys.flags.no_site else []
     out_file = str(tmp_path / f"{name}.pt")
-    res = subprocess.run([sys.executable, *flags, "-c", _PROGRAM, out_file], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": ":".join(sys.path), **env})
-    assert res.returncode == 0, res.stderr
+    res = run_python(_PROGRAM, out_file, **env)
     return json.loads(res.stdout.strip().splitlines()[-1]), torch.load(out_file)
 
 

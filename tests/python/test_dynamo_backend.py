@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kiln
+from fresh_python import run_python
 
 
 @pytest.fixture(autouse=True)
@@ -77,33 +78,14 @@ def test_gradients_flow_across_dynamo_graph_breaks():
     assert kiln.counters()["compiled_backward_calls"] >= 4  # two graphs, two later calls each
 
 
-def _fresh_python(code):
-    """Runs `code` in a new interpreter (with this interpreter's flags, so -S keeps importing
-    this checkout's kiln); returns its stdout."""
-    import subprocess
-    import sys
-    flags = ["-S"] if sys.flags.no_site else []
-    res = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "PYTHONPATH": ":".join(sys.path)})
-    assert res.returncode == 0, res.stderr
-    return res.stdout
-
-
-def test_import_kiln_does_not_import_dynamo():
-    # Importing torch._dynamo costs more than a second; the backend is found through the
-    # torch_dynamo_backends entry point when torch.compile looks "kiln" up.
-    out = _fresh_python("import sys, torch, kiln; print('torch._dynamo' in sys.modules)")
-    assert out.strip() == "False"
-
-
 @pytest.mark.parametrize("import_kiln", [False, True])
 def test_backend_found_with_or_without_import(import_kiln):
-    out = _fresh_python(
+    out = run_python(
         "import torch\n"
         + ("import kiln\n" if import_kiln else "")
         + "f = torch.compile(lambda x: torch.relu(x) * 2, backend='kiln')\n"
         "x = torch.randn(5)\n"
         "assert torch.equal(f(x), torch.relu(x) * 2) and torch.equal(f(x), torch.relu(x) * 2)\n"
         "import kiln\n"
-        "print(kiln.counters()['captures'], kiln.counters()['cache_hits'])\n")
+        "print(kiln.counters()['captures'], kiln.counters()['cache_hits'])\n").stdout
     assert out.split() == ["1", "1"], out

@@ -1,0 +1,42 @@
+"""What a fresh process pays before its first compiled call: `import kiln` and the first
+capture load neither Dynamo nor sympy, and KILN_LOG=perf says where a compile's time went."""
+
+from fresh_python import run_python
+
+
+def test_import_and_capture_do_not_import_dynamo():
+    # Importing torch._dynamo costs about a second: the backend is found through the
+    # torch_dynamo_backends entry point when torch.compile looks "kiln" up, and the tracer's
+    # dispatch handler is disabled for Dynamo only once Dynamo is loaded (_trace.py).
+    out = run_python("import sys, torch, kiln\n"
+                     "print('torch._dynamo' in sys.modules)\n"
+                     "f = kiln.compile(lambda x: torch.softmax(x.sin(), -1))\n"
+                     "x = torch.randn(4, 9)\n"
+                     "assert torch.allclose(f(x), torch.softmax(x.sin(), -1)) and torch.allclose(f(x), f(x))\n"
+                     "print('torch._dynamo' in sys.modules, kiln.counters()['cache_hits'])\n").stdout
+    assert out.split() == ["False", "False", "2"], out
+
+
+def test_training_capture_does_not_import_sympy():
+    # autograd.grad's checks of given output gradients import torch.fx's symbolic shapes
+    # (sympy, ~0.4 s); the backward capture goes to autograd's engine directly.
+    out = run_python("import sys, torch, kiln\n"
+                     "m = kiln.compile(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(),\n"
+                     "                                     torch.nn.Linear(16, 1)))\n"
+                     "for _ in range(2):\n"
+                     "    m(torch.randn(4, 8)).sum().backward()\n"
+                     "c = kiln.counters()\n"
+                     "print('sympy' in sys.modules, c['compiled_backward_calls'])\n").stdout
+    assert out.split() == ["False", "1"], out
+
+
+def test_log_perf_splits_each_compile(tmp_path):
+    res = run_python("import torch, kiln\n"
+                     "f = kiln.compile(lambda x, w: torch.softmax(x @ w, -1).tanh())\n"
+                     "f(torch.randn(16, 8), torch.randn(8, 4))\n",
+                     KILN_LOG="perf", KILN_CACHE_DIR=str(tmp_path))
+    err = res.stderr
+    assert "[kiln perf] <lambda>: capture" in err and "compile" in err, err
+    for stage in ("decompose:", "lower_to_loops:", "llvm emit:", "llvm O3:", "llvm machine code:",
+                  "disk cache (miss):", "jit load:"):
+        assert stage in err, (stage, err)
