@@ -1,6 +1,8 @@
 """KILN_CHECK=1: every compiled call is compared with eager, and a divergence is reported with
 the graph, the kernel that wrote the diverging output, and a standalone reproducer."""
 
+import copy
+import dataclasses
 import inspect
 
 import torch
@@ -12,13 +14,24 @@ class AccuracyError(AssertionError):
     """A compiled call gave a different result from eager (KILN_CHECK=1)."""
 
 
-def _clone(obj):
+def _clone(obj, tensor=lambda t: t.detach().clone()):
+    """A copy of the arguments for the eager reference: tensors cloned, and every container the
+    function could change (Note [Argument containers]) copied, so that neither run sees the
+    other's changes."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, (list, tuple)) and not hasattr(type(obj), "_fields"):
-        return type(obj)(_clone(x) for x in obj)
+        return tensor(obj)
+    if isinstance(obj, tuple) and hasattr(type(obj), "_fields"):
+        return type(obj)(*(_clone(x, tensor) for x in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(x, tensor) for x in obj)
     if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
+        return {k: _clone(v, tensor) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = copy.copy(obj)
+        for name, value in (vars(obj).items() if hasattr(obj, "__dict__") else
+                            ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))):
+            object.__setattr__(out, name, _clone(value, tensor))
+        return out
     return obj
 
 
@@ -81,14 +94,10 @@ def reproducer(fn, args, kwargs):
 
 def _clone_keeping_grad(obj):
     """_clone, but a tensor that requires grad stays one (a leaf of the reference's autograd)."""
-    if isinstance(obj, torch.Tensor):
-        c = obj.detach().clone()
-        return c.requires_grad_() if obj.requires_grad else c
-    if isinstance(obj, (list, tuple)) and not hasattr(type(obj), "_fields"):
-        return type(obj)(_clone_keeping_grad(x) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _clone_keeping_grad(v) for k, v in obj.items()}
-    return obj
+    def tensor(t):
+        c = t.detach().clone()
+        return c.requires_grad_() if t.requires_grad else c
+    return _clone(obj, tensor)
 
 
 def _training_reference(compiled, args, kwargs):

@@ -5,7 +5,7 @@ a list, dict or dataclass among its arguments -- `cache["k"].append(k)`, `window
 `state["h"] = h`, `cfg.last = y` -- would happen on the capturing call only; later calls would
 leave the caller's containers as they were (a decode loop whose KV cache stops growing: a wrong
 answer, silently). At capture kiln walks the containers reachable from the arguments before
-and after the traced call (`snapshot`, `plan`) and records each container whose contents
+and after the traced call (`ContainerSnapshot`, `plan`) and records each container whose contents
 changed, with its new contents described by what the next call can rebuild:
 
   ("value", k)   the k-th replayed leaf: a tensor the program computes (one more output of the
@@ -17,11 +17,13 @@ changed, with its new contents described by what the next call can rebuild:
 
 A compiled call then computes the new leaves and `Replay.apply` writes every recorded container
 in place (`lst[:] = ...`, `d.clear(); d.update(...)`, `setattr`), after resolving all paths first,
-so moves between containers see the state before the call, as eager's did. A change kiln cannot
-express (an object of another kind put into a container, a container set of a user class that
-is not a dataclass) makes the capture fail with its reason: that call and later ones with the
-same guards run eagerly, counted. Growing a list changes the argument's structure, so the next
-call misses the cache and captures again (a new variant per length) -- never a stale result.
+so moves between containers see the state before the call, as eager's did. In a training step
+the stored tensors are outputs of the step's autograd node like its result, so gradients flow
+back through them. A change kiln cannot express (an object of another kind put into a
+container), or one in a call with graph breaks (each segment would need the stored tensors among
+its outputs), makes the capture fail with its reason: that call and later ones with the same
+guards run eagerly, counted. Growing a list changes the argument's structure, so the next call
+misses the cache and captures again (a new variant per length) -- never a stale result.
 
 Containers walked: list, dict, tuple (and named tuples), dataclass instances -- exactly what
 `_flatten.flatten` takes apart for the guards; anything else among the arguments already makes

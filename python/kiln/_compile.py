@@ -571,11 +571,10 @@ class CompiledFunction:
             replay = _argument_changes.plan(before, args, kwargs)
             if isinstance(replay, CaptureFailed):
                 failure, replay = replay, None
-            elif replay is not None and (training or len(tracer.segments) > 1):
+            elif replay is not None and len(tracer.segments) > 1:
                 failure = CaptureFailed(
                     f"the function changes its argument {replay.describe()}; kiln replays such changes only after "
-                    f"a single compiled graph without gradients, and this call "
-                    f"{'needs gradients' if training else 'has graph breaks'}")
+                    f"a single compiled graph, and this call has graph breaks")
         out_specs = result_spec = None
         if failure is None:
             res_leaves = []
@@ -607,7 +606,9 @@ class CompiledFunction:
         seg.builder.set_output_leaves(out_leaf)
         if training:
             tensor_of = {}
-            for t, s in zip(res_leaves, out_specs):
+            # Tensors put into argument containers are outputs too, with gradients flowing
+            # back through them like the result's (Note [Argument containers]).
+            for t, s in zip(res_leaves + (replay.leaves if replay else []), out_specs):
                 if s[0] == "graph":
                     tensor_of.setdefault(seg.needed[s[1]], t)
             joint = _backward_capture.capture_joint(tracer, seg, tensor_of, len(full))
@@ -618,7 +619,7 @@ class CompiledFunction:
                 return result
             if joint is not None:
                 return self._compile_training(spec, tracer, seg, joint, full, grad, getters, out_specs, mutations,
-                                              result_spec, result)
+                                              result_spec, result, replay, len(res_leaves))
         _log("graph", f"{self.__name__}:\n{tracer.builder.print()}")
         self._compile_started = time.perf_counter()
         # One directory per compiled variant, named before _compiles counts it: the extras
@@ -658,7 +659,7 @@ class CompiledFunction:
 
     # -- training (Note [Training capture] in _backward_capture.py) --------------------------
     def _compile_training(self, spec, tracer, seg, joint, full, grad, getters, out_specs, mutations, result_spec,
-                          result):
+                          result, replay=None, replay_start=0):
         """Partitions and compiles the joint graph; the entry runs it inside autograd."""
         self._compile_started = time.perf_counter()
         seg.builder.set_outputs(seg.needed + joint["grad_vids"])
@@ -700,7 +701,11 @@ class CompiledFunction:
                                                 joint["grad_leaves"], joint["output_meta"],
                                                 entry.training.backward.graph)
         entry.native.out_specs = out_specs
-        entry.native.has_mutations = bool(mutations)
+        # Changes to argument containers are writes to the arguments too: an eager replay of
+        # the call (double backward) would make them again.
+        entry.native.has_mutations = bool(mutations) or replay is not None
+        if replay is not None:
+            entry.replay, entry.replay_start, entry.single = replay, replay_start, False
         self._finish_entry(spec, entry, tracer, mutations, debug_dir,
                            f"forward:\n{tp.forward.loop_ir}\nbackward:\n{tp.backward.loop_ir}")
         return result
