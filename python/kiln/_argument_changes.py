@@ -19,10 +19,11 @@ A compiled call then computes the new leaves and `Replay.apply` writes every rec
 in place (`lst[:] = ...`, `d.clear(); d.update(...)`, `setattr`), after resolving all paths first,
 so moves between containers see the state before the call, as eager's did. In a training step
 the stored tensors are outputs of the step's autograd node like its result, so gradients flow
-back through them. A change kiln cannot express (an object of another kind put into a
-container), or one in a call with graph breaks (each segment would need the stored tensors among
-its outputs), makes the capture fail with its reason: that call and later ones with the same
-guards run eagerly, counted. Growing a list changes the argument's structure, so the next call
+back through them. A function with graph breaks replays, after its last segment, the changes its
+path made (the stored tensors are outputs of the segments that made them). A change kiln cannot
+express (an object of another kind put into a container), or one in a training step with graph
+breaks (each segment's backward would need the stored tensors), makes the capture fail with its
+reason: that call and later ones with the same guards run eagerly, counted. Growing a list changes the argument's structure, so the next call
 misses the cache and captures again (a new variant per length) -- never a stale result.
 
 Containers walked: list, dict, tuple (and named tuples), dataclass instances -- exactly what

@@ -319,13 +319,15 @@ def _python_side_effects(sources, before, sources_after):
     return None
 
 
-def _segment_result(result, outs, full):
-    (out_specs, mutations), result_spec = result
+def _segment_result(result, outs, full, args, kwargs):
+    (out_specs, mutations), result_spec, replay = result
     for leaf, s in mutations:
         full[leaf].copy_(outs[s[1]][s[2]])
     vals = []
     for s in out_specs:
         vals.append(outs[s[1]][s[2]] if s[0] == "seg" else full[s[1]] if s[0] == "input" else s[1])
+    if replay is not None:  # (Replay, where its values start): Note [Argument containers]
+        replay[0].apply(args, kwargs, vals[replay[1]:])
     return unflatten(result_spec, vals)[0]
 
 
@@ -467,7 +469,7 @@ class CompiledFunction:
                     return self._fn(*args, **kwargs)
                 _counters.bump("cache_hits")
                 outs, leaf = out
-                return _segment_result(leaf.result, outs, full)
+                return _segment_result(leaf.result, outs, full, args, kwargs)
             if entry.native is None:
                 if entry.guards.check(full, grad):
                     _counters.record_eager(entry.reason)
@@ -571,10 +573,10 @@ class CompiledFunction:
             replay = _argument_changes.plan(before, args, kwargs)
             if isinstance(replay, CaptureFailed):
                 failure, replay = replay, None
-            elif replay is not None and len(tracer.segments) > 1:
+            elif replay is not None and len(tracer.segments) > 1 and training:
                 failure = CaptureFailed(
-                    f"the function changes its argument {replay.describe()}; kiln replays such changes only after "
-                    f"a single compiled graph, and this call has graph breaks")
+                    f"the function changes its argument {replay.describe()}; in a training step with graph breaks "
+                    f"kiln does not replay such changes (each segment's backward would need the stored tensors)")
         out_specs = result_spec = None
         if failure is None:
             res_leaves = []
@@ -591,7 +593,8 @@ class CompiledFunction:
                                          failure=failure))
             return result
         if len(tracer.segments) > 1:
-            return self._add_path(spec, tracer, full, grad, getters, (out_specs, mutations), result_spec, result,
+            return self._add_path(spec, tracer, full, grad, getters, (out_specs, mutations),
+                                  (result_spec, (replay, len(res_leaves)) if replay is not None else None), result,
                                   tree_entry, training)
         # One segment: its outputs are the result's tensors and the mutated leaves' new values.
         seg = tracer.segments[0]

@@ -34,7 +34,7 @@ class SegNode:
         self.fresh = set(seg.fresh)  # outputs never returned as views of arguments
         self.fallbacks = fallbacks
         self.children = {}
-        self.result = None   # (out_specs, result_spec) where the function returns
+        self.result = None   # ((out_specs, mutations), result_spec, replay) where the function returns
         self.program = None
         self.native = None
         self.joint = None     # training: the segment's joint graph (see Tree.training)
@@ -92,7 +92,7 @@ class Tree:
                 key = tuple(k for _, _, k, _ in seg.reads)
                 parent, node = node, node.children.get(key)
             else:
-                node.result = (out_specs, result_spec)
+                node.result = (out_specs, *result_spec)  # ((specs, mutations), result spec, replay)
         self.paths += 1
         return dirty
 
