@@ -15,6 +15,19 @@ aten = torch.ops.aten
 HANDLERS = {}
 
 
+def broadcast_shape(*shapes):
+    """torch.broadcast_shapes for concrete sizes (RuntimeError where they do not broadcast):
+    torch's own imports torch.fx's symbolic shapes (sympy, ~0.5 s) on its first call, which
+    would land in a process's first capture."""
+    out = []
+    for dims in zip(*(([1] * (max(map(len, shapes)) - len(s))) + list(s) for s in shapes)):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            raise RuntimeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return out
+
+
 def handles(*packets):
     def register(fn):
         for p in packets:
@@ -634,7 +647,7 @@ def _advanced_index(tr, x, first, index_tensors, out):
     gather along that dim reads it. An index out of its own dim's range makes the position
     invalid, so the gather flags it (and eager raises its IndexError), never another element."""
     sizes = [x.shape[first + k] for k in range(len(index_tensors))]
-    bshape = list(torch.broadcast_shapes(*[t.shape for t in index_tensors]))
+    bshape = broadcast_shape(*[t.shape for t in index_tensors])
     rest = list(x.shape[first + len(sizes):])
     lead = list(x.shape[:first])
     flat_n = math.prod(bshape)

@@ -7,7 +7,7 @@ _trace)."""
 
 import torch
 
-from ._handlers import NoLowering, Value, _batch_norm, _blas_ready, _per_dim, _poolable, handles
+from ._handlers import NoLowering, Value, _batch_norm, _blas_ready, _per_dim, _poolable, broadcast_shape, handles
 from ._trace import CaptureFailed
 
 aten = torch.ops.aten
@@ -43,7 +43,7 @@ def _attention_lowers(tr, q, k, v, mask, causal, out):
     if mask is not None:
         try:
             scores = list(q.shape[:-1]) + [k.shape[-2]]
-            if list(torch.broadcast_shapes(mask.shape, scores)) != scores:
+            if broadcast_shape(mask.shape, scores) != scores:
                 return False
         except RuntimeError:
             return False

@@ -17,14 +17,24 @@ def test_import_and_capture_do_not_import_dynamo():
     assert out.split() == ["False", "False", "2"], out
 
 
-def test_training_capture_does_not_import_sympy():
-    # autograd.grad's checks of given output gradients import torch.fx's symbolic shapes
-    # (sympy, ~0.4 s); the backward capture goes to autograd's engine directly.
+def test_first_captures_do_not_import_sympy():
+    # autograd.grad's checks of given output gradients and torch.broadcast_shapes import
+    # torch.fx's symbolic shapes (sympy, ~0.5 s): the backward capture goes to autograd's engine
+    # directly, and kiln broadcasts concrete shapes itself (an attention mask, index tensors).
     out = run_python("import sys, torch, kiln\n"
+                     "import torch.nn.functional as F\n"
                      "m = kiln.compile(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(),\n"
                      "                                     torch.nn.Linear(16, 1)))\n"
                      "for _ in range(2):\n"
                      "    m(torch.randn(4, 8)).sum().backward()\n"
+                     "q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))\n"
+                     "mask = torch.rand(2, 1, 1, 6) > 0.3\n"
+                     "attn = kiln.compile(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m))\n"
+                     "want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)\n"
+                     "assert ((attn(q, k, v, mask) - want).abs().max() < 1e-5).item()  # (torch.testing imports sympy)\n"
+                     "x, i, j = torch.randn(5, 7), torch.tensor([[0], [4]]), torch.tensor([1, 6, 2])\n"
+                     "gather = kiln.compile(lambda x, i, j: x[i, j] * 2)\n"
+                     "assert torch.equal(gather(x, i, j), x[i, j] * 2)\n"
                      "c = kiln.counters()\n"
                      "print('sympy' in sys.modules, c['compiled_backward_calls'])\n").stdout
     assert out.split() == ["False", "1"], out
