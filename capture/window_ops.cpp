@@ -292,6 +292,16 @@ int linear_from(GraphEditor& e, int x, const std::vector<LinearTaps>& taps, size
   return e.binary(OpKind::Add, branch(tp.i0, tp.w0), branch(tp.i1, tp.w1));
 }
 
+/// The checks an upsample and its backward share: `sizes` (the other side's spatial sizes) and
+/// `scales` name the last dims of `xs` past batch and channel, and neither side is empty.
+void check_upsample(const char* what, const Sizes& xs, const std::vector<int64_t>& sizes,
+                    const std::vector<double>& scales) {
+  size_t n = sizes.size(), rank = xs.size();
+  KILN_UNSUPPORTED_IF(n == 0 || n + 2 != rank || scales.size() != n, "{} of the wrong rank", what);
+  for (size_t i = 0; i < n; ++i)
+    KILN_UNSUPPORTED_IF(sizes[i] < 1 || xs[rank - n + i] < 1, "{} to or from an empty size", what);
+}
+
 }  // namespace
 
 int upsample(GraphEditor& e, int x, Upsample mode, const std::vector<int64_t>& out_sizes,
@@ -299,9 +309,7 @@ int upsample(GraphEditor& e, int x, Upsample mode, const std::vector<int64_t>& o
   const Sizes xs = e.node(x).sizes;
   DType t = e.node(x).dtype;
   size_t n = out_sizes.size(), rank = xs.size();
-  KILN_UNSUPPORTED_IF(n == 0 || n + 2 != rank || scales.size() != n, "upsample of the wrong rank");
-  for (size_t i = 0; i < n; ++i)
-    KILN_UNSUPPORTED_IF(out_sizes[i] < 1 || xs[rank - n + i] < 1, "upsample to or from an empty size");
+  check_upsample("upsample", xs, out_sizes, scales);
   if (mode != Upsample::Linear) {
     int v = x;
     for (size_t i = 0; i < n; ++i)
@@ -319,10 +327,8 @@ int upsample_backward(GraphEditor& e, int grad, Upsample mode, const std::vector
   const Sizes gs = e.node(grad).sizes;
   DType t = e.node(grad).dtype;
   size_t n = in_sizes.size(), rank = gs.size();
-  KILN_UNSUPPORTED_IF(n == 0 || n + 2 != rank || scales.size() != n, "upsample backward of the wrong rank");
+  check_upsample("upsample backward", gs, in_sizes, scales);
   KILN_UNSUPPORTED_IF(!is_float(t), "upsample backward of {}", dtype_name(t));
-  for (size_t i = 0; i < n; ++i)
-    KILN_UNSUPPORTED_IF(in_sizes[i] < 1 || gs[rank - n + i] < 1, "upsample backward to or from an empty size");
   int g = grad;
   for (size_t k = n; k-- > 0;) {  // the forward gathered the outermost dim first
     size_t d = rank - n + k;

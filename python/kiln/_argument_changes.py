@@ -164,7 +164,13 @@ class Replay:
 
     def __init__(self, changes, leaves):
         self.changes = changes
-        self.leaves = leaves   # the capture's objects: mapped to program outputs by the caller
+        self._leaves = leaves  # the capture's objects, until the caller maps them to outputs
+
+    def take_leaves(self):
+        """The capture's replayed leaves, in ("value", k) order, handed over once: the entry
+        keeps only where each comes from, not the capture's tensors."""
+        leaves, self._leaves = self._leaves, None
+        return leaves
 
     def describe(self):
         return ", ".join(_describe(path) for path, *_ in self.changes)

@@ -496,11 +496,7 @@ class CompiledFunction:
                 # in-place ops on arguments/buffers, as eager does (batch norm's running
                 # statistics without a version bump, as eager's kernel writes them)
                 (full[leaf].data if leaf in entry.silent else full[leaf]).copy_(out[pos])
-            if entry.replay is not None:
-                vals = self._values(entry, out, full)
-                entry.replay.apply(args, kwargs, vals[entry.replay_start:])
-                return unflatten(entry.result_spec, vals)[0]
-            return self._result(entry, out, full)
+            return self._result(entry, out, full, args, kwargs)
         return self._miss(args, kwargs, leaves, spec, grad, state)
 
     _DATA_DEPENDENT_LIMIT = 3
@@ -518,12 +514,11 @@ class CompiledFunction:
             self._fast.clear()  # the fast path holds the compiled entry
 
     @staticmethod
-    def _values(entry, out, full):
-        return [out[v] if kind == "graph" else full[v] if kind == "input" else v for kind, v in entry.out_specs]
-
-    @staticmethod
-    def _result(entry, out, full):
-        return unflatten(entry.result_spec, CompiledFunction._values(entry, out, full))[0]
+    def _result(entry, out, full, args, kwargs):
+        vals = [out[v] if kind == "graph" else full[v] if kind == "input" else v for kind, v in entry.out_specs]
+        if entry.replay is not None:  # Note [Argument containers]
+            entry.replay.apply(args, kwargs, vals[entry.replay_start:])
+        return unflatten(entry.result_spec, vals)[0]
 
     # -- capture ----------------------------------------------------------------------------
     def _miss(self, args, kwargs, leaves, spec, grad, state, tree_entry=None):
@@ -582,7 +577,8 @@ class CompiledFunction:
             res_leaves = []
             result_spec = flatten(result, res_leaves)
             try:
-                out_specs = tracer.outputs(res_leaves + (replay.leaves if replay else []), arg_count)
+                replay_leaves = replay.take_leaves() if replay else []
+                out_specs = tracer.outputs(res_leaves + replay_leaves, arg_count)
                 mutations = tracer.mutation_outputs()
             except CaptureFailed as e:
                 failure = e
@@ -611,7 +607,7 @@ class CompiledFunction:
             tensor_of = {}
             # Tensors put into argument containers are outputs too, with gradients flowing
             # back through them like the result's (Note [Argument containers]).
-            for t, s in zip(res_leaves + (replay.leaves if replay else []), out_specs):
+            for t, s in zip(res_leaves + replay_leaves, out_specs):
                 if s[0] == "graph":
                     tensor_of.setdefault(seg.needed[s[1]], t)
             joint = _backward_capture.capture_joint(tracer, seg, tensor_of, len(full))
