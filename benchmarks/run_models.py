@@ -44,6 +44,8 @@ def parse_args():
                    help="threads for every side (default: os.cpu_count() = %(default)s)")
     p.add_argument("--quick", action="store_true", help="5 timed repeats instead of 15")
     p.add_argument("--small", action="store_true", help="the blocks at reduced sizes (models.build(small=True))")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="the blocks' parameters and float inputs in this dtype (default float32)")
     p.add_argument("--only", metavar="NAME_SUBSTRING", action="append",
                    help="run only blocks whose name contains this (repeatable)")
     p.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
@@ -60,6 +62,10 @@ def parse_args():
 
 
 BG_WARN = 0.15
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# kiln against eager: each half op rounds once as eager's does, but a block's products run in
+# another order, so whole blocks agree to a few of the type's ulps.
+CHECK_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (5e-2, 5e-2), torch.float16: (1e-2, 1e-2)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,9 +99,12 @@ def fallback_profile(kf, args, fallback_ops, calls=3):
     return {k: round(v, 4) for k, v in out.most_common()}
 
 
-def measure_block(name, small, repeats, use_inductor, profile_fallbacks, wait_idle_s, log=print):
-    m = models.build(name, small=small)
-    args = m.make_inputs(seed=0)
+def measure_block(name, small, repeats, use_inductor, profile_fallbacks, wait_idle_s, log=print,
+                  dtype=torch.float32):
+    m = models.build(name, small=small).to(dtype)
+    args = tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in m.make_inputs(seed=0))
+    rtol, atol = CHECK_TOL[dtype]
     r = {"name": name}
     expected = m(*args)
     exp_flat = flat_tensors(expected)
@@ -109,7 +118,7 @@ def measure_block(name, small, repeats, use_inductor, profile_fallbacks, wait_id
         kf, _, r["kiln_cold_s"] = harness.cold_compile("kiln", m, args)
         out2 = kf(*args)
         c = kiln.counters()
-        err = harness.check_close(flat_tensors(out2), exp_flat)
+        err = harness.check_close(flat_tensors(out2), exp_flat, rtol, atol)
         r["check"] = "ok" if err is None else "FAIL"
         if err is not None:
             r["check_error"] = err
@@ -146,7 +155,7 @@ def measure_block(name, small, repeats, use_inductor, profile_fallbacks, wait_id
     if use_inductor:
         try:
             tf, _, r["tc_cold_s"] = harness.cold_compile("inductor", m, args)
-            terr = harness.check_close(flat_tensors(tf(*args)), exp_flat)
+            terr = harness.check_close(flat_tensors(tf(*args)), exp_flat, rtol, atol)
             r["tc_check"] = "ok" if terr is None else "differs"
         except Exception as e:  # noqa: BLE001
             r["tc_cold_s"] = None
@@ -310,7 +319,7 @@ def main():
     print("=" * 50 + " kiln model suite " + "=" * 50)
     for line in harness.machine_lines(machine) + harness.env_lines():
         print(line)
-    print(f"mode: {'small' if args.small else 'full'} sizes, {repeats} timed repeats per side (median), "
+    print(f"mode: {args.dtype}, {'small' if args.small else 'full'} sizes, {repeats} timed repeats per side (median), "
           f">= 20 ms per repeat, sides interleaved; no_grad + eval(); torch.compile: "
           f"{'Inductor default mode' if use_inductor else 'skipped (--no-inductor)'}")
     warm = harness.warm_up_compilers(use_inductor)
@@ -326,7 +335,8 @@ def main():
     print_header()
     results = []
     for name in names:
-        r = measure_block(name, args.small, repeats, use_inductor, not args.no_profile, args.wait_idle)
+        r = measure_block(name, args.small, repeats, use_inductor, not args.no_profile, args.wait_idle,
+                          dtype=DTYPES[args.dtype])
         results.append(r)
         print(row([fn(r) for _, _, fn in COLUMNS]), flush=True)
         torch._dynamo.reset()

@@ -100,12 +100,81 @@ class KernelEmitter {
       case DType::Int16: return b_.getInt16Ty();
       case DType::Int32: return b_.getInt32Ty();
       case DType::Int64: return b_.getInt64Ty();
+      case DType::Float16: case DType::BFloat16:  // Note [Half values in registers]
       case DType::Float32: return b_.getFloatTy();
       case DType::Float64: return b_.getDoubleTy();
       default: throw Unsupported(std::string("CPU codegen has no ") + dtype_name(t));
     }
   }
-  llvm::Type* mem_type(DType t) { return t == DType::Bool ? b_.getInt8Ty() : reg_type(t); }
+  llvm::Type* mem_type(DType t) {
+    if (t == DType::Bool) return b_.getInt8Ty();
+    return is_half(t) ? b_.getInt16Ty() : reg_type(t);
+  }
+
+  // Note [Half values in registers]: a float16/bfloat16 value lives in memory as its 16 bits
+  // and in registers as the float32 it converts to exactly, as in the CUDA code generator (one
+  // meaning of the loop IR for both). Rounding happens where the loop IR says so: at a cast to
+  // the half type (Note [Half arithmetic]: once per graph node, as eager rounds) and at a store.
+  // A half accumulator is thus a float32 one, rounded once when stored, as eager's CPU kernels
+  // accumulate half sums in float.
+  //
+  // The conversions are integer and float32 operations only, never LLVM's `half` type (so not
+  // F16C's vcvtph2ps/vcvtps2ph): around fpext/fptrunc, InstCombine moves float32 arithmetic
+  // into half (fcmp of two fpexts, a max reduction's phi, fneg hoisted above an fptrunc), which
+  // x86 without AVX512-FP16 then scalarises: a float16 amax ran 25x, a negation 15x slower than
+  // the float32 forms. These sequences vectorise on any x86 and round exactly as c10 does.
+
+  /// The half value of bits `h` (i16) as float32: exact.
+  llvm::Value* widen_half(llvm::Value* h, DType t) {
+    llvm::Value* h32 = b_.CreateZExt(h, b_.getInt32Ty());
+    if (t == DType::BFloat16) return b_.CreateBitCast(b_.CreateShl(h32, 16), b_.getFloatTy());
+    llvm::Value* sign = b_.CreateShl(b_.CreateAnd(h32, b_.getInt32(0x8000)), 16);
+    llvm::Value* em = b_.CreateAnd(h32, b_.getInt32(0x7fff));  // exponent and mantissa
+    llvm::Value* shifted = b_.CreateShl(em, 13);
+    // normal: rebias the exponent (127 - 15); inf/nan: the top exponent
+    llvm::Value* bits = b_.CreateSelect(b_.CreateICmpUGE(em, b_.getInt32(0x7c00)),
+                                        b_.CreateOr(shifted, b_.getInt32(0x7f800000)),
+                                        b_.CreateAdd(shifted, b_.getInt32(0x38000000)));
+    // subnormal (and zero): mantissa * 2^-24, exact in float32 and itself normal
+    llvm::Value* sub = b_.CreateFMul(b_.CreateUIToFP(em, b_.getFloatTy()), llvm::ConstantFP::get(b_.getFloatTy(), 0x1p-24));
+    llvm::Value* mag = b_.CreateSelect(b_.CreateICmpULT(em, b_.getInt32(0x400)), b_.CreateBitCast(sub, b_.getInt32Ty()), bits);
+    return b_.CreateBitCast(b_.CreateOr(mag, sign), b_.getFloatTy());
+  }
+
+  /// float32 `x` rounded to the nearest half value (ties to even), as its 16 bits: overflow
+  /// gives infinity, NaN the quiet NaN c10 gives (0x7fc0 for bfloat16, 0x7e00 for float16).
+  llvm::Value* narrow_half(llvm::Value* x, DType t) {
+    llvm::Value* u = b_.CreateBitCast(x, b_.getInt32Ty());
+    if (t == DType::BFloat16) {
+      llvm::Value* bias = b_.CreateAdd(b_.CreateAnd(b_.CreateLShr(u, 16), b_.getInt32(1)), b_.getInt32(0x7fff));
+      llvm::Value* rounded = b_.CreateTrunc(b_.CreateLShr(b_.CreateAdd(u, bias), 16), b_.getInt16Ty());
+      return b_.CreateSelect(b_.CreateFCmpUNO(x, x), b_.getInt16(0x7fc0), rounded);
+    }
+    llvm::Value* sign = b_.CreateAnd(u, b_.getInt32(0x80000000u));
+    llvm::Value* a = b_.CreateXor(u, sign);  // |x|
+    // |x| >= 65536 (or inf, nan): infinity, or the quiet NaN
+    llvm::Value* big = b_.CreateSelect(b_.CreateICmpUGT(a, b_.getInt32(0x7f800000)), b_.getInt32(0x7e00), b_.getInt32(0x7c00));
+    // |x| < 2^-14, a subnormal (or zero) result: adding 0.5 rounds the mantissa into place (the
+    // FPU's ties-to-even), and 0.5's bits come off again
+    llvm::Value* plus_half = b_.CreateFAdd(b_.CreateBitCast(a, b_.getFloatTy()), llvm::ConstantFP::get(b_.getFloatTy(), 0.5));
+    llvm::Value* sub = b_.CreateSub(b_.CreateBitCast(plus_half, b_.getInt32Ty()), b_.getInt32(0x3f000000));
+    // normal: rebias the exponent (15 - 127), round the 13 dropped bits to even
+    llvm::Value* odd = b_.CreateAnd(b_.CreateLShr(a, 13), b_.getInt32(1));
+    llvm::Value* norm = b_.CreateLShr(b_.CreateAdd(b_.CreateAdd(a, b_.getInt32(0xc8000fffu)), odd), 13);
+    llvm::Value* mag = b_.CreateSelect(b_.CreateICmpUGE(a, b_.getInt32(0x47800000)), big,
+                                       b_.CreateSelect(b_.CreateICmpULT(a, b_.getInt32(0x38800000)), sub, norm));
+    return b_.CreateTrunc(b_.CreateOr(mag, b_.CreateLShr(sign, 16)), b_.getInt16Ty());
+  }
+
+  /// float32 `x` rounded to the half type and kept as float32 (a cast to it in registers).
+  llvm::Value* round_half(llvm::Value* x, DType t) {
+    if (t == DType::Float16) return widen_half(narrow_half(x, t), t);
+    // bfloat16 is float32's top half: round the low half away in place
+    llvm::Value* u = b_.CreateBitCast(x, b_.getInt32Ty());
+    llvm::Value* bias = b_.CreateAdd(b_.CreateAnd(b_.CreateLShr(u, 16), b_.getInt32(1)), b_.getInt32(0x7fff));
+    llvm::Value* r = b_.CreateBitCast(b_.CreateAnd(b_.CreateAdd(u, bias), b_.getInt32(0xffff0000u)), b_.getFloatTy());
+    return b_.CreateSelect(b_.CreateFCmpUNO(x, x), x, r);
+  }
 
   /// Emits `loops` as a nest (the first one over [begin, end) when `begin` is given) and calls
   /// `body` inside the innermost. The loop vectoriser takes the innermost loops by itself (the
@@ -330,9 +399,14 @@ class KernelEmitter {
 
   void emit_store(const Store& s) {
     llvm::Value* idx = emit(s.index);
-    llvm::Value* v = emit(s.value);
     DType t = p_.buffers[s.buffer].dtype;
+    // A value rounded to the half type just before its store narrows once, from the unrounded
+    // float32 (rounding is idempotent), skipping the rounding in registers.
+    bool narrow_operand = is_half(t) && s.value->op == ExprOp::Cast && s.value->dtype == t &&
+                          !is_half(s.value->a->dtype) && !memo_.count(s.value);
+    llvm::Value* v = narrow_operand ? cast(emit(s.value->a), s.value->a->dtype, DType::Float32) : emit(s.value);
     if (t == DType::Bool) v = b_.CreateZExt(v, b_.getInt8Ty());
+    if (is_half(t)) v = narrow_half(v, t);
     auto* addr = b_.CreateInBoundsGEP(mem_type(t), buf_ptr_[s.buffer], idx);
     annotate(b_.CreateStore(v, addr), s.buffer);
   }
@@ -384,6 +458,7 @@ class KernelEmitter {
         auto* ld = b_.CreateLoad(mem_type(e->dtype), addr);
         annotate(ld, buf);
         if (e->dtype == DType::Bool) return b_.CreateICmpNE(ld, b_.getInt8(0));
+        if (is_half(e->dtype)) return widen_half(ld, e->dtype);
         return ld;
       }
       case ExprOp::Cast: return cast(emit(e->a), e->a->dtype, e->dtype);
@@ -395,6 +470,16 @@ class KernelEmitter {
   }
 
   llvm::Value* cast(llvm::Value* x, DType from, DType to) {
+    // Half values are float32 in registers (Note [Half values in registers]): from one, convert
+    // as from float32; to one, convert to float32 first (float64 and integers round twice, as
+    // c10's conversions through float do), then round to the half type and widen back.
+    if (is_half(from)) {
+      if (is_half(to) && from == to) return x;
+      from = DType::Float32;
+    }
+    if (is_half(to)) {
+      return round_half(cast(x, from, DType::Float32), to);
+    }
     llvm::Type* t = reg_type(to);
     if (to == DType::Bool) {
       return is_float(from) ? b_.CreateFCmpUNE(x, llvm::ConstantFP::get(x->getType(), 0.0))

@@ -124,9 +124,6 @@ class Lowering {
   Lowering(const Graph& g, const PassOptions& opts) : g_(g), opts_(opts) { prog_.ctx = std::make_shared<Context>(); }
 
   KernelProgram run() {
-    for (const Node& n : g_.nodes)
-      KILN_UNSUPPORTED_IF(!opts_.half_types && is_half(n.dtype),
-                          "{} is not supported by the CPU code generator yet", dtype_name(n.dtype));
     make_input_buffers();
     if (opts_.inplace_argument_writes) choose_inplace();
     choose_output_aliases();

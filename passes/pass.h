@@ -41,9 +41,6 @@ struct PassOptions {
   /// convolutions]): measured on oneDNN only, so the CUDA pipeline keeps eager's layouts for
   /// cuDNN.
   bool channels_last_convolutions = true;
-  /// Lower float16/bfloat16 values (the CUDA code generator computes each op in float32 and
-  /// rounds its result, as eager's half tensors do); the CPU code generator has no half types yet.
-  bool half_types = false;
   /// Test only (KILN_INJECT_BUG): "relu" lowers maximum(x, 0) as x, a planted wrong answer.
   std::string inject_bug;
   /// Filled with one line per pass: "name: 0.12 ms".

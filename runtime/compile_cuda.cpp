@@ -21,7 +21,6 @@ passes::PassOptions cuda_pass_options_from_knobs() {
   opts.inplace_argument_writes = false;  // CUDA flags failures only at the end of the program
   opts.output_views = false;             // the CUDA runner returns buffers and arguments only
   opts.channels_last_convolutions = false;  // measured for oneDNN, not cuDNN
-  opts.half_types = true;                   // float32 registers, each op rounded as eager rounds it
   opts.inject_bug = knob("inject_bug");
   return opts;
 }

@@ -373,7 +373,6 @@ KernelProgram lower_for_cuda(const capture::GraphBuilder& b) {
   passes::PassOptions o = verifying();
   o.gemm_epilogues = false;
   o.gemm_bias = true;
-  o.half_types = true;
   return passes::run_pipeline(b.graph(), o);
 }
 
