@@ -482,7 +482,10 @@ void define_cpu(py::module_& m) {
       })
       .def("set_profiling", [](Program& p, bool on) { p.program->set_profiling(on); });
 
-  m.def("compile_graph", &compile_graph, py::arg("builder"), py::arg("debug_dir") = "");
+  // Compiles release the GIL: a background compile (Note [Background compiles] in
+  // python/kiln/_background.py) runs while the calling thread keeps running Python.
+  m.def("compile_graph", &compile_graph, py::arg("builder"), py::arg("debug_dir") = "",
+        py::call_guard<py::gil_scoped_release>());
 
   py::class_<TrainingProgram> training(m, "TrainingProgram");
   training.def_readonly("forward", &TrainingProgram::forward)
@@ -492,6 +495,7 @@ void define_cpu(py::module_& m) {
   def_partition_fields<TrainingProgram>(training);
   m.def("compile_training", &compile_training, py::arg("builder"), py::arg("forward_outputs"), py::arg("tangents"),
         py::arg("backward_start"), py::arg("recompute") = true, py::arg("debug_dir") = "",
+        py::call_guard<py::gil_scoped_release>(),
         "Partitions the builder's joint forward+backward graph and compiles both programs.");
   m.def("blas_prefer", &runtime::blas::prefer, "a loaded library (torch's MKL) that KILN_BLAS=auto should use");
   m.def("blas_library", [] { return runtime::blas::library().name; }, "the BLAS matrix products run on ('': none)");

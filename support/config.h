@@ -40,6 +40,8 @@ namespace kiln {
                                                       "by cuBLASLt in the product; 0: by the kernel "   \
                                                       "after it")                                       \
   X(check, "KILN_CHECK", "0", "1: compare every compiled call with eager and report divergence") \
+  X(background, "KILN_BACKGROUND", "0", "1: compile on a background thread while calls run eagerly " \
+                                         "(kiln.compile(background=...) overrides; kiln.wait())")       \
   X(profile, "KILN_PROFILE", "0", "1: time every kernel of programs compiled from now on "           \
                                   "(kiln.kernels(f)[i].time_ns)")                                   \
   X(inject_bug, "KILN_INJECT_BUG", "", "test only: plant a wrong lowering (relu; gradient: the "    \

@@ -15,7 +15,7 @@ import weakref
 
 import torch
 
-from . import _C, _counters, config
+from . import _C, _background, _counters, config
 from ._compile import CompiledFunction
 from ._explain import Explanation, explain
 from ._kernels import Kernel, codegen, kernels
@@ -25,7 +25,7 @@ from .minify import minify
 
 __version__ = "0.1.0"
 __all__ = ["compile", "explain", "counters", "reset", "kernels", "codegen", "config", "Unsupported", "cache_info",
-           "clear_cache"]
+           "clear_cache", "wait"]
 
 Unsupported = _C.Unsupported
 from ._accuracy import AccuracyError  # noqa: E402
@@ -45,18 +45,21 @@ from . import dynamo_backend as _dynamo_backend  # noqa: E402
 _dynamo_backend.register()
 
 
-def compile(fn=None, *, backend="kiln", fullgraph=False, dynamic=None):
+def compile(fn=None, *, backend="kiln", fullgraph=False, dynamic=None, background=None):
     """Compiles a function or an nn.Module. Usable as `compile(f)`, `@compile` and
-    `@compile(backend=...)`. backend="eager" runs everything eagerly (for debugging)."""
+    `@compile(backend=...)`. backend="eager" runs everything eagerly (for debugging).
+    background=True compiles on a background thread while calls run eagerly, swapping each
+    program in when it is ready (None: the KILN_BACKGROUND knob; kiln.wait() waits for them)."""
+    opts = dict(backend=backend, fullgraph=fullgraph, dynamic=dynamic, background=background)
     if fn is None:
-        return lambda f: compile(f, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
+        return lambda f: compile(f, **opts)
     if isinstance(fn, torch.nn.Module):
-        out = CompiledModule(fn, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
+        out = CompiledModule(fn, **opts)
         _live.add(out._kiln)
         return out
     if not callable(fn):
         raise TypeError(f"kiln.compile expects a function or an nn.Module, got {type(fn).__name__}")
-    out = CompiledFunction(fn, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
+    out = CompiledFunction(fn, **opts)
     _live.add(out)
     return out
 
@@ -88,10 +91,20 @@ def clear_cache():
     return _C.disk_cache_clear("cpu") + _C.disk_cache_clear("cuda")
 
 
+def wait(timeout=None):
+    """Blocks until every background compile started so far has finished (or `timeout`
+    seconds passed); True when none is left. The next call of each function swaps its program
+    in (Note [Background compiles] in _background.py)."""
+    return _background.wait(timeout)
+
+
 def reset():
-    """Forgets every compiled program and zeroes the counters."""
+    """Forgets every compiled program and zeroes the counters (after any background compile
+    has finished)."""
+    _background.wait()
     for f in list(_live):
         f._entries.clear()
+        f._pending_entries = 0
         if hasattr(f._fast, "clear"):
             f._fast.clear()
         f._entry_count = 0

@@ -4,13 +4,14 @@ import functools
 import os
 import re
 import sys
+import threading
 import time
 import types
 import warnings
 
 import torch
 
-from . import _C, _accuracy, _argument_changes, _autograd, _backward_capture, _counters, _cuda, _segments
+from . import _C, _accuracy, _argument_changes, _autograd, _background, _backward_capture, _counters, _cuda, _segments
 from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._snapshot import MAX_DEPTH as _MAX_DEPTH
@@ -369,8 +370,18 @@ def _build_guards(leaves, grad, mutated=()):
     return gs
 
 
+def _outcome(build):
+    """(build(), None), or (None, the exception it raised): a background compile's result,
+    handed to the calling thread."""
+    try:
+        return build(), None
+    except Exception as e:  # noqa: BLE001 - _install decides, as a foreground compile would
+        return None, e
+
+
 class _Entry:
-    """One guarded specialisation: compiled (program set) or eager (reason set)."""
+    """One guarded specialisation: compiled (program set), eager (reason set), or a placeholder
+    whose program compiles in the background (pending set)."""
 
     def __init__(self, guards, getters, program=None, out_specs=None, result_spec=None, reason=None,
                  failure=None, fallbacks=None):
@@ -389,6 +400,8 @@ class _Entry:
         self.data_dependent_failures = 0  # calls whose fallback op returned another shape
         self.replay = None  # _argument_changes.Replay: container changes written after each call
         self.replay_start = 0  # where its values start among the outputs (after the result's)
+        self.pending = None  # a background compile's Future (Note [Background compiles])
+        self.install = None  # installs its outcome: the compiled entry in this one's place
         if program is None:
             self.native = None
         elif getattr(program, "target", "cpu") == "cuda":
@@ -405,7 +418,7 @@ class _Entry:
 class CompiledFunction:
     """What kiln.compile returns for a function (and installs as a module's forward)."""
 
-    def __init__(self, fn, backend="kiln", fullgraph=False, dynamic=None, module=None):
+    def __init__(self, fn, backend="kiln", fullgraph=False, dynamic=None, module=None, background=None):
         if backend not in ("kiln", "eager"):
             raise ValueError(f"kiln.compile: unknown backend {backend!r} (expected 'kiln' or 'eager')")
         self._fn = fn
@@ -416,6 +429,10 @@ class CompiledFunction:
         self._entry_count = 0
         self._eager_only = None  # reason, once the cache limit is hit
         self._compiles = 0
+        # Note [Background compiles]: None follows the knob (KILN_BACKGROUND).
+        self._background = _flags.background if background is None else bool(background)
+        self._pending_entries = 0  # placeholders whose compile has not been swapped in
+        self._swap_lock = threading.Lock()
         self._last_entry = None  # the compiled entry that served the last call (KILN_CHECK)
         # C++ fast path for calls with positional tensors only (see FastPath in bind_cpu.cpp).
         self._fast = _C.FastPath(torch.Tensor, torch.is_grad_enabled, torch.get_default_dtype, _FAST_MISS) \
@@ -455,6 +472,8 @@ class CompiledFunction:
             spec = flatten((args, kwargs), leaves)
         grad = torch.is_grad_enabled()
         state = [torch.get_default_dtype()]
+        if self._pending_entries:
+            self._swap_ready_entries()
         _new_snapshot_call()
         for entry in self._entries.get(spec, ()):
             full = leaves + entry.read_getters() + state if entry.getters else leaves + state
@@ -472,7 +491,10 @@ class CompiledFunction:
                 return _segment_result(leaf.result, outs, full, args, kwargs)
             if entry.native is None:
                 if entry.guards.check(full, grad):
-                    _counters.record_eager(entry.reason)
+                    if entry.pending is not None:
+                        _counters.bump("eager_calls_while_compiling")
+                    else:
+                        _counters.record_eager(entry.reason)
                     return self._fn(*args, **kwargs)
                 continue
             if entry.training is not None:
@@ -624,37 +646,76 @@ class CompiledFunction:
         # One directory per compiled variant, named before _compiles counts it: the extras
         # written after compiling used to go to the next variant's (missing) directory.
         debug_dir = self._debug_dir()
-        try:
+        guards = _build_guards(full, grad, set(tracer.mutations))
+
+        def build():
             if _cuda.is_cuda_trace(tracer):
                 # Tensors on a CUDA device compile for it (NVRTC; fallback ops run eagerly
                 # between its kernels); mixed devices or a missing driver raise Unsupported and
                 # run eagerly.
-                program = _cuda.compile_cuda_entry(tracer, debug_dir=debug_dir)
-            else:
-                if any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tracer.leaves):
-                    raise _C.Unsupported("kiln compiles CPU and CUDA tensors; these live on "
-                                         f"{sorted({str(t.device) for t in tracer.leaves if isinstance(t, torch.Tensor)})}")
-                program = _C.compile_graph(tracer.builder, debug_dir)
-        except _C.Unsupported as e:
-            err = CaptureFailed(str(e), location="(lowering)")
-            _counters.record_failure(err)
-            self._add_entry(spec, _Entry(_build_guards(full, grad), getters, reason=str(e), failure=err))
-            return result
-        except (_C.InternalError, RuntimeError) as e:
-            warnings.warn(f"kiln: compiling {self.__name__} failed; it runs eagerly for these inputs: {e}")
-            _counters.record_failure(CaptureFailed(f"kiln internal error: {e}"))
-            self._add_entry(spec, _Entry(_build_guards(full, grad), getters, reason=f"internal error: {e}"))
-            return result
-        if program.dump_error:
-            warnings.warn(program.dump_error)
-        self._compiles += 1
-        entry = _Entry(_build_guards(full, grad, set(tracer.mutations)), getters, program, out_specs, result_spec,
-                       fallbacks=tracer.fallbacks)
-        if replay is not None:
-            entry.replay, entry.replay_start, entry.single = replay, len(res_leaves), False
-            _log("guards", f"{self.__name__}: replays changes to {replay.describe()} after each call")
-        self._finish_entry(spec, entry, tracer, mutations, debug_dir, program.loop_ir, len(leaves))
+                return _cuda.compile_cuda_entry(tracer, debug_dir=debug_dir)
+            if any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tracer.leaves):
+                raise _C.Unsupported("kiln compiles CPU and CUDA tensors; these live on "
+                                     f"{sorted({str(t.device) for t in tracer.leaves if isinstance(t, torch.Tensor)})}")
+            return _C.compile_graph(tracer.builder, debug_dir)
+
+        def install(program):
+            if program.dump_error:
+                warnings.warn(program.dump_error)
+            self._compiles += 1
+            entry = _Entry(guards, getters, program, out_specs, result_spec, fallbacks=tracer.fallbacks)
+            if replay is not None:
+                entry.replay, entry.replay_start, entry.single = replay, len(res_leaves), False
+                _log("guards", f"{self.__name__}: replays changes to {replay.describe()} after each call")
+            self._finish_entry(spec, entry, tracer, mutations, debug_dir, program.loop_ir, len(leaves))
+
+        self._compile(spec, guards, getters, build, install)
         return result
+
+    # -- compiling, in the foreground or in the background ---------------------------------
+    def _compile(self, spec, guards, getters, build, install, what=""):
+        """Runs build() (passes and code generation), then install(program), which adds the
+        compiled entry; a build that fails adds an eager entry with the reason instead. With
+        background compiles, build runs on kiln's compile thread and a placeholder entry runs
+        the calls its guards match eagerly until the program is swapped in (Note [Background
+        compiles] in _background.py)."""
+        if not self._background:
+            self._install(spec, guards, getters, install, _outcome(build), what)
+            return
+        entry = _Entry(guards, getters, reason="compiling in the background")
+        entry.pending = _background.submit(lambda: _outcome(build))
+        entry.install = functools.partial(self._install, spec, guards, getters, install, what=what)
+        self._add_entry(spec, entry)
+        self._pending_entries += 1
+
+    def _install(self, spec, guards, getters, install, outcome, what=""):
+        program, err = outcome
+        if err is None:
+            install(program)
+        elif isinstance(err, _C.Unsupported):
+            failure = CaptureFailed(str(err), location="(lowering)")
+            _counters.record_failure(failure)
+            self._add_entry(spec, _Entry(guards, getters, reason=str(err), failure=failure))
+        elif isinstance(err, (_C.InternalError, RuntimeError)):
+            warnings.warn(f"kiln: compiling {what}{self.__name__} failed; it runs eagerly for these inputs: {err}")
+            _counters.record_failure(CaptureFailed(f"kiln internal error: {err}"))
+            self._add_entry(spec, _Entry(guards, getters, reason=f"internal error: {err}"))
+        else:
+            raise err
+
+    def _swap_ready_entries(self):
+        """Installs every background compile that has finished, each where its placeholder was."""
+        with self._swap_lock:
+            for es in list(self._entries.values()):
+                for e in [e for e in es if e.pending is not None and e.pending.done()]:
+                    at = es.index(e)
+                    es.pop(at)
+                    self._entry_count -= 1
+                    self._pending_entries -= 1
+                    e.install(e.pending.result())
+                    e.pending = None
+                    if len(es) > at + 1:
+                        es.insert(at, es.pop())
 
     # -- training (Note [Training capture] in _backward_capture.py) --------------------------
     def _compile_training(self, spec, tracer, seg, joint, full, grad, getters, out_specs, mutations, result_spec,
@@ -665,48 +726,42 @@ class CompiledFunction:
         _log("graph", f"{self.__name__} (joint forward + backward):\n{seg.builder.print()}")
         debug_dir = self._debug_dir()
         guards = _build_guards(full, grad, set(tracer.mutations))
-        try:
+
+        def build():
             if _cuda.is_cuda_trace(tracer):
                 devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
                 if len(devices) != 1:
                     raise _C.Unsupported("kiln: a CUDA program needs every tensor on one CUDA device, got "
                                          f"{sorted(map(str, devices))}")
-                tp, forward, backward = _cuda.compile_cuda_training(seg.builder, len(seg.needed), joint,
-                                                                    next(iter(devices)), tracer.fallbacks, debug_dir)
-            else:
-                if not hasattr(_C, "compile_training"):
-                    raise _C.Unsupported("kiln was built without the CPU backend (KILN_CPU=OFF)")
-                tp = _C.compile_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"],
-                                         debug_dir=debug_dir)
-                forward = _C.Entry(guards, tp.forward, list(tracer.fallbacks), lazy_outputs=True)
-                backward = _C.Entry(_C.GuardSet(), tp.backward, list(tracer.fallbacks), lazy_outputs=True)
-        except _C.Unsupported as e:
-            err = CaptureFailed(str(e), location="(lowering)")
-            _counters.record_failure(err)
-            self._add_entry(spec, _Entry(guards, getters, reason=str(e), failure=err))
-            return result
-        except (_C.InternalError, RuntimeError) as e:
-            warnings.warn(f"kiln: compiling the training step of {self.__name__} failed; it runs eagerly for these "
-                          f"inputs: {e}")
-            _counters.record_failure(CaptureFailed(f"kiln internal error: {e}"))
-            self._add_entry(spec, _Entry(guards, getters, reason=f"internal error: {e}"))
-            return result
-        self._compiles += 1
-        entry = _Entry(guards, getters, None, out_specs, result_spec, fallbacks=tracer.fallbacks)
-        entry.program = forward.program if isinstance(forward, _C.Entry) else forward
-        entry.training = _autograd.TrainingPrograms(tp, entry.program,
-                                                    backward.program if isinstance(backward, _C.Entry) else backward)
-        entry.native = _autograd.TrainingRunner(guards, tp, forward, backward, joint["differentiable"],
-                                                joint["grad_leaves"], joint["output_meta"],
-                                                entry.training.backward.graph)
-        entry.native.out_specs = out_specs
-        # Changes to argument containers are writes to the arguments too: an eager replay of
-        # the call (double backward) would make them again.
-        entry.native.has_mutations = bool(mutations) or replay is not None
-        if replay is not None:
-            entry.replay, entry.replay_start, entry.single = replay, replay_start, False
-        self._finish_entry(spec, entry, tracer, mutations, debug_dir,
-                           f"forward:\n{tp.forward.loop_ir}\nbackward:\n{tp.backward.loop_ir}")
+                return _cuda.compile_cuda_training(seg.builder, len(seg.needed), joint, next(iter(devices)),
+                                                   tracer.fallbacks, debug_dir)
+            if not hasattr(_C, "compile_training"):
+                raise _C.Unsupported("kiln was built without the CPU backend (KILN_CPU=OFF)")
+            tp = _C.compile_training(seg.builder, len(seg.needed), joint["tangents"], joint["backward_start"],
+                                     debug_dir=debug_dir)
+            return (tp, _C.Entry(guards, tp.forward, list(tracer.fallbacks), lazy_outputs=True),
+                    _C.Entry(_C.GuardSet(), tp.backward, list(tracer.fallbacks), lazy_outputs=True))
+
+        def install(programs):
+            tp, forward, backward = programs
+            self._compiles += 1
+            entry = _Entry(guards, getters, None, out_specs, result_spec, fallbacks=tracer.fallbacks)
+            entry.program = forward.program if isinstance(forward, _C.Entry) else forward
+            entry.training = _autograd.TrainingPrograms(tp, entry.program,
+                                                        backward.program if isinstance(backward, _C.Entry) else backward)
+            entry.native = _autograd.TrainingRunner(guards, tp, forward, backward, joint["differentiable"],
+                                                    joint["grad_leaves"], joint["output_meta"],
+                                                    entry.training.backward.graph)
+            entry.native.out_specs = out_specs
+            # Changes to argument containers are writes to the arguments too: an eager replay of
+            # the call (double backward) would make them again.
+            entry.native.has_mutations = bool(mutations) or replay is not None
+            if replay is not None:
+                entry.replay, entry.replay_start, entry.single = replay, replay_start, False
+            self._finish_entry(spec, entry, tracer, mutations, debug_dir,
+                               f"forward:\n{tp.forward.loop_ir}\nbackward:\n{tp.backward.loop_ir}")
+
+        self._compile(spec, guards, getters, build, install, what="the training step of ")
         return result
 
     def _finish_entry(self, spec, entry, tracer, mutations, debug_dir, loop_ir, nargs=None):

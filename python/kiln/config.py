@@ -32,12 +32,15 @@ class _Flags:
     def refresh(self):
         self.disable = _truthy(_C.knob("disable"))
         self.check = _truthy(_C.knob("check"))
+        self.background = _truthy(_C.knob("background"))
 
 
 flags = _Flags()
 
 
 def set(name, value):  # noqa: A001 - mirrors the knob table's verb
+    from . import _background
+    _background.wait()  # a compile running in the background reads knobs (Note [Background compiles])
     _C.set_knob(name, str(int(value)) if isinstance(value, bool) else str(value))
     flags.refresh()
 
