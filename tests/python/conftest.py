@@ -1,7 +1,18 @@
 """pytest setup for kiln's end-to-end tests: every test starts seeded and with kiln reset."""
 
+import atexit
+import os
 import random
+import shutil
+import tempfile
 import warnings
+
+# The suite compiles thousands of programs: their disk cache (Note [Disk cache]) goes to a
+# directory of this run, removed at exit, not into the user's ~/.cache/kiln. Set before kiln
+# is imported (it reads KILN_CACHE_DIR then); child processes of tests inherit it.
+if "KILN_CACHE_DIR" not in os.environ:
+    os.environ["KILN_CACHE_DIR"] = tempfile.mkdtemp(prefix="kiln-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["KILN_CACHE_DIR"], True)
 
 import numpy as np
 import pytest
