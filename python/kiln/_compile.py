@@ -141,8 +141,24 @@ def _nested_tensors(v, base, out, steps=(), depth=0):
             _nested_tensors(x, base, out, steps + ((is_item, k),), depth + 1)
 
 
-def _captured_candidates(fn, module):
-    """Tensors the function can reach besides its arguments: id -> (getter, tensor)."""
+def _is_argument_module(x):
+    """A module passed as an argument, guarded as that very object: the guard compares by
+    identity, then ==, so a class defining its own == is not one."""
+    return isinstance(x, torch.nn.Module) and type(x).__eq__ is object.__eq__
+
+
+def _argument_modules(leaves):
+    out = []
+    for x in leaves:
+        if _is_argument_module(x) and all(x is not m for m in out):
+            out.append(x)
+    return out
+
+
+def _captured_candidates(fn, module, arg_modules=()):
+    """Tensors the function can reach besides its arguments: id -> (getter, tensor).
+    arg_modules: modules passed as arguments (`train_step(model, batch)`): their parameters and
+    buffers, read from the module object (the guards pin the argument to that object)."""
     out = {}
 
     def add_module(mod, base_getter):
@@ -162,6 +178,9 @@ def _captured_candidates(fn, module):
 
     if module is not None:
         add_module(module, None)
+    for m in arg_modules:
+        if m is not module:
+            add_module(m, _PathGetter(_PathGetter.OBJ, m))
     owner, raw = _owner_and_function(fn)  # a bound method's object: its tensors are reachable too
     if isinstance(owner, torch.nn.Module) and owner is not module:
         add_module(owner, _PathGetter(_PathGetter.OBJ, owner))
@@ -199,7 +218,7 @@ def _captured_candidates(fn, module):
 _MISSING = object()
 
 
-def _plain_value_sources(fn, module):
+def _plain_value_sources(fn, module, arg_modules=()):
     """Getters of the plain values (numbers, bools, strings, None, dtypes) the function reads
     besides its arguments: referenced globals, closure cells, the attributes of a bound method's
     object, and the attributes of the module and of every module those reach (self.eps,
@@ -268,6 +287,9 @@ def _plain_value_sources(fn, module):
 
     if module is not None:
         add_module(module, _PathGetter(_PathGetter.OBJ, module))
+    for m in arg_modules:  # modules passed as arguments: their .training, .eps, ...
+        if m is not module and m is not owner:
+            add_module(m, _PathGetter(_PathGetter.OBJ, m))
     if isinstance(owner, torch.nn.Module) and owner is not module:
         add_module(owner, _PathGetter(_PathGetter.OBJ, owner))
     elif owner is not None and owner is not module:
@@ -363,8 +385,8 @@ def _build_guards(leaves, grad, mutated=()):
         if isinstance(leaf, torch.Tensor):
             gs.add_tensor(i, type(leaf), leaf.dtype, str(leaf.device), list(leaf.shape), list(leaf.stride()),
                           leaf.requires_grad)
-        elif type(leaf) in _SIMPLE_VALUE_TYPES or type(leaf) is Snapshot:
-            gs.add_value(i, type(leaf), leaf)
+        elif type(leaf) in _SIMPLE_VALUE_TYPES or type(leaf) is Snapshot or _is_argument_module(leaf):
+            gs.add_value(i, type(leaf), leaf)  # a module argument: that very object (identity first)
         else:
             gs.add_value(i, type(leaf), None, type_only=True)
     return gs
@@ -557,10 +579,11 @@ class CompiledFunction:
             _counters.bump("recompiles")
             _log("recompiles", f"{self.__name__}: new variant #{self._entry_count + 1}")
         arg_count = len(leaves)
-        candidates = _captured_candidates(self._fn, self._module)
+        arg_modules = _argument_modules(leaves)
+        candidates = _captured_candidates(self._fn, self._module, arg_modules)
         # Plain values read besides the arguments, read before the function runs (the values
         # the trace bakes in), guarded after the captured tensors.
-        value_sources = _plain_value_sources(self._fn, self._module)
+        value_sources = _plain_value_sources(self._fn, self._module, arg_modules)
         values = [get() for get in value_sources]
         trace_leaves = list(leaves)
         self._capture_started = time.perf_counter()  # KILN_LOG=perf
@@ -578,12 +601,12 @@ class CompiledFunction:
         failure = tracer.failure
         if failure is None:
             failure = _python_side_effects(value_sources, values,
-                                           _plain_value_sources(self._fn, self._module))
+                                           _plain_value_sources(self._fn, self._module, arg_modules))
         training = grad and any(isinstance(t, torch.Tensor) and t.requires_grad for t in trace_leaves)
         if failure is None and any(not isinstance(x, torch.Tensor) and type(x) not in _SIMPLE_VALUE_TYPES
-                                   for x in leaves):
-            bad = next(type(x).__name__ for x in leaves
-                       if not isinstance(x, torch.Tensor) and type(x) not in _SIMPLE_VALUE_TYPES)
+                                   and not _is_argument_module(x) for x in leaves):
+            bad = next(type(x).__name__ for x in leaves if not isinstance(x, torch.Tensor)
+                       and type(x) not in _SIMPLE_VALUE_TYPES and not _is_argument_module(x))
             failure = CaptureFailed(f"an argument of type {bad} cannot be guarded")
         replay = None
         if failure is None:
