@@ -43,7 +43,6 @@ class Rule {
 
 /// The dtype a rule computes in: float32 for float16/bfloat16 (ATen's CPU kernels convert
 /// them, and take their scalar arguments as floats), the operand's own otherwise.
-DType compute_dtype(DType t) { return is_half(t) ? DType::Float32 : t; }
 
 /// A rule's constant as ATen's kernel holds it: `v` rounded to the dtype `t` the kernel runs in.
 double held(double v, DType t) { return round_to_dtype(v, t); }

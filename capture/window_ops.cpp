@@ -152,13 +152,15 @@ int avg_pool(GraphEditor& e, int x, const PoolWindow& w, bool count_include_pad,
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "avg_pool of {} is not lowered", dtype_name(t));
   Pooled p = pooled(e.node(x).sizes, w);
-  int xp = padded(e, x, w, p, 0.0);
+  // Half types sum and divide in float32 and round once, as ATen's kernel (not once per tap).
+  DType c = compute_dtype(t);
+  int xp = padded(e, e.cast(x, c), w, p, 0.0);
   // Eager sums from 0 in scan order; the padding's zeros it skips add nothing here (s + 0 == s,
   // and the running sum is never -0 after starting from +0).
-  int sum = e.constant(0.0, t);
+  int sum = e.constant(0.0, c);
   for_each_tap(e, xp, w, p, [&](int v, const std::vector<int64_t>&) { sum = e.binary(OpKind::Add, sum, v); });
   int divisor = avg_pool_divisor(e, e.node(x).sizes, w, count_include_pad, divisor_override);
-  return e.binary(OpKind::Div, sum, e.cast(divisor, t));
+  return e.cast(e.binary(OpKind::Div, sum, e.cast(divisor, c)), t);
 }
 
 std::vector<int64_t> pooled_sizes(const Sizes& in, const PoolWindow& w) { return pooled(in, w).out; }
@@ -202,10 +204,12 @@ int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_siz
     w.dilation.push_back(1);
   }
   Pooled p = pooled(e.node(x).sizes, w);
-  int sum = e.constant(0.0, t);
-  for_each_tap(e, x, w, p, [&](int v, const std::vector<int64_t>&) { sum = e.binary(OpKind::Add, sum, v); });
-  for (int64_t k : w.kernel) sum = e.binary(OpKind::Div, sum, e.cast(int_const(e, k), t));
-  return sum;
+  DType c = compute_dtype(t);  // half types: float32 sums, one rounding (as avg_pool)
+  int xc = e.cast(x, c);
+  int sum = e.constant(0.0, c);
+  for_each_tap(e, xc, w, p, [&](int v, const std::vector<int64_t>&) { sum = e.binary(OpKind::Add, sum, v); });
+  for (int64_t k : w.kernel) sum = e.binary(OpKind::Div, sum, e.cast(int_const(e, k), c));
+  return e.cast(sum, t);
 }
 
 namespace {
@@ -317,9 +321,11 @@ int upsample(GraphEditor& e, int x, Upsample mode, const std::vector<int64_t>& o
     return v;
   }
   KILN_UNSUPPORTED_IF(!is_float(t), "linear upsample of {} is not lowered", dtype_name(t));
+  // Half types: source positions, weights and sums in float32, one rounding, as ATen's kernel.
+  DType c = compute_dtype(t);
   std::vector<LinearTaps> taps;
-  for (size_t i = 0; i < n; ++i) taps.push_back(linear_taps(e, xs[rank - n + i], out_sizes[i], scales[i], align_corners, t));
-  return linear_from(e, x, taps, rank - n, rank - n);
+  for (size_t i = 0; i < n; ++i) taps.push_back(linear_taps(e, xs[rank - n + i], out_sizes[i], scales[i], align_corners, c));
+  return e.cast(linear_from(e, e.cast(x, c), taps, rank - n, rank - n), t);
 }
 
 int upsample_backward(GraphEditor& e, int grad, Upsample mode, const std::vector<int64_t>& in_sizes,

@@ -37,6 +37,9 @@ bool is_int(DType t);  ///< integral, excluding bool
 inline bool is_bool(DType t) { return t == DType::Bool; }
 bool is_signed_int(DType t);
 inline bool is_half(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
+/// The dtype ATen's CPU kernels compute an op of dtype `t` in (its "opmath" type): float32 for
+/// the half types, `t` itself otherwise.
+inline DType compute_dtype(DType t) { return is_half(t) ? DType::Float32 : t; }
 /// A number as a value of floating-point dtype `t` holds it: rounded to nearest even (through
 /// float32 for the half types, as c10::Half and c10::BFloat16 convert), +-inf past the range.
 double round_to_dtype(double v, DType t);

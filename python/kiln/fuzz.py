@@ -2,6 +2,7 @@
 
     python -m kiln.fuzz [--seed S] [--count N | --seconds T] [--verbose] [--out DIR]
                         [--no-minify] [--max-failures K] [--report-known] [--in-process] [--train]
+                        [--half bfloat16|float16]
 
 Program k of a run is generated from seed S + k alone, so `--seed S+k --count 1` replays it
 (and minifies it). A program is Python source (statements in a `def f(x0, x1, ...)`) over
@@ -49,6 +50,13 @@ the cached and fresh calls run kiln's compiled backward (compiled_backward_calls
 program has no graph break and an output other than an argument itself requires grad; training
 steps with graph breaks run eagerly on purpose for now.
 
+--half checks the same programs with their float32 values (inputs and casts) as bfloat16 or
+float16 (Program.half, as_half; `.float()` stays an upcast to float32). Half results are compared
+within HALF_TOLERANCES (about two ulps); the referees move half values by about one ulp
+(_noise_ulps) and judge "eager is ill-conditioned here" at the half type's precision
+(half_tolerances); the float64 referee computes from the half inputs' exact values. Training
+steps are not checked in half mode yet.
+
 Failures matching KNOWN_ISSUES (known bugs and limitations, each pinned by an xfail test) are
 counted apart; --report-known reports them too. Every other failure is shrunk by
 `kiln.minify` and printed as a standalone reproducer (--out DIR also writes it to a file); a
@@ -56,6 +64,7 @@ training failure's reproducer checks gradients too (`repro_check(..., train=True
 """
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -80,8 +89,11 @@ DTYPE_SRC = {torch.float32: "torch.float32", torch.float64: "torch.float64", tor
 LAYOUTS = ("contiguous", "transposed", "sliced", "broadcast", "permuted")
 FRESH = 1000  # seed offset of the fresh inputs of the third call
 
-# (rtol, atol) per output dtype; integers and bools are exact.
-TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9)}
+# (rtol, atol) per output dtype; integers and bools are exact. The half types (--half): about
+# two ulps, since each half op rounds its float32 result once and one ulp of a transcendental's
+# float32 result can round to the neighbouring half value.
+HALF_TOLERANCES = {torch.float16: (2e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2)}
+TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9), **HALF_TOLERANCES}
 
 # Eager calls kiln makes on purpose in a compiled program (not failures).
 EXPECTED_EAGER_REASONS = ("integer division by zero",
@@ -296,7 +308,8 @@ class Program:
     """A function as source: input names (the parameters), top-level statements (each one
     complete, possibly multi-line, at indent 0) and returned expressions."""
 
-    def __init__(self, inputs, body, outputs, seed=None, has_break=False, name="f", preamble="", train=False):
+    def __init__(self, inputs, body, outputs, seed=None, has_break=False, name="f", preamble="", train=False,
+                 half=None):
         self.inputs = list(inputs)
         self.body = list(body)
         self.outputs = list(outputs)
@@ -305,10 +318,12 @@ class Program:
         self.name = name
         self.preamble = preamble  # extra module-level source the function needs (user source)
         self.train = train  # checked in training mode: float inputs require grad, gradients compared
+        self.half = half  # the generated float32 values are this half type (checked at its precision)
 
     def copy(self, **kw):
         d = dict(inputs=self.inputs, body=self.body, outputs=self.outputs, seed=self.seed,
-                 has_break=self.has_break, name=self.name, preamble=self.preamble, train=self.train)
+                 has_break=self.has_break, name=self.name, preamble=self.preamble, train=self.train,
+                 half=self.half)
         d.update(kw)
         return Program(**d)
 
@@ -344,6 +359,7 @@ class Program:
     def __str__(self):
         ins = "\n".join(f"# {i!r}" for i in self.inputs)
         mode = "# training: float inputs require grad; gradients compared\n" if self.train else ""
+        mode += f"# half mode: float32 values as {self.half}\n" if self.half else ""
         return f"{mode}{ins}\n{self.source()}"
 
 
@@ -914,14 +930,43 @@ def _broadcastable(s, t):
     return True
 
 
-def generate(seed, train=False):
+def generate(seed, train=False, half=None):
     """The random program of `seed` (deterministic); `train` only marks it to be checked in
-    training mode (the program is the same)."""
+    training mode (the program is the same); `half` (torch.bfloat16 or torch.float16) makes
+    its float32 values that type (as_half)."""
+    if train and half:
+        raise ValueError("kiln.fuzz: training steps are not checked in half mode yet")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = Generator(seed).generate()
     program.train = train
-    return program
+    return as_half(program, half) if half else program
+
+
+def as_half(program, half):
+    """A generated `program` with its float32 values as `half`: float32 inputs and casts to
+    float32 (a `.float()` stays an upcast to float32: mixed precision). The program is generated
+    and validated in float32, so every seed's program is the same in every mode."""
+    def to(src):
+        return src.replace(DTYPE_SRC[torch.float32], DTYPE_SRC[half])
+    inputs = [i.replace(dtype=half) if i.dtype == torch.float32 else i for i in program.inputs]
+    return program.copy(inputs=inputs, body=[to(st) for st in program.body],
+                        outputs=[to(o) for o in program.outputs], half=half)
+
+
+@contextlib.contextmanager
+def half_tolerances(half):
+    """With `half` (a dtype, or None: no change), the referees judge "eager is ill-conditioned
+    here" at that type's precision rather than float32's (_F32_TOL): a half program's values
+    round at every op, so a result's sensitivity shows at that scale."""
+    global _F32_TOL
+    saved = _F32_TOL
+    if half:
+        _F32_TOL = HALF_TOLERANCES[half]
+    try:
+        yield
+    finally:
+        _F32_TOL = saved
 
 
 # ---- running and comparing ------------------------------------------------------------------------
@@ -1148,13 +1193,21 @@ def _argument_refs(refs, i):
     return [(name, (lambda r=r: arg(r))) for name, r in refs]
 
 
+def _noise_ulps(dtype, ulps):
+    """How many ulps the referees move a `dtype` value by, for `ulps` at float32 or float64. A
+    half value is a float32 result rounded once, so another implementation moves it by about
+    one ulp: a quarter. (`ulps` half ulps would outgrow HALF_TOLERANCES, about two, and the
+    referees would excuse any difference.)"""
+    return ulps / 4 if dtype in HALF_TOLERANCES else ulps
+
+
 def _perturbed(t):
     """t with every float element moved by a few ulps, independently (seeded): a result that
     changes beyond tolerance under this is ill-conditioned there."""
     if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point or t.numel() == 0:
         return t
     g = torch.Generator().manual_seed(77)
-    eps = 4 * torch.finfo(t.dtype).eps
+    eps = _noise_ulps(t.dtype, 4) * torch.finfo(t.dtype).eps
     noise = torch.rand(t.shape, generator=g, dtype=torch.float64).to(t.dtype) * 2 - 1
     return t + t.abs() * noise * eps
 
@@ -1219,11 +1272,11 @@ def _rounding_noise_mode():
             r = torch.rand(t.shape, generator=self.gen, dtype=torch.float64)
             u = (torch.where(r < 0.5, -1.0, 1.0) * (0.5 + r % 0.5) * self.direction).to(t.dtype)  # |u| in [0.5, 1)
             mag = t.abs()
-            ulps = 4
+            ulps = _noise_ulps(t.dtype, 4)
             if scale is not None:
                 # a reduction: its rounding error grows with the number of terms
                 mag = torch.maximum(mag, scale.to(t.dtype).expand_as(t) if scale.dim() <= t.dim() else mag)
-                ulps = 16
+                ulps = _noise_ulps(t.dtype, 16)
             out = t + mag * u * (ulps * torch.finfo(t.dtype).eps)
             # an infinity or NaN stays as it is (-inf moved by inf * u would become NaN, and
             # excuse whatever kiln gives there)
@@ -1280,16 +1333,20 @@ def inexact_outputs(program):
         return None
 
 
+_NARROW_FLOATS = (torch.float32, *HALF_TOLERANCES)
+
+
 def _float64_ref(program, inputs):
-    """A thunk computing the program in float64 (float32 -> float64 everywhere), or None."""
+    """A thunk computing the program in float64 (float32 and the half types -> float64
+    everywhere, from the inputs' exact values), or None."""
     if program is None or not isinstance(program, Program):
         return None
 
     def ref():
-        fn64 = program.function({torch.float32: torch.float64})
+        fn64 = program.function({dt: torch.float64 for dt in _NARROW_FLOATS})
         conv = {}  # the same tensor passed twice stays one tensor
-        ins = [conv.setdefault(id(t), t.double()) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t
-               for t in clone_inputs(inputs)]
+        ins = [conv.setdefault(id(t), t.double()) if isinstance(t, torch.Tensor) and t.dtype in _NARROW_FLOATS
+               else t for t in clone_inputs(inputs)]
         old = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
         try:
@@ -1423,15 +1480,17 @@ def _delta(a, b):
 
 
 def check_program(program):
-    """Checks one Program (see check_function); returns None or a Failure (program attached)."""
+    """Checks one Program (see check_function; a half program at its type's precision, see
+    half_tolerances); returns None or a Failure (program attached)."""
     try:
         fn = program.function()
     except Exception as e:  # noqa: BLE001
         return Failure("invalid", f"the program does not compile as Python: {e}", program)
     inputs = program.make_inputs()
     expect = not program.has_break and not reads_data(fn, clone_inputs(inputs))
-    f = check_function(fn, inputs, program.make_inputs(fresh=True), expect_compiled=expect, program=program,
-                       train=program.train)
+    with half_tolerances(program.half):
+        f = check_function(fn, inputs, program.make_inputs(fresh=True), expect_compiled=expect, program=program,
+                           train=program.train)
     if f is not None:
         f.program = program
         f.known = known_issue(f)
@@ -1465,7 +1524,8 @@ def repro_check(fn, make_inputs, expect_compiled=True, tolerances=None, train=Fa
     calls must run kiln's compiled backward."""
     import warnings
     import kiln
-    tol = tolerances or {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9)}
+    tol = tolerances or {torch.float32: (1e-4, 1e-5), torch.float64: (1e-7, 1e-9),  # kiln.fuzz.TOLERANCES
+                         torch.float16: (2e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2)}
 
     def run(f, ins):
         try:
@@ -1559,11 +1619,12 @@ REPRO_SOURCES = {f.__name__: inspect.getsource(f) for f in (make_input, fresh_li
 
 # ---- the fuzz loop ------------------------------------------------------------------------------
 def fuzz(seed=0, count=None, seconds=None, verbose=False, minify=True, out_dir=None, progress=None,
-         max_failures=None, log=print, train=False):
+         max_failures=None, log=print, train=False, half=None):
     """Runs programs seed, seed+1, ... until `count` programs or `seconds` have passed.
     Returns (programs run, [Failure]). progress: a file object that gets 'seed N' before each
     program (the parent of a worker process reads it to find a crashing seed). train: check
-    the programs in training mode (Program.train: gradients too)."""
+    the programs in training mode (Program.train: gradients too). half: check them with their
+    float32 values as that type (Program.half)."""
     import kiln
     from .minify import minify as do_minify
     failures = []
@@ -1583,7 +1644,7 @@ def fuzz(seed=0, count=None, seconds=None, verbose=False, minify=True, out_dir=N
         if progress is not None:
             progress.write(f"seed {s}\n")
             progress.flush()
-        program = generate(s, train)
+        program = generate(s, train, half)
         n += 1
         if verbose:
             log(f"--- seed {s}\n{program}")
@@ -1686,6 +1747,8 @@ def _supervise(args):
                 cmd.append("--" + flag.replace("_", "-"))
         if args.out:
             cmd += ["--out", args.out]
+        if args.half:
+            cmd += ["--half", args.half]
         if args.max_failures is not None:
             cmd += ["--max-failures", str(args.max_failures - len(failures) - len(crashes))]
         p = subprocess.Popen(cmd, env=_child_env())
@@ -1713,7 +1776,7 @@ def _supervise(args):
         crashes.append(bad)
         what = f"made no progress for {HANG_S}s (a hang)" if hung else f"died (exit status {p.returncode})"
         print(f"\n=== CRASH at seed {bad}: the process {what}")
-        program = generate(bad, args.train)
+        program = generate(bad, args.train, _half(args))
         print(program)
         if not args.no_minify and not hung:
             from .minify import minify as do_minify
@@ -1736,6 +1799,10 @@ def _supervise(args):
     return 1 if total else 0
 
 
+def _half(args):
+    return getattr(torch, args.half) if args.half else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m kiln.fuzz", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0, help="first program seed (program k uses seed+k)")
@@ -1751,10 +1818,14 @@ def main(argv=None):
     ap.add_argument("--train", action="store_true",
                     help="training mode: float inputs require grad, and the gradients of the float results "
                          "(for the same seeded output gradients) are compared too")
+    ap.add_argument("--half", choices=("bfloat16", "float16"), default=None,
+                    help="the programs' float32 values (inputs and casts) as this half type")
     ap.add_argument("--in-process", action="store_true",
                     help="no worker process (faster start; a crash then ends the run)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.train and args.half:
+        ap.error("--half does not check training steps yet: leave out --train")
     if args.report_known:
         KNOWN_ISSUES.clear()
     if args.count is None and args.seconds is None:
@@ -1764,7 +1835,7 @@ def main(argv=None):
     progress = open(args.worker, "a") if args.worker else None  # noqa: SIM115
     t0 = time.time()
     n, failures = fuzz(args.seed, args.count, args.seconds, args.verbose, not args.no_minify, args.out, progress,
-                       args.max_failures, train=args.train)
+                       args.max_failures, train=args.train, half=_half(args))
     stats = getattr(fuzz, "last_stats", {})
     if args.verbose or args.worker is None:
         print(f"{'programs with gradients compared: ' + str(stats.get('with_gradients')) + '; ' if args.train else ''}"

@@ -3,19 +3,19 @@ emulation of the kernels (cuda_emulation.py) and compared with eager: CUDA codeg
 a machine without a GPU.
 
     PYTHONPATH=python python tests/python/cuda_emulation_fuzz.py --seed 0 --count 200 [--out DIR]
-        [--half bfloat16|float16]     # the programs' float32 values (inputs and casts) as a half type
+        [--half bfloat16|float16]     # the programs' float32 values as a half type (kiln.fuzz.as_half)
 
 A program is skipped (and counted) when it cannot be captured as one graph for CUDA (graph
 breaks), when eager raises, when it writes into its arguments (the emulation returns results
 only), or when a kernel flags a failure (eager would redo the call). Each mismatch is printed with
 the program's source and written to DIR/seed_N.py when --out is given. The fuzzer's comparison
-decides (kiln.fuzz.compare, its tolerances, and its referees that excuse ill-conditioned results). Differences CUDA shares with
+decides (kiln.fuzz.compare, its tolerances, at the half type's precision with --half, and its
+referees that excuse ill-conditioned results). Differences CUDA shares with
 eager CUDA but not with eager on the CPU (contracted FMAs, libdevice's last ulps, saturating
 float-to-int casts) can show up as mismatches; read them before calling one a bug.
 """
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -30,34 +30,13 @@ from kiln import _C, fuzz  # noqa: E402
 from kiln._flatten import flatten  # noqa: E402
 
 
-HALF_TOLERANCES = {torch.float16: (2e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2)}  # about two ulps
-
-
-@contextlib.contextmanager
-def half_tolerances(half):
-    """The fuzzer's comparison with tolerances for the half types, and with `half` (a dtype, or
-    None) its referees judging "eager is ill-conditioned here" at that type's precision."""
-    saved = dict(fuzz.TOLERANCES), fuzz._F32_TOL
-    fuzz.TOLERANCES.update(HALF_TOLERANCES)
-    if half:
-        fuzz._F32_TOL = HALF_TOLERANCES[half]
-    try:
-        yield
-    finally:
-        fuzz.TOLERANCES.clear()
-        fuzz.TOLERANCES.update(saved[0])
-        fuzz._F32_TOL = saved[1]
-
-
 def check(seed, half=None):
     """(status, message): status is ok, skip or mismatch. half: a dtype that replaces float32."""
-    prog = fuzz.generate(seed)
+    prog = fuzz.generate(seed, half=half)
     if prog.has_break:
         return "skip", "graph break"
-    fn = prog.function({torch.float32: half} if half else None)
+    fn = prog.function()
     inputs = prog.make_inputs()
-    if half:
-        inputs = [t.to(half) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t for t in inputs]
     before = [t.clone() if isinstance(t, torch.Tensor) else t for t in inputs]
     try:
         with warnings.catch_warnings():
@@ -99,15 +78,9 @@ def check(seed, half=None):
         out = []
         flatten(r, out)
         return out
-    if half:
-        # The float64 referee computes from the half inputs' exact values (float32 copies), not
-        # from the half tensors themselves; the others rerun the half program.
-        exact = [t.float() if isinstance(t, torch.Tensor) and t.dtype == half else t for t in before]
-        refees = [("float64", fuzz._float64_ref(prog, exact))] + fuzz._referees(fn, None, before)
-    else:
-        refees = fuzz._referees(fn, prog, before)
-    refs = [(name, (lambda t=t: flat(t))) for name, t in fuzz._result_refs(refees)]
-    msg = fuzz.compare(leaves, got, refs)
+    refs = [(name, (lambda t=t: flat(t))) for name, t in fuzz._result_refs(fuzz._referees(fn, prog, before))]
+    with fuzz.half_tolerances(half):
+        msg = fuzz.compare(leaves, got, refs)
     return ("mismatch", msg) if msg else ("ok", "")
 
 
@@ -123,15 +96,14 @@ def main():
     t0 = time.time()
     for seed in range(opts.seed, opts.seed + opts.count):
         try:
-            with half_tolerances(half):
-                status, msg = check(seed, half)
+            status, msg = check(seed, half)
         except Exception as e:  # noqa: BLE001 - a crash of the driver or the emulation is a finding too
             status, msg = "error", f"{type(e).__name__}: {e}"
         counts[status] = counts.get(status, 0) + 1
         if (seed - opts.seed) % 100 == 99:
             print(f"... {seed - opts.seed + 1} programs, {time.time() - t0:.0f} s: {counts}", flush=True)
         if status in ("mismatch", "error"):
-            src = fuzz.generate(seed).source({torch.float32: half} if half else None)
+            src = fuzz.generate(seed, half=half).source()
             print(f"== seed {seed}: {status}: {msg}\n{src}", flush=True)
             if opts.out:
                 os.makedirs(opts.out, exist_ok=True)

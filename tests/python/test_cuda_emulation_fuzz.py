@@ -19,8 +19,7 @@ SEEDS = range(0, 24)
 @pytest.mark.parametrize("half", [None, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_fuzz_programs_match_eager_in_emulation(half):
     import cuda_emulation_fuzz as emu
-    with emu.half_tolerances(half):
-        results = {s: emu.check(s, half) for s in SEEDS}
+    results = {s: emu.check(s, half) for s in SEEDS}
     bad = {s: r for s, r in results.items() if r[0] not in ("ok", "skip")}
     assert not bad, "\n".join(f"seed {s}: {st}: {msg}" for s, (st, msg) in bad.items())
     assert sum(r[0] == "ok" for r in results.values()) >= len(SEEDS) // 2  # most programs do run

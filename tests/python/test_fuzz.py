@@ -6,7 +6,8 @@ kiln.fuzz.KNOWN_ISSUES (a known bug or limitation: a correct answer computed eag
 error) are tolerated there; each is pinned below by an xfail(strict=True) test, which fails
 (XPASS) once kiln is fixed -- then drop the xfail mark and the KNOWN_ISSUES entry. A seed of
 CI_SEEDS that fails because of a known wrong-answer bug is listed in KNOWN_FAILING_SEEDS: it
-must keep failing until the bug is fixed (then the test says to remove it).
+must keep failing until the bug is fixed (then the test says to remove it). HALF_SEEDS run the
+same way in half mode (--half: the programs' float32 values as bfloat16 and float16).
 
 Longer runs: `python -m kiln.fuzz --seconds 600 --seed N` (see kiln/fuzz.py).
 """
@@ -51,23 +52,66 @@ def _run_script(src, timeout=300, **env):
 
 
 # ---- the fuzzer over a fixed seed range ---------------------------------------------------------------
-@pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_fuzz_seed_range(chunk):
-    n = len(CI_SEEDS) // CHUNKS
-    seeds = CI_SEEDS[chunk * n: (chunk + 1) * n if chunk < CHUNKS - 1 else len(CI_SEEDS)]
+def _check_seeds(seeds, known_failing, half=None):
+    """Checks the programs of `seeds`; fails on a new failure, or on a seed of `known_failing`
+    that passes now."""
     failures, fixed = [], []
+    flag = f" --half {str(half).replace('torch.', '')}" if half else ""
     for s in seeds:
-        f = fz.check_program(fz.generate(s))
-        if s in KNOWN_FAILING_SEEDS:
+        f = fz.check_program(fz.generate(s, half=half))
+        kiln.reset()
+        if s in known_failing:
             if f is None:
                 fixed.append(s)
             continue
         if f is not None and not f.known:
             failures.append(f"seed {s}: {f.kind}: {f.message[:400]}\n    replay and minify: "
-                            f"python -m kiln.fuzz --seed {s} --count 1")
-        kiln.reset()
+                            f"python -m kiln.fuzz --seed {s} --count 1{flag}")
     assert not failures, f"{len(failures)} of {len(seeds)} programs failed:\n" + "\n".join(failures)
-    assert not fixed, f"seeds {fixed} pass now: remove them from KNOWN_FAILING_SEEDS"
+    assert not fixed, f"seeds {fixed} pass now: remove them from the known failing seeds"
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_fuzz_seed_range(chunk):
+    n = len(CI_SEEDS) // CHUNKS
+    _check_seeds(CI_SEEDS[chunk * n: (chunk + 1) * n if chunk < CHUNKS - 1 else len(CI_SEEDS)], KNOWN_FAILING_SEEDS)
+
+
+# ---- half mode (--half): the programs' float32 values as bfloat16 / float16 ---------------------------
+HALF_SEEDS = range(0, 500)
+# half type -> {seed: why it fails} (it must keep failing until kiln is fixed; then remove it here)
+HALF_KNOWN_FAILING_SEEDS = {torch.bfloat16: {}, torch.float16: {}}
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_half_fuzz_seed_range(half):
+    _check_seeds(HALF_SEEDS, HALF_KNOWN_FAILING_SEEDS[half], half)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_half_referees_excuse_ill_conditioned_results_only(half):
+    # The referees move a half value by about one ulp (kiln.fuzz._noise_ulps): with four, a
+    # well-conditioned bfloat16 result 10% off was excused (and a bilinear upsample ~20 ulps off).
+    def program(stmt):
+        p = fz.as_half(fz.Program([fz.InputSpec("x0", (16, 8), torch.float32, seed=5)], [stmt], ["v0"]), half)
+        fn, ins = p.function(), p.make_inputs()
+        return fn(*ins), fz._result_refs(fz._referees(fn, p, ins))
+    with fz.half_tolerances(half):
+        e, refs = program("v0 = x0.exp()")
+        k = e.clone()
+        k[2] *= 1.05
+        assert fz.compare(e, k, refs, inexact=[True]) is not None
+        e, refs = program("v0 = (x0 * 1e3).sum(0).tan()")
+        assert fz.compare(e, e + 0.5, refs, inexact=[True]) is None
+
+
+def test_half_program_is_the_float32_program_in_half():
+    p, q = fz.generate(87), fz.generate(87, half=torch.float16)  # a float32 input and a cast to float32
+    assert q.half == torch.float16 and q.copy().half == torch.float16 and "half mode" in str(q)
+    assert q.source() == p.source().replace("torch.float32", "torch.float16")
+    assert [i.dtype for i in q.inputs] == [torch.float16 if i.dtype == torch.float32 else i.dtype for i in p.inputs]
+    with pytest.raises(ValueError, match="half"):
+        fz.generate(3, train=True, half=torch.bfloat16)
 
 
 def test_generation_is_deterministic_and_valid():
@@ -355,6 +399,9 @@ def test_cli_runs_and_reports():
     p = subprocess.run([*PYTHON, "-m", "kiln.fuzz", "--train", "--seed", "20", "--count", "3", "--in-process"],
                        capture_output=True, text=True, timeout=600, env=_env())
     assert p.returncode == 0 and "programs with gradients compared: " in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([*PYTHON, "-m", "kiln.fuzz", "--half", "bfloat16", "--seed", "5", "--count", "3", "--verbose",
+                        "--in-process"], capture_output=True, text=True, timeout=600, env=_env())
+    assert p.returncode == 0 and "torch.bfloat16" in p.stdout, p.stdout + p.stderr
 
 
 def test_cli_reports_a_crash_with_its_seed(tmp_path):
@@ -757,3 +804,19 @@ def test_bug_backward_without_derivative_raises_in_the_backward():
             with pytest.raises(RuntimeError, match="derivative for aten::floor_divide is not implemented"):
                 out.sum().backward()
     assert any("the backward raises" in r for r in kiln.counters()["reasons"])
+
+
+@pytest.mark.parametrize("op", ["bilinear", "avg_pool"])
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_half_window_ops_compute_in_float32(op, half):
+    # Half fuzzer seed 2165 (fixed): eager's upsample and avg_pool compute a half input in
+    # float32 (the weights, the sums, the division) and round once; kiln computed them in the
+    # half type, rounding each tap's product and partial sum: bilinear weights off by up to
+    # ~0.1, and a 12x12 average several ulps off.
+    if op == "bilinear":
+        g = lambda x: F.interpolate(x, size=(66, 10), mode="bilinear", align_corners=True)  # noqa: E731
+        x = fz.make_input((1, 1, 33, 9), half, seed=5)
+    else:
+        g = lambda x: F.avg_pool2d(x, 12)  # noqa: E731
+        x = fz.make_input((2, 4, 24, 24), half, seed=5) + 3  # sums up to ~500: several ulps lost
+    _compiled_matches(g, x)
