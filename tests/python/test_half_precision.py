@@ -235,3 +235,28 @@ def test_conversions_are_exact_over_every_bit_pattern(dtype):
     same_bits(got[0], want[0], "widen")
     # NaN payloads may differ (both are NaN); every other value bit for bit
     same_bits(got[1], want[1], "narrow")
+
+
+def test_autocast_training_step_runs_compiled():
+    """A training step under torch.autocast("cpu", bfloat16), the model passed as an argument:
+    compiled forward and backward, gradients as eager's within bfloat16's precision."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.LayerNorm(64), torch.nn.Linear(64, 10))
+    x, y = torch.randn(16, 32), torch.randint(0, 10, (16,))
+
+    def step(model, x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        return F.cross_entropy(out.float(), y)
+
+    m.zero_grad()
+    step(m, x, y).backward()
+    want = [p.grad.clone() for p in m.parameters()]
+    f = kiln.compile(step)
+    for _ in range(3):
+        m.zero_grad()
+        f(m, x, y).backward()
+    c = kiln.counters()
+    assert c["eager_calls"] == 0 and c["compiled_backward_calls"] == 2, c
+    for g, w in zip([p.grad for p in m.parameters()], want):
+        assert_same(g, w, rtol=2e-2, atol=2e-3)
