@@ -20,6 +20,8 @@
 ///  - float32, float16 and bfloat16 only, one matrix (no batch), M, N and K in [2, 65535 * 32),
 ///    and no -0 fix-up (zero_start): the cases eager's F.linear gives cuBLASLt's epilogue too;
 ///    the bias has the output's dtype, as cuBLASLt requires.
+/// On the CPU only half products take their bias (Note [bfloat16 products] in runtime/gemm.cpp):
+/// there a float32 bias costs nothing in the epilogue kernel that runs on each tile in cache.
 /// The sum rounds once: for a half product, eager's addmm (F.linear) rounds once too, while a
 /// written-out `x @ w.T + b` rounds the product first; the two differ by at most one rounding
 /// of the result. (The tracer records a half addmm as a kiln product only within the bounds
@@ -95,9 +97,9 @@ bool column_of(Context& ctx, const std::vector<Loop>& loops, Expr idx, Expr bidx
 
 /// The bias sums of every kernel reading product `g`'s output that it may take over, or an
 /// empty Fold.
-Fold find_bias(KernelProgram& p, const GemmCall& g) {
+Fold find_bias(KernelProgram& p, const GemmCall& g, bool half_only) {
   DType t = p.buffers[g.out].dtype;
-  if (t != DType::Float32 && !is_half(t)) return {};
+  if ((t != DType::Float32 || half_only) && !is_half(t)) return {};
   if (g.zero_start || g.bias >= 0) return {};
   // One matrix: eager's F.linear uses this epilogue only there, so that is where it is proven.
   const Sizes& as = g.a.sizes;
@@ -201,11 +203,11 @@ int copy_target(const KernelProgram& p, const GemmCall& g, const Kernel& k) {
 
 }  // namespace
 
-void run_gemm_bias(KernelProgram& p, const PassOptions&) {
+void run_gemm_bias(KernelProgram& p, const PassOptions& opts) {
   for (size_t si = 0; si < p.steps.size(); ++si) {
     if (p.steps[si].kind != Step::Kind::Gemm) continue;
     GemmCall& g = p.gemms[p.steps[si].index];
-    Fold f = find_bias(p, g);
+    Fold f = find_bias(p, g, opts.gemm_bias_half_only);
     if (f.sums.empty()) continue;
     g.bias = f.bias;
     g.bias_offset = f.offset;

@@ -29,8 +29,11 @@ struct PassOptions {
   /// [Epilogues in cache]); the CUDA runner launches cuBLAS and kernels apart, so it turns it off.
   bool gemm_epilogues = true;
   /// Let a matrix product add the bias vector the kernel after it only adds (Note [Bias in the
-  /// product]): cuBLASLt's epilogue. CUDA only; the CPU's epilogues in cache cover it there.
+  /// product]): cuBLASLt's epilogue on CUDA; on the CPU the bfloat16 GEMM step's.
   bool gemm_bias = false;
+  /// ... for half products only: the CPU, where a float32 bias costs nothing in the epilogue
+  /// kernel on each tile in cache, and only a half product rounds differently without it.
+  bool gemm_bias_half_only = false;
   /// Write a slice assignment into an argument in place (CPU: the runtime stops at the first
   /// failing step, so no write lands after a failure that eager would have raised before it).
   bool inplace_argument_writes = true;

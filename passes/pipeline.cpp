@@ -33,10 +33,11 @@ ir::KernelProgram run_pipeline(const ir::Graph& captured, const PassOptions& opt
   time_step("lower_to_loops", opts, [&] { p = run_lower_to_loops(g, opts); });
   // Reductions along a non-contiguous dim read contiguous columns instead of gathers.
   if (opts.column_reductions) time_step("column_reductions", opts, [&] { run_column_reductions(p, opts); });
+  // A bias added after a product is added by the product (cuBLASLt's epilogue; on the CPU, a
+  // half product's, which rounds once then). Before the epilogues: it may remove a kernel.
+  if (opts.gemm_bias) time_step("gemm_bias", opts, [&] { run_gemm_bias(p, opts); });
   // The kernel after a matrix product runs tile by tile while each tile is in cache.
   if (opts.gemm_epilogues) time_step("gemm_epilogues", opts, [&] { run_gemm_epilogues(p, opts); });
-  // CUDA: a bias added after a product is added by the product (cuBLASLt's epilogue).
-  if (opts.gemm_bias) time_step("gemm_bias", opts, [&] { run_gemm_bias(p, opts); });
   // Reductions lowering stored for readers that never came (a softmax's max and sum).
   time_step("drop_unread_stores", opts, [&] { run_drop_unread_stores(p, opts); });
   if (opts.log_fusion)

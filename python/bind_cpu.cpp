@@ -499,6 +499,8 @@ void define_cpu(py::module_& m) {
         "Partitions the builder's joint forward+backward graph and compiles both programs.");
   m.def("blas_prefer", &runtime::blas::prefer, "a loaded library (torch's MKL) that KILN_BLAS=auto should use");
   m.def("blas_library", [] { return runtime::blas::library().name; }, "the BLAS matrix products run on ('': none)");
+  m.def("blas_bf16", [] { return runtime::blas::bf16_gemm() != nullptr; },
+        "whether bfloat16 products can run as kiln steps (oneDNN's dnnl_gemm_bf16bf16f32)");
   m.def("fast_hits", [] { return FastPath::hits(); });
   m.def("reset_fast_hits", [] { FastPath::hits() = 0; });
 

@@ -104,6 +104,18 @@ Library resolve(const std::string& choice) {
 
 }  // namespace
 
+DnnlGemmBf16Fn bf16_gemm() {
+  static const DnnlGemmBf16Fn fn = [] {
+    for (const char* so : {"libdnnl.so.2", "libdnnl.so.3", "libdnnl.so"}) {
+      void* h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+      if (!h) continue;
+      if (auto f = reinterpret_cast<DnnlGemmBf16Fn>(dlsym(h, "dnnl_gemm_bf16bf16f32"))) return f;
+    }
+    return DnnlGemmBf16Fn{nullptr};
+  }();
+  return fn;
+}
+
 void prefer(const std::string& path) {
   std::lock_guard<std::mutex> lock(g_mu);
   g_preferred = path;

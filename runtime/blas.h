@@ -40,6 +40,15 @@ struct Library {
   bool ok() const { return sgemm && dgemm; }
 };
 
+/// oneDNN's `dnnl_gemm_bf16bf16f32`: row-major C (float32) = alpha op(A) op(B) + beta C of
+/// bfloat16 A and B (their 16 bits), float32 accumulation; 0 = success.
+using DnnlGemmBf16Fn = int (*)(char, char, int64_t, int64_t, int64_t, float, const uint16_t*, int64_t,
+                               const uint16_t*, int64_t, float, float*, int64_t);
+
+/// The bfloat16 GEMM, or null when libdnnl does not open. One library for every KILN_BLAS
+/// choice: eager's bfloat16 products run on oneDNN too (torch's mkldnn matmul).
+DnnlGemmBf16Fn bf16_gemm();
+
 /// Whether the CPU is Intel's (cpuid vendor GenuineIntel).
 bool cpu_is_intel();
 /// The library the `blas` knob selects (resolved once per knob value).

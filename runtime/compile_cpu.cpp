@@ -19,6 +19,8 @@ CpuCompileOptions cpu_options_from_knobs(const std::string& debug_dir) {
   o.passes.log_ir = log_enabled("ir");
   o.passes.log_fusion = log_enabled("fusion");
   o.passes.inject_bug = knob("inject_bug");
+  o.passes.gemm_bias = true;  // a bfloat16 linear layer's bias, added before its one rounding
+  o.passes.gemm_bias_half_only = true;
   o.codegen.opt_level = static_cast<int>(knob_int("opt_level"));
   if (o.codegen.opt_level < 0 || o.codegen.opt_level > 3)
     throw UserError(fmt::format("kiln: KILN_OPT_LEVEL={} is out of range (0-3)", o.codegen.opt_level));

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -19,9 +20,40 @@
 namespace kiln::runtime {
 namespace {
 
+/// A bfloat16 element (its 16 bits): a type of its own so that templates tell it apart.
+struct Bf16 {
+  uint16_t bits;
+};
+
 /// The library's GEMM for element type T (picked by the pointer type).
 blas::SgemmFn gemm_of(const blas::Library& l, const float*) { return l.sgemm; }
 blas::DgemmFn gemm_of(const blas::Library& l, const double*) { return l.dgemm; }
+
+float widen(Bf16 x) {
+  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+/// float32 rounded to bfloat16, ties to even; NaN gives 0x7fc0 (c10::BFloat16's rounding, and
+/// the CPU code generator's: Note [Half values in registers]).
+Bf16 narrow(float f) {
+  if (std::isnan(f)) return {0x7fc0};
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += ((u >> 16) & 1u) + 0x7fffu;
+  return {static_cast<uint16_t>(u >> 16)};
+}
+
+// Note [bfloat16 products]: oneDNN's dnnl_gemm_bf16bf16f32 (what eager's bfloat16 mm runs on
+// too) accumulates a tile in float32; kiln adds the row bias the product was handed (Note [Bias
+// in the product]: a linear layer's), then rounds each element to bfloat16 once, as eager's
+// addmm does, and the tile's epilogue reads it while it is in cache.
+void finish_bf16_tile(const std::vector<float>& acc, Bf16* c, int64_t ldc, int m, int n, const Bf16* bias) {
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) c[i * ldc + j] = narrow(bias ? acc[i * n + j] + widen(bias[j]) : acc[i * n + j]);
+}
 
 /// A row-major copy of the rows x cols matrix at `src` (strides sr, sc) in `scratch`.
 template <typename T>
@@ -35,6 +67,11 @@ const T* pack(const T* src, int64_t rows, int64_t cols, int64_t sr, int64_t sc, 
 template <typename T>
 bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const blas::Library& lib,
                const Epilogue* epi, bool* ran_epilogue) {
+  constexpr bool bf16 = std::is_same<T, Bf16>::value;
+  blas::DnnlGemmBf16Fn gemm_bf16 = bf16 ? blas::bf16_gemm() : nullptr;
+  if (bf16 && !gemm_bf16) return false;
+  const T* bias = g.bias >= 0 ? static_cast<const T*>(ptrs[g.bias]) + g.bias_offset : nullptr;
+  if (bias && !bf16) return false;  // a CPU product takes a bias only in bfloat16 (Note [bfloat16 products])
   const ir::Sizes& as = g.a.sizes;
   size_t r = as.size();
   ir::Sizes batch(as.begin(), as.end() - 2);
@@ -47,8 +84,13 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
   int64_t nb = 1;
   for (int64_t s : batch) nb *= s;
   if (nb == 0 || M == 0 || N == 0) return true;
-  if (K == 0) {  // an empty sum: zeros (BLAS need not touch C when k is 0)
-    std::fill(C, C + nb * M * N, T(0));
+  if (K == 0) {  // an empty sum: zeros (BLAS need not touch C when k is 0), plus the bias
+    if constexpr (bf16) {
+      for (int64_t i = 0; i < nb * M; ++i)
+        for (int64_t j = 0; j < N; ++j) C[i * N + j] = bias ? narrow(0.0f + widen(bias[j])) : Bf16{0};
+    } else {
+      std::fill(C, C + nb * M * N, T(0));
+    }
     return true;
   }
   // A single-term product is written out here, not left to a BLAS: each library rounds a -0
@@ -88,6 +130,7 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
     int previous = lib.set_threads_local ? lib.set_threads_local(1) : 0;
     SerialOpenMP serial;
     thread_local std::vector<T> a_pack, b_pack;
+    thread_local std::vector<float> acc;  // a bfloat16 tile before its one rounding
     for (int64_t item = begin; item < end; ++item) {
       int64_t bi = item / parts, p = item % parts;
       int64_t m0 = 0, m1 = M, n0 = 0, n1 = N;
@@ -110,11 +153,21 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
       const T* b = B + b_off[bi] + n0 * b_sc;
       T* c = C + bi * M * N + m0 * N + n0;
       if (single_term) {
-        for (int i = 0; i < m; ++i)
-          for (int j = 0; j < n; ++j) {
-            T p = a[i * a_sr] * b[j * b_sc];
-            c[i * N + j] = g.zero_start ? T(0) + p : p;
-          }
+        if constexpr (bf16) {
+          acc.resize(static_cast<size_t>(m) * n);
+          for (int i = 0; i < m; ++i)
+            for (int j = 0; j < n; ++j) {
+              float p = widen(a[i * a_sr]) * widen(b[j * b_sc]);  // exact in float32
+              acc[i * n + j] = g.zero_start ? 0.0f + p : p;
+            }
+          finish_bf16_tile(acc, c, N, m, n, bias ? bias + n0 : nullptr);
+        } else {
+          for (int i = 0; i < m; ++i)
+            for (int j = 0; j < n; ++j) {
+              T p = a[i * a_sr] * b[j * b_sc];
+              c[i * N + j] = g.zero_start ? T(0) + p : p;
+            }
+        }
         epilogue();
         continue;
       }
@@ -130,17 +183,27 @@ bool run_typed(const ir::GemmCall& g, void* const* ptrs, ThreadPool& pool, const
       int lda = static_cast<int>(ta.ld), ldb = static_cast<int>(tb.ld), ldc = static_cast<int>(N);
       const char* op_a = ta.col_major ? "T" : "N";
       const char* op_b = tb.col_major ? "T" : "N";
-      if constexpr (std::is_same<T, float>::value) {
-        if (dnnl) {  // row-major: C (m x n) = op(A) (m x k) . op(B) (k x n)
-          if (lib.dnnl_sgemm(*op_a, *op_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc) != 0) failed = true;
-          else epilogue();
+      if constexpr (bf16) {  // row-major, into a float32 tile (Note [bfloat16 products])
+        acc.resize(static_cast<size_t>(m) * n);
+        if (gemm_bf16(*op_a, *op_b, m, n, k, 1.0f, &a->bits, lda, &b->bits, ldb, 0.0f, acc.data(), n) != 0) {
+          failed = true;
           continue;
         }
+        finish_bf16_tile(acc, c, ldc, m, n, bias ? bias + n0 : nullptr);
+        epilogue();
+      } else {
+        if constexpr (std::is_same<T, float>::value) {
+          if (dnnl) {  // row-major: C (m x n) = op(A) (m x k) . op(B) (k x n)
+            if (lib.dnnl_sgemm(*op_a, *op_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc) != 0) failed = true;
+            else epilogue();
+            continue;
+          }
+        }
+        // Column-major C^T (n x m) = op(B)^T (n x k) . op(A)^T (k x m).
+        T one = 1, zero = 0;
+        gemm_of(lib, a)(op_b, op_a, &n, &m, &k, &one, b, &ldb, a, &lda, &zero, c, &ldc);
+        epilogue();
       }
-      // Column-major C^T (n x m) = op(B)^T (n x k) . op(A)^T (k x m).
-      T one = 1, zero = 0;
-      gemm_of(lib, a)(op_b, op_a, &n, &m, &k, &one, b, &ldb, a, &lda, &zero, c, &ldc);
-      epilogue();
     }
     if (lib.set_threads_local) lib.set_threads_local(previous);
   });
@@ -173,6 +236,7 @@ bool run_gemm(const ir::GemmCall& call, const std::vector<ir::Buffer>& buffers, 
   switch (buffers[call.out].dtype) {
     case ir::DType::Float32: return run_typed<float>(call, ptrs, pool, lib, epilogue, ran_epilogue);
     case ir::DType::Float64: return run_typed<double>(call, ptrs, pool, lib, epilogue, ran_epilogue);
+    case ir::DType::BFloat16: return run_typed<Bf16>(call, ptrs, pool, lib, epilogue, ran_epilogue);
     default: return false;
   }
 }

@@ -4,6 +4,7 @@ the compiled program as fallback nodes (see Tracer._record_fallback); a handler 
 NoLowering for a form of its op it does not lower, with the same result.
 """
 
+import functools
 import math
 
 import torch
@@ -831,6 +832,9 @@ def _roll(tr, a, out):
 _BLAS_DTYPES = (torch.float32, torch.float64)
 # CUDA runs half products too (cuBLAS, float32 accumulation, one rounding, as eager's).
 _CUBLAS_DTYPES = _BLAS_DTYPES + (torch.float16, torch.bfloat16)
+# The CPU runs bfloat16 ones on oneDNN where libdnnl opens (Note [bfloat16 products] in
+# runtime/gemm.cpp); float16 products stay eager ops there.
+_CPU_HALF_BLAS_DTYPES = (torch.bfloat16,)
 
 
 def _for_cuda(tr, t):
@@ -845,13 +849,20 @@ def _blas_ready(tr, *tensors):
     from . import _C
     t0 = tensors[0]
     cuda = _for_cuda(tr, t0)
-    if _C.knob("matmul") != "blas" or any(t.dtype not in (_CUBLAS_DTYPES if cuda else _BLAS_DTYPES)
-                                          or t.dtype != t0.dtype or t.device != t0.device for t in tensors):
+    dtypes = _CUBLAS_DTYPES if cuda else _BLAS_DTYPES + (_CPU_HALF_BLAS_DTYPES if _cpu_bf16_products() else ())
+    if _C.knob("matmul") != "blas" or any(t.dtype not in dtypes or t.dtype != t0.dtype or t.device != t0.device
+                                          for t in tensors):
         return False
     if cuda:
         return t0.device.type == "cuda" or hasattr(_C, "cuda_codegen")
     # No CPU backend (a KILN_CPU=OFF build) runs no CPU product.
     return t0.device.type == "cpu" and hasattr(_C, "blas_library") and bool(_C.blas_library())
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_bf16_products():
+    from . import _C
+    return hasattr(_C, "blas_bf16") and _C.blas_bf16()
 
 
 def _scaled(tr, x, factor):
@@ -876,7 +887,7 @@ def _addmm(tr, a, out):
             or not all(1 < d < 65535 * 32 for d in (*m1.shape, m2.shape[1]))):
         # Eager rounds alpha * m1 @ m2 + beta * self once; kiln's half product rounds once only
         # with a row bias the product itself adds, within the bounds of cuBLASLt's epilogue
-        # (Note [Bias in the product]).
+        # (Note [Bias in the product]; the CPU's bfloat16 step keeps the same bounds).
         raise NoLowering()
     product = _scaled(tr, Value(tr.call("matmul", [m1, m2], int_value=int(tr.current_op == "baddbmm"))), alpha)
     if beta == 0:  # torch ignores self then (nan and inf included)

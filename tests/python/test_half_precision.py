@@ -260,3 +260,30 @@ def test_autocast_training_step_runs_compiled():
     assert c["eager_calls"] == 0 and c["compiled_backward_calls"] == 2, c
     for g, w in zip([p.grad for p in m.parameters()], want):
         assert_same(g, w, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.skipif(not getattr(kiln._C, "blas_bf16", lambda: False)(), reason="libdnnl has no bfloat16 GEMM")
+@pytest.mark.parametrize("shape", [(64, 96, 48), (1, 96, 48), (7, 1, 5), (33, 17, 0), (3, 0, 4), (130, 300, 70)])
+def test_bfloat16_products_are_kiln_steps_rounded_once(shape):
+    """bfloat16 mm/bmm/addmm run as kiln's oneDNN steps (Note [bfloat16 products]): float32
+    accumulation, a linear layer's bias added before the one rounding (eager's addmm), the
+    epilogue on each tile. Bit for bit as eager where both sum in the same order (small K)."""
+    M, K, N = shape
+    x, w, b = make_input((M, K), torch.bfloat16), make_input((N, K), torch.bfloat16), make_input((N,), torch.bfloat16)
+    w2, w3 = make_input((N, K), torch.bfloat16), make_input((K, N), torch.bfloat16)
+
+    def fn(x):
+        # Distinct products: one product read both with and without the bias (CSE makes
+        # F.linear(x, w, b) and x @ w.t() one) keeps its rounded result, and the bias sum then
+        # rounds a second time (Note [Bias in the product]: one rounding of the result apart).
+        return (F.linear(x, w, b), torch.relu(x @ w2.t()) * 2, torch.bmm(x.expand(2, M, K), w3.expand(2, K, N)),
+                F.linear(x * 2, w))
+
+    got, want = compiled_twice(fn, x), fn(x)
+    assert "aten.mm.default" not in kiln.counters()["fallback_op_counts"]
+    assert "aten.bmm.default" not in kiln.counters()["fallback_op_counts"]
+    for i, (g, w_) in enumerate(zip(got, want)):
+        if K <= 96:
+            same_bits(g, w_, f"output {i}")
+        else:  # libraries may split long sums differently: a float32 rounding apart, then bfloat16's
+            assert_same(g, w_, what=f"output {i}", rtol=8e-3, atol=1e-2)
