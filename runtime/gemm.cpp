@@ -4,7 +4,8 @@
 /// with unit column stride is passed as 'N' and one with unit row stride (a transposed weight)
 /// as 'T', without a copy. Only operands with neither (a broadcast row, a strided slice) are
 /// packed first, tile by tile. float32 products go to oneDNN's row-major GEMM when the library
-/// has it (Note [Which GEMM] in blas.h): the same call with the operands in their own order.
+/// has it (Note [Which GEMM] in blas.h): the same call with the operands in their own order;
+/// bfloat16 ones always do (Note [bfloat16 products] below).
 #include "runtime/gemm.h"
 
 #include <algorithm>
