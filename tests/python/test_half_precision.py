@@ -287,3 +287,20 @@ def test_bfloat16_products_are_kiln_steps_rounded_once(shape):
             same_bits(g, w_, f"output {i}")
         else:  # libraries may split long sums differently: a float32 rounding apart, then bfloat16's
             assert_same(g, w_, what=f"output {i}", rtol=8e-3, atol=1e-2)
+
+
+@pytest.mark.skipif(not getattr(kiln._C, "blas_bf16", lambda: False)(), reason="libdnnl has no bfloat16 GEMM")
+@pytest.mark.parametrize("K", [1, 2, 7, 9, 16, 33, 257])
+def test_bfloat16_products_of_infinities_and_nans(K):
+    """Half fuzzer seed 1240: oneDNN 2.6's bfloat16 GEMM padded an odd K so that an infinite
+    last element of A gave NaN where eager gives inf (Note [bfloat16 products])."""
+    for special in (float("inf"), float("-inf"), float("nan")):
+        for ta in (False, True):
+            a = make_input((16, K), torch.bfloat16).abs() + 0.5
+            b = make_input((K, 20), torch.bfloat16).abs() + 0.5
+            for p in {0, K // 2, K - 1}:
+                a[14, p] = special
+            a = a.t().contiguous().t() if ta else a
+            got, want = compiled_twice(lambda x, y: x @ y, a, b), a @ b
+            assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf()), (special, ta)
+            assert_same(got, want, rtol=8e-3, atol=1e-2)
