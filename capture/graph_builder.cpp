@@ -210,6 +210,7 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       return editor_.binary(op, a, b);
     }
     case OpCategory::Ternary: {
+      KILN_UNSUPPORTED_IF(op != OpKind::Where, "{} is recorded by its ATen ops", name);
       int c = value_of(args[0], DType::Bool);
       DType t = promoted({args[1], args[2]});
       return editor_.where(c, value_of(args[1], t), value_of(args[2], t));

@@ -217,6 +217,7 @@ case OpCategory::Cast:
     return c.binary(binary_expr_op(n.op, t), a, b);
   }
   case OpCategory::Ternary:
+    if (n.op == OpKind::Fma) return c.fma(ops[0], ops[1], ops[2]);
     return c.select(ops[0], ops[1], ops[2]);
     default:
       KILN_UNREACHABLE(std::string("not a pointwise primitive: ") + op_name(n.op));
