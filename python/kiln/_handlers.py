@@ -122,6 +122,53 @@ def _sgn(tr, a, out):
     return tr.call("sign", [a["self"]])
 
 
+@handles(aten.isinf, aten.isfinite, aten.isposinf, aten.isneginf)
+def _isinf(tr, a, out):
+    """A comparison with inf (capture/pointwise_ops.cpp); integers are finite."""
+    if a["self"].is_complex():
+        raise NoLowering()
+    return tr.call(tr.current_op, [a["self"]])
+
+
+@handles(aten.lerp)
+def _lerp(tr, a, out):
+    """lerp.Scalar / lerp.Tensor (Note [lerp] in capture/pointwise_ops.cpp)."""
+    x, end, w = a["self"], a["end"], a["weight"]
+    if not out.dtype.is_floating_point or x.dtype != out.dtype or end.dtype != out.dtype:
+        raise NoLowering()
+    if isinstance(w, torch.Tensor):
+        if w.dtype != out.dtype:
+            raise NoLowering()
+    elif isinstance(w, (int, float)) and not isinstance(w, bool):
+        w = float(w)
+    else:
+        raise NoLowering()
+    return tr.call("lerp", [x, end, w])
+
+
+@handles(aten.addcmul, aten.addcdiv)
+def _addcmul(tr, a, out):
+    """self + value * tensor1 * tensor2 (or / tensor2), in eager's order (capture/pointwise_ops.cpp)."""
+    value = a.get("value", 1)
+    if (out.dtype == torch.bool or out.dtype.is_complex or isinstance(value, (bool, complex))
+            or (tr.current_op == "addcdiv" and not out.dtype.is_floating_point)
+            or (isinstance(value, float) and not out.dtype.is_floating_point)):
+        raise NoLowering()
+    return tr.call(tr.current_op, [a["self"], a["tensor1"], a["tensor2"], value])
+
+
+@handles(aten.linspace)
+def _linspace(tr, a, out):
+    """linspace with Python-number ends (capture/pointwise_ops.cpp follows eager's CPU kernel)."""
+    start, end = a.get("start"), a.get("end")
+    if (tr.func._overloadname != "default" or out.device.type != "cpu" or out.dim() != 1
+            or out.dtype not in (torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16, torch.int32,
+                                 torch.int64)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, end))):
+        raise NoLowering()  # CUDA's kernel has its own formula; half types step in half arithmetic
+    return tr.call("linspace", [], ints=[a["steps"]], floats=[float(start), float(end)], dtype=tr.dtype_name(out.dtype))
+
+
 @handles(aten.round)
 def _round(tr, a, out):
     if a.get("decimals", 0) not in (0, None):
