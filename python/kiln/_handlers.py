@@ -354,6 +354,21 @@ def _slice_scatter(tr, a, out):
     return tr.call("slice_scatter", [a["self"], a["src"]], ints=[a["dim"], start, min(end, INT64_MAX), a["step"]])
 
 
+@handles(aten.select_scatter)
+def _select_scatter(tr, a, out):
+    """base with base.select(dim, index) replaced by src (cast to base's dtype): a one-wide
+    slice_scatter of src with dim put back."""
+    x, src, dim, index = a["self"], a["src"], a["dim"] % max(a["self"].dim(), 1), a["index"]
+    if x.dim() == 0 or not isinstance(src, torch.Tensor) or tuple(src.shape) != tuple(out.select(dim, 0).shape):
+        raise NoLowering()  # (src is copied into base's dtype, as eager's copy_ does)
+    if index < 0:
+        index += x.shape[dim]
+    shape = list(x.shape)
+    shape[dim] = 1
+    s = tr.call("reshape", [src], ints=shape)
+    return tr.call("slice_scatter", [x, Value(s)], ints=[dim, index, index + 1, 1])
+
+
 @handles(aten.scalar_tensor)
 def _scalar_tensor(tr, a, out):
     return tr.call("full", [a["s"]], ints=[], dtype=tr.dtype_name(out.dtype))
@@ -407,6 +422,17 @@ def _max_min(tr, a, out):
     dims, keep = [a["dim"]], int(bool(a["keepdim"]))
     return [tr.call(values, [a["self"]], ints=dims, int_value=keep),
             tr.call("argmax" if tr.current_op == "max" else "argmin", [a["self"]], ints=dims, int_value=keep)]
+
+
+@handles(aten.aminmax)
+def _aminmax(tr, a, out):
+    """(amin, amax) over one dim or the whole tensor: two reductions (sharing one pass over x
+    when fused)."""
+    x, dim, keep = a["self"], a.get("dim"), int(bool(a.get("keepdim", False)))
+    if x.numel() == 0 or x.dim() == 0 and dim is not None:
+        raise NoLowering()
+    dims = [] if dim is None else [dim]
+    return [tr.call("amin", [x], ints=dims, int_value=keep), tr.call("amax", [x], ints=dims, int_value=keep)]
 
 
 @handles(aten.var, aten.std)
