@@ -77,7 +77,8 @@ int GraphBuilder::window_op(const std::string& name, const std::vector<Operand>&
   std::string base = backward ? name.substr(0, name.size() - 9) : name;
   bool resample = base == "upsample_nearest" || base == "upsample_nearest_exact" || base == "upsample_linear";
   if (backward && !resample) return -1;
-  if (!pool && !resample && name != "adaptive_avg_pool") return -1;
+  bool adaptive = name == "adaptive_avg_pool" || name == "adaptive_max_pool" || name == "adaptive_max_pool_indices";
+  if (!pool && !resample && !adaptive) return -1;
   KILN_UNSUPPORTED_IF(args.size() != 1 || args[0].kind != Operand::Kind::Value, "{} takes one tensor", name);
   int x = args[0].value;
   const std::vector<int64_t>& a = attrs.ints;
@@ -92,7 +93,9 @@ int GraphBuilder::window_op(const std::string& name, const std::vector<Operand>&
     if (name == "max_pool_indices") return max_pool_indices(editor_, x, w);
     return avg_pool(editor_, x, w, a[4 * n + 2] != 0, a[4 * n + 3]);
   }
+  // ints = the output sizes of the pooled trailing dims
   if (name == "adaptive_avg_pool") return adaptive_avg_pool(editor_, x, a);
+  if (adaptive) return adaptive_max_pool(editor_, x, a, name == "adaptive_max_pool_indices");
   // ints = output sizes of the trailing dims; floats = their scales (<= 0: none);
   // int_value = align_corners
   Upsample mode = base == "upsample_nearest" ? Upsample::Nearest

@@ -812,9 +812,21 @@ def _avg_pool(tr, a, out):
 def _adaptive_avg_pool(tr, a, out):
     x, sizes = a["self"], list(out.shape[-len(a["output_size"]):])
     n = len(sizes)
-    if not _poolable(x, out, n) or any(i % o for i, o in zip(x.shape[-n:], sizes)):
-        raise NoLowering()  # windows of different sizes
+    if not _poolable(x, out, n):
+        raise NoLowering()
+    # (windows of different sizes: Note [Adaptive windows] in capture/window_ops.cpp)
     return tr.call("adaptive_avg_pool", [x], ints=sizes)
+
+
+@handles(aten.adaptive_max_pool2d, aten.adaptive_max_pool3d)
+def _adaptive_max_pool(tr, a, out):
+    x = a["self"]
+    n = 2 if tr.current_op == "adaptive_max_pool2d" else 3
+    sizes = list(out[0].shape[-n:])
+    if not _poolable(x, out[0], n):
+        raise NoLowering()
+    # The indices are recorded too; unread, they are dead code and never computed.
+    return [tr.call("adaptive_max_pool", [x], ints=sizes), tr.call("adaptive_max_pool_indices", [x], ints=sizes)]
 
 
 _UPSAMPLE = {"upsample_nearest1d": ("upsample_nearest", 1), "upsample_nearest2d": ("upsample_nearest", 2),

@@ -123,6 +123,8 @@ CASES = {
                                            torch.select_scatter(x, y[0], 0, 3)),
                     [R(7, 33), R(7, 33), R(33, low=0, high=1), lambda: torch.randint(-5, 5, (33,), dtype=torch.int32),
                      lambda: torch.randint(-2, 30, (33,), dtype=torch.int32)]),
+    "adaptive_pools_uneven": (lambda x: (F.adaptive_avg_pool2d(x, (5, 4)), *F.adaptive_max_pool2d(x, (4, 6), True)),
+                              [R(2, 3, 11, 13)]),
     "index_copy": (lambda b, i, k: (b * 2).index_copy(1, i, k + 1) * 3,
                    [R(4, 6, 3), lambda: torch.tensor([5, 1, 3]), R(4, 3, 3)]),
     # -- scans (Note [CUDA scans]): a chunk of the row per thread, rows short and long, along

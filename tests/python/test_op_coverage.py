@@ -8,6 +8,7 @@ asserts that the op never ran as a fallback op.
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kiln
 from kiln.testing import assert_same, check, make_input
@@ -227,6 +228,23 @@ def test_int_pow_mixed_dtypes_and_scalar_exponents():
     assert_lowered("pow")
 
 
+# ---- adaptive pooling with windows of different sizes -----------------------------------------
+@pytest.mark.parametrize("dtype", FLOATS, ids=dtype_id)
+def test_adaptive_pools_uneven_windows(dtype):
+    x = specials((2, 3, 11, 13), dtype)
+    xt = make_input((2, 3, 13, 11), dtype, layout="transposed")
+    v = specials((1, 2, 5, 7, 9), dtype)
+
+    def fn(x, xt, v):
+        return (F.adaptive_avg_pool2d(x, (5, 4)), F.adaptive_avg_pool2d(x, (3, 13)), F.adaptive_avg_pool2d(x, 7),
+                F.adaptive_avg_pool2d(x[0], (6, 5)), F.adaptive_max_pool2d(x, (5, 4)),
+                *F.adaptive_max_pool2d(x, (4, 6), return_indices=True), *F.adaptive_max_pool2d(xt, 5, True),
+                F.adaptive_avg_pool2d(xt, (4, 3)), F.adaptive_avg_pool3d(v, (2, 3, 4)),
+                *F.adaptive_max_pool3d(v, (3, 2, 5), return_indices=True), F.adaptive_avg_pool1d(x[0], 5))
+    check(fn, (x, xt, v), rtol=0, atol=0)
+    assert_lowered("adaptive")
+
+
 # ---- CUDA kernels of the new lowerings (NVRTC; no GPU needed) -----------------------------------
 def test_cuda_kernels_compile():
     from test_cuda_codegen import NVRTC_SKIP
@@ -268,3 +286,20 @@ def test_gradients_lerp_addcmul_addcdiv():
     assert c["eager_calls"] == 0, c["reasons"]
     assert c["compiled_backward_calls"] == 2
     assert_lowered("lerp", "addcmul", "addcdiv")
+
+
+def test_gradients_through_uneven_adaptive_pools():
+    # The backward ops (_adaptive_avg_pool2d_backward of uneven windows, adaptive_max_pool2d_backward)
+    # run eagerly inside the compiled backward; max's reads the indices kiln computed.
+    def f(x):
+        return (F.adaptive_avg_pool2d(x, (5, 4)).square().sum() + F.adaptive_max_pool2d(x * 2, (4, 6)).sum())
+
+    fk = kiln.compile(f)
+    for _ in range(3):
+        x = torch.randn(2, 3, 11, 13, requires_grad=True)
+        (ge,) = torch.autograd.grad(f(x), [x])
+        (gk,) = torch.autograd.grad(fk(x), [x])
+        assert_same(gk, ge, rtol=1e-5, atol=1e-5)
+    c = kiln.counters()
+    assert c["eager_calls"] == 0, c["reasons"]
+    assert c["compiled_backward_calls"] == 2
