@@ -3,7 +3,8 @@
 ///
 /// Besides the names of ops.def, `call` accepts: "full" (a scalar broadcast to attrs.ints
 /// sizes in attrs.dtype), "identity" (returns its operand), "copy" (a new value equal to its
-/// operand), the pointwise and creation ops of capture/pointwise_ops.cpp, the pooling and upsampling ops of window_op below, the derivatives and losses of
+/// operand), the pointwise and creation ops of capture/pointwise_ops.cpp, index_put of
+/// capture/index_ops.cpp, the pooling and upsampling ops of window_op below, the derivatives and losses of
 /// capture/backward_ops.h, and the training ops of capture/training_ops.cpp (attention, batch
 /// norm training, pooling backward).
 #include "capture/graph_builder.h"
@@ -125,6 +126,7 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
   }
   if (int v = window_op(name, args, attrs); v >= 0) return v;
   if (int v = pointwise_op(name, args, attrs); v >= 0) return v;
+  if (int v = index_op(name, args, attrs); v >= 0) return v;
   if (int v = training_op(editor_, name, args, attrs); v >= 0) return v;
   if (is_backward_op(name)) {
     std::vector<int> xs;

@@ -650,6 +650,8 @@ def _index_put(tr, a, out):
     where(mask, v, x), with no data-dependent shape. Values per selected element (their order is
     the mask's), accumulate=True and integer indices run eagerly."""
     x, indices, v = a["self"], list(a["indices"]), a["values"]
+    if any(i is not None and i.dtype != torch.bool for i in indices):
+        return _index_put_integer(tr, x, indices, v, bool(a.get("accumulate")))
     if a.get("accumulate") or len(indices) != 1 or indices[0] is None or indices[0].dtype != torch.bool:
         raise NoLowering()
     m = indices[0]
@@ -665,6 +667,20 @@ def _index_put(tr, a, out):
         raise NoLowering()
     mask = Value(tr.call("reshape", [m], ints=list(m.shape) + [1] * len(trailing)))
     return tr.call("where", [mask, value, x])
+
+
+def _index_put_integer(tr, x, indices, v, accumulate):
+    """x[.., i0, i1, ..] = v (or +=, accumulate) with integer index tensors on adjacent dims:
+    capture/index_ops.cpp scatters v through index_copy. Indexed dims apart (torch moves
+    them to the front), boolean masks among them, and devices without scatters stay eager."""
+    while indices and indices[-1] is None:
+        indices.pop()
+    first = next(d for d, i in enumerate(indices) if i is not None)
+    index_tensors = indices[first:]
+    if (any(i is None or i.dtype not in (torch.int64, torch.int32) for i in index_tensors)
+            or x.device.type not in _DEVICES or v.dtype != x.dtype or (accumulate and x.dtype == torch.bool)):
+        raise NoLowering()
+    return tr.call("index_put", [x, v] + index_tensors, ints=[first, int(accumulate)])
 
 
 @handles(aten.index_select)

@@ -125,6 +125,8 @@ CASES = {
                      lambda: torch.randint(-2, 30, (33,), dtype=torch.int32)]),
     "adaptive_pools_uneven": (lambda x: (F.adaptive_avg_pool2d(x, (5, 4)), *F.adaptive_max_pool2d(x, (4, 6), True)),
                               [R(2, 3, 11, 13)]),
+    "index_put": (lambda x, i, v: (x.index_put((i,), v) * 2, x.index_put((i, i), v[0], accumulate=True)),
+                  [R(5, 6, 7), lambda: torch.tensor([4, 0, -2]), R(7)]),
     "index_copy": (lambda b, i, k: (b * 2).index_copy(1, i, k + 1) * 3,
                    [R(4, 6, 3), lambda: torch.tensor([5, 1, 3]), R(4, 3, 3)]),
     # -- scans (Note [CUDA scans]): a chunk of the row per thread, rows short and long, along

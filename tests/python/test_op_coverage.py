@@ -245,6 +245,42 @@ def test_adaptive_pools_uneven_windows(dtype):
     assert_lowered("adaptive")
 
 
+# ---- index_put with integer indices ---------------------------------------------------------------
+@pytest.mark.parametrize("dtype", FLOATS + (torch.int64, torch.int32), ids=dtype_id)
+def test_index_put_integer_indices(dtype):
+    x = make_input((5, 6, 7), dtype)
+    xt = make_input((6, 5), dtype, layout="transposed")
+    i = torch.tensor([4, 0, -2])
+    j = torch.tensor([[1], [4]], dtype=torch.int32)  # (the check permutes every input, indices too)
+    dup = torch.tensor([1, 3, 1, 1, 0])
+    v = make_input((7,), dtype)
+
+    def fn(x, xt, i, j, dup, v):
+        a = x.index_put((i,), v)
+        b = x.index_put((i, j), v, accumulate=True)
+        c = x.index_put((dup,), x * 2 + v, accumulate=True)  # duplicates: summed in index order
+        y = x * 1
+        y[:, i] = 3
+        y[i, 2, 3] += torch.arange(3).to(dtype)
+        z = x.clone()
+        z.index_put_((dup, dup), v.expand(5, 7), accumulate=True)
+        w = xt * 1
+        w[dup[:2], j[0]] = v[:2].view(2)
+        return a, b, c, y, z, w, xt.index_put((j.view(-1),), v[:5])
+    check(fn, (x, xt, i, j, dup, v), rtol=0, atol=0)
+    assert_lowered("index_put")
+
+
+def test_index_put_out_of_range_raises_as_eager():
+    f = kiln.compile(lambda x, i: x.index_put((i,), torch.tensor(1.0)) * 2)
+    x = torch.zeros(4, 3)
+    f(x, torch.tensor([0, 3]))
+    assert_same(f(x, torch.tensor([-4, 1])), torch.zeros(4, 3).index_put((torch.tensor([-4, 1]),), torch.tensor(1.0)) * 2)
+    for bad in (torch.tensor([0, 4]), torch.tensor([-5, 0])):
+        with pytest.raises(IndexError):
+            f(x, bad)
+
+
 # ---- CUDA kernels of the new lowerings (NVRTC; no GPU needed) -----------------------------------
 def test_cuda_kernels_compile():
     from test_cuda_codegen import NVRTC_SKIP
