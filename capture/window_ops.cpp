@@ -296,6 +296,33 @@ int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_siz
   return sum;
 }
 
+int adaptive_avg_pool_uneven_backward(GraphEditor& e, int grad_output, const std::vector<int64_t>& in_sizes) {
+  DType t = e.node(grad_output).dtype;
+  const Sizes gs = e.node(grad_output).sizes;
+  size_t n = in_sizes.size();
+  KILN_UNSUPPORTED_IF(n == 0 || n > gs.size(), "adaptive_avg_pool backward of the wrong rank");
+  size_t first = gs.size() - n;
+  // Eager's kernel: for each output (in order), delta = grad / kh / kw, added to every input
+  // element of the output's window. An input element ih is in the windows of outputs
+  // [floor(ih * out / in), ceil((ih + 1) * out / in)): Note [Adaptive windows] with in and out
+  // swapped, whose taps visit those outputs in eager's order.
+  int delta = grad_output;
+  std::vector<AdaptiveDim> back;
+  for (size_t i = 0; i < n; ++i) {
+    int64_t out = gs[first + i];
+    KILN_UNSUPPORTED_IF(out < 1 || in_sizes[i] < 1, "adaptive_avg_pool backward from {} to {}", in_sizes[i], out);
+    AdaptiveDim fw = adaptive_dim(e, in_sizes[i], out);
+    delta = e.binary(OpKind::Div, delta, e.cast(along(e, fw.size, gs.size(), first + i), t));
+  }
+  for (size_t i = 0; i < n; ++i) back.push_back(adaptive_dim(e, gs[first + i], in_sizes[i]));
+  int sum = e.constant(0.0, t), zero = e.constant(0.0, t);
+  std::vector<int> position(n);
+  for_each_adaptive_tap(e, delta, back, first, 0, -1, position, [&](int v, int ok, const std::vector<int>&) {
+    sum = e.binary(OpKind::Add, sum, ok < 0 ? v : e.where(ok, v, zero));
+  });
+  return sum;
+}
+
 int adaptive_max_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_sizes, bool indices) {
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "adaptive_max_pool of {} is not lowered", dtype_name(t));

@@ -50,6 +50,12 @@ int avg_pool_divisor(ir::GraphEditor& e, const ir::Sizes& in, const PoolWindow& 
 /// that does not divide the input's): Note [Adaptive windows] in window_ops.cpp.
 int adaptive_avg_pool(ir::GraphEditor& e, int x, const std::vector<int64_t>& out_sizes);
 
+/// The backward of adaptive_avg_pool over the trailing `in_sizes.size()` dims of
+/// `grad_output` (the forward's input sizes there: `in_sizes`), for windows of any sizes:
+/// each input element's gradient is the sum of grad / kh / kw of the outputs whose window
+/// holds it, added in output order as eager's kernel adds them.
+int adaptive_avg_pool_uneven_backward(ir::GraphEditor& e, int grad_output, const std::vector<int64_t>& in_sizes);
+
 /// adaptive_max_pool over the trailing `out_sizes.size()` dims (Note [Adaptive windows]): the
 /// window maxima (NaN wins, the first of equal values stays), or with `indices` their flat
 /// positions in each input plane, as eager's kernel picks them.

@@ -324,18 +324,25 @@ def test_gradients_lerp_addcmul_addcdiv():
     assert_lowered("lerp", "addcmul", "addcdiv")
 
 
-def test_gradients_through_uneven_adaptive_pools():
-    # The backward ops (_adaptive_avg_pool2d_backward of uneven windows, adaptive_max_pool2d_backward)
-    # run eagerly inside the compiled backward; max's reads the indices kiln computed.
-    def f(x):
-        return (F.adaptive_avg_pool2d(x, (5, 4)).square().sum() + F.adaptive_max_pool2d(x * 2, (4, 6)).sum())
+@pytest.mark.parametrize("dtype", FLOATS, ids=dtype_id)
+def test_gradients_through_uneven_adaptive_pools(dtype):
+    # _adaptive_avg_pool2d/3d_backward of uneven windows (windows overlapping, and outputs
+    # larger than inputs) and adaptive_max_pool2d_backward (reading the indices kiln computed)
+    # are lowered too: eager's gradients bit for bit.
+    def f(x, v):
+        return (F.adaptive_avg_pool2d(x, (5, 4)) * 3).sum() + F.adaptive_max_pool2d(x * 2, (4, 6)).sum() \
+            + (F.adaptive_avg_pool2d(x, (17, 3)) * 0.3).sum() + F.adaptive_avg_pool3d(v, (2, 3, 4)).sum() \
+            + F.adaptive_max_pool3d(v, 3).square().sum()
 
     fk = kiln.compile(f)
     for _ in range(3):
-        x = torch.randn(2, 3, 11, 13, requires_grad=True)
-        (ge,) = torch.autograd.grad(f(x), [x])
-        (gk,) = torch.autograd.grad(fk(x), [x])
-        assert_same(gk, ge, rtol=1e-5, atol=1e-5)
+        x = torch.randn(2, 3, 11, 13, dtype=dtype, requires_grad=True)
+        v = torch.randn(1, 2, 5, 7, 9, dtype=dtype, requires_grad=True)
+        ge = torch.autograd.grad(f(x, v), [x, v])
+        gk = torch.autograd.grad(fk(x, v), [x, v])
+        for a, e in zip(gk, ge):
+            assert_same(a, e, rtol=0, atol=0)
     c = kiln.counters()
     assert c["eager_calls"] == 0, c["reasons"]
     assert c["compiled_backward_calls"] == 2
+    assert_lowered("adaptive")
