@@ -127,6 +127,15 @@ def test_lerp_half(dtype):
     assert_lowered("lerp")
 
 
+def test_fused_multiply_adds_over_a_kept_softmax_exponential():
+    # A row kernel keeps exp(x - max) for its store phase (Note [Reusing a reduced value]),
+    # rewriting the stored expression around it: Fma nodes included.
+    x, y, z = make_input((8, 33)), make_input((8, 33)), make_input((33,))
+    check(lambda x, y, z: (torch.addcmul(y, F.softmax(x, -1), z, value=0.5), torch.lerp(F.softmax(x, -1), y, z),
+                           torch.lerp(y, torch.exp(x - x.amax(-1, keepdim=True)), 0.3)), (x, y, z))
+    assert_lowered("lerp", "addcmul")
+
+
 # ---- addcmul / addcdiv --------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", FLOATS, ids=dtype_id)
 def test_addcmul_addcdiv_floats(dtype):
