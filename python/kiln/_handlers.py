@@ -648,7 +648,8 @@ def _index_put(tr, a, out):
     """x[mask] = v with one boolean mask over x's leading dims and a value that is the same for
     every selected element (a number, a one-element tensor, or one row of x's trailing dims):
     where(mask, v, x), with no data-dependent shape. Values per selected element (their order is
-    the mask's), accumulate=True and integer indices run eagerly."""
+    the mask's) and accumulate=True with a mask run eagerly. Integer index tensors:
+    _index_put_integer."""
     x, indices, v = a["self"], list(a["indices"]), a["values"]
     if any(i is not None and i.dtype != torch.bool for i in indices):
         return _index_put_integer(tr, x, indices, v, bool(a.get("accumulate")))
