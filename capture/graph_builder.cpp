@@ -3,7 +3,8 @@
 ///
 /// Besides the names of ops.def, `call` accepts: "full" (a scalar broadcast to attrs.ints
 /// sizes in attrs.dtype), "identity" (returns its operand), "copy" (a new value equal to its
-/// operand), the pooling and upsampling ops of window_op below, the derivatives and losses of
+/// operand), the pointwise and creation ops of capture/pointwise_ops.cpp, index_put of
+/// capture/index_ops.cpp, the pooling and upsampling ops of window_op below, the derivatives and losses of
 /// capture/backward_ops.h, and the training ops of capture/training_ops.cpp (attention, batch
 /// norm training, pooling backward).
 #include "capture/graph_builder.h"
@@ -77,7 +78,8 @@ int GraphBuilder::window_op(const std::string& name, const std::vector<Operand>&
   std::string base = backward ? name.substr(0, name.size() - 9) : name;
   bool resample = base == "upsample_nearest" || base == "upsample_nearest_exact" || base == "upsample_linear";
   if (backward && !resample) return -1;
-  if (!pool && !resample && name != "adaptive_avg_pool") return -1;
+  bool adaptive = name == "adaptive_avg_pool" || name == "adaptive_max_pool" || name == "adaptive_max_pool_indices";
+  if (!pool && !resample && !adaptive) return -1;
   KILN_UNSUPPORTED_IF(args.size() != 1 || args[0].kind != Operand::Kind::Value, "{} takes one tensor", name);
   int x = args[0].value;
   const std::vector<int64_t>& a = attrs.ints;
@@ -92,7 +94,9 @@ int GraphBuilder::window_op(const std::string& name, const std::vector<Operand>&
     if (name == "max_pool_indices") return max_pool_indices(editor_, x, w);
     return avg_pool(editor_, x, w, a[4 * n + 2] != 0, a[4 * n + 3]);
   }
+  // ints = the output sizes of the pooled trailing dims
   if (name == "adaptive_avg_pool") return adaptive_avg_pool(editor_, x, a);
+  if (adaptive) return adaptive_max_pool(editor_, x, a, name == "adaptive_max_pool_indices");
   // ints = output sizes of the trailing dims; floats = their scales (<= 0: none);
   // int_value = align_corners
   Upsample mode = base == "upsample_nearest" ? Upsample::Nearest
@@ -121,6 +125,8 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
     return editor_.append(std::move(n));
   }
   if (int v = window_op(name, args, attrs); v >= 0) return v;
+  if (int v = pointwise_op(name, args, attrs); v >= 0) return v;
+  if (int v = index_op(name, args, attrs); v >= 0) return v;
   if (int v = training_op(editor_, name, args, attrs); v >= 0) return v;
   if (is_backward_op(name)) {
     std::vector<int> xs;
@@ -210,6 +216,7 @@ int GraphBuilder::call(const std::string& name, const std::vector<Operand>& args
       return editor_.binary(op, a, b);
     }
     case OpCategory::Ternary: {
+      KILN_UNSUPPORTED_IF(op != OpKind::Where, "{} is recorded by its ATen ops", name);
       int c = value_of(args[0], DType::Bool);
       DType t = promoted({args[1], args[2]});
       return editor_.where(c, value_of(args[1], t), value_of(args[2], t));

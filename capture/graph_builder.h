@@ -57,6 +57,11 @@ class GraphBuilder {
  private:
   /// Pooling and upsampling (capture/window_ops.h); -1 when `name` is none of them.
   int window_op(const std::string& name, const std::vector<Operand>& args, const ir::Attrs& attrs);
+  /// isinf and friends, lerp, addcmul, addcdiv, linspace (capture/pointwise_ops.cpp); -1 when
+  /// `name` is none of them.
+  int pointwise_op(const std::string& name, const std::vector<Operand>& args, const ir::Attrs& attrs);
+  /// index_put with integer indices (capture/index_ops.cpp); -1 when `name` is not it.
+  int index_op(const std::string& name, const std::vector<Operand>& args, const ir::Attrs& attrs);
   int value_of(const Operand& o, ir::DType t);
   ir::PromotionOperand promotion(const Operand& o) const;
   ir::DType promoted(const std::vector<Operand>& args) const;

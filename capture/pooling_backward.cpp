@@ -103,12 +103,15 @@ int adaptive_avg_pool_backward(GraphEditor& e, int grad_output, int x, size_t n)
   std::vector<int64_t> out(gs.begin() + static_cast<int64_t>(lead), gs.end());
   check_grad(e, grad_output, x, n, out);
   DType t = e.node(x).dtype;
+  for (size_t i = 0; i < n; ++i) {
+    KILN_UNSUPPORTED_IF(out[i] < 1, "adaptive_avg_pool backward to an empty size");
+    if (xs[lead + i] % out[i] != 0)
+      return adaptive_avg_pool_uneven_backward(e, grad_output, std::vector<int64_t>(xs.begin() + static_cast<int64_t>(lead), xs.end()));
+  }
   int g = grad_output;
   Sizes split(xs.begin(), xs.begin() + static_cast<int64_t>(lead)), spread = split;
   for (size_t i = 0; i < n; ++i) {
     int64_t in = xs[lead + i];
-    KILN_UNSUPPORTED_IF(out[i] < 1 || in % out[i] != 0,
-                        "adaptive_avg_pool from {} to {} has windows of different sizes", in, out[i]);
     g = e.binary(OpKind::Div, g, e.cast(e.int_constant(in / out[i], DType::Int64), t));
     split.insert(split.end(), {out[i], 1});
     spread.insert(spread.end(), {out[i], in / out[i]});

@@ -26,9 +26,9 @@ int max_pool_backward(ir::GraphEditor& e, int grad_output, int x, int indices, s
 int avg_pool_backward(ir::GraphEditor& e, int grad_output, int x, const PoolWindow& w, bool count_include_pad,
                       int64_t divisor_override);
 
-/// adaptive_avg_pool's backward over the trailing `n` dims where every window has the same size
-/// (input sizes multiples of the output's): grad_output divided by each window dim in turn (as
-/// eager's kernel), broadcast over its window. Throws Unsupported for other sizes.
+/// adaptive_avg_pool's backward over the trailing `n` dims: where every window has the same
+/// size (input sizes multiples of the output's), grad_output divided by each window dim in turn
+/// (as eager's kernel), broadcast over its window; otherwise adaptive_avg_pool_uneven_backward.
 int adaptive_avg_pool_backward(ir::GraphEditor& e, int grad_output, int x, size_t n);
 
 }  // namespace kiln::capture

@@ -88,6 +88,13 @@ int along(GraphEditor& e, int v, size_t rank, size_t d) {
 
 int int_const(GraphEditor& e, int64_t v) { return e.int_constant(v, DType::Int64); }
 
+/// x gathered along dim `d` at the 1-D int64 positions `idx`.
+int gather_along(GraphEditor& e, int x, int idx, size_t d) {
+  Sizes shape = e.node(x).sizes;
+  shape[d] = e.node(idx).sizes.at(0);
+  return e.gather(x, e.expand(along(e, idx, shape.size(), d), shape), static_cast<int64_t>(d), false, /*in_range=*/true);
+}
+
 }  // namespace
 
 int max_pool(GraphEditor& e, int x, const PoolWindow& w) {
@@ -187,17 +194,98 @@ int avg_pool_divisor(GraphEditor& e, const Sizes& in, const PoolWindow& w, bool 
   return divisor;
 }
 
+namespace {
+
+/// Note [Adaptive windows]: ATen's adaptive pooling window for output o of a dim pooled from
+/// `in` to `out` is [floor(o * in / out), ceil((o + 1) * in / out)); windows differ in size
+/// when out does not divide in. kiln visits, per pooled dim, taps k = 0 .. K-1 (K the largest
+/// window) at position start + k, clamped into the window so the read stays in range, with
+/// `valid` false past the window's end: eager's scan order over each window, followed by taps
+/// that the caller makes neutral (a sum adds +0, which never changes a sum started from +0; a
+/// max compares -inf, which is never taken).
+struct AdaptiveDim {
+  int start, end, size;  // int64 [out] values: the window's bounds and its size
+  int64_t taps;          // the largest window
+};
+
+AdaptiveDim adaptive_dim(GraphEditor& e, int64_t in, int64_t out) {
+  int64_t taps = 0;
+  for (int64_t o = 0; o < out; ++o) taps = std::max(taps, ((o + 1) * in + out - 1) / out - (o * in) / out);
+  int o = e.iota({out}, 0, DType::Int64);
+  int start = e.binary(OpKind::FloorDiv, e.binary(OpKind::Mul, o, int_const(e, in)), int_const(e, out));
+  int next = e.binary(OpKind::Add, o, int_const(e, 1));
+  int end = e.binary(OpKind::FloorDiv, e.binary(OpKind::Add, e.binary(OpKind::Mul, next, int_const(e, in)), int_const(e, out - 1)),
+                     int_const(e, out));
+  return {start, end, e.binary(OpKind::Sub, end, start), taps};
+}
+
+/// Calls fn(value, valid, position) for every tap of the adaptive windows over the trailing
+/// dims of x, in eager's scan order (first pooled dim outermost); `position` holds each pooled
+/// dim's input index (int64, along that dim) and `valid` is a bool (or -1 when every tap so far
+/// is inside its window).
+template <typename Fn>
+void for_each_adaptive_tap(GraphEditor& e, int x, const std::vector<AdaptiveDim>& dims, size_t first, size_t i,
+                           int valid, std::vector<int>& position, Fn fn) {
+  size_t rank = e.node(x).sizes.size();
+  const AdaptiveDim& ad = dims[i];
+  for (int64_t k = 0; k < ad.taps; ++k) {
+    int at = e.binary(OpKind::Add, ad.start, int_const(e, k));
+    int inside = e.binary(OpKind::Lt, at, ad.end);
+    int clamped = e.binary(OpKind::Minimum, at, e.binary(OpKind::Sub, ad.end, int_const(e, 1)));
+    int v = gather_along(e, x, clamped, first + i);
+    int ok = k == 0 ? valid : valid < 0 ? along(e, inside, rank, first + i)
+                                          : e.binary(OpKind::LogicalAnd, valid, along(e, inside, rank, first + i));
+    position[i] = along(e, clamped, rank, first + i);
+    if (i + 1 < dims.size())
+      for_each_adaptive_tap(e, v, dims, first, i + 1, ok, position, fn);
+    else
+      fn(v, ok, position);
+  }
+}
+
+std::vector<AdaptiveDim> adaptive_dims(GraphEditor& e, const Sizes& xs, const std::vector<int64_t>& out_sizes,
+                                       const char* what) {
+  size_t n = out_sizes.size();
+  KILN_UNSUPPORTED_IF(n == 0 || n > xs.size(), "{} output of the wrong rank", what);
+  std::vector<AdaptiveDim> dims;
+  for (size_t i = 0; i < n; ++i) {
+    int64_t in = xs[xs.size() - n + i], out = out_sizes[i];
+    KILN_UNSUPPORTED_IF(out < 1 || in < 1, "{} from {} to {}", what, in, out);
+    dims.push_back(adaptive_dim(e, in, out));
+  }
+  return dims;
+}
+
+}  // namespace
+
 int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_sizes) {
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "adaptive_avg_pool of {} is not lowered", dtype_name(t));
   const Sizes xs = e.node(x).sizes;
   size_t n = out_sizes.size();
   KILN_UNSUPPORTED_IF(n == 0 || n > xs.size(), "adaptive_avg_pool output of the wrong rank");
+  bool equal_windows = true;
+  for (size_t i = 0; i < n; ++i) {
+    int64_t in = xs[xs.size() - n + i], out = out_sizes[i];
+    KILN_UNSUPPORTED_IF(out < 1 || in < 1, "adaptive_avg_pool from {} to {}", in, out);
+    equal_windows &= in % out == 0;
+  }
+  if (!equal_windows) {
+    // Note [Adaptive windows]; eager divides the window's sum by each window dim in turn.
+    std::vector<AdaptiveDim> dims = adaptive_dims(e, xs, out_sizes, "adaptive_avg_pool");
+    size_t first = xs.size() - n;
+    int sum = e.constant(0.0, t);
+    int zero = e.constant(0.0, t);
+    std::vector<int> position(n);
+    for_each_adaptive_tap(e, x, dims, first, 0, -1, position, [&](int v, int ok, const std::vector<int>&) {
+      sum = e.binary(OpKind::Add, sum, ok < 0 ? v : e.where(ok, v, zero));
+    });
+    for (size_t i = 0; i < n; ++i) sum = e.binary(OpKind::Div, sum, e.cast(along(e, dims[i].size, xs.size(), first + i), t));
+    return sum;
+  }
   PoolWindow w;
   for (size_t i = 0; i < n; ++i) {
     int64_t in = xs[xs.size() - n + i], out = out_sizes[i];
-    KILN_UNSUPPORTED_IF(out < 1 || in < 1 || in % out != 0,
-                        "adaptive_avg_pool from {} to {} has windows of different sizes", in, out);
     w.kernel.push_back(in / out);
     w.stride.push_back(in / out);
     w.padding.push_back(0);
@@ -212,6 +300,67 @@ int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_siz
   return e.cast(sum, t);
 }
 
+int adaptive_avg_pool_uneven_backward(GraphEditor& e, int grad_output, const std::vector<int64_t>& in_sizes) {
+  DType t = e.node(grad_output).dtype;
+  const Sizes gs = e.node(grad_output).sizes;
+  size_t n = in_sizes.size();
+  KILN_UNSUPPORTED_IF(n == 0 || n > gs.size(), "adaptive_avg_pool backward of the wrong rank");
+  size_t first = gs.size() - n;
+  // Eager's kernel: for each output (in order), delta = grad / kh / kw, added to every input
+  // element of the output's window. An input element ih is in the windows of outputs
+  // [floor(ih * out / in), ceil((ih + 1) * out / in)): Note [Adaptive windows] with in and out
+  // swapped, whose taps visit those outputs in eager's order.
+  int delta = grad_output;
+  std::vector<AdaptiveDim> back;
+  for (size_t i = 0; i < n; ++i) {
+    int64_t out = gs[first + i];
+    KILN_UNSUPPORTED_IF(out < 1 || in_sizes[i] < 1, "adaptive_avg_pool backward from {} to {}", in_sizes[i], out);
+    AdaptiveDim fw = adaptive_dim(e, in_sizes[i], out);
+    delta = e.binary(OpKind::Div, delta, e.cast(along(e, fw.size, gs.size(), first + i), t));
+  }
+  for (size_t i = 0; i < n; ++i) back.push_back(adaptive_dim(e, gs[first + i], in_sizes[i]));
+  int sum = e.constant(0.0, t), zero = e.constant(0.0, t);
+  std::vector<int> position(n);
+  for_each_adaptive_tap(e, delta, back, first, 0, -1, position, [&](int v, int ok, const std::vector<int>&) {
+    sum = e.binary(OpKind::Add, sum, ok < 0 ? v : e.where(ok, v, zero));
+  });
+  return sum;
+}
+
+int adaptive_max_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_sizes, bool indices) {
+  DType t = e.node(x).dtype;
+  KILN_UNSUPPORTED_IF(!is_float(t), "adaptive_max_pool of {} is not lowered", dtype_name(t));
+  const Sizes xs = e.node(x).sizes;
+  size_t n = out_sizes.size(), first = xs.size() - std::min(n, xs.size());
+  std::vector<AdaptiveDim> dims = adaptive_dims(e, xs, out_sizes, "adaptive_max_pool");
+  // As eager's kernel: max = -inf and index = the window's first element, then each element
+  // that is greater or NaN is taken (the first of equal ones stays). Taps past a window's end
+  // read -inf here, which is never taken.
+  int neg_inf = e.constant(-std::numeric_limits<double>::infinity(), t);
+  int best = neg_inf;
+  std::vector<int64_t> plane(n, 1);
+  for (size_t i = n - 1; i-- > 0;) plane[i] = plane[i + 1] * xs[first + i + 1];
+  auto flat = [&](const std::vector<int>& pos) {
+    int f = -1;
+    for (size_t i = 0; i < n; ++i) {
+      int term = plane[i] == 1 ? pos[i] : e.binary(OpKind::Mul, pos[i], int_const(e, plane[i]));
+      f = f < 0 ? term : e.binary(OpKind::Add, f, term);
+    }
+    return f;
+  };
+  std::vector<int> starts;
+  for (size_t i = 0; i < n; ++i) starts.push_back(along(e, dims[i].start, xs.size(), first + i));
+  int arg = flat(starts);
+  std::vector<int> position(n);
+  for_each_adaptive_tap(e, x, dims, first, 0, -1, position, [&](int v, int ok, const std::vector<int>& pos) {
+    int tap = ok < 0 ? v : e.where(ok, v, neg_inf);
+    int take = e.binary(OpKind::LogicalOr, e.binary(OpKind::Gt, tap, best), e.unary(OpKind::IsNan, tap));
+    if (indices) arg = e.where(take, flat(pos), arg);
+    best = e.where(take, tap, best);
+  });
+  return indices ? arg : best;
+}
+
 namespace {
 
 /// ATen's compute_scales_value: 1 / scale when one was given, else in / out, in `t`.
@@ -219,13 +368,6 @@ double scale_of(double given, int64_t in, int64_t out, DType t) {
   if (t == DType::Float32)
     return given > 0 ? static_cast<float>(1.0 / given) : static_cast<float>(in) / static_cast<float>(out);
   return given > 0 ? 1.0 / given : static_cast<double>(in) / static_cast<double>(out);
-}
-
-/// x gathered along dim `d` at the 1-D int64 positions `idx`.
-int gather_along(GraphEditor& e, int x, int idx, size_t d) {
-  Sizes shape = e.node(x).sizes;
-  shape[d] = e.node(idx).sizes.at(0);
-  return e.gather(x, e.expand(along(e, idx, shape.size(), d), shape), static_cast<int64_t>(d), false, /*in_range=*/true);
 }
 
 /// The source positions of upsample_nearest (ATen's nearest_idx / nearest_neighbor_exact_idx).

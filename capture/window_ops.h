@@ -43,12 +43,23 @@ std::vector<int64_t> pooled_sizes(const ir::Sizes& in, const PoolWindow& w);
 int avg_pool_divisor(ir::GraphEditor& e, const ir::Sizes& in, const PoolWindow& w, bool count_include_pad,
                      int64_t divisor_override);
 
-/// adaptive_avg_pool where every output window has the same size (input size a multiple of
-/// the output size in each pooled dim): the window sum divided by each window dim in turn, as
-/// eager's kernel does (its channels-last kernel divides once by the window size in its
-/// vector body and twice in its tail: those channels can differ from kiln's by an ulp).
-/// Throws Unsupported for other sizes.
+/// adaptive_avg_pool over the trailing `out_sizes.size()` dims: each window's sum (in eager's
+/// scan order) divided by each window dim in turn, as eager's kernel does (its channels-last
+/// kernel divides once by the window size in its vector body and twice in its tail: those
+/// channels can differ from kiln's by an ulp). Windows of different sizes (an output size
+/// that does not divide the input's): Note [Adaptive windows] in window_ops.cpp.
 int adaptive_avg_pool(ir::GraphEditor& e, int x, const std::vector<int64_t>& out_sizes);
+
+/// The backward of adaptive_avg_pool over the trailing `in_sizes.size()` dims of
+/// `grad_output` (the forward's input sizes there: `in_sizes`), for windows of any sizes:
+/// each input element's gradient is the sum of grad / kh / kw of the outputs whose window
+/// holds it, added in output order as eager's kernel adds them.
+int adaptive_avg_pool_uneven_backward(ir::GraphEditor& e, int grad_output, const std::vector<int64_t>& in_sizes);
+
+/// adaptive_max_pool over the trailing `out_sizes.size()` dims (Note [Adaptive windows]): the
+/// window maxima (NaN wins, the first of equal values stays), or with `indices` their flat
+/// positions in each input plane, as eager's kernel picks them.
+int adaptive_max_pool(ir::GraphEditor& e, int x, const std::vector<int64_t>& out_sizes, bool indices);
 
 enum class Upsample { Nearest, NearestExact, Linear };
 

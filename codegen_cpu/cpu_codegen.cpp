@@ -463,6 +463,12 @@ class KernelEmitter {
       }
       case ExprOp::Cast: return cast(emit(e->a), e->a->dtype, e->dtype);
       case ExprOp::Select: return b_.CreateSelect(emit(e->a), emit(e->b), emit(e->c));
+      case ExprOp::Fma: {
+        // One rounding, as eager's contracted a * b + c (one instruction where the target has FMA).
+        llvm::Value* a = emit(e->a);
+        auto* fn = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::fma, {a->getType()});
+        return b_.CreateCall(fn, {a, emit(e->b), emit(e->c)});
+      }
       default: break;
     }
     if (expr_op_arity(e->op) == 1) return unary(e->op, emit(e->a), e->a->dtype);

@@ -483,6 +483,8 @@ class KernelEmitter {
       case ExprOp::Load: return load_text(e);
       case ExprOp::Cast: return cast_text(emit(e->a), e->a->dtype, e->dtype);
       case ExprOp::Select: return fmt::format("({} ? {} : {})", emit(e->a), emit(e->b), emit(e->c));
+      case ExprOp::Fma:
+        return fmt::format("{}({}, {}, {})", math_fn("fma", e->dtype), emit(e->a), emit(e->b), emit(e->c));
       default: break;
     }
     return expr_op_arity(e->op) == 1 ? unary_text(e) : binary_text(e);

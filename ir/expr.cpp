@@ -193,6 +193,15 @@ Expr Context::select(Expr c, Expr a, Expr b) {
   return intern(n);
 }
 
+Expr Context::fma(Expr a, Expr b, Expr c) {
+  KILN_CHECK(is_float(a->dtype) && a->dtype == b->dtype && a->dtype == c->dtype, "fma operand types");
+  ExprNode n{ExprOp::Fma, a->dtype};
+  n.a = a;
+  n.b = b;
+  n.c = c;
+  return intern(n);
+}
+
 // ---- index arithmetic --------------------------------------------------------------------
 
 Expr Context::add(Expr a, Expr b) {
@@ -481,6 +490,7 @@ Expr Context::substitute(Expr e, const std::unordered_map<Expr, Expr>& map) {
       case ExprOp::Load: r = load(static_cast<int>(x->ival), simplify_index(go(x->a)), x->dtype); break;
       case ExprOp::Cast: r = cast(go(x->a), x->dtype); break;
       case ExprOp::Select: r = select(go(x->a), go(x->b), go(x->c)); break;
+      case ExprOp::Fma: r = fma(go(x->a), go(x->b), go(x->c)); break;
       default:
         if (x->dtype == DType::Int64 && (x->op == ExprOp::Div || x->op == ExprOp::Mod) && is_const(x->b) &&
             x->b->ival > 0) {

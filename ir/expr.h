@@ -58,6 +58,8 @@ class Context {
   /// Binary op; comparisons give Bool, others the operands' dtype (which must agree).
   Expr binary(ExprOp op, Expr a, Expr b);
   Expr select(Expr c, Expr a, Expr b);
+  /// a * b + c with one rounding (operands of one float dtype).
+  Expr fma(Expr a, Expr b, Expr c);
 
   /// Index helpers (int64), simplified as they are built.
   Expr add(Expr a, Expr b);

@@ -139,6 +139,11 @@ void verify(const Graph& g) {
         break;
       }
       case OpCategory::Ternary:
+        if (n.op == OpKind::Fma) {
+          for (int k = 0; k < 3; ++k)
+            if (g.nodes[n.inputs[k]].dtype != n.dtype || !is_float(n.dtype)) fail(i, "fma operands differ in dtype");
+          break;
+        }
         if (g.nodes[n.inputs[0]].dtype != DType::Bool) fail(i, "condition is not bool");
         if (g.nodes[n.inputs[1]].dtype != g.nodes[n.inputs[2]].dtype || g.nodes[n.inputs[1]].dtype != n.dtype)
           fail(i, "branches and result differ in dtype");

@@ -80,6 +80,13 @@ int GraphEditor::where(int cond, int a, int b) {
   return append(Node{OpKind::Where, {cond, a, b}, {}, node(a).dtype, s, {}});
 }
 
+int GraphEditor::fma(int a, int b, int c) {
+  KILN_CHECK(is_float(node(a).dtype) && node(a).dtype == node(b).dtype && node(a).dtype == node(c).dtype,
+             "fma operands must share one float dtype");
+  Sizes s = broadcast_shapes(broadcast_shapes(node(a).sizes, node(b).sizes), node(c).sizes);
+  return append(Node{OpKind::Fma, {a, b, c}, {}, node(a).dtype, s, {}});
+}
+
 int GraphEditor::cast(int x, DType dtype) {
   if (node(x).dtype == dtype) return x;
   Node n{OpKind::Cast, {x}, {}, dtype, node(x).sizes, {}};

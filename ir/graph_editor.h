@@ -26,6 +26,8 @@ class GraphEditor {
   /// Binary primitive over operands of one dtype; comparisons and logical ops give bool.
   int binary(OpKind op, int a, int b);
   int where(int cond, int a, int b);
+  /// a * b + c rounded once (operands of one float dtype, broadcast).
+  int fma(int a, int b, int c);
   int cast(int x, DType dtype);
   /// Composite pointwise op; the result has the first operand's dtype and the broadcast shape.
   int composite(OpKind op, const std::vector<int>& xs, const Attrs& attrs);

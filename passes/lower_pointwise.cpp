@@ -80,6 +80,32 @@ Expr floor_divide_float(Context& c, Expr a, Expr b) {
   }
 
 
+/// Note [Integer pow]: torch's integer pow (powi in ATen's Pow.h) is exponentiation by squaring
+/// on the exponent's bits, low bit first, with every product wrapping in the result type; a
+/// negative exponent gives 0, except for bases 1 (1) and -1 (-1 for an odd exponent, else 1).
+/// Unrolled here over every bit a non-negative exponent of type `t` can have (7 for int8, 63
+/// for int64, 8 for uint8): the products are the same ones in the same order, so the wrapped
+/// result is eager's bit for bit. A bit past the exponent's top one leaves the result alone.
+Expr integer_power(Context& c, Expr a, Expr b) {
+  DType t = a->dtype;
+  int bits = static_cast<int>(8 * dtype_bytes(t)) - (t == DType::UInt8 ? 0 : 1);
+  Expr one = c.int_const(1, t), zero_t = c.int_const(0, t), two = c.int_const(2, t);
+  Expr r = one, base = a, e = b;
+  for (int k = 0; k < bits; ++k) {
+    Expr bit = c.binary(ExprOp::Ne, c.binary(ExprOp::And, e, one), zero_t);
+    r = c.select(bit, c.binary(ExprOp::Mul, r, base), r);
+    if (k + 1 == bits) break;
+    e = c.binary(ExprOp::TruncDiv, e, two);
+    base = c.binary(ExprOp::Mul, base, base);
+  }
+  if (t == DType::UInt8) return r;
+  Expr odd = c.binary(ExprOp::Ne, c.binary(ExprOp::And, b, one), zero_t);
+  Expr minus_one = c.int_const(-1, t);
+  Expr negative = c.select(c.binary(ExprOp::Eq, a, one), one,
+                           c.select(c.binary(ExprOp::Eq, a, minus_one), c.select(odd, minus_one, one), zero_t));
+  return c.select(c.binary(ExprOp::Lt, b, zero_t), negative, r);
+}
+
   /// pow with torch's special cases for constant exponents (x*x, sqrt, reciprocal, ...), which
   /// torch itself takes, so results match bit for bit.
 Expr power(Context& c, Expr a, Expr b) {
@@ -96,13 +122,17 @@ Expr power(Context& c, Expr a, Expr b) {
         if (e == -1) return c.binary(ExprOp::Div, one, a);
         if (e == -2) return c.binary(ExprOp::Div, one, c.binary(ExprOp::Mul, a, a));
       } else {
-        KILN_UNSUPPORTED_IF(e < 0 || e > 64 || t == DType::Bool, "integer pow with exponent {}", e);
+        KILN_UNSUPPORTED_IF(t == DType::Bool, "integer pow of bools");
+        if (e < 0 || e > 64) return integer_power(c, a, b);
         Expr r = c.int_const(1, t);
         for (int k = 0; k < static_cast<int>(e); ++k) r = c.binary(ExprOp::Mul, r, a);
         return r;
       }
     }
-    KILN_UNSUPPORTED_IF(!is_float(t), "integer pow with a tensor exponent");
+    if (!is_float(t)) {
+      KILN_UNSUPPORTED_IF(t == DType::Bool, "integer pow of bools");
+      return integer_power(c, a, b);
+    }
     return c.binary(ExprOp::Pow, a, b);
   }
 
@@ -217,6 +247,7 @@ case OpCategory::Cast:
     return c.binary(binary_expr_op(n.op, t), a, b);
   }
   case OpCategory::Ternary:
+    if (n.op == OpKind::Fma) return c.fma(ops[0], ops[1], ops[2]);
     return c.select(ops[0], ops[1], ops[2]);
     default:
       KILN_UNREACHABLE(std::string("not a pointwise primitive: ") + op_name(n.op));

@@ -1391,6 +1391,7 @@ class Lowering {
       Expr a = go(x->a), b = go(x->b), c = go(x->c);
       if (a != x->a || b != x->b || c != x->c) {
         if (x->op == ExprOp::Select) r = ctx().select(a, b, c);
+        else if (x->op == ExprOp::Fma) r = ctx().fma(a, b, c);
         else if (x->op == ExprOp::Cast) r = ctx().cast(a, x->dtype);
         else if (x->op == ExprOp::Load) r = ctx().load(static_cast<int>(x->ival), a, x->dtype);
         else if (expr_op_arity(x->op) == 1) r = ctx().unary(x->op, a);

@@ -93,6 +93,14 @@ Graph run_simplify(const Graph& g, const PassOptions&) {
     Key k{static_cast<int>(n.op), n.inputs, n.attrs.ints, float_bits, static_cast<int>(n.attrs.dtype),
           n.attrs.int_value, hash_double(n.attrs.float_value), static_cast<int>(n.dtype), n.sizes};
     auto it = seen.find(k);
+    // Two equal values that eager laid out differently (ones_like of a contiguous and of a
+    // transposed tensor, both constants after folding) stay two nodes: each output keeps its
+    // own layout.
+    if (it != seen.end() && !n.strides.empty() && !mid.nodes[it->second].strides.empty() &&
+        mid.nodes[it->second].strides != n.strides) {
+      remap[i] = e.append(n);
+      continue;
+    }
     if (it != seen.end()) {
       remap[i] = it->second;
       if (mid.nodes[it->second].strides.empty()) mid.nodes[it->second].strides = n.strides;

@@ -123,6 +123,53 @@ def _sgn(tr, a, out):
     return tr.call("sign", [a["self"]])
 
 
+@handles(aten.isinf, aten.isfinite, aten.isposinf, aten.isneginf)
+def _isinf(tr, a, out):
+    """A comparison with inf (capture/pointwise_ops.cpp); integers are finite."""
+    if a["self"].is_complex():
+        raise NoLowering()
+    return tr.call(tr.current_op, [a["self"]])
+
+
+@handles(aten.lerp)
+def _lerp(tr, a, out):
+    """lerp.Scalar / lerp.Tensor (Note [lerp] in capture/pointwise_ops.cpp)."""
+    x, end, w = a["self"], a["end"], a["weight"]
+    if not out.dtype.is_floating_point or x.dtype != out.dtype or end.dtype != out.dtype:
+        raise NoLowering()
+    if isinstance(w, torch.Tensor):
+        if w.dtype != out.dtype:
+            raise NoLowering()
+    elif isinstance(w, (int, float)) and not isinstance(w, bool):
+        w = float(w)
+    else:
+        raise NoLowering()
+    return tr.call("lerp", [x, end, w])
+
+
+@handles(aten.addcmul, aten.addcdiv)
+def _addcmul(tr, a, out):
+    """self + value * tensor1 * tensor2 (or / tensor2), in eager's order (capture/pointwise_ops.cpp)."""
+    value = a.get("value", 1)
+    if (out.dtype == torch.bool or out.dtype.is_complex or isinstance(value, (bool, complex))
+            or (tr.current_op == "addcdiv" and not out.dtype.is_floating_point)
+            or (isinstance(value, float) and not out.dtype.is_floating_point)):
+        raise NoLowering()
+    return tr.call(tr.current_op, [a["self"], a["tensor1"], a["tensor2"], value])
+
+
+@handles(aten.linspace)
+def _linspace(tr, a, out):
+    """linspace with Python-number ends (capture/pointwise_ops.cpp follows eager's CPU kernel)."""
+    start, end = a.get("start"), a.get("end")
+    if (tr.func._overloadname != "default" or out.device.type != "cpu" or out.dim() != 1
+            or out.dtype not in (torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16, torch.int32,
+                                 torch.int64)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, end))):
+        raise NoLowering()  # CUDA's kernel has its own formula; half types step in half arithmetic
+    return tr.call("linspace", [], ints=[a["steps"]], floats=[float(start), float(end)], dtype=tr.dtype_name(out.dtype))
+
+
 @handles(aten.round)
 def _round(tr, a, out):
     if a.get("decimals", 0) not in (0, None):
@@ -308,6 +355,21 @@ def _slice_scatter(tr, a, out):
     return tr.call("slice_scatter", [a["self"], a["src"]], ints=[a["dim"], start, min(end, INT64_MAX), a["step"]])
 
 
+@handles(aten.select_scatter)
+def _select_scatter(tr, a, out):
+    """base with base.select(dim, index) replaced by src (cast to base's dtype): a one-wide
+    slice_scatter of src with dim put back."""
+    x, src, dim, index = a["self"], a["src"], a["dim"] % max(a["self"].dim(), 1), a["index"]
+    if x.dim() == 0 or not isinstance(src, torch.Tensor) or tuple(src.shape) != tuple(out.select(dim, 0).shape):
+        raise NoLowering()  # (src is copied into base's dtype, as eager's copy_ does)
+    if index < 0:
+        index += x.shape[dim]
+    shape = list(x.shape)
+    shape[dim] = 1
+    s = tr.call("reshape", [src], ints=shape)
+    return tr.call("slice_scatter", [x, Value(s)], ints=[dim, index, index + 1, 1])
+
+
 @handles(aten.scalar_tensor)
 def _scalar_tensor(tr, a, out):
     return tr.call("full", [a["s"]], ints=[], dtype=tr.dtype_name(out.dtype))
@@ -361,6 +423,17 @@ def _max_min(tr, a, out):
     dims, keep = [a["dim"]], int(bool(a["keepdim"]))
     return [tr.call(values, [a["self"]], ints=dims, int_value=keep),
             tr.call("argmax" if tr.current_op == "max" else "argmin", [a["self"]], ints=dims, int_value=keep)]
+
+
+@handles(aten.aminmax)
+def _aminmax(tr, a, out):
+    """(amin, amax) over one dim or the whole tensor: two reductions (sharing one pass over x
+    when fused)."""
+    x, dim, keep = a["self"], a.get("dim"), int(bool(a.get("keepdim", False)))
+    if x.numel() == 0 or x.dim() == 0 and dim is not None:
+        raise NoLowering()
+    dims = [] if dim is None else [dim]
+    return [tr.call("amin", [x], ints=dims, int_value=keep), tr.call("amax", [x], ints=dims, int_value=keep)]
 
 
 @handles(aten.var, aten.std)
@@ -576,8 +649,11 @@ def _index_put(tr, a, out):
     """x[mask] = v with one boolean mask over x's leading dims and a value that is the same for
     every selected element (a number, a one-element tensor, or one row of x's trailing dims):
     where(mask, v, x), with no data-dependent shape. Values per selected element (their order is
-    the mask's), accumulate=True and integer indices run eagerly."""
+    the mask's) and accumulate=True with a mask run eagerly. Integer index tensors:
+    _index_put_integer."""
     x, indices, v = a["self"], list(a["indices"]), a["values"]
+    if any(i is not None and i.dtype != torch.bool for i in indices):
+        return _index_put_integer(tr, x, indices, v, bool(a.get("accumulate")))
     if a.get("accumulate") or len(indices) != 1 or indices[0] is None or indices[0].dtype != torch.bool:
         raise NoLowering()
     m = indices[0]
@@ -593,6 +669,20 @@ def _index_put(tr, a, out):
         raise NoLowering()
     mask = Value(tr.call("reshape", [m], ints=list(m.shape) + [1] * len(trailing)))
     return tr.call("where", [mask, value, x])
+
+
+def _index_put_integer(tr, x, indices, v, accumulate):
+    """x[.., i0, i1, ..] = v (or +=, accumulate) with integer index tensors on adjacent dims:
+    capture/index_ops.cpp scatters v through index_copy. Indexed dims apart (torch moves
+    them to the front), boolean masks among them, and devices without scatters stay eager."""
+    while indices and indices[-1] is None:
+        indices.pop()
+    first = next(d for d, i in enumerate(indices) if i is not None)
+    index_tensors = indices[first:]
+    if (any(i is None or i.dtype not in (torch.int64, torch.int32) for i in index_tensors)
+            or x.device.type not in _DEVICES or v.dtype != x.dtype or (accumulate and x.dtype == torch.bool)):
+        raise NoLowering()
+    return tr.call("index_put", [x, v] + index_tensors, ints=[first, int(accumulate)])
 
 
 @handles(aten.index_select)
@@ -740,9 +830,21 @@ def _avg_pool(tr, a, out):
 def _adaptive_avg_pool(tr, a, out):
     x, sizes = a["self"], list(out.shape[-len(a["output_size"]):])
     n = len(sizes)
-    if not _poolable(x, out, n) or any(i % o for i, o in zip(x.shape[-n:], sizes)):
-        raise NoLowering()  # windows of different sizes
+    if not _poolable(x, out, n):
+        raise NoLowering()
+    # (windows of different sizes: Note [Adaptive windows] in capture/window_ops.cpp)
     return tr.call("adaptive_avg_pool", [x], ints=sizes)
+
+
+@handles(aten.adaptive_max_pool2d, aten.adaptive_max_pool3d)
+def _adaptive_max_pool(tr, a, out):
+    x = a["self"]
+    n = 2 if tr.current_op == "adaptive_max_pool2d" else 3
+    sizes = list(out[0].shape[-n:])
+    if not _poolable(x, out[0], n):
+        raise NoLowering()
+    # The indices are recorded too; unread, they are dead code and never computed.
+    return [tr.call("adaptive_max_pool", [x], ints=sizes), tr.call("adaptive_max_pool_indices", [x], ints=sizes)]
 
 
 _UPSAMPLE = {"upsample_nearest1d": ("upsample_nearest", 1), "upsample_nearest2d": ("upsample_nearest", 2),

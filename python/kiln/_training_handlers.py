@@ -139,9 +139,12 @@ def _native_batch_norm_backward(tr, a, out):
             if mask[r] else None for r in range(3)]
 
 
-@handles(aten.max_pool2d_with_indices_backward, aten.max_pool3d_with_indices_backward)
+@handles(aten.max_pool2d_with_indices_backward, aten.max_pool3d_with_indices_backward,
+         aten.adaptive_max_pool2d_backward, aten.adaptive_max_pool3d_backward)
 def _max_pool_backward(tr, a, out):
-    n = 2 if tr.current_op == "max_pool2d_with_indices_backward" else 3
+    """max_pool's and adaptive_max_pool's backward alike: grad_output added at the flat plane
+    positions the forward's indices hold, in output order (as both of eager's kernels do)."""
+    n = 3 if tr.current_op in ("max_pool3d_with_indices_backward", "adaptive_max_pool3d_backward") else 2
     g, x, idx = a["grad_output"], a["self"], a["indices"]
     if not _poolable(x, g, n) or g.dtype != x.dtype or idx.dtype != torch.int64 or idx.shape != g.shape:
         raise NoLowering()
@@ -166,8 +169,7 @@ def _avg_pool_backward(tr, a, out):
 def _adaptive_avg_pool_backward(tr, a, out):
     n = 2 if tr.current_op == "_adaptive_avg_pool2d_backward" else 3
     g, x = a["grad_output"], a["self"]
-    if (not _poolable(x, g, n) or g.dtype != x.dtype or g.dim() != x.dim()
-            or any(i % o for i, o in zip(x.shape[-n:], g.shape[-n:]))):
-        raise NoLowering()  # windows of different sizes
+    if not _poolable(x, g, n) or g.dtype != x.dtype or g.dim() != x.dim():
+        raise NoLowering()
     return tr.call("adaptive_avg_pool_backward", [g, x], ints=[n])
 

@@ -114,7 +114,6 @@ EXPECTED_EAGER_REASONS = ("integer division by zero",
 # when kiln is fixed that test XPASSes (and fails), and the entry must go.
 KNOWN_ISSUES = [
     ("eager", "logsumexp of", "limitation: logsumexp of an integer or bool tensor is not lowered"),
-    ("eager", "integer pow with", "limitation: integer pow with a tensor exponent (or a large one) is not lowered"),
     ("eager", "shares memory with another (views are not functionalized yet)",
      "limitation: in-place ops on a tensor that has views are not functionalized"),
 ]

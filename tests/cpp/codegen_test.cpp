@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
 
 #include "capture/graph_builder.h"
 #include "codegen_cpu/cpu_codegen.h"
@@ -144,6 +145,59 @@ TEST(Codegen, IntegerFloorDivisionAndRemainder) {
   EXPECT_EQ(as<int32_t>(out[0]), (std::vector<int32_t>{3, -4, -4, 3, INT32_MIN, 0}));
   EXPECT_EQ(as<int32_t>(out[1]), (std::vector<int32_t>{1, 1, -1, -1, 0, 5}));
   EXPECT_EQ(as<int32_t>(out[2]), (std::vector<int32_t>{1, -1, 1, -1, 0, 5}));
+}
+
+TEST(Codegen, FusedMultiplyAddRoundsOnce) {
+  // addcmul records fma(value * t1, t2, self) (capture/pointwise_ops.cpp): one rounding, as
+  // eager's contracted kernel; 33 elements reach both the vector body and the tail.
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Float32, {33}, {1}, 0);
+  int y = b.add_input(DType::Float32, {33}, {1}, 1);
+  int z = b.add_input(DType::Float32, {33}, {1}, 2);
+  b.set_outputs({b.call("addcmul", {V(x), V(y), V(z), F(1.0)}, {})});
+  Runner r(b);
+  auto xs = random_floats(33, 1), ys = random_floats(33, 2, -1e4f, 1e4f), zs = random_floats(33, 3, -1e4f, 1e4f);
+  std::vector<std::vector<char>> out;
+  ASSERT_TRUE(r.run({xs.data(), ys.data(), zs.data()}, out));
+  auto got = as<float>(out[0]);
+  int unfused_differs = 0;
+  for (size_t i = 0; i < 33; ++i) {
+    EXPECT_EQ(got[i], std::fma(ys[i], zs[i], xs[i])) << i;
+    volatile float p = ys[i] * zs[i];
+    unfused_differs += (p + xs[i]) != got[i];
+  }
+  EXPECT_GT(unfused_differs, 0);  // the inputs tell a fused multiply-add from a separate one
+}
+
+namespace {
+/// ATen's powi: squaring on the exponent's bits, products wrapping; negative exponents give 0
+/// except for bases 1 and -1.
+template <typename T>
+T reference_powi(T a, T e) {
+  if (e < 0) return a == 1 ? 1 : a == -1 ? ((-static_cast<int64_t>(e)) % 2 ? -1 : 1) : 0;
+  using U = std::make_unsigned_t<T>;
+  U r = 1, base = static_cast<U>(a);
+  while (e) {
+    if (e & 1) r = static_cast<U>(r * base);
+    e /= 2;
+    base = static_cast<U>(base * base);
+  }
+  return static_cast<T>(r);
+}
+}  // namespace
+
+TEST(Codegen, IntegerPowBySquaringWraps) {
+  capture::GraphBuilder b;
+  int x = b.add_input(DType::Int32, {12}, {1}, 0);
+  int y = b.add_input(DType::Int32, {12}, {1}, 1);
+  b.set_outputs({b.call("pow", {V(x), V(y)}, {})});
+  Runner r(b);
+  std::vector<int32_t> xs = {2, 3, -3, 7, 1, -1, -1, 5, 0, 0, -2, INT32_MIN};
+  std::vector<int32_t> ys = {10, 40, 21, 1000, -7, -3, -4, -1, 0, 5, 31, 2};
+  std::vector<std::vector<char>> out;
+  ASSERT_TRUE(r.run({xs.data(), ys.data()}, out));
+  auto got = as<int32_t>(out[0]);
+  for (size_t i = 0; i < xs.size(); ++i) EXPECT_EQ(got[i], reference_powi(xs[i], ys[i])) << xs[i] << " ** " << ys[i];
 }
 
 TEST(Codegen, IntegerDivisionByZeroIsFlaggedNotTrapped) {

@@ -115,6 +115,18 @@ CASES = {
     "upsample": (lambda x: (F.interpolate(x, scale_factor=2, mode="nearest"),
                             F.interpolate(x, size=(11, 5), mode="bilinear"),
                             F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=True)), [R(2, 3, 6, 4)]),
+    # -- ops lowered at capture (capture/pointwise_ops.cpp): comparisons with inf, fused
+    #    multiply-adds (lerp, addcmul), aminmax's two reductions, integer pow by squaring
+    "op_coverage": (lambda x, y, w, i, e: (torch.isinf(x) | torch.isfinite(y), torch.isneginf(x), torch.isposinf(y),
+                                           torch.lerp(x, y, w), torch.lerp(x, y, 0.7), torch.addcmul(x, y, w, value=0.5),
+                                           torch.addcdiv(x, y, w + 1, value=2), *torch.aminmax(x, dim=1), i ** e,
+                                           torch.select_scatter(x, y[0], 0, 3)),
+                    [R(7, 33), R(7, 33), R(33, low=0, high=1), lambda: torch.randint(-5, 5, (33,), dtype=torch.int32),
+                     lambda: torch.randint(-2, 30, (33,), dtype=torch.int32)]),
+    "adaptive_pools_uneven": (lambda x: (F.adaptive_avg_pool2d(x, (5, 4)), *F.adaptive_max_pool2d(x, (4, 6), True)),
+                              [R(2, 3, 11, 13)]),
+    "index_put": (lambda x, i, v: (x.index_put((i,), v) * 2, x.index_put((i, i), v[0], accumulate=True)),
+                  [R(5, 6, 7), lambda: torch.tensor([4, 0, -2]), R(7)]),
     "index_copy": (lambda b, i, k: (b * 2).index_copy(1, i, k + 1) * 3,
                    [R(4, 6, 3), lambda: torch.tensor([5, 1, 3]), R(4, 3, 3)]),
     # -- scans (Note [CUDA scans]): a chunk of the row per thread, rows short and long, along

@@ -676,8 +676,7 @@ def test_limitation_logsumexp_of_int():
     _assert_compiled(lambda x: torch.logsumexp(x, 0), torch.arange(4))
 
 
-@pytest.mark.xfail(strict=True, reason="kiln limitation: integer pow with a tensor exponent is not lowered")
-def test_limitation_int_pow_tensor_exponent():
+def test_int_pow_tensor_exponent_compiles():
     _assert_compiled(lambda x: 2 ** x, torch.arange(4))
 
 

@@ -112,10 +112,15 @@ def test_adaptive_avg_pool(channels_last):
     check(lambda t: F.adaptive_avg_pool2d(t, 1), (make_input((2, 3, 12, 18)),))
 
 
-def test_adaptive_avg_pool_with_uneven_windows_is_a_fallback():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_adaptive_pools_with_uneven_windows(channels_last):
+    # Note [Adaptive windows] in capture/window_ops.cpp (more in test_op_coverage.py)
     x = make_input((2, 3, 10, 9))
-    check(lambda t: F.adaptive_avg_pool2d(t + 1, (4, 4)) * 2, (x,), expect_compiled=False)
-    assert kiln.counters()["fallback_op_counts"] == {"aten._adaptive_avg_pool2d.default": 1}, kiln.counters()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    check(lambda t: (F.adaptive_avg_pool2d(t + 1, (4, 4)) * 2, F.adaptive_max_pool2d(t, (3, 4), return_indices=True)),
+          (x,))
+    assert kiln.counters()["fallback_op_counts"] == {}, kiln.counters()
 
 
 @pytest.mark.parametrize("channels_last", LAYOUTS)
