@@ -168,7 +168,25 @@ class KernelEmitter {
 
   /// float32 `x` rounded to the half type and kept as float32 (a cast to it in registers).
   llvm::Value* round_half(llvm::Value* x, DType t) {
-    if (t == DType::Float16) return widen_half(narrow_half(x, t), t);
+    if (t == DType::Float16) {
+      // Round in float32 itself, not through the 16 bits (half the operations): adding C, x's
+      // sign times 2^(e + 13) for x's exponent e (at least float16's smallest normal's, -14),
+      // leaves the sum an ulp of exactly float16's quantum at x, so the FPU rounds x to even
+      // there, and subtracting C is exact. |x| >= 65520 rounds to infinity; copysign keeps
+      // the sign of a zero result (-1e-9 is -0.0 in float16).
+      llvm::Value* u = b_.CreateBitCast(x, b_.getInt32Ty());
+      llvm::Value* e = b_.CreateBinaryIntrinsic(llvm::Intrinsic::umax, b_.CreateAnd(u, b_.getInt32(0x7f800000)),
+                                                b_.getInt32(113u << 23));
+      llvm::Value* c = b_.CreateBitCast(b_.CreateOr(b_.CreateAnd(u, b_.getInt32(0x80000000u)),
+                                                    b_.CreateAdd(e, b_.getInt32(13u << 23))),
+                                        b_.getFloatTy());
+      llvm::Value* r = b_.CreateFSub(b_.CreateFAdd(x, c), c);
+      r = b_.CreateBinaryIntrinsic(llvm::Intrinsic::copysign, r, x);
+      llvm::Value* big = b_.CreateFCmpOGE(intrinsic(llvm::Intrinsic::fabs, x), llvm::ConstantFP::get(b_.getFloatTy(), 65520.0));
+      llvm::Value* inf = b_.CreateBinaryIntrinsic(llvm::Intrinsic::copysign,
+                                                  llvm::ConstantFP::getInfinity(b_.getFloatTy()), x);
+      return b_.CreateSelect(big, inf, r);
+    }
     // bfloat16 is float32's top half: round the low half away in place
     llvm::Value* u = b_.CreateBitCast(x, b_.getInt32Ty());
     llvm::Value* bias = b_.CreateAdd(b_.CreateAnd(b_.CreateLShr(u, 16), b_.getInt32(1)), b_.getInt32(0x7fff));

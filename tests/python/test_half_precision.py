@@ -229,12 +229,14 @@ def test_conversions_are_exact_over_every_bit_pattern(dtype):
                      torch.randint(-2 ** 31, 2 ** 31 - 1, (200000,), generator=g, dtype=torch.int64).to(torch.int32).view(torch.float32)])
 
     def fn(h, f):
-        return h.float(), f.to(dtype)
+        # the third: rounded in registers and used there (stored as float32), not at a store
+        return h.float(), f.to(dtype), f.to(dtype).float()
 
     got, want = compiled_twice(fn, halves, f32), fn(halves, f32)
     same_bits(got[0], want[0], "widen")
     # NaN payloads may differ (both are NaN); every other value bit for bit
     same_bits(got[1], want[1], "narrow")
+    same_bits(got[2], want[2], "round in registers")
 
 
 def test_autocast_training_step_runs_compiled():
