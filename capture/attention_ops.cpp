@@ -114,7 +114,7 @@ int attention(GraphEditor& e, const Attention& a) {
 int attention_logsumexp(GraphEditor& e, const Attention& a) {
   int64_t heads = check_operands(e, a);
   DType t = e.node(a.q).dtype;
-  DType acc = is_half(t) ? DType::Float32 : t;
+  DType acc = compute_dtype(t);
   int s = e.cast(scores(e, a, repeat_heads(e, a.k, heads)), acc);
   int64_t last = last_dim(e, s);
   // The max and the sum of exponentials are the very nodes the softmax decomposes into

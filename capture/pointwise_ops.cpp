@@ -14,11 +14,6 @@
 namespace kiln::capture {
 using namespace kiln::ir;
 
-namespace {
-/// The float type eager's CPU kernels compute a half op in (its "opmath" type).
-DType opmath(DType t) { return is_half(t) ? DType::Float32 : t; }
-}  // namespace
-
 int GraphBuilder::pointwise_op(const std::string& name, const std::vector<Operand>& args, const Attrs& attrs) {
   auto tensor = [&](size_t i) {
     KILN_UNSUPPORTED_IF(i >= args.size() || args[i].kind != Operand::Kind::Value, "{} operand {} must be a tensor",
@@ -53,7 +48,7 @@ int GraphBuilder::pointwise_op(const std::string& name, const std::vector<Operan
     KILN_UNSUPPORTED_IF(args.size() != 3, "lerp takes start, end, weight");
     DType t = promoted({args[0], args[1]});
     KILN_UNSUPPORTED_IF(!is_float(t), "lerp of {}", dtype_name(t));
-    DType ct = opmath(t);
+    DType ct = compute_dtype(t);
     int s = editor_.cast(value_of(args[0], t), ct);
     int e = editor_.cast(value_of(args[1], t), ct);
     int w = args[2].kind == Operand::Kind::Value ? editor_.cast(value_of(args[2], t), ct) : value_of(args[2], ct);
@@ -72,7 +67,7 @@ int GraphBuilder::pointwise_op(const std::string& name, const std::vector<Operan
     KILN_UNSUPPORTED_IF(args.size() != 4, "{} takes self, tensor1, tensor2, value", name);
     DType t = promoted({args[0], args[1], args[2]});
     KILN_UNSUPPORTED_IF(t == DType::Bool || (name == "addcdiv" && !is_float(t)), "{} of {}", name, dtype_name(t));
-    DType ct = opmath(t);
+    DType ct = compute_dtype(t);
     int x = editor_.cast(value_of(args[0], t), ct);
     int t1 = editor_.cast(value_of(args[1], t), ct);
     int t2 = editor_.cast(value_of(args[2], t), ct);

@@ -683,7 +683,7 @@ class KernelEmitter {
       line(fmt::format("{0} = {0} {1} {2};", acc, r.op == ReduceOp::Any ? "||" : "&&", emit(r.value)));
       return;
     }
-    std::string v = cast_text(emit(r.value), r.value->dtype, is_half(r.acc_dtype) ? DType::Float32 : r.acc_dtype);
+    std::string v = cast_text(emit(r.value), r.value->dtype, compute_dtype(r.acc_dtype));
     std::string at = reg_type(r.acc_dtype);
     switch (r.op) {
       case ReduceOp::Sum:
@@ -715,7 +715,7 @@ class KernelEmitter {
     } else if (r.op == ReduceOp::Any || r.op == ReduceOp::All) {
       value = cast_text(acc, DType::Bool, r.out_dtype);
     } else {
-      value = cast_text(acc, is_half(r.acc_dtype) ? DType::Float32 : r.acc_dtype, r.out_dtype);
+      value = cast_text(acc, compute_dtype(r.acc_dtype), r.out_dtype);
     }
     line(fmt::format("const {} {} = {};  // {} {}", reg_type(r.out_dtype), name, value,
                      r.running ? "running" : "the row's", reduce_op_name(r.op)));
