@@ -41,12 +41,6 @@ def _done(fut):
         _pending.discard(fut)
 
 
-def pending():
-    """How many submitted compiles have not finished."""
-    with _lock:
-        return len(_pending)
-
-
 def wait(timeout=None):
     """Blocks until every compile submitted so far has finished (or `timeout` seconds passed);
     True when none is left running."""
