@@ -141,13 +141,19 @@ class KernelEmitter {
     return b_.CreateBitCast(b_.CreateOr(mag, sign), b_.getFloatTy());
   }
 
+  /// float32 bits `u` (not NaN's) with the low half rounded into the high half, ties to even
+  /// (c10::BFloat16's rounding): the high 16 bits are the bfloat16 value.
+  llvm::Value* bf16_rounded(llvm::Value* u) {
+    llvm::Value* bias = b_.CreateAdd(b_.CreateAnd(b_.CreateLShr(u, 16), b_.getInt32(1)), b_.getInt32(0x7fff));
+    return b_.CreateAdd(u, bias);
+  }
+
   /// float32 `x` rounded to the nearest half value (ties to even), as its 16 bits: overflow
   /// gives infinity, NaN the quiet NaN c10 gives (0x7fc0 for bfloat16, 0x7e00 for float16).
   llvm::Value* narrow_half(llvm::Value* x, DType t) {
     llvm::Value* u = b_.CreateBitCast(x, b_.getInt32Ty());
     if (t == DType::BFloat16) {
-      llvm::Value* bias = b_.CreateAdd(b_.CreateAnd(b_.CreateLShr(u, 16), b_.getInt32(1)), b_.getInt32(0x7fff));
-      llvm::Value* rounded = b_.CreateTrunc(b_.CreateLShr(b_.CreateAdd(u, bias), 16), b_.getInt16Ty());
+      llvm::Value* rounded = b_.CreateTrunc(b_.CreateLShr(bf16_rounded(u), 16), b_.getInt16Ty());
       return b_.CreateSelect(b_.CreateFCmpUNO(x, x), b_.getInt16(0x7fc0), rounded);
     }
     llvm::Value* sign = b_.CreateAnd(u, b_.getInt32(0x80000000u));
@@ -189,8 +195,7 @@ class KernelEmitter {
     }
     // bfloat16 is float32's top half: round the low half away in place
     llvm::Value* u = b_.CreateBitCast(x, b_.getInt32Ty());
-    llvm::Value* bias = b_.CreateAdd(b_.CreateAnd(b_.CreateLShr(u, 16), b_.getInt32(1)), b_.getInt32(0x7fff));
-    llvm::Value* r = b_.CreateBitCast(b_.CreateAnd(b_.CreateAdd(u, bias), b_.getInt32(0xffff0000u)), b_.getFloatTy());
+    llvm::Value* r = b_.CreateBitCast(b_.CreateAnd(bf16_rounded(u), b_.getInt32(0xffff0000u)), b_.getFloatTy());
     return b_.CreateSelect(b_.CreateFCmpUNO(x, x), x, r);
   }
 

@@ -57,17 +57,26 @@ Library open_mkl_or_openblas() {
   return open_openblas();
 }
 
+/// Function `name` from the first libdnnl that opens and has it (null if none); `*so` names it.
+void* dnnl_symbol(const char* name, const char** so = nullptr) {
+  for (const char* lib : {"libdnnl.so.2", "libdnnl.so.3", "libdnnl.so"}) {
+    void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+    if (!h) continue;
+    if (void* fn = dlsym(h, name)) {
+      if (so) *so = lib;
+      return fn;
+    }
+  }
+  return nullptr;
+}
+
 /// `base` with its float32 products moved to oneDNN's GEMM when libdnnl opens (Note [Which GEMM]).
 Library with_dnnl_sgemm(Library base) {
   if (!base.ok()) return base;
-  for (const char* so : {"libdnnl.so.2", "libdnnl.so.3", "libdnnl.so"}) {
-    void* h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
-    if (!h) continue;
-    if (auto fn = reinterpret_cast<DnnlSgemmFn>(dlsym(h, "dnnl_sgemm"))) {
-      base.dnnl_sgemm = fn;
-      base.name = std::string("onednn sgemm (") + so + ") + " + base.name;
-      return base;
-    }
+  const char* so = nullptr;
+  if (auto fn = reinterpret_cast<DnnlSgemmFn>(dnnl_symbol("dnnl_sgemm", &so))) {
+    base.dnnl_sgemm = fn;
+    base.name = std::string("onednn sgemm (") + so + ") + " + base.name;
   }
   return base;
 }
@@ -105,14 +114,7 @@ Library resolve(const std::string& choice) {
 }  // namespace
 
 DnnlGemmBf16Fn bf16_gemm() {
-  static const DnnlGemmBf16Fn fn = [] {
-    for (const char* so : {"libdnnl.so.2", "libdnnl.so.3", "libdnnl.so"}) {
-      void* h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
-      if (!h) continue;
-      if (auto f = reinterpret_cast<DnnlGemmBf16Fn>(dlsym(h, "dnnl_gemm_bf16bf16f32"))) return f;
-    }
-    return DnnlGemmBf16Fn{nullptr};
-  }();
+  static const auto fn = reinterpret_cast<DnnlGemmBf16Fn>(dnnl_symbol("dnnl_gemm_bf16bf16f32"));
   return fn;
 }
 
