@@ -57,7 +57,10 @@ bool Context::KeyEq::operator()(const ExprNode* x, const ExprNode* y) const {
 Expr Context::intern(ExprNode n) {
   uint64_t h = hash_combine(static_cast<uint64_t>(n.op), static_cast<uint64_t>(n.dtype));
   for (Expr o : {n.a, n.b, n.c}) h = hash_combine(h, o ? o->hash : 0);
-  h = hash_combine(h, static_cast<uint64_t>(n.ival));
+  // A variable is its id: its extent stays out of the hash, so that index expressions order
+  // their terms alike whatever the loop counts (a dynamic program compares lowerings at
+  // different sizes: Note [Dynamic leading sizes]).
+  if (n.op != ExprOp::Var) h = hash_combine(h, static_cast<uint64_t>(n.ival));
   h = hash_combine(h, hash_double(n.fval));
   h = hash_combine(h, static_cast<uint64_t>(n.var_id));
   n.hash = h;

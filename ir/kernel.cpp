@@ -116,7 +116,9 @@ std::string print(const Kernel& k) {
   std::string s = fmt::format("kernel {}  // {}\n", k.name, k.provenance);
   std::string indent = "  ";
   for (const auto& l : k.loops) {
-    s += fmt::format("{}for i{} in 0..{} ({}):\n", indent, l.var->var_id, l.var->ival, loop_kind_name(l.kind));
+    // The outer loop's count: a dynamic program's instance runs it to its own size.
+    int64_t n = &l == &k.loops[0] ? k.outer_extent() : l.var->ival;
+    s += fmt::format("{}for i{} in 0..{} ({}):\n", indent, l.var->var_id, n, loop_kind_name(l.kind));
     indent += "  ";
   }
   for (const auto& ph : k.phases) {

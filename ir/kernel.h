@@ -74,7 +74,10 @@ struct Kernel {
   std::string provenance;  ///< one line: graph nodes it computes
   std::vector<Loop> loops;    ///< outer loops, outermost first; loops[0] is split across threads
   std::vector<Phase> phases;  ///< run in order inside the innermost outer loop
-  int64_t outer_extent() const { return loops.empty() ? 1 : loops[0].var->ival; }
+  /// A dynamic program's instance at one size (runtime/dynamic_program.h): the outer loop's
+  /// count there; its variable keeps the extent the program was lowered with. -1: none.
+  int64_t runtime_extent = -1;
+  int64_t outer_extent() const { return runtime_extent >= 0 ? runtime_extent : loops.empty() ? 1 : loops[0].var->ival; }
   /// Elements touched per unit of the outer loop (for the thread split's grain).
   int64_t inner_work() const;
   /// Every expression the kernel evaluates (stores' indices and values, reductions' values).

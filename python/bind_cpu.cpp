@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <set>
 
 #include "capture/graph_builder.h"
@@ -16,6 +17,7 @@
 #include "runtime/blas.h"
 #include "runtime/compile_cpu.h"
 #include "runtime/compile_training.h"
+#include "runtime/dynamic_program.h"
 #include "runtime/gemm.h"
 #include "support/config.h"
 #include "support/error.h"
@@ -80,9 +82,15 @@ void* data_ptr(PyObject* t) {
   return PyLong_AsVoidPtr(p.ptr());
 }
 
+/// What the fast path calls: an entry that checks its guards and runs (see Entry::call).
+struct GuardedEntry {
+  virtual ~GuardedEntry() = default;
+  virtual py::object call(const py::list& leaves, bool grad_enabled) = 0;
+};
+
 /// One cache entry of a compiled function: guards, program, the output allocation recipe, and
 /// the fallback table (Python callables running the ops kiln runs eagerly inside the program).
-class Entry {
+class Entry : public GuardedEntry {
  public:
   /// `lazy_outputs`: allocate each output just before the step that first writes it, as
   /// programs with fallback steps allocate every buffer (a training step's: its backward's
@@ -130,7 +138,7 @@ class Entry {
   /// Runs on `leaves` if the guards hold: returns the output list, None on a guard miss, or
   /// False when the program flagged an error (integer division by zero, a failing fallback op)
   /// and eager must redo the call.
-  py::object call(const py::list& leaves, bool grad_enabled) {
+  py::object call(const py::list& leaves, bool grad_enabled) override {
     if (!guards_->check(leaves, grad_enabled)) return py::none();
     return run(leaves, {});
   }
@@ -348,6 +356,85 @@ class Entry {
   std::vector<ViewArgs> output_views_;                // per output (InputView outputs only)
 };
 
+/// A dynamic program (Note [Dynamic leading sizes]) and the guards whose symbolic sizes give
+/// its symbol s, plus the program of the first size it ran at (what inspection shows).
+struct DynamicProgram {
+  std::shared_ptr<const runtime::DynamicCpuProgram> dynamic;
+  Program first;  ///< the instance at the size of the capture that made it dynamic
+};
+
+DynamicProgram compile_dynamic(const runtime::GraphTemplate& t, const std::string& debug_dir) {
+  runtime::CpuCompileOptions opts = runtime::cpu_options_from_knobs(debug_dir);
+  DynamicProgram out;
+  out.dynamic = std::make_shared<runtime::DynamicCpuProgram>(t, opts);
+  std::string why;
+  runtime::CompiledCpuGraph g;
+  g.program = out.dynamic->at(t.seen[1], &why);
+  KILN_UNSUPPORTED_IF(!g.program, "the dynamic program is not valid at the captured size: {}", why);
+  g.timings = out.dynamic->timings();
+  g.graph_text = ir::print(t.graph);
+  g.compile_ms = out.dynamic->compile_ms();
+  out.first = Program(std::move(g));
+  return out;
+}
+
+/// A compiled function's entry for a dynamic program: checks the symbolic guards, then runs
+/// the program's instance at the symbol's value (made on the first call at that value).
+class DynamicEntry : public GuardedEntry {
+ public:
+  DynamicEntry(std::shared_ptr<py_bind::GuardSet> guards, DynamicProgram program, py::list fallbacks)
+      : guards_(std::move(guards)), program_(std::move(program)), fallbacks_(std::move(fallbacks)) {}
+
+  /// As Entry::call. A size whose graph is not valid (a slice the captures clamped) misses, so
+  /// the caller specialises on it.
+  py::object call(const py::list& leaves, bool grad_enabled) override {
+    if (!guards_->check(leaves, grad_enabled)) return py::none();
+    Entry* e = instance(guards_->symbol());
+    if (!e) return py::none();
+    last_ = e;
+    return e->run(leaves, {});
+  }
+
+  const std::string& last_failure() const {
+    static const std::string none;
+    return last_ ? last_->last_failure() : none;
+  }
+  std::shared_ptr<py_bind::GuardSet> guards() const { return guards_; }
+  const DynamicProgram& program() const { return program_; }
+  size_t instances() const { return instances_.size(); }
+  const std::map<int64_t, std::string>& refused() const { return refused_; }
+
+ private:
+  /// Instances kept at once: each holds its arena of temporaries for its size.
+  static constexpr size_t kMaxInstances = 32;
+
+  Entry* instance(int64_t s) {
+    auto it = instances_.find(s);
+    if (it != instances_.end()) return it->second.get();
+    if (refused_.count(s)) return nullptr;
+    std::string why;
+    runtime::CompiledCpuGraph g;
+    g.program = program_.dynamic->at(s, &why);
+    if (!g.program) {
+      refused_[s] = why;
+      return nullptr;
+    }
+    if (instances_.size() >= kMaxInstances) {
+      instances_.clear();
+      last_ = nullptr;
+    }
+    auto e = std::make_unique<Entry>(guards_, Program(std::move(g)), fallbacks_);
+    return (instances_[s] = std::move(e)).get();
+  }
+
+  std::shared_ptr<py_bind::GuardSet> guards_;
+  DynamicProgram program_;
+  py::list fallbacks_;
+  std::map<int64_t, std::unique_ptr<Entry>> instances_;
+  std::map<int64_t, std::string> refused_;  // sizes whose graph is not valid, and why
+  Entry* last_ = nullptr;
+};
+
 /// The per-call fast path of a compiled function for its most common shape of call: positional
 /// torch.Tensor arguments only, no captured tensors or guarded plain values, no mutation, and a
 /// result that is one tensor or a flat tuple of them. Everything else goes through Python.
@@ -360,7 +447,7 @@ class FastPath {
         miss_(std::move(miss)) {}
 
   /// `tuple_result`: return the outputs as a tuple instead of the first output.
-  void add(size_t nargs, std::shared_ptr<Entry> entry, bool tuple_result) {
+  void add(size_t nargs, std::shared_ptr<GuardedEntry> entry, bool tuple_result) {
     entries_.push_back({nargs, std::move(entry), tuple_result});
   }
   void clear() { entries_.clear(); }
@@ -400,7 +487,7 @@ class FastPath {
  private:
   struct Item {
     size_t nargs;
-    std::shared_ptr<Entry> entry;
+    std::shared_ptr<GuardedEntry> entry;
     bool tuple_result;
   };
   py::object tensor_type_, is_grad_enabled_, get_default_dtype_, miss_;
@@ -510,7 +597,49 @@ void define_cpu(py::module_& m) {
       .def("clear", &FastPath::clear)
       .def("__call__", &FastPath::call);
 
-  py::class_<Entry, std::shared_ptr<Entry>>(m, "Entry")
+  py::class_<GuardedEntry, std::shared_ptr<GuardedEntry>>(m, "GuardedEntry");
+
+  py::class_<runtime::GraphTemplate>(m, "GraphTemplate", "two captures of one function fitted to one size symbol")
+      .def(py::init([](const capture::GraphBuilder& a, const capture::GraphBuilder& b) {
+             return runtime::fit_graph_template(a.graph(), b.graph());
+           }),
+           py::arg("first"), py::arg("second"))
+      .def_readonly("source", &runtime::GraphTemplate::source)
+      .def_property_readonly("seen", [](const runtime::GraphTemplate& t) { return py::make_tuple(t.seen[0], t.seen[1]); })
+      .def_property_readonly("inputs",
+                             [](const runtime::GraphTemplate& t) {
+                               py::list out;
+                               auto pairs = [](const std::vector<runtime::Affine>& v) {
+                                 std::vector<std::pair<int64_t, int64_t>> p;
+                                 for (const auto& f : v) p.emplace_back(f.base, f.coeff);
+                                 return p;
+                               };
+                               for (const auto& i : t.inputs)
+                                 out.append(py::make_tuple(i.leaf, pairs(i.sizes), pairs(i.strides)));
+                               return out;
+                             },
+                             "per graph input: (leaf, size forms, stride forms) as (base, coeff) pairs")
+      .def_property_readonly_static("min_symbol", [](py::object) { return runtime::kMinSymbol; })
+      .def_property_readonly_static("max_symbol", [](py::object) { return runtime::max_symbol(); });
+
+  py::class_<DynamicProgram>(m, "DynamicProgram")
+      .def_readonly("first", &DynamicProgram::first)
+      .def_property_readonly("describe", [](const DynamicProgram& p) { return p.dynamic->describe(); });
+  m.def("compile_dynamic", &compile_dynamic, py::arg("template"), py::arg("debug_dir") = "",
+        py::call_guard<py::gil_scoped_release>(),
+        "lowers a graph template at large sizes and compiles one program for every size (or raises Unsupported)");
+
+  py::class_<DynamicEntry, GuardedEntry, std::shared_ptr<DynamicEntry>>(m, "DynamicEntry")
+      .def(py::init<std::shared_ptr<py_bind::GuardSet>, DynamicProgram, py::list>(), py::arg("guards"),
+           py::arg("program"), py::arg("fallbacks") = py::list())
+      .def("__call__", &DynamicEntry::call)
+      .def("last_failure", [](const DynamicEntry& e) { return e.last_failure(); })
+      .def("failed_on_data_dependent_shape", [](const DynamicEntry&) { return false; })
+      .def_property_readonly("instances", &DynamicEntry::instances)
+      .def_property_readonly("refused", &DynamicEntry::refused)
+      .def_property_readonly("guards", &DynamicEntry::guards);
+
+  py::class_<Entry, GuardedEntry, std::shared_ptr<Entry>>(m, "Entry")
       .def(py::init<std::shared_ptr<py_bind::GuardSet>, Program, py::list, bool>(), py::arg("guards"),
            py::arg("program"), py::arg("fallbacks") = py::list(), py::arg("lazy_outputs") = false)
       .def("__call__", &Entry::call)

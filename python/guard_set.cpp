@@ -83,10 +83,18 @@ std::string GuardSet::check_tensor(const TensorGuard& g, PyObject* t, bool verbo
                                  py::str(g.dtype).cast<std::string>())
                    : "x";
   py::object shape = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, n.shape));
-  if (!tuple_equals(shape.ptr(), g.sizes))
+  if (!g.size_coeff.empty()) {
+    std::string bad = check_forms(shape.ptr(), g.sizes, g.size_coeff, "sizes", verbose);
+    if (bad.empty()) {
+      py::object st = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t, n.stride));
+      bad = check_forms(st.ptr(), g.strides, g.stride_coeff, "strides", verbose);
+    }
+    if (!bad.empty()) return bad;
+  } else if (!tuple_equals(shape.ptr(), g.sizes))
     return verbose ? fmt::format("sizes are {}, expected ({})", tuple_text(shape.ptr()), fmt::join(g.sizes, ", ")) : "x";
-  py::object stride = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t, n.stride));
-  if (!tuple_equals(stride.ptr(), g.strides))
+  py::object stride =
+      g.size_coeff.empty() ? py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t, n.stride)) : py::object();
+  if (g.size_coeff.empty() && !tuple_equals(stride.ptr(), g.strides))
     return verbose ? fmt::format("strides are {}, expected ({})", tuple_text(stride.ptr()), fmt::join(g.strides, ", "))
                    : "x";
   py::object rg = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, n.requires_grad));
@@ -100,6 +108,53 @@ std::string GuardSet::check_tensor(const TensorGuard& g, PyObject* t, bool verbo
   std::string dev = device_of(t);
   if (dev != g.device) return verbose ? fmt::format("device is {}, expected {}", dev, g.device) : "x";
   return "";
+}
+
+bool GuardSet::matches(int64_t v, int64_t base, int64_t coeff) const {
+  if (coeff == 0) return v == base;
+  if (symbol_ >= 0) return v == base + coeff * symbol_;
+  if ((v - base) % coeff != 0) return false;
+  int64_t s = (v - base) / coeff;
+  if (s < symbol_lo_ || s > symbol_hi_) return false;
+  symbol_ = s;
+  return true;
+}
+
+std::string GuardSet::check_forms(PyObject* tuple, const std::vector<int64_t>& base, const std::vector<int64_t>& coeff,
+                                  const char* what, bool verbose) const {
+  std::vector<int64_t> v;
+  if (!read_int_tuple(tuple, v) || v.size() != base.size()) return verbose ? fmt::format("{} have another rank", what) : "x";
+  for (size_t d = 0; d < v.size(); ++d)
+    if (!matches(v[d], base[d], coeff[d])) {
+      if (!verbose) return "x";
+      if (coeff[d] == 0) return fmt::format("{} are {}, expected {} at dim {}", what, tuple_text(tuple), base[d], d);
+      return symbol_ >= 0 ? fmt::format("{} are {}: dim {} is not {} + {}*s with s = {}", what, tuple_text(tuple), d,
+                                        base[d], coeff[d], symbol_)
+                          : fmt::format("{} are {}: dim {} gives s outside {}..{}", what, tuple_text(tuple), d,
+                                        symbol_lo_, symbol_hi_);
+    }
+  return "";
+}
+
+void GuardSet::make_symbolic(int leaf, const std::vector<std::pair<int64_t, int64_t>>& sizes,
+                             const std::vector<std::pair<int64_t, int64_t>>& strides, int64_t lo, int64_t hi) {
+  symbol_lo_ = lo;
+  symbol_hi_ = hi;
+  for (auto& g : tensors_) {
+    if (g.leaf != leaf) continue;
+    g.sizes.clear();
+    g.size_coeff.clear();
+    g.strides.clear();
+    g.stride_coeff.clear();
+    for (auto [b, c] : sizes) {
+      g.sizes.push_back(b);
+      g.size_coeff.push_back(c);
+    }
+    for (auto [b, c] : strides) {
+      g.strides.push_back(b);
+      g.stride_coeff.push_back(c);
+    }
+  }
 }
 
 int GuardSet::overlapping(const py::list& leaves) const {
@@ -124,6 +179,7 @@ int GuardSet::overlapping(const py::list& leaves) const {
 }
 
 bool GuardSet::check(const py::list& leaves, bool grad_enabled) {
+  symbol_ = -1;
   if (static_cast<size_t>(PyList_GET_SIZE(leaves.ptr())) != leaf_count_) return false;
   if (grad_enabled != grad_mode_) return false;
   for (size_t i = 0; i < tensors_.size(); ++i) {
@@ -160,6 +216,7 @@ std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
   if (static_cast<size_t>(PyList_GET_SIZE(leaves.ptr())) != leaf_count_)
     return fmt::format("the call has {} leaves, expected {}", PyList_GET_SIZE(leaves.ptr()), leaf_count_);
   if (grad_enabled != grad_mode_) return fmt::format("grad mode is {}, expected {}", grad_enabled, grad_mode_);
+  symbol_ = -1;
   for (const auto& id : identities_)
     if ((PyList_GET_ITEM(leaves.ptr(), id.i) == PyList_GET_ITEM(leaves.ptr(), id.j)) != id.same)
       return fmt::format("leaves {} and {} are {}the same tensor, expected {}", id.i, id.j, id.same ? "not " : "",
@@ -191,10 +248,21 @@ std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
 std::vector<std::string> GuardSet::describe() const {
   std::vector<std::string> out;
   out.push_back(fmt::format("grad_mode == {}", grad_mode_));
+  // A symbolic dim prints as its form over s (Note [Dynamic leading sizes]).
+  auto forms = [](const std::vector<int64_t>& base, const std::vector<int64_t>& coeff) {
+    std::vector<std::string> out;
+    for (size_t d = 0; d < base.size(); ++d) {
+      int64_t c = d < coeff.size() ? coeff[d] : 0;
+      std::string term = c == 0 ? "" : c == 1 ? "s" : fmt::format("{}*s", c);
+      out.push_back(c == 0 ? std::to_string(base[d]) : base[d] == 0 ? term : fmt::format("{}{:+}", term, base[d]));
+    }
+    return fmt::format("{}", fmt::join(out, ", "));
+  };
   for (const auto& g : tensors_)
     out.push_back(fmt::format("leaf {}: {} {} on {}, sizes ({}), strides ({}), requires_grad={}", g.leaf,
                               py::str(g.type).cast<std::string>(), py::str(g.dtype).cast<std::string>(), g.device,
-                              fmt::join(g.sizes, ", "), fmt::join(g.strides, ", "), g.requires_grad));
+                              forms(g.sizes, g.size_coeff), forms(g.strides, g.stride_coeff), g.requires_grad));
+  if (symbol_hi_ > 0) out.push_back(fmt::format("{} <= s <= {}, one s for every leaf", symbol_lo_, symbol_hi_));
   for (const auto& id : identities_)
     out.push_back(fmt::format("leaf {} is {}leaf {}", id.i, id.same ? "" : "not ", id.j));
   for (const auto& d : disjoint_) out.push_back(fmt::format("leaf {} does not overlap leaf {} in memory", d.i, d.j));

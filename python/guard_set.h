@@ -21,6 +21,10 @@ struct TensorGuard {
   std::vector<int64_t> sizes;
   std::vector<int64_t> strides;
   bool requires_grad;
+  /// A dynamic program's guard (Note [Dynamic leading sizes]): size d must be sizes[d] +
+  /// size_coeff[d] * s, stride d strides[d] + stride_coeff[d] * s, for one symbol s per call.
+  /// Empty: the sizes and strides are constants.
+  std::vector<int64_t> size_coeff, stride_coeff;
 };
 
 struct ValueGuard {
@@ -51,10 +55,23 @@ class GuardSet {
   /// One line per guard, for kiln.explain and KILN_LOG=guards.
   std::vector<std::string> describe() const;
   size_t leaf_count() const { return leaf_count_; }
+  /// Makes leaf `leaf`'s tensor guard symbolic: `sizes`/`strides` are (base, coeff) pairs of
+  /// the forms `base + coeff * s`; s must lie in [lo, hi] and be one value across the call.
+  void make_symbolic(int leaf, const std::vector<std::pair<int64_t, int64_t>>& sizes,
+                     const std::vector<std::pair<int64_t, int64_t>>& strides, int64_t lo, int64_t hi);
+  /// The symbol's value the last successful check() found (-1: none).
+  int64_t symbol() const { return symbol_; }
   void set_leaf_count(size_t n) { leaf_count_ = n; }
 
  private:
   std::string check_tensor(const TensorGuard& g, PyObject* t, bool verbose) const;
+  /// Whether `v` is `base + coeff * s`, fixing s on its first use in a check.
+  bool matches(int64_t v, int64_t base, int64_t coeff) const;
+  /// A symbolic tensor guard's sizes or strides against `tuple`; "" when they hold.
+  std::string check_forms(PyObject* tuple, const std::vector<int64_t>& base, const std::vector<int64_t>& coeff,
+                          const char* what, bool verbose) const;
+  mutable int64_t symbol_ = -1;
+  int64_t symbol_lo_ = 0, symbol_hi_ = 0;
   std::vector<TensorGuard> tensors_;
   std::vector<ValueGuard> values_;
   struct Identity {

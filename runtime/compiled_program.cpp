@@ -18,6 +18,9 @@ constexpr size_t kAlign = 64;
 }  // namespace
 
 CompiledProgram::CompiledProgram(ir::KernelProgram program, cpu::CpuCode code)
+    : CompiledProgram(std::move(program), std::make_shared<const cpu::CpuCode>(std::move(code))) {}
+
+CompiledProgram::CompiledProgram(ir::KernelProgram program, std::shared_ptr<const cpu::CpuCode> code)
     : program_(std::move(program)), code_(std::move(code)) {
   ArenaPlan plan = plan_arena(program_, kAlign);
   temp_offset_ = std::move(plan.offset);
@@ -95,7 +98,7 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
       Epilogue epi{};
       if (has_epilogue) {
         call_hook(si + 1, true);
-        epi = {code_.fns[static_cast<size_t>(g.epilogue)], ptrs.data(), g.epilogue_span};
+        epi = {code_->fns[static_cast<size_t>(g.epilogue)], ptrs.data(), g.epilogue_span};
       }
       auto t0 = profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       bool ran_epilogue = false;
@@ -120,7 +123,7 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
     }
     size_t k = static_cast<size_t>(step.index);
     const ir::Kernel& kernel = program_.kernels[k];
-    cpu::KernelFn fn = code_.fns[k];
+    cpu::KernelFn fn = code_->fns[k];
     void* const* bufs = ptrs.data();
     auto t0 = profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     // Only a parallel outer loop is split across threads: a serial one (a folding scatter's

@@ -18,6 +18,9 @@ namespace kiln::runtime {
 class CompiledProgram {
  public:
   CompiledProgram(ir::KernelProgram program, cpu::CpuCode code);
+  /// Shares machine code with other programs: a dynamic program's instances, one per size
+  /// (runtime/dynamic_program.h), differ only in the integers the runtime reads.
+  CompiledProgram(ir::KernelProgram program, std::shared_ptr<const cpu::CpuCode> code);
   ~CompiledProgram();
 
   /// Runs an extern step: reads the operand buffers' pointers in `ptrs`, sets the result
@@ -34,7 +37,7 @@ class CompiledProgram {
   bool run(std::vector<void*>& ptrs, const ExternFn& run_extern = nullptr, const StepHook& hook = nullptr);
 
   const ir::KernelProgram& program() const { return program_; }
-  const cpu::CpuCode& code() const { return code_; }
+  const cpu::CpuCode& code() const { return *code_; }
   /// Nanoseconds spent in each kernel so far (summed over calls) and the number of calls.
   const std::vector<int64_t>& kernel_ns() const { return kernel_ns_; }
   /// Nanoseconds spent in each matrix-product step so far (profiling only).
@@ -53,7 +56,7 @@ class CompiledProgram {
   void release_arena(char* arena);
 
   ir::KernelProgram program_;
-  cpu::CpuCode code_;
+  std::shared_ptr<const cpu::CpuCode> code_;
   std::vector<size_t> temp_offset_;  // per buffer (Temp only), bytes into the arena
   size_t arena_bytes_ = 0;
   std::mutex pool_mu_;

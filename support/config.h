@@ -16,7 +16,7 @@ namespace kiln {
   X(disable, "KILN_DISABLE", "0", "1: every compiled function runs eagerly")                   \
   X(num_threads, "KILN_NUM_THREADS", "0", "threads for compiled CPU kernels; 0: all cores")    \
   X(log, "KILN_LOG", "", "comma list of stages to print: graph,ir,fusion,kernels,guards,"      \
-                         "recompiles,breaks,perf")                                             \
+                         "recompiles,breaks,perf,dynamic")                                          \
   X(debug_dir, "KILN_DEBUG_DIR", "", "folder that receives every artifact of every compile")   \
   X(cache_limit, "KILN_CACHE_LIMIT", "8", "compiled variants per function before it runs "     \
                                           "eagerly")                                           \

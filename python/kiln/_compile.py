@@ -11,7 +11,8 @@ import warnings
 
 import torch
 
-from . import _C, _accuracy, _argument_changes, _autograd, _background, _backward_capture, _counters, _cuda, _segments
+from . import _C, _accuracy, _argument_changes, _autograd, _background, _backward_capture, _counters, _cuda, _dynamic
+from . import _segments
 from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._snapshot import MAX_DEPTH as _MAX_DEPTH
@@ -317,7 +318,11 @@ def _same_value(a, b):
 
 
 def _source_key(get):
+    if isinstance(get, _NestedGetter):  # a tensor inside a container: its base's key and the path
+        return ("nested", _source_key(get.base), tuple(get.steps))
     inner = getattr(get, "getter", get)
+    if not isinstance(inner, _PathGetter):
+        return (type(get).__name__, id(get))
     return (type(get).__name__, inner.kind, id(inner.root), inner.key, inner.names)
 
 
@@ -424,8 +429,14 @@ class _Entry:
         self.replay_start = 0  # where its values start among the outputs (after the result's)
         self.pending = None  # a background compile's Future (Note [Background compiles])
         self.install = None  # installs its outcome: the compiled entry in this one's place
+        self.capture = None  # _dynamic.CaptureRecord: a static CPU entry's capture, to pair with later
+        self.nargs = None  # positional arguments, where the entry is on the C++ fast path
+        self.dynamic = None  # _C.DynamicProgram: one program for every size (program: its first instance)
         if program is None:
             self.native = None
+        elif hasattr(_C, "DynamicProgram") and isinstance(program, _C.DynamicProgram):
+            self.dynamic, self.program = program, program.first
+            self.native = _C.DynamicEntry(guards, program, list(self.fallbacks))
         elif getattr(program, "target", "cpu") == "cuda":
             self.native = _cuda.CudaEntry(guards, program)
         else:
@@ -447,6 +458,7 @@ class CompiledFunction:
         self._module = module
         self._backend = backend
         self._fullgraph = fullgraph
+        self._dynamic = dynamic  # False: never a dynamic program (_dynamic.py)
         self._entries = {}       # structure spec -> [_Entry]
         self._entry_count = 0
         self._eager_only = None  # reason, once the cache limit is hit
@@ -670,8 +682,15 @@ class CompiledFunction:
         # written after compiling used to go to the next variant's (missing) directory.
         debug_dir = self._debug_dir()
         guards = _build_guards(full, grad, set(tracer.mutations))
+        record, base, template, dyn_guards = self._dynamic_pairing(spec, tracer, full, getters, out_specs,
+                                                                   result_spec, training, replay, mutations, grad)
 
         def build():
+            if template is not None:
+                try:
+                    return _C.compile_dynamic(template, debug_dir)
+                except _C.Unsupported as e:
+                    _log("dynamic", f"{self.__name__}: stays specialised: {e}")
             if _cuda.is_cuda_trace(tracer):
                 # Tensors on a CUDA device compile for it (NVRTC; fallback ops run eagerly
                 # between its kernels); mixed devices or a missing driver raise Unsupported and
@@ -683,20 +702,75 @@ class CompiledFunction:
             return _C.compile_graph(tracer.builder, debug_dir)
 
         def install(program):
-            if program.dump_error:
-                warnings.warn(program.dump_error)
+            dynamic = isinstance(program, _C.DynamicProgram)
+            shown = program.first if dynamic else program
+            if shown.dump_error:
+                warnings.warn(shown.dump_error)
             self._compiles += 1
-            entry = _Entry(guards, getters, program, out_specs, result_spec, fallbacks=tracer.fallbacks)
+            entry = _Entry(dyn_guards if dynamic else guards, getters, program, out_specs, result_spec,
+                           fallbacks=tracer.fallbacks)
             if replay is not None:
                 entry.replay, entry.replay_start, entry.single = replay, len(res_leaves), False
                 _log("guards", f"{self.__name__}: replays changes to {replay.describe()} after each call")
-            self._finish_entry(spec, entry, tracer, mutations, debug_dir, program.loop_ir, len(leaves))
+            if dynamic:
+                _counters.bump("dynamic_compiles")
+                _log("dynamic", f"{self.__name__}: one program for every size: {program.describe}")
+                self._finish_entry(spec, entry, tracer, mutations, debug_dir, shown.loop_ir, len(leaves))
+                self._retire(spec, base, entry)
+            else:
+                entry.capture = record
+                self._finish_entry(spec, entry, tracer, mutations, debug_dir, shown.loop_ir, len(leaves))
 
-        self._compile(spec, guards, getters, build, install)
+        placeholder = self._compile(spec, guards, getters, build, install, placeholder_guards=dyn_guards)
+        if placeholder is not None and template is None:
+            placeholder.capture = record  # a capture at other sizes may pair with it while it compiles
         return result
 
+    # -- dynamic programs (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp) -------
+    def _dynamic_pairing(self, spec, tracer, full, getters, out_specs, result_spec, training, replay, mutations,
+                         grad):
+        """(record, base, template, guards): this capture's record (kept by its static entry
+        for a later pairing, or None), and when it pairs with an earlier capture at other
+        sizes, that capture's entry, their graph template and the symbolic guards."""
+        if self._dynamic is False:
+            return None, None, None, None
+        why = _dynamic.ineligible(tracer, training, replay, mutations)
+        if why is not None:
+            if self._entries.get(spec):
+                _log("dynamic", f"{self.__name__}: specialises on sizes: {why}")
+            return None, None, None, None
+        record = _dynamic.CaptureRecord(tracer.builder, full, [_source_key(g) for g in getters], out_specs,
+                                        result_spec)
+        for base in reversed(self._entries.get(spec, ())):
+            if getattr(base, "capture", None) is None or base.capture.pairs_with(record) is not None:
+                continue
+            try:
+                template = _C.GraphTemplate(base.capture.builder, tracer.builder)
+            except _C.Unsupported as e:
+                _log("dynamic", f"{self.__name__}: specialises on sizes: {e}")
+                continue
+            if not _dynamic.symbolic_leaves(template):
+                continue
+            return record, base, template, _dynamic.guards(_build_guards(full, grad), template)
+        return record, None, None, None
+
+    def _retire(self, spec, base, entry):
+        """Drops the static entry a dynamic one replaces (it serves that size too) and puts the
+        dynamic entry in its place."""
+        es = self._entries.get(spec, [])
+        if base in es and entry in es:
+            es.remove(entry)
+            es[es.index(base)] = entry
+            self._entry_count -= 1
+            if hasattr(self._fast, "clear"):
+                self._fast.clear()
+                for sp, entries in self._entries.items():
+                    for e in entries:
+                        if getattr(e, "nargs", None) is not None:
+                            self._maybe_fast(sp, e, e.nargs)
+
     # -- compiling, in the foreground or in the background ---------------------------------
-    def _compile(self, spec, guards, getters, build, install, what=""):
+    def _compile(self, spec, guards, getters, build, install, what="", placeholder_guards=None):
         """Runs build() (passes and code generation), then install(program), which adds the
         compiled entry; a build that fails adds an eager entry with the reason instead. With
         background compiles, build runs on kiln's compile thread and a placeholder entry runs
@@ -704,12 +778,14 @@ class CompiledFunction:
         compiles] in _background.py)."""
         if not self._background:
             self._install(spec, guards, getters, install, _outcome(build), what)
-            return
-        entry = _Entry(guards, getters, reason="compiling in the background")
+            return None
+        # A placeholder for a dynamic program runs every size eagerly until it is ready.
+        entry = _Entry(placeholder_guards or guards, getters, reason="compiling in the background")
         entry.pending = _background.submit(lambda: _outcome(build))
         entry.install = functools.partial(self._install, spec, guards, getters, install, what=what)
         self._add_entry(spec, entry)
         self._pending_entries += 1
+        return entry
 
     def _install(self, spec, guards, getters, install, outcome, what=""):
         program, err = outcome
@@ -794,6 +870,7 @@ class CompiledFunction:
         entry.silent = set(tracer.silent_updates)
         entry.single = entry.single and not mutations
         if nargs is not None:
+            entry.nargs = nargs
             self._maybe_fast(spec, entry, nargs)
         for fb in tracer.fallbacks:
             _counters.record_fallback_op(str(fb))
@@ -856,7 +933,8 @@ class CompiledFunction:
     def _maybe_fast(self, spec, entry, nargs):
         """Registers `entry` with the C++ fast path when the call is positional tensors only and
         the result is one tensor or a flat tuple of the graph's outputs in order."""
-        if not hasattr(self._fast, "add") or entry.getters or entry.mutations or not isinstance(entry.native, _C.Entry):
+        if not hasattr(self._fast, "add") or entry.getters or entry.mutations or \
+                not isinstance(entry.native, (_C.Entry, getattr(_C, "DynamicEntry", _C.Entry))):
             return
         if spec != flatten((tuple(range(nargs)), {}), []):  # not a purely positional call
             return

@@ -37,7 +37,8 @@ def record_eager(reason):
 def snapshot():
     out = {k: _counts.get(k, 0) for k in
            ("captures", "cache_hits", "recompiles", "graph_breaks", "fallback_ops", "eager_calls",
-            "eager_calls_while_compiling", "compiled_forward_calls", "compiled_backward_calls")}
+            "eager_calls_while_compiling", "compiled_forward_calls", "compiled_backward_calls",
+            "dynamic_compiles")}
     out["fallback_op_counts"] = dict(_fallback_ops)
     out["reasons"] = dict(_reasons)
     return out

@@ -6,7 +6,7 @@ from ._compile import CompiledFunction
 class Explanation:
     """Result of kiln.explain: .graph_count, .graph_breaks [(reason, location)], .fallback_ops
     [(op, reason)], .guards [text], .replays [the argument containers each entry writes after a
-    call], .graphs [text], .kernels [name], .matmuls [text: the BLAS
+    call], .dynamic [the symbol and sizes of each dynamic program], .graphs [text], .kernels [name], .matmuls [text: the BLAS
     steps, with how BLAS reads each operand], .training [one dict per compiled training step:
     joint_graph, partition (what the forward saves and the backward recomputes), saved_bytes,
     recomputed, forward_kernels, backward_kernels]; str() reads well."""
@@ -25,6 +25,9 @@ class Explanation:
         self.fallback_ops += [(str(fb), "no lowering: runs eagerly inside a compiled segment")
                               for e in entries if getattr(e, "tree", None) is not None for fb in e.tree.fallbacks()]
         self.guards = [g for e in entries for g in e.guards.describe()]
+        # One program for every size (Note [Dynamic leading sizes]): the symbol, where it was
+        # read, and the sizes it serves.
+        self.dynamic = [e.dynamic.describe for e in entries if getattr(e, "dynamic", None) is not None]
         # Argument containers written after each compiled call (Note [Argument containers]).
         self.replays = [e.replay.describe() for e in entries if getattr(e, "replay", None) is not None]
         programs = [e.program for e in entries if e.program is not None]
@@ -55,6 +58,7 @@ class Explanation:
             from . import _C
             lines.append(f"matrix products (BLAS: {_C.blas_library()}):")
             lines += [f"  - {g}" for g in self.matmuls]
+        lines += [f"dynamic program: {d}" for d in self.dynamic]
         lines += [f"after each call, replays the changes to its arguments {r}" for r in self.replays]
         lines.append("guards:")
         lines += [f"  {g}" for g in self.guards]

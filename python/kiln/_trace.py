@@ -312,7 +312,13 @@ class _EscapeWatch(TorchFunctionMode):
         super().__init__()
         self.tracer = tracer
 
+    # Python reading a size (see Tracer.size_read).
+    SIZE_READS = {torch.Tensor.shape.__get__, torch.Tensor.size, torch.Tensor.__len__, torch.Tensor.numel,
+                  torch.Tensor.nelement}
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.tracer.size_read is None and func in self.SIZE_READS:
+            self.tracer.size_read = user_location()
         what = self.ESCAPES.get(func)
         if what is not None:
             self.tracer.fail(CaptureFailed(f"tensor data leaves torch through {what}", kind="break",
@@ -376,6 +382,10 @@ class Tracer(TorchDispatchMode):
         self.failure = None
         self.current_op = None
         self.literal_depth = 0  # inside torch.tensor(python numbers): see _EscapeWatch
+        # Where Python first read a tensor's size (x.shape, x.size(), len(x), x.numel()), or
+        # None: such a size may have steered Python, so the capture cannot serve other sizes
+        # through a dynamic program (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp).
+        self.size_read = None
         self.fallbacks = []     # _Fallback per fallback node, by table index
         self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
         self.in_backward = False  # recording autograd's backward of the traced forward (_backward_capture)

@@ -1,0 +1,359 @@
+/// \file dynamic_program.cpp
+/// Dynamic programs over one size symbol (see dynamic_program.h).
+///
+/// Note [Dynamic leading sizes]
+/// A function called with a batch, token or row count that changes should not recompile per
+/// size. kiln makes the changing size a symbol `s` without teaching every pass symbolic
+/// arithmetic, in three steps, each of which proves what it relies on:
+///
+/// 1. The graph template. The first capture (at s_a) and the one that missed because sizes
+///    changed (at s_b) must be the same graph except for integers, and each integer must be a
+///    constant, k*s or s+c (fitted at s_a, checked at s_b). A Python decision on the size would
+///    have to show up as another graph; the tracer also refuses a dynamic program when Python
+///    read a size at all (python/kiln/_trace.py), so a size that flowed through Python into a
+///    `min` or an `if` cannot hide behind two captures that happen to agree. The forms are
+///    linear, so every linear relation between sizes (a broadcast, a concat, a reshape's element
+///    count) that held at both captures holds at every s; the non-linear ones (a slice clamped
+///    to its operand) are checked per size by sizes_hold.
+/// 2. Lowering at sentinels. The template is lowered at three values of s above any real size
+///    (2^31 and up). Where the three kernel programs are identical except for the integers the
+///    runtime reads -- each kernel's outer, thread-split loop count, buffer sizes and strides,
+///    matrix-product shapes, returned views -- and each of those is affine in s, the program is
+///    right at every s below the sentinels: the symbol is then only an upper bound of outer loop
+///    variables, so every decision the passes and LLVM made from a variable's range (a div/mod
+///    removed, an index known to fit) holds for the smaller range [0, s) too. Anything else --
+///    the symbol in an index expression, a reduction length, an inner loop, a float constant
+///    such as a mean's 1/s -- makes the programs differ, and kiln keeps specialising instead.
+/// 3. Instances. The machine code is compiled once; per size the runtime evaluates the forms
+///    into a copy of the program (its own arena plan) that shares that code.
+///
+/// What this covers: sizes that are the leading (row) count of the work -- the batch of an MLP,
+/// the tokens of a feed-forward layer, the rows of a norm or a softmax over the last dim. A
+/// changing sequence length inside attention, a reduction over the changing dim, or sizes read
+/// by Python still specialise per size (Note [Dynamic leading sizes] in README's terms: "what
+/// runs eagerly and why").
+#include "runtime/dynamic_program.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+
+#include "passes/pipeline.h"
+#include "support/error.h"
+
+namespace kiln::runtime {
+
+namespace {
+
+// Sentinel values of the symbol the template is lowered at: above any size a tensor on this
+// machine has, of both parities and far apart, so that an affine form is identified exactly.
+constexpr int64_t kSentinels[3] = {(int64_t{1} << 31) + 1, (int64_t{1} << 31) + (int64_t{1} << 20),
+                                   (int64_t{1} << 31) + 3 * (int64_t{1} << 20) + 7};
+
+using IntVisitor = std::function<void(int64_t&)>;
+
+/// Every integer of a graph that may depend on sizes, in a fixed order.
+void visit_graph_ints(ir::Graph& g, const IntVisitor& f) {
+  for (ir::Node& n : g.nodes) {
+    for (int64_t& v : n.sizes) f(v);
+    for (int64_t& v : n.strides) f(v);
+    for (int64_t& v : n.attrs.ints) f(v);
+    if (n.op != ir::OpKind::Input) f(n.attrs.int_value);  // an Input's is its leaf index
+  }
+}
+
+std::vector<int64_t> graph_ints(const ir::Graph& g) {
+  ir::Graph copy = g;
+  std::vector<int64_t> out;
+  visit_graph_ints(copy, [&](int64_t& v) { out.push_back(v); });
+  return out;
+}
+
+bool same_float(double a, double b) {
+  return std::memcmp(&a, &b, sizeof a) == 0 || (std::isnan(a) && std::isnan(b));
+}
+
+/// Empty when `a` and `b` are one graph up to integers; else the first difference.
+std::string graph_difference(const ir::Graph& a, const ir::Graph& b) {
+  if (a.nodes.size() != b.nodes.size())
+    return fmt::format("the captures have {} and {} nodes", a.nodes.size(), b.nodes.size());
+  for (size_t i = 0; i < a.nodes.size(); ++i) {
+    const ir::Node &x = a.nodes[i], &y = b.nodes[i];
+    bool floats_same = x.attrs.floats.size() == y.attrs.floats.size() && same_float(x.attrs.float_value, y.attrs.float_value);
+    for (size_t k = 0; floats_same && k < x.attrs.floats.size(); ++k)
+      floats_same = same_float(x.attrs.floats[k], y.attrs.floats[k]);
+    if (x.op != y.op || x.inputs != y.inputs || x.dtype != y.dtype || x.attrs.dtype != y.attrs.dtype)
+      return fmt::format("node %{} is {} in one capture and {} in the other", i, ir::op_name(x.op), ir::op_name(y.op));
+    if (!floats_same) return fmt::format("node %{} ({}) has another float constant", i, ir::op_name(x.op));
+    if (x.sizes.size() != y.sizes.size() || x.strides.size() != y.strides.size() ||
+        x.attrs.ints.size() != y.attrs.ints.size())
+      return fmt::format("node %{} ({}) has another rank", i, ir::op_name(x.op));
+  }
+  if (a.outputs != b.outputs || a.output_leaf != b.output_leaf || a.input_ids != b.input_ids)
+    return "the captures return different values";
+  return "";
+}
+
+/// The form of a value seen as `va` at s_a and `vb` at s_b: constant, k*s or s+c.
+bool fit(int64_t va, int64_t vb, int64_t sa, int64_t sb, Affine* out) {
+  if (va == vb) {
+    *out = {va, 0};
+    return true;
+  }
+  if (va % sa == 0 && va / sa != 0 && vb == (va / sa) * sb) {
+    *out = {0, va / sa};
+    return true;
+  }
+  if (vb - sb == va - sa) {
+    *out = {va - sa, 1};
+    return true;
+  }
+  return false;
+}
+
+/// The integers of a kernel program the runtime reads (and no code depends on), in a fixed
+/// order. Kernels' outer loop counts must be in `runtime_extent` first.
+void visit_program_ints(ir::KernelProgram& p, const IntVisitor& f) {
+  for (auto& b : p.buffers) {
+    for (int64_t& v : b.sizes) f(v);
+    for (int64_t& v : b.strides) f(v);
+  }
+  for (auto& k : p.kernels) f(k.runtime_extent);
+  auto operand = [&](ir::GemmOperand& o) {
+    for (int64_t& v : o.sizes) f(v);
+    for (int64_t& v : o.strides) f(v);
+    f(o.offset);
+  };
+  for (auto& g : p.gemms) {
+    operand(g.a);
+    operand(g.b);
+    f(g.epilogue_span);
+    f(g.bias_offset);
+  }
+  for (auto& o : p.outputs) {
+    for (int64_t& v : o.view.sizes) f(v);
+    for (int64_t& v : o.view.strides) f(v);
+    f(o.view.offset);
+  }
+}
+
+/// A kernel's loop IR without its outer loop's count (the one integer of a kernel that may
+/// depend on the symbol: the runtime passes the range of it each thread runs).
+std::string kernel_text(const ir::Kernel& k) {
+  std::string s = ir::print(k);
+  if (k.loops.empty()) return s;
+  size_t at = s.find(" in 0..", s.find('\n'));
+  size_t end = s.find(' ', at + 7);
+  return s.substr(0, at + 7) + "N" + s.substr(end);
+}
+
+/// Empty when `a` and `b` are one program up to the runtime's integers; else the difference.
+std::string program_difference(const ir::KernelProgram& a, const ir::KernelProgram& b) {
+  if (!a.externs.empty())
+    return "the program runs fallback ops (their arguments were captured at one size)";
+  if (a.buffers.size() != b.buffers.size() || a.kernels.size() != b.kernels.size() ||
+      a.gemms.size() != b.gemms.size() || a.steps.size() != b.steps.size() || a.outputs.size() != b.outputs.size() ||
+      a.externs.size() != b.externs.size())
+    return "the lowering makes other steps at other sizes";
+  for (size_t i = 0; i < a.steps.size(); ++i)
+    if (a.steps[i].kind != b.steps[i].kind || a.steps[i].index != b.steps[i].index)
+      return "the lowering orders its steps differently at other sizes";
+  for (size_t i = 0; i < a.buffers.size(); ++i) {
+    const auto &x = a.buffers[i], &y = b.buffers[i];
+    if (x.kind != y.kind || x.index != y.index || x.dtype != y.dtype || x.sizes.size() != y.sizes.size())
+      return fmt::format("buffer {} differs at other sizes", i);
+  }
+  for (size_t i = 0; i < a.kernels.size(); ++i) {
+    std::string x = kernel_text(a.kernels[i]), y = kernel_text(b.kernels[i]);
+    if (x == y) continue;
+    size_t at = 0;  // the first line that differs, for KILN_LOG=dynamic
+    while (at < x.size() && at < y.size() && x[at] == y[at]) ++at;
+    size_t line = x.rfind('\n', at) == std::string::npos ? 0 : x.rfind('\n', at) + 1;
+    return fmt::format("kernel {} depends on the size beyond its outer loop count (an index, an inner loop, a "
+                       "reduction's length or a constant): `{}`",
+                       a.kernels[i].name, x.substr(line, x.find('\n', line) - line));
+  }
+  for (size_t i = 0; i < a.gemms.size(); ++i) {
+    const auto &x = a.gemms[i], &y = b.gemms[i];
+    if (x.a.buffer != y.a.buffer || x.b.buffer != y.b.buffer || x.out != y.out || x.zero_start != y.zero_start ||
+        x.epilogue != y.epilogue || x.bias != y.bias || x.a.sizes.size() != y.a.sizes.size() ||
+        x.b.sizes.size() != y.b.sizes.size())
+      return fmt::format("matrix product {} differs at other sizes", x.name);
+  }
+  for (size_t i = 0; i < a.outputs.size(); ++i) {
+    const auto &x = a.outputs[i], &y = b.outputs[i];
+    if (x.kind != y.kind || x.index != y.index || x.view.is_view != y.view.is_view ||
+        x.view.sizes.size() != y.view.sizes.size())
+      return fmt::format("output {} differs at other sizes", i);
+  }
+  return "";
+}
+
+std::vector<int64_t> program_ints(ir::KernelProgram& p) {
+  for (auto& k : p.kernels) k.runtime_extent = k.outer_extent();
+  std::vector<int64_t> out;
+  visit_program_ints(p, [&](int64_t& v) { out.push_back(v); });
+  return out;
+}
+
+bool slice_holds(const ir::Node& n, const ir::Node& in, const ir::Sizes& out_sizes, std::string* why) {
+  int64_t dim = n.attrs.ints[0], start = n.attrs.ints[1], end = n.attrs.ints[2], step = n.attrs.ints[3];
+  if (dim < 0 || static_cast<size_t>(dim) >= in.sizes.size() || in.sizes.size() != out_sizes.size() || step < 1)
+    return false;
+  int64_t len = in.sizes[dim];
+  if (start < 0 || start > end || end > len) {
+    *why = fmt::format("a slice [{}:{}] of a dim of {}", start, end, len);
+    return false;
+  }
+  if (out_sizes[dim] != (end - start + step - 1) / step) {
+    *why = fmt::format("a slice [{}:{}:{}] that made {} elements", start, end, step, out_sizes[dim]);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+ir::Graph GraphTemplate::at(int64_t s) const {
+  ir::Graph g = graph;
+  size_t i = 0;
+  visit_graph_ints(g, [&](int64_t& v) { v = ints[i++].at(s); });
+  return g;
+}
+
+int64_t max_symbol() { return kSentinels[0] - 1; }
+
+GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b) {
+  std::string diff = graph_difference(a, b);
+  KILN_UNSUPPORTED_IF(!diff.empty(), "the function traced to another graph at the new sizes: {}", diff);
+  GraphTemplate t;
+  t.graph = b;
+  // The symbol: the first input size that changed.
+  int64_t sa = -1, sb = -1;
+  for (int id : b.input_ids)
+    for (size_t d = 0; d < b.nodes[id].sizes.size() && sa < 0; ++d)
+      if (a.nodes[id].sizes[d] != b.nodes[id].sizes[d]) {
+        sa = a.nodes[id].sizes[d];
+        sb = b.nodes[id].sizes[d];
+        t.source = fmt::format("leaf {} size({})", b.nodes[id].attrs.int_value, d);
+      }
+  KILN_UNSUPPORTED_IF(sa < 0, "no argument size changed");
+  KILN_UNSUPPORTED_IF(sa < kMinSymbol || sb < kMinSymbol,
+                      "a size changed from or to {} (sizes 0 and 1 stay specialised: broadcasting depends on them)",
+                      sa < kMinSymbol ? sa : sb);
+  t.seen[0] = sa;
+  t.seen[1] = sb;
+  std::vector<int64_t> va = graph_ints(a), vb = graph_ints(b);
+  t.ints.resize(va.size());
+  for (size_t i = 0; i < va.size(); ++i)
+    KILN_UNSUPPORTED_IF(!fit(va[i], vb[i], sa, sb, &t.ints[i]),
+                        "a size went from {} to {} while {} went from {} to {}: not k*s or s+c of one symbol", va[i],
+                        vb[i], t.source, sa, sb);
+  // Per Input node, the forms of its sizes and strides (the guards'). visit_graph_ints visits
+  // a node's sizes, then its strides, then its ints.
+  size_t pos = 0;
+  for (size_t id = 0; id < b.nodes.size(); ++id) {
+    const ir::Node& n = b.nodes[id];
+    if (n.op == ir::OpKind::Input) {
+      GraphTemplate::InputForm f{static_cast<int>(n.attrs.int_value), {}, {}};
+      f.sizes.assign(t.ints.begin() + pos, t.ints.begin() + pos + n.sizes.size());
+      f.strides.assign(t.ints.begin() + pos + n.sizes.size(), t.ints.begin() + pos + n.sizes.size() + n.strides.size());
+      t.inputs.push_back(std::move(f));
+    }
+    pos += n.sizes.size() + n.strides.size() + n.attrs.ints.size() + (n.op != ir::OpKind::Input ? 1 : 0);
+  }
+  return t;
+}
+
+bool sizes_hold(const ir::Graph& g, std::string* why) {
+  try {
+    ir::verify(g);
+  } catch (const InternalError&) {
+    *why = "the graph is not valid at this size (a negative size or an element count that differs)";
+    return false;
+  }
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const ir::Node& n = g.nodes[i];
+    bool ok = true;
+    if (n.op == ir::OpKind::Slice) {
+      ok = slice_holds(n, g.nodes[n.inputs[0]], n.sizes, why);
+    } else if (n.op == ir::OpKind::SliceScatter) {
+      ok = slice_holds(n, g.nodes[n.inputs[0]], g.nodes[n.inputs[1]].sizes, why);
+    } else if (n.op == ir::OpKind::Expand) {
+      const ir::Node& in = g.nodes[n.inputs[0]];
+      size_t lead = n.sizes.size() - std::min(n.sizes.size(), in.sizes.size());
+      for (size_t d = 0; d < in.sizes.size() && ok; ++d)
+        ok = in.sizes[d] == 1 || in.sizes[d] == n.sizes[lead + d];
+      if (!ok) *why = "an expand of a dim that is not 1";
+    }
+    if (!ok) {
+      if (why->empty()) *why = "a view out of its operand's bounds";
+      *why = fmt::format("node %{} ({}): {}", i, ir::op_name(n.op), *why);
+      return false;
+    }
+  }
+  return true;
+}
+
+DynamicCpuProgram::DynamicCpuProgram(GraphTemplate t, const CpuCompileOptions& opts)
+    : t_(std::move(t)), profile_(opts.profile) {
+  auto t0 = std::chrono::steady_clock::now();
+  passes::PassOptions popts = opts.passes;
+  std::vector<ir::KernelProgram> lowered;
+  std::vector<std::vector<int64_t>> ints;
+  for (int k = 0; k < 3; ++k) {
+    ir::Graph g = t_.at(kSentinels[k]);
+    std::string why;
+    KILN_UNSUPPORTED_IF(!sizes_hold(g, &why), "the graph is not valid at large sizes: {}", why);
+    popts.timings = k == 0 ? &timings_ : nullptr;
+    lowered.push_back(passes::run_pipeline(g, popts));
+    ints.push_back(program_ints(lowered.back()));
+    if (k > 0) {
+      std::string diff = program_difference(lowered[0], lowered[k]);
+      KILN_UNSUPPORTED_IF(!diff.empty(), "{}", diff);
+      KILN_UNSUPPORTED_IF(ints[k].size() != ints[0].size(), "the lowering has other views at other sizes");
+    }
+  }
+  KILN_UNSUPPORTED_IF(!lowered[0].externs.empty(), "{}", program_difference(lowered[0], lowered[0]));
+  // Each runtime integer: affine in s through all three sentinels.
+  const int64_t h0 = kSentinels[0], h1 = kSentinels[1], h2 = kSentinels[2];
+  size_t depends = 0;
+  program_ints_.resize(ints[0].size());
+  for (size_t i = 0; i < ints[0].size(); ++i) {
+    int64_t d = ints[1][i] - ints[0][i];
+    KILN_UNSUPPORTED_IF(d % (h1 - h0) != 0, "a runtime size is not affine in the symbol");
+    Affine f{0, d / (h1 - h0)};
+    f.base = ints[0][i] - f.coeff * h0;
+    KILN_UNSUPPORTED_IF(f.at(h2) != ints[2][i], "a runtime size is not affine in the symbol");
+    program_ints_[i] = f;
+    if (f.coeff != 0) ++depends;
+  }
+  template_ = std::move(lowered[0]);
+  cpu::CpuCode code = cpu::compile_cpu(template_, opts.codegen);
+  timings_.push_back(fmt::format("llvm emit: {:.3f} ms", code.emit_ms));
+  timings_.push_back(fmt::format("llvm O{}: {:.3f} ms", opts.codegen.opt_level, code.jit.optimize_ms));
+  timings_.push_back(fmt::format("llvm machine code: {:.3f} ms", code.jit.machine_code_ms));
+  code_ = std::make_shared<const cpu::CpuCode>(std::move(code));
+  describe_ = fmt::format("s = {} (seen {} and {}); one program for {} <= s <= {}; {} of its {} runtime integers depend on s",
+                          t_.source, t_.seen[0], t_.seen[1], kMinSymbol, max_symbol(), depends, program_ints_.size());
+  compile_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::shared_ptr<CompiledProgram> DynamicCpuProgram::at(int64_t s, std::string* why) const {
+  if (s < kMinSymbol || s > max_symbol()) {
+    *why = fmt::format("s = {} is outside {}..{}", s, kMinSymbol, max_symbol());
+    return nullptr;
+  }
+  if (!sizes_hold(t_.at(s), why)) return nullptr;
+  ir::KernelProgram p = template_;
+  size_t i = 0;
+  visit_program_ints(p, [&](int64_t& v) { v = program_ints_[i++].at(s); });
+  auto out = std::make_shared<CompiledProgram>(std::move(p), code_);
+  out->set_profiling(profile_);
+  return out;
+}
+
+}  // namespace kiln::runtime

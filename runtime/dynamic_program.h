@@ -1,0 +1,86 @@
+/// \file dynamic_program.h
+/// One compiled CPU program for every value of a size symbol (Note [Dynamic leading sizes]).
+///
+/// Two captures of one function at two sizes give a graph template: every integer of the graph
+/// is a constant or an affine form of one symbol `s`. The template is lowered at three large
+/// sentinel values of `s`; where the three kernel programs agree except for integers the
+/// runtime reads (loop counts of the threads' outer loops, buffer sizes, matrix-product shapes,
+/// views), the program is compiled once and instantiated per size by evaluating those forms.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ir/graph.h"
+#include "runtime/compile_cpu.h"
+
+namespace kiln::runtime {
+
+/// base + coeff * s.
+struct Affine {
+  int64_t base = 0, coeff = 0;
+  int64_t at(int64_t s) const { return base + coeff * s; }
+  bool operator==(const Affine& o) const { return base == o.base && coeff == o.coeff; }
+};
+
+/// A captured graph whose integers are affine forms of one size symbol.
+struct GraphTemplate {
+  ir::Graph graph;              ///< the second capture
+  std::vector<Affine> ints;     ///< per integer of the graph, in visit_graph_ints order
+  int64_t seen[2] = {0, 0};     ///< the symbol's values at the two captures
+  /// Per Input node: its leaf and the forms of its sizes and strides (what the guards check).
+  struct InputForm {
+    int leaf;
+    std::vector<Affine> sizes, strides;
+  };
+  std::vector<InputForm> inputs;
+  std::string source;           ///< where the symbol was read first, e.g. "leaf 0 size(0)"
+
+  /// The graph at `s`. Does not check that it is what a capture at `s` would give.
+  ir::Graph at(int64_t s) const;
+};
+
+/// Fits a template to two captures of one function. Throws Unsupported naming the first
+/// difference no single symbol explains (another op, a float, a second size that changed
+/// differently, a non-affine size).
+GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b);
+
+/// Whether the views of `g` stay inside their operands and every size is consistent with the
+/// operands' (a slice clamped at one size is out of bounds at a smaller one); `why` says where.
+bool sizes_hold(const ir::Graph& g, std::string* why);
+
+/// The smallest and largest symbol value a dynamic program serves (0 and 1 stay specialised:
+/// broadcasting depends on them; the largest is below the sentinels it was lowered at).
+constexpr int64_t kMinSymbol = 2;
+int64_t max_symbol();
+
+class DynamicCpuProgram {
+ public:
+  /// Lowers `t` at the sentinels, checks that the programs differ only in runtime integers,
+  /// compiles once. Throws Unsupported with the reason when they differ elsewhere.
+  DynamicCpuProgram(GraphTemplate t, const CpuCompileOptions& opts);
+
+  /// The program at `s` (its own arena plan, the shared machine code), or null with `why` set
+  /// when the graph at `s` is not valid (a slice clamped at the captured sizes).
+  std::shared_ptr<CompiledProgram> at(int64_t s, std::string* why) const;
+
+  const GraphTemplate& graph_template() const { return t_; }
+  const std::vector<std::string>& timings() const { return timings_; }
+  double compile_ms() const { return compile_ms_; }
+  /// The loop IR with each runtime integer that depends on the symbol written as its form.
+  const std::string& describe() const { return describe_; }
+
+ private:
+  GraphTemplate t_;
+  ir::KernelProgram template_;          // lowered at the first sentinel
+  std::vector<Affine> program_ints_;    // per runtime integer, in visit_program_ints order
+  std::shared_ptr<const cpu::CpuCode> code_;
+  std::vector<std::string> timings_;
+  double compile_ms_ = 0;
+  std::string describe_;
+  bool profile_ = false;
+};
+
+}  // namespace kiln::runtime

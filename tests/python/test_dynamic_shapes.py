@@ -1,0 +1,205 @@
+"""Dynamic leading sizes (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp): one
+program serves every row/batch count after a second capture; anything kiln cannot prove stays
+specialised, and every call matches eager."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kiln
+from kiln import _C
+
+pytestmark = pytest.mark.skipif(not hasattr(_C, "DynamicEntry"), reason="built without the CPU backend")
+
+# Sizes past the two captures: 2 (the smallest symbolic size), odd sizes that leave vector
+# tails, a large one, sizes 0 and 1 (specialised), and repeats.
+SIZES = [8, 12, 2, 3, 17, 64, 5, 1, 0, 129, 3, 8]
+
+
+def _entries(f):
+    return [e for es in f._entries.values() for e in es]
+
+
+def _dynamic_entries(f):
+    return [e for e in _entries(f) if e.dynamic is not None]
+
+
+def _run_sizes(fn, make_args, sizes=SIZES, **compile_kw):
+    f = kiln.compile(fn, **compile_kw)
+    for n in sizes:
+        args = make_args(n)
+        expected = fn(*args)
+        got = f(*args)
+        # rtol: products sum in another order than eager's
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
+        assert got.shape == expected.shape and got.stride() == expected.stride()
+    return f
+
+
+def rms_norm(x, w):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+
+def test_rms_norm_over_rows_compiles_twice_and_never_runs_eagerly():
+    kiln.reset()
+    w = torch.randn(96)
+    f = _run_sizes(rms_norm, lambda n: (torch.randn(n, 96), w))
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 1
+    assert c["eager_calls"] == 0
+    # 8 and 12 make the dynamic program; 1 and 0 are specialised each (broadcasting).
+    assert c["captures"] == 4
+    assert len(_dynamic_entries(f)) == 1
+    assert len(_entries(f)) == 3
+
+
+def test_mlp_over_batch_sizes():
+    kiln.reset()
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 32),
+                              torch.nn.LayerNorm(32)).eval()
+    with torch.no_grad():
+        f = _run_sizes(mlp, lambda n: (torch.randn(n, 64),))
+        c = kiln.counters()
+        assert c["dynamic_compiles"] == 1 and c["eager_calls"] == 0
+        # What the program specialised on that size computes, but for the products' order of
+        # summation (the dynamic program may run them tile by tile: Note [Epilogues in cache]).
+        for n in (3, 37):
+            x = torch.randn(n, 64)
+            torch.testing.assert_close(f(x), kiln.compile(mlp, dynamic=False)(x))
+
+
+def test_feed_forward_over_token_counts_3d():
+    kiln.reset()
+    w1, w2, w3 = torch.randn(48, 32), torch.randn(32, 48), torch.randn(48, 32)
+
+    def ffn(x):
+        return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+
+    _run_sizes(ffn, lambda n: (torch.randn(n, 5, 32),))
+    assert kiln.counters()["dynamic_compiles"] == 1
+
+
+def test_softmax_over_rows_with_edge_values():
+    kiln.reset()
+
+    def make(n):
+        x = torch.randn(n, 33) * 100
+        if n > 2:
+            x[1, 3] = float("inf")
+            x[2, :] = float("-inf")
+            x[0, 5] = float("nan")
+        return (x,)
+
+    _run_sizes(lambda x: F.softmax(x, -1), make)
+    assert kiln.counters()["dynamic_compiles"] == 1
+
+
+def test_two_arguments_share_the_symbol():
+    kiln.reset()
+    f = _run_sizes(lambda x, y: torch.relu(x) * y + 1, lambda n: (torch.randn(n, 7), torch.randn(n, 7)))
+    assert kiln.counters()["dynamic_compiles"] == 1
+    # Sizes that disagree fail the relation guard and raise as eager does.
+    with pytest.raises(RuntimeError):
+        f(torch.randn(5, 7), torch.randn(6, 7))
+    guards = "\n".join(_dynamic_entries(f)[0].guards.describe())
+    assert "sizes (s, 7)" in guards and "2 <= s" in guards
+
+
+def test_broadcast_and_transposed_arguments():
+    kiln.reset()
+    b = torch.randn(1, 9)
+    _run_sizes(lambda x: x.t() * 2 + b, lambda n: (torch.randn(9, n).t().t(),))  # contiguous (9, n): s inner
+    _run_sizes(lambda x: torch.tanh(x) + b, lambda n: (torch.randn(9, n).t(),))  # (n, 9) with strides (1, n)
+    # The first keeps s in an inner dim and so stays specialised; both are right at every size.
+
+
+def test_concat_along_features_is_dynamic_and_along_rows_is_right():
+    kiln.reset()
+    _run_sizes(lambda x: torch.cat([x, x * 2], -1).sigmoid(), lambda n: (torch.randn(n, 16),))
+    assert kiln.counters()["dynamic_compiles"] == 1
+    # Along the changing dim the symbol lands in the index arithmetic: kiln specialises.
+    kiln.reset()
+    _run_sizes(lambda x: torch.cat([x, x * 2], 0).sigmoid(), lambda n: (torch.randn(n, 16),))
+    assert kiln.counters()["dynamic_compiles"] == 0
+
+
+def test_slice_clamped_at_the_captured_sizes_is_right_below_them():
+    """x[:5] made 5 rows at both captures (8 and 12); at 3 rows eager takes 3. The template's
+    slice is out of bounds there, so that size specialises instead of reading past the rows."""
+    kiln.reset()
+    f = _run_sizes(lambda x: x[:5] * 2 + 1, lambda n: (torch.randn(n, 6),), sizes=[8, 12, 3, 2, 20, 4])
+    refused = _dynamic_entries(f)[0].native.refused
+    assert set(refused) == {2, 3, 4}
+    assert "slice" in refused[3]
+
+
+def test_slices_from_the_end_are_right():
+    # x[-3:] starts at s - 3: an offset over the symbol, so kiln specialises on each size.
+    kiln.reset()
+    _run_sizes(lambda x: x[-3:] + x[:3], lambda n: (torch.randn(n, 4),), sizes=[8, 12, 3, 5, 40])
+    # Slicing features keeps every row: dynamic.
+    _run_sizes(lambda x: x[:, -3:] + x[:, :3], lambda n: (torch.randn(n, 7),))
+    assert kiln.counters()["dynamic_compiles"] == 1
+
+
+def test_reduction_over_the_changing_dim_stays_specialised():
+    kiln.reset()
+    f = _run_sizes(lambda x: x.sum(0) + x.mean(0), lambda n: (torch.randn(n, 8),), sizes=[8, 12, 5, 7])
+    assert kiln.counters()["dynamic_compiles"] == 0
+    assert not _dynamic_entries(f)
+
+
+def test_python_reading_a_size_stays_specialised():
+    """A size read in Python may steer it (here a branch at 10 rows): such captures never
+    become a dynamic program, so every size gets what eager computes."""
+    kiln.reset()
+
+    def f(x):
+        if x.shape[0] > 10:
+            return x * 2
+        return x - 1
+
+    _run_sizes(f, lambda n: (torch.randn(n, 4),), sizes=[4, 6, 11, 3, 12])
+    assert kiln.counters()["dynamic_compiles"] == 0
+
+
+def test_dynamic_false_specialises():
+    kiln.reset()
+    _run_sizes(torch.sin, lambda n: (torch.randn(n, 4),), sizes=[4, 6, 7], dynamic=False)
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 0 and c["captures"] == 3
+
+
+def test_a_changed_plain_argument_is_not_a_size():
+    """The size and an int argument change together by the same amount: the int must stay a
+    guarded constant, not be mistaken for s + c."""
+    kiln.reset()
+    f = kiln.compile(lambda x, k: x[:, :k] * 3)
+    for n, k in [(8, 3), (9, 4), (10, 3), (11, 4)]:
+        x = torch.randn(n, 6)
+        torch.testing.assert_close(f(x, k), x[:, :k] * 3)
+
+
+def test_background_compiles_and_the_fast_path():
+    kiln.reset()
+    f = kiln.compile(lambda x: torch.exp(x) - x, background=True)
+    for n in [8, 12, 13, 14]:  # 12 pairs with 8 while 8 still compiles
+        x = torch.randn(n, 16)
+        torch.testing.assert_close(f(x), torch.exp(x) - x)
+    kiln.wait()
+    _C.reset_fast_hits()
+    for n in [15, 30, 8, 9]:  # the first call swaps the program in; the others take the fast path
+        x = torch.randn(n, 16)
+        torch.testing.assert_close(f(x), torch.exp(x) - x)
+    assert _C.fast_hits() == 3
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 1 and c["captures"] == 2 and c["eager_calls"] == 0
+
+
+def test_explain_names_the_symbol():
+    kiln.reset()
+    f = _run_sizes(lambda x: x * 2, lambda n: (torch.randn(n, 3),), sizes=[4, 6])
+    text = str(kiln._explain.Explanation(f.entries()))
+    assert "dynamic program: s = leaf 0 size(0) (seen 4 and 6)" in text
+    assert "sizes (s, 3), strides (3, 1)" in text
