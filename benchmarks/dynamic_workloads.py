@@ -86,6 +86,13 @@ def _gpt_block():
     return m, calls, STEADY
 
 
+def _gpt_block_batch():
+    torch.manual_seed(4)
+    m = _GptBlock().eval()
+    calls = [(torch.randn(n, 32, 128),) for n in [2, 3, 1, 5, 4, 8, 6, 16, 7, 12, 9, 10, 11, 13, 14, 15] * 2]
+    return m, calls, STEADY
+
+
 def _gpt_decode_list_cache():
     """A GPT-style decode step whose KV cache is a dict of Python lists the step appends to."""
     torch.manual_seed(5)
@@ -136,6 +143,7 @@ WORKLOADS = [
     Workload("rmsnorm_rows", _rms_norm, "RMSNorm over 16 row counts (16..2048) x 1024, twice"),
     Workload("masked_softmax_len", _masked_softmax, "masked softmax over 16 lengths (9..136), twice"),
     Workload("gpt_block_seqlen", _gpt_block, "GPT block over 16 sequence lengths (9..136), twice"),
+    Workload("gpt_block_batch", _gpt_block_batch, "GPT block (T = 32) over 16 batch sizes (1..16), twice"),
     Workload("gpt_decode_list", _gpt_decode_list_cache, "32 decode steps, KV cache a dict of Python lists"),
     Workload("llama_decode_pos", _llama_decode_start_pos, "32 decode steps, start_pos an int, preallocated cache"),
 ]

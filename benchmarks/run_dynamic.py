@@ -4,9 +4,12 @@
 
 Each workload (dynamic_workloads.py) runs its calls -- 16 sizes, then the same 16 again, or a
 decode loop's 32 steps -- once per side, each side in a fresh process with cold caches: eager,
-torch.compile (dynamic=None, its default) and torch.compile(dynamic=True), kiln (dynamic=None).
-Columns: compiles (kiln: captures, of which dynamic programs), calls kiln ran eagerly, total wall
-time of the run (compiles included) over eager's, and whether every result matched eager's.
+torch.compile (dynamic=None, its default) and torch.compile(dynamic=True), kiln (dynamic=None)
+compiling on the calling thread, and kiln with background=True (calls run eagerly while their
+program compiles).
+Columns: kiln's captures (of which dynamic programs) and calls it ran eagerly, then per side the
+total wall time of the run (compiles included) over eager's with its compiles (torch.compile:
+unique graphs; kiln: captures), and WRONG where a result differed from eager's.
 Then per-call times at three sizes after the run: eager, torch.compile, kiln and kiln
 specialised on that size (dynamic=False), in one process, interleaved.
 """
@@ -24,7 +27,7 @@ import harness  # noqa: E402
 
 harness.ensure_env(__file__)  # the malloc environment; before importing torch
 
-SIDES = ["eager", "tc", "tc_dynamic", "kiln"]
+SIDES = ["eager", "tc", "tc_dynamic", "kiln", "kiln_bg"]
 
 
 def _build(name):
@@ -42,7 +45,7 @@ def _compiled(side, fn, **kw):
     if side.startswith("tc"):
         return torch.compile(fn, dynamic=True if side == "tc_dynamic" else None)
     import kiln
-    return kiln.compile(fn, **kw)
+    return kiln.compile(fn, background=side == "kiln_bg", **kw)
 
 
 def child(side, name, threads):
@@ -62,17 +65,21 @@ def child(side, name, threads):
         t0 = time.perf_counter()
         outs = [f(*a) for a in calls]
         total = time.perf_counter() - t0
+        if side == "kiln_bg":
+            import kiln
+            kiln.wait()  # the steady timings below run the programs
         ok = all(torch.allclose(o, e, rtol=1e-4, atol=1e-4, equal_nan=True) for o, e in zip(outs, expected))
         out = {"total_s": total, "ok": ok}
-        if side == "kiln":
+        if side.startswith("kiln"):
             import kiln
             c = kiln.counters()
             out.update(captures=c["captures"], dynamic=c["dynamic_compiles"], eager_calls=c["eager_calls"],
+                       while_compiling=c["eager_calls_while_compiling"],
                        reasons=sorted(c["reasons"].items(), key=lambda kv: -kv[1])[:2])
         elif side.startswith("tc"):
             from torch._dynamo.utils import counters
             out["compiles"] = int(counters["stats"]["unique_graphs"])
-        if steady is not None:
+        if steady is not None and side != "kiln_bg":
             per = {}
             for i in steady:
                 calls_i = {side: (lambda a=calls[i]: f(*a))}
@@ -129,7 +136,7 @@ def main():
         cells = []
         for s in sides[1:]:
             r = res[s]
-            n = f" ({r['compiles']}c)" if "compiles" in r else ""
+            n = f" ({r['compiles']}c)" if "compiles" in r else f" ({r['captures']}c)" if "captures" in r else ""
             cells.append(f"{r['total_s'] / eager:9.2f}x{n}{'' if r['ok'] else ' WRONG'}")
         print(f"{w.name:20s} {k['captures']:>7d} ({k['dynamic']} dyn) {k['eager_calls']:>11d} " +
               " ".join(f"{c:>16s}" for c in cells) + f"   eager {eager * 1e3:.1f} ms")
@@ -142,7 +149,7 @@ def main():
         if not steady:
             continue
         for i in steady:
-            vals = {s: row[s]["steady"][i][s] for s in sides}
+            vals = {s: row[s]["steady"][i][s] for s in sides if s != "kiln_bg"}
             vals["kiln_fixed"] = row["kiln"]["steady"][i]["kiln_fixed"]
             e = vals["eager"]
             print(f"  {row['workload']:20s} call #{i:>2s}: " + "  ".join(

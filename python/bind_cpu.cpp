@@ -624,7 +624,18 @@ void define_cpu(py::module_& m) {
 
   py::class_<DynamicProgram>(m, "DynamicProgram")
       .def_readonly("first", &DynamicProgram::first)
-      .def_property_readonly("describe", [](const DynamicProgram& p) { return p.dynamic->describe(); });
+      .def_property_readonly("describe", [](const DynamicProgram& p) { return p.dynamic->describe(); })
+      .def(
+          "program_for",
+          [](const DynamicProgram& p, const capture::GraphBuilder& b) -> py::object {
+            runtime::CompiledCpuGraph g;
+            g.program = p.dynamic->for_graph(b.graph());
+            if (!g.program) return py::none();
+            g.timings = {"no compile: the dynamic program's graph at this size"};
+            g.graph_text = ir::print(b.graph());
+            return py::cast(Program(std::move(g)));
+          },
+          "the program for a capture whose graph is this template at some size (e.g. 1), or None");
   m.def("compile_dynamic", &compile_dynamic, py::arg("template"), py::arg("debug_dir") = "",
         py::call_guard<py::gil_scoped_release>(),
         "lowers a graph template at large sizes and compiles one program for every size (or raises Unsupported)");

@@ -342,11 +342,30 @@ DynamicCpuProgram::DynamicCpuProgram(GraphTemplate t, const CpuCompileOptions& o
   compile_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+std::shared_ptr<CompiledProgram> DynamicCpuProgram::for_graph(const ir::Graph& g) const {
+  // The symbol's value from the first input size that depends on it.
+  int64_t s = -1;
+  const std::vector<int64_t> ints = graph_ints(g);
+  if (ints.size() != t_.ints.size() || !graph_difference(t_.graph, g).empty()) return nullptr;
+  for (size_t i = 0; i < ints.size() && s < 0; ++i)
+    if (t_.ints[i].coeff != 0 && (ints[i] - t_.ints[i].base) % t_.ints[i].coeff == 0)
+      s = (ints[i] - t_.ints[i].base) / t_.ints[i].coeff;
+  if (s < 0 || s > max_symbol()) return nullptr;
+  for (size_t i = 0; i < ints.size(); ++i)
+    if (ints[i] != t_.ints[i].at(s)) return nullptr;
+  std::string why;
+  return instance(s, &why);
+}
+
 std::shared_ptr<CompiledProgram> DynamicCpuProgram::at(int64_t s, std::string* why) const {
   if (s < kMinSymbol || s > max_symbol()) {
     *why = fmt::format("s = {} is outside {}..{}", s, kMinSymbol, max_symbol());
     return nullptr;
   }
+  return instance(s, why);
+}
+
+std::shared_ptr<CompiledProgram> DynamicCpuProgram::instance(int64_t s, std::string* why) const {
   if (!sizes_hold(t_.at(s), why)) return nullptr;
   ir::KernelProgram p = template_;
   size_t i = 0;

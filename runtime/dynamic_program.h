@@ -66,6 +66,11 @@ class DynamicCpuProgram {
   /// when the graph at `s` is not valid (a slice clamped at the captured sizes).
   std::shared_ptr<CompiledProgram> at(int64_t s, std::string* why) const;
 
+  /// The program for graph `g` when `g` is the template at some size (a capture at a size the
+  /// guards leave out, such as 1: the same graph, so the same program is right there too), or
+  /// null.
+  std::shared_ptr<CompiledProgram> for_graph(const ir::Graph& g) const;
+
   const GraphTemplate& graph_template() const { return t_; }
   const std::vector<std::string>& timings() const { return timings_; }
   double compile_ms() const { return compile_ms_; }
@@ -73,6 +78,8 @@ class DynamicCpuProgram {
   const std::string& describe() const { return describe_; }
 
  private:
+  std::shared_ptr<CompiledProgram> instance(int64_t s, std::string* why) const;
+
   GraphTemplate t_;
   ir::KernelProgram template_;          // lowered at the first sentinel
   std::vector<Affine> program_ints_;    // per runtime integer, in visit_program_ints order

@@ -432,6 +432,7 @@ class _Entry:
         self.capture = None  # _dynamic.CaptureRecord: a static CPU entry's capture, to pair with later
         self.nargs = None  # positional arguments, where the entry is on the C++ fast path
         self.dynamic = None  # _C.DynamicProgram: one program for every size (program: its first instance)
+        self.dynamic_record = None  # ... and the capture that made it (_dynamic.CaptureRecord)
         if program is None:
             self.native = None
         elif hasattr(_C, "DynamicProgram") and isinstance(program, _C.DynamicProgram):
@@ -684,6 +685,11 @@ class CompiledFunction:
         guards = _build_guards(full, grad, set(tracer.mutations))
         record, base, template, dyn_guards = self._dynamic_pairing(spec, tracer, full, getters, out_specs,
                                                                    result_spec, training, replay, mutations, grad)
+        reused = self._dynamic_program_for(spec, tracer, record) if template is None else None
+        if reused is not None:  # the dynamic program's own graph at this size (size 1): no compile
+            entry = _Entry(guards, getters, reused, out_specs, result_spec)
+            self._finish_entry(spec, entry, tracer, mutations, debug_dir, reused.loop_ir, len(leaves))
+            return result
 
         def build():
             if template is not None:
@@ -713,6 +719,7 @@ class CompiledFunction:
                 entry.replay, entry.replay_start, entry.single = replay, len(res_leaves), False
                 _log("guards", f"{self.__name__}: replays changes to {replay.describe()} after each call")
             if dynamic:
+                entry.dynamic_record = record
                 _counters.bump("dynamic_compiles")
                 _log("dynamic", f"{self.__name__}: one program for every size: {program.describe}")
                 self._finish_entry(spec, entry, tracer, mutations, debug_dir, shown.loop_ir, len(leaves))
@@ -753,6 +760,20 @@ class CompiledFunction:
                 continue
             return record, base, template, _dynamic.guards(_build_guards(full, grad), template)
         return record, None, None, None
+
+    def _dynamic_program_for(self, spec, tracer, record):
+        """A dynamic program's instance for this capture when its graph is that program's
+        template at this size (a size the symbolic guards leave out, such as 1), else None."""
+        if record is None:
+            return None
+        for e in self._entries.get(spec, ()):
+            if e.dynamic is None or e.dynamic_record is None or e.dynamic_record.pairs_with(record) is not None:
+                continue
+            program = e.dynamic.program_for(tracer.builder)
+            if program is not None:
+                _log("dynamic", f"{self.__name__}: this size runs the dynamic program (its graph here is the same)")
+                return program
+        return None
 
     def _retire(self, spec, base, entry):
         """Drops the static entry a dynamic one replaces (it serves that size too) and puts the

@@ -62,7 +62,7 @@ class CaptureRecord:
 def ineligible(tracer, training, replay, mutations):
     """Why a capture cannot take part in a dynamic program, or None."""
     if tracer.size_read is not None:
-        return f"Python read a tensor's size ({tracer.size_read})"
+        return f"Python decided on a tensor's size: {tracer.size_read}"
     if training:
         return "a training step (dynamic programs are inference only so far)"
     if replay is not None or mutations or tracer.mutations:

@@ -21,7 +21,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import _C
+from . import _C, _size_int
+from ._flatten import flatten, unflatten
 
 aten = torch.ops.aten
 
@@ -312,13 +313,15 @@ class _EscapeWatch(TorchFunctionMode):
         super().__init__()
         self.tracer = tracer
 
-    # Python reading a size (see Tracer.size_read).
-    SIZE_READS = {torch.Tensor.shape.__get__, torch.Tensor.size, torch.Tensor.__len__, torch.Tensor.numel,
-                  torch.Tensor.nelement}
+    # Python reading a size: SizeInts, which mark the capture when Python decides on them
+    # (_size_int.py; Tracer.size_read).
+    SIZE_READS = {torch.Tensor.shape.__get__, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.nelement}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.tracer.size_read is None and func in self.SIZE_READS:
-            self.tracer.size_read = user_location()
+        if func in self.SIZE_READS:
+            return _size_int.wrap(func(*args, **(kwargs or {})))
+        if func is torch.Tensor.__len__:  # len() turns the result into a plain int
+            _size_int.mark("len() of a tensor")
         what = self.ESCAPES.get(func)
         if what is not None:
             self.tracer.fail(CaptureFailed(f"tensor data leaves torch through {what}", kind="break",
@@ -382,9 +385,9 @@ class Tracer(TorchDispatchMode):
         self.failure = None
         self.current_op = None
         self.literal_depth = 0  # inside torch.tensor(python numbers): see _EscapeWatch
-        # Where Python first read a tensor's size (x.shape, x.size(), len(x), x.numel()), or
-        # None: such a size may have steered Python, so the capture cannot serve other sizes
-        # through a dynamic program (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp).
+        # Where Python first decided on a size it read (compared, branched on, converted it:
+        # _size_int.py), or None. Such a capture cannot serve other sizes through a dynamic
+        # program (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp).
         self.size_read = None
         self.fallbacks = []     # _Fallback per fallback node, by table index
         self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
@@ -915,8 +918,17 @@ def trace(fn, args, kwargs, leaves, candidates, target=None):
     """Runs fn(*args, **kwargs) under the tracer (for `target` "cuda": as a CUDA capture would
     record it, whatever device the tensors are on). Returns (result, tracer)."""
     tracer = Tracer(leaves, candidates, target)
-    with _EscapeWatch(tracer), tracer:
-        result = fn(*args, **kwargs)
+    _size_int._active.append(tracer)
+    try:
+        with _EscapeWatch(tracer), tracer:
+            result = fn(*args, **kwargs)
+        leaves = []
+        spec = flatten(result, leaves)
+        plain = [_size_int.plain(v) for v in leaves]
+        if any(p is not v for p, v in zip(plain, leaves)):  # the caller gets ints, not SizeInts
+            result = unflatten(spec, plain)[0]
+    finally:
+        _size_int._active.pop()
     if tracer.pending_cut:
         # The function read a value after its last op: the read still decides the result (a
         # returned number, which branch returned what), so the path ends in an empty segment

@@ -75,7 +75,19 @@ TEST(DynamicProgram, OneCompileServesEverySizeBitForBit) {
     EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "n = " << n;
   }
   std::string why;
-  EXPECT_FALSE(dyn.at(1, &why));  // sizes 0 and 1 stay specialised
+  EXPECT_FALSE(dyn.at(1, &why));  // sizes 0 and 1 are outside the guards...
+  // ... but a capture at 1 whose graph is the template's there runs the same program.
+  auto one = dyn.for_graph(row_graph(1));
+  ASSERT_TRUE(one);
+  auto x = random_floats(7, 5), w = random_floats(7, 6);
+  runtime::CompiledCpuGraph fixed = runtime::compile_cpu_graph(row_graph(1), opts);
+  auto got = run(*one, x, w), want = run(*fixed.program, x, w);
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+  capture::GraphBuilder other;  // another graph at 1 row: not the template's
+  int ox = other.add_input(DType::Float32, {1, 7}, {7, 1}, 0);
+  other.add_input(DType::Float32, {7}, {1}, 1);
+  other.set_outputs({other.call("neg", {V(ox)}, {})});
+  EXPECT_FALSE(dyn.for_graph(other.graph()));
 }
 
 TEST(DynamicProgram, ReductionOverTheSymbolStaysSpecialised) {

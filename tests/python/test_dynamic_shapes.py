@@ -47,10 +47,12 @@ def test_rms_norm_over_rows_compiles_twice_and_never_runs_eagerly():
     c = kiln.counters()
     assert c["dynamic_compiles"] == 1
     assert c["eager_calls"] == 0
-    # 8 and 12 make the dynamic program; 1 and 0 are specialised each (broadcasting).
+    # 8 and 12 make the dynamic program; 1 and 0 get captures of their own (broadcasting and
+    # squeezes depend on them). At 1 the graph is the template's, so it runs that program.
     assert c["captures"] == 4
     assert len(_dynamic_entries(f)) == 1
     assert len(_entries(f)) == 3
+    assert f._compiles == 3  # the static program at 8, the dynamic one, the one at 0
 
 
 def test_mlp_over_batch_sizes():
@@ -150,17 +152,53 @@ def test_reduction_over_the_changing_dim_stays_specialised():
     assert not _dynamic_entries(f)
 
 
-def test_python_reading_a_size_stays_specialised():
-    """A size read in Python may steer it (here a branch at 10 rows): such captures never
-    become a dynamic program, so every size gets what eager computes."""
+def test_sizes_python_reads_into_views_follow_the_symbol():
     kiln.reset()
 
     def f(x):
-        if x.shape[0] > 10:
-            return x * 2
-        return x - 1
+        b, t, c = x.size()
+        return x.view(b, t, 2, c // 2).transpose(1, 2).reshape(b * 2, -1).softmax(-1)
 
-    _run_sizes(f, lambda n: (torch.randn(n, 4),), sizes=[4, 6, 11, 3, 12])
+    _run_sizes(f, lambda n: (torch.randn(n, 3, 8),), sizes=[8, 12, 2, 3, 17, 1, 5])  # 0: eager's reshape raises
+    assert kiln.counters()["dynamic_compiles"] == 1
+
+
+def test_gpt_block_over_batch_sizes():
+    """`b, t, c = x.size()` and views by those sizes: the batch follows the symbol."""
+    import sys
+    import os
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import dynamic_workloads
+    kiln.reset()
+    torch.manual_seed(0)
+    m = dynamic_workloads._GptBlock().eval()
+    with torch.no_grad():
+        _run_sizes(m, lambda n: (torch.randn(n, 6, 128),), sizes=[2, 3, 5, 1, 9])
+    assert kiln.counters()["dynamic_compiles"] == 1
+
+
+@pytest.mark.parametrize("decide", ["branch", "min", "len", "float", "returned"])
+def test_python_deciding_on_a_size_stays_specialised(decide):
+    """A size Python compares, clamps, converts or returns may steer it (here at 10 rows): such
+    captures never become a dynamic program, so every size gets what eager computes."""
+    kiln.reset()
+
+    def f(x):
+        n = x.shape[0]
+        if decide == "branch":
+            return x * 2 if n > 10 else x - 1
+        if decide == "min":
+            return x[:min(n, 10)] * 3
+        if decide == "len":
+            return x * len(x)
+        if decide == "float":
+            return x / float(n)
+        return x + 1, n
+
+    f_k = kiln.compile(f)
+    for n in [4, 6, 11, 3, 12]:
+        x = torch.randn(n, 4)
+        torch.testing.assert_close(f_k(x), f(x))
     assert kiln.counters()["dynamic_compiles"] == 0
 
 
