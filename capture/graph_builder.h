@@ -26,6 +26,8 @@ struct Operand {
 class GraphBuilder {
  public:
   GraphBuilder() : editor_(graph_) {}
+  /// Sizes computed by rules that are not affine while recording (GraphEditor::note_size_rule).
+  const std::vector<std::pair<int64_t, int64_t>>& size_rules() const { return editor_.size_rules(); }
 
   /// A tensor argument (or captured tensor) in position `arg_index` of the call's leaves.
   int add_input(ir::DType dtype, const ir::Sizes& sizes, const ir::Sizes& strides, int arg_index);

@@ -45,6 +45,13 @@ Pooled pooled(const Sizes& xs, const PoolWindow& w) {
   return p;
 }
 
+/// pooled(), with each pooled length noted on the editor (GraphEditor::note_size_rule).
+Pooled pooled(GraphEditor& e, const Sizes& xs, const PoolWindow& w) {
+  Pooled p = pooled(xs, w);
+  for (size_t i = 0; i < p.n; ++i) e.note_size_rule(p.in[i], p.out[i]);
+  return p;
+}
+
 /// `x` padded with `fill` so that every tap's strided slice (below) lies inside it: the low
 /// side by the padding, the high side by as much as the last window reaches (ceil_mode's last
 /// window may reach past the padding).
@@ -100,7 +107,7 @@ int gather_along(GraphEditor& e, int x, int idx, size_t d) {
 int max_pool(GraphEditor& e, int x, const PoolWindow& w) {
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "max_pool of {} is not lowered", dtype_name(t));
-  Pooled p = pooled(e.node(x).sizes, w);
+  Pooled p = pooled(e, e.node(x).sizes, w);
   int xp = padded(e, x, w, p, -std::numeric_limits<double>::infinity());
   int best = -1;
   // Maximum(a, b) takes a when a is NaN or a > b: eager's `val > max || isnan(val)`, with the
@@ -114,7 +121,7 @@ int max_pool(GraphEditor& e, int x, const PoolWindow& w) {
 int max_pool_indices(GraphEditor& e, int x, const PoolWindow& w) {
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "max_pool of {} is not lowered", dtype_name(t));
-  Pooled p = pooled(e.node(x).sizes, w);
+  Pooled p = pooled(e, e.node(x).sizes, w);
   int xp = padded(e, x, w, p, -std::numeric_limits<double>::infinity());
   // Per pooled dim: the window's first input position o*s - pad, and the plane stride.
   std::vector<int> start(p.n);
@@ -158,7 +165,7 @@ int max_pool_indices(GraphEditor& e, int x, const PoolWindow& w) {
 int avg_pool(GraphEditor& e, int x, const PoolWindow& w, bool count_include_pad, int64_t divisor_override) {
   DType t = e.node(x).dtype;
   KILN_UNSUPPORTED_IF(!is_float(t), "avg_pool of {} is not lowered", dtype_name(t));
-  Pooled p = pooled(e.node(x).sizes, w);
+  Pooled p = pooled(e, e.node(x).sizes, w);
   // Half types sum and divide in float32 and round once, as ATen's kernel (not once per tap).
   DType c = compute_dtype(t);
   int xp = padded(e, e.cast(x, c), w, p, 0.0);
@@ -174,7 +181,7 @@ std::vector<int64_t> pooled_sizes(const Sizes& in, const PoolWindow& w) { return
 
 int avg_pool_divisor(GraphEditor& e, const Sizes& in, const PoolWindow& w, bool count_include_pad,
                      int64_t divisor_override) {
-  Pooled p = pooled(in, w);  // first: `in` may be a node's sizes, which appending nodes moves
+  Pooled p = pooled(e, in, w);  // first: `in` may be a node's sizes, which appending nodes moves
   if (divisor_override != 0) return int_const(e, divisor_override);
   // Per pooled dim, ATen's window: [o*s - pad, min(o*s - pad + k, in + pad)), its size counted
   // with the padding, or clipped to [0, in) without it; the divisor is their product.
@@ -209,6 +216,7 @@ struct AdaptiveDim {
 };
 
 AdaptiveDim adaptive_dim(GraphEditor& e, int64_t in, int64_t out) {
+  e.note_size_rule(in, out);
   int64_t taps = 0;
   for (int64_t o = 0; o < out; ++o) taps = std::max(taps, ((o + 1) * in + out - 1) / out - (o * in) / out);
   int o = e.iota({out}, 0, DType::Int64);
@@ -291,7 +299,7 @@ int adaptive_avg_pool(GraphEditor& e, int x, const std::vector<int64_t>& out_siz
     w.padding.push_back(0);
     w.dilation.push_back(1);
   }
-  Pooled p = pooled(e.node(x).sizes, w);
+  Pooled p = pooled(e, e.node(x).sizes, w);
   DType c = compute_dtype(t);  // half types: float32 sums, one rounding (as avg_pool)
   int xc = e.cast(x, c);
   int sum = e.constant(0.0, c);
@@ -372,6 +380,7 @@ double scale_of(double given, int64_t in, int64_t out, DType t) {
 
 /// The source positions of upsample_nearest (ATen's nearest_idx / nearest_neighbor_exact_idx).
 int nearest_index(GraphEditor& e, Upsample mode, int64_t in, int64_t out, double given) {
+  e.note_size_rule(in, out);
   int o = e.iota({out}, 0, DType::Int64);
   if (mode == Upsample::Nearest && out == in) return o;
   if (mode == Upsample::Nearest && out == 2 * in) return e.binary(OpKind::FloorDiv, o, int_const(e, 2));
@@ -389,6 +398,7 @@ struct LinearTaps {
 };
 
 LinearTaps linear_taps(GraphEditor& e, int64_t in, int64_t out, double given, bool align_corners, DType t) {
+  e.note_size_rule(in, out);
   if (in == out) {
     // As ATen (compute_source_index_and_lambda), whatever the scale: both taps on the element
     // itself, weights 1 and 0. The neighbour is not read (a NaN there stays out of the sum: a

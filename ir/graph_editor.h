@@ -15,6 +15,12 @@ class GraphEditor {
  public:
   explicit GraphEditor(Graph& g) : g_(g) {}
 
+  /// Records that a size `out` was computed from an input size `in` by a rule that is not
+  /// affine (a pooled or resampled length, an adaptive window): a dynamic program may not let
+  /// `in` follow its symbol (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp).
+  void note_size_rule(int64_t in, int64_t out) { size_rules_.emplace_back(in, out); }
+  const std::vector<std::pair<int64_t, int64_t>>& size_rules() const { return size_rules_; }
+
   int input(DType dtype, const Sizes& sizes, const Sizes& strides, int arg_index);
   int float_constant(double v, DType dtype);
   int int_constant(int64_t v, DType dtype);
@@ -80,6 +86,7 @@ class GraphEditor {
 
  private:
   Graph& g_;
+  std::vector<std::pair<int64_t, int64_t>> size_rules_;
 };
 
 }  // namespace kiln::ir

@@ -600,10 +600,22 @@ void define_cpu(py::module_& m) {
   py::class_<GuardedEntry, std::shared_ptr<GuardedEntry>>(m, "GuardedEntry");
 
   py::class_<runtime::GraphTemplate>(m, "GraphTemplate", "two captures of one function fitted to one size symbol")
-      .def(py::init([](const capture::GraphBuilder& a, const capture::GraphBuilder& b) {
-             return runtime::fit_graph_template(a.graph(), b.graph());
+      .def(py::init([](const capture::GraphBuilder& a, const capture::GraphBuilder& b,
+                       const std::vector<std::tuple<int, int64_t, int64_t>>& ints) {
+             std::vector<runtime::ChangedInt> changed;
+             for (auto [leaf, x, y] : ints) changed.push_back({leaf, x, y});
+             return runtime::fit_graph_template(a.graph(), b.graph(), changed, a.size_rules(), b.size_rules());
            }),
-           py::arg("first"), py::arg("second"))
+           py::arg("first"), py::arg("second"), py::arg("changed_ints") = std::vector<std::tuple<int, int64_t, int64_t>>(),
+           "changed_ints: (leaf, first value, second value) of the int arguments that changed")
+      .def_property_readonly("values",
+                             [](const runtime::GraphTemplate& t) {
+                               py::list out;
+                               for (const auto& [leaf, f] : t.values)
+                                 out.append(py::make_tuple(leaf, py::make_tuple(f.base, f.coeff)));
+                               return out;
+                             },
+                             "per changed int argument: (leaf, (base, coeff))")
       .def_readonly("source", &runtime::GraphTemplate::source)
       .def_property_readonly("seen", [](const runtime::GraphTemplate& t) { return py::make_tuple(t.seen[0], t.seen[1]); })
       .def_property_readonly("inputs",

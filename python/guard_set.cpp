@@ -157,6 +157,31 @@ void GuardSet::make_symbolic(int leaf, const std::vector<std::pair<int64_t, int6
   }
 }
 
+void GuardSet::make_symbolic_value(int leaf, int64_t base, int64_t coeff, int64_t lo, int64_t hi) {
+  symbol_lo_ = lo;
+  symbol_hi_ = hi;
+  for (auto& g : values_)
+    if (g.leaf == leaf) {
+      g.symbolic = true;
+      g.base = base;
+      g.coeff = coeff;
+    }
+}
+
+/// A symbolic int guard's value against `v`: "" when it holds.
+std::string GuardSet::check_symbolic_value(const ValueGuard& g, PyObject* v, bool verbose) const {
+  if (!PyLong_CheckExact(v)) return verbose ? "not an int" : "x";
+  long long x = PyLong_AsLongLong(v);
+  if (x == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return verbose ? "an int out of range" : "x";
+  }
+  if (matches(x, g.base, g.coeff)) return "";
+  return verbose ? fmt::format("value is {}, expected {} + {}*s{}", x, g.base, g.coeff,
+                               symbol_ >= 0 ? fmt::format(" with s = {}", symbol_) : "")
+                 : "x";
+}
+
 int GuardSet::overlapping(const py::list& leaves) const {
   static PyObject* name = PyUnicode_InternFromString("data_ptr");
   auto ptr = [](PyObject* t) -> int64_t {
@@ -196,6 +221,10 @@ bool GuardSet::check(const py::list& leaves, bool grad_enabled) {
   if (!disjoint_.empty() && overlapping(leaves) >= 0) return false;
   for (const auto& g : values_) {
     PyObject* v = PyList_GET_ITEM(leaves.ptr(), g.leaf);
+    if (g.symbolic) {
+      if (!check_symbolic_value(g, v, false).empty()) return false;
+      continue;
+    }
     if (reinterpret_cast<PyObject*>(Py_TYPE(v)) != g.type.ptr()) return false;
     if (g.type_only || v == g.value.ptr()) continue;
     if (PyFloat_CheckExact(v)) {
@@ -227,6 +256,11 @@ std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
   }
   for (const auto& g : values_) {
     py::handle v = PyList_GET_ITEM(leaves.ptr(), g.leaf);
+    if (g.symbolic) {
+      std::string why = check_symbolic_value(g, v.ptr(), true);
+      if (!why.empty()) return fmt::format("leaf {}: {}", g.leaf, why);
+      continue;
+    }
     bool same_type = reinterpret_cast<PyObject*>(Py_TYPE(v.ptr())) == g.type.ptr();
     bool equal = g.type_only || !same_type ? same_type
                  : PyFloat_CheckExact(v.ptr())
@@ -267,8 +301,9 @@ std::vector<std::string> GuardSet::describe() const {
     out.push_back(fmt::format("leaf {} is {}leaf {}", id.i, id.same ? "" : "not ", id.j));
   for (const auto& d : disjoint_) out.push_back(fmt::format("leaf {} does not overlap leaf {} in memory", d.i, d.j));
   for (const auto& g : values_)
-    out.push_back(g.type_only ? fmt::format("leaf {}: type is {}", g.leaf, py::str(g.type).cast<std::string>())
-                              : fmt::format("leaf {}: == {}", g.leaf, py::repr(g.value).cast<std::string>()));
+    out.push_back(g.symbolic    ? fmt::format("leaf {}: an int == {}", g.leaf, forms({g.base}, {g.coeff}))
+                  : g.type_only ? fmt::format("leaf {}: type is {}", g.leaf, py::str(g.type).cast<std::string>())
+                                : fmt::format("leaf {}: == {}", g.leaf, py::repr(g.value).cast<std::string>()));
   return out;
 }
 

@@ -32,6 +32,9 @@ struct ValueGuard {
   py::object type;
   py::object value;  ///< compared by identity, then ==
   bool type_only = false;  ///< objects kiln cannot compare: only their type is checked
+  /// A dynamic program's int argument: an int equal to base + coeff * s (type exactly int).
+  bool symbolic = false;
+  int64_t base = 0, coeff = 0;
 };
 
 class GuardSet {
@@ -59,6 +62,8 @@ class GuardSet {
   /// the forms `base + coeff * s`; s must lie in [lo, hi] and be one value across the call.
   void make_symbolic(int leaf, const std::vector<std::pair<int64_t, int64_t>>& sizes,
                      const std::vector<std::pair<int64_t, int64_t>>& strides, int64_t lo, int64_t hi);
+  /// Makes leaf `leaf`'s value guard symbolic: an int equal to base + coeff * s.
+  void make_symbolic_value(int leaf, int64_t base, int64_t coeff, int64_t lo, int64_t hi);
   /// The symbol's value the last successful check() found (-1: none).
   int64_t symbol() const { return symbol_; }
   void set_leaf_count(size_t n) { leaf_count_ = n; }
@@ -70,6 +75,7 @@ class GuardSet {
   /// A symbolic tensor guard's sizes or strides against `tuple`; "" when they hold.
   std::string check_forms(PyObject* tuple, const std::vector<int64_t>& base, const std::vector<int64_t>& coeff,
                           const char* what, bool verbose) const;
+  std::string check_symbolic_value(const ValueGuard& g, PyObject* v, bool verbose) const;
   mutable int64_t symbol_ = -1;
   int64_t symbol_lo_ = 0, symbol_hi_ = 0;
   std::vector<TensorGuard> tensors_;

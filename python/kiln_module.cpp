@@ -143,6 +143,8 @@ PYBIND11_MODULE(_C, m) {
       .def("set_leaf_count", &py_bind::GuardSet::set_leaf_count)
       .def("make_symbolic", &py_bind::GuardSet::make_symbolic, py::arg("leaf"), py::arg("sizes"), py::arg("strides"),
            py::arg("lo"), py::arg("hi"), "a dynamic program's tensor guard: (base, coeff) forms of one symbol s")
+      .def("make_symbolic_value", &py_bind::GuardSet::make_symbolic_value, py::arg("leaf"), py::arg("base"),
+           py::arg("coeff"), py::arg("lo"), py::arg("hi"), "a dynamic program's int argument: base + coeff * s")
       .def_property_readonly("symbol", &py_bind::GuardSet::symbol)
       .def("check", &py_bind::GuardSet::check)
       .def("explain", &py_bind::GuardSet::explain)

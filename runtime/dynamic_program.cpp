@@ -226,9 +226,17 @@ ir::Graph GraphTemplate::at(int64_t s) const {
 
 int64_t max_symbol() { return kSentinels[0] - 1; }
 
-GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b) {
+GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b, const std::vector<ChangedInt>& changed,
+                                 const SizeRules& rules_a, const SizeRules& rules_b) {
   std::string diff = graph_difference(a, b);
   KILN_UNSUPPORTED_IF(!diff.empty(), "the function traced to another graph at the new sizes: {}", diff);
+  // A pooled or resampled length of a changing size is not affine in it (floor(s / 2) is 2 at
+  // both 4 and 5): the two captures cannot tell its rule, so such a size stays specialised.
+  KILN_UNSUPPORTED_IF(rules_a.size() != rules_b.size(), "the captures pooled or resampled different dims");
+  for (size_t i = 0; i < rules_a.size(); ++i)
+    KILN_UNSUPPORTED_IF(rules_a[i].first != rules_b[i].first,
+                        "pooling or resampling over the changing size ({} -> {} and {} -> {}): not affine",
+                        rules_a[i].first, rules_a[i].second, rules_b[i].first, rules_b[i].second);
   GraphTemplate t;
   t.graph = b;
   // The symbol: the first input size that changed.
@@ -240,6 +248,11 @@ GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b) {
         sb = b.nodes[id].sizes[d];
         t.source = fmt::format("leaf {} size({})", b.nodes[id].attrs.int_value, d);
       }
+  if (sa < 0 && !changed.empty()) {
+    sa = changed[0].a;
+    sb = changed[0].b;
+    t.source = fmt::format("leaf {} (an int)", changed[0].leaf);
+  }
   KILN_UNSUPPORTED_IF(sa < 0, "no argument size changed");
   KILN_UNSUPPORTED_IF(sa < kMinSymbol || sb < kMinSymbol,
                       "a size changed from or to {} (sizes 0 and 1 stay specialised: broadcasting depends on them)",
@@ -252,6 +265,12 @@ GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b) {
     KILN_UNSUPPORTED_IF(!fit(va[i], vb[i], sa, sb, &t.ints[i]),
                         "a size went from {} to {} while {} went from {} to {}: not k*s or s+c of one symbol", va[i],
                         vb[i], t.source, sa, sb);
+  for (const ChangedInt& c : changed) {
+    Affine f;
+    KILN_UNSUPPORTED_IF(!fit(c.a, c.b, sa, sb, &f), "int argument {} went from {} to {} while {} went from {} to {}",
+                        c.leaf, c.a, c.b, t.source, sa, sb);
+    t.values.emplace_back(c.leaf, f);
+  }
   // Per Input node, the forms of its sizes and strides (the guards'). visit_graph_ints visits
   // a node's sizes, then its strides, then its ints.
   size_t pos = 0;

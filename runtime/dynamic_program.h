@@ -36,16 +36,30 @@ struct GraphTemplate {
     std::vector<Affine> sizes, strides;
   };
   std::vector<InputForm> inputs;
+  /// Int arguments that changed between the captures, each with its form (what the guards
+  /// check): a Dynamo graph's size argument, a row count passed as an int.
+  std::vector<std::pair<int, Affine>> values;
   std::string source;           ///< where the symbol was read first, e.g. "leaf 0 size(0)"
 
   /// The graph at `s`. Does not check that it is what a capture at `s` would give.
   ir::Graph at(int64_t s) const;
 };
 
-/// Fits a template to two captures of one function. Throws Unsupported naming the first
+/// An int argument that changed between the captures: (leaf, value in a, value in b).
+struct ChangedInt {
+  int leaf;
+  int64_t a, b;
+};
+
+/// Fits a template to two captures of one function. The symbol is the first input size that
+/// changed, else the first changed int argument. Throws Unsupported naming the first
 /// difference no single symbol explains (another op, a float, a second size that changed
 /// differently, a non-affine size).
-GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b);
+/// `rules_a`/`rules_b`: the (input size, computed size) pairs of non-affine size rules each
+/// capture applied (GraphEditor::size_rules); one whose input size changed is refused.
+using SizeRules = std::vector<std::pair<int64_t, int64_t>>;
+GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b, const std::vector<ChangedInt>& ints = {},
+                                 const SizeRules& rules_a = {}, const SizeRules& rules_b = {});
 
 /// Whether the views of `g` stay inside their operands and every size is consistent with the
 /// operands' (a slice clamped at one size is out of bounds at a smaller one); `why` says where.

@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from . import _C, _accuracy, _argument_changes, _autograd, _background, _backward_capture, _counters, _cuda, _dynamic
-from . import _segments
+from . import _segments, _size_int
 from .config import flags as _flags
 from ._flatten import flatten, unflatten
 from ._snapshot import MAX_DEPTH as _MAX_DEPTH
@@ -747,12 +747,15 @@ class CompiledFunction:
                 _log("dynamic", f"{self.__name__}: specialises on sizes: {why}")
             return None, None, None, None
         record = _dynamic.CaptureRecord(tracer.builder, full, [_source_key(g) for g in getters], out_specs,
-                                        result_spec)
+                                        result_spec, [d for d in tracer.decided if d != _size_int.SIZES])
         for base in reversed(self._entries.get(spec, ())):
-            if getattr(base, "capture", None) is None or base.capture.pairs_with(record) is not None:
+            if getattr(base, "capture", None) is None:
+                continue
+            why, ints = base.capture.pairs_with(record)
+            if why is not None:
                 continue
             try:
-                template = _C.GraphTemplate(base.capture.builder, tracer.builder)
+                template = _C.GraphTemplate(base.capture.builder, tracer.builder, ints)
             except _C.Unsupported as e:
                 _log("dynamic", f"{self.__name__}: specialises on sizes: {e}")
                 continue
@@ -767,7 +770,7 @@ class CompiledFunction:
         if record is None:
             return None
         for e in self._entries.get(spec, ()):
-            if e.dynamic is None or e.dynamic_record is None or e.dynamic_record.pairs_with(record) is not None:
+            if e.dynamic is None or e.dynamic_record is None or e.dynamic_record.pairs_with(record)[0] is not None:
                 continue
             program = e.dynamic.program_for(tracer.builder)
             if program is not None:

@@ -11,7 +11,7 @@ never does this.
 
 import torch
 
-from . import _C
+from . import _C, _size_int
 from ._snapshot import Snapshot
 
 _PLAIN = (int, float, bool, str, complex, type(None))
@@ -34,10 +34,11 @@ def _same_plain(a, b):
 class CaptureRecord:
     """What a static CPU entry keeps so that a later capture at other sizes can pair with it."""
 
-    __slots__ = ("builder", "leaves", "source_keys", "out_specs", "result_spec")
+    __slots__ = ("builder", "leaves", "source_keys", "out_specs", "result_spec", "decided")
 
-    def __init__(self, builder, full, source_keys, out_specs, result_spec):
+    def __init__(self, builder, full, source_keys, out_specs, result_spec, decided):
         self.builder = builder
+        self.decided = set(decided)  # leaves (int arguments) Python decided on
         self.leaves = [("tensor", type(x), x.dtype, x.dim(), x.device, x.requires_grad)
                        if isinstance(x, torch.Tensor) else ("value", x) for x in full]
         self.source_keys = source_keys
@@ -45,24 +46,31 @@ class CaptureRecord:
         self.result_spec = result_spec
 
     def pairs_with(self, other):
-        """None when `other` differs from this capture only in tensor sizes; else why not."""
+        """(None, changed ints) when `other` differs from this capture only in tensor sizes and
+        in int arguments Python did not decide on -- changed ints: (leaf, value here, value
+        there) -- else (why not, None)."""
         if (len(self.leaves) != len(other.leaves) or self.source_keys != other.source_keys
                 or self.out_specs != other.out_specs or self.result_spec != other.result_spec):
-            return "the calls differ in more than tensor sizes (arguments, state read or results)"
+            return "the calls differ in more than tensor sizes (arguments, state read or results)", None
+        ints = []
         for i, (a, b) in enumerate(zip(self.leaves, other.leaves)):
             if a[0] != b[0]:
-                return f"leaf {i} is a tensor in one call only"
+                return f"leaf {i} is a tensor in one call only", None
             if a[0] == "tensor" and a != b:
-                return f"leaf {i} differs in type, dtype, rank, device or requires_grad"
+                return f"leaf {i} differs in type, dtype, rank, device or requires_grad", None
             if a[0] == "value" and not _same_plain(a[1], b[1]):
-                return f"leaf {i} (a plain value) changed"
-        return None
+                if type(a[1]) is not int or type(b[1]) is not int:
+                    return f"leaf {i} (a plain value) changed", None
+                if i in self.decided or i in other.decided:
+                    return f"leaf {i} (an int Python decided on) changed", None
+                ints.append((i, a[1], b[1]))
+        return None, ints
 
 
 def ineligible(tracer, training, replay, mutations):
     """Why a capture cannot take part in a dynamic program, or None."""
-    if tracer.size_read is not None:
-        return f"Python decided on a tensor's size: {tracer.size_read}"
+    if _size_int.SIZES in tracer.decided:
+        return f"Python decided on a tensor's size: {tracer.decided[_size_int.SIZES]}"
     if training:
         return "a training step (dynamic programs are inference only so far)"
     if replay is not None or mutations or tracer.mutations:
@@ -75,12 +83,14 @@ def ineligible(tracer, training, replay, mutations):
 
 
 def guards(static, template):
-    """`static` (the second capture's guards) with its tensors' sizes and strides replaced by
-    their forms over the symbol."""
+    """`static` (the second capture's guards) with its tensors' sizes and strides, and the int
+    arguments that changed, replaced by their forms over the symbol."""
     lo, hi = _C.GraphTemplate.min_symbol, _C.GraphTemplate.max_symbol
     for leaf, sizes, strides in template.inputs:
         if any(c for _, c in sizes) or any(c for _, c in strides):
             static.make_symbolic(leaf, sizes, strides, lo, hi)
+    for leaf, (base, coeff) in template.values:
+        static.make_symbolic_value(leaf, base, coeff, lo, hi)
     return static
 
 

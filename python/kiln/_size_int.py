@@ -1,26 +1,41 @@
-"""Sizes Python reads during a capture, and whether Python decided anything on them.
+"""Sizes and int arguments Python reads during a capture, and whether Python decided on them.
 
 A dynamic program (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp) replays a graph
 at sizes it was not captured at. That is only right where Python did not steer on a size: an
-`if T > 64`, a `min(n, 16)` or a `range(n)` baked in at capture would be wrong at other sizes.
-Inside a capture, every size Python reads (`x.shape`, `x.size()`, `x.numel()`) is a SizeInt: an
-int that stays a SizeInt through + - * // % (so `x.view(B, T, C // H, H)` is fine: the two
-captures' graphs show how such a size flows into ops) and that marks the capture as soon as
-Python does anything else with it -- compares it, branches, hashes, prints, converts it, or
-divides it into a float. A marked capture never becomes a dynamic program (it specialises).
-`len(x)` returns a plain int (Python converts it), so it marks at once.
+`if T > 64`, a `min(n, 16)` or a `float(n)` baked in at capture would be wrong at other sizes.
+Inside a capture, every size Python reads (`x.shape`, `x.size()`, `x.numel()`) and every plain
+int positional argument is a SizeInt: an int that stays a SizeInt through + - * // % (so
+`x.view(B, T, C // H, H)` is fine: the two captures' graphs show how such a value flows into
+ops) and that records, per source (tensor sizes, or the argument it came from), where Python
+first did anything else with it -- compared it, branched, hashed, printed, converted it, or
+divided it into a float. A capture that decided on a tensor size never becomes a dynamic
+program; an int argument Python decided on may not change between the two captures.
+`len(x)` returns a plain int (Python converts it), so it counts as a decision at once.
 """
+
+SIZES = "size"  # the source of every tensor size Python reads
 
 _active = []  # the tracers capturing now (innermost last)
 
 
-def mark(what):
-    """Records on the current capture that Python decided on a size."""
+def mark(what, sources=(SIZES,)):
+    """Records on the current capture that Python decided on values from `sources`."""
     if _active:
         from ._trace import user_location
-        t = _active[-1]
-        if t.size_read is None:
-            t.size_read = f"{what} at {user_location()}"
+        decided = _active[-1].decided
+        where = None
+        for src in sources:
+            if src not in decided:
+                where = where or f"{what} at {user_location()}"
+                decided[src] = where
+
+
+def _sources(*values):
+    out = frozenset()
+    for v in values:
+        if isinstance(v, SizeInt):
+            out |= v.sources
+    return out
 
 
 def _arith(op):
@@ -29,27 +44,34 @@ def _arith(op):
         if v is NotImplemented:
             return v
         if isinstance(v, int) and not isinstance(v, bool):
-            return SizeInt(v)
-        mark(f"a size used in {op}")
+            return SizeInt(v, _sources(self, *other))
+        mark(f"a size used in {op}", _sources(self, *other))
         return v
     return f
 
 
 def _decision(op):
     def f(self, *other):
-        mark(f"a size used in {op}")
+        mark(f"a size used in {op}", _sources(self, *other))
         return getattr(int, op)(int.__int__(self), *(int.__int__(o) if isinstance(o, SizeInt) else o for o in other))
     return f
 
 
 class SizeInt(int):
-    """An int Python read as a size during a capture (see the module docstring)."""
+    """An int Python read as a size, or got as an argument, during a capture (see the module
+    docstring); `sources`: where its value came from."""
 
-    __slots__ = ()
+    def __new__(cls, value, sources=frozenset((SIZES,))):
+        self = int.__new__(cls, value)
+        self.sources = sources
+        return self
 
-    def __int__(self):  # int(x) sheds the mark's tracking: a decision
-        mark("int() of a size")
+    def __int__(self):  # int(x) sheds the tracking: a decision
+        mark("int() of a size", self.sources)
         return int.__int__(self)
+
+    def __reduce__(self):  # copies and pickles are plain ints
+        return (int, (int.__int__(self),))
 
 
 for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__",
@@ -63,24 +85,24 @@ for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool_
     setattr(SizeInt, _op, _decision(_op))
 
 
-def wrap(value):
-    """A size read's result with its ints as SizeInts."""
+def wrap(value, sources=frozenset((SIZES,))):
+    """A size read's result (or an int argument) with its ints as SizeInts."""
     import torch
     if isinstance(value, torch.Size):
-        return torch.Size([SizeInt(int.__int__(v)) for v in value])
+        return torch.Size([SizeInt(int.__int__(v), sources) for v in value])
     if isinstance(value, int) and not isinstance(value, bool):
-        return SizeInt(int.__int__(value))
+        return SizeInt(int.__int__(value), sources)
     return value
 
 
 def plain(value):
-    """`value` with a SizeInt (or a torch.Size of them) as plain ints; marks the capture, since
-    the size leaves the traced code (a returned size is baked in)."""
+    """`value` with a SizeInt (or a torch.Size of them) as plain ints; a decision, since the
+    value leaves the traced code (a returned size is baked in)."""
     import torch
     if isinstance(value, SizeInt):
-        mark("a size returned")
+        mark("a size returned", value.sources)
         return int.__int__(value)
     if isinstance(value, torch.Size) and any(isinstance(v, SizeInt) for v in value):
-        mark("a size returned")
+        mark("a size returned", _sources(*value))
         return torch.Size([int.__int__(v) for v in value])
     return value

@@ -314,7 +314,7 @@ class _EscapeWatch(TorchFunctionMode):
         self.tracer = tracer
 
     # Python reading a size: SizeInts, which mark the capture when Python decides on them
-    # (_size_int.py; Tracer.size_read).
+    # (_size_int.py; Tracer.decided).
     SIZE_READS = {torch.Tensor.shape.__get__, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.nelement}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -385,10 +385,11 @@ class Tracer(TorchDispatchMode):
         self.failure = None
         self.current_op = None
         self.literal_depth = 0  # inside torch.tensor(python numbers): see _EscapeWatch
-        # Where Python first decided on a size it read (compared, branched on, converted it:
-        # _size_int.py), or None. Such a capture cannot serve other sizes through a dynamic
-        # program (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp).
-        self.size_read = None
+        # Where Python first decided on a value it read as a size or got as an int argument
+        # (compared, branched on, converted it: _size_int.py), per source (_size_int.SIZES or
+        # a leaf index). Such values cannot follow a dynamic program's symbol (Note [Dynamic
+        # leading sizes] in runtime/dynamic_program.cpp).
+        self.decided = {}
         self.fallbacks = []     # _Fallback per fallback node, by table index
         self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
         self.in_backward = False  # recording autograd's backward of the traced forward (_backward_capture)
@@ -914,6 +915,24 @@ class Tracer(TorchDispatchMode):
         return specs
 
 
+def _tracked_ints(args):
+    """`args` with each plain int positional argument as a SizeInt whose source is its leaf
+    index (a value that may follow a dynamic program's symbol: _size_int.py)."""
+    out, leaf = [], 0
+    for a in args:
+        if type(a) is int:
+            a = _size_int.SizeInt(a, frozenset((leaf,)))
+        out.append(a)
+        leaf += len(flatten_leaves(a))
+    return tuple(out)
+
+
+def flatten_leaves(obj):
+    leaves = []
+    flatten(obj, leaves)
+    return leaves
+
+
 def trace(fn, args, kwargs, leaves, candidates, target=None):
     """Runs fn(*args, **kwargs) under the tracer (for `target` "cuda": as a CUDA capture would
     record it, whatever device the tensors are on). Returns (result, tracer)."""
@@ -921,7 +940,7 @@ def trace(fn, args, kwargs, leaves, candidates, target=None):
     _size_int._active.append(tracer)
     try:
         with _EscapeWatch(tracer), tracer:
-            result = fn(*args, **kwargs)
+            result = fn(*_tracked_ints(args), **kwargs)
         leaves = []
         spec = flatten(result, leaves)
         plain = [_size_int.plain(v) for v in leaves]

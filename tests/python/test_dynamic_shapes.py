@@ -241,3 +241,60 @@ def test_explain_names_the_symbol():
     text = str(kiln._explain.Explanation(f.entries()))
     assert "dynamic program: s = leaf 0 size(0) (seen 4 and 6)" in text
     assert "sizes (s, 3), strides (3, 1)" in text
+
+
+def test_int_arguments_follow_the_symbol():
+    kiln.reset()
+
+    def f(x, n):
+        return torch.arange(n).float().sin()[:, None] + x
+
+    _run_sizes(f, lambda n: (torch.randn(n, 3), n))
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 1 and c["eager_calls"] == 0
+    # An int alone (no tensor size changes) can be the symbol too.
+    kiln.reset()
+    g = _run_sizes(lambda n: torch.arange(n) * 3 + 1, lambda n: (n,), sizes=[5, 9, 2, 30, 1, 0])
+    assert kiln.counters()["dynamic_compiles"] == 1
+    assert "leaf 0: an int == s" in "\n".join(_dynamic_entries(g)[0].guards.describe())
+
+
+def test_an_int_argument_python_decides_on_stays_specialised():
+    kiln.reset()
+
+    def f(x, n):
+        return x * 2 if n > 10 else x - 1
+
+    f_k = kiln.compile(f)
+    for n in [4, 6, 11, 3, 12]:
+        x = torch.randn(n, 4)
+        torch.testing.assert_close(f_k(x, n), f(x, n))
+    assert kiln.counters()["dynamic_compiles"] == 0
+
+
+def test_torch_compile_backend_kiln_over_changing_sizes():
+    """Dynamo recompiles with a size argument (s0) at the second size; kiln makes that graph one
+    program for every size."""
+    kiln.reset()
+    w = torch.randn(96)
+    f = torch.compile(lambda x: rms_norm(x, w), backend="kiln")
+    for n in [8, 12, 16, 20, 33, 2, 5]:
+        x = torch.randn(n, 96)
+        torch.testing.assert_close(f(x), rms_norm(x, w), rtol=1e-5, atol=1e-5)
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 1 and c["captures"] == 3 and c["eager_calls"] == 0
+
+
+def test_pooling_over_the_changing_size_stays_specialised():
+    """The pooled length floor(s / 2) is 2 at both 4 and 5 rows: two captures cannot tell its
+    rule, so kiln keeps specialising (and at 12 computes 6 outputs, as eager does)."""
+    kiln.reset()
+    _run_sizes(lambda x: F.avg_pool1d(x, 2) * 2, lambda n: (torch.randn(1, 1, n),), sizes=[4, 5, 12, 9])
+    assert kiln.counters()["dynamic_compiles"] == 0
+
+
+def test_pooling_images_over_batch_sizes():
+    kiln.reset()
+    _run_sizes(lambda x: F.relu(F.max_pool2d(x, 2) + F.avg_pool2d(x, 2)), lambda n: (torch.randn(n, 3, 8, 8),),
+               sizes=[2, 3, 5, 1, 8])
+    assert kiln.counters()["dynamic_compiles"] == 1
