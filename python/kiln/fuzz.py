@@ -2,7 +2,7 @@
 
     python -m kiln.fuzz [--seed S] [--count N | --seconds T] [--verbose] [--out DIR]
                         [--no-minify] [--max-failures K] [--report-known] [--in-process] [--train]
-                        [--half bfloat16|float16]
+                        [--half bfloat16|float16] [--dynamic]
 
 Program k of a run is generated from seed S + k alone, so `--seed S+k --count 1` replays it
 (and minifies it). A program is Python source (statements in a `def f(x0, x1, ...)`) over
@@ -56,6 +56,10 @@ within HALF_TOLERANCES (about two ulps); the referees move half values by about 
 (_noise_ulps) and judge "eager is ill-conditioned here" at the half type's precision
 (half_tolerances); the float64 referee computes from the half inputs' exact values. Training
 steps are not checked in half mode yet.
+
+--dynamic calls each program over changing sizes (every input dim of one size, then others)
+through one kiln.compile, so that dynamic programs are checked at sizes they were not captured
+at (kiln/_fuzz_dynamic.py).
 
 Failures matching KNOWN_ISSUES (known bugs and limitations, each pinned by an xfail test) are
 counted apart; --report-known reports them too. Every other failure is shrunk by
@@ -1819,6 +1823,9 @@ def main(argv=None):
                          "(for the same seeded output gradients) are compared too")
     ap.add_argument("--half", choices=("bfloat16", "float16"), default=None,
                     help="the programs' float32 values (inputs and casts) as this half type")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="call each program over changing sizes through one kiln.compile (dynamic programs; "
+                         "in process, no minifying: kiln/_fuzz_dynamic.py)")
     ap.add_argument("--in-process", action="store_true",
                     help="no worker process (faster start; a crash then ends the run)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -1829,6 +1836,13 @@ def main(argv=None):
         KNOWN_ISSUES.clear()
     if args.count is None and args.seconds is None:
         args.count = 100
+    if args.dynamic:
+        from . import _fuzz_dynamic
+        t0 = time.time()
+        failures, dynamic = _fuzz_dynamic.run(args.seed, args.count or 100, verbose=True)
+        print(f"\nkiln.fuzz --dynamic: {args.count} programs from seed {args.seed} in {time.time() - t0:.1f}s; "
+              f"{dynamic} became dynamic programs; {len(failures)} failures")
+        return 1 if failures else 0
     if args.worker is None and not args.in_process:
         return _supervise(args)
     progress = open(args.worker, "a") if args.worker else None  # noqa: SIM115

@@ -819,3 +819,14 @@ def test_half_window_ops_compute_in_float32(op, half):
         g = lambda x: F.avg_pool2d(x, 12)  # noqa: E731
         x = fz.make_input((2, 4, 24, 24), half, seed=5) + 3  # sums up to ~500: several ulps lost
     _compiled_matches(g, x)
+
+
+# ---- dynamic mode (--dynamic): the programs over changing sizes through one kiln.compile -----------
+def test_dynamic_fuzz_seed_range():
+    """Dynamic programs at sizes they were not captured at (kiln/_fuzz_dynamic.py): seeds 0..399
+    (about a third become dynamic programs), every call as eager's."""
+    from kiln import _fuzz_dynamic
+    failures, dynamic = _fuzz_dynamic.run(0, 400)
+    assert not failures, "\n\n".join(f"seed {s} (replay: python -m kiln.fuzz --dynamic --seed {s} --count 1): "
+                                     f"{f.kind}\n{f.message}\n{f.program}" for s, f in failures[:3])
+    assert dynamic >= 100  # the mode must keep exercising dynamic programs

@@ -1,0 +1,87 @@
+"""The fuzzer's --dynamic mode: the same random programs, called over changing sizes through one
+kiln.compile, so that dynamic programs (Note [Dynamic leading sizes] in
+runtime/dynamic_program.cpp) are checked against eager at sizes they were not captured at.
+
+Per program: a size v >= 2 that some input has in its first dim is picked; every input dim of
+size v becomes u for u in SIZES(v) -- the first capture, the second (which may make the dynamic
+program), then sizes below, between and above them, 1, and v again. Sizes where eager raises
+(the program's literal shapes no longer fit) must raise the same exception type through kiln.
+Each call is compared as fuzz.check_function compares one (results within tolerances, written
+arguments, exception types).
+"""
+
+import torch
+
+from . import fuzz
+
+
+def sizes(v):
+    return [v, v + 3, 2, 3, v + 1, 2 * v + 5, 1, 17, v + 3]
+
+
+def _size_to_vary(program):
+    """The first-dim size of the first input that has one >= 2, or None."""
+    for i in program.inputs:
+        shape = getattr(i, "shape", ())
+        if len(shape) >= 1 and shape[0] >= 2:
+            return shape[0]
+    return None
+
+
+def resized(program, v, u):
+    """`program` with every input dim of size v made u (layouts and seeds kept)."""
+    return program.copy(inputs=[i.replace(shape=tuple(u if n == v else n for n in i.shape)) for i in program.inputs])
+
+
+def check_dynamic(program):
+    """None, or a Failure (program attached) for the first size whose call disagrees with eager.
+    Also returns whether kiln made a dynamic program for it."""
+    import kiln
+    v = _size_to_vary(program)
+    if v is None or any(getattr(i, "alias", None) is not None for i in program.inputs):
+        return None, False
+    try:
+        fn = program.function()
+    except Exception as e:  # noqa: BLE001
+        return fuzz.Failure("invalid", f"the program does not compile as Python: {e}", program), False
+    cf = kiln.compile(fn)
+    before = kiln.counters()["dynamic_compiles"]
+    for u in sizes(v):
+        p = resized(program, v, u)
+        ins = p.make_inputs()
+        e_ins, k_ins = fuzz.clone_inputs(ins), fuzz.clone_inputs(ins)
+        ekind, eout = fuzz._run(fn, e_ins)
+        kkind, kout = fuzz._run(cf, k_ins)
+        what = f"call at size {u} (captured at {v})"
+        failure = None
+        if ekind == "raise" or kkind == "raise":
+            if ekind != kkind or type(eout) is not type(kout):
+                failure = fuzz.Failure("exception", f"{what}: eager {ekind} {fuzz._describe(eout)}; "
+                                       f"kiln {kkind} {fuzz._describe(kout)}")
+        else:
+            refs = fuzz._referees(fn, p, ins)
+            msg = fuzz.compare(eout, kout, fuzz._result_refs(refs), what, fuzz.inexact_outputs(p))
+            for k, (e, g) in enumerate(zip(e_ins, k_ins)):
+                if msg is None and isinstance(e, torch.Tensor) and e.layout == torch.strided:
+                    msg = fuzz.compare(e, g, fuzz._argument_refs(refs, k), f"{what}: argument {k} after the call")
+            if msg is not None:
+                failure = fuzz.Failure("mismatch", msg)
+        if failure is not None:
+            failure.program = p
+            failure.known = fuzz.known_issue(failure)
+            return failure, kiln.counters()["dynamic_compiles"] > before
+    return None, kiln.counters()["dynamic_compiles"] > before
+
+
+def run(seed, count, verbose=False):
+    """Checks programs seed .. seed+count-1; returns (failures, how many became dynamic)."""
+    failures, dynamic = [], 0
+    for k in range(count):
+        program = fuzz.generate(seed + k)
+        f, made = check_dynamic(program)
+        dynamic += made
+        if f is not None and not f.known:
+            failures.append((seed + k, f))
+            if verbose:
+                print(f"seed {seed + k}: {f.kind}\n{f.message}\n{f.program}")
+    return failures, dynamic
