@@ -389,7 +389,9 @@ class DynamicEntry : public GuardedEntry {
   /// the caller specialises on it.
   py::object call(const py::list& leaves, bool grad_enabled) override {
     if (!guards_->check(leaves, grad_enabled)) return py::none();
-    Entry* e = instance(guards_->symbol());
+    // Held for the call: another thread may replace the instances while this one runs with
+    // the GIL released.
+    std::shared_ptr<Entry> e = instance(guards_->symbol());
     if (!e) return py::none();
     last_ = e;
     return e->run(leaves, {});
@@ -408,31 +410,28 @@ class DynamicEntry : public GuardedEntry {
   /// Instances kept at once: each holds its arena of temporaries for its size.
   static constexpr size_t kMaxInstances = 32;
 
-  Entry* instance(int64_t s) {
+  std::shared_ptr<Entry> instance(int64_t s) {
     auto it = instances_.find(s);
-    if (it != instances_.end()) return it->second.get();
+    if (it != instances_.end()) return it->second;
     if (refused_.count(s)) return nullptr;
     std::string why;
     runtime::CompiledCpuGraph g;
     g.program = program_.dynamic->at(s, &why);
     if (!g.program) {
+      if (refused_.size() >= 1024) refused_.clear();  // bounded: they are recomputed when met again
       refused_[s] = why;
       return nullptr;
     }
-    if (instances_.size() >= kMaxInstances) {
-      instances_.clear();
-      last_ = nullptr;
-    }
-    auto e = std::make_unique<Entry>(guards_, Program(std::move(g)), fallbacks_);
-    return (instances_[s] = std::move(e)).get();
+    if (instances_.size() >= kMaxInstances) instances_.clear();
+    return instances_[s] = std::make_shared<Entry>(guards_, Program(std::move(g)), fallbacks_);
   }
 
   std::shared_ptr<py_bind::GuardSet> guards_;
   DynamicProgram program_;
   py::list fallbacks_;
-  std::map<int64_t, std::unique_ptr<Entry>> instances_;
+  std::map<int64_t, std::shared_ptr<Entry>> instances_;
   std::map<int64_t, std::string> refused_;  // sizes whose graph is not valid, and why
-  Entry* last_ = nullptr;
+  std::shared_ptr<Entry> last_;  // the instance of the last call (its failure, for the counters)
 };
 
 /// The per-call fast path of a compiled function for its most common shape of call: positional

@@ -298,3 +298,31 @@ def test_pooling_images_over_batch_sizes():
     _run_sizes(lambda x: F.relu(F.max_pool2d(x, 2) + F.avg_pool2d(x, 2)), lambda n: (torch.randn(n, 3, 8, 8),),
                sizes=[2, 3, 5, 1, 8])
     assert kiln.counters()["dynamic_compiles"] == 1
+
+
+def test_threads_calling_one_dynamic_program_over_many_sizes():
+    """Instances are made and dropped (past 32 sizes) while other threads run theirs with the
+    GIL released."""
+    import threading
+    kiln.reset()
+    w = torch.randn(512)
+    f = kiln.compile(lambda x: rms_norm(x, w))
+    for n in (8, 12):
+        f(torch.randn(n, 512))
+    errors = []
+
+    def work(offset):
+        try:
+            for n in range(2, 90):
+                x = torch.randn(n * 7 + offset, 512)
+                torch.testing.assert_close(f(x), rms_norm(x, w))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert kiln.counters()["dynamic_compiles"] == 1
