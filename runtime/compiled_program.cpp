@@ -13,55 +13,24 @@
 
 namespace kiln::runtime {
 
-namespace {
-constexpr size_t kAlign = 64;
-}  // namespace
-
 CompiledProgram::CompiledProgram(ir::KernelProgram program, cpu::CpuCode code)
     : CompiledProgram(std::move(program), std::make_shared<const cpu::CpuCode>(std::move(code))) {}
 
 CompiledProgram::CompiledProgram(ir::KernelProgram program, std::shared_ptr<const cpu::CpuCode> code)
     : program_(std::move(program)), code_(std::move(code)) {
-  ArenaPlan plan = plan_arena(program_, kAlign);
+  ArenaPlan plan = plan_arena(program_, ArenaPool::kAlign);
   temp_offset_ = std::move(plan.offset);
   arena_bytes_ = plan.bytes;
   kernel_ns_.assign(program_.kernels.size(), 0);
   gemm_ns_.assign(program_.gemms.size(), 0);
 }
 
-CompiledProgram::~CompiledProgram() {
-  for (char* a : free_arenas_) std::free(a);
-}
-
-char* CompiledProgram::acquire_arena() {
-  if (arena_bytes_ == 0) return nullptr;
-  {
-    std::lock_guard<std::mutex> lock(pool_mu_);
-    if (!free_arenas_.empty()) {
-      char* a = free_arenas_.back();
-      free_arenas_.pop_back();
-      return a;
-    }
-  }
-  char* a = static_cast<char*>(std::aligned_alloc(kAlign, arena_bytes_));
-  if (!a) throw std::bad_alloc();
-  return a;
-}
-
-void CompiledProgram::release_arena(char* arena) {
-  if (!arena) return;
-  if (!keep_arenas_) {
-    std::free(arena);
-    return;
-  }
-  std::lock_guard<std::mutex> lock(pool_mu_);
-  free_arenas_.push_back(arena);
-}
+CompiledProgram::~CompiledProgram() = default;
 
 bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, const StepHook& hook) {
   KILN_CHECK(ptrs.size() == program_.buffers.size(), "run with {} pointers for {} buffers", ptrs.size(),
              program_.buffers.size());
-  char* arena = acquire_arena();
+  char* arena = arenas_->acquire(arena_bytes_);
   for (size_t i = 0; i < ptrs.size(); ++i)
     if (program_.buffers[i].kind == ir::BufferKind::Temp) ptrs[i] = arena + temp_offset_[i];
   int32_t status = 0;
@@ -142,7 +111,7 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
   }
   ptrs.pop_back();
   ++calls_;
-  release_arena(arena);
+  arenas_->release(arena, arena_bytes_, keep_arenas_);
   return ok && status == 0;
 }
 

@@ -12,6 +12,7 @@
 
 #include "codegen_cpu/cpu_codegen.h"
 #include "ir/kernel.h"
+#include "runtime/arena_pool.h"
 
 namespace kiln::runtime {
 
@@ -49,18 +50,18 @@ class CompiledProgram {
   /// them, as eager frees its intermediates: they would otherwise stay held through the
   /// backward and raise the step's peak memory.
   void set_keep_arenas(bool keep) { keep_arenas_ = keep; }
+  /// Takes temporaries from `pool` (shared with other programs: a dynamic program's instances)
+  /// instead of a pool of its own.
+  void set_arena_pool(std::shared_ptr<ArenaPool> pool) { arenas_ = std::move(pool); }
   size_t arena_bytes() const { return arena_bytes_; }
 
  private:
-  char* acquire_arena();
-  void release_arena(char* arena);
 
   ir::KernelProgram program_;
   std::shared_ptr<const cpu::CpuCode> code_;
   std::vector<size_t> temp_offset_;  // per buffer (Temp only), bytes into the arena
   size_t arena_bytes_ = 0;
-  std::mutex pool_mu_;
-  std::vector<char*> free_arenas_;
+  std::shared_ptr<ArenaPool> arenas_ = std::make_shared<ArenaPool>();
   std::vector<int64_t> kernel_ns_;
   std::vector<int64_t> gemm_ns_;
   int64_t calls_ = 0;

@@ -391,6 +391,7 @@ std::shared_ptr<CompiledProgram> DynamicCpuProgram::instance(int64_t s, std::str
   visit_program_ints(p, [&](int64_t& v) { v = program_ints_[i++].at(s); });
   auto out = std::make_shared<CompiledProgram>(std::move(p), code_);
   out->set_profiling(profile_);
+  out->set_arena_pool(arenas_);
   return out;
 }
 

@@ -102,6 +102,7 @@ class DynamicCpuProgram {
   double compile_ms_ = 0;
   std::string describe_;
   bool profile_ = false;
+  std::shared_ptr<ArenaPool> arenas_ = std::make_shared<ArenaPool>();  // shared by the instances
 };
 
 }  // namespace kiln::runtime

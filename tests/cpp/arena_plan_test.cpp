@@ -5,6 +5,7 @@
 #include "ir/graph_editor.h"
 #include "passes/pipeline.h"
 #include "runtime/arena_plan.h"
+#include "runtime/arena_pool.h"
 
 using namespace kiln;
 using namespace kiln::ir;
@@ -41,4 +42,22 @@ TEST(ArenaPlan, ChainOfProductsReusesMemoryAndNeverOverlapsLiveTemporaries) {
       EXPECT_FALSE(live_together && share) << "buffers " << a << " and " << b;
       EXPECT_LE(ea, plan.bytes);
     }
+}
+
+TEST(ArenaPool, ReusesGrowsAndSharesOneArena) {
+  runtime::ArenaPool pool;
+  EXPECT_EQ(pool.acquire(0), nullptr);
+  char* a = pool.acquire(100);
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % runtime::ArenaPool::kAlign, 0u);
+  pool.release(a, 100, true);
+  EXPECT_EQ(pool.acquire(64), a);  // reused: it fits
+  char* b = pool.acquire(64);      // the first is in use: another
+  EXPECT_NE(b, a);
+  pool.release(a, 64, true);
+  pool.release(b, 64, true);
+  char* big = pool.acquire(1 << 20);  // none fits: a new one, the small free ones dropped
+  pool.release(big, 1 << 20, true);
+  EXPECT_EQ(pool.acquire(100), big);  // the large one serves small sizes too
+  pool.release(big, 100, false);      // not kept: freed
 }
