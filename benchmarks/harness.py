@@ -129,6 +129,18 @@ def machine_lines(m):
     ]
 
 
+def fresh_process_args(doc, what):
+    """The options of the benchmarks that run each side in a fresh process (run_startup.py,
+    run_dynamic.py): --threads, --no-inductor, --only (a substring of the `what` names), --json."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-inductor", action="store_true", help="leave torch.compile out")
+    ap.add_argument("--only", default="", help=f"{what} whose name contains this")
+    ap.add_argument("--json", default="", help="write the rows here")
+    return ap
+
+
 def set_threads(threads):
     import torch
     torch.set_num_threads(threads)

@@ -108,11 +108,7 @@ def run_child(side, name, threads):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-inductor", action="store_true", help="leave torch.compile out")
-    ap.add_argument("--only", default="", help="workloads whose name contains this")
-    ap.add_argument("--json", default="", help="write the rows here")
+    ap = harness.fresh_process_args(__doc__, "workloads")
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

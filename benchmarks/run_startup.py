@@ -15,7 +15,6 @@ Cases: the training workloads of train_models.py (gpt2_block, llama_layer, mlp_c
 resnet_block, bert_classifier), each as an inference case and as a training case.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -145,11 +144,7 @@ def changing_sizes(threads, inductor):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-inductor", action="store_true", help="leave torch.compile out")
-    ap.add_argument("--only", default="", help="cases whose name contains this")
-    ap.add_argument("--json", default="", help="write the rows here")
+    ap = harness.fresh_process_args(__doc__, "cases")
     args = ap.parse_args()
     import train_models
     for line in harness.env_lines():
