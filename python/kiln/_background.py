@@ -8,7 +8,8 @@ GIL. Until the program is ready, calls whose guards match its entry run eagerly
 (counted as eager_calls_while_compiling); the first call after it is ready swaps the program in
 (CompiledFunction._swap_ready_entries) and runs compiled. A failed compile becomes the eager
 entry a foreground compile would have made, with the same warning or reason. One worker keeps
-compiles in order and leaves the other cores to the calling thread's kernels; graph-break trees
+compiles in order and leaves the other cores to the calling thread's kernels, at a lower
+priority (nice 10) so that the calls running eagerly meanwhile come first; graph-break trees
 still compile their segments on the calling thread. Python threads that call the function
 while it compiles all run eagerly, and threads missing at once may each capture (one entry
 then serves). Interpreter exit waits for a running compile; `kiln.wait()` blocks until
@@ -17,6 +18,7 @@ by the compile while it runs).
 """
 
 import concurrent.futures
+import os
 import threading
 
 _lock = threading.Lock()
@@ -29,11 +31,22 @@ def submit(fn):
     global _executor
     with _lock:
         if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-compile")
+            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-compile",
+                                                              initializer=_yield_to_callers)
         fut = _executor.submit(fn)
         _pending.add(fut)
     fut.add_done_callback(_done)
     return fut
+
+
+def _yield_to_callers():
+    """Lowers the compile thread's priority (Linux: a thread's own nice value). The point of a
+    background compile is that calls do not wait: where the cores are few, the eager calls
+    running meanwhile should get them first, and the compile takes what is left."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: an ordinary thread
+        pass
 
 
 def _done(fut):
