@@ -747,7 +747,8 @@ class CompiledFunction:
                 _log("dynamic", f"{self.__name__}: specialises on sizes: {why}")
             return None, None, None, None
         record = _dynamic.CaptureRecord(tracer.builder, full, [_source_key(g) for g in getters], out_specs,
-                                        result_spec, [d for d in tracer.decided if d != _size_int.SIZES])
+                                        result_spec, [d for d in tracer.decided if d != _size_int.SIZES],
+                                        tracer.constraints)
         for base in reversed(self._entries.get(spec, ())):
             if getattr(base, "capture", None) is None:
                 continue
@@ -761,7 +762,10 @@ class CompiledFunction:
                 continue
             if not _dynamic.symbolic_leaves(template):
                 continue
-            return record, base, template, _dynamic.guards(_build_guards(full, grad), template)
+            if _dynamic.symbol_range(template, record.constraints) is None:
+                _log("dynamic", f"{self.__name__}: specialises on sizes: its size comparisons do not fit one range")
+                continue
+            return record, base, template, _dynamic.guards(_build_guards(full, grad), template, record.constraints)
         return record, None, None, None
 
     def _dynamic_program_for(self, spec, tracer, record):

@@ -34,11 +34,12 @@ def _same_plain(a, b):
 class CaptureRecord:
     """What a static CPU entry keeps so that a later capture at other sizes can pair with it."""
 
-    __slots__ = ("builder", "leaves", "source_keys", "out_specs", "result_spec", "decided")
+    __slots__ = ("builder", "leaves", "source_keys", "out_specs", "result_spec", "decided", "constraints")
 
-    def __init__(self, builder, full, source_keys, out_specs, result_spec, decided):
+    def __init__(self, builder, full, source_keys, out_specs, result_spec, decided, constraints=()):
         self.builder = builder
         self.decided = set(decided)  # leaves (int arguments) Python decided on
+        self.constraints = list(constraints)  # Tracer.constraints: sizes compared with constants
         self.leaves = [("tensor", type(x), x.dtype, x.dim(), x.device, x.requires_grad)
                        if isinstance(x, torch.Tensor) else ("value", x) for x in full]
         self.source_keys = source_keys
@@ -52,6 +53,8 @@ class CaptureRecord:
         if (len(self.leaves) != len(other.leaves) or self.source_keys != other.source_keys
                 or self.out_specs != other.out_specs or self.result_spec != other.result_spec):
             return "the calls differ in more than tensor sizes (arguments, state read or results)", None
+        if self.constraints != other.constraints:
+            return "Python compared sizes with other results (another branch)", None
         ints = []
         for i, (a, b) in enumerate(zip(self.leaves, other.leaves)):
             if a[0] != b[0]:
@@ -82,10 +85,41 @@ def ineligible(tracer, training, replay, mutations):
     return None
 
 
-def guards(static, template):
-    """`static` (the second capture's guards) with its tensors' sizes and strides, and the int
-    arguments that changed, replaced by their forms over the symbol."""
+def symbol_range(template, constraints):
+    """The values of the symbol for which every size comparison Python made (Tracer.constraints:
+    k * size + c  op  const gave result) comes out the same, as (lo, hi); None when the
+    comparisons cannot all hold (they held at both captures, so that means a kiln bug)."""
     lo, hi = _C.GraphTemplate.min_symbol, _C.GraphTemplate.max_symbol
+    forms = {leaf: sizes for leaf, sizes, _ in template.inputs}
+    negate = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+    flip = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+    for leaf, dim, k, c, op, const, result in constraints:
+        if leaf not in forms:
+            continue  # a tensor read only for its size: its guard keeps that size exactly
+        base, coeff = forms[leaf][dim]
+        a, r = k * coeff, const - (k * base + c)  # a * s  op  r
+        if not result:
+            op = negate[op]
+        if a == 0:
+            continue  # a static size: the comparison cannot change
+        if a < 0:
+            a, r, op = -a, -r, flip[op]
+        if op == "<":
+            hi = min(hi, (r - 1) // a)
+        elif op == "<=":
+            hi = min(hi, r // a)
+        elif op == ">":
+            lo = max(lo, r // a + 1)
+        else:
+            lo = max(lo, -((-r) // a))
+    return (lo, hi) if lo <= hi else None
+
+
+def guards(static, template, constraints=()):
+    """`static` (the second capture's guards) with its tensors' sizes and strides, and the int
+    arguments that changed, replaced by their forms over the symbol, whose range keeps every
+    size comparison Python made as it was (symbol_range)."""
+    lo, hi = symbol_range(template, constraints)
     for leaf, sizes, strides in template.inputs:
         if any(c for _, c in sizes) or any(c for _, c in strides):
             static.make_symbolic(leaf, sizes, strides, lo, hi)

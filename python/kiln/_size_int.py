@@ -11,6 +11,13 @@ first did anything else with it -- compared it, branched, hashed, printed, conve
 divided it into a float. A capture that decided on a tensor size never becomes a dynamic
 program; an int argument Python decided on may not change between the two captures.
 `len(x)` returns a plain int (Python converts it), so it counts as a decision at once.
+
+Relation guards: a size read from an argument (`x.shape[1]`, `x.size(0)`), shifted or scaled by
+constants, keeps its origin (leaf, dim, k, c: the value is k * size + c). Comparing it with a
+constant (`if T > 64`, `min(T, 64)`) is then not a decision but a constraint -- (origin, op,
+constant, result) in Tracer.constraints -- which the dynamic program turns into a range of its
+symbol (_dynamic.symbol_range): sizes on the other side of the comparison miss the guards and
+capture again, never run a program traced down the other branch.
 """
 
 SIZES = "size"  # the source of every tensor size Python reads
@@ -30,6 +37,17 @@ def mark(what, sources=(SIZES,)):
                 decided[src] = where
 
 
+_COMPARE = {"__lt__": "<", "__le__": "<=", "__gt__": ">", "__ge__": ">="}
+_SWAPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def constrain(value, op, const, result):
+    """Records `value op const` == result on the current capture (value has an origin)."""
+    if _active:
+        leaf, dim, k, c = value.origin
+        _active[-1].constraints.append((leaf, dim, k, c, op, int(const), bool(result)))
+
+
 def _sources(*values):
     out = frozenset()
     for v in values:
@@ -38,14 +56,45 @@ def _sources(*values):
     return out
 
 
+def _origin(op, self, other):
+    """The origin of `self op other` when it is still k * size + c, else None."""
+    if self.origin is None or isinstance(other, SizeInt) or (other is not None and type(other) is not int):
+        return None
+    leaf, dim, k, c = self.origin
+    if op in ("__add__", "__radd__"):
+        return leaf, dim, k, c + other
+    if op == "__sub__":
+        return leaf, dim, k, c - other
+    if op == "__rsub__":
+        return leaf, dim, -k, other - c
+    if op in ("__mul__", "__rmul__"):
+        return leaf, dim, k * other, c * other
+    if op == "__neg__":
+        return leaf, dim, -k, -c
+    if op == "__pos__":
+        return self.origin
+    return None
+
+
 def _arith(op):
     def f(self, *other):
         v = getattr(int, op)(int.__int__(self), *(int.__int__(o) if isinstance(o, SizeInt) else o for o in other))
         if v is NotImplemented:
             return v
         if isinstance(v, int) and not isinstance(v, bool):
-            return SizeInt(v, _sources(self, *other))
+            return SizeInt(v, _sources(self, *other), _origin(op, self, other[0] if other else None))
         mark(f"a size used in {op}", _sources(self, *other))
+        return v
+    return f
+
+
+def _comparison(op):
+    def f(self, other):
+        v = getattr(int, op)(int.__int__(self), int.__int__(other) if isinstance(other, SizeInt) else other)
+        if self.origin is not None and type(other) is int and v is not NotImplemented:
+            constrain(self, _COMPARE[op], other, v)  # a relation guard, not a decision
+        else:
+            mark(f"a size used in {op}", _sources(self, other))
         return v
     return f
 
@@ -61,9 +110,10 @@ class SizeInt(int):
     """An int Python read as a size, or got as an argument, during a capture (see the module
     docstring); `sources`: where its value came from."""
 
-    def __new__(cls, value, sources=frozenset((SIZES,))):
+    def __new__(cls, value, sources=frozenset((SIZES,)), origin=None):
         self = int.__new__(cls, value)
         self.sources = sources
+        self.origin = origin  # (leaf, dim, k, c): k * (leaf's size at dim) + c, or None
         return self
 
     def __int__(self):  # int(x) sheds the tracking: a decision
@@ -77,7 +127,9 @@ class SizeInt(int):
 for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__",
             "__rfloordiv__", "__mod__", "__rmod__", "__neg__", "__pos__"):
     setattr(SizeInt, _op, _arith(_op))
-for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__hash__", "__index__",
+for _op in _COMPARE:
+    setattr(SizeInt, _op, _comparison(_op))
+for _op in ("__eq__", "__ne__", "__bool__", "__hash__", "__index__",
             "__float__", "__complex__", "__truediv__", "__rtruediv__", "__pow__", "__rpow__", "__abs__",
             "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "__lshift__", "__rshift__",
             "__divmod__", "__rdivmod__", "__round__", "__trunc__", "__floor__", "__ceil__", "__str__", "__repr__",
@@ -85,13 +137,16 @@ for _op in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool_
     setattr(SizeInt, _op, _decision(_op))
 
 
-def wrap(value, sources=frozenset((SIZES,))):
-    """A size read's result (or an int argument) with its ints as SizeInts."""
+def wrap(value, sources=frozenset((SIZES,)), leaf=None, dim=None):
+    """A size read's result (or an int argument) with its ints as SizeInts; `leaf`: the
+    argument the sizes were read from (their origin), `dim`: the dim of a single size."""
     import torch
     if isinstance(value, torch.Size):
-        return torch.Size([SizeInt(int.__int__(v), sources) for v in value])
+        return torch.Size([SizeInt(int.__int__(v), sources, None if leaf is None else (leaf, d, 1, 0))
+                           for d, v in enumerate(value)])
     if isinstance(value, int) and not isinstance(value, bool):
-        return SizeInt(int.__int__(value), sources)
+        origin = None if leaf is None or dim is None else (leaf, dim, 1, 0)
+        return SizeInt(int.__int__(value), sources, origin)
     return value
 
 

@@ -319,7 +319,7 @@ class _EscapeWatch(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self.SIZE_READS:
-            return _size_int.wrap(func(*args, **(kwargs or {})))
+            return self._size_read(func, args, kwargs)
         if func is torch.Tensor.__len__:  # len() turns the result into a plain int
             _size_int.mark("len() of a tensor")
         what = self.ESCAPES.get(func)
@@ -341,6 +341,21 @@ class _EscapeWatch(TorchFunctionMode):
             finally:
                 self.tracer.literal_depth -= 1
         return func(*args, **(kwargs or {}))
+
+
+    def _size_read(self, func, args, kwargs):
+        """A size read as SizeInts; from an argument, with their origin (leaf, dim)."""
+        value = func(*args, **(kwargs or {}))
+        t = args[0] if args else None
+        leaf = next((i for i, x in enumerate(self.tracer.leaves) if x is t), None) if func is not torch.Tensor.numel \
+            and func is not torch.Tensor.nelement else None
+        dim = None
+        if leaf is not None and func is torch.Tensor.size and isinstance(value, int):
+            d = args[1] if len(args) > 1 else (kwargs or {}).get("dim")
+            dim = d + t.dim() if isinstance(d, int) and d < 0 else d if isinstance(d, int) else None
+            if dim is None:
+                leaf = None
+        return _size_int.wrap(value, leaf=leaf, dim=dim)
 
 
 # In-place random fills: they overwrite their tensor without reading it (see _FreshFill).
@@ -390,6 +405,8 @@ class Tracer(TorchDispatchMode):
         # a leaf index). Such values cannot follow a dynamic program's symbol (Note [Dynamic
         # leading sizes] in runtime/dynamic_program.cpp).
         self.decided = {}
+        # Comparisons of argument sizes with constants: relation guards (_size_int.constrain).
+        self.constraints = []
         self.fallbacks = []     # _Fallback per fallback node, by table index
         self.func = None        # the op being recorded (dtype_name reads it while inputs are added)
         self.in_backward = False  # recording autograd's backward of the traced forward (_backward_capture)

@@ -177,10 +177,35 @@ def test_gpt_block_over_batch_sizes():
     assert kiln.counters()["dynamic_compiles"] == 1
 
 
-@pytest.mark.parametrize("decide", ["branch", "min", "len", "float", "returned"])
+@pytest.mark.parametrize("decide", ["len", "float", "returned", "intermediate"])
 def test_python_deciding_on_a_size_stays_specialised(decide):
-    """A size Python compares, clamps, converts or returns may steer it (here at 10 rows): such
-    captures never become a dynamic program, so every size gets what eager computes."""
+    """A size Python converts, returns, or compares where kiln cannot tell its form (an
+    intermediate's) may steer it: such captures never become a dynamic program, so every size
+    gets what eager computes."""
+    kiln.reset()
+
+    def f(x):
+        n = x.shape[0]
+        if decide == "len":
+            return x * len(x)
+        if decide == "float":
+            return x / float(n)
+        if decide == "intermediate":
+            return x * 2 if (x + 1).shape[0] > 10 else x - 1
+        return x + 1, n
+
+    f_k = kiln.compile(f)
+    for n in [4, 6, 11, 3, 12]:
+        x = torch.randn(n, 4)
+        torch.testing.assert_close(f_k(x), f(x))
+    assert kiln.counters()["dynamic_compiles"] == 0
+
+
+@pytest.mark.parametrize("decide", ["branch", "min", "shifted"])
+def test_size_comparisons_become_the_symbols_range(decide):
+    """Python compares an argument's size with a constant (if T > 10, min(T, 10), T - 3 >= 7):
+    the dynamic program's guards keep s on the side of 10 the captures took; a size on the
+    other side captures again (and may make a dynamic program of its own)."""
     kiln.reset()
 
     def f(x):
@@ -189,17 +214,16 @@ def test_python_deciding_on_a_size_stays_specialised(decide):
             return x * 2 if n > 10 else x - 1
         if decide == "min":
             return x[:min(n, 10)] * 3
-        if decide == "len":
-            return x * len(x)
-        if decide == "float":
-            return x / float(n)
-        return x + 1, n
+        return x.sum(-1, keepdim=True) * 2 if n - 3 >= 7 else x * 5
 
     f_k = kiln.compile(f)
-    for n in [4, 6, 11, 3, 12]:
+    for n in [4, 6, 3, 2, 9, 10, 11, 12, 30, 10, 5, 1]:
         x = torch.randn(n, 4)
         torch.testing.assert_close(f_k(x), f(x))
-    assert kiln.counters()["dynamic_compiles"] == 0
+    assert kiln.counters()["dynamic_compiles"] == 2  # one for n <= 10, one for n >= 11
+    described = "\n".join(g for e in _dynamic_entries(f_k) for g in e.guards.describe())
+    assert "2 <= s <= 10" in described or "2 <= s <= 9" in described
+    assert "11 <= s <= " in described or "10 <= s <= " in described
 
 
 def test_dynamic_false_specialises():
