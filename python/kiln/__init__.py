@@ -25,6 +25,7 @@ from .minify import minify
 
 __version__ = "0.1.0"
 __all__ = ["compile", "explain", "counters", "reset", "kernels", "codegen", "config", "Unsupported", "cache_info",
+           "mark_static",
            "clear_cache", "wait"]
 
 Unsupported = _C.Unsupported
@@ -89,6 +90,18 @@ def clear_cache():
     """Deletes every entry of the disk cache; returns how many files went. Compiled programs
     in this process stay (kiln.reset() forgets those)."""
     return _C.disk_cache_clear("cpu") + _C.disk_cache_clear("cuda")
+
+
+def mark_static(t, dim):
+    """Keeps size `dim` of tensor `t` out of dynamic programs: a function called with another
+    size there compiles a program for that size (Changing sizes in the README). Dims marked
+    with torch._dynamo.mark_static count too. Returns `t`."""
+    dims = getattr(t, "_kiln_static_dims", None)
+    if dims is None:
+        dims = set()
+        t._kiln_static_dims = dims
+    dims.add(dim % t.dim() if t.dim() else dim)
+    return t
 
 
 def wait(timeout=None):

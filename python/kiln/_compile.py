@@ -762,6 +762,10 @@ class CompiledFunction:
                 continue
             if not _dynamic.symbolic_leaves(template):
                 continue
+            marked = _dynamic.static_marks_hold(template, full)
+            if marked is not None:
+                _log("dynamic", f"{self.__name__}: specialises on sizes: {marked}")
+                continue
             if _dynamic.symbol_range(template, record.constraints) is None:
                 _log("dynamic", f"{self.__name__}: specialises on sizes: its size comparisons do not fit one range")
                 continue

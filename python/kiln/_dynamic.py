@@ -128,6 +128,18 @@ def guards(static, template, constraints=()):
     return static
 
 
+def static_marks_hold(template, full):
+    """None when no dim marked static (kiln.mark_static, torch._dynamo.mark_static) follows the
+    symbol; else which one does."""
+    for leaf, sizes, _ in template.inputs:
+        t = full[leaf] if 0 <= leaf < len(full) else None
+        marked = set(getattr(t, "_kiln_static_dims", ())) | set(getattr(t, "_dynamo_static_indices", ()))
+        for d in marked:
+            if 0 <= d < len(sizes) and sizes[d][1] != 0:
+                return f"leaf {leaf} size({d}) is marked static"
+    return None
+
+
 def symbolic_leaves(template):
     """Whether every symbolic input is an argument or a captured tensor the guards can check."""
     return all(leaf >= 0 for leaf, sizes, strides in template.inputs

@@ -350,3 +350,21 @@ def test_threads_calling_one_dynamic_program_over_many_sizes():
         t.join()
     assert not errors, errors[0]
     assert kiln.counters()["dynamic_compiles"] == 1
+
+
+@pytest.mark.parametrize("how", ["kiln", "dynamo"])
+def test_mark_static_keeps_a_dim_specialised(how):
+    kiln.reset()
+
+    def make(n):
+        x = torch.randn(n, 6)
+        if how == "kiln":
+            kiln.mark_static(x, 0)
+        else:
+            import torch._dynamo as dynamo
+            dynamo.mark_static(x, 0)
+        return (x,)
+
+    _run_sizes(torch.tanh, make, sizes=[4, 6, 9])
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 0 and c["captures"] == 3
