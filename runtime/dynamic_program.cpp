@@ -8,13 +8,15 @@
 ///
 /// 1. The graph template. The first capture (at s_a) and the one that missed because sizes
 ///    changed (at s_b) must be the same graph except for integers, and each integer must be a
-///    constant, k*s or s+c (fitted at s_a, checked at s_b). A Python decision on the size would
-///    have to show up as another graph; the tracer also refuses a dynamic program when Python
-///    read a size at all (python/kiln/_trace.py), so a size that flowed through Python into a
-///    `min` or an `if` cannot hide behind two captures that happen to agree. The forms are
-///    linear, so every linear relation between sizes (a broadcast, a concat, a reshape's element
-///    count) that held at both captures holds at every s; the non-linear ones (a slice clamped
-///    to its operand) are checked per size by sizes_hold.
+///    constant, k*s or s+c (fitted at s_a, checked at s_b). Python cannot steer on the size
+///    behind the two captures' backs: inside a capture the sizes it reads are SizeInts
+///    (python/kiln/_size_int.py), and any decision on one keeps the function specialised, but
+///    for an argument's size compared with a constant, which becomes a range of s the guards
+///    check (_dynamic.symbol_range). The forms are linear, so every linear relation between
+///    sizes (a broadcast, a concat, a reshape's element count) that held at both captures holds
+///    at every s; the non-linear ones are checked per size by sizes_hold (a slice clamped to
+///    its operand) or refused at capture (a pooled or resampled length:
+///    GraphEditor::note_size_rule).
 /// 2. Lowering at sentinels. The template is lowered at three values of s above any real size
 ///    (2^31 and up). Where the three kernel programs are identical except for the integers the
 ///    runtime reads -- each kernel's outer, thread-split loop count, buffer sizes and strides,
@@ -29,9 +31,8 @@
 ///
 /// What this covers: sizes that are the leading (row) count of the work -- the batch of an MLP,
 /// the tokens of a feed-forward layer, the rows of a norm or a softmax over the last dim. A
-/// changing sequence length inside attention, a reduction over the changing dim, or sizes read
-/// by Python still specialise per size (Note [Dynamic leading sizes] in README's terms: "what
-/// runs eagerly and why").
+/// changing sequence length inside attention or a reduction over the changing dim still
+/// specialise per size (README: Changing sizes).
 #include "runtime/dynamic_program.h"
 
 #include <fmt/format.h>
