@@ -382,8 +382,8 @@ DynamicProgram compile_dynamic(const runtime::GraphTemplate& t, const std::strin
 /// the program's instance at the symbol's value (made on the first call at that value).
 class DynamicEntry : public GuardedEntry {
  public:
-  DynamicEntry(std::shared_ptr<py_bind::GuardSet> guards, DynamicProgram program, py::list fallbacks)
-      : guards_(std::move(guards)), program_(std::move(program)), fallbacks_(std::move(fallbacks)) {}
+  DynamicEntry(std::shared_ptr<py_bind::GuardSet> guards, DynamicProgram program)
+      : guards_(std::move(guards)), program_(std::move(program)) {}
 
   /// As Entry::call. A size whose graph is not valid (a slice the captures clamped) misses, so
   /// the caller specialises on it.
@@ -402,12 +402,12 @@ class DynamicEntry : public GuardedEntry {
     return last_ ? last_->last_failure() : none;
   }
   std::shared_ptr<py_bind::GuardSet> guards() const { return guards_; }
-  const DynamicProgram& program() const { return program_; }
   size_t instances() const { return instances_.size(); }
   const std::map<int64_t, std::string>& refused() const { return refused_; }
 
  private:
-  /// Instances kept at once: each holds its arena of temporaries for its size.
+  /// Instances kept at once (their arena plans and output recipes; the arenas themselves come
+  /// from one pool, runtime/arena_pool.h).
   static constexpr size_t kMaxInstances = 32;
 
   std::shared_ptr<Entry> instance(int64_t s) {
@@ -423,12 +423,12 @@ class DynamicEntry : public GuardedEntry {
       return nullptr;
     }
     if (instances_.size() >= kMaxInstances) instances_.clear();
-    return instances_[s] = std::make_shared<Entry>(guards_, Program(std::move(g)), fallbacks_);
+    // No fallbacks: a program with fallback ops is never dynamic (runtime/dynamic_program.cpp).
+    return instances_[s] = std::make_shared<Entry>(guards_, Program(std::move(g)), py::list());
   }
 
   std::shared_ptr<py_bind::GuardSet> guards_;
   DynamicProgram program_;
-  py::list fallbacks_;
   std::map<int64_t, std::shared_ptr<Entry>> instances_;
   std::map<int64_t, std::string> refused_;  // sizes whose graph is not valid, and why
   std::shared_ptr<Entry> last_;  // the instance of the last call (its failure, for the counters)
@@ -652,8 +652,7 @@ void define_cpu(py::module_& m) {
         "lowers a graph template at large sizes and compiles one program for every size (or raises Unsupported)");
 
   py::class_<DynamicEntry, GuardedEntry, std::shared_ptr<DynamicEntry>>(m, "DynamicEntry")
-      .def(py::init<std::shared_ptr<py_bind::GuardSet>, DynamicProgram, py::list>(), py::arg("guards"),
-           py::arg("program"), py::arg("fallbacks") = py::list())
+      .def(py::init<std::shared_ptr<py_bind::GuardSet>, DynamicProgram>(), py::arg("guards"), py::arg("program"))
       .def("__call__", &DynamicEntry::call)
       .def("last_failure", [](const DynamicEntry& e) { return e.last_failure(); })
       .def("failed_on_data_dependent_shape", [](const DynamicEntry&) { return false; })

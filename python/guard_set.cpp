@@ -4,17 +4,11 @@
 
 #include <fmt/format.h>
 
-#include <cmath>
+#include "support/hash.h"
+
 
 namespace kiln::py_bind {
 namespace {
-
-/// Floats a trace baked in are the same value when they have the same bits, except that every
-/// NaN is one value: 0.0 and -0.0 differ (1 / s), while == calls them equal.
-bool same_float(double a, double b) {
-  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
-  return a == b && std::signbit(a) == std::signbit(b);
-}
 
 /// Interned attribute names, created once.
 struct Names {
@@ -83,20 +77,21 @@ std::string GuardSet::check_tensor(const TensorGuard& g, PyObject* t, bool verbo
                                  py::str(g.dtype).cast<std::string>())
                    : "x";
   py::object shape = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, n.shape));
-  if (!g.size_coeff.empty()) {
+  if (!g.size_coeff.empty()) {  // forms over the symbol: the sizes fix s, the strides may use it
     std::string bad = check_forms(shape.ptr(), g.sizes, g.size_coeff, "sizes", verbose);
-    if (bad.empty()) {
-      py::object st = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t, n.stride));
-      bad = check_forms(st.ptr(), g.strides, g.stride_coeff, "strides", verbose);
-    }
     if (!bad.empty()) return bad;
-  } else if (!tuple_equals(shape.ptr(), g.sizes))
-    return verbose ? fmt::format("sizes are {}, expected ({})", tuple_text(shape.ptr()), fmt::join(g.sizes, ", ")) : "x";
-  py::object stride =
-      g.size_coeff.empty() ? py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t, n.stride)) : py::object();
-  if (g.size_coeff.empty() && !tuple_equals(stride.ptr(), g.strides))
-    return verbose ? fmt::format("strides are {}, expected ({})", tuple_text(stride.ptr()), fmt::join(g.strides, ", "))
-                   : "x";
+    py::object stride = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t, n.stride));
+    bad = check_forms(stride.ptr(), g.strides, g.stride_coeff, "strides", verbose);
+    if (!bad.empty()) return bad;
+  } else {
+    if (!tuple_equals(shape.ptr(), g.sizes))
+      return verbose ? fmt::format("sizes are {}, expected ({})", tuple_text(shape.ptr()), fmt::join(g.sizes, ", "))
+                     : "x";
+    py::object stride = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(t, n.stride));
+    if (!tuple_equals(stride.ptr(), g.strides))
+      return verbose ? fmt::format("strides are {}, expected ({})", tuple_text(stride.ptr()), fmt::join(g.strides, ", "))
+                     : "x";
+  }
   py::object rg = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, n.requires_grad));
   if ((rg.ptr() == Py_True) != g.requires_grad)
     return verbose ? fmt::format("requires_grad is {}, expected {}", rg.ptr() == Py_True, g.requires_grad) : "x";
@@ -137,9 +132,7 @@ std::string GuardSet::check_forms(PyObject* tuple, const std::vector<int64_t>& b
 }
 
 void GuardSet::make_symbolic(int leaf, const std::vector<std::pair<int64_t, int64_t>>& sizes,
-                             const std::vector<std::pair<int64_t, int64_t>>& strides, int64_t lo, int64_t hi) {
-  symbol_lo_ = lo;
-  symbol_hi_ = hi;
+                             const std::vector<std::pair<int64_t, int64_t>>& strides) {
   for (auto& g : tensors_) {
     if (g.leaf != leaf) continue;
     g.sizes.clear();
@@ -157,9 +150,7 @@ void GuardSet::make_symbolic(int leaf, const std::vector<std::pair<int64_t, int6
   }
 }
 
-void GuardSet::make_symbolic_value(int leaf, int64_t base, int64_t coeff, int64_t lo, int64_t hi) {
-  symbol_lo_ = lo;
-  symbol_hi_ = hi;
+void GuardSet::make_symbolic_value(int leaf, int64_t base, int64_t coeff) {
   for (auto& g : values_)
     if (g.leaf == leaf) {
       g.symbolic = true;
@@ -229,7 +220,7 @@ bool GuardSet::check(const py::list& leaves, bool grad_enabled) {
     if (g.type_only || v == g.value.ptr()) continue;
     if (PyFloat_CheckExact(v)) {
       // The trace baked this float in: -0.0 is not 0.0 there (x / s), and any NaN is every NaN.
-      if (!same_float(PyFloat_AS_DOUBLE(v), PyFloat_AS_DOUBLE(g.value.ptr()))) return false;
+      if (!same_double(PyFloat_AS_DOUBLE(v), PyFloat_AS_DOUBLE(g.value.ptr()))) return false;
       continue;
     }
     int eq = PyObject_RichCompareBool(v, g.value.ptr(), Py_EQ);
@@ -264,7 +255,7 @@ std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
     bool same_type = reinterpret_cast<PyObject*>(Py_TYPE(v.ptr())) == g.type.ptr();
     bool equal = g.type_only || !same_type ? same_type
                  : PyFloat_CheckExact(v.ptr())
-                     ? same_float(PyFloat_AS_DOUBLE(v.ptr()), PyFloat_AS_DOUBLE(g.value.ptr()))
+                     ? same_double(PyFloat_AS_DOUBLE(v.ptr()), PyFloat_AS_DOUBLE(g.value.ptr()))
                      : v.equal(g.value);
     if (!same_type || !equal)
       return fmt::format("leaf {}: value is {}, expected {}", g.leaf, py::repr(v).cast<std::string>(),

@@ -58,12 +58,17 @@ class GuardSet {
   /// One line per guard, for kiln.explain and KILN_LOG=guards.
   std::vector<std::string> describe() const;
   size_t leaf_count() const { return leaf_count_; }
+  /// The range of the symbol s of the symbolic guards below: one value across a call.
+  void set_symbol_range(int64_t lo, int64_t hi) {
+    symbol_lo_ = lo;
+    symbol_hi_ = hi;
+  }
   /// Makes leaf `leaf`'s tensor guard symbolic: `sizes`/`strides` are (base, coeff) pairs of
-  /// the forms `base + coeff * s`; s must lie in [lo, hi] and be one value across the call.
+  /// the forms `base + coeff * s`.
   void make_symbolic(int leaf, const std::vector<std::pair<int64_t, int64_t>>& sizes,
-                     const std::vector<std::pair<int64_t, int64_t>>& strides, int64_t lo, int64_t hi);
+                     const std::vector<std::pair<int64_t, int64_t>>& strides);
   /// Makes leaf `leaf`'s value guard symbolic: an int equal to base + coeff * s.
-  void make_symbolic_value(int leaf, int64_t base, int64_t coeff, int64_t lo, int64_t hi);
+  void make_symbolic_value(int leaf, int64_t base, int64_t coeff);
   /// The symbol's value the last successful check() found (-1: none).
   int64_t symbol() const { return symbol_; }
   void set_leaf_count(size_t n) { leaf_count_ = n; }

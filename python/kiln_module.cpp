@@ -141,10 +141,12 @@ PYBIND11_MODULE(_C, m) {
       .def("add_identity", &py_bind::GuardSet::add_identity)
       .def("add_disjoint", &py_bind::GuardSet::add_disjoint)
       .def("set_leaf_count", &py_bind::GuardSet::set_leaf_count)
+      .def("set_symbol_range", &py_bind::GuardSet::set_symbol_range, py::arg("lo"), py::arg("hi"),
+           "the range of the symbol s of the symbolic guards")
       .def("make_symbolic", &py_bind::GuardSet::make_symbolic, py::arg("leaf"), py::arg("sizes"), py::arg("strides"),
-           py::arg("lo"), py::arg("hi"), "a dynamic program's tensor guard: (base, coeff) forms of one symbol s")
+           "a dynamic program's tensor guard: (base, coeff) forms of one symbol s")
       .def("make_symbolic_value", &py_bind::GuardSet::make_symbolic_value, py::arg("leaf"), py::arg("base"),
-           py::arg("coeff"), py::arg("lo"), py::arg("hi"), "a dynamic program's int argument: base + coeff * s")
+           py::arg("coeff"), "a dynamic program's int argument: base + coeff * s")
       .def_property_readonly("symbol", &py_bind::GuardSet::symbol)
       .def("check", &py_bind::GuardSet::check)
       .def("explain", &py_bind::GuardSet::explain)

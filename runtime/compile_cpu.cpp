@@ -33,6 +33,16 @@ CpuCompileOptions cpu_options_from_knobs(const std::string& debug_dir) {
   return o;
 }
 
+void append_codegen_timings(const cpu::CpuCode& code, int opt_level, std::vector<std::string>* timings) {
+  const cpu::JitTimes& jt = code.jit;
+  timings->push_back(fmt::format("llvm emit: {:.3f} ms", code.emit_ms));
+  timings->push_back(fmt::format("llvm O{}: {:.3f} ms", opt_level, jt.optimize_ms));
+  timings->push_back(fmt::format("llvm machine code: {:.3f} ms", jt.machine_code_ms));
+  timings->push_back(fmt::format("disk cache ({}): {:.3f} ms", !jt.disk_enabled ? "off" : jt.disk_hit ? "hit" : "miss",
+                                 jt.cache_ms));
+  timings->push_back(fmt::format("jit load: {:.3f} ms", jt.load_ms));
+}
+
 CompiledCpuGraph compile_cpu_graph(const ir::Graph& g, const CpuCompileOptions& opts) {
   auto t0 = std::chrono::steady_clock::now();
   CompiledCpuGraph out;
@@ -43,13 +53,7 @@ CompiledCpuGraph compile_cpu_graph(const ir::Graph& g, const CpuCompileOptions& 
   out.graph_text = ir::print(g);
   ir::KernelProgram kp = passes::run_pipeline(g, popts);
   cpu::CpuCode code = cpu::compile_cpu(kp, opts.codegen);
-  const cpu::JitTimes& jt = code.jit;
-  out.timings.push_back(fmt::format("llvm emit: {:.3f} ms", code.emit_ms));
-  out.timings.push_back(fmt::format("llvm O{}: {:.3f} ms", opts.codegen.opt_level, jt.optimize_ms));
-  out.timings.push_back(fmt::format("llvm machine code: {:.3f} ms", jt.machine_code_ms));
-  out.timings.push_back(fmt::format("disk cache ({}): {:.3f} ms",
-                                    !jt.disk_enabled ? "off" : jt.disk_hit ? "hit" : "miss", jt.cache_ms));
-  out.timings.push_back(fmt::format("jit load: {:.3f} ms", jt.load_ms));
+  append_codegen_timings(code, opts.codegen.opt_level, &out.timings);
   if (popts.dump) {
     dump.write("llvm_ir.ll", code.text.module_ir);
     dump.write("assembly.s", cpu::ir_to_asm(code.text.module_ir));

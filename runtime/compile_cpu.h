@@ -34,6 +34,9 @@ struct CompiledCpuGraph {
   std::string dump_error;            ///< why KILN_DEBUG_DIR could not be written ("" if it was)
 };
 
+/// Appends the LLVM stages of `code` to a compile's timings (KILN_LOG=perf, Program.timings).
+void append_codegen_timings(const cpu::CpuCode& code, int opt_level, std::vector<std::string>* timings);
+
 /// Runs the pipeline and the LLVM code generator on `g`. Throws Unsupported for what kiln
 /// cannot compile (the caller runs eagerly instead).
 CompiledCpuGraph compile_cpu_graph(const ir::Graph& g, const CpuCompileOptions& opts);

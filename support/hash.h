@@ -25,6 +25,10 @@ inline uint64_t hash_double(double d) {
   return bits;
 }
 
+/// Whether two doubles are one value for a trace: the same bits (0.0 and -0.0 differ: 1 / x
+/// tells them apart), except that every NaN is one value.
+inline bool same_double(double a, double b) { return hash_double(a) == hash_double(b) || (a != a && b != b); }
+
 /// FNV-1a over a string.
 inline uint64_t hash_string(std::string_view s) {
   uint64_t h = 0xcbf29ce484222325ULL;

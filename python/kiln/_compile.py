@@ -437,7 +437,7 @@ class _Entry:
             self.native = None
         elif hasattr(_C, "DynamicProgram") and isinstance(program, _C.DynamicProgram):
             self.dynamic, self.program = program, program.first
-            self.native = _C.DynamicEntry(guards, program, list(self.fallbacks))
+            self.native = _C.DynamicEntry(guards, program)
         elif getattr(program, "target", "cpu") == "cuda":
             self.native = _cuda.CudaEntry(guards, program)
         else:

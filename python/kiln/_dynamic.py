@@ -119,12 +119,12 @@ def guards(static, template, constraints=()):
     """`static` (the second capture's guards) with its tensors' sizes and strides, and the int
     arguments that changed, replaced by their forms over the symbol, whose range keeps every
     size comparison Python made as it was (symbol_range)."""
-    lo, hi = symbol_range(template, constraints)
+    static.set_symbol_range(*symbol_range(template, constraints))
     for leaf, sizes, strides in template.inputs:
-        if any(c for _, c in sizes) or any(c for _, c in strides):
-            static.make_symbolic(leaf, sizes, strides, lo, hi)
+        if _depends(sizes, strides):
+            static.make_symbolic(leaf, sizes, strides)
     for leaf, (base, coeff) in template.values:
-        static.make_symbolic_value(leaf, base, coeff, lo, hi)
+        static.make_symbolic_value(leaf, base, coeff)
     return static
 
 
@@ -140,7 +140,11 @@ def static_marks_hold(template, full):
     return None
 
 
+def _depends(sizes, strides):
+    """Whether an input's size or stride forms use the symbol."""
+    return any(c for _, c in sizes) or any(c for _, c in strides)
+
+
 def symbolic_leaves(template):
     """Whether every symbolic input is an argument or a captured tensor the guards can check."""
-    return all(leaf >= 0 for leaf, sizes, strides in template.inputs
-               if any(c for _, c in sizes) or any(c for _, c in strides))
+    return all(leaf >= 0 for leaf, sizes, strides in template.inputs if _depends(sizes, strides))
