@@ -22,7 +22,7 @@ from ._snapshot import SIMPLE_VALUE_TYPES as _SIMPLE_VALUE_TYPES
 from ._snapshot import Snapshot, SnapshotGetter, TensorIdentityGetter, class_attributes, worth_guarding
 from ._snapshot import contents as _contents
 from ._snapshot import new_call as _new_snapshot_call
-from ._snapshot import snapshot as _snapshot
+from ._snapshot import same_value
 from ._trace import CaptureFailed, trace
 
 
@@ -311,12 +311,6 @@ def _plain_value_sources(fn, module, arg_modules=()):
     return out + snaps
 
 
-def _same_value(a, b):
-    """Whether a value source reads the same after the call: by the snapshot rules (a float's
-    bits, a tensor's identity, a container's contents)."""
-    return a == b if type(a) is Snapshot else _snapshot(a) == _snapshot(b)
-
-
 def _source_key(get):
     if isinstance(get, _NestedGetter):  # a tensor inside a container: its base's key and the path
         return ("nested", _source_key(get.base), tuple(get.steps))
@@ -339,7 +333,7 @@ def _python_side_effects(sources, before, sources_after):
         return CaptureFailed(f"the function sets new attributes on state it reads besides its arguments "
                              f"({'.'.join(str(n) for n in new[0][4]) or new[0][3]}); a compiled call would not set them")
     for get, old in zip(sources, before):
-        if not _same_value(get(), old):
+        if not same_value(get(), old):
             where = getattr(get, "getter", get)
             path = ".".join(str(n) for n in getattr(where, "names", ())) or str(getattr(where, "key", "") or "")
             return CaptureFailed(f"the function changes Python state it reads besides its arguments "
@@ -429,10 +423,12 @@ class _Entry:
         self.replay_start = 0  # where its values start among the outputs (after the result's)
         self.pending = None  # a background compile's Future (Note [Background compiles])
         self.install = None  # installs its outcome: the compiled entry in this one's place
-        self.capture = None  # _dynamic.CaptureRecord: a static CPU entry's capture, to pair with later
+        # _dynamic.CaptureRecord: a static CPU entry's capture, to pair with a later one at other
+        # sizes; a dynamic entry's, the capture that made it (a capture at size 1 is checked
+        # against it).
+        self.capture = None
         self.nargs = None  # positional arguments, where the entry is on the C++ fast path
         self.dynamic = None  # _C.DynamicProgram: one program for every size (program: its first instance)
-        self.dynamic_record = None  # ... and the capture that made it (_dynamic.CaptureRecord)
         if program is None:
             self.native = None
         elif hasattr(_C, "DynamicProgram") and isinstance(program, _C.DynamicProgram):
@@ -718,15 +714,13 @@ class CompiledFunction:
             if replay is not None:
                 entry.replay, entry.replay_start, entry.single = replay, len(res_leaves), False
                 _log("guards", f"{self.__name__}: replays changes to {replay.describe()} after each call")
+            entry.capture = record
             if dynamic:
-                entry.dynamic_record = record
                 _counters.bump("dynamic_compiles")
                 _log("dynamic", f"{self.__name__}: one program for every size: {program.describe}")
-                self._finish_entry(spec, entry, tracer, mutations, debug_dir, shown.loop_ir, len(leaves))
+            self._finish_entry(spec, entry, tracer, mutations, debug_dir, shown.loop_ir, len(leaves))
+            if dynamic:
                 self._retire(spec, base, entry)
-            else:
-                entry.capture = record
-                self._finish_entry(spec, entry, tracer, mutations, debug_dir, shown.loop_ir, len(leaves))
 
         placeholder = self._compile(spec, guards, getters, build, install, placeholder_guards=dyn_guards)
         if placeholder is not None and template is None:
@@ -750,7 +744,7 @@ class CompiledFunction:
                                         result_spec, [d for d in tracer.decided if d != _size_int.SIZES],
                                         tracer.constraints)
         for base in reversed(self._entries.get(spec, ())):
-            if getattr(base, "capture", None) is None:
+            if getattr(base, "capture", None) is None or base.dynamic is not None:
                 continue
             why, ints = base.capture.pairs_with(record)
             if why is not None:
@@ -778,7 +772,7 @@ class CompiledFunction:
         if record is None:
             return None
         for e in self._entries.get(spec, ()):
-            if e.dynamic is None or e.dynamic_record is None or e.dynamic_record.pairs_with(record)[0] is not None:
+            if e.dynamic is None or e.capture.pairs_with(record)[0] is not None:
                 continue
             program = e.dynamic.program_for(tracer.builder)
             if program is not None:

@@ -12,24 +12,7 @@ never does this.
 import torch
 
 from . import _C, _size_int
-from ._snapshot import Snapshot
-
-_PLAIN = (int, float, bool, str, complex, type(None))
-
-
-def _same_plain(a, b):
-    """Whether two non-tensor leaves are one value for the trace (a float by its bits, as the
-    guards compare it; anything else but plain values by identity)."""
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    if type(a) in _PLAIN:
-        return repr(a) == repr(b)  # repr tells -0.0 from 0.0 and keeps every NaN one value
-    if isinstance(a, (torch.dtype, torch.device, Snapshot)):  # a Snapshot: what the guards compare
-        return a == b
-    return False
-
+from ._snapshot import same_value
 
 class CaptureRecord:
     """What a static CPU entry keeps so that a later capture at other sizes can pair with it."""
@@ -61,7 +44,7 @@ class CaptureRecord:
                 return f"leaf {i} is a tensor in one call only", None
             if a[0] == "tensor" and a != b:
                 return f"leaf {i} differs in type, dtype, rank, device or requires_grad", None
-            if a[0] == "value" and not _same_plain(a[1], b[1]):
+            if a[0] == "value" and not same_value(a[1], b[1]):
                 if type(a[1]) is not int or type(b[1]) is not int:
                     return f"leaf {i} (a plain value) changed", None
                 if i in self.decided or i in other.decided:

@@ -6,11 +6,9 @@ Per program: a size v >= 2 that some input has in its first dim is picked; every
 size v becomes u for u in SIZES(v) -- the first capture, the second (which may make the dynamic
 program), then sizes below, between and above them, 1, and v again. Sizes where eager raises
 (the program's literal shapes no longer fit) must raise the same exception type through kiln.
-Each call is compared as fuzz.check_function compares one (results within tolerances, written
-arguments, exception types).
+Each call is compared by fuzz.compare_call, as fuzz.check_function compares one (results within
+tolerances, written arguments, exception types).
 """
-
-import torch
 
 from . import fuzz
 
@@ -48,28 +46,12 @@ def check_dynamic(program):
     before = kiln.counters()["dynamic_compiles"]
     for u in sizes(v):
         p = resized(program, v, u)
-        ins = p.make_inputs()
-        e_ins, k_ins = fuzz.clone_inputs(ins), fuzz.clone_inputs(ins)
-        ekind, eout = fuzz._run(fn, e_ins)
-        kkind, kout = fuzz._run(cf, k_ins)
-        what = f"call at size {u} (captured at {v})"
-        failure = None
-        if ekind == "raise" or kkind == "raise":
-            if ekind != kkind or type(eout) is not type(kout):
-                failure = fuzz.Failure("exception", f"{what}: eager {ekind} {fuzz._describe(eout)}; "
-                                       f"kiln {kkind} {fuzz._describe(kout)}")
-        else:
-            refs = fuzz._referees(fn, p, ins)
-            msg = fuzz.compare(eout, kout, fuzz._result_refs(refs), what, fuzz.inexact_outputs(p))
-            for k, (e, g) in enumerate(zip(e_ins, k_ins)):
-                if msg is None and isinstance(e, torch.Tensor) and e.layout == torch.strided:
-                    msg = fuzz.compare(e, g, fuzz._argument_refs(refs, k), f"{what}: argument {k} after the call")
-            if msg is not None:
-                failure = fuzz.Failure("mismatch", msg)
-        if failure is not None:
-            failure.program = p
-            failure.known = fuzz.known_issue(failure)
-            return failure, kiln.counters()["dynamic_compiles"] > before
+        call = fuzz.compare_call(fn, cf, p.make_inputs(), p, [i.name for i in p.inputs],
+                                 f"call at size {u} (captured at {v})")
+        if call.failure is not None:
+            call.failure.program = p
+            call.failure.known = fuzz.known_issue(call.failure)
+            return call.failure, kiln.counters()["dynamic_compiles"] > before
     return None, kiln.counters()["dynamic_compiles"] > before
 
 

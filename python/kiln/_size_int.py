@@ -38,7 +38,6 @@ def mark(what, sources=(SIZES,)):
 
 
 _COMPARE = {"__lt__": "<", "__le__": "<=", "__gt__": ">", "__ge__": ">="}
-_SWAPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
 def constrain(value, op, const, result):
@@ -46,6 +45,11 @@ def constrain(value, op, const, result):
     if _active:
         leaf, dim, k, c = value.origin
         _active[-1].constraints.append((leaf, dim, k, c, op, int(const), bool(result)))
+
+
+def _raw(v):
+    """A SizeInt as its plain int (without counting as a decision); anything else as it is."""
+    return int.__int__(v) if isinstance(v, SizeInt) else v
 
 
 def _sources(*values):
@@ -78,7 +82,7 @@ def _origin(op, self, other):
 
 def _arith(op):
     def f(self, *other):
-        v = getattr(int, op)(int.__int__(self), *(int.__int__(o) if isinstance(o, SizeInt) else o for o in other))
+        v = getattr(int, op)(int.__int__(self), *map(_raw, other))
         if v is NotImplemented:
             return v
         if isinstance(v, int) and not isinstance(v, bool):
@@ -90,7 +94,7 @@ def _arith(op):
 
 def _comparison(op):
     def f(self, other):
-        v = getattr(int, op)(int.__int__(self), int.__int__(other) if isinstance(other, SizeInt) else other)
+        v = getattr(int, op)(int.__int__(self), _raw(other))
         if self.origin is not None and type(other) is int and v is not NotImplemented:
             constrain(self, _COMPARE[op], other, v)  # a relation guard, not a decision
         else:
@@ -102,7 +106,7 @@ def _comparison(op):
 def _decision(op):
     def f(self, *other):
         mark(f"a size used in {op}", _sources(self, *other))
-        return getattr(int, op)(int.__int__(self), *(int.__int__(o) if isinstance(o, SizeInt) else o for o in other))
+        return getattr(int, op)(int.__int__(self), *map(_raw, other))
     return f
 
 

@@ -140,6 +140,12 @@ def snapshot(v, depth=0):
     return (t, tuple((k, snapshot(x, depth + 1)) for _, k, x in items))
 
 
+def same_value(a, b):
+    """Whether two values are one for a trace, by the snapshot rules (a float's bits, a
+    tensor's or a module's identity, a container's contents); a Snapshot by equality."""
+    return a == b if type(a) is Snapshot else snapshot(a) == snapshot(b)
+
+
 # Snapshots taken during the current call, by path: the guards of every cached variant of a
 # function read the same objects, and nothing can change them between two variants' checks.
 _taken = {}

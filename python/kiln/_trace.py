@@ -344,18 +344,17 @@ class _EscapeWatch(TorchFunctionMode):
 
 
     def _size_read(self, func, args, kwargs):
-        """A size read as SizeInts; from an argument, with their origin (leaf, dim)."""
+        """A size read as SizeInts; read from an argument, with their origin (leaf, dim)."""
         value = func(*args, **(kwargs or {}))
-        t = args[0] if args else None
-        leaf = next((i for i, x in enumerate(self.tracer.leaves) if x is t), None) if func is not torch.Tensor.numel \
-            and func is not torch.Tensor.nelement else None
-        dim = None
-        if leaf is not None and func is torch.Tensor.size and isinstance(value, int):
-            d = args[1] if len(args) > 1 else (kwargs or {}).get("dim")
-            dim = d + t.dim() if isinstance(d, int) and d < 0 else d if isinstance(d, int) else None
-            if dim is None:
-                leaf = None
-        return _size_int.wrap(value, leaf=leaf, dim=dim)
+        if func in (torch.Tensor.numel, torch.Tensor.nelement):
+            return _size_int.wrap(value)  # a product of sizes: no origin
+        t = args[0]
+        leaf = next((i for i, x in enumerate(self.tracer.leaves) if x is t), None)
+        if leaf is None or not isinstance(value, int):  # an intermediate's sizes, or a whole torch.Size
+            return _size_int.wrap(value, leaf=leaf)
+        d = args[1] if len(args) > 1 else (kwargs or {}).get("dim")  # x.size(d)
+        return _size_int.wrap(value, leaf=leaf if isinstance(d, int) else None,
+                              dim=d % t.dim() if isinstance(d, int) else None)
 
 
 # In-place random fills: they overwrite their tensor without reading it (see _FreshFill).
@@ -940,14 +939,14 @@ def _tracked_ints(args):
         if type(a) is int:
             a = _size_int.SizeInt(a, frozenset((leaf,)))
         out.append(a)
-        leaf += len(flatten_leaves(a))
+        leaf += _leaf_count(a)
     return tuple(out)
 
 
-def flatten_leaves(obj):
+def _leaf_count(obj):
     leaves = []
     flatten(obj, leaves)
-    return leaves
+    return len(leaves)
 
 
 def trace(fn, args, kwargs, leaves, candidates, target=None):

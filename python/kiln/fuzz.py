@@ -1389,6 +1389,54 @@ def clone_inputs(inputs):
     return out
 
 
+class Call:
+    """One call compared (compare_call): `failure` (None, or a Failure), eager's and kiln's
+    outcomes (`ekind`/`kkind`: "ok" or "raise"; `eout`/`kout`), the inputs each side ran on
+    (after the call), and the cache hits kiln's call made."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def compare_call(fn, cf, ins, program, names, what):
+    """Runs `fn` eagerly and `cf` (its kiln.compile) on their own copies of `ins` and compares
+    them: the same exception type when either raises, else results within tolerances (with
+    the referees' excuses) and every argument after the call. `names`: the inputs' names for
+    messages; `what`: which call this is."""
+    import kiln
+    e_ins, k_ins = clone_inputs(ins), clone_inputs(ins)
+    ekind, eout = _run(fn, e_ins)
+    h0 = kiln.counters()["cache_hits"]
+    kkind, kout = _run(cf, k_ins)
+    call = Call(failure=None, ekind=ekind, kkind=kkind, eout=eout, kout=kout, e_ins=e_ins, k_ins=k_ins,
+                hits=kiln.counters()["cache_hits"] - h0)
+    if ekind == "raise" or kkind == "raise":
+        if ekind != kkind:
+            if kkind == "raise":
+                tb = "".join(traceback.format_exception(type(kout), kout, kout.__traceback__)[-6:])
+                call.failure = Failure("exception", f"{what}: kiln raised {type(kout).__name__}: {kout}\n"
+                                       f"eager returned {_describe(eout)}\n{tb}")
+            else:
+                call.failure = Failure("exception", f"{what}: eager raised {type(eout).__name__}: {eout}; "
+                                       f"kiln returned {_describe(kout)}")
+        elif type(eout) is not type(kout):
+            call.failure = Failure("exception", f"{what}: eager raised {type(eout).__name__}: {eout}; "
+                                   f"kiln raised {type(kout).__name__}: {kout}")
+        return call
+    refs = _referees(fn, program, ins)
+    msg = compare(eout, kout, _result_refs(refs), what, inexact_outputs(program))
+    if msg is not None:
+        call.failure = Failure("mismatch", msg)
+        return call
+    for i, (name, e, k) in enumerate(zip(names, e_ins, k_ins)):
+        if isinstance(e, torch.Tensor) and e.layout == torch.strided and e.device.type != "meta":
+            msg = compare(e, k, _argument_refs(refs, i), f"{what}: argument {name} after the call")
+            if msg is not None:
+                call.failure = Failure("mutation", msg)
+                return call
+    return call
+
+
 def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=None, train=False):
     """Runs fn eagerly and through a fresh kiln.compile(fn): the capturing call and the cached
     call on `inputs`, then a call on `fresh_inputs` (same shapes and layouts, new values). Each
@@ -1414,33 +1462,14 @@ def check_function(fn, inputs, fresh_inputs=None, expect_compiled=True, program=
         [f"input {k}" for k in range(len(calls[0][1]))]
     hits, kinds, backward = [], [], []
     for what, ins in calls:
-        e_ins, k_ins = clone_inputs(ins), clone_inputs(ins)
-        ekind, eout = _run(fn, e_ins)
-        h0 = kiln.counters()["cache_hits"]
-        kkind, kout = _run(cf, k_ins)
-        hits.append(kiln.counters()["cache_hits"] - h0)
-        kinds.append(ekind)
-        if ekind == "raise" or kkind == "raise":
-            if ekind != kkind:
-                if kkind == "raise":
-                    tb = "".join(traceback.format_exception(type(kout), kout, kout.__traceback__)[-6:])
-                    return Failure("exception", f"{what}: kiln raised {type(kout).__name__}: {kout}\n"
-                                   f"eager returned {_describe(eout)}\n{tb}")
-                return Failure("exception", f"{what}: eager raised {type(eout).__name__}: {eout}; "
-                               f"kiln returned {_describe(kout)}")
-            if type(eout) is not type(kout):
-                return Failure("exception", f"{what}: eager raised {type(eout).__name__}: {eout}; "
-                               f"kiln raised {type(kout).__name__}: {kout}")
+        c = compare_call(fn, cf, ins, program, names, what)
+        hits.append(c.hits)
+        kinds.append(c.ekind)
+        if c.failure is not None:
+            return c.failure
+        if c.ekind == "raise":
             continue
-        refs = _referees(fn, program, ins)
-        msg = compare(eout, kout, _result_refs(refs), what, inexact_outputs(program))
-        if msg is not None:
-            return Failure("mismatch", msg)
-        for i, (name, e, k) in enumerate(zip(names, e_ins, k_ins)):
-            if isinstance(e, torch.Tensor) and e.layout == torch.strided and e.device.type != "meta":
-                msg = compare(e, k, _argument_refs(refs, i), f"{what}: argument {name} after the call")
-                if msg is not None:
-                    return Failure("mutation", msg)
+        e_ins, k_ins, eout, kout = c.e_ins, c.k_ins, c.eout, c.kout
         if train:
             failure, needs, ran = check_gradients(fn, program, what, names, ins, e_ins, k_ins, eout, kout,
                                                   fresh=what == "call on fresh inputs")
