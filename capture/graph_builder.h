@@ -28,6 +28,8 @@ class GraphBuilder {
   GraphBuilder() : editor_(graph_) {}
   /// Sizes computed by rules that are not affine while recording (GraphEditor::note_size_rule).
   const std::vector<std::pair<int64_t, int64_t>>& size_rules() const { return editor_.size_rules(); }
+  /// GraphEditor::note_size_rule, for a rule applied by the Python tracer (a split's pieces).
+  void note_size_rule(int64_t in, int64_t out) { editor_.note_size_rule(in, out); }
 
   /// A tensor argument (or captured tensor) in position `arg_index` of the call's leaves.
   int add_input(ir::DType dtype, const ir::Sizes& sizes, const ir::Sizes& strides, int arg_index);

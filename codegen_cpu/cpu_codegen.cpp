@@ -51,6 +51,18 @@ class KernelEmitter {
       auto* slot = b_.CreateConstGEP1_64(ptr, bufs, i);
       buf_ptr_[static_cast<int>(i)] = b_.CreateLoad(ptr, slot, fmt_name("buf", i));
     }
+    // A kernel template's parameters (ir/kernel_template.h), read once: they are the same for
+    // the whole call.
+    if (p_.param_count > 0) {
+      auto* slot = b_.CreateConstGEP1_64(ptr, bufs, p_.buffers.size() + 1);
+      llvm::Value* params = b_.CreateLoad(ptr, slot, "params");
+      for (int i = 0; i < p_.param_count; ++i) {
+        auto* at = b_.CreateConstGEP1_64(b_.getInt64Ty(), params, static_cast<uint64_t>(i));
+        auto* v = b_.CreateLoad(b_.getInt64Ty(), at, fmt_name("p", static_cast<size_t>(i)));
+        v->setMetadata(llvm::LLVMContext::MD_invariant_load, llvm::MDNode::get(c_, {}));
+        params_.push_back(v);
+      }
+    }
     status_ = b_.CreateAlloca(b_.getInt32Ty(), nullptr, "status");
     b_.CreateStore(b_.getInt32(0), status_);
     emit_loops(0, begin, end);
@@ -210,7 +222,7 @@ class KernelEmitter {
     }
     const Loop& loop = loops[level];
     llvm::Value* lo = level == 0 && begin ? begin : b_.getInt64(0);
-    llvm::Value* hi = level == 0 && end ? end : b_.getInt64(loop.var->ival);
+    llvm::Value* hi = level == 0 && end ? end : loop.extent_param >= 0 ? param(loop.extent_param) : b_.getInt64(loop.var->ival);
     auto* pre = b_.GetInsertBlock();
     auto* header = llvm::BasicBlock::Create(c_, fmt_name("loop", loop.var->var_id), f_);
     auto* exit = llvm::BasicBlock::Create(c_, fmt_name("loop.end", loop.var->var_id), f_);
@@ -442,6 +454,21 @@ class KernelEmitter {
     return v;
   }
 
+  llvm::Value* param(int slot) {
+    KILN_CHECK(slot >= 0 && static_cast<size_t>(slot) < params_.size(), "parameter p{} of {}", slot, params_.size());
+    return params_[static_cast<size_t>(slot)];
+  }
+
+  /// A parameter as a value of `t`: an int64 as is, a float from its float64 bits (rounded to
+  /// float32 as a constant of that dtype is).
+  llvm::Value* param_value(Expr e) {
+    llvm::Value* bits = param(static_cast<int>(e->ival));
+    if (e->dtype == DType::Int64) return bits;
+    KILN_CHECK(is_float(e->dtype), "parameter of dtype {}", dtype_name(e->dtype));
+    llvm::Value* d = b_.CreateBitCast(bits, b_.getDoubleTy());
+    return reg_type(e->dtype)->isDoubleTy() ? d : b_.CreateFPTrunc(d, reg_type(e->dtype));
+  }
+
   llvm::Value* constant(Expr e) {
     if (is_float(e->dtype)) return llvm::ConstantFP::get(reg_type(e->dtype), e->fval);
     return llvm::ConstantInt::get(reg_type(e->dtype), static_cast<uint64_t>(e->ival), /*isSigned=*/true);
@@ -464,6 +491,7 @@ class KernelEmitter {
   llvm::Value* emit_uncached(Expr e) {
     switch (e->op) {
       case ExprOp::Const: return constant(e);
+      case ExprOp::Param: return param_value(e);
       case ExprOp::Var: {
         auto it = vars_.find(e);
         KILN_CHECK(it != vars_.end(), "loop variable i{} used outside its loop", e->var_id);
@@ -666,6 +694,7 @@ class KernelEmitter {
   llvm::Function* f_ = nullptr;
   llvm::Value* status_ = nullptr;
   std::map<int, llvm::Value*> buf_ptr_;
+  std::vector<llvm::Value*> params_;  // a kernel template's parameters, loaded at entry
   std::vector<llvm::MDNode*> scope_md_, noalias_md_;
   std::unordered_map<Expr, llvm::Value*> vars_;
   std::unordered_map<Expr, llvm::Value*> memo_;

@@ -5,7 +5,8 @@
 /// outer loop over [begin, end), so the runtime's thread pool can split it. `buffers` holds the
 /// program's buffers in order, then one `int32_t*` status word: a kernel that meets an integer
 /// division by zero stores 1 there (instead of trapping) and the runtime reruns the call eagerly,
-/// which raises PyTorch's own error.
+/// which raises PyTorch's own error. Last comes the `const int64_t*` array of a kernel
+/// template's parameters (ir/kernel_template.h; floats as their float64 bits), or null.
 #pragma once
 
 #include <cstdint>

@@ -1189,6 +1189,8 @@ std::string emit_cuda_kernel(const KernelProgram& p, size_t kernel_index, const 
                              LaunchShape* shape) {
   KILN_CHECK(kernel_index < p.kernels.size(), "kernel {} of {}", kernel_index, p.kernels.size());
   KILN_CHECK(shape != nullptr, "emit_cuda_kernel needs a LaunchShape");
+  // Kernel templates (runtime parameters) are a CPU dynamic program's only.
+  KILN_CHECK(p.param_count == 0, "a kernel template has no CUDA code generator");
   return KernelEmitter(p, p.kernels[kernel_index], symbol, shape).emit();
 }
 

@@ -10,6 +10,7 @@
 #include <map>
 #include <numeric>
 #include <optional>
+#include <tuple>
 
 #include "support/error.h"
 #include "support/hash.h"
@@ -56,14 +57,21 @@ bool Context::KeyEq::operator()(const ExprNode* x, const ExprNode* y) const {
 
 Expr Context::intern(ExprNode n) {
   uint64_t h = hash_combine(static_cast<uint64_t>(n.op), static_cast<uint64_t>(n.dtype));
-  for (Expr o : {n.a, n.b, n.c}) h = hash_combine(h, o ? o->hash : 0);
-  // A variable is its id: its extent stays out of the hash, so that index expressions order
-  // their terms alike whatever the loop counts (a dynamic program compares lowerings at
-  // different sizes: Note [Dynamic leading sizes]).
+  uint64_t shape = h;
+  for (Expr o : {n.a, n.b, n.c}) {
+    h = hash_combine(h, o ? o->hash : 0);
+    shape = hash_combine(shape, o ? o->shape : 0);
+  }
+  // A variable is its id: its extent stays out of the hash, and an integer constant's value
+  // out of the shape, so that index expressions order their terms alike whatever the sizes
+  // (a dynamic program matches lowerings at different sizes: ir/kernel_template.h).
   if (n.op != ExprOp::Var) h = hash_combine(h, static_cast<uint64_t>(n.ival));
+  if (n.op != ExprOp::Var && n.op != ExprOp::Const) shape = hash_combine(shape, static_cast<uint64_t>(n.ival));
   h = hash_combine(h, hash_double(n.fval));
   h = hash_combine(h, static_cast<uint64_t>(n.var_id));
+  shape = hash_combine(shape, static_cast<uint64_t>(n.var_id));
   n.hash = h;
+  n.shape = shape;
   auto it = table_.find(&n);
   if (it != table_.end()) return it->second;
   storage_.push_back(n);
@@ -97,6 +105,21 @@ Expr Context::load(int buffer, Expr index, DType t) {
   ExprNode n{ExprOp::Load, t};
   n.a = index;
   n.ival = buffer;
+  return intern(n);
+}
+
+Expr Context::param(int slot, DType t) {
+  ExprNode n{ExprOp::Param, t};
+  n.ival = slot;
+  return intern(n);
+}
+
+Expr Context::with_operands(Expr x, Expr a, Expr b, Expr c) {
+  if (a == x->a && b == x->b && c == x->c) return x;
+  ExprNode n = *x;
+  n.a = a;
+  n.b = b;
+  n.c = c;
   return intern(n);
 }
 
@@ -324,26 +347,31 @@ std::pair<int64_t, int64_t> Context::bounds(Expr e) {
 
 // ---- linear forms -------------------------------------------------------------------------
 namespace {
-/// sum(coef * atom) + constant, atoms ordered by structural hash for a deterministic rebuild.
+/// The order of a linear form's atoms: by shape (the same at every size), then by hash, for
+/// a deterministic rebuild.
+using AtomKey = std::tuple<uint64_t, uint64_t, Expr>;
+AtomKey atom_key(Expr atom) { return {atom->shape, atom->hash, atom}; }
+
+/// sum(coef * atom) + constant.
 struct Linear {
-  std::map<std::pair<uint64_t, Expr>, int64_t> terms;
+  std::map<AtomKey, int64_t> terms;
   int64_t constant = 0;
   void add_term(Expr atom, int64_t coef) {
-    auto key = std::make_pair(atom->hash, atom);
+    auto key = atom_key(atom);
     int64_t& c = terms[key];
     c += coef;
     if (c == 0) terms.erase(key);
   }
   void add(const Linear& o, int64_t scale) {
-    for (auto& [k, c] : o.terms) add_term(k.second, c * scale);
+    for (auto& [k, c] : o.terms) add_term(std::get<2>(k), c * scale);
     constant += o.constant * scale;
   }
   /// *this == g * multiples + rest, where `multiples` takes the terms whose coefficient g
   /// divides (divided by g) and rest the others; the constant splits by floor division.
   void split(int64_t g, Linear& multiples, Linear& rest) const {
     for (auto& [k, coef] : terms) {
-      if (coef % g == 0) multiples.add_term(k.second, coef / g);
-      else rest.add_term(k.second, coef);
+      if (coef % g == 0) multiples.add_term(std::get<2>(k), coef / g);
+      else rest.add_term(std::get<2>(k), coef);
     }
     multiples.constant = floordiv(constant, g);
     rest.constant = floormod(constant, g);
@@ -366,7 +394,7 @@ std::optional<FactorSplit> split_by_common_factor(Context& ctx, const Linear& r,
     r.split(g, big, small);
     int64_t lo = small.constant, hi = small.constant;
     for (auto& [k2, coef2] : small.terms) {
-      auto [a0, a1] = ctx.bounds(k2.second);
+      auto [a0, a1] = ctx.bounds(std::get<2>(k2));
       if (a0 <= INT64_MIN / 8 || a1 >= INT64_MAX / 8) {
         lo = -1;  // unbounded: not provably in [0, g)
         break;
@@ -389,7 +417,7 @@ Expr Context::simplify_index(Expr e) {
   std::function<Linear(Expr)> lin;
   std::function<Expr(const Linear&)> rebuild = [&](const Linear& l) {
     Expr r = int_const(0);
-    for (auto& [k, c] : l.terms) r = add(r, mul(k.second, c));
+    for (auto& [k, c] : l.terms) r = add(r, mul(std::get<2>(k), c));
     return add(r, l.constant);
   };
   lin = [&](Expr x) -> Linear {
@@ -460,16 +488,16 @@ Expr Context::simplify_index(Expr e) {
   for (bool changed = true; changed;) {
     changed = false;
     for (auto& [key, coef] : l.terms) {
-      Expr atom = key.second;
+      Expr atom = std::get<2>(key);
       if (atom->op != ExprOp::Mod || !is_const(atom->b) || atom->b->ival <= 0) continue;
       int64_t c = atom->b->ival;
       Expr d = div(atom->a, c);
-      auto it = l.terms.find({d->hash, d});
+      auto it = l.terms.find(atom_key(d));
       if (it == l.terms.end() || it->second != coef * c) continue;
       int64_t k = coef;
       Expr inner = atom->a;
       l.terms.erase(it);
-      l.terms.erase({atom->hash, atom});
+      l.terms.erase(atom_key(atom));
       l.add(lin(inner), k);
       changed = true;
       break;
@@ -489,7 +517,8 @@ Expr Context::substitute(Expr e, const std::unordered_map<Expr, Expr>& map) {
     Expr r = x;
     switch (x->op) {
       case ExprOp::Const:
-      case ExprOp::Var: break;
+      case ExprOp::Var:
+      case ExprOp::Param: break;
       case ExprOp::Load: r = load(static_cast<int>(x->ival), simplify_index(go(x->a)), x->dtype); break;
       case ExprOp::Cast: r = cast(go(x->a), x->dtype); break;
       case ExprOp::Select: r = select(go(x->a), go(x->b), go(x->c)); break;
@@ -541,6 +570,7 @@ std::string print_expr(Expr root, std::string* lets_out, const std::string& inde
         s = is_float(x->dtype) ? fmt::format("{}", x->fval) : std::to_string(x->ival);
         break;
       case ExprOp::Var: s = fmt::format("i{}", x->var_id); break;
+      case ExprOp::Param: s = fmt::format("p{}", x->ival); break;
       case ExprOp::Load:
         s = x->ival < 0 ? fmt::format("acc{}", -1 - x->ival) : fmt::format("buf{}[{}]", x->ival, go(x->a));
         break;
@@ -553,7 +583,7 @@ std::string print_expr(Expr root, std::string* lets_out, const std::string& inde
         s += ")";
       }
     }
-    bool leaf = x->op == ExprOp::Const || x->op == ExprOp::Var;
+    bool leaf = x->op == ExprOp::Const || x->op == ExprOp::Var || x->op == ExprOp::Param;
     if (lets_out && !leaf && uses[x] > 1 && x != root) {
       std::string name = fmt::format("t{}", next_let++);
       lets += fmt::format("{}{} = {}\n", indent, name, s);

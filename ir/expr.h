@@ -37,10 +37,13 @@ struct ExprNode {
   ExprOp op;
   DType dtype;
   Expr a = nullptr, b = nullptr, c = nullptr;
-  int64_t ival = 0;   ///< Const (integral/bool) value; Var extent; Load buffer id
+  int64_t ival = 0;   ///< Const (integral/bool) value; Var extent; Load buffer id; Param slot
   double fval = 0;    ///< Const (floating) value
   int var_id = -1;    ///< Var identity (its name is only a printing hint)
   uint64_t hash = 0;  ///< structural hash, stable across runs
+  /// The hash without integer constants' values: the order of index terms, so that lowerings
+  /// of one graph at different sizes order their terms alike (ir/kernel_template.h).
+  uint64_t shape = 0;
   Expr operand(int i) const { return i == 0 ? a : i == 1 ? b : c; }
 };
 
@@ -53,6 +56,12 @@ class Context {
   /// A fresh loop variable ranging over [0, extent).
   Expr var(int64_t extent);
   Expr load(int buffer, Expr index, DType t);
+  /// A value the runtime passes to the kernel (slot `slot` of its parameters): a kernel
+  /// template's size-dependent constant (ir/kernel_template.h).
+  Expr param(int slot, DType t);
+  /// `x` with other operands, as is: no folding or simplification (rebuilding a kernel with
+  /// some constants replaced must keep its structure exactly).
+  Expr with_operands(Expr x, Expr a, Expr b, Expr c);
   Expr unary(ExprOp op, Expr a);
   Expr cast(Expr a, DType t);
   /// Binary op; comparisons give Bool, others the operands' dtype (which must agree).

@@ -143,6 +143,17 @@ int GraphEditor::expand(int x, const Sizes& sizes) {
   return append(std::move(n));
 }
 
+void GraphEditor::clamp_slice(int64_t n, int64_t* start, int64_t* end) {
+  // Python's bounds: negative ones count from the end, and both clamp to [0, n] (end to
+  // [start, n]). Counting from the end (s - 3) and "to the end" (INT64_MAX) are affine in n;
+  // a clamp is not (x[:3] is all of x at 2 and 3 rows, three rows at 4), so it is noted.
+  int64_t s0 = *start < 0 ? *start + n : *start, e0 = *end < 0 ? *end + n : *end;
+  *start = std::clamp<int64_t>(s0, 0, n);
+  *end = std::clamp<int64_t>(e0, *start, n);
+  bool to_the_end = *end == n && e0 >= INT64_MAX / 2;
+  if (*start != s0 || (*end != e0 && !to_the_end)) note_size_rule(n, *end - *start);
+}
+
 int GraphEditor::slice(int x, int64_t dim, int64_t start, int64_t end, int64_t step) {
   const Sizes& in = node(x).sizes;
   int64_t r = static_cast<int64_t>(in.size());
@@ -150,10 +161,7 @@ int GraphEditor::slice(int x, int64_t dim, int64_t start, int64_t end, int64_t s
   KILN_UNSUPPORTED_IF(dim < 0 || dim >= r, "slice dim out of range");
   KILN_UNSUPPORTED_IF(step <= 0, "slice step must be positive");
   int64_t n = in[dim];
-  if (start < 0) start += n;
-  if (end < 0) end += n;
-  start = std::clamp<int64_t>(start, 0, n);
-  end = std::clamp<int64_t>(end, start, n);
+  clamp_slice(n, &start, &end);
   if (start == 0 && end == n && step == 1) return x;
   Sizes out = in;
   out[dim] = (end - start + step - 1) / step;
@@ -234,10 +242,7 @@ int GraphEditor::slice_scatter(int base, int src, int64_t dim, int64_t start, in
   if (dim < 0) dim += r;
   KILN_UNSUPPORTED_IF(dim < 0 || dim >= r || step <= 0, "slice_scatter dim or step");
   int64_t n = in[dim];
-  if (start < 0) start += n;
-  if (end < 0) end += n;
-  start = std::clamp<int64_t>(start, 0, n);
-  end = std::clamp<int64_t>(end, start, n);
+  clamp_slice(n, &start, &end);
   Sizes sliced = in;
   sliced[dim] = (end - start + step - 1) / step;
   KILN_UNSUPPORTED_IF(node(src).sizes != sliced || node(src).dtype != node(base).dtype,

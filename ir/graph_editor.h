@@ -16,8 +16,9 @@ class GraphEditor {
   explicit GraphEditor(Graph& g) : g_(g) {}
 
   /// Records that a size `out` was computed from an input size `in` by a rule that is not
-  /// affine (a pooled or resampled length, an adaptive window): a dynamic program may not let
-  /// `in` follow its symbol (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp).
+  /// affine (a pooled or resampled length, an adaptive window, a clamped slice bound, a split's
+  /// pieces): a dynamic program may not let `in` follow its symbol (Note [Dynamic sizes] in
+  /// runtime/dynamic_program.cpp).
   void note_size_rule(int64_t in, int64_t out) { size_rules_.emplace_back(in, out); }
   const std::vector<std::pair<int64_t, int64_t>>& size_rules() const { return size_rules_; }
 
@@ -87,6 +88,8 @@ class GraphEditor {
  private:
   Graph& g_;
   std::vector<std::pair<int64_t, int64_t>> size_rules_;
+  /// A slice's bounds of a dim of `n` as Python takes them, noting a clamp as a size rule.
+  void clamp_slice(int64_t n, int64_t* start, int64_t* end);
 };
 
 }  // namespace kiln::ir

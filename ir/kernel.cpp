@@ -115,16 +115,18 @@ const char* loop_kind_name(LoopKind k) {
 std::string print(const Kernel& k) {
   std::string s = fmt::format("kernel {}  // {}\n", k.name, k.provenance);
   std::string indent = "  ";
+  auto loop_line = [](const Loop& l, const std::string& indent) {
+    std::string n = l.extent_param >= 0 ? fmt::format("p{}", l.extent_param) : std::to_string(l.var->ival);
+    return fmt::format("{}for i{} in 0..{} ({}):\n", indent, l.var->var_id, n, loop_kind_name(l.kind));
+  };
   for (const auto& l : k.loops) {
-    // The outer loop's count: a dynamic program's instance runs it to its own size.
-    int64_t n = &l == &k.loops[0] ? k.outer_extent() : l.var->ival;
-    s += fmt::format("{}for i{} in 0..{} ({}):\n", indent, l.var->var_id, n, loop_kind_name(l.kind));
+    s += loop_line(l, indent);
     indent += "  ";
   }
   for (const auto& ph : k.phases) {
     std::string pi = indent;
     for (const auto& l : ph.loops) {
-      s += fmt::format("{}for i{} in 0..{} ({}):\n", pi, l.var->var_id, l.var->ival, loop_kind_name(l.kind));
+      s += loop_line(l, pi);
       pi += "  ";
     }
     for (const auto& r : ph.reductions) {

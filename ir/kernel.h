@@ -35,6 +35,9 @@ enum class LoopKind : uint8_t { Serial, Parallel, Vectorized };
 struct Loop {
   Expr var;        ///< loop variable; its extent is var->ival
   LoopKind kind;
+  /// A kernel template's loop whose count the runtime passes (ir/kernel_template.h): the
+  /// parameter slot that holds it, which var->ival is one value of; -1: var->ival.
+  int extent_param = -1;
 };
 
 struct Store {
@@ -74,10 +77,7 @@ struct Kernel {
   std::string provenance;  ///< one line: graph nodes it computes
   std::vector<Loop> loops;    ///< outer loops, outermost first; loops[0] is split across threads
   std::vector<Phase> phases;  ///< run in order inside the innermost outer loop
-  /// A dynamic program's instance at one size (runtime/dynamic_program.h): the outer loop's
-  /// count there; its variable keeps the extent the program was lowered with. -1: none.
-  int64_t runtime_extent = -1;
-  int64_t outer_extent() const { return runtime_extent >= 0 ? runtime_extent : loops.empty() ? 1 : loops[0].var->ival; }
+  int64_t outer_extent() const { return loops.empty() ? 1 : loops[0].var->ival; }
   /// Elements touched per unit of the outer loop (for the thread split's grain).
   int64_t inner_work() const;
   /// Every expression the kernel evaluates (stores' indices and values, reductions' values).
@@ -157,6 +157,9 @@ struct KernelProgram {
   std::vector<Step> steps;        ///< kernels, extern calls and matrix products, run in this order
   std::vector<OutputSpec> outputs;
   std::vector<std::string> fusion_log;  ///< every fusion decision with its reason
+  /// Runtime values its kernels read (Param expressions, Loop::extent_param): a kernel
+  /// template's (ir/kernel_template.h); 0 for a program lowered at one size.
+  int param_count = 0;
 };
 
 /// Per buffer: whether a step other than a kernel reads it (a product's operand or bias, an

@@ -356,7 +356,7 @@ class Entry : public GuardedEntry {
   std::vector<ViewArgs> output_views_;                // per output (InputView outputs only)
 };
 
-/// A dynamic program (Note [Dynamic leading sizes]) and the guards whose symbolic sizes give
+/// A dynamic program (Note [Dynamic sizes]) and the guards whose symbolic sizes give
 /// its symbol s, plus the program of the first size it ran at (what inspection shows).
 struct DynamicProgram {
   std::shared_ptr<const runtime::DynamicCpuProgram> dynamic;
@@ -640,16 +640,17 @@ void define_cpu(py::module_& m) {
           "program_for",
           [](const DynamicProgram& p, const capture::GraphBuilder& b) -> py::object {
             runtime::CompiledCpuGraph g;
-            g.program = p.dynamic->for_graph(b.graph());
+            std::string why;
+            g.program = p.dynamic->for_graph(b.graph(), &why);
             if (!g.program) return py::none();
-            g.timings = {"no compile: the dynamic program's graph at this size"};
+            g.timings = {"no compile: the dynamic program's lowering matches at this size"};
             g.graph_text = ir::print(b.graph());
             return py::cast(Program(std::move(g)));
           },
-          "the program for a capture whose graph is this template at some size (e.g. 1), or None");
+          "the program for a capture whose lowering matches the kernel template (e.g. at size 1), or None");
   m.def("compile_dynamic", &compile_dynamic, py::arg("template"), py::arg("debug_dir") = "",
         py::call_guard<py::gil_scoped_release>(),
-        "lowers a graph template at large sizes and compiles one program for every size (or raises Unsupported)");
+        "lowers a graph template at its two captured sizes and compiles their kernel template once (or raises Unsupported)");
 
   py::class_<DynamicEntry, GuardedEntry, std::shared_ptr<DynamicEntry>>(m, "DynamicEntry")
       .def(py::init<std::shared_ptr<py_bind::GuardSet>, DynamicProgram>(), py::arg("guards"), py::arg("program"))

@@ -273,7 +273,7 @@ std::string GuardSet::explain(const py::list& leaves, bool grad_enabled) const {
 std::vector<std::string> GuardSet::describe() const {
   std::vector<std::string> out;
   out.push_back(fmt::format("grad_mode == {}", grad_mode_));
-  // A symbolic dim prints as its form over s (Note [Dynamic leading sizes]).
+  // A symbolic dim prints as its form over s (Note [Dynamic sizes]).
   auto forms = [](const std::vector<int64_t>& base, const std::vector<int64_t>& coeff) {
     std::vector<std::string> out;
     for (size_t d = 0; d < base.size(); ++d) {

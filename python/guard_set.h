@@ -21,7 +21,7 @@ struct TensorGuard {
   std::vector<int64_t> sizes;
   std::vector<int64_t> strides;
   bool requires_grad;
-  /// A dynamic program's guard (Note [Dynamic leading sizes]): size d must be sizes[d] +
+  /// A dynamic program's guard (Note [Dynamic sizes]): size d must be sizes[d] +
   /// size_coeff[d] * s, stride d strides[d] + stride_coeff[d] * s, for one symbol s per call.
   /// Empty: the sizes and strides are constants.
   std::vector<int64_t> size_coeff, stride_coeff;

@@ -102,6 +102,8 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("op"), py::arg("operands"), py::arg("ints") = std::vector<int64_t>{},
            py::arg("floats") = std::vector<double>{}, py::arg("dtype") = "", py::arg("int_value") = 0)
+      .def("note_size_rule", &capture::GraphBuilder::note_size_rule, py::arg("size"), py::arg("computed"),
+           "a size computed from `size` by a rule that is not affine in it (Note [Dynamic sizes])")
       .def("check", [](const capture::GraphBuilder& b, int id, const std::string& dtype, const std::vector<int64_t>& sizes) {
         b.check(id, ir::dtype_from_name(dtype), sizes);
       })

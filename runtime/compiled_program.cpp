@@ -16,8 +16,9 @@ namespace kiln::runtime {
 CompiledProgram::CompiledProgram(ir::KernelProgram program, cpu::CpuCode code)
     : CompiledProgram(std::move(program), std::make_shared<const cpu::CpuCode>(std::move(code))) {}
 
-CompiledProgram::CompiledProgram(ir::KernelProgram program, std::shared_ptr<const cpu::CpuCode> code)
-    : program_(std::move(program)), code_(std::move(code)) {
+CompiledProgram::CompiledProgram(ir::KernelProgram program, std::shared_ptr<const cpu::CpuCode> code,
+                                 std::vector<int64_t> params)
+    : program_(std::move(program)), code_(std::move(code)), params_(std::move(params)) {
   ArenaPlan plan = plan_arena(program_, ArenaPool::kAlign);
   temp_offset_ = std::move(plan.offset);
   arena_bytes_ = plan.bytes;
@@ -34,25 +35,31 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
   for (size_t i = 0; i < ptrs.size(); ++i)
     if (program_.buffers[i].kind == ir::BufferKind::Temp) ptrs[i] = arena + temp_offset_[i];
   int32_t status = 0;
-  ptrs.push_back(&status);
+  // Kernels get the status word and the parameters after the buffers (cpu_codegen.h); the
+  // hook and extern steps see the buffers alone.
+  auto append_kernel_args = [&] {
+    ptrs.push_back(&status);
+    ptrs.push_back(const_cast<int64_t*>(params_.data()));
+  };
+  auto drop_kernel_args = [&] { ptrs.resize(program_.buffers.size()); };
+  append_kernel_args();
   ThreadPool& pool = ThreadPool::get();
   bool ok = true;
   size_t skip_before_hook = SIZE_MAX;  // a step whose buffers were allocated early (an epilogue)
-  // The hook sees the buffers' pointers without the status word kernels get appended.
   auto call_hook = [&](size_t si, bool before) {
     if (!hook) return;
-    ptrs.pop_back();
+    drop_kernel_args();
     hook(si, before, ptrs);
-    ptrs.push_back(&status);
+    append_kernel_args();
   };
   for (size_t si = 0; si < program_.steps.size(); ++si) {
     const ir::Step& step = program_.steps[si];
     if (si != skip_before_hook) call_hook(si, true);
     if (step.kind == ir::Step::Kind::Extern) {
       KILN_CHECK(run_extern, "program has an extern step but no extern runner");
-      ptrs.pop_back();
+      drop_kernel_args();
       ok = run_extern(program_.externs[step.index], ptrs);
-      ptrs.push_back(&status);
+      append_kernel_args();
       if (!ok) break;
       call_hook(si, false);
       continue;
@@ -109,7 +116,7 @@ bool CompiledProgram::run(std::vector<void*>& ptrs, const ExternFn& run_extern, 
     if (status != 0) break;
     call_hook(si, false);
   }
-  ptrs.pop_back();
+  drop_kernel_args();
   ++calls_;
   arenas_->release(arena, arena_bytes_, keep_arenas_);
   return ok && status == 0;

@@ -20,8 +20,10 @@ class CompiledProgram {
  public:
   CompiledProgram(ir::KernelProgram program, cpu::CpuCode code);
   /// Shares machine code with other programs: a dynamic program's instances, one per size
-  /// (runtime/dynamic_program.h), differ only in the integers the runtime reads.
-  CompiledProgram(ir::KernelProgram program, std::shared_ptr<const cpu::CpuCode> code);
+  /// (runtime/dynamic_program.h). `code` was compiled from a kernel template that `program`
+  /// matches with parameter values `params` (ir/kernel_template.h).
+  CompiledProgram(ir::KernelProgram program, std::shared_ptr<const cpu::CpuCode> code,
+                  std::vector<int64_t> params = {});
   ~CompiledProgram();
 
   /// Runs an extern step: reads the operand buffers' pointers in `ptrs`, sets the result
@@ -59,6 +61,7 @@ class CompiledProgram {
 
   ir::KernelProgram program_;
   std::shared_ptr<const cpu::CpuCode> code_;
+  std::vector<int64_t> params_;  // the kernels' parameters (a kernel template's instance)
   std::vector<size_t> temp_offset_;  // per buffer (Temp only), bytes into the arena
   size_t arena_bytes_ = 0;
   std::shared_ptr<ArenaPool> arenas_ = std::make_shared<ArenaPool>();

@@ -1,7 +1,7 @@
 /// \file dynamic_program.cpp
 /// Dynamic programs over one size symbol (see dynamic_program.h).
 ///
-/// Note [Dynamic leading sizes]
+/// Note [Dynamic sizes]
 /// A function called with a batch, token or row count that changes should not recompile per
 /// size. kiln makes the changing size a symbol `s` without teaching every pass symbolic
 /// arithmetic, in three steps, each of which proves what it relies on:
@@ -17,22 +17,18 @@
 ///    at every s; the non-linear ones are checked per size by sizes_hold (a slice clamped to
 ///    its operand) or refused at capture (a pooled or resampled length:
 ///    GraphEditor::note_size_rule).
-/// 2. Lowering at sentinels. The template is lowered at three values of s above any real size
-///    (2^31 and up). Where the three kernel programs are identical except for the integers the
-///    runtime reads -- each kernel's outer, thread-split loop count, buffer sizes and strides,
-///    matrix-product shapes, returned views -- and each of those is affine in s, the program is
-///    right at every s below the sentinels: the symbol is then only an upper bound of outer loop
-///    variables, so every decision the passes and LLVM made from a variable's range (a div/mod
-///    removed, an index known to fit) holds for the smaller range [0, s) too. Anything else --
-///    the symbol in an index expression, a reduction length, an inner loop, a float constant
-///    such as a mean's 1/s -- makes the programs differ, and kiln keeps specialising instead.
-/// 3. Instances. The machine code is compiled once; per size the runtime evaluates the forms
-///    into a copy of the program (its own arena plan) that shares that code.
+/// 2. The kernel template. The graph is lowered at both captured sizes, and the constants and
+///    loop counts in which the two kernel programs differ become parameters of one template,
+///    compiled once (Note [Kernel templates] in ir/kernel_template.cpp).
+/// 3. Instances. At a new size the graph template gives the graph (checked by sizes_hold), the
+///    passes lower it, and when the lowering matches the kernel template it runs on the shared
+///    machine code with the parameter values read from it, with its own buffers, products and
+///    arena plan. A size whose lowering differs (a decision the passes take only at some sizes)
+///    misses, and the caller specialises on it.
 ///
-/// What this covers: sizes that are the leading (row) count of the work -- the batch of an MLP,
-/// the tokens of a feed-forward layer, the rows of a norm or a softmax over the last dim. A
-/// changing sequence length inside attention or a reduction over the changing dim still
-/// specialise per size (README: Changing sizes).
+/// What this covers: every size of one symbol whose lowering has the captures' structure --
+/// the batch of an MLP, the rows of a norm, a softmax's length, a sequence length inside
+/// attention (a loop count, the stride `T` of an index, a mean's 1/T are parameters).
 #include "runtime/dynamic_program.h"
 
 #include <fmt/format.h>
@@ -47,11 +43,6 @@
 namespace kiln::runtime {
 
 namespace {
-
-// Sentinel values of the symbol the template is lowered at: above any size a tensor on this
-// machine has, of both parities and far apart, so that an affine form is identified exactly.
-constexpr int64_t kSentinels[3] = {(int64_t{1} << 31) + 1, (int64_t{1} << 31) + (int64_t{1} << 20),
-                                   (int64_t{1} << 31) + 3 * (int64_t{1} << 20) + 7};
 
 using IntVisitor = std::function<void(int64_t&)>;
 
@@ -114,91 +105,6 @@ bool fit(int64_t va, int64_t vb, int64_t sa, int64_t sb, Affine* out) {
   return false;
 }
 
-/// The integers of a kernel program the runtime reads (and no code depends on), in a fixed
-/// order. Kernels' outer loop counts must be in `runtime_extent` first.
-void visit_program_ints(ir::KernelProgram& p, const IntVisitor& f) {
-  for (auto& b : p.buffers) {
-    for (int64_t& v : b.sizes) f(v);
-    for (int64_t& v : b.strides) f(v);
-  }
-  for (auto& k : p.kernels) f(k.runtime_extent);
-  auto operand = [&](ir::GemmOperand& o) {
-    for (int64_t& v : o.sizes) f(v);
-    for (int64_t& v : o.strides) f(v);
-    f(o.offset);
-  };
-  for (auto& g : p.gemms) {
-    operand(g.a);
-    operand(g.b);
-    f(g.epilogue_span);
-    f(g.bias_offset);
-  }
-  for (auto& o : p.outputs) {
-    for (int64_t& v : o.view.sizes) f(v);
-    for (int64_t& v : o.view.strides) f(v);
-    f(o.view.offset);
-  }
-}
-
-/// A kernel's loop IR without its outer loop's count (the one integer of a kernel that may
-/// depend on the symbol: the runtime passes the range of it each thread runs).
-std::string kernel_text(const ir::Kernel& k) {
-  std::string s = ir::print(k);
-  if (k.loops.empty()) return s;
-  size_t at = s.find(" in 0..", s.find('\n'));
-  size_t end = s.find(' ', at + 7);
-  return s.substr(0, at + 7) + "N" + s.substr(end);
-}
-
-/// Empty when `a` and `b` are one program up to the runtime's integers; else the difference.
-std::string program_difference(const ir::KernelProgram& a, const ir::KernelProgram& b) {
-  if (!a.externs.empty())
-    return "the program runs fallback ops (their arguments were captured at one size)";
-  if (a.buffers.size() != b.buffers.size() || a.kernels.size() != b.kernels.size() ||
-      a.gemms.size() != b.gemms.size() || a.steps.size() != b.steps.size() || a.outputs.size() != b.outputs.size() ||
-      a.externs.size() != b.externs.size())
-    return "the lowering makes other steps at other sizes";
-  for (size_t i = 0; i < a.steps.size(); ++i)
-    if (a.steps[i].kind != b.steps[i].kind || a.steps[i].index != b.steps[i].index)
-      return "the lowering orders its steps differently at other sizes";
-  for (size_t i = 0; i < a.buffers.size(); ++i) {
-    const auto &x = a.buffers[i], &y = b.buffers[i];
-    if (x.kind != y.kind || x.index != y.index || x.dtype != y.dtype || x.sizes.size() != y.sizes.size())
-      return fmt::format("buffer {} differs at other sizes", i);
-  }
-  for (size_t i = 0; i < a.kernels.size(); ++i) {
-    std::string x = kernel_text(a.kernels[i]), y = kernel_text(b.kernels[i]);
-    if (x == y) continue;
-    size_t at = 0;  // the first line that differs, for KILN_LOG=dynamic
-    while (at < x.size() && at < y.size() && x[at] == y[at]) ++at;
-    size_t line = x.rfind('\n', at) == std::string::npos ? 0 : x.rfind('\n', at) + 1;
-    return fmt::format("kernel {} depends on the size beyond its outer loop count (an index, an inner loop, a "
-                       "reduction's length or a constant): `{}`",
-                       a.kernels[i].name, x.substr(line, x.find('\n', line) - line));
-  }
-  for (size_t i = 0; i < a.gemms.size(); ++i) {
-    const auto &x = a.gemms[i], &y = b.gemms[i];
-    if (x.a.buffer != y.a.buffer || x.b.buffer != y.b.buffer || x.out != y.out || x.zero_start != y.zero_start ||
-        x.epilogue != y.epilogue || x.bias != y.bias || x.a.sizes.size() != y.a.sizes.size() ||
-        x.b.sizes.size() != y.b.sizes.size())
-      return fmt::format("matrix product {} differs at other sizes", x.name);
-  }
-  for (size_t i = 0; i < a.outputs.size(); ++i) {
-    const auto &x = a.outputs[i], &y = b.outputs[i];
-    if (x.kind != y.kind || x.index != y.index || x.view.is_view != y.view.is_view ||
-        x.view.sizes.size() != y.view.sizes.size())
-      return fmt::format("output {} differs at other sizes", i);
-  }
-  return "";
-}
-
-std::vector<int64_t> program_ints(ir::KernelProgram& p) {
-  for (auto& k : p.kernels) k.runtime_extent = k.outer_extent();
-  std::vector<int64_t> out;
-  visit_program_ints(p, [&](int64_t& v) { out.push_back(v); });
-  return out;
-}
-
 bool slice_holds(const ir::Node& n, const ir::Node& in, const ir::Sizes& out_sizes, std::string* why) {
   int64_t dim = n.attrs.ints[0], start = n.attrs.ints[1], end = n.attrs.ints[2], step = n.attrs.ints[3];
   if (dim < 0 || static_cast<size_t>(dim) >= in.sizes.size() || in.sizes.size() != out_sizes.size() || step < 1)
@@ -224,18 +130,21 @@ ir::Graph GraphTemplate::at(int64_t s) const {
   return g;
 }
 
-int64_t max_symbol() { return kSentinels[0] - 1; }
+int64_t max_symbol() { return int64_t{1} << 31; }
 
 GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b, const std::vector<ChangedInt>& changed,
                                  const SizeRules& rules_a, const SizeRules& rules_b) {
   std::string diff = graph_difference(a, b);
   KILN_UNSUPPORTED_IF(!diff.empty(), "the function traced to another graph at the new sizes: {}", diff);
-  // A pooled or resampled length of a changing size is not affine in it (floor(s / 2) is 2 at
-  // both 4 and 5): the two captures cannot tell its rule, so such a size stays specialised.
-  KILN_UNSUPPORTED_IF(rules_a.size() != rules_b.size(), "the captures pooled or resampled different dims");
+  // A size computed from a changing size by a rule that is not affine -- a pooled or resampled
+  // length (floor(s / 2) is 2 at both 4 and 5), a slice bound clamped to it, a split's pieces --
+  // cannot be told from two captures, so such a size stays specialised.
+  KILN_UNSUPPORTED_IF(rules_a.size() != rules_b.size(),
+                      "the captures applied different size rules (pooling, resampling, a clamped slice, a split)");
   for (size_t i = 0; i < rules_a.size(); ++i)
     KILN_UNSUPPORTED_IF(rules_a[i].first != rules_b[i].first,
-                        "pooling or resampling over the changing size ({} -> {} and {} -> {}): not affine",
+                        "a size rule over the changing size ({} -> {} and {} -> {}: pooling, resampling, a clamped "
+                        "slice or a split): not affine",
                         rules_a[i].first, rules_a[i].second, rules_b[i].first, rules_b[i].second);
   GraphTemplate t;
   t.graph = b;
@@ -314,60 +223,46 @@ bool sizes_hold(const ir::Graph& g, std::string* why) {
   return true;
 }
 
+ir::KernelProgram DynamicCpuProgram::lower(const ir::Graph& g, std::vector<std::string>* timings) const {
+  passes::PassOptions popts = passes_;
+  popts.timings = timings;
+  return passes::run_pipeline(g, popts);
+}
+
 DynamicCpuProgram::DynamicCpuProgram(GraphTemplate t, const CpuCompileOptions& opts)
-    : t_(std::move(t)), profile_(opts.profile) {
+    : t_(std::move(t)), passes_(opts.passes), profile_(opts.profile) {
   auto t0 = std::chrono::steady_clock::now();
-  passes::PassOptions popts = opts.passes;
-  std::vector<ir::KernelProgram> lowered;
-  std::vector<std::vector<int64_t>> ints;
-  for (int k = 0; k < 3; ++k) {
-    ir::Graph g = t_.at(kSentinels[k]);
+  ir::KernelProgram lowered[2];
+  for (int k = 0; k < 2; ++k) {
+    ir::Graph g = t_.at(t_.seen[k]);
     std::string why;
-    KILN_UNSUPPORTED_IF(!sizes_hold(g, &why), "the graph is not valid at large sizes: {}", why);
-    popts.timings = k == 0 ? &timings_ : nullptr;
-    lowered.push_back(passes::run_pipeline(g, popts));
-    ints.push_back(program_ints(lowered.back()));
-    if (k > 0) {
-      std::string diff = program_difference(lowered[0], lowered[k]);
-      KILN_UNSUPPORTED_IF(!diff.empty(), "{}", diff);
-      KILN_UNSUPPORTED_IF(ints[k].size() != ints[0].size(), "the lowering has other views at other sizes");
-    }
+    KILN_UNSUPPORTED_IF(!sizes_hold(g, &why), "the graph is not valid at s = {}: {}", t_.seen[k], why);
+    lowered[k] = lower(g, k == 1 ? &timings_ : nullptr);
   }
-  // Each runtime integer: affine in s through all three sentinels.
-  const int64_t h0 = kSentinels[0], h1 = kSentinels[1], h2 = kSentinels[2];
-  size_t depends = 0;
-  program_ints_.resize(ints[0].size());
-  for (size_t i = 0; i < ints[0].size(); ++i) {
-    int64_t d = ints[1][i] - ints[0][i];
-    KILN_UNSUPPORTED_IF(d % (h1 - h0) != 0, "a runtime size is not affine in the symbol");
-    Affine f{0, d / (h1 - h0)};
-    f.base = ints[0][i] - f.coeff * h0;
-    KILN_UNSUPPORTED_IF(f.at(h2) != ints[2][i], "a runtime size is not affine in the symbol");
-    program_ints_[i] = f;
-    if (f.coeff != 0) ++depends;
-  }
-  template_ = std::move(lowered[0]);
-  cpu::CpuCode code = cpu::compile_cpu(template_, opts.codegen);
+  // Only a dynamic program's own instances read a template; per-size logs and dumps stop here.
+  passes_.dump = nullptr;
+  passes_.log_ir = passes_.log_fusion = false;
+  std::string why = ir::make_kernel_template(lowered[0], lowered[1], &template_);
+  KILN_UNSUPPORTED_IF(!why.empty(), "the lowerings at {} and {} differ: {}", t_.seen[0], t_.seen[1], why);
+  cpu::CpuCode code = cpu::compile_cpu(template_.program, opts.codegen);
   append_codegen_timings(code, opts.codegen.opt_level, &timings_);
   code_ = std::make_shared<const cpu::CpuCode>(std::move(code));
-  describe_ = fmt::format("s = {} (seen {} and {}); one program for {} <= s <= {}; {} of its {} runtime integers depend on s",
-                          t_.source, t_.seen[0], t_.seen[1], kMinSymbol, max_symbol(), depends, program_ints_.size());
+  describe_ = fmt::format("s = {} (seen {} and {}); one program for the sizes {} <= s <= {} whose lowering matches "
+                          "its template; {} kernel parameters",
+                          t_.source, t_.seen[0], t_.seen[1], kMinSymbol, max_symbol(), template_.params.size());
+  for (size_t i = 0; i < template_.params.size(); ++i) {
+    const auto& pi = template_.params[i];
+    auto show = [&](int64_t v) {
+      return pi.dtype == ir::DType::Int64 ? std::to_string(v) : fmt::format("{}", ir::float_param_value(v));
+    };
+    describe_ += fmt::format("\n  p{} ({}): {} at s = {}, {} at s = {}", i, ir::dtype_name(pi.dtype), show(pi.seen[0]),
+                             t_.seen[0], show(pi.seen[1]), t_.seen[1]);
+  }
   compile_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::shared_ptr<CompiledProgram> DynamicCpuProgram::for_graph(const ir::Graph& g) const {
-  // The symbol's value from the first input size that depends on it.
-  int64_t s = -1;
-  const std::vector<int64_t> ints = graph_ints(g);
-  if (ints.size() != t_.ints.size() || !graph_difference(t_.graph, g).empty()) return nullptr;
-  for (size_t i = 0; i < ints.size() && s < 0; ++i)
-    if (t_.ints[i].coeff != 0 && (ints[i] - t_.ints[i].base) % t_.ints[i].coeff == 0)
-      s = (ints[i] - t_.ints[i].base) / t_.ints[i].coeff;
-  if (s < 0 || s > max_symbol()) return nullptr;
-  for (size_t i = 0; i < ints.size(); ++i)
-    if (ints[i] != t_.ints[i].at(s)) return nullptr;
-  std::string why;
-  return instance(s, &why);
+std::shared_ptr<CompiledProgram> DynamicCpuProgram::for_graph(const ir::Graph& g, std::string* why) const {
+  return instance(g, why);
 }
 
 std::shared_ptr<CompiledProgram> DynamicCpuProgram::at(int64_t s, std::string* why) const {
@@ -375,15 +270,25 @@ std::shared_ptr<CompiledProgram> DynamicCpuProgram::at(int64_t s, std::string* w
     *why = fmt::format("s = {} is outside {}..{}", s, kMinSymbol, max_symbol());
     return nullptr;
   }
-  return instance(s, why);
+  ir::Graph g = t_.at(s);
+  if (!sizes_hold(g, why)) return nullptr;
+  return instance(g, why);
 }
 
-std::shared_ptr<CompiledProgram> DynamicCpuProgram::instance(int64_t s, std::string* why) const {
-  if (!sizes_hold(t_.at(s), why)) return nullptr;
-  ir::KernelProgram p = template_;
-  size_t i = 0;
-  visit_program_ints(p, [&](int64_t& v) { v = program_ints_[i++].at(s); });
-  auto out = std::make_shared<CompiledProgram>(std::move(p), code_);
+std::shared_ptr<CompiledProgram> DynamicCpuProgram::instance(const ir::Graph& g, std::string* why) const {
+  // Note [Kernel templates]: the lowering at this size, run by the template's machine code when
+  // it matches the template.
+  ir::KernelProgram p;
+  try {
+    p = lower(g, nullptr);
+  } catch (const Unsupported& e) {
+    *why = e.what();
+    return nullptr;
+  }
+  std::vector<int64_t> params;
+  *why = ir::match_kernel_template(template_, p, &params);
+  if (!why->empty()) return nullptr;
+  auto out = std::make_shared<CompiledProgram>(std::move(p), code_, std::move(params));
   out->set_profiling(profile_);
   out->set_arena_pool(arenas_);
   return out;

@@ -1,5 +1,5 @@
 /// \file dynamic_program.h
-/// One compiled CPU program for every value of a size symbol (Note [Dynamic leading sizes]).
+/// One compiled CPU program for every value of a size symbol (Note [Dynamic sizes]).
 ///
 /// Two captures of one function at two sizes give a graph template: every integer of the graph
 /// is a constant or an affine form of one symbol `s`. The template is lowered at three large
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ir/graph.h"
+#include "ir/kernel_template.h"
 #include "runtime/compile_cpu.h"
 
 namespace kiln::runtime {
@@ -72,31 +73,33 @@ int64_t max_symbol();
 
 class DynamicCpuProgram {
  public:
-  /// Lowers `t` at the sentinels, checks that the programs differ only in runtime integers,
-  /// compiles once. Throws Unsupported with the reason when they differ elsewhere.
+  /// Lowers `t` at its two captured sizes, makes the kernel template of the two lowerings
+  /// (ir/kernel_template.h), compiles it once. Throws Unsupported with the reason when the two
+  /// lowerings differ beyond constants and loop counts.
   DynamicCpuProgram(GraphTemplate t, const CpuCompileOptions& opts);
 
-  /// The program at `s` (its own arena plan, the shared machine code), or null with `why` set
-  /// when the graph at `s` is not valid (a slice clamped at the captured sizes).
+  /// The program at `s` (its own lowering and arena plan, the shared machine code), or null
+  /// with `why` set when the graph at `s` is not valid (a slice clamped at the captured sizes)
+  /// or its lowering does not match the template.
   std::shared_ptr<CompiledProgram> at(int64_t s, std::string* why) const;
 
-  /// The program for graph `g` when `g` is the template at some size (a capture at a size the
-  /// guards leave out, such as 1: the same graph, so the same program is right there too), or
-  /// null.
-  std::shared_ptr<CompiledProgram> for_graph(const ir::Graph& g) const;
+  /// The program for graph `g` when its lowering matches the template (a capture at a size
+  /// the guards leave out, such as 1), or null.
+  std::shared_ptr<CompiledProgram> for_graph(const ir::Graph& g, std::string* why) const;
 
   const GraphTemplate& graph_template() const { return t_; }
   const std::vector<std::string>& timings() const { return timings_; }
   double compile_ms() const { return compile_ms_; }
-  /// The loop IR with each runtime integer that depends on the symbol written as its form.
+  /// The symbol, and each kernel parameter with its values at the captured sizes.
   const std::string& describe() const { return describe_; }
 
  private:
-  std::shared_ptr<CompiledProgram> instance(int64_t s, std::string* why) const;
+  ir::KernelProgram lower(const ir::Graph& g, std::vector<std::string>* timings) const;
+  std::shared_ptr<CompiledProgram> instance(const ir::Graph& g, std::string* why) const;
 
   GraphTemplate t_;
-  ir::KernelProgram template_;          // lowered at the first sentinel
-  std::vector<Affine> program_ints_;    // per runtime integer, in visit_program_ints order
+  passes::PassOptions passes_;
+  ir::KernelTemplate template_;         // of the lowerings at the two captured sizes
   std::shared_ptr<const cpu::CpuCode> code_;
   std::vector<std::string> timings_;
   double compile_ms_ = 0;

@@ -727,7 +727,7 @@ class CompiledFunction:
             placeholder.capture = record  # a capture at other sizes may pair with it while it compiles
         return result
 
-    # -- dynamic programs (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp) -------
+    # -- dynamic programs (Note [Dynamic sizes] in runtime/dynamic_program.cpp) -------
     def _dynamic_pairing(self, spec, tracer, full, getters, out_specs, result_spec, training, replay, mutations,
                          grad):
         """(record, base, template, guards): this capture's record (kept by its static entry
@@ -763,7 +763,13 @@ class CompiledFunction:
             if _dynamic.symbol_range(template, record.constraints) is None:
                 _log("dynamic", f"{self.__name__}: specialises on sizes: its size comparisons do not fit one range")
                 continue
-            return record, base, template, _dynamic.guards(_build_guards(full, grad), template, record.constraints)
+            mutated = set(tracer.mutations)
+            apart = _dynamic.written_apart(template, full, mutated)
+            if apart is not None:
+                _log("dynamic", f"{self.__name__}: specialises on sizes: {apart}")
+                continue
+            return (record, base, template,
+                    _dynamic.guards(_build_guards(full, grad, mutated), template, record.constraints))
         return record, None, None, None
 
     def _dynamic_program_for(self, spec, tracer, record):

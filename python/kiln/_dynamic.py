@@ -1,4 +1,4 @@
-"""When two captures of a function may become one dynamic program (Note [Dynamic leading sizes]
+"""When two captures of a function may become one dynamic program (Note [Dynamic sizes]
 in runtime/dynamic_program.cpp): the policy and the guards; the fitting, lowering and proofs are
 C++ (_C.GraphTemplate, _C.compile_dynamic).
 
@@ -59,8 +59,8 @@ def ineligible(tracer, training, replay, mutations):
         return f"Python decided on a tensor's size: {tracer.decided[_size_int.SIZES]}"
     if training:
         return "a training step (dynamic programs are inference only so far)"
-    if replay is not None or mutations or tracer.mutations:
-        return "the function writes to its arguments"
+    if replay is not None:
+        return "the function changes Python containers it is passed (replayed after each call)"
     if tracer.fallbacks:
         return "the program runs fallback ops"
     if any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tracer.leaves):
@@ -126,6 +126,19 @@ def static_marks_hold(template, full):
 def _depends(sizes, strides):
     """Whether an input's size or stride forms use the symbol."""
     return any(c for _, c in sizes) or any(c for _, c in strides)
+
+
+def written_apart(template, full, mutated):
+    """None when no tensor written in place must stay apart in memory from a tensor whose sizes
+    follow the symbol (the guards check that apartness over byte spans fixed at capture); else
+    which pair."""
+    changing = {leaf for leaf, sizes, strides in template.inputs if _depends(sizes, strides)}
+    tensors = [i for i, t in enumerate(full) if isinstance(t, torch.Tensor)]
+    for i in tensors:
+        for j in tensors:
+            if i < j and (i in mutated or j in mutated) and (i in changing or j in changing) and full[i] is not full[j]:
+                return f"leaves {i} and {j}: one is written in place and their sizes change"
+    return None
 
 
 def symbolic_leaves(template):

@@ -25,7 +25,7 @@ class Explanation:
         self.fallback_ops += [(str(fb), "no lowering: runs eagerly inside a compiled segment")
                               for e in entries if getattr(e, "tree", None) is not None for fb in e.tree.fallbacks()]
         self.guards = [g for e in entries for g in e.guards.describe()]
-        # One program for every size (Note [Dynamic leading sizes]): the symbol, where it was
+        # One program for every size (Note [Dynamic sizes]): the symbol, where it was
         # read, and the sizes it serves.
         self.dynamic = [e.dynamic.describe for e in entries if getattr(e, "dynamic", None) is not None]
         # Argument containers written after each compiled call (Note [Argument containers]).

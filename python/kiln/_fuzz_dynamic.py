@@ -1,9 +1,9 @@
 """The fuzzer's --dynamic mode: the same random programs, called over changing sizes through one
-kiln.compile, so that dynamic programs (Note [Dynamic leading sizes] in
+kiln.compile, so that dynamic programs (Note [Dynamic sizes] in
 runtime/dynamic_program.cpp) are checked against eager at sizes they were not captured at.
 
-Per program: a size v >= 2 that some input has in its first dim is picked; every input dim of
-size v becomes u for u in SIZES(v) -- the first capture, the second (which may make the dynamic
+Per program: a size v >= 2 that some input has in its first dim (odd seeds: in its last dim,
+so that inner lengths change too) is picked; every input dim of size v becomes u for u in SIZES(v) -- the first capture, the second (which may make the dynamic
 program), then sizes below, between and above them, 1, and v again. Sizes where eager raises
 (the program's literal shapes no longer fit) must raise the same exception type through kiln.
 Each call is compared by fuzz.compare_call, as fuzz.check_function compares one (results within
@@ -17,12 +17,12 @@ def sizes(v):
     return [v, v + 3, 2, 3, v + 1, 2 * v + 5, 1, 17, v + 3]
 
 
-def _size_to_vary(program):
-    """The first-dim size of the first input that has one >= 2, or None."""
+def _size_to_vary(program, inner=False):
+    """The first-dim (inner: last-dim) size of the first input that has one >= 2, or None."""
     for i in program.inputs:
         shape = getattr(i, "shape", ())
-        if len(shape) >= 1 and shape[0] >= 2:
-            return shape[0]
+        if len(shape) >= 1 and shape[-1 if inner else 0] >= 2:
+            return shape[-1 if inner else 0]
     return None
 
 
@@ -31,11 +31,11 @@ def resized(program, v, u):
     return program.copy(inputs=[i.replace(shape=tuple(u if n == v else n for n in i.shape)) for i in program.inputs])
 
 
-def check_dynamic(program):
+def check_dynamic(program, inner=False):
     """None, or a Failure (program attached) for the first size whose call disagrees with eager.
     Also returns whether kiln made a dynamic program for it."""
     import kiln
-    v = _size_to_vary(program)
+    v = _size_to_vary(program, inner)
     if v is None or any(getattr(i, "alias", None) is not None for i in program.inputs):
         return None, False
     try:
@@ -55,12 +55,13 @@ def check_dynamic(program):
     return None, kiln.counters()["dynamic_compiles"] > before
 
 
-def run(seed, count, verbose=False):
-    """Checks programs seed .. seed+count-1; returns (failures, how many became dynamic)."""
+def run(seed, count, verbose=False, half=None):
+    """Checks programs seed .. seed+count-1 (in `half`: a torch dtype, or None for float32);
+    returns (failures, how many became dynamic)."""
     failures, dynamic = [], 0
     for k in range(count):
-        program = fuzz.generate(seed + k)
-        f, made = check_dynamic(program)
+        program = fuzz.generate(seed + k, half=half)
+        f, made = check_dynamic(program, inner=(seed + k) % 2 == 1)
         dynamic += made
         if f is not None and not f.known:
             failures.append((seed + k, f))

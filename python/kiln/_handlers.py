@@ -565,6 +565,10 @@ def _stack(tr, a, out):
 def _split(tr, a, out):
     x, dim = a["self"], a.get("dim", 0)
     dim %= max(x.dim(), 1)
+    if x.dim() and tr.current_op != "unbind":
+        # The pieces' lengths are a rule of the dim's size (chunk(2) of 3 rows is 2 + 1, of 4
+        # rows 2 + 2) that two captures cannot tell from an affine one.
+        tr.builder.note_size_rule(x.shape[dim], out[0].shape[dim] if out else 0)
     vids, start = [], 0
     for piece in out:
         n = piece.shape[dim] if tr.current_op != "unbind" else 1
@@ -779,6 +783,8 @@ def _tril(tr, a, out):
 def _arange(tr, a, out):
     start, step = a.get("start", 0), a.get("step", 1)
     n = out.shape[0]
+    if step not in (1, -1):
+        tr.builder.note_size_rule(int(a.get("end", n)), n)  # ceil((end - start) / step): not affine in end
     dt = tr.dtype_name(out.dtype)
     iota = Value(tr.call("iota", [], ints=[n, 0], dtype="int64" if not out.dtype.is_floating_point else "float64"))
     v = tr.call("add", [Value(tr.call("mul", [iota, step])), start])
@@ -917,6 +923,8 @@ def _roll(tr, a, out):
     v = Value(tr.value_of(x))
     for s, d in zip(shifts, dims):
         n = x.shape[d]
+        if not 0 <= s < n:
+            tr.builder.note_size_rule(n, s % max(n, 1))  # the shift modulo the size: not affine in it
         s %= max(n, 1)
         if s == 0:
             continue

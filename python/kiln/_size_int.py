@@ -1,6 +1,6 @@
 """Sizes and int arguments Python reads during a capture, and whether Python decided on them.
 
-A dynamic program (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp) replays a graph
+A dynamic program (Note [Dynamic sizes] in runtime/dynamic_program.cpp) replays a graph
 at sizes it was not captured at. That is only right where Python did not steer on a size: an
 `if T > 64`, a `min(n, 16)` or a `float(n)` baked in at capture would be wrong at other sizes.
 Inside a capture, every size Python reads (`x.shape`, `x.size()`, `x.numel()`) and every plain

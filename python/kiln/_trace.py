@@ -320,6 +320,8 @@ class _EscapeWatch(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self.SIZE_READS:
             return self._size_read(func, args, kwargs)
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1:
+            self._note_slice_clamps(args[0], args[1])
         if func is torch.Tensor.__len__:  # len() turns the result into a plain int
             _size_int.mark("len() of a tensor")
         what = self.ESCAPES.get(func)
@@ -342,6 +344,50 @@ class _EscapeWatch(TorchFunctionMode):
                 self.tracer.literal_depth -= 1
         return func(*args, **(kwargs or {}))
 
+
+    def _note_slice_clamps(self, t, index):
+        """A slice bound past its dim (x[:3] of 2 rows) is clamped by Python's indexing before
+        any ATen op (a slice that covers the dim becomes an alias), so the graph cannot show
+        it: it is noted as a size rule here (Note [Dynamic sizes]; the ATen-level slice notes
+        its own, GraphEditor::clamp_slice)."""
+        items = index if isinstance(index, tuple) else (index,)
+
+        def width(i):  # the tensor dims an index item consumes; None when unknown
+            if i is None or isinstance(i, bool):
+                return 0
+            if isinstance(i, (int, slice, list)):
+                return 1
+            if isinstance(i, torch.Tensor):
+                return i.dim() if i.dtype == torch.bool else 1
+            return None
+
+        ell = next((k for k, i in enumerate(items) if i is Ellipsis), len(items))
+        dims = {}
+        d = 0
+        for k in range(ell):
+            w = width(items[k])
+            if w is None:
+                break
+            dims[k], d = d, d + w
+        d = t.dim()
+        for k in range(len(items) - 1, ell, -1):
+            w = width(items[k])
+            if w is None:
+                break
+            d -= w
+            dims[k] = d
+        for k, i in enumerate(items):
+            if not isinstance(i, slice):
+                continue
+            raw = slice(_size_int._raw(i.start), _size_int._raw(i.stop), _size_int._raw(i.step))
+            bounds = [b for b in (raw.start, raw.stop) if isinstance(b, int)]
+            if k not in dims or not 0 <= dims[k] < t.dim():
+                if bounds:
+                    _size_int.mark("a slice bound of a dim kiln cannot tell")
+                continue
+            n = t.shape[dims[k]]
+            if any(b > n or b < -n for b in bounds):
+                self.tracer.seg.builder.note_size_rule(n, len(range(*raw.indices(n))))
 
     def _size_read(self, func, args, kwargs):
         """A size read as SizeInts; read from an argument, with their origin (leaf, dim)."""

@@ -1,6 +1,7 @@
-"""Dynamic leading sizes (Note [Dynamic leading sizes] in runtime/dynamic_program.cpp): one
-program serves every row/batch count after a second capture; anything kiln cannot prove stays
-specialised, and every call matches eager."""
+"""Dynamic sizes (Note [Dynamic sizes] in runtime/dynamic_program.cpp): one
+program serves every size of a changing dim after a second capture -- a batch, a row count, an
+inner length -- wherever the lowering at that size matches the program's kernel template;
+anything else stays specialised, and every call matches eager."""
 
 import pytest
 import torch
@@ -18,6 +19,14 @@ SIZES = [8, 12, 2, 3, 17, 64, 5, 1, 0, 129, 3, 8]
 
 def _entries(f):
     return [e for es in f._entries.values() for e in es]
+
+
+def _workload(name):
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import dynamic_workloads
+    return getattr(dynamic_workloads, name)
 
 
 def _dynamic_entries(f):
@@ -48,11 +57,11 @@ def test_rms_norm_over_rows_compiles_twice_and_never_runs_eagerly():
     assert c["dynamic_compiles"] == 1
     assert c["eager_calls"] == 0
     # 8 and 12 make the dynamic program; 1 and 0 get captures of their own (broadcasting and
-    # squeezes depend on them). At 1 the graph is the template's, so it runs that program.
+    # squeezes depend on them). At 1 the row loop is gone, so that lowering needs its own code.
     assert c["captures"] == 4
     assert len(_dynamic_entries(f)) == 1
     assert len(_entries(f)) == 3
-    assert f._compiles == 3  # the static program at 8, the dynamic one, the one at 0
+    assert f._compiles == 4  # the static program at 8, the dynamic one, the ones at 1 and 0
 
 
 def test_mlp_over_batch_sizes():
@@ -113,17 +122,18 @@ def test_broadcast_and_transposed_arguments():
     b = torch.randn(1, 9)
     _run_sizes(lambda x: x.t() * 2 + b, lambda n: (torch.randn(9, n).t().t(),))  # contiguous (9, n): s inner
     _run_sizes(lambda x: torch.tanh(x) + b, lambda n: (torch.randn(9, n).t(),))  # (n, 9) with strides (1, n)
-    # The first keeps s in an inner dim and so stays specialised; both are right at every size.
+    # s is an inner dim in the first and a stride in the second: both are dynamic.
+    assert kiln.counters()["dynamic_compiles"] == 2
 
 
 def test_concat_along_features_is_dynamic_and_along_rows_is_right():
     kiln.reset()
     _run_sizes(lambda x: torch.cat([x, x * 2], -1).sigmoid(), lambda n: (torch.randn(n, 16),))
     assert kiln.counters()["dynamic_compiles"] == 1
-    # Along the changing dim the symbol lands in the index arithmetic: kiln specialises.
+    # Along the changing dim the boundary between the pieces is a kernel parameter.
     kiln.reset()
     _run_sizes(lambda x: torch.cat([x, x * 2], 0).sigmoid(), lambda n: (torch.randn(n, 16),))
-    assert kiln.counters()["dynamic_compiles"] == 0
+    assert kiln.counters()["dynamic_compiles"] == 1
 
 
 def test_slice_clamped_at_the_captured_sizes_is_right_below_them():
@@ -136,20 +146,49 @@ def test_slice_clamped_at_the_captured_sizes_is_right_below_them():
     assert "slice" in refused[3]
 
 
+@pytest.mark.parametrize("case", ["chunk", "clamped slice", "roll", "arange step"])
+def test_sizes_the_tracer_computes_by_other_rules_are_right(case):
+    """Sizes a rule that is not affine computes from the changing size -- a chunk's pieces
+    (2 + 1 rows of 3, 2 + 2 of 4), a slice bound clamped to it (x[:3] is all of 2 and 3 rows), a
+    shift taken modulo it, arange's ceil -- can look affine at two captures; they are noted at
+    capture and keep that size specialised, so every size gets eager's shapes and values."""
+    kiln.reset()
+    fns = {
+        "chunk": (lambda x: tuple(c * 2 for c in x.chunk(2)), lambda n: (torch.randn(n, 3),)),
+        "clamped slice": (lambda x: torch.logical_xor(x[:3], x), lambda n: (torch.randn(n, 2),)),
+        "roll": (lambda x: x.roll(5, 0) + 1, lambda n: (torch.randn(n, 2),)),
+        "arange step": (lambda x, n: x + torch.arange(0, n, 2).float()[:, None], None),
+    }
+    fn, make = fns[case]
+    sizes = [4, 5, 6, 7, 9, 2, 3] if case == "chunk" else [2, 3, 4, 5, 6, 7, 9]
+    f = kiln.compile(fn)
+    for n in sizes:
+        args = make(n) if make else (torch.randn((n + 1) // 2, 3), n)
+        try:
+            expected = fn(*args)
+        except RuntimeError as e:
+            with pytest.raises(RuntimeError, match=str(e)[:20]):
+                f(*args)
+            continue
+        torch.testing.assert_close(f(*args), expected)
+
+
 def test_slices_from_the_end_are_right():
-    # x[-3:] starts at s - 3: an offset over the symbol, so kiln specialises on each size.
+    # x[-3:] starts at s - 3: an offset that is a kernel parameter.
     kiln.reset()
     _run_sizes(lambda x: x[-3:] + x[:3], lambda n: (torch.randn(n, 4),), sizes=[8, 12, 3, 5, 40])
+    assert kiln.counters()["dynamic_compiles"] == 1
     # Slicing features keeps every row: dynamic.
     _run_sizes(lambda x: x[:, -3:] + x[:, :3], lambda n: (torch.randn(n, 7),))
-    assert kiln.counters()["dynamic_compiles"] == 1
+    assert kiln.counters()["dynamic_compiles"] == 2
 
 
-def test_reduction_over_the_changing_dim_stays_specialised():
+def test_reduction_over_the_changing_dim_is_dynamic():
+    # The reduction's length and the mean's 1/s are kernel parameters.
     kiln.reset()
-    f = _run_sizes(lambda x: x.sum(0) + x.mean(0), lambda n: (torch.randn(n, 8),), sizes=[8, 12, 5, 7])
-    assert kiln.counters()["dynamic_compiles"] == 0
-    assert not _dynamic_entries(f)
+    f = _run_sizes(lambda x: x.sum(0) + x.mean(0), lambda n: (torch.randn(n, 8),), sizes=[8, 12, 5, 7, 2, 300])
+    assert kiln.counters()["dynamic_compiles"] == 1
+    assert len(_entries(f)) == 1
 
 
 def test_sizes_python_reads_into_views_follow_the_symbol():
@@ -165,16 +204,73 @@ def test_sizes_python_reads_into_views_follow_the_symbol():
 
 def test_gpt_block_over_batch_sizes():
     """`b, t, c = x.size()` and views by those sizes: the batch follows the symbol."""
-    import sys
-    import os
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-    import dynamic_workloads
     kiln.reset()
     torch.manual_seed(0)
-    m = dynamic_workloads._GptBlock().eval()
+    m = _workload("_GptBlock")().eval()
     with torch.no_grad():
         _run_sizes(m, lambda n: (torch.randn(n, 6, 128),), sizes=[2, 3, 5, 1, 9])
     assert kiln.counters()["dynamic_compiles"] == 1
+
+
+def test_gpt_block_over_sequence_lengths():
+    """Attention over a changing sequence length: the scores' row length and stride, the causal
+    mask's bound and the softmax's length are parameters of one program."""
+    kiln.reset()
+    torch.manual_seed(0)
+    m = _workload("_GptBlock")().eval()
+    with torch.no_grad():
+        _run_sizes(m, lambda n: (torch.randn(2, n, 128),), sizes=[8, 12, 2, 3, 5, 17, 33, 9, 12])
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 1 and c["captures"] == 2 and c["eager_calls"] == 0
+
+
+def test_masked_softmax_over_lengths():
+    kiln.reset()
+
+    def masked_softmax(scores, mask):
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+    def args(n):
+        scores = torch.randn(6, n)
+        if n:
+            scores[0, 0] = float("nan")
+            scores[1, :] = float("-inf")
+        return scores, torch.arange(n)[None, :] < torch.randint(0, n + 2, (6, 1))
+
+    _run_sizes(masked_softmax, args, sizes=[8, 12, 2, 3, 16, 17, 129, 5, 1, 0])
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 1 and c["eager_calls"] == 0
+    assert c["captures"] == 4  # 8, 12, and the specialised 1 and 0
+
+
+def test_decode_steps_with_start_pos_write_the_cache_in_place():
+    """LLaMA's decode step (benchmarks/dynamic_workloads.py): `start_pos` an int, the KV cache a
+    preallocated tensor the step writes at start_pos and reads up to it. One program serves
+    every position from the third on; each step's output, which reads every cache row written
+    so far, is eager's."""
+    step, calls, _, reset = _workload("_llama_decode_start_pos")()
+    reset()
+    expected = [step(*args) for args in calls]
+    reset()
+    kiln.reset()
+    f = kiln.compile(step)
+    for args, e in zip(calls, expected):
+        torch.testing.assert_close(f(*args), e)
+    counts = kiln.counters()
+    assert counts["dynamic_compiles"] == 1 and counts["eager_calls"] == 0
+    assert counts["captures"] == 4  # positions 0 and 1 (specialised), 2 and 3 (the dynamic program)
+
+
+def test_a_size_whose_lowering_differs_gets_its_own_program():
+    """A float32 sum of 65536 terms or more accumulates in float64: its kernel differs from the
+    template's, so that size does not match and is specialised, right as every other size."""
+    kiln.reset()
+    f = _run_sizes(lambda x: x.sum(-1) * 2, lambda n: (torch.randn(2, n),), sizes=[8, 12, 70000, 9, 70000])
+    c = kiln.counters()
+    assert c["dynamic_compiles"] == 1 and c["captures"] == 3 and c["eager_calls"] == 0
+    refused = _dynamic_entries(f)[0].native.refused
+    assert set(refused) == {70000} and "reduction" in refused[70000]
+    assert "p0" in str(kiln._explain.Explanation(f.entries()))
 
 
 @pytest.mark.parametrize("decide", ["len", "float", "returned", "intermediate"])

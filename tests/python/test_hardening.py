@@ -254,10 +254,11 @@ def test_thousands_of_shapes_stay_within_cache_limit():
     limit = 12
     g = lambda x: (x * 2).sin().sum(-1) + 1  # noqa: E731
     with kiln.config.patch(cache_limit=limit):
-        warm = kiln.compile(g)
+        # dynamic=False: every size its own variant (dynamic programs would serve most of them)
+        warm = kiln.compile(g, dynamic=False)
         for n in range(1, 6):  # warm the allocator and kiln's first-compile costs
             warm(torch.randn(n, 3))
-        f = kiln.compile(g)
+        f = kiln.compile(g, dynamic=False)
         before = _rss_mb()
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
