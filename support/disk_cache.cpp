@@ -7,12 +7,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -166,34 +168,27 @@ void DiskCache::put(const std::string& key, const std::string& payload) const {
     return;
   }
   count(kind_, &Stats::writes);
-  if (grew(dir_, data.size(), limit_bytes_)) trim();
+  keep_within_limit(dir_, data.size(), limit_bytes_);
 }
 
-/// Whether a store may now be over its limit. The directory is scanned once per process, then
-/// each write adds its bytes (an overwritten entry is counted twice: at worst an early trim),
-/// so a write does not scan thousands of entries.
-bool DiskCache::grew(const std::string& dir, uint64_t bytes, uint64_t limit) {
-  static std::mutex mu;
-  static auto* sizes = new std::map<std::string, uint64_t>();
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = sizes->find(dir);
-  if (it == sizes->end()) {
-    uint64_t total = 0;
-    std::error_code ec;
-    for (auto e = fs::directory_iterator(dir, ec); !ec && e != fs::directory_iterator(); e.increment(ec)) {
-      std::error_code e1;
-      if (e->path().extension() == kSuffix) total += e->file_size(e1);
-    }
-    it = sizes->emplace(dir, total).first;
-  } else {
-    it->second += bytes;
-  }
-  if (it->second <= limit) return false;
-  sizes->erase(it);  // trimmed next: the next write scans again
-  return true;
+namespace {
+/// Per store directory: its bytes as this process knows them (scanned once, then counted), and
+/// whether a scan or trim of it is under way.
+struct KnownUsage {
+  std::mutex mu;
+  std::condition_variable idle;
+  std::map<std::string, uint64_t> bytes;
+  std::set<std::string> busy;
+};
+KnownUsage& known_usage() {
+  static auto* u = new KnownUsage();  // never destroyed: a maintenance thread may outlive main()
+  return *u;
 }
 
-void DiskCache::trim() const {
+/// Scans `dir`; when it holds more than `limit` bytes, removes the least recently used entries
+/// down to three quarters of the limit, so that a full store is trimmed (and scanned) once per
+/// quarter of its size written, not at every write. Returns the bytes left.
+uint64_t scan_and_trim(const std::string& dir, uint64_t limit) {
   std::error_code ec;
   struct Entry {
     fs::path path;
@@ -202,7 +197,7 @@ void DiskCache::trim() const {
   };
   std::vector<Entry> entries;
   uint64_t total = 0;
-  for (auto it = fs::directory_iterator(dir_, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
     if (it->path().extension() != kSuffix) continue;
     std::error_code e1, e2;
     uint64_t bytes = it->file_size(e1);
@@ -211,12 +206,45 @@ void DiskCache::trim() const {
     entries.push_back({it->path(), used, bytes});
     total += bytes;
   }
-  if (total <= limit_bytes_) return;
+  if (total <= limit) return total;
+  const uint64_t target = limit / 4 * 3;
   std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.used < b.used; });
   for (const Entry& e : entries) {
-    if (total <= limit_bytes_) break;
+    if (total <= target) break;
     if (fs::remove(e.path, ec)) total -= e.bytes;
   }
+  return total;
+}
+}  // namespace
+
+void DiskCache::keep_within_limit(const std::string& dir, uint64_t bytes, uint64_t limit) {
+  KnownUsage& u = known_usage();
+  {
+    std::lock_guard<std::mutex> lock(u.mu);
+    auto it = u.bytes.find(dir);
+    if (it != u.bytes.end()) {
+      it->second += bytes;  // an overwritten entry counts twice: at worst an early trim
+      if (it->second <= limit) return;
+    }
+    if (!u.busy.insert(dir).second) return;  // a scan of this store is under way
+  }
+  // The first write of a process scans the store, and a full one is trimmed: tens of
+  // milliseconds for a store of 20,000 entries (more to remove thousands), so both run beside
+  // the compile that wrote, not in it.
+  std::thread([dir, limit] {
+    uint64_t total = scan_and_trim(dir, limit);
+    KnownUsage& k = known_usage();
+    std::lock_guard<std::mutex> lock(k.mu);
+    k.bytes[dir] = total;
+    k.busy.erase(dir);
+    k.idle.notify_all();
+  }).detach();
+}
+
+void DiskCache::wait_for_maintenance() {
+  KnownUsage& u = known_usage();
+  std::unique_lock<std::mutex> lock(u.mu);
+  u.idle.wait(lock, [&] { return u.busy.empty(); });
 }
 
 int DiskCache::clear() const {

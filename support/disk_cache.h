@@ -10,7 +10,7 @@
 /// of one entry leave one whole file. Every I/O failure (an unreadable, read-only or full
 /// directory) is a miss or a skipped write: the caller compiles as if there were no cache. A
 /// hit refreshes the file's modification time; when the store grows past its limit, the least
-/// recently used entries go.
+/// recently used entries go, down to three quarters of the limit.
 ///
 /// Knobs (support/config.h, read each time a store is made, so kiln.config.set applies to the
 /// next compile): KILN_CACHE=0 turns it off; KILN_CACHE_DIR (default $XDG_CACHE_HOME/kiln, else
@@ -37,8 +37,11 @@ class DiskCache {
 
   /// The payload stored under exactly `key`, if a whole, intact entry exists.
   std::optional<std::string> get(const std::string& key) const;
-  /// Stores `payload` under `key` (best effort), then trims the store to its limit.
+  /// Stores `payload` under `key` (best effort). A store past its limit is trimmed on a
+  /// thread of its own (wait_for_maintenance waits for it).
   void put(const std::string& key, const std::string& payload) const;
+  /// Waits until no store of this process is being scanned or trimmed (tests).
+  static void wait_for_maintenance();
 
   /// This process's lookups that found an entry / found none, and entries written, per kind.
   struct Stats {
@@ -54,8 +57,9 @@ class DiskCache {
  private:
   std::string path_for(const std::string& key) const;
   std::optional<std::string> lookup(const std::string& key) const;
-  void trim() const;
-  static bool grew(const std::string& dir, uint64_t bytes, uint64_t limit);
+  /// Counts a write of `bytes` into `dir`; scans (once per process) and trims it beside the
+  /// caller when it may be past `limit`.
+  static void keep_within_limit(const std::string& dir, uint64_t bytes, uint64_t limit);
   std::string kind_;
   std::string dir_;
   uint64_t limit_bytes_ = 0;
