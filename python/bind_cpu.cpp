@@ -17,6 +17,7 @@
 #include "runtime/blas.h"
 #include "runtime/compile_cpu.h"
 #include "runtime/compile_training.h"
+#include "runtime/dynamic_training.h"
 #include "runtime/dynamic_program.h"
 #include "runtime/gemm.h"
 #include "support/config.h"
@@ -378,6 +379,50 @@ DynamicProgram compile_dynamic(const runtime::GraphTemplate& t, const std::strin
   return out;
 }
 
+/// A dynamic training step (runtime/dynamic_training.h) and its step at the size of the capture
+/// that made it dynamic (what inspection shows).
+struct DynamicTraining {
+  std::shared_ptr<const runtime::DynamicCpuTraining> dynamic;
+  TrainingProgram first;
+};
+
+/// The step of `t` at `s` as a TrainingProgram, or nothing with `why` set.
+std::optional<TrainingProgram> training_at(const runtime::DynamicCpuTraining& t, int64_t s, std::string* why) {
+  std::optional<runtime::TrainingInstance> in = t.at(s, why);
+  if (!in) return std::nullopt;
+  TrainingProgram out;
+  const ir::Graph& joint = t.graph_template().graph;
+  out.partition_text = passes::describe(joint, in->partition);
+  runtime::CompiledCpuGraph f, b;
+  f.program = in->forward;
+  f.graph_text = ir::print(in->partition.forward);
+  b.program = in->backward;
+  b.graph_text = ir::print(in->partition.backward);
+  out.forward = Program(std::move(f));
+  out.backward = Program(std::move(b));
+  out.partition = std::move(in->partition);
+  return out;
+}
+
+DynamicTraining compile_dynamic_training(const runtime::GraphTemplate& joint, int forward_outputs,
+                                         const std::vector<int>& tangents, int backward_start, bool recompute,
+                                         const std::string& debug_dir) {
+  passes::PartitionOptions popts;
+  popts.recompute = recompute;
+  DynamicTraining out;
+  out.dynamic = std::make_shared<runtime::DynamicCpuTraining>(
+      joint, passes::JointSpec{forward_outputs, tangents, backward_start}, popts,
+      runtime::cpu_options_from_knobs(debug_dir));
+  std::string why;
+  std::optional<TrainingProgram> first = training_at(*out.dynamic, joint.seen[1], &why);
+  KILN_UNSUPPORTED_IF(!first, "the dynamic training step is not valid at the captured size: {}", why);
+  out.first = std::move(*first);
+  out.first.joint_text = ir::print(joint.graph);
+  out.first.forward.timings = out.dynamic->timings();
+  out.first.forward.compile_ms = out.dynamic->compile_ms();
+  return out;
+}
+
 /// A compiled function's entry for a dynamic program: checks the symbolic guards, then runs
 /// the program's instance at the symbol's value (made on the first call at that value).
 class DynamicEntry : public GuardedEntry {
@@ -579,6 +624,14 @@ void define_cpu(py::module_& m) {
       .def_readonly("joint_graph", &TrainingProgram::joint_text)
       .def_readonly("partition", &TrainingProgram::partition_text);
   def_partition_fields<TrainingProgram>(training);
+  training.def_property_readonly(
+      "forward_output_sizes",
+      [](const TrainingProgram& t) {
+        py::list out;
+        for (int o : t.partition.forward.outputs) out.append(py::cast(t.partition.forward.nodes[o].sizes));
+        return out;
+      },
+      "sizes of the forward graph's outputs (the step's results, then the saved values)");
   m.def("compile_training", &compile_training, py::arg("builder"), py::arg("forward_outputs"), py::arg("tangents"),
         py::arg("backward_start"), py::arg("recompute") = true, py::arg("debug_dir") = "",
         py::call_guard<py::gil_scoped_release>(),
@@ -648,6 +701,27 @@ void define_cpu(py::module_& m) {
             return py::cast(Program(std::move(g)));
           },
           "the program for a capture whose lowering matches the kernel template (e.g. at size 1), or None");
+  py::class_<DynamicTraining>(m, "DynamicTraining")
+      .def_readonly("first", &DynamicTraining::first)
+      .def_property_readonly("describe", [](const DynamicTraining& t) { return t.dynamic->describe(); })
+      .def(
+          "at",
+          [](const DynamicTraining& t, int64_t s) -> py::object {
+            std::string why;
+            std::optional<TrainingProgram> p;
+            {
+              py::gil_scoped_release release;  // the passes run again at this size
+              p = training_at(*t.dynamic, s, &why);
+            }
+            if (!p) return py::make_tuple(py::none(), why);
+            return py::make_tuple(py::cast(std::move(*p)), "");
+          },
+          py::arg("s"), "(the training step at size s, '') or (None, why it does not match)");
+  m.def("compile_dynamic_training", &compile_dynamic_training, py::arg("template"), py::arg("forward_outputs"),
+        py::arg("tangents"), py::arg("backward_start"), py::arg("recompute") = true, py::arg("debug_dir") = "",
+        py::call_guard<py::gil_scoped_release>(),
+        "partitions and lowers a joint graph template at its two captured sizes and compiles each half's kernel "
+        "template once (or raises Unsupported)");
   m.def("compile_dynamic", &compile_dynamic, py::arg("template"), py::arg("debug_dir") = "",
         py::call_guard<py::gil_scoped_release>(),
         "lowers a graph template at its two captured sizes and compiles their kernel template once (or raises Unsupported)");

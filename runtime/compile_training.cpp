@@ -7,6 +7,18 @@
 
 namespace kiln::runtime {
 
+CpuCompileOptions training_half_options(const CpuCompileOptions& opts) {
+  CpuCompileOptions half = opts;
+  // Note [Training layouts]: channels-last convolutions (passes/layout.h) are measured slower
+  // in a training step: an NCHW argument read both by the first convolution and by a residual
+  // add mixes layouts in the batch-norm kernels, whose per-channel reductions then gather
+  // (resnet_block: 0.95x eager with channels-last, 1.03x in eager's layout, A/B in one process,
+  // 2 threads). Both halves keep eager's layouts; the channels-last support for saved values
+  // (kSavedValue) and convolution_backward stays for a pass that chooses per program.
+  half.passes.channels_last_convolutions = false;
+  return half;
+}
+
 CompiledCpuTraining compile_cpu_training(const ir::Graph& joint, const passes::JointSpec& spec,
                                          const passes::PartitionOptions& popts, const CpuCompileOptions& opts) {
   CompiledCpuTraining out;
@@ -16,14 +28,7 @@ CompiledCpuTraining compile_cpu_training(const ir::Graph& joint, const passes::J
   DebugDump dump{opts.debug_dir, ""};
   dump.write("joint_graph.txt", out.joint_text);
   dump.write("partition.txt", passes::describe(joint, out.partition));
-  CpuCompileOptions half = opts;
-  // Note [Training layouts]: channels-last convolutions (passes/layout.h) are measured slower
-  // in a training step: an NCHW argument read both by the first convolution and by a residual
-  // add mixes layouts in the batch-norm kernels, whose per-channel reductions then gather
-  // (resnet_block: 0.95x eager with channels-last, 1.03x in eager's layout, A/B in one process,
-  // 2 threads). Both halves keep eager's layouts; the channels-last support for saved values
-  // (kSavedValue) and convolution_backward stays for a pass that chooses per program.
-  half.passes.channels_last_convolutions = false;
+  CpuCompileOptions half = training_half_options(opts);
   if (!opts.debug_dir.empty()) half.debug_dir = opts.debug_dir + "/forward";
   out.forward = compile_cpu_graph(out.partition.forward, half);
   passes::adopt_saved_layouts(out.forward.program->program(), out.partition);

@@ -14,6 +14,9 @@ struct CompiledCpuTraining {
   std::string joint_text;  ///< the joint graph, printed (kiln.explain)
 };
 
+/// The options both halves of a training step compile with (Note [Training layouts]).
+CpuCompileOptions training_half_options(const CpuCompileOptions& opts);
+
 /// Partitions `joint` and compiles both halves for the CPU. The backward's saved-value inputs
 /// take the layouts the compiled forward stores them in. Debug artifacts go to
 /// `opts.debug_dir`/forward and /backward, with joint_graph.txt and partition.txt beside them.

@@ -223,6 +223,39 @@ bool sizes_hold(const ir::Graph& g, std::string* why) {
   return true;
 }
 
+TemplateCode::TemplateCode(const ir::KernelProgram& a, const ir::KernelProgram& b, const CpuCompileOptions& opts,
+                           std::vector<std::string>* timings)
+    : profile_(opts.profile) {
+  std::string why = ir::make_kernel_template(a, b, &template_);
+  KILN_UNSUPPORTED_IF(!why.empty(), "{}", why);
+  cpu::CpuCode code = cpu::compile_cpu(template_.program, opts.codegen);
+  if (timings) append_codegen_timings(code, opts.codegen.opt_level, timings);
+  code_ = std::make_shared<const cpu::CpuCode>(std::move(code));
+}
+
+std::shared_ptr<CompiledProgram> TemplateCode::instance(ir::KernelProgram p, std::string* why) const {
+  std::vector<int64_t> params;
+  *why = ir::match_kernel_template(template_, p, &params);
+  if (!why->empty()) return nullptr;
+  auto out = std::make_shared<CompiledProgram>(std::move(p), code_, std::move(params));
+  out->set_profiling(profile_);
+  out->set_arena_pool(arenas_);
+  return out;
+}
+
+std::string describe_params(const ir::KernelTemplate& t, const int64_t seen[2], const std::string& indent) {
+  std::string out;
+  for (size_t i = 0; i < t.params.size(); ++i) {
+    const auto& pi = t.params[i];
+    auto show = [&](int64_t v) {
+      return pi.dtype == ir::DType::Int64 ? std::to_string(v) : fmt::format("{}", ir::float_param_value(v));
+    };
+    out += fmt::format("\n{}p{} ({}): {} at s = {}, {} at s = {}", indent, i, ir::dtype_name(pi.dtype),
+                       show(pi.seen[0]), seen[0], show(pi.seen[1]), seen[1]);
+  }
+  return out;
+}
+
 ir::KernelProgram DynamicCpuProgram::lower(const ir::Graph& g, std::vector<std::string>* timings) const {
   passes::PassOptions popts = passes_;
   popts.timings = timings;
@@ -230,7 +263,7 @@ ir::KernelProgram DynamicCpuProgram::lower(const ir::Graph& g, std::vector<std::
 }
 
 DynamicCpuProgram::DynamicCpuProgram(GraphTemplate t, const CpuCompileOptions& opts)
-    : t_(std::move(t)), passes_(opts.passes), profile_(opts.profile) {
+    : t_(std::move(t)), passes_(opts.passes) {
   auto t0 = std::chrono::steady_clock::now();
   ir::KernelProgram lowered[2];
   for (int k = 0; k < 2; ++k) {
@@ -242,27 +275,28 @@ DynamicCpuProgram::DynamicCpuProgram(GraphTemplate t, const CpuCompileOptions& o
   // Only a dynamic program's own instances read a template; per-size logs and dumps stop here.
   passes_.dump = nullptr;
   passes_.log_ir = passes_.log_fusion = false;
-  std::string why = ir::make_kernel_template(lowered[0], lowered[1], &template_);
-  KILN_UNSUPPORTED_IF(!why.empty(), "the lowerings at {} and {} differ: {}", t_.seen[0], t_.seen[1], why);
-  cpu::CpuCode code = cpu::compile_cpu(template_.program, opts.codegen);
-  append_codegen_timings(code, opts.codegen.opt_level, &timings_);
-  code_ = std::make_shared<const cpu::CpuCode>(std::move(code));
+  try {
+    code_ = std::make_unique<TemplateCode>(lowered[0], lowered[1], opts, &timings_);
+  } catch (const Unsupported& e) {
+    throw Unsupported(fmt::format("the lowerings at {} and {} differ: {}", t_.seen[0], t_.seen[1], e.what()));
+  }
+  const ir::KernelTemplate& kt = code_->kernel_template();
   describe_ = fmt::format("s = {} (seen {} and {}); one program for the sizes {} <= s <= {} whose lowering matches "
                           "its template; {} kernel parameters",
-                          t_.source, t_.seen[0], t_.seen[1], kMinSymbol, max_symbol(), template_.params.size());
-  for (size_t i = 0; i < template_.params.size(); ++i) {
-    const auto& pi = template_.params[i];
-    auto show = [&](int64_t v) {
-      return pi.dtype == ir::DType::Int64 ? std::to_string(v) : fmt::format("{}", ir::float_param_value(v));
-    };
-    describe_ += fmt::format("\n  p{} ({}): {} at s = {}, {} at s = {}", i, ir::dtype_name(pi.dtype), show(pi.seen[0]),
-                             t_.seen[0], show(pi.seen[1]), t_.seen[1]);
-  }
+                          t_.source, t_.seen[0], t_.seen[1], kMinSymbol, max_symbol(), kt.params.size());
+  describe_ += describe_params(kt, t_.seen, "  ");
   compile_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 std::shared_ptr<CompiledProgram> DynamicCpuProgram::for_graph(const ir::Graph& g, std::string* why) const {
-  return instance(g, why);
+  ir::KernelProgram p;
+  try {
+    p = lower(g, nullptr);
+  } catch (const Unsupported& e) {
+    *why = e.what();
+    return nullptr;
+  }
+  return code_->instance(std::move(p), why);
 }
 
 std::shared_ptr<CompiledProgram> DynamicCpuProgram::at(int64_t s, std::string* why) const {
@@ -272,26 +306,7 @@ std::shared_ptr<CompiledProgram> DynamicCpuProgram::at(int64_t s, std::string* w
   }
   ir::Graph g = t_.at(s);
   if (!sizes_hold(g, why)) return nullptr;
-  return instance(g, why);
-}
-
-std::shared_ptr<CompiledProgram> DynamicCpuProgram::instance(const ir::Graph& g, std::string* why) const {
-  // Note [Kernel templates]: the lowering at this size, run by the template's machine code when
-  // it matches the template.
-  ir::KernelProgram p;
-  try {
-    p = lower(g, nullptr);
-  } catch (const Unsupported& e) {
-    *why = e.what();
-    return nullptr;
-  }
-  std::vector<int64_t> params;
-  *why = ir::match_kernel_template(template_, p, &params);
-  if (!why->empty()) return nullptr;
-  auto out = std::make_shared<CompiledProgram>(std::move(p), code_, std::move(params));
-  out->set_profiling(profile_);
-  out->set_arena_pool(arenas_);
-  return out;
+  return for_graph(g, why);
 }
 
 }  // namespace kiln::runtime

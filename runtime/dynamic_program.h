@@ -71,11 +71,34 @@ bool sizes_hold(const ir::Graph& g, std::string* why);
 constexpr int64_t kMinSymbol = 2;
 int64_t max_symbol();
 
+/// Machine code compiled once from the kernel template of two lowerings (ir/kernel_template.h),
+/// and the programs of other lowerings that match it, which run on that code.
+class TemplateCode {
+ public:
+  /// Makes the template of `a` and `b` and compiles it; throws Unsupported naming the first
+  /// difference when they differ beyond constants and loop counts. Appends LLVM's timings.
+  TemplateCode(const ir::KernelProgram& a, const ir::KernelProgram& b, const CpuCompileOptions& opts,
+               std::vector<std::string>* timings);
+  /// `p` as a program on the shared code (its own buffers, products and arena plan), or null
+  /// with `why` set when `p` does not match the template.
+  std::shared_ptr<CompiledProgram> instance(ir::KernelProgram p, std::string* why) const;
+  const ir::KernelTemplate& kernel_template() const { return template_; }
+
+ private:
+  ir::KernelTemplate template_;
+  std::shared_ptr<const cpu::CpuCode> code_;
+  bool profile_ = false;
+  std::shared_ptr<ArenaPool> arenas_ = std::make_shared<ArenaPool>();  // shared by the instances
+};
+
+/// "\n<indent>p0 (int64): 24 at s = 24, 32 at s = 32" per parameter of `t`.
+std::string describe_params(const ir::KernelTemplate& t, const int64_t seen[2], const std::string& indent);
+
 class DynamicCpuProgram {
  public:
-  /// Lowers `t` at its two captured sizes, makes the kernel template of the two lowerings
-  /// (ir/kernel_template.h), compiles it once. Throws Unsupported with the reason when the two
-  /// lowerings differ beyond constants and loop counts.
+  /// Lowers `t` at its two captured sizes and compiles their kernel template once. Throws
+  /// Unsupported with the reason when the two lowerings differ beyond constants and loop
+  /// counts.
   DynamicCpuProgram(GraphTemplate t, const CpuCompileOptions& opts);
 
   /// The program at `s` (its own lowering and arena plan, the shared machine code), or null
@@ -95,17 +118,13 @@ class DynamicCpuProgram {
 
  private:
   ir::KernelProgram lower(const ir::Graph& g, std::vector<std::string>* timings) const;
-  std::shared_ptr<CompiledProgram> instance(const ir::Graph& g, std::string* why) const;
 
   GraphTemplate t_;
   passes::PassOptions passes_;
-  ir::KernelTemplate template_;         // of the lowerings at the two captured sizes
-  std::shared_ptr<const cpu::CpuCode> code_;
+  std::unique_ptr<TemplateCode> code_;
   std::vector<std::string> timings_;
   double compile_ms_ = 0;
   std::string describe_;
-  bool profile_ = false;
-  std::shared_ptr<ArenaPool> arenas_ = std::make_shared<ArenaPool>();  // shared by the instances
 };
 
 }  // namespace kiln::runtime

@@ -76,6 +76,76 @@ class TrainingRunner:
         return self.forward.failed_on_data_dependent_shape()
 
 
+class _NoGuards:
+    """The guards of one size's step inside a dynamic training step (its runner checked them)."""
+
+    @staticmethod
+    def check(full, grad):
+        return True
+
+
+class DynamicTrainingRunner:
+    """What a dynamic training step's entry calls (runtime/dynamic_training.h): its symbolic
+    guards give the size s; the step at s (partitioned and lowered on its first call there, on
+    the machine code compiled once) runs as a TrainingRunner. A size whose lowering does not
+    match misses, and the caller specialises on it."""
+
+    MAX_INSTANCES = 32  # steps kept at once (each holds its programs' arena plans)
+
+    def __init__(self, guards, dynamic, fallbacks, differentiable, grad_leaves, output_meta):
+        from . import _C
+        self._C = _C
+        self.guards = guards
+        self.dynamic = dynamic
+        self.fallbacks = list(fallbacks)
+        self.differentiable, self.grad_leaves, self.output_meta = differentiable, grad_leaves, output_meta
+        self.instances = {}
+        self.refused = {}  # size -> why its lowering does not match
+        self.last = None
+        # Per call, as TrainingRunner's (set by the caller before the call, handed to the step)
+        self.replay = self.check = None
+        self.out_specs = []
+        self.has_mutations = False
+
+    def _runner(self, s):
+        tp, why = self.dynamic.at(s)
+        if tp is None:
+            if len(self.refused) >= 1024:
+                self.refused.clear()
+            self.refused[s] = why
+            return None
+        meta = [None if m is None else (tuple(sizes), m[1], m[2])
+                for m, sizes in zip(self.output_meta, tp.forward_output_sizes)]
+        C = self._C
+        runner = TrainingRunner(_NoGuards, tp, C.Entry(C.GuardSet(), tp.forward, self.fallbacks, lazy_outputs=True),
+                                C.Entry(C.GuardSet(), tp.backward, self.fallbacks, lazy_outputs=True),
+                                self.differentiable, self.grad_leaves, meta, tp.backward.graph)
+        if len(self.instances) >= self.MAX_INSTANCES:
+            self.instances.clear()
+        self.instances[s] = runner
+        return runner
+
+    def __call__(self, full, grad):
+        if not self.guards.check(full, grad):
+            return None
+        s = self.guards.symbol
+        runner = self.instances.get(s)
+        if runner is None and s not in self.refused:
+            runner = self._runner(s)
+        if runner is None:
+            return None
+        runner.replay, self.replay = self.replay, None
+        runner.out_specs, runner.has_mutations = self.out_specs, self.has_mutations
+        self.last = runner
+        return runner(full, grad)
+
+    def last_failure(self):
+        return self.last.last_failure() if self.last is not None else ""
+
+    def failed_on_data_dependent_shape(self):
+        return False  # no fallback ops in a dynamic program
+
+
 class _Failed:
     """The forward program failed: apply() returns this (a non-tensor) instead of outputs."""
 

@@ -680,7 +680,7 @@ class CompiledFunction:
         debug_dir = self._debug_dir()
         guards = _build_guards(full, grad, set(tracer.mutations))
         record, base, template, dyn_guards = self._dynamic_pairing(spec, tracer, full, getters, out_specs,
-                                                                   result_spec, training, replay, mutations, grad)
+                                                                   result_spec, replay, mutations, grad)
         reused = self._dynamic_program_for(spec, tracer, record) if template is None else None
         if reused is not None:  # the dynamic program's own graph at this size (size 1): no compile
             entry = _Entry(guards, getters, reused, out_specs, result_spec)
@@ -728,21 +728,22 @@ class CompiledFunction:
         return result
 
     # -- dynamic programs (Note [Dynamic sizes] in runtime/dynamic_program.cpp) -------
-    def _dynamic_pairing(self, spec, tracer, full, getters, out_specs, result_spec, training, replay, mutations,
-                         grad):
+    def _dynamic_pairing(self, spec, tracer, full, getters, out_specs, result_spec, replay, mutations, grad,
+                         joint=None):
         """(record, base, template, guards): this capture's record (kept by its static entry
         for a later pairing, or None), and when it pairs with an earlier capture at other
-        sizes, that capture's entry, their graph template and the symbolic guards."""
+        sizes, that capture's entry, their graph template and the symbolic guards. `joint`:
+        a training step's joint_key (its builder then holds the joint graph)."""
         if self._dynamic is False:
             return None, None, None, None
-        why = _dynamic.ineligible(tracer, training, replay, mutations)
+        why = _dynamic.ineligible(tracer, replay, mutations)
         if why is not None:
             if self._entries.get(spec):
                 _log("dynamic", f"{self.__name__}: specialises on sizes: {why}")
             return None, None, None, None
         record = _dynamic.CaptureRecord(tracer.builder, full, [_source_key(g) for g in getters], out_specs,
                                         result_spec, [d for d in tracer.decided if d != _size_int.SIZES],
-                                        tracer.constraints)
+                                        tracer.constraints, joint)
         for base in reversed(self._entries.get(spec, ())):
             if getattr(base, "capture", None) is None or base.dynamic is not None:
                 continue
@@ -857,8 +858,19 @@ class CompiledFunction:
         _log("graph", f"{self.__name__} (joint forward + backward):\n{seg.builder.print()}")
         debug_dir = self._debug_dir()
         guards = _build_guards(full, grad, set(tracer.mutations))
+        record = base = template = dyn_guards = None
+        if not _cuda.is_cuda_trace(tracer) and hasattr(_C, "compile_dynamic_training"):
+            record, base, template, dyn_guards = self._dynamic_pairing(
+                spec, tracer, full, getters, out_specs, result_spec, replay, mutations, grad,
+                joint=_dynamic.joint_key(joint, len(seg.needed)))
 
         def build():
+            if template is not None:
+                try:
+                    return _C.compile_dynamic_training(template, len(seg.needed), joint["tangents"],
+                                                       joint["backward_start"], debug_dir=debug_dir)
+                except _C.Unsupported as e:
+                    _log("dynamic", f"{self.__name__}: stays specialised: {e}")
             if _cuda.is_cuda_trace(tracer):
                 devices = {t.device for t in tracer.leaves if isinstance(t, torch.Tensor)}
                 if len(devices) != 1:
@@ -874,15 +886,29 @@ class CompiledFunction:
                     _C.Entry(_C.GuardSet(), tp.backward, list(tracer.fallbacks), lazy_outputs=True))
 
         def install(programs):
-            tp, forward, backward = programs
+            dynamic = isinstance(programs, getattr(_C, "DynamicTraining", ()))
             self._compiles += 1
-            entry = _Entry(guards, getters, None, out_specs, result_spec, fallbacks=tracer.fallbacks)
-            entry.program = forward.program if isinstance(forward, _C.Entry) else forward
-            entry.training = _autograd.TrainingPrograms(tp, entry.program,
-                                                        backward.program if isinstance(backward, _C.Entry) else backward)
-            entry.native = _autograd.TrainingRunner(guards, tp, forward, backward, joint["differentiable"],
-                                                    joint["grad_leaves"], joint["output_meta"],
-                                                    entry.training.backward.graph)
+            if dynamic:
+                tp = programs.first
+                entry = _Entry(dyn_guards, getters, None, out_specs, result_spec, fallbacks=tracer.fallbacks)
+                entry.program = tp.forward
+                entry.training = _autograd.TrainingPrograms(tp, tp.forward, tp.backward)
+                entry.native = _autograd.DynamicTrainingRunner(dyn_guards, programs, tracer.fallbacks,
+                                                               joint["differentiable"], joint["grad_leaves"],
+                                                               joint["output_meta"])
+                entry.dynamic = programs
+                _counters.bump("dynamic_compiles")
+                _log("dynamic", f"{self.__name__}: one training step for every size: {programs.describe}")
+            else:
+                tp, forward, backward = programs
+                entry = _Entry(guards, getters, None, out_specs, result_spec, fallbacks=tracer.fallbacks)
+                entry.program = forward.program if isinstance(forward, _C.Entry) else forward
+                entry.training = _autograd.TrainingPrograms(
+                    tp, entry.program, backward.program if isinstance(backward, _C.Entry) else backward)
+                entry.native = _autograd.TrainingRunner(guards, tp, forward, backward, joint["differentiable"],
+                                                        joint["grad_leaves"], joint["output_meta"],
+                                                        entry.training.backward.graph)
+            entry.capture = record
             entry.native.out_specs = out_specs
             # Changes to argument containers are writes to the arguments too: an eager replay of
             # the call (double backward) would make them again.
@@ -891,8 +917,13 @@ class CompiledFunction:
                 entry.replay, entry.replay_start, entry.single = replay, replay_start, False
             self._finish_entry(spec, entry, tracer, mutations, debug_dir,
                                f"forward:\n{tp.forward.loop_ir}\nbackward:\n{tp.backward.loop_ir}")
+            if dynamic:
+                self._retire(spec, base, entry)
 
-        self._compile(spec, guards, getters, build, install, what="the training step of ")
+        placeholder = self._compile(spec, guards, getters, build, install, what="the training step of ",
+                                    placeholder_guards=dyn_guards)
+        if placeholder is not None and template is None:
+            placeholder.capture = record  # a capture at other sizes may pair with it while it compiles
         return result
 
     def _finish_entry(self, spec, entry, tracer, mutations, debug_dir, loop_ir, nargs=None):

@@ -17,10 +17,11 @@ from ._snapshot import same_value
 class CaptureRecord:
     """What a static CPU entry keeps so that a later capture at other sizes can pair with it."""
 
-    __slots__ = ("builder", "leaves", "source_keys", "out_specs", "result_spec", "decided", "constraints")
+    __slots__ = ("builder", "leaves", "source_keys", "out_specs", "result_spec", "decided", "constraints", "joint")
 
-    def __init__(self, builder, full, source_keys, out_specs, result_spec, decided, constraints=()):
+    def __init__(self, builder, full, source_keys, out_specs, result_spec, decided, constraints=(), joint=None):
         self.builder = builder
+        self.joint = joint  # a training step's joint structure (joint_key), or None
         self.decided = set(decided)  # leaves (int arguments) Python decided on
         self.constraints = list(constraints)  # Tracer.constraints: sizes compared with constants
         self.leaves = [("tensor", type(x), x.dtype, x.dim(), x.device, x.requires_grad)
@@ -36,6 +37,8 @@ class CaptureRecord:
         if (len(self.leaves) != len(other.leaves) or self.source_keys != other.source_keys
                 or self.out_specs != other.out_specs or self.result_spec != other.result_spec):
             return "the calls differ in more than tensor sizes (arguments, state read or results)", None
+        if self.joint != other.joint:
+            return "the training steps differ in what they differentiate", None
         if self.constraints != other.constraints:
             return "Python compared sizes with other results (another branch)", None
         ints = []
@@ -53,12 +56,18 @@ class CaptureRecord:
         return None, ints
 
 
-def ineligible(tracer, training, replay, mutations):
+def joint_key(joint, forward_outputs):
+    """What two training steps' joint graphs must share beyond the graph itself to be one
+    dynamic training step: which outputs get gradients, for which inputs, the results' dtypes."""
+    meta = tuple(None if m is None else (m[1], m[2]) for m in joint["output_meta"])
+    return (forward_outputs, tuple(joint["differentiable"]), tuple(joint["tangents"]), joint["backward_start"],
+            tuple(map(tuple, joint["grad_leaves"])), meta)
+
+
+def ineligible(tracer, replay, mutations):
     """Why a capture cannot take part in a dynamic program, or None."""
     if _size_int.SIZES in tracer.decided:
         return f"Python decided on a tensor's size: {tracer.decided[_size_int.SIZES]}"
-    if training:
-        return "a training step (dynamic programs are inference only so far)"
     if replay is not None:
         return "the function changes Python containers it is passed (replayed after each call)"
     if tracer.fallbacks:

@@ -46,21 +46,31 @@ def check_dynamic(program, inner=False):
     before = kiln.counters()["dynamic_compiles"]
     for u in sizes(v):
         p = resized(program, v, u)
-        call = fuzz.compare_call(fn, cf, p.make_inputs(), p, [i.name for i in p.inputs],
-                                 f"call at size {u} (captured at {v})")
-        if call.failure is not None:
-            call.failure.program = p
-            call.failure.known = fuzz.known_issue(call.failure)
-            return call.failure, kiln.counters()["dynamic_compiles"] > before
+        ins = p.make_inputs()
+        if program.train:
+            ins = fuzz.requiring_grad(ins)
+        names = [i.name for i in p.inputs]
+        what = f"call at size {u} (captured at {v})"
+        call = fuzz.compare_call(fn, cf, ins, p, names, what)
+        failure = call.failure
+        if failure is None and program.train and call.ekind != "raise":
+            from ._fuzz_training import check_gradients
+            failure = check_gradients(fn, p, what, names, ins, call.e_ins, call.k_ins, call.eout, call.kout,
+                                      fresh=False)[0]
+        if failure is not None:
+            failure.program = p
+            failure.known = fuzz.known_issue(failure)
+            return failure, kiln.counters()["dynamic_compiles"] > before
     return None, kiln.counters()["dynamic_compiles"] > before
 
 
-def run(seed, count, verbose=False, half=None):
-    """Checks programs seed .. seed+count-1 (in `half`: a torch dtype, or None for float32);
-    returns (failures, how many became dynamic)."""
+def run(seed, count, verbose=False, half=None, train=False):
+    """Checks programs seed .. seed+count-1 (in `half`: a torch dtype, or None for float32;
+    `train`: gradients too, as --train checks them); returns (failures, how many became
+    dynamic)."""
     failures, dynamic = [], 0
     for k in range(count):
-        program = fuzz.generate(seed + k, half=half)
+        program = fuzz.generate(seed + k, train=train, half=half)
         f, made = check_dynamic(program, inner=(seed + k) % 2 == 1)
         dynamic += made
         if f is not None and not f.known:

@@ -1868,7 +1868,8 @@ def main(argv=None):
     if args.dynamic:
         from . import _fuzz_dynamic
         t0 = time.time()
-        failures, dynamic = _fuzz_dynamic.run(args.seed, args.count or 100, verbose=True, half=_half(args))
+        failures, dynamic = _fuzz_dynamic.run(args.seed, args.count or 100, verbose=True, half=_half(args),
+                                              train=args.train)
         print(f"\nkiln.fuzz --dynamic: {args.count} programs from seed {args.seed} in {time.time() - t0:.1f}s; "
               f"{dynamic} became dynamic programs; {len(failures)} failures")
         return 1 if failures else 0

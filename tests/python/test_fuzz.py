@@ -824,9 +824,19 @@ def test_half_window_ops_compute_in_float32(op, half):
 # ---- dynamic mode (--dynamic): the programs over changing sizes through one kiln.compile -----------
 def test_dynamic_fuzz_seed_range():
     """Dynamic programs at sizes they were not captured at (kiln/_fuzz_dynamic.py): seeds 0..399
-    (about a third become dynamic programs), every call as eager's."""
+    (about half become dynamic programs; odd seeds change an inner dim), every call as eager's."""
     from kiln import _fuzz_dynamic
     failures, dynamic = _fuzz_dynamic.run(0, 400)
     assert not failures, "\n\n".join(f"seed {s} (replay: python -m kiln.fuzz --dynamic --seed {s} --count 1): "
                                      f"{f.kind}\n{f.message}\n{f.program}" for s, f in failures[:3])
     assert dynamic >= 100  # the mode must keep exercising dynamic programs
+
+
+def test_dynamic_training_fuzz_seed_range():
+    """Dynamic training steps (runtime/dynamic_training.h): seeds 0..299 with float inputs that
+    require grad, each call's results and gradients as eager's."""
+    from kiln import _fuzz_dynamic
+    failures, dynamic = _fuzz_dynamic.run(0, 300, train=True)
+    assert not failures, "\n\n".join(f"seed {s} (replay: python -m kiln.fuzz --dynamic --train --seed {s} --count 1): "
+                                     f"{f.kind}\n{f.message}\n{f.program}" for s, f in failures[:3])
+    assert dynamic >= 75
