@@ -179,6 +179,7 @@ struct KnownUsage {
   std::condition_variable idle;
   std::map<std::string, uint64_t> bytes;
   std::set<std::string> busy;
+  std::set<std::string> dirty;  // written while being scanned: scanned again
 };
 KnownUsage& known_usage() {
   static auto* u = new KnownUsage();  // never destroyed: a maintenance thread may outlive main()
@@ -226,18 +227,25 @@ void DiskCache::keep_within_limit(const std::string& dir, uint64_t bytes, uint64
       it->second += bytes;  // an overwritten entry counts twice: at worst an early trim
       if (it->second <= limit) return;
     }
-    if (!u.busy.insert(dir).second) return;  // a scan of this store is under way
+    if (!u.busy.insert(dir).second) {  // a scan of this store is under way: it runs once more
+      u.dirty.insert(dir);
+      return;
+    }
   }
   // The first write of a process scans the store, and a full one is trimmed: tens of
   // milliseconds for a store of 20,000 entries (more to remove thousands), so both run beside
   // the compile that wrote, not in it.
   std::thread([dir, limit] {
-    uint64_t total = scan_and_trim(dir, limit);
     KnownUsage& k = known_usage();
-    std::lock_guard<std::mutex> lock(k.mu);
-    k.bytes[dir] = total;
-    k.busy.erase(dir);
-    k.idle.notify_all();
+    for (;;) {
+      uint64_t total = scan_and_trim(dir, limit);
+      std::lock_guard<std::mutex> lock(k.mu);
+      if (k.dirty.erase(dir)) continue;
+      k.bytes[dir] = total;
+      k.busy.erase(dir);
+      k.idle.notify_all();
+      return;
+    }
   }).detach();
 }
 
