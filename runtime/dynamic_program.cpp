@@ -15,8 +15,9 @@
 ///    check (_dynamic.symbol_range). The forms are linear, so every linear relation between
 ///    sizes (a broadcast, a concat, a reshape's element count) that held at both captures holds
 ///    at every s; the non-linear ones are checked per size by sizes_hold (a slice clamped to
-///    its operand) or refused at capture (a pooled or resampled length:
-///    GraphEditor::note_size_rule).
+///    its operand) or refused at capture, where kiln's tracer computes a size by a rule that
+///    is not affine in another (GraphEditor::note_size_rule: a pooled or resampled length, a
+///    slice bound Python clamped to its dim, a split's pieces, a roll's shift, arange's count).
 /// 2. The kernel template. The graph is lowered at both captured sizes, and the constants and
 ///    loop counts in which the two kernel programs differ become parameters of one template,
 ///    compiled once (Note [Kernel templates] in ir/kernel_template.cpp).
@@ -34,7 +35,6 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <functional>
 
 #include "passes/pipeline.h"
 #include "support/error.h"
@@ -43,8 +43,6 @@
 namespace kiln::runtime {
 
 namespace {
-
-using IntVisitor = std::function<void(int64_t&)>;
 
 /// Where an integer of a graph sits in its node (visit_graph_ints).
 enum class IntField : uint8_t { Size, Stride, Attr, Value };
