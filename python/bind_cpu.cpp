@@ -468,7 +468,7 @@ class DynamicEntry : public GuardedEntry {
       return nullptr;
     }
     if (instances_.size() >= kMaxInstances) instances_.clear();
-    // No fallbacks: a program with fallback ops is never dynamic (runtime/dynamic_program.cpp).
+    // No fallbacks: a program with fallback ops is never dynamic (ir/kernel_template.cpp).
     return instances_[s] = std::make_shared<Entry>(guards_, Program(std::move(g)), py::list());
   }
 

@@ -10,7 +10,7 @@ hooks, optimizers, DistributedDataParallel's gradient hooks.
 
 import torch
 
-from . import _counters
+from . import _C, _counters
 
 
 class TrainingPrograms:
@@ -93,8 +93,6 @@ class DynamicTrainingRunner:
     MAX_INSTANCES = 32  # steps kept at once (each holds its programs' arena plans)
 
     def __init__(self, guards, dynamic, fallbacks, differentiable, grad_leaves, output_meta):
-        from . import _C
-        self._C = _C
         self.guards = guards
         self.dynamic = dynamic
         self.fallbacks = list(fallbacks)
@@ -116,9 +114,8 @@ class DynamicTrainingRunner:
             return None
         meta = [None if m is None else (tuple(sizes), m[1], m[2])
                 for m, sizes in zip(self.output_meta, tp.forward_output_sizes)]
-        C = self._C
-        runner = TrainingRunner(_NoGuards, tp, C.Entry(C.GuardSet(), tp.forward, self.fallbacks, lazy_outputs=True),
-                                C.Entry(C.GuardSet(), tp.backward, self.fallbacks, lazy_outputs=True),
+        runner = TrainingRunner(_NoGuards, tp, _C.Entry(_C.GuardSet(), tp.forward, self.fallbacks, lazy_outputs=True),
+                                _C.Entry(_C.GuardSet(), tp.backward, self.fallbacks, lazy_outputs=True),
                                 self.differentiable, self.grad_leaves, meta, tp.backward.graph)
         if len(self.instances) >= self.MAX_INSTANCES:
             self.instances.clear()
