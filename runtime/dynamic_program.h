@@ -2,10 +2,10 @@
 /// One compiled CPU program for every value of a size symbol (Note [Dynamic sizes]).
 ///
 /// Two captures of one function at two sizes give a graph template: every integer of the graph
-/// is a constant or an affine form of one symbol `s`. The template is lowered at three large
-/// sentinel values of `s`; where the three kernel programs agree except for integers the
-/// runtime reads (loop counts of the threads' outer loops, buffer sizes, matrix-product shapes,
-/// views), the program is compiled once and instantiated per size by evaluating those forms.
+/// is a constant or an affine form of one symbol `s`. The template is lowered at the two
+/// captured sizes; where the two kernel programs have one structure, their kernel template
+/// (ir/kernel_template.h) is compiled once, and each size's own lowering runs on that code
+/// when it matches the template.
 #pragma once
 
 #include <cstdint>
@@ -67,7 +67,7 @@ GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b, const s
 bool sizes_hold(const ir::Graph& g, std::string* why);
 
 /// The smallest and largest symbol value a dynamic program serves (0 and 1 stay specialised:
-/// broadcasting depends on them; the largest is below the sentinels it was lowered at).
+/// broadcasting depends on them; the largest keeps every affine form within int64).
 constexpr int64_t kMinSymbol = 2;
 int64_t max_symbol();
 
