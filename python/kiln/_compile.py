@@ -634,6 +634,7 @@ class CompiledFunction:
                 replay_leaves = replay.take_leaves() if replay else []
                 out_specs = tracer.outputs(res_leaves + replay_leaves, arg_count)
                 mutations = tracer.mutation_outputs()
+                tracer.prune_flows()
             except CaptureFailed as e:
                 failure = e
         if failure is not None:

@@ -163,8 +163,9 @@ class _Segment:
         self.carried_tensors = []
         self.leaf_vids = {}
         # Needed values a later segment computes with or the result returns (not only read into
-        # Python): the ones a segment's backward differentiates.
+        # Python): the ones a segment's backward differentiates (Tracer.prune_flows).
         self.flows = set()
+        self.returned = set()  # needed values the result returns or an argument takes
 
     def need(self, vid, tensor=None):
         if vid >= 0 and vid not in self.needed:
@@ -443,6 +444,7 @@ class Tracer(TorchDispatchMode):
         self.candidates = captured_candidates  # id(tensor) -> (source, tensor)
         self.captured = []      # sources of captured tensors, in leaf order after the args
         self.failure = None
+        self.carried_into = {}  # (segment, value id) -> the later segments that read it carried
         self.current_op = None
         self.literal_depth = 0  # inside torch.tensor(python numbers): see _EscapeWatch
         # Where Python first decided on a value it read as a size or got as an int argument
@@ -538,6 +540,7 @@ class Tracer(TorchDispatchMode):
         seg = self.seg
         self.segments[k].need(src, t)
         self.segments[k].flows.add(src)
+        self.carried_into.setdefault((k, src), set()).add(len(self.segments) - 1)
         # The producing segment stores the value in its preferred layout when that is dense,
         # else contiguously (lower_to_loops' loop_order): read it the same way. A shape read's
         # result comes as eager made it (its strides are part of the key).
@@ -948,7 +951,32 @@ class Tracer(TorchDispatchMode):
             seg.fresh.add(vid)
         seg.need(vid, tensor)
         seg.flows.add(vid)
+        seg.returned.add(vid)
         return ("seg", k, vid)
+
+    def prune_flows(self):
+        """Once the result is known: a value carried into later segments flows only where
+        autograd reaches it from what those segments pass on (their flowing values). One
+        carried only into a segment whose flowing values do not depend on it (its result read
+        into Python, unused, or computed from other inputs) gets no gradient in eager. Given a
+        zero tangent instead, its backward would turn a NaN or inf it meets (0 * nan) into the
+        gradients, where eager's have none (found by kiln.fuzz --train, seed 1502)."""
+        for j in range(len(self.segments) - 1, -1, -1):
+            seg = self.segments[j]
+            carried = [(key, self.segments[key[0]].out_tensors.get(key[1]))
+                       for key, readers in self.carried_into.items() if j in readers]
+            if not carried:
+                continue
+            stop = {t.grad_fn for _, t in carried if t is not None and t.grad_fn is not None}
+            reached = _autograd_reach([seg.out_tensors[v].grad_fn for v in seg.flows
+                                       if seg.out_tensors.get(v) is not None], stop)
+            for (k, src), t in carried:
+                if t is not None and t.grad_fn is not None and t.grad_fn in reached:
+                    continue
+                readers = self.carried_into[(k, src)]
+                readers.discard(j)
+                if not readers and src not in self.segments[k].returned:
+                    self.segments[k].flows.discard(src)
 
     def mutation_outputs(self):
         """(leaf index, source of its new value) for each argument/parameter/buffer mutated."""
@@ -975,6 +1003,21 @@ class Tracer(TorchDispatchMode):
             else:
                 raise CaptureFailed(f"the function returns a {type(leaf).__name__}")
         return specs
+
+
+def _autograd_reach(roots, stop):
+    """The autograd nodes reachable from `roots` (None entries ignored), not walking past the
+    nodes in `stop`."""
+    seen, stack = set(), [r for r in roots if r is not None]
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        if fn in stop:
+            continue
+        stack.extend(n for n, _ in fn.next_functions if n is not None and n not in seen)
+    return seen
 
 
 def _tracked_ints(args):

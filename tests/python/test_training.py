@@ -412,6 +412,31 @@ def test_gradients_flow_across_graph_breaks():
     assert {k.phase for k in kiln.kernels(mk)} == {"forward", "backward"}
 
 
+def test_a_value_that_feeds_only_an_unused_segment_gets_no_gradient():
+    """x @ w feeds, past a graph break, only a clamp whose result is unused, while the segment
+    after the break returns something else: eager never differentiates x @ w, so a NaN in w
+    must not reach x's gradient (kiln.fuzz --train, seed 1502: its zero tangent met the NaN
+    through the product)."""
+    def f(x, k, w):
+        d = x @ w
+        y = torch.nn.functional.layer_norm(x, (13,))
+        d.clamp(k - k, 0.5)  # a tensor bound: a graph break; the clamp's result is unused
+        return y * 2
+
+    cf = kiln.compile(f)
+    k = torch.tensor(3)
+    for _ in range(3):
+        x = torch.randn(13, requires_grad=True)
+        w = torch.randn(13)
+        w[4] = float("nan")
+        g = torch.randn(13)
+        got, = torch.autograd.grad(cf(x, k, w), x, g)
+        want, = torch.autograd.grad(f(x, k, w), x, g)
+        torch.testing.assert_close(got, want)
+    c = kiln.counters()
+    assert c["compiled_backward_calls"] >= 2 and c["eager_calls"] == 0, c["reasons"]
+
+
 def test_a_weight_used_on_both_sides_of_a_break_runs_eagerly():
     w = torch.randn(6, 6, requires_grad=True)
 
