@@ -131,7 +131,7 @@ def machine_lines(m):
 
 def fresh_process_args(doc, what):
     """The options of the benchmarks that run each side in a fresh process (run_startup.py,
-    run_dynamic.py): --threads, --no-inductor, --only (a substring of the `what` names), --json."""
+    run_dynamic.py, run_dynamic_training.py): --threads, --no-inductor, --only (a substring of the `what` names), --json."""
     import argparse
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -139,6 +139,35 @@ def fresh_process_args(doc, what):
     ap.add_argument("--only", default="", help=f"{what} whose name contains this")
     ap.add_argument("--json", default="", help="write the rows here")
     return ap
+
+
+def run_cold_child(script, side, name, threads, prefix):
+    """Runs `script --child SIDE NAME --threads N` (run_dynamic.py, run_dynamic_training.py) in
+    a fresh process with cold caches: one new directory, removed after, for kiln's disk cache
+    and Inductor's. Returns the JSON object it printed last; raises with its stderr if it
+    failed."""
+    import json
+    import subprocess
+    d = tempfile.mkdtemp(prefix=prefix)
+    try:
+        env = dict(os.environ, KILN_CACHE_DIR=d, TORCHINDUCTOR_CACHE_DIR=d)
+        res = subprocess.run(python_argv() + [os.path.abspath(script), "--child", side, name,
+                                              "--threads", str(threads)],
+                             capture_output=True, text=True, env=env, timeout=1800)
+    finally:
+        shutil.rmtree(d, True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{side} {name} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def print_cold_header(threads):
+    """The environment lines of a run whose sides each start cold (run_cold_child)."""
+    for line in env_lines():
+        if not line.startswith("kiln disk cache"):
+            print(line)
+    print(f"threads: {threads} on every side; each side of each workload in a fresh process with cold "
+          "kiln and Inductor caches")
 
 
 def set_threads(threads):

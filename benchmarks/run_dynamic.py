@@ -17,10 +17,7 @@ specialised on that size (dynamic=False), in one process, interleaved.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import shutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -93,20 +90,6 @@ def child(side, name, threads):
     print(json.dumps(out))
 
 
-def run_child(side, name, threads):
-    d = tempfile.mkdtemp(prefix="kiln-dynamic-")
-    try:  # cold caches: a fresh kiln disk cache and Inductor cache directory
-        env = dict(os.environ, KILN_CACHE_DIR=d, TORCHINDUCTOR_CACHE_DIR=d)
-        res = subprocess.run(harness.python_argv() + [os.path.abspath(__file__), "--child", side, name,
-                                                      "--threads", str(threads)],
-                             capture_output=True, text=True, env=env, timeout=1800)
-    finally:
-        shutil.rmtree(d, True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{side} {name} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def main():
     ap = harness.fresh_process_args(__doc__, "workloads")
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "WORKLOAD"), help=argparse.SUPPRESS)
@@ -114,11 +97,7 @@ def main():
     if args.child:
         return child(args.child[0], args.child[1], args.threads)
     import dynamic_workloads
-    for line in harness.env_lines():
-        if not line.startswith("kiln disk cache"):
-            print(line)
-    print(f"threads: {args.threads} on every side; each side of each workload in a fresh process with cold "
-          "kiln and Inductor caches")
+    harness.print_cold_header(args.threads)
     sides = [s for s in SIDES if not (args.no_inductor and s.startswith("tc"))]
     rows = []
     print(f"{'workload':20s} {'kiln compiles':>13s} {'eager calls':>11s} " +
@@ -126,7 +105,7 @@ def main():
     for w in dynamic_workloads.WORKLOADS:
         if args.only not in w.name:
             continue
-        res = {s: run_child(s, w.name, args.threads) for s in sides}
+        res = {s: harness.run_cold_child(__file__, s, w.name, args.threads, "kiln-dynamic-") for s in sides}
         eager = res["eager"]["total_s"]
         k = res["kiln"]
         cells = []

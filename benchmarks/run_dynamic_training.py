@@ -15,10 +15,7 @@ side's losses and gradients are checked against eager's.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import shutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -106,37 +103,19 @@ def child(side, name, threads):
     print(json.dumps(out))
 
 
-def run_child(side, name, threads):
-    d = tempfile.mkdtemp(prefix="kiln-dyntrain-")
-    try:  # cold caches: a fresh kiln disk cache and Inductor cache directory
-        env = dict(os.environ, KILN_CACHE_DIR=d, TORCHINDUCTOR_CACHE_DIR=d)
-        res = subprocess.run(harness.python_argv() + [os.path.abspath(__file__), "--child", side, name,
-                                                      "--threads", str(threads)],
-                             capture_output=True, text=True, env=env, timeout=1800)
-    finally:
-        shutil.rmtree(d, True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{side} {name} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def main():
     ap = harness.fresh_process_args(__doc__, "workloads")
     ap.add_argument("--child", nargs=2, metavar=("SIDE", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child[0], args.child[1], args.threads)
-    for line in harness.env_lines():
-        if not line.startswith("kiln disk cache"):
-            print(line)
-    print(f"threads: {args.threads} on every side; each side of each workload in a fresh process with cold "
-          "kiln and Inductor caches")
+    harness.print_cold_header(args.threads)
     sides = [s for s in SIDES if not (args.no_inductor and s == "tc")]
     for name, (_, what) in WORKLOADS.items():
         if args.only not in name:
             continue
         print(f"\n{name}: {what}")
-        res = {s: run_child(s, name, args.threads) for s in sides}
+        res = {s: harness.run_cold_child(__file__, s, name, args.threads, "kiln-dyntrain-") for s in sides}
         eager = res["eager"]
         for s in sides:
             r = res[s]
