@@ -40,13 +40,11 @@
 #include <tuple>
 #include <utility>
 
+#include "support/hash.h"
+
 namespace kiln::ir {
 
-int64_t float_param_bits(double v) {
-  int64_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  return bits;
-}
+int64_t float_param_bits(double v) { return static_cast<int64_t>(hash_double(v)); }  // its bits
 
 double float_param_value(int64_t bits) {
   double v;

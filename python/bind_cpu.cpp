@@ -700,7 +700,7 @@ void define_cpu(py::module_& m) {
             g.graph_text = ir::print(b.graph());
             return py::cast(Program(std::move(g)));
           },
-          "the program for a capture whose lowering matches the kernel template (e.g. at size 1), or None");
+          "the program for a capture whose lowering matches the kernel template, or None");
   py::class_<DynamicTraining>(m, "DynamicTraining")
       .def_readonly("first", &DynamicTraining::first)
       .def_property_readonly("describe", [](const DynamicTraining& t) { return t.dynamic->describe(); })

@@ -128,6 +128,16 @@ ir::Graph GraphTemplate::at(int64_t s) const {
   return g;
 }
 
+std::optional<ir::Graph> GraphTemplate::valid_at(int64_t s, std::string* why) const {
+  if (s < kMinSymbol || s > max_symbol()) {
+    *why = fmt::format("s = {} is outside {}..{}", s, kMinSymbol, max_symbol());
+    return std::nullopt;
+  }
+  ir::Graph g = at(s);
+  if (!sizes_hold(g, why)) return std::nullopt;
+  return g;
+}
+
 int64_t max_symbol() { return int64_t{1} << 31; }
 
 GraphTemplate fit_graph_template(const ir::Graph& a, const ir::Graph& b, const std::vector<ChangedInt>& changed,
@@ -298,13 +308,8 @@ std::shared_ptr<CompiledProgram> DynamicCpuProgram::for_graph(const ir::Graph& g
 }
 
 std::shared_ptr<CompiledProgram> DynamicCpuProgram::at(int64_t s, std::string* why) const {
-  if (s < kMinSymbol || s > max_symbol()) {
-    *why = fmt::format("s = {} is outside {}..{}", s, kMinSymbol, max_symbol());
-    return nullptr;
-  }
-  ir::Graph g = t_.at(s);
-  if (!sizes_hold(g, why)) return nullptr;
-  return for_graph(g, why);
+  std::optional<ir::Graph> g = t_.valid_at(s, why);
+  return g ? for_graph(*g, why) : nullptr;
 }
 
 }  // namespace kiln::runtime

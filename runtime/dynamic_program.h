@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,9 @@ struct GraphTemplate {
 
   /// The graph at `s`. Does not check that it is what a capture at `s` would give.
   ir::Graph at(int64_t s) const;
+  /// The graph at `s` when `s` is in kMinSymbol..max_symbol() and the graph there holds
+  /// (sizes_hold); else nothing, with `why` set.
+  std::optional<ir::Graph> valid_at(int64_t s, std::string* why) const;
 };
 
 /// An int argument that changed between the captures: (leaf, value in a, value in b).
@@ -107,7 +111,7 @@ class DynamicCpuProgram {
   std::shared_ptr<CompiledProgram> at(int64_t s, std::string* why) const;
 
   /// The program for graph `g` when its lowering matches the template (a capture at a size
-  /// the guards leave out, such as 1), or null.
+  /// the guards leave out), or null. At size 1 it never does: that lowering drops the loop.
   std::shared_ptr<CompiledProgram> for_graph(const ir::Graph& g, std::string* why) const;
 
   const GraphTemplate& graph_template() const { return t_; }

@@ -61,15 +61,11 @@ DynamicCpuTraining::DynamicCpuTraining(GraphTemplate joint, passes::JointSpec sp
 }
 
 std::optional<TrainingInstance> DynamicCpuTraining::at(int64_t s, std::string* why) const {
-  if (s < kMinSymbol || s > max_symbol()) {
-    *why = fmt::format("s = {} is outside {}..{}", s, kMinSymbol, max_symbol());
-    return std::nullopt;
-  }
-  ir::Graph joint = t_.at(s);
-  if (!sizes_hold(joint, why)) return std::nullopt;
+  std::optional<ir::Graph> joint = t_.valid_at(s, why);
+  if (!joint) return std::nullopt;
   Lowered l;
   try {
-    l = lower(joint, nullptr);
+    l = lower(*joint, nullptr);
   } catch (const Unsupported& e) {
     *why = e.what();
     return std::nullopt;

@@ -424,8 +424,8 @@ class _Entry:
         self.pending = None  # a background compile's Future (Note [Background compiles])
         self.install = None  # installs its outcome: the compiled entry in this one's place
         # _dynamic.CaptureRecord: a static CPU entry's capture, to pair with a later one at other
-        # sizes; a dynamic entry's, the capture that made it (a capture at size 1 is checked
-        # against it).
+        # sizes; a dynamic entry's, the capture that made it (a capture at a size its guards leave
+        # out is checked against it).
         self.capture = None
         self.nargs = None  # positional arguments, where the entry is on the C++ fast path
         self.dynamic = None  # _C.DynamicProgram: one program for every size (program: its first instance)
@@ -683,7 +683,7 @@ class CompiledFunction:
         record, base, template, dyn_guards = self._dynamic_pairing(spec, tracer, full, getters, out_specs,
                                                                    result_spec, replay, mutations, grad)
         reused = self._dynamic_program_for(spec, tracer, record) if template is None else None
-        if reused is not None:  # the dynamic program's own graph at this size (size 1): no compile
+        if reused is not None:  # the dynamic program's code serves this size too: no compile
             entry = _Entry(guards, getters, reused, out_specs, result_spec)
             self._finish_entry(spec, entry, tracer, mutations, debug_dir, reused.loop_ir, len(leaves))
             return result
@@ -762,7 +762,8 @@ class CompiledFunction:
             if marked is not None:
                 _log("dynamic", f"{self.__name__}: specialises on sizes: {marked}")
                 continue
-            if _dynamic.symbol_range(template, record.constraints) is None:
+            symbols = _dynamic.symbol_range(template, record.constraints)
+            if symbols is None:
                 _log("dynamic", f"{self.__name__}: specialises on sizes: its size comparisons do not fit one range")
                 continue
             mutated = set(tracer.mutations)
@@ -771,12 +772,13 @@ class CompiledFunction:
                 _log("dynamic", f"{self.__name__}: specialises on sizes: {apart}")
                 continue
             return (record, base, template,
-                    _dynamic.guards(_build_guards(full, grad, mutated), template, record.constraints))
+                    _dynamic.guards(_build_guards(full, grad, mutated), template, symbols))
         return record, None, None, None
 
     def _dynamic_program_for(self, spec, tracer, record):
-        """A dynamic program's instance for this capture when its graph is that program's
-        template at this size (a size the symbolic guards leave out, such as 1), else None."""
+        """A dynamic program's instance for this capture (at a size its symbolic guards leave
+        out, such as one below a relation guard's range) when the capture's lowering matches
+        that program's kernel template, else None."""
         if record is None:
             return None
         for e in self._entries.get(spec, ()):

@@ -107,11 +107,12 @@ def symbol_range(template, constraints):
     return (lo, hi) if lo <= hi else None
 
 
-def guards(static, template, constraints=()):
+def guards(static, template, symbols):
     """`static` (the second capture's guards) with its tensors' sizes and strides, and the int
-    arguments that changed, replaced by their forms over the symbol, whose range keeps every
-    size comparison Python made as it was (symbol_range)."""
-    static.set_symbol_range(*symbol_range(template, constraints))
+    arguments that changed, replaced by their forms over the symbol, whose values are kept in
+    `symbols` (lo, hi: symbol_range's answer, which keeps every size comparison Python made as
+    it was)."""
+    static.set_symbol_range(*symbols)
     for leaf, sizes, strides in template.inputs:
         if _depends(sizes, strides):
             static.make_symbolic(leaf, sizes, strides)
